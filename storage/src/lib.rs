@@ -1,0 +1,124 @@
+//! keel-storage: the I/O seam every byte of keel goes through.
+//!
+//! This crate owns positional file I/O ([`Storage`]) and the directory operations around it
+//! ([`Directory`]): create, list, rename, remove and fsync. It has two implementations of both:
+//! [`FileStorage`]/[`FsDirectory`] on compio (io_uring) for production, and
+//! [`MemStorage`]/[`MemDirectory`] in memory, with a seeded crash model and fault injection, for
+//! deterministic simulation.
+//!
+//! It must never know what an entry, a segment or a snapshot is: upper layers give it offsets and
+//! bytes. It must never be `Send`: one engine lives on one core, and the types here rely on that
+//! (see the `SAFETY` argument in `file.rs`).
+//!
+//! Buffers follow compio's owned-buffer convention: a buffer is moved into the call and handed back
+//! in a [`BufResult`], because io_uring owns the memory while the kernel works on it. A read fills
+//! the buffer from index 0 up to its capacity and sets its length to the bytes read.
+
+#![allow(async_fn_in_trait)]
+
+mod dir;
+mod file;
+mod memory;
+
+use std::io;
+
+pub use compio::buf::{BufResult, IoBuf, IoBufMut};
+pub use dir::FsDirectory;
+pub use file::{FileOptions, FileStorage};
+pub use memory::{CrashReport, FaultConfig, FaultKind, FaultOp, MemDirectory, MemFs, MemStorage};
+
+/// Positional I/O on one file, used from one thread.
+///
+/// `len()` is the logical length as this handle knows it: the maximum of the opened length, every
+/// completed or reserved write's end, and the last truncate. It is cached so that
+/// [`Storage::reserve_append`] can hand out offsets without an await.
+pub trait Storage {
+    /// Reads into `buf` (from its index 0 up to its capacity) starting at `offset_bytes`.
+    /// Returns the number of bytes read; `0` at or past the end of the file.
+    async fn read_at<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> BufResult<usize, B>;
+
+    /// Writes `buf` at `offset_bytes`; may write fewer bytes than given (see [`Storage::write_all_at`]).
+    async fn write_at<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> BufResult<usize, B>;
+
+    /// Sets the file's length to `len_bytes` (shrinking or zero-extending).
+    async fn truncate(&self, len_bytes: u64) -> io::Result<()>;
+
+    /// Makes every completed write and truncate durable (fdatasync).
+    async fn sync(&self) -> io::Result<()>;
+
+    /// The cached logical length (see the trait docs).
+    fn len(&self) -> u64;
+
+    /// True when [`Storage::len`] is zero.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// Reserves `len_bytes` at the current end and returns their offset, synchronously.
+    ///
+    /// Two appends interleaved on one core must never receive the same offset, so the offset is
+    /// taken before the first await of the write that fills it.
+    fn reserve_append(&self, len_bytes: u64) -> u64;
+
+    /// Writes all of `buf` at `offset_bytes`, looping over short writes.
+    async fn write_all_at<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> BufResult<(), B>;
+
+    /// Reads exactly `len_bytes` at `offset_bytes`; `UnexpectedEof` if the file ends first.
+    async fn read_exact_at(&self, offset_bytes: u64, len_bytes: usize) -> io::Result<Vec<u8>>;
+
+    /// Appends `buf` at an offset reserved synchronously; returns that offset.
+    async fn append<B: IoBuf>(&self, buf: B) -> BufResult<u64, B> {
+        let offset_bytes = self.reserve_append(buf.as_init().len() as u64);
+        let BufResult(result, buf) = self.write_all_at(offset_bytes, buf).await;
+        BufResult(result.map(|()| offset_bytes), buf)
+    }
+}
+
+/// How a file is opened through a [`Directory`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum OpenMode {
+    /// Read-only; writes, truncates and syncs fail with `PermissionDenied`.
+    ReadOnly,
+    /// Read-write; the file must exist.
+    Existing,
+    /// Read-write; created empty if missing.
+    Create,
+    /// Read-write; fails with `AlreadyExists` if the file exists.
+    CreateNew,
+}
+
+/// One directory, the seam for every namespace operation keel performs.
+///
+/// A file created or renamed here is durable only after [`Directory::sync`]; the simulator's crash
+/// model reverts unsynced namespace changes, exactly the window a real power cut exposes.
+pub trait Directory: Clone + Sized {
+    /// The file handle this directory opens.
+    type File: Storage;
+
+    /// Opens (or creates, per `mode`) the file `name` in this directory.
+    async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<Self::File>;
+
+    /// Opens the subdirectory `name`, creating it when `create` is set.
+    async fn open_dir(&self, name: &str, create: bool) -> io::Result<Self>;
+
+    /// Names of the entries (files and subdirectories) in this directory, sorted.
+    async fn list(&self) -> io::Result<Vec<String>>;
+
+    /// True if `name` exists in this directory.
+    async fn exists(&self, name: &str) -> io::Result<bool>;
+
+    /// Renames `from` to `to` within this directory, replacing `to` if it exists.
+    async fn rename(&self, from: &str, to: &str) -> io::Result<()>;
+
+    /// Removes the file `name`.
+    async fn remove_file(&self, name: &str) -> io::Result<()>;
+
+    /// Makes the directory's entries durable (fsync of the directory).
+    async fn sync(&self) -> io::Result<()>;
+
+    /// True when this directory was opened read-only: every mutation fails.
+    fn is_read_only(&self) -> bool;
+
+    /// A printable location, for error messages (`/data/shard-0/journal`, `mem:/journal`).
+    fn display_path(&self) -> String;
+}
