@@ -95,6 +95,10 @@ pub trait Directory: Clone + Sized {
     /// The file handle this directory opens.
     type File: Storage;
 
+    /// An exclusive lock on a file of this directory, released when dropped (or when the process
+    /// dies, for the real file system: `flock`).
+    type Lock;
+
     /// Opens (or creates, per `mode`) the file `name` in this directory.
     async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<Self::File>;
 
@@ -115,6 +119,10 @@ pub trait Directory: Clone + Sized {
 
     /// Makes the directory's entries durable (fsync of the directory).
     async fn sync(&self) -> io::Result<()>;
+
+    /// Takes the exclusive lock on `name` (created if missing) without waiting; `WouldBlock` with
+    /// a message naming the path when another holder has it (another process or this one).
+    async fn lock(&self, name: &str) -> io::Result<Self::Lock>;
 
     /// True when this directory was opened read-only: every mutation fails.
     fn is_read_only(&self) -> bool;
