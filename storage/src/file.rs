@@ -1,6 +1,316 @@
-//! FileStorage: a compio file used by one core. (Stub: filled in by the storage work.)
+//! FileStorage: one real file, driven through compio (io_uring) by the single core that owns it.
+//!
+//! This module owns the positional I/O on a `compio::fs::File`, the cached logical length that
+//! lets appends reserve offsets without an await, and preallocation. It must never be shared
+//! across threads (the type is `!Send`/`!Sync`), never hold a reference into its `UnsafeCell`
+//! across an await, and never write through a read-only handle.
+//!
+//! Reads past the end: `read_at` at or past the end of the file returns `Ok(0)`; a read that
+//! straddles the end returns the bytes up to the end (a short read). `read_exact_at` turns either
+//! into `UnexpectedEof`.
+
+use std::cell::{Cell, UnsafeCell};
+use std::io;
+use std::marker::PhantomData;
+use std::os::fd::AsRawFd;
+
+use compio::buf::{BufResult, IntoInner, IoBuf, IoBufMut};
+use compio::fs::File;
+use compio::io::{AsyncReadAt, AsyncWriteAt};
+
+use crate::Storage;
+
+/// Zero-fill preallocation writes this many bytes per write.
+const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
+
+/// How a [`FileStorage`] behaves beyond plain positional I/O.
 #[derive(Debug, Clone, Default)]
 pub struct FileOptions {
+    /// When set, [`Storage::preallocate`] reserves blocks with `fallocate(2)` (falling back to
+    /// zero-fill where the file system does not support it). When clear, it always zero-fills.
     pub preallocate: bool,
 }
-pub struct FileStorage {}
+
+/// A file used by one core: positional reads and writes, fdatasync, a cached length.
+///
+/// `!Send` and `!Sync`: the `UnsafeCell` below is sound only because exactly one thread ever
+/// touches it (see the SAFETY comments).
+pub struct FileStorage {
+    /// The compio file. Interior mutability so that [`FileStorage::close`] can take the file out
+    /// while every other operation works through `&self`.
+    file: UnsafeCell<Option<File>>,
+    /// Logical length: max of the opened length, every reserved or completed write's end, and the
+    /// last truncate.
+    len_bytes: Cell<u64>,
+    read_only: bool,
+    options: FileOptions,
+    /// For error messages.
+    path: String,
+    /// Makes the type `!Send` and `!Sync`: the cell above relies on a single thread.
+    _single_thread: PhantomData<*const ()>,
+}
+
+impl std::fmt::Debug for FileStorage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileStorage")
+            .field("path", &self.path)
+            .field("len_bytes", &self.len_bytes.get())
+            .field("read_only", &self.read_only)
+            .finish()
+    }
+}
+
+impl FileStorage {
+    /// Wraps an open compio file. `len_bytes` is its current length on disk.
+    pub fn from_file(
+        file: File,
+        len_bytes: u64,
+        read_only: bool,
+        options: FileOptions,
+        path: String,
+    ) -> Self {
+        Self {
+            file: UnsafeCell::new(Some(file)),
+            len_bytes: Cell::new(len_bytes),
+            read_only,
+            options,
+            path,
+            _single_thread: PhantomData,
+        }
+    }
+
+    /// The path this file was opened at (for messages).
+    pub fn path(&self) -> &str {
+        &self.path
+    }
+
+    /// True when this handle refuses writes, truncates and syncs.
+    pub fn is_read_only(&self) -> bool {
+        self.read_only
+    }
+
+    /// A handle to the file that the caller may hold across an await.
+    ///
+    /// compio's `File` is a reference-counted fd, so cloning is cheap and the clone keeps the fd
+    /// open for as long as an operation is in flight, even if [`FileStorage::close`] runs meanwhile.
+    fn file(&self) -> io::Result<File> {
+        // SAFETY: `FileStorage` is `!Send`/`!Sync`, so only this thread can reach the cell. The
+        // shared reference lives only inside this synchronous expression (we clone out of it before
+        // returning), and the only `&mut` to the cell is taken in `close`, which is also synchronous
+        // with respect to this function: the two can never overlap.
+        let file = unsafe { &*self.file.get() };
+        file.clone().ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::NotConnected,
+                format!("{}: file handle already closed", self.path),
+            )
+        })
+    }
+
+    fn check_writable(&self, what: &str) -> io::Result<()> {
+        if self.read_only {
+            return Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                format!("{}: {what} on a read-only handle", self.path),
+            ));
+        }
+        Ok(())
+    }
+
+    /// Closes the file, reporting any error the close itself returns. Operations still in flight
+    /// keep their own reference to the fd; later operations on this handle fail with `NotConnected`.
+    pub async fn close(&self) -> io::Result<()> {
+        // SAFETY: single thread (`!Send`/`!Sync`); the `&mut` exists only for the `take()` and ends
+        // before the await below; no other reference into the cell is alive at that point, because
+        // every other accessor clones out of the cell within a synchronous section.
+        let file = unsafe { (*self.file.get()).take() };
+        match file {
+            Some(file) => file.close().await,
+            None => Ok(()),
+        }
+    }
+
+    /// Ensures the file is at least `len_bytes` long with every new byte reading as zero, and
+    /// (when possible) with its blocks allocated, so later writes overwrite instead of extending.
+    ///
+    /// With [`FileOptions::preallocate`] set this uses `fallocate(2)` on compio's blocking pool;
+    /// otherwise (or if the file system refuses) it writes zeroes in 1 MiB chunks.
+    pub async fn preallocate_file(&self, len_bytes: u64) -> io::Result<()> {
+        self.check_writable("preallocate")?;
+        let start_bytes = self.len_bytes.get();
+        if len_bytes <= start_bytes {
+            return Ok(());
+        }
+        if self.options.preallocate {
+            let file = self.file()?;
+            let fd = file.as_raw_fd();
+            let grow_bytes = len_bytes - start_bytes;
+            // `file` stays alive (and the fd open) until the blocking call has returned, because
+            // we await the join handle before dropping it.
+            let result = compio::runtime::spawn_blocking(move || {
+                // SAFETY: `fd` is a valid open descriptor for the duration of the call (see above);
+                // fallocate has no memory-safety preconditions beyond that.
+                let rc = unsafe {
+                    libc::fallocate(fd, 0, start_bytes as libc::off_t, grow_bytes as libc::off_t)
+                };
+                if rc == 0 {
+                    Ok(())
+                } else {
+                    Err(io::Error::last_os_error())
+                }
+            })
+            .await
+            .map_err(|_| io::Error::other("fallocate task panicked"))?;
+            drop(file);
+            match result {
+                Ok(()) => {
+                    self.len_bytes.set(self.len_bytes.get().max(len_bytes));
+                    return Ok(());
+                }
+                Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
+                    tracing::debug!(path = %self.path, "fallocate unsupported; zero-filling");
+                }
+                Err(error) => return Err(error),
+            }
+        }
+        let mut offset_bytes = start_bytes;
+        while offset_bytes < len_bytes {
+            let chunk_bytes = (len_bytes - offset_bytes).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
+            let BufResult(result, _) = self
+                .write_all_at(offset_bytes, vec![0u8; chunk_bytes])
+                .await;
+            result?;
+            offset_bytes += chunk_bytes as u64;
+        }
+        Ok(())
+    }
+}
+
+impl Storage for FileStorage {
+    async fn read_at<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> BufResult<usize, B> {
+        let file = match self.file() {
+            Ok(file) => file,
+            Err(error) => return BufResult(Err(error), buf),
+        };
+        // The kernel returns 0 at/after EOF and a short count across it: the documented behaviour.
+        file.read_at(buf, offset_bytes).await
+    }
+
+    async fn write_at<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> BufResult<usize, B> {
+        if let Err(error) = self.check_writable("write") {
+            return BufResult(Err(error), buf);
+        }
+        let file = match self.file() {
+            Ok(file) => file,
+            Err(error) => return BufResult(Err(error), buf),
+        };
+        let BufResult(result, buf) = (&file).write_at(buf, offset_bytes).await;
+        if let Ok(written_bytes) = result {
+            let end_bytes = offset_bytes + written_bytes as u64;
+            self.len_bytes.set(self.len_bytes.get().max(end_bytes));
+        }
+        BufResult(result, buf)
+    }
+
+    async fn truncate(&self, len_bytes: u64) -> io::Result<()> {
+        self.check_writable("truncate")?;
+        let file = self.file()?;
+        file.set_len(len_bytes).await?;
+        self.len_bytes.set(len_bytes);
+        Ok(())
+    }
+
+    async fn sync(&self) -> io::Result<()> {
+        self.check_writable("sync")?;
+        let file = self.file()?;
+        file.sync_data().await
+    }
+
+    fn len(&self) -> u64 {
+        self.len_bytes.get()
+    }
+
+    fn reserve_append(&self, len_bytes: u64) -> u64 {
+        // Synchronous: no await between reading and bumping the length, so on one thread no two
+        // reservations can overlap.
+        let offset_bytes = self.len_bytes.get();
+        self.len_bytes.set(offset_bytes + len_bytes);
+        offset_bytes
+    }
+
+    async fn write_all_at<B: IoBuf>(&self, offset_bytes: u64, buf: B) -> BufResult<(), B> {
+        write_all_at_impl(self, offset_bytes, buf).await
+    }
+
+    async fn read_exact_at(&self, offset_bytes: u64, len_bytes: usize) -> io::Result<Vec<u8>> {
+        read_exact_at_impl(self, offset_bytes, len_bytes).await
+    }
+
+    async fn preallocate(&self, len_bytes: u64) -> io::Result<()> {
+        self.preallocate_file(len_bytes).await
+    }
+}
+
+/// `write_all_at` over any `write_at`: loops over short writes, hands the caller's buffer back.
+pub(crate) async fn write_all_at_impl<S: Storage, B: IoBuf>(
+    storage: &S,
+    offset_bytes: u64,
+    buf: B,
+) -> BufResult<(), B> {
+    let total_bytes = buf.as_init().len();
+    let mut written_bytes = 0usize;
+    let mut buf = buf;
+    while written_bytes < total_bytes {
+        let slice = buf.slice(written_bytes..);
+        let BufResult(result, slice) = storage
+            .write_at(offset_bytes + written_bytes as u64, slice)
+            .await;
+        buf = slice.into_inner();
+        match result {
+            Ok(0) => {
+                return BufResult(
+                    Err(io::Error::new(
+                        io::ErrorKind::WriteZero,
+                        "write returned 0 bytes before the buffer was written",
+                    )),
+                    buf,
+                )
+            }
+            Ok(n) => written_bytes += n,
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return BufResult(Err(error), buf),
+        }
+    }
+    BufResult(Ok(()), buf)
+}
+
+/// `read_exact_at` over any `read_at`: loops over short reads; `UnexpectedEof` at the end.
+pub(crate) async fn read_exact_at_impl<S: Storage>(
+    storage: &S,
+    offset_bytes: u64,
+    len_bytes: usize,
+) -> io::Result<Vec<u8>> {
+    let mut out = Vec::with_capacity(len_bytes);
+    while out.len() < len_bytes {
+        let want_bytes = len_bytes - out.len();
+        let chunk = Vec::with_capacity(want_bytes);
+        let BufResult(result, chunk) = storage
+            .read_at(offset_bytes + out.len() as u64, chunk)
+            .await;
+        match result {
+            Ok(0) => {
+                return Err(io::Error::new(
+                    io::ErrorKind::UnexpectedEof,
+                    format!(
+                        "wanted {len_bytes} bytes at offset {offset_bytes}, the file ends after {}",
+                        out.len()
+                    ),
+                ))
+            }
+            Ok(n) => out.extend_from_slice(&chunk[..n.min(want_bytes)]),
+            Err(error) if error.kind() == io::ErrorKind::Interrupted => {}
+            Err(error) => return Err(error),
+        }
+    }
+    Ok(out)
+}

@@ -23,9 +23,12 @@ mod memory;
 use std::io;
 
 pub use compio::buf::{BufResult, IoBuf, IoBufMut};
-pub use dir::FsDirectory;
+pub use dir::{FsDirectory, FsLock};
 pub use file::{FileOptions, FileStorage};
-pub use memory::{CrashReport, FaultConfig, FaultKind, FaultOp, MemDirectory, MemFs, MemStorage};
+pub use memory::{
+    CrashEvent, CrashReport, FaultConfig, FaultKind, FaultOp, FaultRule, FaultTrigger,
+    MemDirectory, MemFs, MemLock, MemStorage, WriteOutcome, SECTOR_BYTES,
+};
 
 /// Positional I/O on one file, used from one thread.
 ///
@@ -65,6 +68,18 @@ pub trait Storage {
 
     /// Reads exactly `len_bytes` at `offset_bytes`; `UnexpectedEof` if the file ends first.
     async fn read_exact_at(&self, offset_bytes: u64, len_bytes: usize) -> io::Result<Vec<u8>>;
+
+    /// Ensures the file is at least `len_bytes` long, every new byte reading as zero, so that later
+    /// writes inside it overwrite instead of extending. Never shrinks the file.
+    ///
+    /// The default zero-extends with [`Storage::truncate`]; [`FileStorage`] may allocate blocks
+    /// with `fallocate(2)` or write zeroes (see [`FileOptions`]).
+    async fn preallocate(&self, len_bytes: u64) -> io::Result<()> {
+        if len_bytes > self.len() {
+            self.truncate(len_bytes).await?;
+        }
+        Ok(())
+    }
 
     /// Appends `buf` at an offset reserved synchronously; returns that offset.
     async fn append<B: IoBuf>(&self, buf: B) -> BufResult<u64, B> {
