@@ -118,7 +118,9 @@ impl FileStorage {
     }
 
     /// Closes the file, reporting any error the close itself returns. Operations still in flight
-    /// keep their own reference to the fd; later operations on this handle fail with `NotConnected`.
+    /// hold their own reference to the fd, so the close completes once they have finished (compio
+    /// closes an fd when its last reference goes); later operations on this handle fail with
+    /// `NotConnected`.
     pub async fn close(&self) -> io::Result<()> {
         // SAFETY: single thread (`!Send`/`!Sync`); the `&mut` exists only for the `take()` and ends
         // before the await below; no other reference into the cell is alive at that point, because

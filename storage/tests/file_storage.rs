@@ -146,7 +146,10 @@ async fn lock_twice_is_refused_until_dropped() {
     let guard = dir.lock("LOCK").await.unwrap();
     let err = dir.lock("LOCK").await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
-    assert!(err.to_string().contains("LOCK"), "message names the path: {err}");
+    assert!(
+        err.to_string().contains("LOCK"),
+        "message names the path: {err}"
+    );
     // Another FsDirectory on the same path (like another process) is refused too.
     let other = FsDirectory::open(tmp.path(), false, false).await.unwrap();
     assert!(other.lock("LOCK").await.is_err());

@@ -478,3 +478,73 @@ async fn concurrent_appends_on_mem_storage_do_not_overlap() {
         assert!(got.iter().all(|&b| b == task));
     }
 }
+
+mod model {
+    use super::*;
+    use proptest::prelude::*;
+
+    #[derive(Debug, Clone)]
+    enum Op {
+        Write {
+            offset_bytes: u64,
+            len_bytes: usize,
+            fill: u8,
+        },
+        Truncate {
+            len_bytes: u64,
+        },
+        Sync,
+    }
+
+    fn op() -> impl Strategy<Value = Op> {
+        prop_oneof![
+            4 => (0..5000u64, 1..1500usize, any::<u8>())
+                .prop_map(|(offset_bytes, len_bytes, fill)| Op::Write { offset_bytes, len_bytes, fill }),
+            1 => (0..6000u64).prop_map(|len_bytes| Op::Truncate { len_bytes }),
+            1 => Just(Op::Sync),
+        ]
+    }
+
+    proptest! {
+        #![proptest_config(ProptestConfig::with_cases(rounds(64) as u32))]
+
+        /// Reads always match a plain byte-vector model, and after a final sync a crash keeps
+        /// exactly that model, whatever the seed.
+        #[test]
+        fn reads_match_the_model_and_synced_state_survives(
+            seed in any::<u64>(),
+            ops in proptest::collection::vec(op(), 1..40),
+        ) {
+            let runtime = compio::runtime::Runtime::new().unwrap();
+            runtime.block_on(async {
+                let fs = MemFs::new(seed);
+                let root = fs.root();
+                let file = root.open_file("m", OpenMode::Create).await.unwrap();
+                root.sync().await.unwrap();
+                let mut model: Vec<u8> = Vec::new();
+                for op in ops {
+                    match op {
+                        Op::Write { offset_bytes, len_bytes, fill } => {
+                            let data = vec![fill; len_bytes];
+                            file.write_all_at(offset_bytes, data.clone()).await.0.unwrap();
+                            let end = offset_bytes as usize + len_bytes;
+                            if model.len() < end {
+                                model.resize(end, 0);
+                            }
+                            model[offset_bytes as usize..end].copy_from_slice(&data);
+                        }
+                        Op::Truncate { len_bytes } => {
+                            file.truncate(len_bytes).await.unwrap();
+                            model.resize(len_bytes as usize, 0);
+                        }
+                        Op::Sync => file.sync().await.unwrap(),
+                    }
+                    assert_eq!(fs.read_raw("m").unwrap(), model);
+                }
+                file.sync().await.unwrap();
+                fs.crash();
+                assert_eq!(fs.read_raw("m").unwrap(), model);
+            });
+        }
+    }
+}
