@@ -1,1 +1,430 @@
-//! placeholder
+//! keel-engine: what a consensus loop on one core holds.
+//!
+//! The engine appends prepares to the journal (durable on return), applies committed ops to a
+//! [`StateMachine`] in op order, checkpoints (snapshot → persist → journal watermark → compact →
+//! drop older snapshots), and after a crash comes back to exactly the state it acknowledged
+//! ([`Engine::open`] is `recover()`, returning a [`RecoveryReport`]).
+//!
+//! Layout of an engine directory `DIR`:
+//!
+//! ```text
+//! DIR/LOCK                               flock held while an engine has DIR open
+//! DIR/journal/NNNNNNNNNNNNNNNNNNNN.wal   the journal's segments (keel-journal)
+//! DIR/snapshots/NNNNNNNNNNNNNNNNNNNN.snap  snapshots, 20-digit op in the name (the two newest)
+//! DIR/quarantine/                        bytes recovery cut or set aside, never deleted by keel
+//! ```
+//!
+//! A shard set ([`ShardSet`]) is `N` engines on `DIR/shard-<i>/`, one per thread and core.
+//!
+//! This crate is the only layer that knows both the journal and the state machine. It must never
+//! apply an op above the durable commit watermark at recovery, never acknowledge a checkpoint
+//! before its snapshot and directory are fsynced, and never move the journal's watermark past a
+//! snapshot that is not durable.
+//!
+//! Concurrency: every method takes `&self`, so a core can have many prepares in flight (they share
+//! the journal's group commits). No `RefCell` borrow is ever held across an await.
+
+#![allow(async_fn_in_trait)]
+
+mod checkpoint;
+mod error;
+mod kv;
+mod lock;
+mod recover;
+mod shard;
+mod snapshot;
+mod state_machine;
+mod stats;
+
+use std::cell::{Cell, Ref, RefCell};
+use std::collections::BTreeMap;
+use std::fmt;
+use std::time::Instant;
+
+use bytes::Bytes;
+use keel_journal::MetadataJournal;
+use keel_storage::Directory;
+
+pub use checkpoint::{CheckpointReport, CheckpointStep, StepAction, StepHook};
+pub use error::{EngineError, SnapshotError, SnapshotStage};
+pub use keel_journal::{JournalConfig, JournalError, RecoveryMode};
+pub use kv::{
+    encode_delete, encode_set, KvCodecError, KvCommand, KvStateMachine, MAX_KEY_BYTES,
+    MAX_VALUE_BYTES,
+};
+pub use lock::LOCK_FILE;
+pub use recover::{
+    recovery_mode_from_str, recovery_mode_name, repair, verify, OpRange, ProblemRecord,
+    RecoveryReport, RecoveryStatus, RepairRecord, VerifyReport, VerifyStatus,
+};
+pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet};
+pub use snapshot::{
+    list_snapshots, parse_snapshot_file_name, snapshot_file_name, SnapshotInfo, SNAPSHOTS_DIR,
+    SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+};
+pub use state_machine::{ApplyError, RestoreError, StateMachine};
+pub use stats::{EngineStats, Histogram};
+
+use snapshot::SnapshotStore;
+
+/// Name of the quarantine directory under an engine directory (shared with the journal).
+pub const QUARANTINE_DIR: &str = "quarantine";
+
+/// Upper bound on `EngineConfig::max_snapshot_bytes`: a snapshot is built in memory.
+pub const MAX_SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
+
+/// Tunables of one engine. Every quantity has a limit (checked by [`EngineConfig::validate`]).
+#[derive(Clone)]
+pub struct EngineConfig {
+    /// The journal's configuration (slot count, segment size, group-commit bounds, …).
+    pub journal: JournalConfig,
+    /// What recovery may repair (DESIGN §4).
+    pub recovery_mode: RecoveryMode,
+    /// Checkpoint automatically (at the end of `commit`) when the journal's remaining capacity
+    /// falls below this many ops. 0 disables the automatic trigger.
+    pub checkpoint_margin_ops: u64,
+    /// Largest snapshot accepted on write and on read.
+    pub max_snapshot_bytes: u64,
+    /// Test-only seam: called at every step boundary of the checkpoint coordinator; returning
+    /// [`StepAction::Halt`] stops the checkpoint there, as a crash would.
+    pub step_hook: Option<StepHook>,
+}
+
+impl Default for EngineConfig {
+    fn default() -> Self {
+        let journal = JournalConfig::default();
+        Self {
+            // A quarter of the ring: enough headroom that appends in flight while the checkpoint
+            // runs do not hit `Full`.
+            checkpoint_margin_ops: journal.slot_count / 4,
+            journal,
+            recovery_mode: RecoveryMode::TolerateTornTail,
+            max_snapshot_bytes: 1 << 30,
+            step_hook: None,
+        }
+    }
+}
+
+impl fmt::Debug for EngineConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("EngineConfig")
+            .field("journal", &self.journal)
+            .field("recovery_mode", &self.recovery_mode)
+            .field("checkpoint_margin_ops", &self.checkpoint_margin_ops)
+            .field("max_snapshot_bytes", &self.max_snapshot_bytes)
+            .field("step_hook", &self.step_hook.as_ref().map(|_| "set"))
+            .finish()
+    }
+}
+
+impl EngineConfig {
+    /// Checks every bound; `open` calls it.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.max_snapshot_bytes == 0 || self.max_snapshot_bytes > MAX_SNAPSHOT_BYTES_LIMIT {
+            return Err(EngineError::Config(format!(
+                "max_snapshot_bytes {} not in 1..={MAX_SNAPSHOT_BYTES_LIMIT}",
+                self.max_snapshot_bytes
+            )));
+        }
+        if self.checkpoint_margin_ops > self.journal.slot_count {
+            return Err(EngineError::Config(format!(
+                "checkpoint_margin_ops {} exceeds slot_count {}",
+                self.checkpoint_margin_ops, self.journal.slot_count
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// Mutable state of one engine; borrowed only between awaits.
+struct Inner<M> {
+    state_machine: M,
+    /// Highest op applied to the state machine (every op up to it, in order).
+    applied_op: u64,
+    /// Highest op known committed (the watermark handed to the journal). Equals `applied_op`
+    /// except while a commit is being applied.
+    commit_op: u64,
+    /// Durable prepares above `applied_op`, waiting for their commit. Bounded by the journal's
+    /// slot count (it refuses prepares further than that past the snapshot watermark).
+    pending: BTreeMap<u64, Bytes>,
+    /// Op of the newest durable snapshot (0: none).
+    snapshot_op: u64,
+    stats: EngineStats,
+    /// Journal counters at the previous `stats()` call, for the batch-size samples.
+    journal_appends_seen: u64,
+    journal_batches_seen: u64,
+}
+
+/// The engine of one core: journal + snapshots + state machine. `!Send` (its storage is).
+pub struct Engine<D: Directory, M: StateMachine> {
+    root: D,
+    config: EngineConfig,
+    journal: MetadataJournal<D>,
+    snapshots: SnapshotStore<D>,
+    inner: RefCell<Inner<M>>,
+    /// Set while the checkpoint coordinator runs: at most one checkpoint at a time.
+    checkpointing: Cell<bool>,
+    _lock: lock::DirLock<D>,
+}
+
+impl<D: Directory, M: StateMachine> Engine<D, M> {
+    /// `recover()`: locks `root`, loads the newest valid snapshot (quarantining damaged ones),
+    /// opens the journal with the configured mode's repairs, replays committed ops above the
+    /// snapshot into `state_machine`, and keeps prepared-but-uncommitted ops pending.
+    ///
+    /// `state_machine` must be in its initial state; a snapshot, if any, replaces it.
+    pub async fn open(
+        root: D,
+        config: EngineConfig,
+        state_machine: M,
+    ) -> Result<(Self, RecoveryReport), EngineError> {
+        recover::open(root, config, state_machine).await
+    }
+
+    /// Prepares `op`: journals `payload` and returns once it is durable (group commit). Ops may
+    /// arrive out of order and with gaps; a prepare of an op already prepared (not committed)
+    /// replaces it. Fails with the journal's `Full` when `op` is too far past the snapshot.
+    pub async fn append(&self, op: u64, payload: &[u8]) -> Result<(), EngineError> {
+        let started = Instant::now();
+        let result = self.append_inner(op, payload).await;
+        let mut inner = self.inner.borrow_mut();
+        match &result {
+            Ok(()) => {
+                inner.stats.appends += 1;
+                inner.stats.append_bytes += payload.len() as u64;
+                inner
+                    .stats
+                    .append_latency_us
+                    .record(started.elapsed().as_micros() as u64);
+            }
+            Err(_) => inner.stats.append_errors += 1,
+        }
+        result
+    }
+
+    async fn append_inner(&self, op: u64, payload: &[u8]) -> Result<(), EngineError> {
+        if op == 0 {
+            return Err(EngineError::ZeroOp);
+        }
+        {
+            let inner = self.inner.borrow();
+            if op <= inner.commit_op {
+                return Err(EngineError::AlreadyCommitted {
+                    op,
+                    commit_op: inner.commit_op,
+                });
+            }
+        }
+        self.journal.append(op, payload).await?;
+        let mut inner = self.inner.borrow_mut();
+        // A commit that ran while this prepare was in flight cannot have covered `op` (commit
+        // refuses ops not yet pending), so the op is still above the watermark here.
+        debug_assert!(op > inner.commit_op);
+        inner.pending.insert(op, Bytes::copy_from_slice(payload));
+        Ok(())
+    }
+
+    /// Advances the commit watermark to `op` and applies every op up to it to the state machine,
+    /// in order. Every op from the applied one up to `op` must have been prepared here (else
+    /// `NotPrepared`, and nothing changes). Committing at or below the watermark is a no-op.
+    ///
+    /// The watermark reaches the disk with the next durable entry (or [`Engine::persist_commit`]);
+    /// a crash before that recovers the ops as prepared-but-uncommitted, which the consensus
+    /// layer re-commits. May run an automatic checkpoint before returning (see
+    /// [`EngineConfig::checkpoint_margin_ops`]).
+    pub async fn commit(&self, op: u64) -> Result<(), EngineError> {
+        self.apply_through(op)?;
+        self.maybe_checkpoint().await?;
+        Ok(())
+    }
+
+    /// The synchronous part of `commit`: check, apply, hand the watermark to the journal.
+    fn apply_through(&self, op: u64) -> Result<(), EngineError> {
+        let mut inner = self.inner.borrow_mut();
+        if op <= inner.commit_op {
+            return Ok(());
+        }
+        // Check first so that a refused commit changes nothing.
+        let mut expected = inner.applied_op + 1;
+        for (&pending_op, _) in inner.pending.range(expected..=op) {
+            if pending_op != expected {
+                break;
+            }
+            expected += 1;
+        }
+        if expected <= op {
+            return Err(EngineError::NotPrepared {
+                op,
+                missing_op: expected,
+            });
+        }
+        let state = &mut *inner;
+        while state.applied_op < op {
+            let next = state.applied_op + 1;
+            let Some(payload) = state.pending.remove(&next) else {
+                unreachable!("ops {next}..={op} were checked present above");
+            };
+            apply_one(&mut state.state_machine, &mut state.stats, next, &payload);
+            state.applied_op = next;
+        }
+        state.commit_op = op;
+        state.stats.commits += 1;
+        drop(inner);
+        self.journal.set_commit_op(op);
+        Ok(())
+    }
+
+    /// Writes the commit watermark durably now (a commit marker + fsync) instead of waiting for
+    /// the next prepare to carry it.
+    pub async fn persist_commit(&self) -> Result<(), EngineError> {
+        self.journal.persist_commit().await?;
+        Ok(())
+    }
+
+    /// Discards every prepared op above `op` (a view change); durable on return. `op` must be at
+    /// or above the commit watermark. Must not race prepares of ops above `op`.
+    pub async fn truncate_after(&self, op: u64) -> Result<(), EngineError> {
+        {
+            let inner = self.inner.borrow();
+            if op < inner.commit_op {
+                return Err(EngineError::AlreadyCommitted {
+                    op,
+                    commit_op: inner.commit_op,
+                });
+            }
+        }
+        self.journal.truncate_after(op).await?;
+        let mut inner = self.inner.borrow_mut();
+        inner.pending.split_off(&(op + 1));
+        Ok(())
+    }
+
+    /// Makes everything written so far durable (for `sync_on_append = false`).
+    pub async fn flush(&self) -> Result<(), EngineError> {
+        self.journal.flush().await?;
+        Ok(())
+    }
+
+    /// Runs the checkpoint coordinator at the current applied op: snapshot → persist → journal
+    /// watermark → compact → drop older snapshots. `Ok(None)` when nothing was applied since the
+    /// last snapshot; `CheckpointInProgress` if one is running.
+    pub async fn checkpoint(&self) -> Result<Option<CheckpointReport>, EngineError> {
+        checkpoint::run(self).await
+    }
+
+    /// Checkpoints if the journal's remaining capacity is under the margin and no checkpoint is
+    /// running; `Ok(None)` otherwise.
+    pub async fn maybe_checkpoint(&self) -> Result<Option<CheckpointReport>, EngineError> {
+        if self.config.checkpoint_margin_ops == 0 || self.checkpointing.get() {
+            return Ok(None);
+        }
+        if self.journal.remaining_capacity() >= self.config.checkpoint_margin_ops {
+            return Ok(None);
+        }
+        {
+            let inner = self.inner.borrow();
+            if inner.applied_op <= inner.snapshot_op {
+                return Ok(None);
+            }
+        }
+        checkpoint::run(self).await
+    }
+
+    /// The state machine. Do not hold the borrow across an await (a concurrent commit would
+    /// panic on the `RefCell`).
+    pub fn state_machine(&self) -> Ref<'_, M> {
+        Ref::map(self.inner.borrow(), |inner| &inner.state_machine)
+    }
+
+    /// Highest op applied to the state machine.
+    pub fn applied_op(&self) -> u64 {
+        self.inner.borrow().applied_op
+    }
+
+    /// Highest op committed (handed to the journal; durable once an entry carries it).
+    pub fn commit_op(&self) -> u64 {
+        self.inner.borrow().commit_op
+    }
+
+    /// Highest commit watermark known durable (journal or snapshot).
+    pub fn durable_commit_op(&self) -> u64 {
+        let snapshot_op = self.inner.borrow().snapshot_op;
+        self.journal.commit_op().unwrap_or(0).max(snapshot_op)
+    }
+
+    /// Op of the newest durable snapshot (0: none).
+    pub fn snapshot_op(&self) -> u64 {
+        self.inner.borrow().snapshot_op
+    }
+
+    /// Highest op prepared or applied.
+    pub fn last_op(&self) -> u64 {
+        let inner = self.inner.borrow();
+        let pending = inner.pending.keys().next_back().copied().unwrap_or(0);
+        pending
+            .max(inner.applied_op)
+            .max(self.journal.last_op().unwrap_or(0))
+    }
+
+    /// Prepared ops above the commit watermark, ascending.
+    pub fn prepared_ops(&self) -> Vec<u64> {
+        self.inner.borrow().pending.keys().copied().collect()
+    }
+
+    /// How many more ops fit in the journal before `Full`.
+    pub fn remaining_capacity(&self) -> u64 {
+        self.journal.remaining_capacity()
+    }
+
+    /// The engine's directory.
+    pub fn root(&self) -> &D {
+        &self.root
+    }
+
+    pub fn config(&self) -> &EngineConfig {
+        &self.config
+    }
+
+    /// A copy of the counters (journal counters folded in).
+    pub fn stats(&self) -> EngineStats {
+        let journal = self.journal.stats();
+        let mut inner = self.inner.borrow_mut();
+        let new_batches = journal.batches.saturating_sub(inner.journal_batches_seen);
+        let new_appends = journal.appends.saturating_sub(inner.journal_appends_seen);
+        if new_batches > 0 {
+            inner.stats.batch_ops.record(new_appends / new_batches);
+        }
+        inner.journal_batches_seen = journal.batches;
+        inner.journal_appends_seen = journal.appends;
+        let mut stats = inner.stats.clone();
+        stats.fsyncs = journal.fsyncs;
+        stats.fsync_nanos_total = journal.fsync_nanos_total;
+        stats.journal_batches = journal.batches;
+        stats.segments_live = journal.segments_live;
+        stats.snapshot_op = inner.snapshot_op;
+        stats
+    }
+
+    /// Flushes and closes the journal, releases the lock, and hands back the state machine.
+    pub async fn close(self) -> Result<M, EngineError> {
+        let Engine {
+            journal,
+            inner,
+            _lock,
+            ..
+        } = self;
+        journal.close().await?;
+        drop(_lock);
+        Ok(inner.into_inner().state_machine)
+    }
+}
+
+/// Applies one committed op; a rejected command is counted and logged, and still consumes the op
+/// (see [`ApplyError`]).
+fn apply_one<M: StateMachine>(sm: &mut M, stats: &mut EngineStats, op: u64, payload: &[u8]) {
+    stats.applied_ops += 1;
+    if let Err(error) = sm.apply(op, payload) {
+        stats.apply_rejections += 1;
+        tracing::warn!(op, %error, "state machine rejected a committed command; applied as a no-op");
+    }
+}

@@ -1,0 +1,185 @@
+//! The checkpoint coordinator: snapshot the state machine at applied op `S` → persist the snapshot
+//! → move the journal's watermark to `S` → compact the journal → drop snapshots older than the
+//! two newest.
+//!
+//! Why this order survives a crash between any two steps: each step only removes what an earlier
+//! *durable* step made redundant. Until the snapshot's directory fsync, the journal still holds
+//! every op above the previous snapshot; until the journal's watermark is durable, recovery
+//! replays from the snapshot it finds (ops the journal still holds at or below `S` are skipped);
+//! compaction only deletes entries at or below a durable watermark; older snapshots are deleted
+//! last, and recovery ignores them when a newer valid one exists.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use keel_storage::Directory;
+use serde::Serialize;
+
+use crate::error::EngineError;
+use crate::state_machine::StateMachine;
+use crate::Engine;
+
+/// Snapshots kept after a checkpoint: the newest, and one to fall back to if it is damaged.
+pub(crate) const SNAPSHOTS_KEPT: usize = 2;
+
+/// A boundary inside the checkpoint coordinator, reported to the step hook after the step named
+/// has completed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
+pub enum CheckpointStep {
+    /// The state machine's bytes were taken at `S` (nothing written yet).
+    SnapshotTaken,
+    /// The temp file was written, not yet fsynced.
+    TempWritten,
+    /// The temp file was fsynced, not yet renamed.
+    TempSynced,
+    /// The temp file was renamed to its final name; the directory is not fsynced yet.
+    Renamed,
+    /// The snapshot is durable (directory fsynced); the journal's watermark is unchanged.
+    Persisted,
+    /// The journal's watermark is `S`; not compacted yet.
+    WatermarkSet,
+    /// The journal was compacted; the older snapshots still exist.
+    Compacted,
+    /// Older snapshots were removed: the checkpoint is complete.
+    OldSnapshotsDropped,
+}
+
+impl CheckpointStep {
+    /// Every step, in order (the crash tests iterate over it).
+    pub const ALL: [CheckpointStep; 8] = [
+        CheckpointStep::SnapshotTaken,
+        CheckpointStep::TempWritten,
+        CheckpointStep::TempSynced,
+        CheckpointStep::Renamed,
+        CheckpointStep::Persisted,
+        CheckpointStep::WatermarkSet,
+        CheckpointStep::Compacted,
+        CheckpointStep::OldSnapshotsDropped,
+    ];
+}
+
+/// What the step hook tells the coordinator.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum StepAction {
+    Continue,
+    /// Stop here and return [`EngineError::Halted`], leaving the disk as a crash at this point
+    /// would (the caller then crashes its `MemFs` and reopens).
+    Halt,
+}
+
+/// Called at every [`CheckpointStep`]; a test seam (`None` in production).
+pub type StepHook = Arc<dyn Fn(CheckpointStep) -> StepAction + Send + Sync>;
+
+/// What one checkpoint did.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct CheckpointReport {
+    pub snapshot_op: u64,
+    pub snapshot_bytes: u64,
+    pub duration_us: u64,
+    pub segments_deleted: u64,
+    pub segments_rewritten: u64,
+    pub journal_bytes_before: u64,
+    pub journal_bytes_after: u64,
+    pub snapshots_removed: u64,
+}
+
+/// Clears the in-progress flag however the coordinator exits.
+struct InProgress<'a>(&'a std::cell::Cell<bool>);
+
+impl Drop for InProgress<'_> {
+    fn drop(&mut self) {
+        self.0.set(false);
+    }
+}
+
+pub(crate) async fn run<D: Directory, M: StateMachine>(
+    engine: &Engine<D, M>,
+) -> Result<Option<CheckpointReport>, EngineError> {
+    if engine.checkpointing.replace(true) {
+        return Err(EngineError::CheckpointInProgress);
+    }
+    let _in_progress = InProgress(&engine.checkpointing);
+    let started = Instant::now();
+    let result = run_steps(engine, started).await;
+    let mut inner = engine.inner.borrow_mut();
+    match &result {
+        Ok(Some(report)) => {
+            inner.stats.checkpoints += 1;
+            inner
+                .stats
+                .checkpoint_duration_us
+                .record(report.duration_us);
+            inner.stats.last_snapshot_bytes = report.snapshot_bytes;
+        }
+        Ok(None) => {}
+        Err(error) => {
+            inner.stats.checkpoint_failures += 1;
+            tracing::warn!(%error, "checkpoint failed");
+        }
+    }
+    result
+}
+
+async fn run_steps<D: Directory, M: StateMachine>(
+    engine: &Engine<D, M>,
+    started: Instant,
+) -> Result<Option<CheckpointReport>, EngineError> {
+    let hook = engine.config.step_hook.clone();
+    let step = move |s: CheckpointStep| -> Result<(), EngineError> {
+        match hook.as_ref().map(|h| h(s)) {
+            Some(StepAction::Halt) => {
+                tracing::debug!(step = ?s, "checkpoint halted by the step hook");
+                Err(EngineError::Halted { step: s })
+            }
+            _ => Ok(()),
+        }
+    };
+
+    // 1. Snapshot at the applied op. Only committed ops are ever applied, so S <= commit.
+    let (snapshot_op, state) = {
+        let inner = engine.inner.borrow();
+        if inner.applied_op <= inner.snapshot_op {
+            return Ok(None);
+        }
+        (inner.applied_op, inner.state_machine.snapshot())
+    };
+    step(CheckpointStep::SnapshotTaken)?;
+
+    // 2. Persist (temp, fsync, rename, directory fsync).
+    let snapshot_bytes = engine.snapshots.persist(snapshot_op, &state, &step).await?;
+    drop(state);
+    engine.inner.borrow_mut().snapshot_op = snapshot_op;
+    step(CheckpointStep::Persisted)?;
+
+    // 3. The journal may now forget ops at or below S.
+    if engine.journal.snapshot_op() < snapshot_op {
+        engine.journal.set_snapshot_op(snapshot_op).await?;
+    }
+    step(CheckpointStep::WatermarkSet)?;
+
+    // 4. Compact.
+    let compaction = engine.journal.compact().await?;
+    step(CheckpointStep::Compacted)?;
+
+    // 5. Drop older snapshots.
+    let snapshots_removed = engine.snapshots.remove_older(SNAPSHOTS_KEPT).await?;
+    step(CheckpointStep::OldSnapshotsDropped)?;
+
+    let report = CheckpointReport {
+        snapshot_op,
+        snapshot_bytes,
+        duration_us: started.elapsed().as_micros() as u64,
+        segments_deleted: compaction.segments_deleted,
+        segments_rewritten: compaction.segments_rewritten,
+        journal_bytes_before: compaction.bytes_before,
+        journal_bytes_after: compaction.bytes_after,
+        snapshots_removed,
+    };
+    tracing::info!(
+        snapshot_op,
+        snapshot_bytes,
+        duration_us = report.duration_us,
+        "checkpoint complete"
+    );
+    Ok(Some(report))
+}

@@ -1,0 +1,497 @@
+//! Snapshot files: `DIR/snapshots/NNNNNNNNNNNNNNNNNNNN.snap`, the 20-digit op in the name.
+//!
+//! Format (little-endian), a 40-byte header then the state machine's bytes:
+//!
+//! ```text
+//! offset  size  field
+//!      0     8  magic "KEELSNAP"
+//!      8     4  format version (1)
+//!     12     4  reserved, zero
+//!     16     8  op: every op up to it is in the state
+//!     24     8  payload length in bytes
+//!     32     4  crc32 of the payload
+//!     36     4  crc32 of bytes 0..36
+//! ```
+//!
+//! Persisting goes through the [`Directory`] seam only: write `NAME.tmp`, fsync it, rename it to
+//! `NAME`, fsync the directory. Until the directory fsync a crash may lose the rename, so nothing
+//! that depends on the snapshot (the journal's watermark) moves before it.
+
+use keel_storage::{Directory, OpenMode, Storage};
+use serde::Serialize;
+
+use crate::checkpoint::CheckpointStep;
+use crate::error::{EngineError, SnapshotError, SnapshotStage};
+use crate::QUARANTINE_DIR;
+
+pub const SNAPSHOTS_DIR: &str = "snapshots";
+pub const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNAP";
+pub const SNAPSHOT_VERSION: u32 = 1;
+pub const SNAPSHOT_HEADER_BYTES: usize = 40;
+const SNAPSHOT_SUFFIX: &str = ".snap";
+const TEMP_SUFFIX: &str = ".tmp";
+/// Bound on the `.N` suffixes tried when a quarantine name is taken.
+const MAX_QUARANTINE_SUFFIX: u32 = 1000;
+
+/// `00000000000000000042.snap`.
+pub fn snapshot_file_name(op: u64) -> String {
+    format!("{op:020}{SNAPSHOT_SUFFIX}")
+}
+
+/// The op of a snapshot file name, if `name` is one (exactly 20 digits + `.snap`).
+pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(SNAPSHOT_SUFFIX)?;
+    if digits.len() != 20 || !digits.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// What a check of one snapshot file found (for `keel verify` / `inspect`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct SnapshotInfo {
+    pub op: u64,
+    pub file: String,
+    pub len_bytes: u64,
+    pub valid: bool,
+    /// Why it is not valid.
+    pub problem: Option<String>,
+}
+
+fn encode_header(op: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
+    h[0..8].copy_from_slice(SNAPSHOT_MAGIC);
+    h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    h[16..24].copy_from_slice(&op.to_le_bytes());
+    h[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
+    h[32..36].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let header_crc = crc32fast::hash(&h[0..36]);
+    h[36..40].copy_from_slice(&header_crc.to_le_bytes());
+    h
+}
+
+/// A validated header.
+struct Header {
+    op: u64,
+    len_bytes: u64,
+    payload_crc: u32,
+}
+
+fn le_u32(b: &[u8]) -> u32 {
+    let mut a = [0u8; 4];
+    a.copy_from_slice(&b[..4]);
+    u32::from_le_bytes(a)
+}
+
+fn le_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+fn decode_header(h: &[u8]) -> Result<Header, String> {
+    if h.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(format!(
+            "file shorter than the {SNAPSHOT_HEADER_BYTES}-byte header"
+        ));
+    }
+    if &h[0..8] != SNAPSHOT_MAGIC {
+        return Err("bad magic".into());
+    }
+    let stored = le_u32(&h[36..40]);
+    let computed = crc32fast::hash(&h[0..36]);
+    if stored != computed {
+        return Err(format!(
+            "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
+        ));
+    }
+    let version = le_u32(&h[8..12]);
+    if version != SNAPSHOT_VERSION {
+        return Err(format!("unsupported format version {version}"));
+    }
+    Ok(Header {
+        op: le_u64(&h[16..24]),
+        len_bytes: le_u64(&h[24..32]),
+        payload_crc: le_u32(&h[32..36]),
+    })
+}
+
+/// The snapshots directory of one engine.
+pub(crate) struct SnapshotStore<D: Directory> {
+    root: D,
+    dir: D,
+    max_bytes: u64,
+}
+
+fn io_err(stage: SnapshotStage, file: &str, op: u64, source: std::io::Error) -> SnapshotError {
+    SnapshotError::Io {
+        stage,
+        file: file.to_string(),
+        op,
+        source,
+    }
+}
+
+impl<D: Directory> SnapshotStore<D> {
+    /// Opens `root/snapshots/`, creating it (durably) if missing.
+    pub(crate) async fn open(root: &D, max_bytes: u64) -> Result<Self, EngineError> {
+        let existed = root
+            .exists(SNAPSHOTS_DIR)
+            .await
+            .map_err(|e| EngineError::io("snapshots exists", root.display_path(), e))?;
+        let dir = root
+            .open_dir(SNAPSHOTS_DIR, true)
+            .await
+            .map_err(|e| EngineError::io("open snapshots dir", root.display_path(), e))?;
+        if !existed {
+            // The new directory's entry in root must be durable before a snapshot in it counts.
+            root.sync()
+                .await
+                .map_err(|e| EngineError::io("sync root dir", root.display_path(), e))?;
+        }
+        Ok(Self {
+            root: root.clone(),
+            dir,
+            max_bytes,
+        })
+    }
+
+    /// Opens `root/snapshots/` without creating or changing anything; `None` if absent.
+    pub(crate) async fn open_read_only(
+        root: &D,
+        max_bytes: u64,
+    ) -> Result<Option<Self>, EngineError> {
+        let exists = root
+            .exists(SNAPSHOTS_DIR)
+            .await
+            .map_err(|e| EngineError::io("snapshots exists", root.display_path(), e))?;
+        if !exists {
+            return Ok(None);
+        }
+        let dir = root
+            .open_dir(SNAPSHOTS_DIR, false)
+            .await
+            .map_err(|e| EngineError::io("open snapshots dir", root.display_path(), e))?;
+        Ok(Some(Self {
+            root: root.clone(),
+            dir,
+            max_bytes,
+        }))
+    }
+
+    pub(crate) fn path_of(&self, name: &str) -> String {
+        format!("{}/{name}", self.dir.display_path())
+    }
+
+    /// Ops of the snapshot files present, ascending; other names are ignored.
+    pub(crate) async fn list(&self) -> Result<Vec<u64>, SnapshotError> {
+        let names = self
+            .dir
+            .list()
+            .await
+            .map_err(|e| io_err(SnapshotStage::List, &self.dir.display_path(), 0, e))?;
+        let mut ops: Vec<u64> = names
+            .iter()
+            .filter_map(|n| parse_snapshot_file_name(n))
+            .collect();
+        ops.sort_unstable();
+        Ok(ops)
+    }
+
+    /// Removes leftover `*.tmp` files of interrupted persists; returns how many.
+    pub(crate) async fn remove_temps(&self) -> Result<u64, SnapshotError> {
+        let names = self
+            .dir
+            .list()
+            .await
+            .map_err(|e| io_err(SnapshotStage::List, &self.dir.display_path(), 0, e))?;
+        let mut removed = 0;
+        for name in names.iter().filter(|n| n.ends_with(TEMP_SUFFIX)) {
+            tracing::info!(file = %self.path_of(name), "removing an interrupted snapshot temp file");
+            self.dir
+                .remove_file(name)
+                .await
+                .map_err(|e| io_err(SnapshotStage::Remove, &self.path_of(name), 0, e))?;
+            removed += 1;
+        }
+        if removed > 0 {
+            self.dir.sync().await.map_err(|e| {
+                io_err(SnapshotStage::DirectorySync, &self.dir.display_path(), 0, e)
+            })?;
+        }
+        Ok(removed)
+    }
+
+    /// Persists `state` as the snapshot at `op`: temp file, fsync, rename, directory fsync.
+    /// `step` is called at the boundaries inside the persist (the crash tests stop there).
+    /// Returns the file's size in bytes.
+    pub(crate) async fn persist(
+        &self,
+        op: u64,
+        state: &[u8],
+        step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
+    ) -> Result<u64, EngineError> {
+        if state.len() as u64 > self.max_bytes {
+            return Err(SnapshotError::TooLarge {
+                file: self.path_of(&snapshot_file_name(op)),
+                len_bytes: state.len() as u64,
+                max_bytes: self.max_bytes,
+            }
+            .into());
+        }
+        let name = snapshot_file_name(op);
+        let temp = format!("{name}{TEMP_SUFFIX}");
+        let temp_path = self.path_of(&temp);
+        let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + state.len());
+        bytes.extend_from_slice(&encode_header(op, state));
+        bytes.extend_from_slice(state);
+        let len_bytes = bytes.len() as u64;
+
+        let file = self
+            .dir
+            .open_file(&temp, OpenMode::Create)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Write, &temp_path, op, e))?;
+        // A temp file left by an interrupted persist of the same op: start from empty.
+        file.truncate(0)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Write, &temp_path, op, e))?;
+        let compio::BufResult(written, _) = file.write_all_at(0, bytes).await;
+        written.map_err(|e| io_err(SnapshotStage::Write, &temp_path, op, e))?;
+        step(CheckpointStep::TempWritten)?;
+        file.sync()
+            .await
+            .map_err(|e| io_err(SnapshotStage::Sync, &temp_path, op, e))?;
+        drop(file);
+        step(CheckpointStep::TempSynced)?;
+        self.dir
+            .rename(&temp, &name)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Rename, &temp_path, op, e))?;
+        step(CheckpointStep::Renamed)?;
+        self.dir.sync().await.map_err(|e| {
+            io_err(
+                SnapshotStage::DirectorySync,
+                &self.dir.display_path(),
+                op,
+                e,
+            )
+        })?;
+        Ok(len_bytes)
+    }
+
+    /// Reads and checks the snapshot at `op`; returns the state machine's bytes.
+    pub(crate) async fn load(&self, op: u64) -> Result<Vec<u8>, SnapshotError> {
+        let name = snapshot_file_name(op);
+        let path = self.path_of(&name);
+        let file = self
+            .dir
+            .open_file(&name, OpenMode::ReadOnly)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+        let file_len = file.len();
+        let damaged = |reason: String| SnapshotError::Checksum {
+            file: path.clone(),
+            reason,
+        };
+        if file_len < SNAPSHOT_HEADER_BYTES as u64 {
+            return Err(damaged(format!(
+                "{file_len} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header"
+            )));
+        }
+        let header_bytes = file
+            .read_exact_at(0, SNAPSHOT_HEADER_BYTES)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+        let header = decode_header(&header_bytes).map_err(damaged)?;
+        if header.op != op {
+            return Err(damaged(format!(
+                "header says op {}, name says {op}",
+                header.op
+            )));
+        }
+        if header.len_bytes > self.max_bytes {
+            return Err(SnapshotError::TooLarge {
+                file: path.clone(),
+                len_bytes: header.len_bytes,
+                max_bytes: self.max_bytes,
+            });
+        }
+        let expected_len = SNAPSHOT_HEADER_BYTES as u64 + header.len_bytes;
+        if file_len != expected_len {
+            return Err(damaged(format!(
+                "file is {file_len} bytes, header says {expected_len}"
+            )));
+        }
+        let payload = file
+            .read_exact_at(SNAPSHOT_HEADER_BYTES as u64, header.len_bytes as usize)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+        let computed = crc32fast::hash(&payload);
+        if computed != header.payload_crc {
+            return Err(damaged(format!(
+                "payload checksum mismatch (stored {:#010x}, computed {computed:#010x})",
+                header.payload_crc
+            )));
+        }
+        Ok(payload)
+    }
+
+    /// Moves the snapshot at `op` into `DIR/quarantine/` (copy, fsync, directory fsyncs, then
+    /// remove the original); returns the quarantine file's path.
+    pub(crate) async fn quarantine(&self, op: u64) -> Result<String, SnapshotError> {
+        let name = snapshot_file_name(op);
+        let path = self.path_of(&name);
+        let q = |e| io_err(SnapshotStage::Quarantine, &path, op, e);
+        let file = self
+            .dir
+            .open_file(&name, OpenMode::ReadOnly)
+            .await
+            .map_err(q)?;
+        // The copy is bounded: a file larger than any snapshot we accept is cut at the bound.
+        let copy_len = file
+            .len()
+            .min(self.max_bytes + SNAPSHOT_HEADER_BYTES as u64) as usize;
+        let bytes = file.read_exact_at(0, copy_len).await.map_err(q)?;
+        drop(file);
+
+        let root_had_quarantine = self.root.exists(QUARANTINE_DIR).await.map_err(q)?;
+        let qdir = self.root.open_dir(QUARANTINE_DIR, true).await.map_err(q)?;
+        if !root_had_quarantine {
+            self.root.sync().await.map_err(q)?;
+        }
+        let base = format!("snapshot-{name}");
+        let mut target = base.clone();
+        let mut suffix = 0;
+        while qdir.exists(&target).await.map_err(q)? {
+            suffix += 1;
+            if suffix > MAX_QUARANTINE_SUFFIX {
+                return Err(q(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{MAX_QUARANTINE_SUFFIX} quarantined copies of {name} already exist"),
+                )));
+            }
+            target = format!("{base}.{suffix}");
+        }
+        let out = qdir
+            .open_file(&target, OpenMode::CreateNew)
+            .await
+            .map_err(q)?;
+        let compio::BufResult(written, _) = out.write_all_at(0, bytes).await;
+        written.map_err(q)?;
+        out.sync().await.map_err(q)?;
+        drop(out);
+        qdir.sync().await.map_err(q)?;
+        self.dir.remove_file(&name).await.map_err(q)?;
+        self.dir.sync().await.map_err(q)?;
+        let quarantine_path = format!("{}/{target}", qdir.display_path());
+        tracing::warn!(file = %path, quarantine = %quarantine_path, op, "damaged snapshot moved to quarantine");
+        Ok(quarantine_path)
+    }
+
+    /// Removes the snapshots older than the `keep` newest; fsyncs the directory once.
+    pub(crate) async fn remove_older(&self, keep: usize) -> Result<u64, SnapshotError> {
+        let ops = self.list().await?;
+        let drop_count = ops.len().saturating_sub(keep);
+        for &op in &ops[..drop_count] {
+            let name = snapshot_file_name(op);
+            self.dir
+                .remove_file(&name)
+                .await
+                .map_err(|e| io_err(SnapshotStage::Remove, &self.path_of(&name), op, e))?;
+        }
+        if drop_count > 0 {
+            self.dir.sync().await.map_err(|e| {
+                io_err(SnapshotStage::DirectorySync, &self.dir.display_path(), 0, e)
+            })?;
+        }
+        Ok(drop_count as u64)
+    }
+
+    /// The size of the snapshot file at `op`.
+    pub(crate) async fn file_len(&self, op: u64) -> std::io::Result<u64> {
+        let file = self
+            .dir
+            .open_file(&snapshot_file_name(op), OpenMode::ReadOnly)
+            .await?;
+        Ok(file.len())
+    }
+
+    /// Checks every snapshot file without changing anything.
+    pub(crate) async fn check_all(&self) -> Result<Vec<SnapshotInfo>, SnapshotError> {
+        let mut out = Vec::new();
+        for op in self.list().await? {
+            let name = snapshot_file_name(op);
+            let len_bytes = match self.dir.open_file(&name, OpenMode::ReadOnly).await {
+                Ok(f) => f.len(),
+                Err(_) => 0,
+            };
+            let (valid, problem) = match self.load(op).await {
+                Ok(_) => (true, None),
+                Err(e) => (false, Some(e.to_string())),
+            };
+            out.push(SnapshotInfo {
+                op,
+                file: self.path_of(&name),
+                len_bytes,
+                valid,
+                problem,
+            });
+        }
+        Ok(out)
+    }
+}
+
+/// Lists and checks the snapshots of an engine directory without changing anything (read-only
+/// directories work). Empty when there is no snapshots directory.
+pub async fn list_snapshots<D: Directory>(
+    root: &D,
+    max_snapshot_bytes: u64,
+) -> Result<Vec<SnapshotInfo>, EngineError> {
+    match SnapshotStore::open_read_only(root, max_snapshot_bytes).await? {
+        Some(store) => Ok(store.check_all().await?),
+        None => Ok(Vec::new()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_round_trip_and_reject_others() {
+        assert_eq!(snapshot_file_name(42), "00000000000000000042.snap");
+        assert_eq!(
+            parse_snapshot_file_name("00000000000000000042.snap"),
+            Some(42)
+        );
+        assert_eq!(
+            parse_snapshot_file_name(&snapshot_file_name(u64::MAX)),
+            Some(u64::MAX)
+        );
+        for bad in [
+            "42.snap",
+            "00000000000000000042.snap.tmp",
+            "0000000000000000004x.snap",
+            "99999999999999999999.snap", // overflows u64
+            "LOCK",
+        ] {
+            assert_eq!(parse_snapshot_file_name(bad), None, "{bad}");
+        }
+    }
+
+    #[test]
+    fn header_round_trips_and_detects_flips() {
+        let payload = b"state bytes";
+        let h = encode_header(7, payload);
+        let d = decode_header(&h).unwrap();
+        assert_eq!((d.op, d.len_bytes), (7, payload.len() as u64));
+        assert_eq!(d.payload_crc, crc32fast::hash(payload));
+        for bit in 0..SNAPSHOT_HEADER_BYTES * 8 {
+            let mut bad = h;
+            bad[bit / 8] ^= 1 << (bit % 8);
+            assert!(decode_header(&bad).is_err(), "bit {bit}");
+        }
+        assert!(decode_header(&h[..10]).is_err());
+    }
+}
