@@ -316,3 +316,17 @@ pub(crate) async fn read_exact_at_impl<S: Storage>(
     }
     Ok(out)
 }
+
+/// Compile-time proof that `FileStorage` is neither `Send` nor `Sync`: if it were, the
+/// `AmbiguousIfImpl<_>` lookups below would find two impls and fail to compile.
+const _: () = {
+    trait AmbiguousIfImpl<A> {
+        fn check() {}
+    }
+    impl<T: ?Sized> AmbiguousIfImpl<()> for T {}
+    struct IsSend;
+    impl<T: ?Sized + Send> AmbiguousIfImpl<IsSend> for T {}
+    struct IsSync;
+    impl<T: ?Sized + Sync> AmbiguousIfImpl<IsSync> for T {}
+    let _ = <FileStorage as AmbiguousIfImpl<_>>::check;
+};
