@@ -457,6 +457,17 @@ pub async fn list_snapshots<D: Directory>(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use keel_storage::{FaultConfig, FaultKind, FaultOp, MemFs};
+
+    const MAX: u64 = 1 << 20;
+
+    fn no_halt(_: CheckpointStep) -> Result<(), EngineError> {
+        Ok(())
+    }
+
+    fn snap_path(op: u64) -> String {
+        format!("{SNAPSHOTS_DIR}/{}", snapshot_file_name(op))
+    }
 
     #[test]
     fn names_round_trip_and_reject_others() {
@@ -493,5 +504,189 @@ mod tests {
             assert!(decode_header(&bad).is_err(), "bit {bit}");
         }
         assert!(decode_header(&h[..10]).is_err());
+    }
+
+    #[compio::test]
+    async fn persist_load_round_trip_survives_crash() {
+        let fs = MemFs::new(1);
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        let len = store.persist(9, b"hello", &no_halt).await.unwrap();
+        assert_eq!(len, SNAPSHOT_HEADER_BYTES as u64 + 5);
+        fs.crash();
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![9]);
+        assert_eq!(store.load(9).await.unwrap(), b"hello");
+    }
+
+    /// A crash inside the persist never leaves a snapshot under its final name that is not
+    /// complete: before the directory fsync, the final name is either absent or whole.
+    #[compio::test]
+    async fn crash_inside_persist_never_exposes_a_partial_snapshot() {
+        for halt_at in [
+            CheckpointStep::TempWritten,
+            CheckpointStep::TempSynced,
+            CheckpointStep::Renamed,
+        ] {
+            for seed in 0..40 {
+                let fs = MemFs::new(seed);
+                let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+                store.persist(3, b"older", &no_halt).await.unwrap();
+                let halt = |s: CheckpointStep| {
+                    if s == halt_at {
+                        Err(EngineError::Halted { step: s })
+                    } else {
+                        Ok(())
+                    }
+                };
+                let big = vec![7u8; 5000];
+                let err = store.persist(8, &big, &halt).await.unwrap_err();
+                assert!(matches!(err, EngineError::Halted { step } if step == halt_at));
+                drop(store);
+                fs.crash();
+                let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+                let ops = store.list().await.unwrap();
+                assert!(
+                    ops == vec![3] || ops == vec![3, 8],
+                    "{halt_at:?} seed {seed}: {ops:?}"
+                );
+                if ops.contains(&8) {
+                    // Only possible once the temp file was fsynced (rename kept by chance).
+                    assert_ne!(halt_at, CheckpointStep::TempWritten);
+                    assert_eq!(store.load(8).await.unwrap(), big);
+                }
+                assert_eq!(store.load(3).await.unwrap(), b"older");
+                store.remove_temps().await.unwrap();
+                let names = fs
+                    .root()
+                    .open_dir(SNAPSHOTS_DIR, false)
+                    .await
+                    .unwrap()
+                    .list()
+                    .await
+                    .unwrap();
+                assert!(names.iter().all(|n| !n.ends_with(TEMP_SUFFIX)), "{names:?}");
+            }
+        }
+    }
+
+    #[compio::test]
+    async fn damaged_snapshot_is_detected_and_quarantined() {
+        let fs = MemFs::new(2);
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        store.persist(5, b"payload!", &no_halt).await.unwrap();
+        let original = fs.read_raw(&snap_path(5)).unwrap();
+        for offset in [0u64, 20, 39, 40, 47] {
+            fs.flip_bit(&snap_path(5), offset, 3).unwrap();
+            assert!(
+                matches!(store.load(5).await, Err(SnapshotError::Checksum { .. })),
+                "offset {offset}"
+            );
+            fs.flip_bit(&snap_path(5), offset, 3).unwrap();
+        }
+        fs.cut_raw(&snap_path(5), 30).unwrap();
+        assert!(matches!(
+            store.load(5).await,
+            Err(SnapshotError::Checksum { .. })
+        ));
+        fs.write_raw(&snap_path(5), 0, &original).unwrap();
+        fs.flip_bit(&snap_path(5), 44, 0).unwrap();
+        let damaged = fs.read_raw(&snap_path(5)).unwrap();
+        let q = store.quarantine(5).await.unwrap();
+        assert_eq!(q, "mem:/quarantine/snapshot-00000000000000000005.snap");
+        fs.crash();
+        assert!(!fs.exists(&snap_path(5)));
+        assert_eq!(
+            fs.read_raw("quarantine/snapshot-00000000000000000005.snap")
+                .unwrap(),
+            damaged
+        );
+        // A second quarantine of the same op gets its own name.
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        store.persist(5, b"again", &no_halt).await.unwrap();
+        let q = store.quarantine(5).await.unwrap();
+        assert!(q.ends_with(".snap.1"), "{q}");
+    }
+
+    #[compio::test]
+    async fn header_op_must_match_the_name() {
+        let fs = MemFs::new(3);
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        store.persist(5, b"x", &no_halt).await.unwrap();
+        let bytes = fs.read_raw(&snap_path(5)).unwrap();
+        fs.write_raw(&snap_path(6), 0, &bytes).unwrap();
+        let err = store.load(6).await.unwrap_err();
+        assert!(matches!(err, SnapshotError::Checksum { .. }), "{err}");
+    }
+
+    #[compio::test]
+    async fn keeps_the_newest_two() {
+        let fs = MemFs::new(4);
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        for op in [1, 2, 3, 4] {
+            store.persist(op, &[op as u8], &no_halt).await.unwrap();
+        }
+        assert_eq!(store.remove_older(2).await.unwrap(), 2);
+        fs.crash();
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![3, 4]);
+    }
+
+    #[compio::test]
+    async fn stage_names_say_whether_a_retry_is_safe() {
+        let cases = [
+            (FaultOp::Write, SnapshotStage::Write, false),
+            (FaultOp::Sync, SnapshotStage::Sync, false),
+            (FaultOp::Rename, SnapshotStage::Rename, true),
+            (FaultOp::DirSync, SnapshotStage::DirectorySync, true),
+        ];
+        for (op, stage, retry_safe) in cases {
+            let fs = MemFs::new(5);
+            let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+            fs.set_faults(FaultConfig::new().fail_nth(op, 1, FaultKind::Io));
+            let err = store.persist(7, b"state", &no_halt).await.unwrap_err();
+            let EngineError::Snapshot(err) = err else {
+                panic!("{op:?}: {err}")
+            };
+            assert_eq!(err.stage(), stage, "{op:?}: {err}");
+            assert_eq!(err.retry_safe(), retry_safe);
+            fs.clear_faults();
+            // After any failure, persisting again succeeds and the snapshot is whole.
+            store.persist(7, b"state", &no_halt).await.unwrap();
+            assert_eq!(store.load(7).await.unwrap(), b"state");
+        }
+    }
+
+    #[compio::test]
+    async fn too_large_is_refused_both_ways() {
+        let fs = MemFs::new(6);
+        let store = SnapshotStore::open(&fs.root(), 4).await.unwrap();
+        assert!(matches!(
+            store.persist(1, b"12345", &no_halt).await,
+            Err(EngineError::Snapshot(SnapshotError::TooLarge { .. }))
+        ));
+        let big = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        big.persist(1, b"12345", &no_halt).await.unwrap();
+        assert!(matches!(
+            store.load(1).await,
+            Err(SnapshotError::TooLarge { .. })
+        ));
+    }
+
+    #[compio::test]
+    async fn list_snapshots_is_read_only() {
+        let fs = MemFs::new(7);
+        assert!(list_snapshots(&fs.root_read_only(), MAX)
+            .await
+            .unwrap()
+            .is_empty());
+        let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
+        store.persist(1, b"a", &no_halt).await.unwrap();
+        store.persist(2, b"b", &no_halt).await.unwrap();
+        fs.flip_bit(&snap_path(2), 40, 1).unwrap();
+        let infos = list_snapshots(&fs.root_read_only(), MAX).await.unwrap();
+        assert_eq!(infos.len(), 2);
+        assert!(infos[0].valid);
+        assert!(!infos[1].valid && infos[1].problem.is_some());
+        assert!(fs.exists(&snap_path(2)));
     }
 }
