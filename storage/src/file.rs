@@ -136,13 +136,19 @@ impl FileStorage {
     /// (when possible) with its blocks allocated, so later writes overwrite instead of extending.
     ///
     /// With [`FileOptions::preallocate`] set this uses `fallocate(2)` on compio's blocking pool;
-    /// otherwise (or if the file system refuses) it writes zeroes in 1 MiB chunks.
+    /// otherwise (or if the file system refuses) it writes zeroes in 1 MiB chunks. The range is
+    /// claimed in the cached length before the first await; if preallocation then fails, the cached
+    /// length keeps the claim (reopen the file to read its real length).
     pub async fn preallocate_file(&self, len_bytes: u64) -> io::Result<()> {
         self.check_writable("preallocate")?;
         let start_bytes = self.len_bytes.get();
         if len_bytes <= start_bytes {
             return Ok(());
         }
+        // Claim the whole range synchronously, like `reserve_append`: an append reserved while
+        // the zero-fill below is in flight must land after it, not inside it where a later zero
+        // chunk would overwrite it.
+        self.len_bytes.set(len_bytes);
         if self.options.preallocate {
             let file = self.file()?;
             let fd = file.as_raw_fd();
@@ -165,10 +171,7 @@ impl FileStorage {
             .map_err(|_| io::Error::other("fallocate task panicked"))?;
             drop(file);
             match result {
-                Ok(()) => {
-                    self.len_bytes.set(self.len_bytes.get().max(len_bytes));
-                    return Ok(());
-                }
+                Ok(()) => return Ok(()),
                 Err(error) if error.raw_os_error() == Some(libc::EOPNOTSUPP) => {
                     tracing::debug!(path = %self.path, "fallocate unsupported; zero-filling");
                 }

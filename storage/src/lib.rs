@@ -73,7 +73,8 @@ pub trait Storage {
     /// writes inside it overwrite instead of extending. Never shrinks the file.
     ///
     /// The default zero-extends with [`Storage::truncate`]; [`FileStorage`] may allocate blocks
-    /// with `fallocate(2)` or write zeroes (see [`FileOptions`]).
+    /// with `fallocate(2)` or write zeroes (see [`FileOptions`]), and claims the range in its cached
+    /// length before its first await, so appends reserved meanwhile land after it.
     async fn preallocate(&self, len_bytes: u64) -> io::Result<()> {
         if len_bytes > self.len() {
             self.truncate(len_bytes).await?;

@@ -258,3 +258,48 @@ async fn preallocate_extends_with_zeroes() {
         assert_eq!(reopened.len(), target_bytes);
     }
 }
+
+#[compio::test]
+async fn appends_during_a_zero_fill_land_after_it() {
+    let (_tmp, dir) = temp_dir().await;
+    let file = Rc::new(dir.open_file("seg", OpenMode::Create).await.unwrap());
+    let target_bytes: u64 = 3 << 20;
+    let filler = {
+        let file = file.clone();
+        compio::runtime::spawn(async move { file.preallocate(target_bytes).await })
+    };
+    // Let the zero-fill start and claim its range before the appends reserve theirs.
+    yield_once().await;
+    let mut appends = Vec::new();
+    for task in 1..=4u8 {
+        let file = file.clone();
+        appends.push(compio::runtime::spawn(async move {
+            (task, file.append(vec![task; 4096]).await.0.unwrap())
+        }));
+    }
+    filler.await.unwrap().unwrap();
+    for handle in appends {
+        let (task, offset) = handle.await.unwrap();
+        assert!(
+            offset >= target_bytes,
+            "append at {offset} inside the zero-filled range"
+        );
+        let got = file.read_exact_at(offset, 4096).await.unwrap();
+        assert!(got.iter().all(|&b| b == task), "task {task} overwritten");
+    }
+}
+
+/// Returns `Pending` once (waking itself) so that spawned tasks get to run.
+async fn yield_once() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
