@@ -41,7 +41,7 @@ use std::collections::BTreeMap;
 use std::fmt;
 use std::time::Instant;
 
-use bytes::Bytes;
+pub use bytes::Bytes;
 use keel_journal::MetadataJournal;
 use keel_storage::Directory;
 
@@ -371,6 +371,11 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         self.inner.borrow().pending.keys().copied().collect()
     }
 
+    /// The payload of a prepared (durable, not yet committed) op, e.g. to send to a peer.
+    pub fn prepared_payload(&self, op: u64) -> Option<Bytes> {
+        self.inner.borrow().pending.get(&op).cloned()
+    }
+
     /// How many more ops fit in the journal before `Full`.
     pub fn remaining_capacity(&self) -> u64 {
         self.journal.remaining_capacity()
@@ -391,8 +396,8 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         let mut inner = self.inner.borrow_mut();
         let new_batches = journal.batches.saturating_sub(inner.journal_batches_seen);
         let new_appends = journal.appends.saturating_sub(inner.journal_appends_seen);
-        if new_batches > 0 {
-            inner.stats.batch_ops.record(new_appends / new_batches);
+        if let Some(mean_ops) = new_appends.checked_div(new_batches) {
+            inner.stats.batch_ops.record(mean_ops);
         }
         inner.journal_batches_seen = journal.batches;
         inner.journal_appends_seen = journal.appends;
@@ -407,6 +412,11 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
 
     /// Flushes and closes the journal, releases the lock, and hands back the state machine.
     pub async fn close(self) -> Result<M, EngineError> {
+        // A clean close leaves nothing to re-decide: the commit watermark goes to disk too.
+        let commit_op = self.inner.borrow().commit_op;
+        if commit_op > self.journal.commit_op().unwrap_or(0) {
+            self.journal.persist_commit().await?;
+        }
         let Engine {
             journal,
             inner,

@@ -19,6 +19,11 @@ pub(crate) struct DirLock<D: Directory> {
 pub(crate) async fn lock_dir<D: Directory>(root: &D) -> Result<DirLock<D>, EngineError> {
     match root.lock(LOCK_FILE).await {
         Ok(lock) => Ok(DirLock { _lock: lock }),
+        Err(source) if source.kind() != std::io::ErrorKind::WouldBlock => Err(EngineError::io(
+            "lock",
+            format!("{}/{LOCK_FILE}", root.display_path()),
+            source,
+        )),
         Err(source) => {
             let dir = root.display_path();
             tracing::warn!(%dir, %source, "engine directory lock refused");

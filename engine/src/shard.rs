@@ -65,7 +65,8 @@ impl Default for ShardConfig {
 }
 
 type Reply<T> = flume::Sender<Result<T, EngineError>>;
-type Query<M> = Box<dyn FnOnce(&M) + Send>;
+/// Runs with the state machine, or with the error that keeps the shard from serving it.
+type Query<M> = Box<dyn FnOnce(Result<&M, EngineError>) + Send>;
 
 enum Request<M> {
     Append {
@@ -203,8 +204,8 @@ impl<M: StateMachine + 'static> ShardHandle<M> {
         f: impl FnOnce(&M) -> R + Send + 'static,
     ) -> Result<R, EngineError> {
         self.call(shard, |reply| {
-            Request::Query(Box::new(move |m: &M| {
-                let _ = reply.send(Ok(f(m)));
+            Request::Query(Box::new(move |m: Result<&M, EngineError>| {
+                let _ = reply.send(m.map(f));
             }))
         })
         .await
@@ -486,7 +487,7 @@ async fn serve<D: keel_storage::Directory, M: StateMachine>(
         Request::Stats { reply } => {
             let _ = reply.send(Ok(engine.stats()));
         }
-        Request::Query(f) => f(&engine.state_machine()),
+        Request::Query(f) => f(Ok(&engine.state_machine())),
         Request::Close { reply } => {
             // Handled by the shard loop; a second close after the first gets `Closed`.
             let _ = reply.send(Err(EngineError::Closed));
@@ -494,8 +495,7 @@ async fn serve<D: keel_storage::Directory, M: StateMachine>(
     }
 }
 
-/// Answers `request` with an error. A query's reply is inside its closure: dropping the closure
-/// disconnects it, which the caller reports as `ShardUnavailable`.
+/// Answers `request` with an error.
 fn fail<M>(request: Request<M>, error: impl Fn() -> EngineError) {
     match request {
         Request::Append { reply, .. }
@@ -511,7 +511,7 @@ fn fail<M>(request: Request<M>, error: impl Fn() -> EngineError) {
         Request::Stats { reply } | Request::Close { reply } => {
             let _ = reply.send(Err(error()));
         }
-        Request::Query(_) => {}
+        Request::Query(f) => f(Err(error())),
     }
 }
 

@@ -1,0 +1,102 @@
+//! Helpers shared by the engine's integration tests.
+#![allow(dead_code)]
+
+use std::future::Future;
+use std::pin::Pin;
+use std::task::{Context, Poll};
+
+use keel_engine::{
+    encode_delete, encode_set, EngineConfig, JournalConfig, KvStateMachine, StateMachine,
+};
+use rand::Rng;
+
+/// A small journal so tests cross segment boundaries, compaction and back-pressure quickly.
+pub fn small_config() -> EngineConfig {
+    let journal = JournalConfig {
+        slot_count: 64,
+        segment_bytes: 4096,
+        max_batch_bytes: 16 << 10,
+        max_inflight_bytes: 64 << 10,
+        max_payload_bytes: 4096,
+        preallocate: false,
+        sync_on_append: true,
+    };
+    EngineConfig {
+        journal,
+        checkpoint_margin_ops: 0,
+        ..EngineConfig::default()
+    }
+}
+
+/// The command op `op` carries in the deterministic tests: a set of key `op % 7`, or every
+/// fifth op a delete, so states differ op by op.
+pub fn payload(op: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    let key = format!("k{}", op % 7);
+    if op.is_multiple_of(5) {
+        encode_delete(key.as_bytes(), &mut out).unwrap();
+    } else {
+        encode_set(key.as_bytes(), format!("v{op}").as_bytes(), &mut out).unwrap();
+    }
+    out
+}
+
+/// A random key-value command over a small key space.
+pub fn random_payload(rng: &mut impl Rng) -> Vec<u8> {
+    let mut out = Vec::new();
+    let key = [b'k', rng.gen_range(b'a'..=b'h')];
+    if rng.gen_bool(0.2) {
+        encode_delete(&key, &mut out).unwrap();
+    } else {
+        let len = rng.gen_range(0..48);
+        let value: Vec<u8> = (0..len).map(|_| rng.gen()).collect();
+        encode_set(&key, &value, &mut out).unwrap();
+    }
+    out
+}
+
+/// The state after applying `payload(1..=through)`.
+pub fn model_through(through: u64) -> KvStateMachine {
+    let mut kv = KvStateMachine::new();
+    for op in 1..=through {
+        kv.apply(op, &payload(op)).unwrap();
+    }
+    kv
+}
+
+/// Polls every future until all are done; outputs in input order. (No executor-specific join:
+/// the futures run interleaved on the current compio task, as concurrent requests would.)
+pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
+    struct JoinAll<F: Future> {
+        futures: Vec<Pin<Box<F>>>,
+        outputs: Vec<Option<F::Output>>,
+    }
+    // The futures are boxed and the outputs are never pinned, so moving the struct is fine.
+    impl<F: Future> Unpin for JoinAll<F> {}
+    impl<F: Future> Future for JoinAll<F> {
+        type Output = Vec<F::Output>;
+        fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+            let this = self.get_mut();
+            let mut done = true;
+            for (f, out) in this.futures.iter_mut().zip(this.outputs.iter_mut()) {
+                if out.is_none() {
+                    match f.as_mut().poll(cx) {
+                        Poll::Ready(v) => *out = Some(v),
+                        Poll::Pending => done = false,
+                    }
+                }
+            }
+            if done {
+                Poll::Ready(this.outputs.iter_mut().map(|o| o.take().unwrap()).collect())
+            } else {
+                Poll::Pending
+            }
+        }
+    }
+    let n = futures.len();
+    JoinAll {
+        futures: futures.into_iter().map(Box::pin).collect(),
+        outputs: (0..n).map(|_| None).collect(),
+    }
+    .await
+}

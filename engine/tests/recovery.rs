@@ -1,0 +1,356 @@
+//! Recovery: from snapshot + journal, journal only, snapshot only; committed vs prepared; damaged
+//! snapshots; the report.
+
+mod common;
+
+use common::{model_through, payload, small_config};
+use keel_engine::{
+    CheckpointStep, Engine, EngineConfig, EngineError, KvStateMachine, OpRange, RecoveryMode,
+    RecoveryStatus, SnapshotError, StepAction,
+};
+use keel_storage::{Directory, MemDirectory, MemFs};
+use std::sync::Arc;
+
+type KvEngine = Engine<MemDirectory, KvStateMachine>;
+
+async fn open(fs: &MemFs, config: EngineConfig) -> (KvEngine, keel_engine::RecoveryReport) {
+    Engine::open(fs.root(), config, KvStateMachine::new())
+        .await
+        .expect("open")
+}
+
+/// Prepares and commits `from..=to`, then makes the watermark durable.
+async fn commit_range(engine: &KvEngine, from: u64, to: u64) {
+    for op in from..=to {
+        engine.append(op, &payload(op)).await.unwrap();
+        engine.commit(op).await.unwrap();
+    }
+    engine.persist_commit().await.unwrap();
+}
+
+fn snap(op: u64) -> String {
+    format!("snapshots/{op:020}.snap")
+}
+
+#[compio::test]
+async fn journal_only() {
+    let fs = MemFs::new(1);
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.status, RecoveryStatus::Clean);
+    assert_eq!(
+        (report.snapshot_op, report.last_op, report.replayed),
+        (0, 0, 0)
+    );
+    commit_range(&engine, 1, 40).await;
+    drop(engine);
+    fs.crash();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.snapshot_op, 0);
+    assert_eq!(report.commit_op, 40);
+    assert_eq!(report.replayed, 40);
+    assert_eq!(report.applied_op, 40);
+    assert!(report.prepared_uncommitted.is_empty());
+    assert_eq!(*engine.state_machine(), model_through(40));
+}
+
+#[compio::test]
+async fn snapshot_and_journal() {
+    let fs = MemFs::new(2);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 20).await;
+    let cp = engine.checkpoint().await.unwrap().expect("checkpointed");
+    assert_eq!(cp.snapshot_op, 20);
+    commit_range(&engine, 21, 45).await;
+    drop(engine);
+    fs.crash();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.snapshot_op, 20);
+    assert_eq!(report.replayed, 25);
+    assert_eq!(report.applied_op, 45);
+    assert_eq!(*engine.state_machine(), model_through(45));
+    assert_eq!(report.status, RecoveryStatus::Clean);
+}
+
+#[compio::test]
+async fn snapshot_only() {
+    let fs = MemFs::new(3);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 30).await;
+    engine.checkpoint().await.unwrap().unwrap();
+    engine.close().await.unwrap();
+    fs.crash();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.snapshot_op, 30);
+    assert_eq!(report.replayed, 0);
+    assert_eq!(report.applied_op, 30);
+    assert_eq!(*engine.state_machine(), model_through(30));
+    // Nothing to do: a second checkpoint at the same op is a no-op.
+    assert!(engine.checkpoint().await.unwrap().is_none());
+}
+
+#[compio::test]
+async fn uncommitted_prepares_are_reported_not_applied() {
+    let fs = MemFs::new(4);
+    let (engine, _) = open(&fs, small_config()).await;
+    for op in 1..=12 {
+        engine.append(op, &payload(op)).await.unwrap();
+    }
+    engine.commit(7).await.unwrap();
+    engine.persist_commit().await.unwrap();
+    drop(engine);
+    fs.crash();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.commit_op, 7);
+    assert_eq!(report.applied_op, 7);
+    assert_eq!(report.last_op, 12);
+    assert_eq!(
+        report.prepared_uncommitted,
+        vec![OpRange {
+            first_op: 8,
+            last_op: 12
+        }]
+    );
+    assert_eq!(*engine.state_machine(), model_through(7));
+    assert_eq!(engine.prepared_ops(), (8..=12).collect::<Vec<_>>());
+    // The consensus layer decides: committing them now applies the recovered prepares.
+    engine.commit(12).await.unwrap();
+    assert_eq!(*engine.state_machine(), model_through(12));
+}
+
+#[compio::test]
+async fn a_commit_not_yet_durable_comes_back_as_prepared() {
+    let fs = MemFs::new(5);
+    let (engine, _) = open(&fs, small_config()).await;
+    for op in 1..=5 {
+        engine.append(op, &payload(op)).await.unwrap();
+    }
+    engine.commit(5).await.unwrap(); // no later entry and no persist_commit: not durable
+    assert_eq!(engine.commit_op(), 5);
+    let durable = engine.durable_commit_op();
+    drop(engine);
+    fs.crash();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert!(report.applied_op >= durable);
+    assert!(report.applied_op <= 5);
+    assert_eq!(*engine.state_machine(), model_through(report.applied_op));
+    let prepared: Vec<u64> = engine.prepared_ops();
+    assert_eq!(prepared, (report.applied_op + 1..=5).collect::<Vec<_>>());
+}
+
+#[compio::test]
+async fn commit_checks_and_refusals() {
+    let fs = MemFs::new(6);
+    let (engine, _) = open(&fs, small_config()).await;
+    assert!(matches!(
+        engine.append(0, b"x").await,
+        Err(EngineError::ZeroOp)
+    ));
+    engine.append(1, &payload(1)).await.unwrap();
+    engine.append(3, &payload(3)).await.unwrap();
+    let err = engine.commit(3).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::NotPrepared {
+                op: 3,
+                missing_op: 2
+            }
+        ),
+        "{err}"
+    );
+    assert_eq!(engine.applied_op(), 0, "a refused commit changes nothing");
+    engine.append(2, &payload(2)).await.unwrap();
+    engine.commit(3).await.unwrap();
+    assert!(matches!(
+        engine.append(2, b"late").await,
+        Err(EngineError::AlreadyCommitted {
+            op: 2,
+            commit_op: 3
+        })
+    ));
+    engine.commit(2).await.unwrap(); // at or below the watermark: no-op
+    assert_eq!(*engine.state_machine(), model_through(3));
+    // A malformed command is applied as a no-op, deterministically, and counted.
+    engine.append(4, b"\xffgarbage").await.unwrap();
+    engine.commit(4).await.unwrap();
+    assert_eq!(*engine.state_machine(), model_through(3));
+    assert_eq!(engine.stats().apply_rejections, 1);
+}
+
+#[compio::test]
+async fn truncate_after_discards_prepares() {
+    let fs = MemFs::new(7);
+    let (engine, _) = open(&fs, small_config()).await;
+    for op in 1..=10 {
+        engine.append(op, &payload(op)).await.unwrap();
+    }
+    engine.commit(4).await.unwrap();
+    assert!(matches!(
+        engine.truncate_after(3).await,
+        Err(EngineError::AlreadyCommitted { .. })
+    ));
+    engine.truncate_after(6).await.unwrap();
+    assert_eq!(engine.prepared_ops(), vec![5, 6]);
+    drop(engine);
+    fs.crash();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert!(report.applied_op <= 4);
+    assert_eq!(report.last_op, 6);
+    assert!(engine.prepared_ops().iter().all(|op| *op <= 6));
+}
+
+/// Checkpoint at `first`, commit to `second`, then a checkpoint at `second` that stops after
+/// `stop` — and crash.
+async fn two_snapshots(fs: &MemFs, first: u64, second: u64, stop: Option<CheckpointStep>) {
+    let mut config = small_config();
+    if let Some(stop) = stop {
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hook_armed = armed.clone();
+        config.step_hook = Some(Arc::new(move |step| {
+            if step == stop && hook_armed.load(std::sync::atomic::Ordering::SeqCst) {
+                StepAction::Halt
+            } else {
+                StepAction::Continue
+            }
+        }));
+        let (engine, _) = open(fs, config).await;
+        commit_range(&engine, 1, first).await;
+        engine.checkpoint().await.unwrap().unwrap();
+        commit_range(&engine, first + 1, second).await;
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = engine.checkpoint().await.unwrap_err();
+        assert!(matches!(err, EngineError::Halted { .. }), "{err}");
+        drop(engine);
+    } else {
+        let (engine, _) = open(fs, config).await;
+        commit_range(&engine, 1, first).await;
+        engine.checkpoint().await.unwrap().unwrap();
+        commit_range(&engine, first + 1, second).await;
+        engine.checkpoint().await.unwrap().unwrap();
+        drop(engine);
+    }
+    fs.crash();
+}
+
+#[compio::test]
+async fn damaged_newest_snapshot_falls_back_when_the_journal_covers() {
+    let fs = MemFs::new(8);
+    // The newest snapshot is durable but the journal's watermark was not moved yet.
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
+    assert!(fs.exists(&snap(25)) && fs.exists(&snap(10)));
+    fs.flip_bit(&snap(25), 50, 2).unwrap();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.status, RecoveryStatus::Repaired);
+    assert_eq!(report.snapshot_op, 10);
+    assert_eq!(report.replayed, 15);
+    assert_eq!(report.repairs.len(), 1);
+    let repair = &report.repairs[0];
+    assert_eq!(repair.kind, "snapshot_checksum");
+    assert_eq!(
+        repair.quarantine,
+        format!("mem:/quarantine/snapshot-{:020}.snap", 25)
+    );
+    assert!(fs.exists(&format!("quarantine/snapshot-{:020}.snap", 25)));
+    assert!(!fs.exists(&snap(25)));
+    assert_eq!(*engine.state_machine(), model_through(25));
+    assert_eq!(engine.stats().repairs, 1);
+}
+
+#[compio::test]
+async fn damaged_snapshot_with_compacted_journal_names_the_missing_range() {
+    let fs = MemFs::new(9);
+    two_snapshots(&fs, 10, 25, None).await;
+    fs.flip_bit(&snap(25), 45, 0).unwrap();
+    let err = Engine::open(fs.root(), small_config(), KvStateMachine::new())
+        .await
+        .err()
+        .expect("refused");
+    assert_eq!(err.missing_range(), Some(11..=25), "{err}");
+    assert!(err.is_corruption());
+    let message = err.to_string();
+    assert!(message.contains("11..=25"), "{message}");
+}
+
+#[compio::test]
+async fn absolute_mode_refuses_a_damaged_snapshot_and_touches_nothing() {
+    let fs = MemFs::new(10);
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
+    fs.flip_bit(&snap(25), 50, 2).unwrap();
+    let before = fs.read_raw(&snap(25)).unwrap();
+    let config = EngineConfig {
+        recovery_mode: RecoveryMode::Absolute,
+        ..small_config()
+    };
+    let err = Engine::open(fs.root(), config, KvStateMachine::new())
+        .await
+        .err()
+        .expect("refused");
+    assert!(
+        matches!(err, EngineError::Snapshot(SnapshotError::Checksum { .. })),
+        "{err}"
+    );
+    assert_eq!(fs.read_raw(&snap(25)).unwrap(), before);
+}
+
+#[compio::test]
+async fn report_serializes_with_the_cli_keys() {
+    let fs = MemFs::new(11);
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
+    fs.flip_bit(&snap(25), 50, 2).unwrap();
+    let (_engine, report) = open(&fs, small_config()).await;
+    let json = serde_json::to_value(&report).unwrap();
+    for key in [
+        "snapshot_op",
+        "last_op",
+        "commit_op",
+        "replayed",
+        "repairs",
+        "status",
+    ] {
+        assert!(json.get(key).is_some(), "{key} in {json}");
+    }
+    assert_eq!(json["status"], "repaired");
+    for key in ["kind", "file", "offset", "bytes", "quarantine"] {
+        assert!(json["repairs"][0].get(key).is_some(), "{key}");
+    }
+}
+
+#[compio::test]
+async fn automatic_checkpoint_keeps_the_journal_from_filling() {
+    let fs = MemFs::new(12);
+    let config = EngineConfig {
+        checkpoint_margin_ops: 16,
+        ..small_config()
+    };
+    let (engine, _) = open(&fs, config.clone()).await;
+    // 64 slots: without checkpoints op 65 would be refused as Full.
+    commit_range(&engine, 1, 300).await;
+    let stats = engine.stats();
+    assert!(stats.checkpoints >= 4, "{stats:?}");
+    assert!(engine.snapshot_op() > 200);
+    drop(engine);
+    fs.crash();
+    let (engine, report) = open(&fs, config).await;
+    assert_eq!(report.applied_op, 300);
+    assert_eq!(*engine.state_machine(), model_through(300));
+    let names = fs.root().open_dir("snapshots", false).await.unwrap();
+    let names = names.list().await.unwrap();
+    assert!(names.len() <= 2, "two newest kept: {names:?}");
+}
+
+#[compio::test]
+async fn the_journal_refuses_beyond_its_ring_without_checkpoints() {
+    let fs = MemFs::new(13);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 64).await;
+    let err = engine.append(65, &payload(65)).await.unwrap_err();
+    assert!(
+        matches!(
+            err,
+            EngineError::Journal(keel_engine::JournalError::Full { .. })
+        ),
+        "{err}"
+    );
+    engine.checkpoint().await.unwrap().unwrap();
+    engine.append(65, &payload(65)).await.unwrap();
+}
