@@ -1,0 +1,676 @@
+//! keel against plain `std::fs` loops, in one process, interleaved.
+//!
+//! The disk here is shared and its fdatasync cost moves by 10× between minutes, so absolute
+//! figures from separate runs cannot be compared. Every workload runs in rounds; within a round
+//! each contender runs once, back to back (the order rotates every round so none always goes
+//! first), and the ratio is taken per round, between neighbours in time. The table shows, per
+//! contender, the median and range of its rate over the rounds, and the median and range of the
+//! per-round ratio keel / contender.
+//!
+//! Reproduce: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench compare -- [--rounds N]
+//! [--only fsync128,group64,nosync128,recovery,checkpoint_latency,rss,shards] [--quick]`
+//!
+//! Without `--bench` on the command line (that is, under `cargo test --benches`), it runs every
+//! workload once at toy sizes: a smoke test, not a measurement.
+
+mod common;
+
+use std::cell::Cell;
+use std::rc::Rc;
+use std::time::{Duration, Instant};
+
+use hdrhistogram::Histogram;
+use keel_journal::JournalConfig;
+
+use common::*;
+
+const KIB4: usize = 4096;
+
+/// Sizes of one run; `quick` shrinks every workload for smoke tests.
+#[derive(Clone, Copy)]
+struct Sizes {
+    rounds: usize,
+    fsync_entries: u64,
+    group_batches: u64,
+    nosync_entries: u64,
+    recovery_entries: u64,
+    latency_appends: u64,
+    latency_keys: u64,
+    rss_appends: u64,
+    shard_entries: u64,
+}
+
+impl Sizes {
+    fn full(rounds: usize) -> Self {
+        Self {
+            rounds,
+            fsync_entries: 1000,
+            group_batches: 100,
+            nosync_entries: 1_000_000,
+            recovery_entries: 100_000,
+            latency_appends: 2000,
+            latency_keys: 100_000,
+            rss_appends: 10_000_000,
+            shard_entries: 1_000_000,
+        }
+    }
+
+    fn quick() -> Self {
+        Self {
+            rounds: 1,
+            fsync_entries: 20,
+            group_batches: 2,
+            nosync_entries: 2000,
+            recovery_entries: 500,
+            latency_appends: 50,
+            latency_keys: 500,
+            rss_appends: 20_000,
+            shard_entries: 2000,
+        }
+    }
+}
+
+/// One contender's per-round results: a rate (higher is better) per round.
+struct Series {
+    name: String,
+    unit: &'static str,
+    rates: Vec<f64>,
+}
+
+fn median(values: &[f64]) -> f64 {
+    let mut sorted = values.to_vec();
+    sorted.sort_by(f64::total_cmp);
+    let n = sorted.len();
+    if n == 0 {
+        return f64::NAN;
+    }
+    if n % 2 == 1 {
+        sorted[n / 2]
+    } else {
+        (sorted[n / 2 - 1] + sorted[n / 2]) / 2.0
+    }
+}
+
+fn range(values: &[f64]) -> (f64, f64) {
+    values
+        .iter()
+        .fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        })
+}
+
+fn fmt_rate(value: f64, unit: &str) -> String {
+    match unit {
+        "entries/s" if value >= 1e6 => format!("{:.2} M", value / 1e6),
+        "entries/s" if value >= 1e3 => format!("{:.2} k", value / 1e3),
+        "MB/s" if value >= 1000.0 => format!("{:.2} GB/s", value / 1000.0),
+        _ => format!("{value:.1}"),
+    }
+}
+
+/// Prints one workload's table. `series[0]` is keel's main figure; ratios are per round against
+/// it (keel / other, so > 1 means keel is faster).
+fn print_table(title: &str, series: &[Series]) {
+    let unit = series[0].unit;
+    println!("\n### {title} ({unit}, {} rounds)\n", series[0].rates.len());
+    println!("| contender | median | range | keel / this: median ratio | ratio range |");
+    println!("|---|---|---|---|---|");
+    let keel = &series[0];
+    for s in series {
+        let (lo, hi) = range(&s.rates);
+        let ratios: Vec<f64> = keel
+            .rates
+            .iter()
+            .zip(&s.rates)
+            .map(|(k, o)| k / o)
+            .collect();
+        let (rlo, rhi) = range(&ratios);
+        println!(
+            "| {} | {} | {} – {} | {:.2}× | {:.2} – {:.2} |",
+            s.name,
+            fmt_rate(median(&s.rates), s.unit),
+            fmt_rate(lo, s.unit),
+            fmt_rate(hi, s.unit),
+            median(&ratios),
+            rlo,
+            rhi
+        );
+    }
+}
+
+/// Runs `contenders` for `rounds` rounds, rotating the order each round; each closure returns the
+/// rate of one run.
+fn interleave(
+    rounds: usize,
+    unit: &'static str,
+    contenders: &mut [(&str, &mut dyn FnMut() -> f64)],
+) -> Vec<Series> {
+    let mut series: Vec<Series> = contenders
+        .iter()
+        .map(|(name, _)| Series {
+            name: name.to_string(),
+            unit,
+            rates: Vec::new(),
+        })
+        .collect();
+    let n = contenders.len();
+    for round in 0..rounds {
+        for k in 0..n {
+            let i = (round + k) % n;
+            let rate = (contenders[i].1)();
+            series[i].rates.push(rate);
+        }
+        eprint!(".");
+    }
+    eprintln!();
+    series
+}
+
+fn per_sec(count: f64, elapsed: Duration) -> f64 {
+    count / elapsed.as_secs_f64()
+}
+
+fn mb_per_sec(bytes: f64, elapsed: Duration) -> f64 {
+    bytes / 1e6 / elapsed.as_secs_f64()
+}
+
+// ----------------------------------------------------------------------------------------------
+
+/// Keel, one append at a time with `sync_on_append`: a fresh journal per run (its open and first
+/// segment's preallocation are untimed). Returns entries/s.
+fn keel_sequential(rt: &compio::runtime::Runtime, len: usize, count: u64, sync: bool) -> f64 {
+    let dir = bench_tempdir();
+    let payload = payload(len);
+    rt.block_on(async {
+        let slot_count = (count + 1).next_power_of_two().max(1024);
+        let journal = open_journal(dir.path(), journal_config(slot_count, sync)).await;
+        let mut next_op = 1;
+        let elapsed =
+            timed_sequential_appends(&journal, &mut next_op, count, &payload, slot_count).await;
+        journal.close().await.expect("close");
+        per_sec(count as f64, elapsed)
+    })
+}
+
+fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let n = sizes.fsync_entries;
+    let payload = payload(128);
+    let mut keel = || keel_sequential(rt, 128, n, true);
+    let mut plain = || {
+        let dir = bench_tempdir();
+        let mut log = PlainLog::create(&dir.path().join("plain.log")).expect("plain log");
+        let started = Instant::now();
+        for _ in 0..n {
+            log.append_sync(&payload).expect("plain append");
+        }
+        per_sec(n as f64, started.elapsed())
+    };
+    let mut raw = || {
+        let dir = bench_tempdir();
+        let mut raw = RawOverwrite::create(&dir.path().join("raw.dat"), 16 << 20).expect("raw");
+        let started = Instant::now();
+        for _ in 0..n {
+            raw.write_group_sync(&payload, 1).expect("raw write");
+        }
+        per_sec(n as f64, started.elapsed())
+    };
+    let series = interleave(
+        sizes.rounds,
+        "entries/s",
+        &mut [
+            ("keel (fsync per entry)", &mut keel),
+            ("plain append + fdatasync", &mut plain),
+            ("raw overwrite + fdatasync (preallocated)", &mut raw),
+        ],
+    );
+    print_table(
+        &format!("fsync per 128-B entry, {n} entries per run"),
+        &series,
+    );
+}
+
+fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    const APPENDERS: u64 = 64;
+    let batches = sizes.group_batches;
+    let bytes = (batches * APPENDERS * KIB4 as u64) as f64;
+    let payload_vec = payload(KIB4);
+    let payload_rc: Rc<[u8]> = payload_vec.clone().into();
+    let mut keel = || {
+        let dir = bench_tempdir();
+        rt.block_on(async {
+            let slot_count = (batches * APPENDERS + 1).next_power_of_two().max(1024);
+            let journal = Rc::new(open_journal(dir.path(), journal_config(slot_count, true)).await);
+            let mut next_op = 1;
+            let elapsed = timed_group_batches(
+                &journal,
+                &mut next_op,
+                batches,
+                APPENDERS,
+                &payload_rc,
+                slot_count,
+            )
+            .await;
+            let journal = Rc::try_unwrap(journal).unwrap_or_else(|_| panic!("appenders joined"));
+            journal.close().await.expect("close");
+            mb_per_sec(bytes, elapsed)
+        })
+    };
+    let mut plain = || {
+        let dir = bench_tempdir();
+        let mut log = PlainLog::create(&dir.path().join("plain.log")).expect("plain log");
+        let started = Instant::now();
+        for _ in 0..batches {
+            log.append_group_sync(&payload_vec, APPENDERS as usize)
+                .expect("plain append");
+        }
+        mb_per_sec(bytes, started.elapsed())
+    };
+    let mut raw = || {
+        let dir = bench_tempdir();
+        let mut raw = RawOverwrite::create(&dir.path().join("raw.dat"), 64 << 20).expect("raw");
+        let started = Instant::now();
+        for _ in 0..batches {
+            raw.write_group_sync(&payload_vec, APPENDERS as usize)
+                .expect("raw write");
+        }
+        mb_per_sec(bytes, started.elapsed())
+    };
+    let series = interleave(
+        sizes.rounds,
+        "MB/s",
+        &mut [
+            ("keel (64 concurrent appenders)", &mut keel),
+            ("plain append 64 framed + fdatasync", &mut plain),
+            ("raw overwrite 64 framed + fdatasync", &mut raw),
+        ],
+    );
+    print_table(
+        &format!("group commit, 64 × 4 KiB per batch, {batches} batches per run (payload MB/s)"),
+        &series,
+    );
+}
+
+fn nosync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let n = sizes.nosync_entries;
+    let payload = payload(128);
+    let mut keel = || keel_sequential(rt, 128, n, false);
+    let mut plain = || {
+        let dir = bench_tempdir();
+        let elapsed = plain_nosync(&dir.path().join("plain.log"), &payload, n).expect("plain");
+        per_sec(n as f64, elapsed)
+    };
+    let series = interleave(
+        sizes.rounds,
+        "entries/s",
+        &mut [
+            ("keel (sync_on_append = false)", &mut keel),
+            ("plain framed, 64 KiB BufWriter", &mut plain),
+        ],
+    );
+    print_table(
+        &format!("append without fsync, 128-B entries, {n} entries per run"),
+        &series,
+    );
+}
+
+fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let n = sizes.recovery_entries;
+    let payload_bytes = (n * KIB4 as u64) as f64;
+    let dir = bench_tempdir();
+    let keel_root = dir.path().join("keel");
+    let plain_path = dir.path().join("plain.log");
+    let payload = payload(KIB4);
+    rt.block_on(fill_journal(&keel_root, n, &payload));
+    plain_fill(&plain_path, &payload, n).expect("plain fill");
+    let config = journal_config((n + 1).next_power_of_two(), true);
+    let keel_files = files_under(&keel_root.join("journal"));
+    let keel_file_bytes: u64 = keel_files
+        .iter()
+        .map(|p| std::fs::metadata(p).expect("metadata").len())
+        .sum();
+    eprintln!(
+        "recovery input: keel journal {} files, {} bytes on disk (preallocated tail included); plain {} bytes",
+        keel_files.len(),
+        keel_file_bytes,
+        std::fs::metadata(&plain_path).expect("metadata").len()
+    );
+    // Warm the page cache for both inputs (this measures recovery from page cache).
+    raw_read_crc(&keel_files, 1 << 20).expect("warm keel");
+    raw_read_crc(std::slice::from_ref(&plain_path), 1 << 20).expect("warm plain");
+
+    let mut keel_open = || {
+        rt.block_on(async {
+            let started = Instant::now();
+            let journal = open_journal(&keel_root, config.clone()).await;
+            let elapsed = started.elapsed();
+            assert_eq!(journal.last_op(), Some(n));
+            journal.close().await.expect("close");
+            mb_per_sec(payload_bytes, elapsed)
+        })
+    };
+    let mut keel_open_read = || {
+        rt.block_on(async {
+            let started = Instant::now();
+            let journal = open_journal(&keel_root, config.clone()).await;
+            let mut reader = journal.reader(1);
+            let mut entries = 0;
+            while let Some(entry) = reader.next().await.expect("read") {
+                std::hint::black_box(&entry.payload);
+                entries += 1;
+            }
+            let elapsed = started.elapsed();
+            assert_eq!(entries, n);
+            journal.close().await.expect("close");
+            mb_per_sec(payload_bytes, elapsed)
+        })
+    };
+    let mut plain = || {
+        let started = Instant::now();
+        let (entries, _) = plain_recover(&plain_path).expect("plain recover");
+        let elapsed = started.elapsed();
+        assert_eq!(entries, n);
+        mb_per_sec(payload_bytes, elapsed)
+    };
+    let plain_files = vec![plain_path.clone()];
+    let mut raw64 = || {
+        let started = Instant::now();
+        raw_read_crc(&plain_files, READ_CHUNK_BYTES).expect("raw");
+        mb_per_sec(payload_bytes, started.elapsed())
+    };
+    let mut raw1m = || {
+        let started = Instant::now();
+        raw_read_crc(&plain_files, 1 << 20).expect("raw");
+        mb_per_sec(payload_bytes, started.elapsed())
+    };
+    let series = interleave(
+        sizes.rounds,
+        "MB/s",
+        &mut [
+            ("keel open (scan, every crc checked)", &mut keel_open),
+            ("keel open + read every entry", &mut keel_open_read),
+            ("plain parse + crc, 64 KiB reads", &mut plain),
+            ("raw read + crc32, 64 KiB reads", &mut raw64),
+            ("raw read + crc32, 1 MiB reads", &mut raw1m),
+        ],
+    );
+    print_table(
+        &format!("recovery of {n} × 4 KiB from page cache (payload MB/s)"),
+        &series,
+    );
+}
+
+/// Resolves after one trip through the executor's queue.
+async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
+/// Append latency (fsync per entry) through the engine, steady vs with checkpoints running back
+/// to back on the same core, rounds interleaved. Prints p50/p99/p999 per mode and the p99 ratio.
+fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    const VALUE_BYTES: usize = 128;
+    let keys = sizes.latency_keys;
+    let appends = sizes.latency_appends;
+    let slot_count = (keys * 4).next_power_of_two().max(1 << 16);
+    let dir = bench_tempdir();
+    let (engine, next_op) = rt.block_on(async {
+        let engine = open_engine(dir.path(), engine_config(slot_count, false)).await;
+        let mut next_op = 1;
+        engine_load(&engine, &mut next_op, keys, keys, VALUE_BYTES).await;
+        let report = engine.checkpoint().await.expect("preload checkpoint");
+        eprintln!("checkpoint_latency: state snapshot {report:?}");
+        engine.close().await.expect("close");
+        let engine = open_engine(dir.path(), engine_config(slot_count, true)).await;
+        (Rc::new(engine), next_op)
+    });
+    let next_op = Rc::new(Cell::new(next_op));
+    let mut histograms = [
+        Histogram::<u64>::new(3).expect("histogram"),
+        Histogram::<u64>::new(3).expect("histogram"),
+    ];
+    let mut p99s: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut checkpoints_done = 0u64;
+    for round in 0..sizes.rounds * 2 {
+        // Alternate steady / checkpointing, starting with a different one every other pair.
+        let with_checkpoints = (round + round / 2) % 2 == 1;
+        let mut round_histogram = Histogram::<u64>::new(3).expect("histogram");
+        let done = rt.block_on(async {
+            let stop = Rc::new(Cell::new(false));
+            let checkpointer = with_checkpoints.then(|| {
+                let engine = engine.clone();
+                let stop = stop.clone();
+                compio::runtime::spawn(async move {
+                    let mut done = 0u64;
+                    while !stop.get() {
+                        if engine.checkpoint().await.expect("checkpoint").is_some() {
+                            done += 1;
+                        }
+                        yield_now().await;
+                    }
+                    done
+                })
+            });
+            let mut command = Vec::new();
+            for _ in 0..appends {
+                let op = next_op.get();
+                kv_set(op % keys, VALUE_BYTES, &mut command);
+                let started = Instant::now();
+                engine.append(op, &command).await.expect("append");
+                round_histogram
+                    .record(started.elapsed().as_micros() as u64)
+                    .expect("record");
+                engine.commit(op).await.expect("commit");
+                next_op.set(op + 1);
+            }
+            stop.set(true);
+            match checkpointer {
+                Some(task) => task.await.expect("checkpoint task"),
+                None => 0,
+            }
+        });
+        checkpoints_done += done;
+        let mode = usize::from(with_checkpoints);
+        p99s[mode].push(round_histogram.value_at_quantile(0.99) as f64);
+        histograms[mode].add(&round_histogram).expect("merge");
+        eprint!(".");
+    }
+    eprintln!();
+    let engine = Rc::try_unwrap(engine).unwrap_or_else(|_| panic!("tasks joined"));
+    rt.block_on(engine.close()).expect("close");
+
+    println!(
+        "\n### append latency (fsync per entry, engine), steady vs checkpoints back to back; \
+         {keys} keys of state, {appends} appends per round, {} rounds each, {checkpoints_done} checkpoints\n",
+        sizes.rounds
+    );
+    println!("| mode | p50 µs | p99 µs | p999 µs | max µs | p99 per round: median (range) |");
+    println!("|---|---|---|---|---|---|");
+    for (mode, name) in ["steady", "checkpoints running"].iter().enumerate() {
+        let h = &histograms[mode];
+        let (lo, hi) = range(&p99s[mode]);
+        println!(
+            "| {name} | {} | {} | {} | {} | {:.0} ({lo:.0} – {hi:.0}) |",
+            h.value_at_quantile(0.5),
+            h.value_at_quantile(0.99),
+            h.value_at_quantile(0.999),
+            h.max(),
+            median(&p99s[mode])
+        );
+    }
+    let ratios: Vec<f64> = p99s[1].iter().zip(&p99s[0]).map(|(c, s)| c / s).collect();
+    let (rlo, rhi) = range(&ratios);
+    println!(
+        "\np99 with checkpoints / steady p99: pooled {:.2}×, per round pair median {:.2}× ({rlo:.2} – {rhi:.2})",
+        histograms[1].value_at_quantile(0.99) as f64
+            / histograms[0].value_at_quantile(0.99) as f64,
+        median(&ratios)
+    );
+}
+
+/// Resident set size from /proc/self/statm, in MiB.
+fn rss_mib() -> f64 {
+    let statm = std::fs::read_to_string("/proc/self/statm").unwrap_or_default();
+    let pages: f64 = statm
+        .split_whitespace()
+        .nth(1)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(f64::NAN);
+    pages * 4096.0 / (1 << 20) as f64
+}
+
+/// RSS over many no-fsync appends with the default ring (1,024 slots): the watermark moves and
+/// compaction run as a checkpointing engine would, every half ring. Prints RSS at intervals.
+fn rss(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let n = sizes.rss_appends;
+    let dir = bench_tempdir();
+    let payload = payload(128);
+    let config = JournalConfig {
+        sync_on_append: false,
+        ..JournalConfig::default()
+    };
+    let slot_count = config.slot_count;
+    let samples = rt.block_on(async {
+        let journal = open_journal(dir.path(), config).await;
+        let mut samples = vec![(0u64, rss_mib())];
+        let mut next_op = 1u64;
+        let step = (n / 10).max(1);
+        let started = Instant::now();
+        while next_op <= n {
+            let count = step.min(n - next_op + 1);
+            timed_sequential_appends(&journal, &mut next_op, count, &payload, slot_count).await;
+            samples.push((next_op - 1, rss_mib()));
+        }
+        let elapsed = started.elapsed();
+        journal.close().await.expect("close");
+        eprintln!(
+            "rss: {n} appends in {:.1} s (watermark moves + compaction included)",
+            elapsed.as_secs_f64()
+        );
+        samples
+    });
+    println!(
+        "\n### RSS over {n} no-fsync 128-B appends, slot_count {slot_count} (MiB after each step)\n"
+    );
+    println!("| appends | RSS MiB |");
+    println!("|---|---|");
+    for (appends, rss) in &samples {
+        println!("| {appends} | {rss:.1} |");
+    }
+}
+
+/// No-fsync appends on `threads` threads, each with its own runtime and journal (thread-per-core:
+/// nothing shared). Returns total entries/s.
+fn shards_run(threads: usize, entries: u64) -> f64 {
+    let dir = bench_tempdir();
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(threads));
+    let handles: Vec<_> = (0..threads)
+        .map(|i| {
+            let root = dir.path().join(format!("shard-{i}"));
+            let barrier = barrier.clone();
+            std::thread::spawn(move || {
+                let rt = runtime();
+                let payload = payload(128);
+                rt.block_on(async {
+                    let slot_count = (entries + 1).next_power_of_two();
+                    let journal = open_journal(&root, journal_config(slot_count, false)).await;
+                    barrier.wait();
+                    let mut next_op = 1;
+                    let elapsed = timed_sequential_appends(
+                        &journal,
+                        &mut next_op,
+                        entries,
+                        &payload,
+                        slot_count,
+                    )
+                    .await;
+                    journal.close().await.expect("close");
+                    elapsed
+                })
+            })
+        })
+        .collect();
+    let slowest = handles
+        .into_iter()
+        .map(|h| h.join().expect("shard thread"))
+        .max()
+        .unwrap_or_default();
+    per_sec((entries * threads as u64) as f64, slowest)
+}
+
+fn shards(_rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let n = sizes.shard_entries;
+    let mut two = || shards_run(2, n);
+    let mut one = || shards_run(1, n);
+    let series = interleave(
+        sizes.rounds,
+        "entries/s",
+        &mut [("2 shards (2 threads)", &mut two), ("1 shard", &mut one)],
+    );
+    print_table(
+        &format!("no-fsync 128-B appends, {n} per shard, thread-per-core scaling"),
+        &series,
+    );
+}
+
+type Workload = fn(&compio::runtime::Runtime, Sizes);
+
+fn main() {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let measuring = args.iter().any(|a| a == "--bench");
+    let mut rounds = 5usize;
+    let mut only: Option<Vec<String>> = None;
+    let mut quick = !measuring;
+    let mut i = 0;
+    while i < args.len() {
+        match args[i].as_str() {
+            "--rounds" => {
+                i += 1;
+                rounds = args[i].parse().expect("--rounds N");
+            }
+            "--only" => {
+                i += 1;
+                only = Some(args[i].split(',').map(str::to_string).collect());
+            }
+            "--quick" => quick = true,
+            _ => {} // cargo passes `--bench` and possibly a filter; ignore the rest
+        }
+        i += 1;
+    }
+    let sizes = if quick {
+        Sizes::quick()
+    } else {
+        Sizes::full(rounds)
+    };
+    let workloads: [(&str, Workload); 7] = [
+        ("fsync128", fsync128),
+        ("group64", group64),
+        ("nosync128", nosync128),
+        ("recovery", recovery),
+        ("checkpoint_latency", checkpoint_latency),
+        ("rss", rss),
+        ("shards", shards),
+    ];
+    let rt = runtime();
+    println!(
+        "keel compare: {} rounds, bench dir {}",
+        sizes.rounds,
+        std::env::var("KEEL_BENCH_DIR")
+            .unwrap_or_else(|_| std::env::temp_dir().display().to_string())
+    );
+    for (name, run) in workloads {
+        if only.as_ref().is_some_and(|o| !o.iter().any(|w| w == name)) {
+            continue;
+        }
+        eprintln!("== {name}");
+        run(&rt, sizes);
+    }
+}
