@@ -14,10 +14,34 @@
 
 #![allow(async_fn_in_trait)]
 
+mod compaction;
+mod error;
+pub mod format;
+mod recovery;
+mod scan;
+mod segment;
+mod slots;
+mod writer;
+
+use std::cell::RefCell;
+use std::collections::BTreeMap;
 use std::ops::RangeInclusive;
+use std::rc::Rc;
 
 pub use bytes::Bytes;
-use keel_storage::Directory;
+use keel_storage::{Directory, OpenMode, Storage};
+
+pub use compaction::CompactionStep;
+pub use error::JournalError;
+pub use format::{EntryKind, FORMAT_VERSION};
+pub use recovery::{Action, Case, CaseInfo, StopFact, TABLE as RECOVERY_TABLE};
+pub use slots::Location;
+
+use format::{EntryHeader, ENTRY_HEADER_BYTES};
+use recovery::{action, info, op_ranges};
+use scan::{scan_log, LogScan};
+use slots::SlotRing;
+use writer::WriterState;
 
 /// Tunables of one journal. Every quantity has a limit.
 #[derive(Debug, Clone)]
@@ -134,44 +158,202 @@ pub struct CompactionReport {
     pub bytes_after: u64,
 }
 
+/// Verify's verdict over a report's problems (DESIGN §6: exit 0 / 3 / 4).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum VerifyStatus {
+    Clean,
+    /// Only torn tails: unacknowledged writes a crash cut; a normal open repairs them.
+    TornTail,
+    /// Acknowledged data is damaged, or the log cannot be read.
+    Corrupt,
+}
+
+impl VerifyStatus {
+    /// `clean`, `torn_tail`, `corrupt` (the JSON `status` key).
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Clean => "clean",
+            Self::TornTail => "torn_tail",
+            Self::Corrupt => "corrupt",
+        }
+    }
+}
+
+impl ScanReport {
+    /// The worst of the problems found.
+    pub fn status(&self) -> VerifyStatus {
+        let mut status = VerifyStatus::Clean;
+        for problem in &self.problems {
+            let corruption = recovery::TABLE
+                .iter()
+                .find(|row| row.name == problem.kind)
+                .is_none_or(|row| row.corruption);
+            if corruption {
+                return VerifyStatus::Corrupt;
+            }
+            status = VerifyStatus::TornTail;
+        }
+        status
+    }
+}
+
+/// One segment as `keel inspect` shows it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentSummary {
+    pub file: String,
+    pub number: u64,
+    pub len_bytes: u64,
+    /// End of the last valid entry (the rest is preallocated zeroes or damage).
+    pub data_end_bytes: u64,
+    pub rewritten: bool,
+    pub first_seq: u64,
+    pub entries: u64,
+    /// Lowest and highest op among its data entries.
+    pub first_op: Option<u64>,
+    pub last_op: Option<u64>,
+}
+
+/// One entry as `keel dump` shows it (header fields, no payload).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RawEntry {
+    pub file: String,
+    pub offset_bytes: u64,
+    pub seq: u64,
+    pub op: u64,
+    pub kind: EntryKind,
+    pub payload_len_bytes: u32,
+    pub payload_crc: u32,
+    pub durable_seq: u64,
+    pub commit_op: u64,
+}
+
+/// An open segment.
+pub(crate) struct SegmentHandle<D: Directory> {
+    pub file: Rc<D::File>,
+    pub name: String,
+    /// Chain state after its last entry.
+    pub end_link: scan::Link,
+    pub entry_count: u64,
+}
+
+/// Mutable state of a journal; borrowed only between awaits.
+pub(crate) struct State<D: Directory> {
+    pub slots: SlotRing,
+    pub segments: BTreeMap<u64, SegmentHandle<D>>,
+    pub w: WriterState,
+    pub poisoned: Option<String>,
+    /// Commit watermark as last set (carried by every entry written after).
+    pub commit_set: u64,
+    /// Highest commit watermark in a written entry / in a synced one.
+    pub commit_written: u64,
+    pub commit_durable: u64,
+    /// Highest snapshot watermark accepted into the log (maybe not yet written).
+    pub snapshot_encoded: u64,
+    pub compacting: bool,
+    pub stats: JournalStats,
+}
+
 /// The journal of one core. `D` is the engine's root directory: the journal lives in
 /// `D/journal/` and quarantines into `D/quarantine/`.
 pub struct MetadataJournal<D: Directory> {
-    _dir: D,
+    pub(crate) dir: D,
+    pub(crate) config: JournalConfig,
+    pub(crate) read_only: bool,
+    pub(crate) state: RefCell<State<D>>,
 }
 
-/// Errors of the journal layer.
-#[derive(Debug, thiserror::Error)]
-pub enum JournalError {
-    #[error("journal I/O error during {stage} on {file}: {source}")]
-    Io {
-        stage: &'static str,
-        file: String,
-        #[source]
-        source: std::io::Error,
-    },
-    #[error("journal corrupt: {kind} in {file} at offset {offset_bytes} (op {op:?})")]
-    Corrupt {
-        kind: &'static str,
-        file: String,
-        offset_bytes: u64,
-        op: Option<u64>,
-    },
-    #[error("journal full: op {op} is {distance} ops past snapshot op {snapshot_op} (slot_count {slot_count})")]
-    Full {
-        op: u64,
-        snapshot_op: u64,
-        distance: u64,
-        slot_count: u64,
-    },
-    #[error("op {op} is at or below the snapshot watermark {snapshot_op}")]
-    BelowSnapshot { op: u64, snapshot_op: u64 },
-    #[error("payload of {len_bytes} bytes exceeds the limit of {max_bytes}")]
-    PayloadTooLarge { len_bytes: usize, max_bytes: usize },
-    #[error("journal poisoned by an earlier I/O error: {0}")]
-    Poisoned(String),
-    #[error("invalid journal configuration: {0}")]
-    Config(String),
+/// Largest segment file a scan will read into memory, whatever the configuration says.
+const MAX_SEGMENT_FILE_BYTES_FLOOR: u64 = 1 << 30;
+
+fn max_file_bytes(config: &JournalConfig) -> u64 {
+    config
+        .segment_bytes
+        .saturating_mul(4)
+        .max(MAX_SEGMENT_FILE_BYTES_FLOOR)
+}
+
+impl JournalConfig {
+    /// Checks every limit; `open` refuses a configuration that fails.
+    pub fn validate(&self) -> Result<(), JournalError> {
+        let fail = |m: String| Err(JournalError::Config(m));
+        if !self.slot_count.is_power_of_two() || self.slot_count > 1 << 24 {
+            return fail(format!(
+                "slot_count {} must be a power of two <= 2^24",
+                self.slot_count
+            ));
+        }
+        if self.max_payload_bytes > format::MAX_PAYLOAD_BYTES_LIMIT as usize {
+            return fail(format!(
+                "max_payload_bytes {} exceeds the format limit {}",
+                self.max_payload_bytes,
+                format::MAX_PAYLOAD_BYTES_LIMIT
+            ));
+        }
+        let largest_entry = format::entry_len_bytes(self.max_payload_bytes) as u64;
+        if self.segment_bytes < format::SEGMENT_HEADER_BYTES as u64 + largest_entry {
+            return fail(format!(
+                "segment_bytes {} cannot hold one entry of max_payload_bytes {}",
+                self.segment_bytes, self.max_payload_bytes
+            ));
+        }
+        if self.segment_bytes > 1 << 32 {
+            return fail(format!("segment_bytes {} above 4 GiB", self.segment_bytes));
+        }
+        if (self.max_batch_bytes as u64) < largest_entry
+            || (self.max_inflight_bytes as u64) < largest_entry
+        {
+            return fail(format!(
+                "max_batch_bytes {} and max_inflight_bytes {} must hold one entry of {} bytes",
+                self.max_batch_bytes, self.max_inflight_bytes, largest_entry
+            ));
+        }
+        Ok(())
+    }
+}
+
+fn refuse(stop: &scan::StopAt) -> JournalError {
+    JournalError::Corrupt {
+        kind: info(stop.case).name,
+        file: stop.file.clone(),
+        offset_bytes: stop.stop.offset_bytes,
+        op: stop.stop.op,
+    }
+}
+
+fn problem(stop: &scan::StopAt) -> Problem {
+    Problem {
+        kind: info(stop.case).name,
+        file: stop.file.clone(),
+        offset_bytes: stop.stop.offset_bytes,
+        op: stop.stop.op,
+    }
+}
+
+/// Fills the report's op and watermark fields from the kept segments.
+fn summarize(scan: &LogScan, report: &mut ScanReport) {
+    report.segments_read = scan.files.len() as u64;
+    report.bytes_read = scan.bytes_read;
+    let mut commit = 0u64;
+    let mut snapshot = 0u64;
+    for seg in &scan.segments {
+        commit = commit.max(seg.header.commit_op);
+        snapshot = snapshot.max(seg.header.snapshot_op);
+        for e in &seg.entries {
+            report.entries_read += 1;
+            commit = commit.max(e.commit_op);
+            match e.kind {
+                EntryKind::Data => {
+                    report.first_op = Some(report.first_op.map_or(e.op, |f| f.min(e.op)));
+                    report.last_op = Some(report.last_op.map_or(e.op, |l| l.max(e.op)));
+                }
+                EntryKind::Snapshot => snapshot = snapshot.max(e.op),
+                EntryKind::Commit => commit = commit.max(e.op),
+                EntryKind::Truncate => {}
+            }
+        }
+    }
+    report.commit_op = (commit > 0).then_some(commit);
+    report.snapshot_op = (snapshot > 0).then_some(snapshot);
 }
 
 impl<D: Directory> MetadataJournal<D> {
@@ -182,45 +364,431 @@ impl<D: Directory> MetadataJournal<D> {
         config: JournalConfig,
         mode: RecoveryMode,
     ) -> Result<(Self, ScanReport), JournalError> {
-        let _ = (root, config, mode);
-        todo!("journal work")
+        config.validate()?;
+        let read_only = root.is_read_only();
+        let dir = if read_only {
+            match root.open_dir("journal", false).await {
+                Ok(dir) => Some(dir),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+                Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
+            }
+        } else {
+            let existed = root
+                .exists("journal")
+                .await
+                .map_err(|e| JournalError::io("open journal dir", root.display_path(), e))?;
+            let dir = root
+                .open_dir("journal", true)
+                .await
+                .map_err(|e| JournalError::io("open journal dir", root.display_path(), e))?;
+            if !existed {
+                root.sync()
+                    .await
+                    .map_err(|e| JournalError::io("fsync root dir", root.display_path(), e))?;
+            }
+            Some(dir)
+        };
+        let mut report = ScanReport::default();
+        let Some(dir) = dir else {
+            // Read-only and nothing there: an empty journal that cannot be written.
+            let journal = Self::from_scan(root.clone(), config, true, &LogScan::default());
+            return Ok((journal, report));
+        };
+        let max_file = max_file_bytes(&config);
+        let mut scan = scan_log(&dir, max_file, false).await?;
+        let files_scanned = scan.files.len() as u64;
+        if !read_only && !scan.temps.is_empty() {
+            // Compaction's temp files are never referenced: a crash before their rename.
+            for temp in &scan.temps {
+                dir.remove_file(temp)
+                    .await
+                    .map_err(|e| JournalError::io("remove temp", temp.clone(), e))?;
+                tracing::info!(file = %temp, "journal: removed leftover compaction temp file");
+            }
+            dir.sync()
+                .await
+                .map_err(|e| JournalError::io("fsync journal dir", dir.display_path(), e))?;
+        }
+        if let Some(stop) = scan.first_stop.clone() {
+            let row = info(stop.case);
+            report.problems.push(problem(&stop));
+            match action(stop.case, mode) {
+                Action::Nothing => {}
+                Action::Refuse => {
+                    tracing::warn!(
+                        segment = %stop.file,
+                        offset_bytes = stop.stop.offset_bytes,
+                        op = ?stop.stop.op,
+                        case = row.name,
+                        covered = stop.covered,
+                        ?mode,
+                        "journal: refusing to open"
+                    );
+                    return Err(refuse(&stop));
+                }
+                act @ (Action::QuarantineAndCut | Action::CutPointInTime) => {
+                    if read_only {
+                        tracing::warn!(
+                            segment = %stop.file,
+                            offset_bytes = stop.stop.offset_bytes,
+                            op = ?stop.stop.op,
+                            case = row.name,
+                            "journal: read-only, not repairing"
+                        );
+                    } else {
+                        let kind = if act == Action::CutPointInTime {
+                            "point_in_time_cut"
+                        } else {
+                            "torn_tail"
+                        };
+                        report.repairs = recovery::cut(root, &dir, &scan, kind).await?;
+                        if act == Action::CutPointInTime {
+                            report.lost_ops = op_ranges(stop.later_data_ops.clone());
+                            tracing::warn!(
+                                segment = %stop.file,
+                                offset_bytes = stop.stop.offset_bytes,
+                                op = ?stop.stop.op,
+                                lost_ops = ?report.lost_ops,
+                                "journal: point-in-time cut lost acknowledged ops"
+                            );
+                        }
+                        // The files after the stop are gone; the stop's segment now ends there
+                        // (or is gone too, when the stop was its header).
+                        scan.files.truncate(stop.file_index + 1);
+                        if stop.stop.offset_bytes == 0 {
+                            scan.files.pop();
+                        } else if let Some(last) = scan.segments.last_mut() {
+                            last.file_len_bytes = last.data_end_bytes;
+                        }
+                    }
+                }
+            }
+        }
+        summarize(&scan, &mut report);
+        report.segments_read = files_scanned;
+        let journal = Self::from_scan(dir, config, read_only, &scan);
+        journal.open_segments(&scan).await?;
+        if !read_only {
+            journal.prepare_tail(&scan).await?;
+        }
+        Ok((journal, report))
+    }
+
+    /// Builds the in-memory state (slot ring by replay, writer chain state) from a scan.
+    fn from_scan(dir: D, config: JournalConfig, read_only: bool, scan: &LogScan) -> Self {
+        let mut snapshot = 0u64;
+        let mut commit = 0u64;
+        let mut live: BTreeMap<u64, Location> = BTreeMap::new();
+        for seg in &scan.segments {
+            snapshot = snapshot.max(seg.header.snapshot_op);
+            commit = commit.max(seg.header.commit_op);
+            live.retain(|&op, _| op > snapshot);
+            for e in &seg.entries {
+                commit = commit.max(e.commit_op);
+                match e.kind {
+                    EntryKind::Data if e.op > snapshot => {
+                        live.insert(
+                            e.op,
+                            Location {
+                                segment: seg.number,
+                                offset_bytes: e.offset_bytes,
+                                len_bytes: e.len_bytes,
+                            },
+                        );
+                    }
+                    EntryKind::Data => {}
+                    EntryKind::Truncate => {
+                        live.split_off(&(e.op.saturating_add(1)));
+                    }
+                    EntryKind::Snapshot => {
+                        snapshot = snapshot.max(e.op);
+                        live.retain(|&op, _| op > snapshot);
+                    }
+                    EntryKind::Commit => commit = commit.max(e.op),
+                }
+            }
+        }
+        let mut slots = SlotRing::new(config.slot_count, snapshot);
+        for (op, location) in live {
+            // An op beyond the ring (the log was written with a larger slot_count) is dropped
+            // with a warning rather than evicting another: the engine re-fetches it.
+            if slots.insert(op, location).is_err() {
+                tracing::warn!(
+                    op,
+                    snapshot_op = snapshot,
+                    slot_count = config.slot_count,
+                    "journal: op beyond the slot ring on open (slot_count shrank?), not indexed"
+                );
+            }
+        }
+        let (link, cursor, next_number, rewritten_last) = match scan.segments.last() {
+            Some(last) => (
+                last.end_link,
+                Some((last.number, last.data_end_bytes)),
+                last.number + 1,
+                last.header.is_rewritten(),
+            ),
+            None => (
+                scan::Link {
+                    next_seq: 1,
+                    chain_crc: 0,
+                },
+                None,
+                scan.files.first().map_or(0, |f| f.number),
+                false,
+            ),
+        };
+        let mut w = WriterState::new(link, cursor, next_number);
+        if rewritten_last {
+            // Never append to a compacted segment: its chain is closed by `link_crc`.
+            w.needs_rotation = true;
+        }
+        let state = State {
+            slots,
+            segments: BTreeMap::new(),
+            w,
+            poisoned: None,
+            commit_set: commit,
+            commit_written: commit,
+            commit_durable: commit,
+            snapshot_encoded: snapshot,
+            compacting: false,
+            stats: JournalStats::default(),
+        };
+        Self {
+            dir,
+            config,
+            read_only,
+            state: RefCell::new(state),
+        }
+    }
+
+    async fn open_segments(&self, scan: &LogScan) -> Result<(), JournalError> {
+        let mode = if self.read_only {
+            OpenMode::ReadOnly
+        } else {
+            OpenMode::Existing
+        };
+        for seg in &scan.segments {
+            let file = self
+                .dir
+                .open_file(&seg.name, mode)
+                .await
+                .map_err(|e| JournalError::io("open segment", self.file_path(&seg.name), e))?;
+            self.state.borrow_mut().segments.insert(
+                seg.number,
+                SegmentHandle {
+                    file: Rc::new(file),
+                    name: seg.name.clone(),
+                    end_link: seg.end_link,
+                    entry_count: seg.entries.len() as u64,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes what the scan read durable (a process crash leaves it in the page cache only, and
+    /// the next entries will claim it durable), and preallocates the active segment again.
+    async fn prepare_tail(&self, scan: &LogScan) -> Result<(), JournalError> {
+        let handles: Vec<(Rc<D::File>, String)> = self
+            .state
+            .borrow()
+            .segments
+            .values()
+            .map(|h| (h.file.clone(), h.name.clone()))
+            .collect();
+        for (file, name) in &handles {
+            file.sync()
+                .await
+                .map_err(|e| JournalError::io("fsync on open", self.file_path(name), e))?;
+        }
+        let active = {
+            let st = self.state.borrow();
+            (!st.w.needs_rotation)
+                .then(|| st.segments.get(&st.w.cursor_segment))
+                .flatten()
+                .map(|h| (h.file.clone(), h.name.clone()))
+        };
+        if let (Some((file, name)), true) = (active, self.config.preallocate) {
+            if file.len() < self.config.segment_bytes {
+                file.preallocate(self.config.segment_bytes)
+                    .await
+                    .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
+                file.sync()
+                    .await
+                    .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
+            }
+        }
+        let _ = scan;
+        Ok(())
     }
 
     /// Read-only full check: never writes; reports every problem instead of failing on the first.
     pub async fn verify(root: &D, config: JournalConfig) -> Result<ScanReport, JournalError> {
-        let _ = (root, config);
-        todo!("journal work")
+        config.validate()?;
+        let mut report = ScanReport::default();
+        let dir = match root.open_dir("journal", false).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
+            Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
+        };
+        let scan = scan_log(&dir, max_file_bytes(&config), true).await?;
+        summarize(&scan, &mut report);
+        for e in &scan.entries_after_stops {
+            report.entries_read += 1;
+            if e.kind == EntryKind::Data {
+                report.first_op = Some(report.first_op.map_or(e.op, |f| f.min(e.op)));
+                report.last_op = Some(report.last_op.map_or(e.op, |l| l.max(e.op)));
+            }
+        }
+        for stop in &scan.problems {
+            report.problems.push(problem(stop));
+        }
+        Ok(report)
+    }
+
+    /// Segments with their op ranges and sizes (read-only; for `keel inspect`).
+    pub async fn inspect(
+        root: &D,
+        config: JournalConfig,
+    ) -> Result<Vec<SegmentSummary>, JournalError> {
+        let dir = match root.open_dir("journal", false).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
+        };
+        let scan = scan_log(&dir, max_file_bytes(&config), true).await?;
+        Ok(scan
+            .segments
+            .iter()
+            .map(|seg| {
+                let data_ops = seg.entries.iter().filter(|e| e.kind == EntryKind::Data);
+                SegmentSummary {
+                    file: seg.name.clone(),
+                    number: seg.number,
+                    len_bytes: seg.file_len_bytes,
+                    data_end_bytes: seg.data_end_bytes,
+                    rewritten: seg.header.is_rewritten(),
+                    first_seq: seg.header.first_seq,
+                    entries: seg.entries.len() as u64,
+                    first_op: data_ops.clone().map(|e| e.op).min(),
+                    last_op: data_ops.map(|e| e.op).max(),
+                }
+            })
+            .collect())
+    }
+
+    /// Every valid entry header in log order up to the first problem, filtered to data and marker
+    /// entries whose op lies in `[from_op, to_op]` (read-only; for `keel dump`).
+    pub async fn raw_entries(
+        root: &D,
+        config: JournalConfig,
+        from_op: u64,
+        to_op: u64,
+    ) -> Result<Vec<RawEntry>, JournalError> {
+        let dir = match root.open_dir("journal", false).await {
+            Ok(dir) => dir,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(Vec::new()),
+            Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
+        };
+        let scan = scan_log(&dir, max_file_bytes(&config), false).await?;
+        let mut out = Vec::new();
+        for seg in &scan.segments {
+            for e in &seg.entries {
+                if e.op < from_op || e.op > to_op {
+                    continue;
+                }
+                out.push(RawEntry {
+                    file: seg.name.clone(),
+                    offset_bytes: e.offset_bytes,
+                    seq: e.seq,
+                    op: e.op,
+                    kind: e.kind,
+                    payload_len_bytes: e.payload_len,
+                    payload_crc: e.payload_crc,
+                    durable_seq: e.durable_seq,
+                    commit_op: e.commit_op,
+                });
+            }
+        }
+        Ok(out)
     }
 
     /// Appends (or rewrites) `op`; resolves once durable (group commit). `Full` before any byte is
     /// written when `op - snapshot_op > slot_count`.
     pub async fn append(&self, op: u64, payload: &[u8]) -> Result<(), JournalError> {
-        let _ = (op, payload);
-        todo!("journal work")
+        self.submit(EntryKind::Data, op, payload).await
     }
 
     /// Records the commit watermark; carried by every later entry's header. Durable only once an
     /// entry written after it is durable, or after [`MetadataJournal::persist_commit`].
+    /// The watermark never moves down.
     pub fn set_commit_op(&self, commit_op: u64) {
-        let _ = commit_op;
-        todo!("journal work")
+        let mut st = self.state.borrow_mut();
+        st.commit_set = st.commit_set.max(commit_op);
     }
 
     /// Writes a commit marker carrying the current commit watermark and waits until durable.
     pub async fn persist_commit(&self) -> Result<(), JournalError> {
-        todo!("journal work")
+        let commit = self.state.borrow().commit_set;
+        self.submit(EntryKind::Commit, commit, &[]).await?;
+        if !self.config.sync_on_append {
+            self.request_flush().await?;
+        }
+        Ok(())
     }
 
     /// Discards every op above `op` with a journaled truncate marker; durable on return.
     pub async fn truncate_after(&self, op: u64) -> Result<(), JournalError> {
-        let _ = op;
-        todo!("journal work")
+        self.submit(EntryKind::Truncate, op, &[]).await?;
+        if !self.config.sync_on_append {
+            self.request_flush().await?;
+        }
+        Ok(())
     }
 
     /// The newest entry for `op`, if live.
     pub async fn entry(&self, op: u64) -> Result<Option<Entry>, JournalError> {
-        let _ = op;
-        todo!("journal work")
+        let found = {
+            let st = self.state.borrow();
+            if let Some(reason) = &st.poisoned {
+                return Err(JournalError::Poisoned(reason.clone()));
+            }
+            st.slots.get(op).and_then(|location| {
+                st.segments
+                    .get(&location.segment)
+                    .map(|h| (location, h.file.clone(), h.name.clone()))
+            })
+        };
+        let Some((location, file, name)) = found else {
+            return Ok(None);
+        };
+        let bytes = file
+            .read_exact_at(location.offset_bytes, location.len_bytes as usize)
+            .await
+            .map_err(|e| JournalError::io("read entry", self.file_path(&name), e))?;
+        let corrupt = || JournalError::Corrupt {
+            kind: "corrupt_entry",
+            file: name.clone(),
+            offset_bytes: location.offset_bytes,
+            op: Some(op),
+        };
+        let (header, _) = EntryHeader::decode(&bytes).map_err(|_| corrupt())?;
+        if header.op != op
+            || header.kind != EntryKind::Data
+            || header.entry_len_bytes() != bytes.len()
+            || crc32fast::hash(&bytes[ENTRY_HEADER_BYTES..]) != header.payload_crc
+        {
+            tracing::warn!(segment = %name, offset_bytes = location.offset_bytes, op,
+                "journal: entry failed its checksum on read");
+            return Err(corrupt());
+        }
+        let end = ENTRY_HEADER_BYTES + header.payload_len as usize;
+        Ok(Some(Entry {
+            op,
+            payload: Bytes::copy_from_slice(&bytes[ENTRY_HEADER_BYTES..end]),
+        }))
     }
 
     /// Live entries with `op >= from_op`, ascending by op, in global order across segments.
@@ -232,46 +800,72 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// Moves the snapshot watermark to `op` (persisted as a marker); frees slots at or below it.
+    /// A watermark at or below the current one is a no-op.
     pub async fn set_snapshot_op(&self, op: u64) -> Result<(), JournalError> {
-        let _ = op;
-        todo!("journal work")
+        if op <= self.state.borrow().snapshot_encoded {
+            return Ok(());
+        }
+        self.submit(EntryKind::Snapshot, op, &[]).await?;
+        if !self.config.sync_on_append {
+            self.request_flush().await?;
+        }
+        Ok(())
     }
 
     /// How many more ops above the snapshot watermark fit before `Full`.
     pub fn remaining_capacity(&self) -> u64 {
-        todo!("journal work")
+        self.state.borrow().slots.remaining_capacity()
     }
 
     /// Deletes segments wholly at or below the watermark; rewrites a straddling one.
     pub async fn compact(&self) -> Result<CompactionReport, JournalError> {
-        todo!("journal work")
+        self.compact_inner(&mut |_| Ok(())).await
     }
 
     /// Makes everything written so far durable (used with `sync_on_append = false` and on close).
     pub async fn flush(&self) -> Result<(), JournalError> {
-        todo!("journal work")
+        self.request_flush().await
     }
 
+    /// Highest live op above the snapshot watermark (`None` when nothing above it is live).
     pub fn last_op(&self) -> Option<u64> {
-        todo!("journal work")
+        self.state.borrow().slots.last_op()
     }
 
     pub fn snapshot_op(&self) -> u64 {
-        todo!("journal work")
+        self.state.borrow().slots.snapshot_op()
     }
 
     /// Highest commit watermark made durable.
     pub fn commit_op(&self) -> Option<u64> {
-        todo!("journal work")
+        let commit = self.state.borrow().commit_durable;
+        (commit > 0).then_some(commit)
     }
 
     pub fn stats(&self) -> JournalStats {
-        todo!("journal work")
+        let st = self.state.borrow();
+        JournalStats {
+            segments_live: st.segments.len() as u64,
+            ..st.stats.clone()
+        }
     }
 
     /// Flushes and closes every segment.
     pub async fn close(self) -> Result<(), JournalError> {
-        todo!("journal work")
+        if !self.read_only {
+            self.flush().await?;
+        }
+        Ok(())
+    }
+
+    /// Segments currently open, ascending (for `inspect` on an open journal and for tests).
+    pub fn segment_names(&self) -> Vec<String> {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .map(|h| h.name.clone())
+            .collect()
     }
 }
 
@@ -284,7 +878,21 @@ pub struct JournalReader<'j, D: Directory> {
 impl<D: Directory> JournalReader<'_, D> {
     /// The next live entry, or `None` past the last op.
     pub async fn next(&mut self) -> Result<Option<Entry>, JournalError> {
-        let _ = (self.journal, self.next_op);
-        todo!("journal work")
+        loop {
+            let (last, snapshot) = {
+                let st = self.journal.state.borrow();
+                (st.slots.last_op(), st.slots.snapshot_op())
+            };
+            let Some(last) = last else { return Ok(None) };
+            self.next_op = self.next_op.max(snapshot + 1);
+            if self.next_op > last {
+                return Ok(None);
+            }
+            let op = self.next_op;
+            self.next_op += 1;
+            if let Some(entry) = self.journal.entry(op).await? {
+                return Ok(Some(entry));
+            }
+        }
     }
 }

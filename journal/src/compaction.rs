@@ -1,0 +1,320 @@
+//! compaction: giving back the disk below the snapshot watermark.
+//!
+//! Owns deleting the prefix of sealed segments that hold no live entry, and rewriting the first
+//! remaining sealed segment with only its live entries (temp file, fsync, rename, directory
+//! fsync). It must never touch the active segment, never delete a segment that is not a prefix of
+//! the log (the chain would break), and never leave a state where a reopen sees different live
+//! entries: each step is durable before the next.
+//!
+//! Why the result still passes the scan: a rewritten segment gets fresh seqs ending exactly at
+//! the old last seq (so the next segment's `first_seq` still follows), a chain restarting at 0
+//! (it is the first segment, nothing precedes it), and records in its header the crc the next
+//! segment's `prev_crc` chains to (`link_crc`), the snapshot watermark and the commit watermark
+//! (the markers it drops). Its flag says every byte was fsynced before it got its name, so any
+//! damage in it is corruption, never a torn tail.
+
+use std::rc::Rc;
+
+use keel_storage::{BufResult, Directory, OpenMode, Storage};
+
+use crate::error::JournalError;
+use crate::format::{
+    encode_entry, segment_file_name, EntryHeader, EntryKind, SegmentHeader, ENTRY_HEADER_BYTES,
+    FLAG_REWRITTEN, SEGMENT_HEADER_BYTES,
+};
+use crate::scan::Link;
+use crate::segment::TEMP_SUFFIX;
+use crate::slots::Location;
+use crate::{CompactionReport, MetadataJournal, SegmentHandle};
+
+/// The durable steps of a compaction, for crash tests: the hook runs *after* each.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum CompactionStep {
+    /// One fully dead segment was removed and the directory fsynced.
+    Deleted { segment: u64 },
+    /// The temp file holding a rewrite is written and fsynced (not yet renamed).
+    TempWritten { segment: u64 },
+    /// The temp file was renamed over the segment (directory not yet fsynced).
+    Renamed { segment: u64 },
+    /// The directory was fsynced after the rename.
+    DirSynced { segment: u64 },
+}
+
+/// Clears the `compacting` flag however compaction ends.
+struct CompactingGuard<'a, D: Directory> {
+    journal: &'a MetadataJournal<D>,
+}
+
+impl<D: Directory> Drop for CompactingGuard<'_, D> {
+    fn drop(&mut self) {
+        self.journal.state.borrow_mut().compacting = false;
+    }
+}
+
+impl<D: Directory> MetadataJournal<D> {
+    /// Compaction with a hook called after each durable step; an error from the hook stops it
+    /// there (the crash tests crash the simulated disk at that point).
+    pub async fn compact_with_hook(
+        &self,
+        hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
+    ) -> Result<CompactionReport, JournalError> {
+        self.compact_inner(hook).await
+    }
+
+    pub(crate) async fn compact_inner(
+        &self,
+        hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
+    ) -> Result<CompactionReport, JournalError> {
+        self.check_usable()?;
+        {
+            let mut st = self.state.borrow_mut();
+            if st.compacting {
+                return Ok(CompactionReport::default());
+            }
+            st.compacting = true;
+        }
+        let _guard = CompactingGuard { journal: self };
+        let mut report = CompactionReport {
+            bytes_before: self.total_bytes(),
+            ..CompactionReport::default()
+        };
+        self.maybe_seal_active();
+        // Everything accepted so far is written and synced: sealed segments will not change.
+        self.request_flush().await?;
+
+        // 1. Delete the dead prefix, oldest first, one directory fsync each, so a crash always
+        //    leaves a prefix deleted (never a gap in the chain).
+        loop {
+            let victim = {
+                let st = self.state.borrow();
+                let sealed_below = if st.w.needs_rotation {
+                    st.w.cursor_segment + 1
+                } else {
+                    st.w.cursor_segment
+                };
+                let live = st.slots.live();
+                st.segments
+                    .iter()
+                    .next()
+                    .filter(|(number, _)| **number < sealed_below)
+                    .filter(|(number, _)| !live.iter().any(|(_, l)| l.segment == **number))
+                    .map(|(number, handle)| (*number, handle.name.clone()))
+            };
+            let Some((number, name)) = victim else { break };
+            self.dir
+                .remove_file(&name)
+                .await
+                .map_err(|e| self.poison_io("compaction remove", &name, e))?;
+            self.dir
+                .sync()
+                .await
+                .map_err(|e| self.poison_io("compaction dir fsync", &name, e))?;
+            self.state.borrow_mut().segments.remove(&number);
+            report.segments_deleted += 1;
+            tracing::info!(segment = %name, "journal compaction: deleted dead segment");
+            hook(CompactionStep::Deleted { segment: number })?;
+        }
+
+        // 2. Rewrite the first remaining segment if it is sealed and holds dead entries.
+        let candidate = {
+            let st = self.state.borrow();
+            let sealed_below = if st.w.needs_rotation {
+                st.w.cursor_segment + 1
+            } else {
+                st.w.cursor_segment
+            };
+            st.segments
+                .iter()
+                .next()
+                .filter(|(number, _)| **number < sealed_below)
+                .map(|(number, handle)| {
+                    let mut live: Vec<(u64, Location)> = st
+                        .slots
+                        .live()
+                        .into_iter()
+                        .filter(|(_, l)| l.segment == *number)
+                        .collect();
+                    live.sort_by_key(|(_, l)| l.offset_bytes);
+                    (*number, handle.entry_count, handle.end_link, live)
+                })
+        };
+        if let Some((number, entry_count, end_link, live)) = candidate {
+            if (live.len() as u64) < entry_count && !live.is_empty() {
+                self.rewrite(number, end_link, live, hook).await?;
+                report.segments_rewritten += 1;
+            }
+        }
+        report.bytes_after = self.total_bytes();
+        Ok(report)
+    }
+
+    /// Seals the active segment when at least half a segment of it is dead, so the next
+    /// compaction can rewrite it (the next append starts a new segment).
+    fn maybe_seal_active(&self) {
+        let mut st = self.state.borrow_mut();
+        if st.w.needs_rotation || !st.segments.contains_key(&st.w.cursor_segment) {
+            return;
+        }
+        let active = st.w.cursor_segment;
+        let live_bytes: u64 = st
+            .slots
+            .live()
+            .iter()
+            .filter(|(_, l)| l.segment == active)
+            .map(|(_, l)| u64::from(l.len_bytes))
+            .sum();
+        let used = st.w.cursor_offset_bytes - SEGMENT_HEADER_BYTES as u64;
+        if used.saturating_sub(live_bytes) >= self.config.segment_bytes / 2 {
+            st.w.needs_rotation = true;
+        }
+    }
+
+    async fn rewrite(
+        &self,
+        number: u64,
+        end_link: Link,
+        live: Vec<(u64, Location)>,
+        hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
+        let (old_file, name) = {
+            let st = self.state.borrow();
+            let h = &st.segments[&number];
+            (h.file.clone(), h.name.clone())
+        };
+        let (snapshot_op, commit_op) = {
+            let st = self.state.borrow();
+            (st.slots.snapshot_op(), st.commit_durable)
+        };
+        // Fresh seqs ending at the old last seq, so the successor's first_seq still follows.
+        let first_seq = end_link.next_seq - live.len() as u64;
+        let mut header = SegmentHeader::new(number, first_seq, 0);
+        header.flags = FLAG_REWRITTEN;
+        header.link_crc = end_link.chain_crc;
+        header.snapshot_op = snapshot_op;
+        header.commit_op = commit_op;
+        let mut buf = header.encode().to_vec();
+        let mut prev_crc = 0u32;
+        let mut moves = Vec::with_capacity(live.len());
+        for (i, (op, location)) in live.iter().enumerate() {
+            let bytes = old_file
+                .read_exact_at(location.offset_bytes, location.len_bytes as usize)
+                .await
+                .map_err(|e| JournalError::io("compaction read", self.file_path(&name), e))?;
+            let corrupt = || JournalError::Corrupt {
+                kind: "corrupt_entry",
+                file: name.clone(),
+                offset_bytes: location.offset_bytes,
+                op: Some(*op),
+            };
+            let (h, _) = EntryHeader::decode(&bytes).map_err(|_| corrupt())?;
+            if h.op != *op
+                || h.kind != EntryKind::Data
+                || crc32fast::hash(&bytes[ENTRY_HEADER_BYTES..]) != h.payload_crc
+            {
+                return Err(corrupt());
+            }
+            let payload = &bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + h.payload_len as usize];
+            let seq = first_seq + i as u64;
+            let offset = buf.len() as u64;
+            prev_crc = encode_entry(
+                &mut buf,
+                EntryKind::Data,
+                seq,
+                *op,
+                payload,
+                prev_crc,
+                first_seq - 1,
+                h.commit_op,
+            );
+            let new_location = Location {
+                segment: number,
+                offset_bytes: offset,
+                len_bytes: location.len_bytes,
+            };
+            moves.push((*op, *location, new_location));
+        }
+        let bytes_len = buf.len() as u64;
+        let temp = format!("{number:020}{TEMP_SUFFIX}");
+        let temp_file = self
+            .dir
+            .open_file(&temp, OpenMode::Create)
+            .await
+            .map_err(|e| self.poison_io("compaction create temp", &temp, e))?;
+        temp_file
+            .truncate(0)
+            .await
+            .map_err(|e| self.poison_io("compaction truncate temp", &temp, e))?;
+        let BufResult(result, _) = temp_file.write_all_at(0, buf).await;
+        result.map_err(|e| self.poison_io("compaction write temp", &temp, e))?;
+        temp_file
+            .sync()
+            .await
+            .map_err(|e| self.poison_io("compaction fsync temp", &temp, e))?;
+        drop(temp_file);
+        hook(CompactionStep::TempWritten { segment: number })?;
+        let target = segment_file_name(number);
+        self.dir
+            .rename(&temp, &target)
+            .await
+            .map_err(|e| self.poison_io("compaction rename", &target, e))?;
+        hook(CompactionStep::Renamed { segment: number })?;
+        self.dir
+            .sync()
+            .await
+            .map_err(|e| self.poison_io("compaction dir fsync", &target, e))?;
+        let new_file = self
+            .dir
+            .open_file(&target, OpenMode::Existing)
+            .await
+            .map_err(|e| self.poison_io("compaction reopen", &target, e))?;
+        {
+            let mut st = self.state.borrow_mut();
+            for (op, from, to) in moves {
+                st.slots.relocate(op, from, to);
+            }
+            let entry_count = live.len() as u64;
+            st.segments.insert(
+                number,
+                SegmentHandle {
+                    file: Rc::new(new_file),
+                    name: target.clone(),
+                    end_link: Link {
+                        next_seq: end_link.next_seq,
+                        chain_crc: end_link.chain_crc,
+                    },
+                    entry_count,
+                },
+            );
+        }
+        tracing::info!(segment = %target, bytes = bytes_len, live = live.len(),
+            "journal compaction: rewrote straddling segment");
+        hook(CompactionStep::DirSynced { segment: number })?;
+        Ok(())
+    }
+
+    fn total_bytes(&self) -> u64 {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .map(|h| h.file.len())
+            .sum()
+    }
+
+    /// A failed rename/remove/fsync in compaction poisons like a failed append: the namespace
+    /// state is unknown until a reopen scans it.
+    fn poison_io(&self, stage: &'static str, name: &str, error: std::io::Error) -> JournalError {
+        let error = JournalError::io(stage, self.file_path(name), error);
+        let failure = crate::writer::Failure {
+            stage,
+            file: self.file_path(name),
+            kind: match &error {
+                JournalError::Io { source, .. } => source.kind(),
+                _ => std::io::ErrorKind::Other,
+            },
+            message: error.to_string(),
+        };
+        self.poison(&failure, Vec::new());
+        error
+    }
+}

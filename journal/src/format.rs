@@ -1,0 +1,470 @@
+//! format: the bytes on disk — segment header and entry header codecs, alignment and checksums.
+//!
+//! Owns every byte layout of the journal. It must never do I/O and never decide what a damaged
+//! byte *means* (that is `scan.rs` and `recovery.rs`): it only says "valid" or names the fault.
+//!
+//! # Segment file `NNNNNNNNNNNNNNNNNNNN.wal` (20 decimal digits = segment number)
+//!
+//! A 64-byte header, then entries back to back from offset 64, then (when preallocated) zeroes to
+//! the end of the file. All integers little-endian.
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 8 | magic `KEELWAL\0` |
+//! | 8 | 2 | format version (1). Checked *before* the checksum so a newer log is refused, never cut |
+//! | 10 | 2 | header length in bytes (64) |
+//! | 12 | 4 | flags: bit 0 = rewritten by compaction (every byte in it was fsynced before it got its name) |
+//! | 16 | 8 | segment number (must equal the number in the file name) |
+//! | 24 | 8 | `first_seq`: seq of the first entry in this segment |
+//! | 32 | 4 | `prev_crc`: header crc of the entry before `first_seq` (0 for the very first) |
+//! | 36 | 4 | `link_crc`: rewritten segments only — the crc the next segment's `prev_crc` chains to |
+//! | 40 | 8 | snapshot watermark known when the segment was created |
+//! | 48 | 8 | commit watermark known when the segment was created |
+//! | 56 | 4 | reserved, zero |
+//! | 60 | 4 | crc32 of bytes 0..60 |
+//!
+//! # Entry (64-byte header + payload + zero padding to a multiple of 8)
+//!
+//! | offset | size | field |
+//! |---|---|---|
+//! | 0 | 4 | magic `KJE1` |
+//! | 4 | 1 | kind: 1 data, 2 truncate marker, 3 commit marker, 4 snapshot-watermark marker |
+//! | 5 | 3 | reserved, zero |
+//! | 8 | 8 | `seq`: per-journal entry sequence number, +1 per entry, starting at 1 |
+//! | 16 | 8 | `op` (data: the op; truncate: ops above it are discarded; commit: the commit op; snapshot: the watermark) |
+//! | 24 | 4 | payload length in bytes |
+//! | 28 | 4 | crc32 of payload *and* its zero padding (so every byte of an entry is checked) |
+//! | 32 | 4 | `prev_crc`: header crc of the previous entry (the chain) |
+//! | 36 | 4 | reserved, zero |
+//! | 40 | 8 | `durable_seq`: highest seq known fsynced when this entry was written (< `seq`) |
+//! | 48 | 8 | commit watermark known when written (0 = none) |
+//! | 56 | 4 | reserved, zero |
+//! | 60 | 4 | crc32 of bytes 0..60 |
+//!
+//! Entries are 8-byte aligned so a scan can look past a damaged entry for a later valid header.
+//! Op 0 is never appended (the snapshot watermark starts at 0 and `op <= snapshot_op` is refused),
+//! so 0 doubles as "none" in watermark fields.
+
+/// Current on-disk format version. Readers accept every version up to this one.
+pub const FORMAT_VERSION: u16 = 1;
+pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
+pub const SEGMENT_HEADER_BYTES: usize = 64;
+pub const ENTRY_MAGIC: [u8; 4] = *b"KJE1";
+pub const ENTRY_HEADER_BYTES: usize = 64;
+pub const ENTRY_ALIGN_BYTES: usize = 8;
+/// Hard cap on a payload length field, whatever the configuration: a header claiming more is
+/// invalid (it bounds how much a scan will ever try to read for one entry).
+pub const MAX_PAYLOAD_BYTES_LIMIT: u32 = 64 << 20;
+/// Segment flag: written by compaction via temp file + fsync + rename.
+pub const FLAG_REWRITTEN: u32 = 1;
+
+/// What an entry is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[repr(u8)]
+pub enum EntryKind {
+    Data = 1,
+    Truncate = 2,
+    Commit = 3,
+    Snapshot = 4,
+}
+
+impl EntryKind {
+    pub fn from_u8(byte: u8) -> Option<Self> {
+        match byte {
+            1 => Some(Self::Data),
+            2 => Some(Self::Truncate),
+            3 => Some(Self::Commit),
+            4 => Some(Self::Snapshot),
+            _ => None,
+        }
+    }
+
+    /// Name used by `dump`.
+    pub fn name(self) -> &'static str {
+        match self {
+            Self::Data => "data",
+            Self::Truncate => "truncate",
+            Self::Commit => "commit",
+            Self::Snapshot => "snapshot",
+        }
+    }
+}
+
+/// The decoded fields of an entry header (the header crc is computed, not stored here).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryHeader {
+    pub kind: EntryKind,
+    pub seq: u64,
+    pub op: u64,
+    pub payload_len: u32,
+    pub payload_crc: u32,
+    pub prev_crc: u32,
+    pub durable_seq: u64,
+    pub commit_op: u64,
+}
+
+/// Why header bytes are not a valid header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HeaderFault {
+    /// Fewer bytes than a header.
+    Short,
+    /// All 64 bytes are zero (preallocated space, or a zeroed sector).
+    Zero,
+    BadMagic,
+    BadChecksum,
+    /// Checksum fine but a field is impossible (unknown kind, reserved bits, lengths).
+    BadField(&'static str),
+}
+
+fn get_u16(bytes: &[u8], at: usize) -> u16 {
+    u16::from_le_bytes([bytes[at], bytes[at + 1]])
+}
+fn get_u32(bytes: &[u8], at: usize) -> u32 {
+    let mut b = [0u8; 4];
+    b.copy_from_slice(&bytes[at..at + 4]);
+    u32::from_le_bytes(b)
+}
+fn get_u64(bytes: &[u8], at: usize) -> u64 {
+    let mut b = [0u8; 8];
+    b.copy_from_slice(&bytes[at..at + 8]);
+    u64::from_le_bytes(b)
+}
+
+/// Padding after a payload of `payload_len` bytes so the next entry starts 8-aligned.
+pub fn padding_bytes(payload_len: usize) -> usize {
+    (ENTRY_ALIGN_BYTES - payload_len % ENTRY_ALIGN_BYTES) % ENTRY_ALIGN_BYTES
+}
+
+/// Bytes one entry occupies on disk.
+pub fn entry_len_bytes(payload_len: usize) -> usize {
+    ENTRY_HEADER_BYTES + payload_len + padding_bytes(payload_len)
+}
+
+/// crc32 over the payload followed by its zero padding.
+pub fn payload_crc(payload: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(payload);
+    hasher.update(&[0u8; ENTRY_ALIGN_BYTES][..padding_bytes(payload.len())]);
+    hasher.finalize()
+}
+
+impl EntryHeader {
+    /// Encodes the header; returns the bytes and the header crc (the next entry's `prev_crc`).
+    pub fn encode(&self) -> ([u8; ENTRY_HEADER_BYTES], u32) {
+        let mut b = [0u8; ENTRY_HEADER_BYTES];
+        b[0..4].copy_from_slice(&ENTRY_MAGIC);
+        b[4] = self.kind as u8;
+        b[8..16].copy_from_slice(&self.seq.to_le_bytes());
+        b[16..24].copy_from_slice(&self.op.to_le_bytes());
+        b[24..28].copy_from_slice(&self.payload_len.to_le_bytes());
+        b[28..32].copy_from_slice(&self.payload_crc.to_le_bytes());
+        b[32..36].copy_from_slice(&self.prev_crc.to_le_bytes());
+        b[40..48].copy_from_slice(&self.durable_seq.to_le_bytes());
+        b[48..56].copy_from_slice(&self.commit_op.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        (b, crc)
+    }
+
+    /// Decodes and validates a header; returns it with its crc.
+    pub fn decode(bytes: &[u8]) -> Result<(Self, u32), HeaderFault> {
+        if bytes.len() < ENTRY_HEADER_BYTES {
+            return Err(HeaderFault::Short);
+        }
+        let b = &bytes[..ENTRY_HEADER_BYTES];
+        if b.iter().all(|&x| x == 0) {
+            return Err(HeaderFault::Zero);
+        }
+        if b[0..4] != ENTRY_MAGIC {
+            return Err(HeaderFault::BadMagic);
+        }
+        let crc = crc32fast::hash(&b[0..60]);
+        if crc != get_u32(b, 60) {
+            return Err(HeaderFault::BadChecksum);
+        }
+        let kind = EntryKind::from_u8(b[4]).ok_or(HeaderFault::BadField("kind"))?;
+        if b[5..8] != [0, 0, 0] || b[36..40] != [0; 4] || b[56..60] != [0; 4] {
+            return Err(HeaderFault::BadField("reserved"));
+        }
+        let header = Self {
+            kind,
+            seq: get_u64(b, 8),
+            op: get_u64(b, 16),
+            payload_len: get_u32(b, 24),
+            payload_crc: get_u32(b, 28),
+            prev_crc: get_u32(b, 32),
+            durable_seq: get_u64(b, 40),
+            commit_op: get_u64(b, 48),
+        };
+        if header.seq == 0 {
+            return Err(HeaderFault::BadField("seq"));
+        }
+        // A writer only ever claims entries *before* the one it writes as durable.
+        if header.durable_seq >= header.seq {
+            return Err(HeaderFault::BadField("durable_seq"));
+        }
+        if header.payload_len > MAX_PAYLOAD_BYTES_LIMIT {
+            return Err(HeaderFault::BadField("payload_len"));
+        }
+        Ok((header, crc))
+    }
+
+    pub fn entry_len_bytes(&self) -> usize {
+        entry_len_bytes(self.payload_len as usize)
+    }
+}
+
+/// Appends one complete entry (header, payload, padding) to `out`; returns the header crc.
+pub fn encode_entry(
+    out: &mut Vec<u8>,
+    kind: EntryKind,
+    seq: u64,
+    op: u64,
+    payload: &[u8],
+    prev_crc: u32,
+    durable_seq: u64,
+    commit_op: u64,
+) -> u32 {
+    debug_assert!(payload.len() <= MAX_PAYLOAD_BYTES_LIMIT as usize);
+    debug_assert!(durable_seq < seq);
+    let header = EntryHeader {
+        kind,
+        seq,
+        op,
+        payload_len: payload.len() as u32,
+        payload_crc: payload_crc(payload),
+        prev_crc,
+        durable_seq,
+        commit_op,
+    };
+    let (bytes, crc) = header.encode();
+    out.extend_from_slice(&bytes);
+    out.extend_from_slice(payload);
+    out.extend_from_slice(&[0u8; ENTRY_ALIGN_BYTES][..padding_bytes(payload.len())]);
+    crc
+}
+
+/// The decoded segment header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SegmentHeader {
+    pub version: u16,
+    pub flags: u32,
+    pub segment_no: u64,
+    pub first_seq: u64,
+    pub prev_crc: u32,
+    pub link_crc: u32,
+    pub snapshot_op: u64,
+    pub commit_op: u64,
+}
+
+/// Why segment header bytes are not a valid header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SegmentHeaderFault {
+    Short,
+    BadMagic,
+    /// Written by a newer keel: never cut, always refuse.
+    UnknownVersion(u16),
+    BadChecksum,
+    BadField(&'static str),
+}
+
+impl SegmentHeader {
+    pub fn new(segment_no: u64, first_seq: u64, prev_crc: u32) -> Self {
+        Self {
+            version: FORMAT_VERSION,
+            flags: 0,
+            segment_no,
+            first_seq,
+            prev_crc,
+            link_crc: 0,
+            snapshot_op: 0,
+            commit_op: 0,
+        }
+    }
+
+    pub fn is_rewritten(&self) -> bool {
+        self.flags & FLAG_REWRITTEN != 0
+    }
+
+    pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
+        let mut b = [0u8; SEGMENT_HEADER_BYTES];
+        b[0..8].copy_from_slice(&SEGMENT_MAGIC);
+        b[8..10].copy_from_slice(&self.version.to_le_bytes());
+        b[10..12].copy_from_slice(&(SEGMENT_HEADER_BYTES as u16).to_le_bytes());
+        b[12..16].copy_from_slice(&self.flags.to_le_bytes());
+        b[16..24].copy_from_slice(&self.segment_no.to_le_bytes());
+        b[24..32].copy_from_slice(&self.first_seq.to_le_bytes());
+        b[32..36].copy_from_slice(&self.prev_crc.to_le_bytes());
+        b[36..40].copy_from_slice(&self.link_crc.to_le_bytes());
+        b[40..48].copy_from_slice(&self.snapshot_op.to_le_bytes());
+        b[48..56].copy_from_slice(&self.commit_op.to_le_bytes());
+        let crc = crc32fast::hash(&b[0..60]);
+        b[60..64].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    pub fn decode(bytes: &[u8]) -> Result<Self, SegmentHeaderFault> {
+        if bytes.len() < SEGMENT_HEADER_BYTES {
+            return Err(SegmentHeaderFault::Short);
+        }
+        let b = &bytes[..SEGMENT_HEADER_BYTES];
+        if b[0..8] != SEGMENT_MAGIC {
+            return Err(SegmentHeaderFault::BadMagic);
+        }
+        // Version before checksum: a later format may checksum differently, and a log we cannot
+        // read must be refused, never classified as damage and cut.
+        let version = get_u16(b, 8);
+        if version > FORMAT_VERSION {
+            return Err(SegmentHeaderFault::UnknownVersion(version));
+        }
+        if crc32fast::hash(&b[0..60]) != get_u32(b, 60) {
+            return Err(SegmentHeaderFault::BadChecksum);
+        }
+        if version == 0 {
+            return Err(SegmentHeaderFault::BadField("version"));
+        }
+        if get_u16(b, 10) as usize != SEGMENT_HEADER_BYTES {
+            return Err(SegmentHeaderFault::BadField("header_len"));
+        }
+        let flags = get_u32(b, 12);
+        if flags & !FLAG_REWRITTEN != 0 {
+            return Err(SegmentHeaderFault::BadField("flags"));
+        }
+        if b[56..60] != [0; 4] {
+            return Err(SegmentHeaderFault::BadField("reserved"));
+        }
+        let header = Self {
+            version,
+            flags,
+            segment_no: get_u64(b, 16),
+            first_seq: get_u64(b, 24),
+            prev_crc: get_u32(b, 32),
+            link_crc: get_u32(b, 36),
+            snapshot_op: get_u64(b, 40),
+            commit_op: get_u64(b, 48),
+        };
+        if header.first_seq == 0 {
+            return Err(SegmentHeaderFault::BadField("first_seq"));
+        }
+        Ok(header)
+    }
+}
+
+/// File name of segment `number`.
+pub fn segment_file_name(number: u64) -> String {
+    format!("{number:020}.wal")
+}
+
+/// The segment number in a file name, if it is one.
+pub fn parse_segment_file_name(name: &str) -> Option<u64> {
+    let digits = name.strip_suffix(".wal")?;
+    if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
+        return None;
+    }
+    digits.parse().ok()
+}
+
+/// File name of a quarantined byte range.
+pub fn quarantine_file_name(segment_no: u64, offset_bytes: u64) -> String {
+    format!("{segment_no:020}-{offset_bytes:020}.bin")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn kind_strategy() -> impl Strategy<Value = EntryKind> {
+        prop_oneof![
+            Just(EntryKind::Data),
+            Just(EntryKind::Truncate),
+            Just(EntryKind::Commit),
+            Just(EntryKind::Snapshot)
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn entry_round_trip(
+            kind in kind_strategy(),
+            seq in 1u64..u64::MAX,
+            op in any::<u64>(),
+            payload in proptest::collection::vec(any::<u8>(), 0..300),
+            prev_crc in any::<u32>(),
+            durable_frac in 0u64..1000,
+            commit_op in any::<u64>(),
+        ) {
+            let durable_seq = (seq - 1) / 1000 * durable_frac;
+            let mut out = Vec::new();
+            let crc = encode_entry(&mut out, kind, seq, op, &payload, prev_crc, durable_seq, commit_op);
+            prop_assert_eq!(out.len(), entry_len_bytes(payload.len()));
+            prop_assert_eq!(out.len() % ENTRY_ALIGN_BYTES, 0);
+            let (h, crc2) = EntryHeader::decode(&out).unwrap();
+            prop_assert_eq!(crc, crc2);
+            prop_assert_eq!(h.kind, kind);
+            prop_assert_eq!(h.seq, seq);
+            prop_assert_eq!(h.op, op);
+            prop_assert_eq!(h.prev_crc, prev_crc);
+            prop_assert_eq!(h.durable_seq, durable_seq);
+            prop_assert_eq!(h.commit_op, commit_op);
+            prop_assert_eq!(h.payload_len as usize, payload.len());
+            let body = &out[ENTRY_HEADER_BYTES..];
+            prop_assert_eq!(&body[..payload.len()], &payload[..]);
+            let mut hasher = crc32fast::Hasher::new();
+            hasher.update(body);
+            prop_assert_eq!(hasher.finalize(), h.payload_crc);
+        }
+
+        #[test]
+        fn any_single_bit_flip_in_entry_header_is_detected(
+            op in any::<u64>(), bit in 0usize..(ENTRY_HEADER_BYTES * 8)
+        ) {
+            let mut out = Vec::new();
+            encode_entry(&mut out, EntryKind::Data, 7, op, b"abc", 1, 3, 2);
+            out[bit / 8] ^= 1 << (bit % 8);
+            prop_assert!(EntryHeader::decode(&out).is_err());
+        }
+
+        #[test]
+        fn segment_header_round_trip(
+            no in any::<u64>(), first in 1u64..u64::MAX, prev in any::<u32>(), link in any::<u32>(),
+            snap in any::<u64>(), commit in any::<u64>(), rewritten in any::<bool>()
+        ) {
+            let mut h = SegmentHeader::new(no, first, prev);
+            h.link_crc = link;
+            h.snapshot_op = snap;
+            h.commit_op = commit;
+            h.flags = if rewritten { FLAG_REWRITTEN } else { 0 };
+            let b = h.encode();
+            prop_assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
+        }
+
+        #[test]
+        fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
+            let _ = EntryHeader::decode(&bytes);
+            let _ = SegmentHeader::decode(&bytes);
+        }
+    }
+
+    #[test]
+    fn newer_version_is_refused_not_damaged() {
+        let mut b = SegmentHeader::new(3, 1, 0).encode();
+        b[8..10].copy_from_slice(&2u16.to_le_bytes());
+        assert_eq!(
+            SegmentHeader::decode(&b),
+            Err(SegmentHeaderFault::UnknownVersion(2))
+        );
+    }
+
+    #[test]
+    fn file_names() {
+        assert_eq!(segment_file_name(42), "00000000000000000042.wal");
+        assert_eq!(
+            parse_segment_file_name("00000000000000000042.wal"),
+            Some(42)
+        );
+        assert_eq!(parse_segment_file_name("0000000000000000042.wal"), None);
+        assert_eq!(parse_segment_file_name("0000000000000000004x.wal"), None);
+        assert_eq!(parse_segment_file_name("00000000000000000042.tmp"), None);
+    }
+}

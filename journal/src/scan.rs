@@ -1,0 +1,487 @@
+//! scan: reading the log back — parsing segments into entry metadata and finding where (and why)
+//! valid entries stop.
+//!
+//! Owns the rules a valid log obeys (segment header matches its name and links to its
+//! predecessor; each entry's header and payload checksums hold; `seq` rises by exactly 1 and
+//! `prev_crc` chains) and the look-ahead past a stop for later valid headers whose durable
+//! watermark covers it. It must never write: what to do about a stop is `recovery.rs`'s call.
+
+use keel_storage::Directory;
+
+use crate::error::JournalError;
+use crate::format::{
+    EntryHeader, EntryKind, HeaderFault, SegmentHeader, SegmentHeaderFault, ENTRY_ALIGN_BYTES,
+    ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+use crate::recovery::{classify, Case, StopFact};
+use crate::segment::{self, SegmentFile};
+
+/// One valid entry as found on disk (no payload: it is read on demand).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct EntryMeta {
+    pub kind: EntryKind,
+    pub seq: u64,
+    pub op: u64,
+    pub offset_bytes: u64,
+    pub len_bytes: u32,
+    pub payload_len: u32,
+    pub payload_crc: u32,
+    pub header_crc: u32,
+    pub durable_seq: u64,
+    pub commit_op: u64,
+}
+
+/// What the next entry must carry to continue the chain.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Link {
+    pub next_seq: u64,
+    pub chain_crc: u32,
+}
+
+/// Where valid entries stop inside one segment file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Stop {
+    pub offset_bytes: u64,
+    pub fact: StopFact,
+    /// The seq the entry at the stop should have had (`u64::MAX` when unknowable).
+    pub expected_seq: u64,
+    /// Op (and kind) of the entry at the stop, when its header is readable.
+    pub op: Option<u64>,
+    pub kind: Option<EntryKind>,
+}
+
+/// A segment whose header is valid, with its valid entries (up to a stop, if any).
+#[derive(Debug, Clone)]
+pub struct ScannedSegment {
+    pub number: u64,
+    pub name: String,
+    pub header: SegmentHeader,
+    pub entries: Vec<EntryMeta>,
+    pub file_len_bytes: u64,
+    /// End of the last valid entry.
+    pub data_end_bytes: u64,
+    /// Chain state after this segment.
+    pub end_link: Link,
+}
+
+/// A classified stop.
+#[derive(Debug, Clone)]
+pub struct StopAt {
+    /// Index into [`LogScan::files`].
+    pub file_index: usize,
+    pub file: String,
+    pub stop: Stop,
+    pub covered: bool,
+    pub case: Case,
+    /// Ops of valid data headers found after the stop (what a cut would lose).
+    pub later_data_ops: Vec<u64>,
+}
+
+/// Everything a scan of the journal directory found.
+#[derive(Debug, Clone, Default)]
+pub struct LogScan {
+    pub files: Vec<SegmentFile>,
+    pub temps: Vec<String>,
+    /// Segments before the first stop (the stop's own segment included when its header is valid).
+    pub segments: Vec<ScannedSegment>,
+    pub first_stop: Option<StopAt>,
+    /// Every stop that is not a clean end (verify keeps going after the first one).
+    pub problems: Vec<StopAt>,
+    pub bytes_read: u64,
+    pub max_file_bytes: u64,
+    /// Entries found after resynchronising past a stop (verify only).
+    pub entries_after_stops: Vec<EntryMeta>,
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+/// Index one past the last non-zero byte.
+pub fn nonzero_end(bytes: &[u8]) -> usize {
+    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
+}
+
+/// Valid entry headers at 8-aligned offsets at or after `from_offset`.
+pub fn valid_headers(bytes: &[u8], from_offset: u64) -> Vec<(u64, EntryHeader)> {
+    let mut out = Vec::new();
+    let align = ENTRY_ALIGN_BYTES as u64;
+    let mut offset = from_offset.div_ceil(align) * align;
+    while offset as usize + ENTRY_HEADER_BYTES <= bytes.len() {
+        let at = &bytes[offset as usize..];
+        // Magic first: cheap, and it makes the crc check rare.
+        if at[0..4] == crate::format::ENTRY_MAGIC {
+            if let Ok((header, _)) = EntryHeader::decode(at) {
+                out.push((offset, header));
+            }
+        }
+        offset += align;
+    }
+    out
+}
+
+/// Validates a segment header against its file name and the previous segment's chain state.
+pub fn parse_header(bytes: &[u8], number: u64, link: Option<Link>) -> Result<SegmentHeader, Stop> {
+    let expected_seq = link.map_or(u64::MAX, |l| l.next_seq);
+    let stop = |fact| Stop {
+        offset_bytes: 0,
+        fact,
+        expected_seq,
+        op: None,
+        kind: None,
+    };
+    let header = match SegmentHeader::decode(bytes) {
+        Ok(h) => h,
+        Err(SegmentHeaderFault::UnknownVersion(_)) => return Err(stop(StopFact::UnknownVersion)),
+        Err(_) => return Err(stop(StopFact::BadSegmentHeader)),
+    };
+    if header.segment_no != number {
+        return Err(stop(StopFact::SegmentMismatch));
+    }
+    if let Some(link) = link {
+        if header.first_seq != link.next_seq || header.prev_crc != link.chain_crc {
+            return Err(stop(StopFact::SegmentMismatch));
+        }
+    }
+    Ok(header)
+}
+
+/// Parses entries from `from_offset` while they are valid and chained; returns where they end
+/// (`Ok(end)` for a clean end) and the chain state after the last valid one.
+pub fn parse_entries(
+    bytes: &[u8],
+    from_offset: u64,
+    mut link: Link,
+    out: &mut Vec<EntryMeta>,
+) -> (Result<u64, Stop>, Link) {
+    let mut offset = from_offset as usize;
+    loop {
+        let stop = |fact, op: Option<u64>, kind: Option<EntryKind>| Stop {
+            offset_bytes: offset as u64,
+            fact,
+            expected_seq: link.next_seq,
+            op,
+            kind,
+        };
+        let rest = &bytes[offset.min(bytes.len())..];
+        if rest.is_empty() {
+            return (Ok(offset as u64), link);
+        }
+        let header = match EntryHeader::decode(rest) {
+            Ok((h, crc)) => (h, crc),
+            Err(HeaderFault::Zero) | Err(HeaderFault::Short) if all_zero(rest) => {
+                return (Ok(offset as u64), link)
+            }
+            Err(_) => return (Err(stop(StopFact::BadEntryHeader, None, None)), link),
+        };
+        let (h, crc) = header;
+        if h.seq != link.next_seq || h.prev_crc != link.chain_crc {
+            return (
+                Err(stop(StopFact::ChainBreak, Some(h.op), Some(h.kind))),
+                link,
+            );
+        }
+        let len = h.entry_len_bytes();
+        if rest.len() < len {
+            return (
+                Err(stop(StopFact::BadPayload, Some(h.op), Some(h.kind))),
+                link,
+            );
+        }
+        let body = &rest[ENTRY_HEADER_BYTES..len];
+        if crc32fast::hash(body) != h.payload_crc {
+            return (
+                Err(stop(StopFact::BadPayload, Some(h.op), Some(h.kind))),
+                link,
+            );
+        }
+        out.push(EntryMeta {
+            kind: h.kind,
+            seq: h.seq,
+            op: h.op,
+            offset_bytes: offset as u64,
+            len_bytes: len as u32,
+            payload_len: h.payload_len,
+            payload_crc: h.payload_crc,
+            header_crc: crc,
+            durable_seq: h.durable_seq,
+            commit_op: h.commit_op,
+        });
+        link = Link {
+            next_seq: h.seq + 1,
+            chain_crc: crc,
+        };
+        offset += len;
+    }
+}
+
+/// Chain state after a segment: a rewritten segment hands on its recorded `link_crc`.
+fn end_link(header: &SegmentHeader, link_after_entries: Link) -> Link {
+    if header.is_rewritten() {
+        Link {
+            next_seq: link_after_entries.next_seq,
+            chain_crc: header.link_crc,
+        }
+    } else {
+        link_after_entries
+    }
+}
+
+/// Scans the whole journal directory. With `keep_going` (verify), resynchronises after each
+/// stop at the next valid header and records every problem; otherwise stops at the first.
+pub async fn scan_log<D: Directory>(
+    dir: &D,
+    max_file_bytes: u64,
+    keep_going: bool,
+) -> Result<LogScan, JournalError> {
+    let (files, temps) = segment::list(dir).await?;
+    let mut scan = LogScan {
+        files: files.clone(),
+        temps,
+        max_file_bytes,
+        ..LogScan::default()
+    };
+    let mut link: Option<Link> = None;
+    let mut prev_number: Option<u64> = None;
+    'files: for (index, file) in files.iter().enumerate() {
+        let bytes = segment::read_whole(dir, &file.name, max_file_bytes).await?;
+        scan.bytes_read += bytes.len() as u64;
+        let gap = prev_number.is_some_and(|p| file.number != p + 1);
+        prev_number = Some(file.number);
+        let header = if gap {
+            Err(Stop {
+                offset_bytes: 0,
+                fact: StopFact::SegmentMismatch,
+                expected_seq: link.map_or(u64::MAX, |l| l.next_seq),
+                op: None,
+                kind: None,
+            })
+        } else {
+            parse_header(&bytes, file.number, link)
+        };
+        let (mut entry_link, mut from, rewritten, header) = match header {
+            Ok(h) => (
+                Link {
+                    next_seq: h.first_seq,
+                    chain_crc: h.prev_crc,
+                },
+                SEGMENT_HEADER_BYTES as u64,
+                h.is_rewritten(),
+                Some(h),
+            ),
+            Err(mut stop) => {
+                if stop.expected_seq == u64::MAX {
+                    // First segment: its own entries tell which seqs it held.
+                    stop.expected_seq = valid_headers(&bytes, 0)
+                        .iter()
+                        .map(|(_, h)| h.seq)
+                        .min()
+                        .unwrap_or(u64::MAX);
+                }
+                let at =
+                    classify_stop(dir, &files, index, &bytes, stop, false, max_file_bytes).await?;
+                let first = scan.first_stop.is_none();
+                scan.problems.push(at.clone());
+                if first {
+                    scan.first_stop = Some(at);
+                    if !keep_going {
+                        break 'files;
+                    }
+                }
+                if stop.fact == StopFact::UnknownVersion {
+                    link = None;
+                    continue 'files;
+                }
+                match resync(&bytes, 0) {
+                    Some((offset, l)) => (l, offset, false, None),
+                    None => {
+                        link = None;
+                        continue 'files;
+                    }
+                }
+            }
+        };
+        loop {
+            let mut entries = Vec::new();
+            let (end, after) = parse_entries(&bytes, from, entry_link, &mut entries);
+            let stopped = scan.first_stop.is_some();
+            match end {
+                Ok(end_offset) => {
+                    if let (false, Some(h)) = (stopped, header) {
+                        scan.segments.push(ScannedSegment {
+                            number: file.number,
+                            name: file.name.clone(),
+                            header: h,
+                            entries,
+                            file_len_bytes: bytes.len() as u64,
+                            data_end_bytes: end_offset,
+                            end_link: end_link(&h, after),
+                        });
+                    } else {
+                        scan.entries_after_stops.extend(entries);
+                    }
+                    link = Some(match header {
+                        Some(h) if !stopped => end_link(&h, after),
+                        _ => after,
+                    });
+                    continue 'files;
+                }
+                Err(stop) => {
+                    let data_end = stop.offset_bytes;
+                    if let (false, Some(h)) = (stopped, header) {
+                        scan.segments.push(ScannedSegment {
+                            number: file.number,
+                            name: file.name.clone(),
+                            header: h,
+                            entries,
+                            file_len_bytes: bytes.len() as u64,
+                            data_end_bytes: data_end,
+                            end_link: end_link(&h, after),
+                        });
+                    } else {
+                        scan.entries_after_stops.extend(entries);
+                    }
+                    let at =
+                        classify_stop(dir, &files, index, &bytes, stop, rewritten, max_file_bytes)
+                            .await?;
+                    let first = scan.first_stop.is_none();
+                    scan.problems.push(at.clone());
+                    if first {
+                        scan.first_stop = Some(at);
+                        if !keep_going {
+                            break 'files;
+                        }
+                    }
+                    match resync(&bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64) {
+                        Some((offset, l)) => {
+                            from = offset;
+                            entry_link = l;
+                        }
+                        None => {
+                            link = None;
+                            continue 'files;
+                        }
+                    }
+                }
+            }
+        }
+    }
+    Ok(scan)
+}
+
+/// The next valid header at or after `from` (at least past the segment header), as a place to
+/// continue scanning from with the chain it claims.
+fn resync(bytes: &[u8], from: u64) -> Option<(u64, Link)> {
+    valid_headers(bytes, from.max(SEGMENT_HEADER_BYTES as u64))
+        .first()
+        .map(|(offset, h)| {
+            (
+                *offset,
+                Link {
+                    next_seq: h.seq,
+                    chain_crc: h.prev_crc,
+                },
+            )
+        })
+}
+
+/// Looks past a stop (rest of this file, every later file) for valid headers and classifies it.
+async fn classify_stop<D: Directory>(
+    dir: &D,
+    files: &[SegmentFile],
+    index: usize,
+    bytes: &[u8],
+    stop: Stop,
+    rewritten: bool,
+    max_file_bytes: u64,
+) -> Result<StopAt, JournalError> {
+    let mut later = valid_headers(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64);
+    for file in &files[index + 1..] {
+        let other = segment::read_whole(dir, &file.name, max_file_bytes).await?;
+        later.extend(valid_headers(&other, 0));
+    }
+    let max_durable = later.iter().map(|(_, h)| h.durable_seq).max().unwrap_or(0);
+    let covered = rewritten || (stop.expected_seq != u64::MAX && max_durable >= stop.expected_seq);
+    let case = classify(stop.fact, covered);
+    let mut later_data_ops: Vec<u64> = later
+        .iter()
+        .filter(|(_, h)| h.kind == EntryKind::Data)
+        .map(|(_, h)| h.op)
+        .collect();
+    if let (Some(op), Some(EntryKind::Data)) = (stop.op, stop.kind) {
+        later_data_ops.push(op);
+    }
+    Ok(StopAt {
+        file_index: index,
+        file: files[index].name.clone(),
+        stop,
+        covered,
+        case,
+        later_data_ops,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::format::encode_entry;
+
+    fn segment_bytes(n: usize) -> Vec<u8> {
+        let mut out = SegmentHeader::new(0, 1, 0).encode().to_vec();
+        let mut prev = 0;
+        for i in 0..n {
+            let seq = i as u64 + 1;
+            prev = encode_entry(
+                &mut out,
+                EntryKind::Data,
+                seq,
+                seq * 10,
+                &vec![i as u8; i * 3],
+                prev,
+                seq.saturating_sub(2),
+                0,
+            );
+        }
+        out
+    }
+
+    #[test]
+    fn parses_a_clean_segment_with_zero_tail() {
+        let mut bytes = segment_bytes(5);
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; 1000]);
+        let header = parse_header(&bytes, 0, None).unwrap();
+        let mut out = Vec::new();
+        let (end_result, link) = parse_entries(
+            &bytes,
+            64,
+            Link {
+                next_seq: header.first_seq,
+                chain_crc: header.prev_crc,
+            },
+            &mut out,
+        );
+        assert_eq!(end_result, Ok(end));
+        assert_eq!(out.len(), 5);
+        assert_eq!(link.next_seq, 6);
+    }
+
+    #[test]
+    fn zeroes_then_garbage_is_a_bad_header() {
+        let mut bytes = segment_bytes(2);
+        let end = bytes.len();
+        bytes.extend_from_slice(&[0u8; 200]);
+        bytes[end + 150] = 1;
+        let mut out = Vec::new();
+        let (end_result, _) = parse_entries(
+            &bytes,
+            64,
+            Link {
+                next_seq: 1,
+                chain_crc: 0,
+            },
+            &mut out,
+        );
+        assert_eq!(end_result.unwrap_err().fact, StopFact::BadEntryHeader);
+    }
+}

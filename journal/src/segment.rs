@@ -1,0 +1,122 @@
+//! segment: segment files as files — listing, reading whole, creating with a header and zeroes.
+//!
+//! Owns how segment files are named, found and created durably (header written, preallocated,
+//! file fsynced, directory fsynced before any entry goes in). It must never interpret entries or
+//! decide about damage.
+
+use keel_storage::{BufResult, Directory, OpenMode, Storage};
+
+use crate::error::JournalError;
+use crate::format::{parse_segment_file_name, segment_file_name, SegmentHeader};
+
+/// Suffix of compaction's temp files; leftovers are never referenced and are removed on open.
+pub const TEMP_SUFFIX: &str = ".wal.tmp";
+/// Reads of a whole segment go in chunks of this size.
+const READ_CHUNK_BYTES: usize = 8 << 20;
+
+/// A segment file found in the journal directory.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SegmentFile {
+    pub number: u64,
+    pub name: String,
+}
+
+/// Segment files sorted by number, and leftover temp files.
+pub async fn list<D: Directory>(dir: &D) -> Result<(Vec<SegmentFile>, Vec<String>), JournalError> {
+    let names = dir
+        .list()
+        .await
+        .map_err(|e| JournalError::io("list journal dir", dir.display_path(), e))?;
+    let mut segments = Vec::new();
+    let mut temps = Vec::new();
+    for name in names {
+        if let Some(number) = parse_segment_file_name(&name) {
+            segments.push(SegmentFile { number, name });
+        } else if name.ends_with(TEMP_SUFFIX) {
+            temps.push(name);
+        } else {
+            tracing::debug!(file = %name, "journal: ignoring unknown file in journal dir");
+        }
+    }
+    segments.sort_by_key(|s| s.number);
+    Ok((segments, temps))
+}
+
+/// Reads a whole file (bounded by `max_file_bytes`).
+pub async fn read_whole<D: Directory>(
+    dir: &D,
+    name: &str,
+    max_file_bytes: u64,
+) -> Result<Vec<u8>, JournalError> {
+    let path = format!("{}/{name}", dir.display_path());
+    let file = dir
+        .open_file(name, OpenMode::ReadOnly)
+        .await
+        .map_err(|e| JournalError::io("open segment", &path, e))?;
+    read_file(&file, &path, max_file_bytes).await
+}
+
+/// Reads all of an open file in chunks.
+pub async fn read_file<F: Storage>(
+    file: &F,
+    path: &str,
+    max_file_bytes: u64,
+) -> Result<Vec<u8>, JournalError> {
+    let len = file.len();
+    if len > max_file_bytes {
+        return Err(JournalError::Io {
+            stage: "read segment",
+            file: path.to_string(),
+            source: std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("segment is {len} bytes, above the limit of {max_file_bytes}"),
+            ),
+        });
+    }
+    let mut out = Vec::with_capacity(len as usize);
+    let mut offset = 0u64;
+    while offset < len {
+        let want = ((len - offset) as usize).min(READ_CHUNK_BYTES);
+        let chunk = file
+            .read_exact_at(offset, want)
+            .await
+            .map_err(|e| JournalError::io("read segment", path, e))?;
+        out.extend_from_slice(&chunk);
+        offset += want as u64;
+    }
+    Ok(out)
+}
+
+/// Creates segment `header.segment_no` (replacing a leftover of the same name), writes its header
+/// and, when `preallocate_to` is set, zeroes up to that length; fsyncs the file and the directory.
+pub async fn create<D: Directory>(
+    dir: &D,
+    header: &SegmentHeader,
+    preallocate_to: Option<u64>,
+) -> Result<D::File, JournalError> {
+    let name = segment_file_name(header.segment_no);
+    let path = format!("{}/{name}", dir.display_path());
+    let file = dir
+        .open_file(&name, OpenMode::Create)
+        .await
+        .map_err(|e| JournalError::io("create segment", &path, e))?;
+    file.truncate(0)
+        .await
+        .map_err(|e| JournalError::io("create segment", &path, e))?;
+    let BufResult(result, _) = file.write_all_at(0, header.encode().to_vec()).await;
+    result.map_err(|e| JournalError::io("write segment header", &path, e))?;
+    if let Some(to) = preallocate_to {
+        // Zero-written (not sparse) space: an fdatasync after overwriting it measured ~2x cheaper
+        // than after an extending append (MEASUREMENTS.md).
+        file.preallocate(to)
+            .await
+            .map_err(|e| JournalError::io("preallocate segment", &path, e))?;
+    }
+    file.sync()
+        .await
+        .map_err(|e| JournalError::io("fsync new segment", &path, e))?;
+    dir.sync()
+        .await
+        .map_err(|e| JournalError::io("fsync journal dir", &path, e))?;
+    Ok(file)
+}

@@ -1,0 +1,281 @@
+//! slots: the ring index from op to where its newest live entry lives on disk.
+//!
+//! Owns the rule "op x lives in slot x % slot_count" and the back-pressure bound
+//! `x - snapshot_op <= slot_count`. It must never evict a live op to make room (that is `Full`),
+//! and never do I/O: callers hand it locations of entries already written.
+
+/// Where one entry lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Location {
+    pub segment: u64,
+    pub offset_bytes: u64,
+    /// Whole entry on disk (header + payload + padding).
+    pub len_bytes: u32,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Slot {
+    op: u64,
+    location: Location,
+}
+
+/// Why an op cannot take a slot.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SlotRefusal {
+    BelowSnapshot { snapshot_op: u64 },
+    Full { snapshot_op: u64, distance: u64 },
+}
+
+/// The ring. Invariant: every occupied slot holds an op in `(snapshot_op, snapshot_op + slot_count]`
+/// — so the ops of occupied slots are distinct and `slot_of(op)` is unique among them.
+#[derive(Debug, Clone)]
+pub struct SlotRing {
+    slots: Vec<Option<Slot>>,
+    slot_count: u64,
+    snapshot_op: u64,
+    last_op: Option<u64>,
+}
+
+impl SlotRing {
+    /// `slot_count` must be a power of two (checked by the config validation).
+    pub fn new(slot_count: u64, snapshot_op: u64) -> Self {
+        debug_assert!(slot_count.is_power_of_two());
+        Self {
+            slots: vec![None; slot_count as usize],
+            slot_count,
+            snapshot_op,
+            last_op: None,
+        }
+    }
+
+    fn index(&self, op: u64) -> usize {
+        (op & (self.slot_count - 1)) as usize
+    }
+
+    pub fn snapshot_op(&self) -> u64 {
+        self.snapshot_op
+    }
+
+    /// Highest live op (above the snapshot watermark), if any.
+    pub fn last_op(&self) -> Option<u64> {
+        self.last_op
+    }
+
+    /// Whether `op` may be appended now.
+    pub fn check(&self, op: u64) -> Result<(), SlotRefusal> {
+        check_op(op, self.snapshot_op, self.slot_count)
+    }
+
+    /// Records that the newest entry for `op` is at `location` (a rewrite supersedes).
+    pub fn insert(&mut self, op: u64, location: Location) -> Result<(), SlotRefusal> {
+        self.check(op)?;
+        let index = self.index(op);
+        debug_assert!(
+            self.slots[index].is_none_or(|s| s.op == op || s.op <= self.snapshot_op),
+            "slot {index} holds a live op other than {op}"
+        );
+        self.slots[index] = Some(Slot { op, location });
+        self.last_op = Some(self.last_op.map_or(op, |last| last.max(op)));
+        Ok(())
+    }
+
+    /// Location of the newest live entry for `op`.
+    pub fn get(&self, op: u64) -> Option<Location> {
+        if op <= self.snapshot_op {
+            return None;
+        }
+        match self.slots[self.index(op)] {
+            Some(slot) if slot.op == op => Some(slot.location),
+            _ => None,
+        }
+    }
+
+    /// Drops every op above `op`.
+    pub fn truncate_after(&mut self, op: u64) {
+        let Some(last) = self.last_op else { return };
+        if last <= op {
+            return;
+        }
+        // Live ops lie in (snapshot_op, last]; at most slot_count of them.
+        let from = op.max(self.snapshot_op) + 1;
+        for x in from..=last {
+            let index = self.index(x);
+            if self.slots[index].is_some_and(|s| s.op == x) {
+                self.slots[index] = None;
+            }
+        }
+        self.last_op = self.highest_live_at_or_below(op);
+    }
+
+    /// Moves the snapshot watermark up to `op` (never down); frees slots at or below it.
+    pub fn set_snapshot(&mut self, op: u64) {
+        if op <= self.snapshot_op {
+            return;
+        }
+        let old = self.snapshot_op;
+        let clear_to = op.min(old.saturating_add(self.slot_count));
+        for x in old + 1..=clear_to {
+            let index = self.index(x);
+            if self.slots[index].is_some_and(|s| s.op == x) {
+                self.slots[index] = None;
+            }
+        }
+        self.snapshot_op = op;
+        if self.last_op.is_some_and(|last| last <= op) {
+            self.last_op = None;
+        }
+    }
+
+    fn highest_live_at_or_below(&self, op: u64) -> Option<u64> {
+        let mut x = op;
+        while x > self.snapshot_op {
+            if self.get(x).is_some() {
+                return Some(x);
+            }
+            x -= 1;
+            if op - x >= self.slot_count {
+                break;
+            }
+        }
+        None
+    }
+
+    /// How many more ops fit above the highest of the watermark and the last live op.
+    pub fn remaining_capacity(&self) -> u64 {
+        let top = self.last_op.unwrap_or(0).max(self.snapshot_op);
+        (self.snapshot_op + self.slot_count).saturating_sub(top)
+    }
+
+    /// Live (op, location) pairs, ascending by op.
+    pub fn live(&self) -> Vec<(u64, Location)> {
+        let mut out: Vec<(u64, Location)> = self
+            .slots
+            .iter()
+            .flatten()
+            .filter(|s| s.op > self.snapshot_op)
+            .map(|s| (s.op, s.location))
+            .collect();
+        out.sort_unstable_by_key(|(op, _)| *op);
+        out
+    }
+
+    /// Points `op` at `to` only if it still points at `from` (compaction moved that entry; a newer
+    /// rewrite that landed meanwhile must win).
+    pub fn relocate(&mut self, op: u64, from: Location, to: Location) -> bool {
+        let index = self.index(op);
+        match &mut self.slots[index] {
+            Some(slot) if slot.op == op && slot.location == from => {
+                slot.location = to;
+                true
+            }
+            _ => false,
+        }
+    }
+}
+
+/// The append rule, shared by the ring and by the writer's early check.
+pub fn check_op(op: u64, snapshot_op: u64, slot_count: u64) -> Result<(), SlotRefusal> {
+    if op <= snapshot_op {
+        return Err(SlotRefusal::BelowSnapshot { snapshot_op });
+    }
+    let distance = op - snapshot_op;
+    if distance > slot_count {
+        return Err(SlotRefusal::Full {
+            snapshot_op,
+            distance,
+        });
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use std::collections::BTreeMap;
+
+    #[derive(Debug, Clone)]
+    enum Action {
+        Append(u64),
+        Truncate(u64),
+        Snapshot(u64),
+    }
+
+    fn action() -> impl Strategy<Value = Action> {
+        prop_oneof![
+            6 => (0u64..80).prop_map(Action::Append),
+            1 => (0u64..80).prop_map(Action::Truncate),
+            1 => (0u64..80).prop_map(Action::Snapshot),
+        ]
+    }
+
+    fn loc(n: u64) -> Location {
+        Location {
+            segment: n,
+            offset_bytes: n * 8,
+            len_bytes: 64,
+        }
+    }
+
+    proptest! {
+        /// The ring against a BTreeMap model under out-of-order appends, rewrites, truncations
+        /// and snapshot moves (slot_count 16 so wrap-around and Full happen often).
+        #[test]
+        fn ring_matches_model(actions in proptest::collection::vec(action(), 1..200)) {
+            let slot_count = 16;
+            let mut ring = SlotRing::new(slot_count, 0);
+            let mut model: BTreeMap<u64, Location> = BTreeMap::new();
+            let mut snapshot = 0u64;
+            for (i, a) in actions.iter().enumerate() {
+                match *a {
+                    Action::Append(op) => {
+                        let expect = if op <= snapshot {
+                            Err(SlotRefusal::BelowSnapshot { snapshot_op: snapshot })
+                        } else if op - snapshot > slot_count {
+                            Err(SlotRefusal::Full { snapshot_op: snapshot, distance: op - snapshot })
+                        } else {
+                            Ok(())
+                        };
+                        let got = ring.insert(op, loc(i as u64));
+                        prop_assert_eq!(got, expect);
+                        if got.is_ok() { model.insert(op, loc(i as u64)); }
+                    }
+                    Action::Truncate(op) => {
+                        ring.truncate_after(op);
+                        model.retain(|&k, _| k <= op);
+                    }
+                    Action::Snapshot(op) => {
+                        ring.set_snapshot(op);
+                        snapshot = snapshot.max(op);
+                        model.retain(|&k, _| k > snapshot);
+                    }
+                }
+                for op in 0..100 {
+                    prop_assert_eq!(ring.get(op), model.get(&op).copied(), "op {}", op);
+                }
+                prop_assert_eq!(ring.last_op(), model.keys().next_back().copied());
+                let live: Vec<(u64, Location)> = model.iter().map(|(k, v)| (*k, *v)).collect();
+                prop_assert_eq!(ring.live(), live);
+                let top = model.keys().next_back().copied().unwrap_or(0).max(snapshot);
+                prop_assert_eq!(ring.remaining_capacity(), snapshot + slot_count - top);
+            }
+        }
+    }
+
+    #[test]
+    fn full_at_exact_bound() {
+        let mut ring = SlotRing::new(4, 10);
+        assert!(ring.insert(14, loc(1)).is_ok());
+        assert_eq!(
+            ring.insert(15, loc(1)),
+            Err(SlotRefusal::Full {
+                snapshot_op: 10,
+                distance: 5
+            })
+        );
+        assert_eq!(
+            ring.insert(10, loc(1)),
+            Err(SlotRefusal::BelowSnapshot { snapshot_op: 10 })
+        );
+    }
+}

@@ -1,0 +1,287 @@
+//! The journal's everyday contract on MemFs: append, read back, reopen, group commit, bounds,
+//! truncation, snapshot watermark, rotation.
+
+mod common;
+
+use std::rc::Rc;
+
+use common::*;
+use keel_journal::{JournalConfig, JournalError, MetadataJournal, RecoveryMode};
+use keel_storage::MemFs;
+
+#[test]
+fn append_read_reopen() {
+    let fs = MemFs::new(1);
+    let config = small_config();
+    run(async {
+        let (j, report) = open(&fs, &config).await;
+        assert_eq!(report.entries_read, 0);
+        assert_eq!(j.last_op(), None);
+        for op in 1..=40 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        assert_eq!(j.last_op(), Some(40));
+        assert_eq!(
+            j.entry(17).await.unwrap().unwrap().payload.to_vec(),
+            payload(17, 0)
+        );
+        assert_eq!(j.entry(41).await.unwrap(), None);
+        let all = read_all(&j).await;
+        assert_eq!(all.len(), 40);
+        assert!(j.stats().segments_live > 1, "4 KiB segments must rotate");
+        j.close().await.unwrap();
+
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(report.first_op, Some(1));
+        assert_eq!(report.last_op, Some(40));
+        assert_eq!(read_all(&j).await, all);
+        // Continue appending after reopen, across the chain.
+        j.append(41, &payload(41, 0)).await.unwrap();
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(j.last_op(), Some(41));
+    });
+}
+
+#[test]
+fn out_of_order_rewrites_and_gaps() {
+    let fs = MemFs::new(2);
+    let config = small_config();
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        for op in [5, 3, 9, 3, 7, 5] {
+            j.append(op, &payload(op, op * 100 + j.stats().appends))
+                .await
+                .unwrap();
+        }
+        let ops: Vec<u64> = read_all(&j).await.iter().map(|e| e.0).collect();
+        assert_eq!(ops, vec![3, 5, 7, 9]);
+        let before = read_all(&j).await;
+        drop(j);
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        assert_eq!(
+            read_all(&j).await,
+            before,
+            "rewrites supersede across reopen"
+        );
+    });
+}
+
+#[test]
+fn full_and_below_snapshot_write_nothing() {
+    let fs = MemFs::new(3);
+    let config = small_config(); // slot_count 64
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        j.append(64, b"x").await.unwrap();
+        let syncs = fs.sync_count();
+        let err = j.append(65, b"y").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JournalError::Full {
+                    op: 65,
+                    snapshot_op: 0,
+                    distance: 65,
+                    slot_count: 64
+                }
+            ),
+            "{err}"
+        );
+        assert_eq!(fs.sync_count(), syncs, "Full must not write");
+        assert_eq!(j.remaining_capacity(), 0);
+        j.set_snapshot_op(10).await.unwrap();
+        assert_eq!(j.remaining_capacity(), 10);
+        j.append(74, b"z").await.unwrap();
+        let err = j.append(10, b"w").await.unwrap_err();
+        assert!(
+            matches!(
+                err,
+                JournalError::BelowSnapshot {
+                    op: 10,
+                    snapshot_op: 10
+                }
+            ),
+            "{err}"
+        );
+        let err = j.append(11, &vec![0u8; 2000]).await.unwrap_err();
+        assert!(matches!(err, JournalError::PayloadTooLarge { .. }), "{err}");
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert_eq!(j.snapshot_op(), 10);
+        assert_eq!(report.snapshot_op, Some(10));
+        assert_eq!(
+            read_all(&j).await.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![64, 74]
+        );
+    });
+}
+
+#[test]
+fn truncate_after_is_journaled() {
+    let fs = MemFs::new(4);
+    let config = small_config();
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=20 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        j.truncate_after(12).await.unwrap();
+        assert_eq!(j.last_op(), Some(12));
+        j.append(13, &payload(13, 1)).await.unwrap();
+        drop(j);
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        assert_eq!(j.last_op(), Some(13));
+        assert_eq!(
+            j.entry(13).await.unwrap().unwrap().payload.to_vec(),
+            payload(13, 1)
+        );
+        assert_eq!(j.entry(14).await.unwrap(), None);
+    });
+}
+
+#[test]
+fn commit_watermark_persists() {
+    let fs = MemFs::new(5);
+    let config = small_config();
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        j.append(1, b"a").await.unwrap();
+        j.set_commit_op(1);
+        assert_eq!(j.commit_op(), None, "not durable until written");
+        j.persist_commit().await.unwrap();
+        assert_eq!(j.commit_op(), Some(1));
+        j.append(2, b"b").await.unwrap();
+        j.set_commit_op(2);
+        j.append(3, b"c").await.unwrap();
+        assert_eq!(j.commit_op(), Some(2), "carried by the next entry");
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert_eq!(report.commit_op, Some(2));
+        assert_eq!(j.commit_op(), Some(2));
+    });
+}
+
+#[test]
+fn group_commit_batches_concurrent_appends() {
+    let fs = MemFs::new(6);
+    let config = JournalConfig {
+        slot_count: 1024,
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        let j = Rc::new(j);
+        let mut handles = Vec::new();
+        for op in 1..=200u64 {
+            let j = j.clone();
+            handles.push(compio::runtime::spawn(async move {
+                j.append(op, &payload(op, 0)).await
+            }));
+        }
+        for h in handles {
+            h.await.expect("task").unwrap();
+        }
+        let stats = j.stats();
+        assert_eq!(stats.appends, 200);
+        assert!(stats.batches < 100, "appends must share batches: {stats:?}");
+        assert!(stats.fsyncs < 150, "appends must share fsyncs: {stats:?}");
+        assert_eq!(read_all(&j).await.len(), 200);
+    });
+}
+
+#[test]
+fn sync_none_mode_flushes_on_demand() {
+    let fs = MemFs::new(7);
+    let config = JournalConfig {
+        sync_on_append: false,
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        j.append(1, b"first").await.unwrap(); // creates (and fsyncs) the first segment
+        let syncs = fs.sync_count();
+        for op in 2..=10 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        assert_eq!(fs.sync_count(), syncs, "no fsync before flush");
+        j.flush().await.unwrap();
+        assert!(fs.sync_count() > syncs);
+        drop(j);
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        assert_eq!(j.last_op(), Some(10));
+    });
+}
+
+#[test]
+fn preallocated_segments_reopen_clean() {
+    let fs = MemFs::new(8);
+    let config = JournalConfig {
+        preallocate: true,
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=30 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        let all = read_all(&j).await;
+        drop(j);
+        for path in segment_paths(&fs).await {
+            assert_eq!(
+                fs.read_raw(&path).unwrap().len(),
+                4096,
+                "{path} preallocated"
+            );
+        }
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(read_all(&j).await, all);
+    });
+}
+
+#[test]
+fn verify_on_clean_journal_and_read_only_open() {
+    let fs = MemFs::new(9);
+    let config = small_config();
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=60 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        drop(j);
+        let report = MetadataJournal::verify(&fs.root(), config.clone())
+            .await
+            .unwrap();
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(report.last_op, Some(60));
+        let (j, _) =
+            MetadataJournal::open(&fs.root_read_only(), config.clone(), RecoveryMode::Absolute)
+                .await
+                .unwrap();
+        assert_eq!(read_all(&j).await.len(), 60);
+        assert!(matches!(
+            j.append(61, b"x").await,
+            Err(JournalError::ReadOnly { .. })
+        ));
+        let segs = MetadataJournal::inspect(&fs.root(), config.clone())
+            .await
+            .unwrap();
+        assert!(segs.len() > 1);
+        assert_eq!(segs[0].first_op, Some(1));
+        let raw = MetadataJournal::raw_entries(&fs.root(), config.clone(), 5, 6)
+            .await
+            .unwrap();
+        assert_eq!(raw.iter().map(|e| e.op).collect::<Vec<_>>(), vec![5, 6]);
+    });
+}
