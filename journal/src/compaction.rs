@@ -19,8 +19,8 @@ use keel_storage::{BufResult, Directory, OpenMode, Storage};
 
 use crate::error::JournalError;
 use crate::format::{
-    encode_entry, segment_file_name, EntryHeader, EntryKind, SegmentHeader, ENTRY_HEADER_BYTES,
-    FLAG_REWRITTEN, SEGMENT_HEADER_BYTES,
+    encode_entry, segment_file_name, EntryHeader, EntryKind, NewEntry, SegmentHeader,
+    ENTRY_HEADER_BYTES, FLAG_REWRITTEN, SEGMENT_HEADER_BYTES,
 };
 use crate::scan::Link;
 use crate::segment::TEMP_SUFFIX;
@@ -218,13 +218,15 @@ impl<D: Directory> MetadataJournal<D> {
             let offset = buf.len() as u64;
             prev_crc = encode_entry(
                 &mut buf,
-                EntryKind::Data,
-                seq,
-                *op,
+                &NewEntry {
+                    kind: EntryKind::Data,
+                    seq,
+                    op: *op,
+                    prev_crc,
+                    durable_seq: first_seq - 1,
+                    commit_op: h.commit_op,
+                },
                 payload,
-                prev_crc,
-                first_seq - 1,
-                h.commit_op,
             );
             let new_location = Location {
                 segment: number,

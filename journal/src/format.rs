@@ -214,28 +214,30 @@ impl EntryHeader {
     }
 }
 
+/// The fields of an entry a writer chooses (lengths and checksums are computed).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct NewEntry {
+    pub kind: EntryKind,
+    pub seq: u64,
+    pub op: u64,
+    pub prev_crc: u32,
+    pub durable_seq: u64,
+    pub commit_op: u64,
+}
+
 /// Appends one complete entry (header, payload, padding) to `out`; returns the header crc.
-pub fn encode_entry(
-    out: &mut Vec<u8>,
-    kind: EntryKind,
-    seq: u64,
-    op: u64,
-    payload: &[u8],
-    prev_crc: u32,
-    durable_seq: u64,
-    commit_op: u64,
-) -> u32 {
+pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8]) -> u32 {
     debug_assert!(payload.len() <= MAX_PAYLOAD_BYTES_LIMIT as usize);
-    debug_assert!(durable_seq < seq);
+    debug_assert!(entry.durable_seq < entry.seq);
     let header = EntryHeader {
-        kind,
-        seq,
-        op,
+        kind: entry.kind,
+        seq: entry.seq,
+        op: entry.op,
         payload_len: payload.len() as u32,
         payload_crc: payload_crc(payload),
-        prev_crc,
-        durable_seq,
-        commit_op,
+        prev_crc: entry.prev_crc,
+        durable_seq: entry.durable_seq,
+        commit_op: entry.commit_op,
     };
     let (bytes, crc) = header.encode();
     out.extend_from_slice(&bytes);
@@ -396,7 +398,7 @@ mod tests {
         ) {
             let durable_seq = (seq - 1) / 1000 * durable_frac;
             let mut out = Vec::new();
-            let crc = encode_entry(&mut out, kind, seq, op, &payload, prev_crc, durable_seq, commit_op);
+            let crc = encode_entry(&mut out, &NewEntry { kind, seq, op, prev_crc, durable_seq, commit_op }, &payload);
             prop_assert_eq!(out.len(), entry_len_bytes(payload.len()));
             prop_assert_eq!(out.len() % ENTRY_ALIGN_BYTES, 0);
             let (h, crc2) = EntryHeader::decode(&out).unwrap();
@@ -420,7 +422,7 @@ mod tests {
             op in any::<u64>(), bit in 0usize..(ENTRY_HEADER_BYTES * 8)
         ) {
             let mut out = Vec::new();
-            encode_entry(&mut out, EntryKind::Data, 7, op, b"abc", 1, 3, 2);
+            encode_entry(&mut out, &NewEntry { kind: EntryKind::Data, seq: 7, op, prev_crc: 1, durable_seq: 3, commit_op: 2 }, b"abc");
             out[bit / 8] ^= 1 << (bit % 8);
             prop_assert!(EntryHeader::decode(&out).is_err());
         }

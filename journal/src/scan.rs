@@ -424,7 +424,7 @@ async fn classify_stop<D: Directory>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::encode_entry;
+    use crate::format::{encode_entry, NewEntry};
 
     fn segment_bytes(n: usize) -> Vec<u8> {
         let mut out = SegmentHeader::new(0, 1, 0).encode().to_vec();
@@ -433,13 +433,15 @@ mod tests {
             let seq = i as u64 + 1;
             prev = encode_entry(
                 &mut out,
-                EntryKind::Data,
-                seq,
-                seq * 10,
+                &NewEntry {
+                    kind: EntryKind::Data,
+                    seq,
+                    op: seq * 10,
+                    prev_crc: prev,
+                    durable_seq: seq.saturating_sub(2),
+                    commit_op: 0,
+                },
                 &vec![i as u8; i * 3],
-                prev,
-                seq.saturating_sub(2),
-                0,
             );
         }
         out

@@ -18,7 +18,7 @@ use keel_storage::{BufResult, Directory, Storage};
 
 use crate::error::JournalError;
 use crate::format::{
-    encode_entry, entry_len_bytes, EntryKind, SegmentHeader, SEGMENT_HEADER_BYTES,
+    encode_entry, entry_len_bytes, EntryKind, NewEntry, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::scan::Link;
 use crate::segment;
@@ -346,13 +346,15 @@ impl<D: Directory> MetadataJournal<D> {
         let seq = w.next_seq;
         let header_crc = encode_entry(
             &mut run.buf,
-            kind,
-            seq,
-            op,
+            &NewEntry {
+                kind,
+                seq,
+                op,
+                prev_crc: w.chain_crc,
+                durable_seq: w.durable_seq,
+                commit_op: st.commit_set,
+            },
             payload,
-            w.chain_crc,
-            w.durable_seq,
-            st.commit_set,
         );
         let completion = Rc::new(Completion::default());
         run.entries.push(PendingEntry {

@@ -75,7 +75,10 @@ fn out_of_order_rewrites_and_gaps() {
 #[test]
 fn full_and_below_snapshot_write_nothing() {
     let fs = MemFs::new(3);
-    let config = small_config(); // slot_count 64
+    let config = JournalConfig {
+        slot_count: 64,
+        ..small_config()
+    };
     run(async {
         let (j, _) = open(&fs, &config).await;
         j.append(64, b"x").await.unwrap();

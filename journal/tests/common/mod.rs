@@ -18,7 +18,7 @@ pub fn run<F: Future>(future: F) -> F::Output {
 /// Small segments so rotation, compaction and scans across files happen in small tests.
 pub fn small_config() -> JournalConfig {
     JournalConfig {
-        slot_count: 64,
+        slot_count: 256,
         segment_bytes: 4096,
         max_batch_bytes: 2048,
         max_inflight_bytes: 16 << 10,
@@ -83,4 +83,44 @@ pub async fn read_all(journal: &Journal) -> Vec<(u64, Vec<u8>)> {
         out.push((entry.op, entry.payload.to_vec()));
     }
     out
+}
+
+/// A fresh MemFs holding exactly `files` (durably).
+pub async fn clone_fs(seed: u64, files: &[(String, Vec<u8>)]) -> MemFs {
+    use keel_storage::Directory;
+    let fs = MemFs::new(seed);
+    for sub in ["journal", "quarantine"] {
+        if files.iter().any(|(p, _)| p.starts_with(&format!("{sub}/"))) {
+            fs.root().open_dir(sub, true).await.expect("mkdir");
+        }
+    }
+    fs.root().sync().await.expect("sync root");
+    for (path, bytes) in files {
+        fs.write_raw(path, 0, bytes).expect("write_raw");
+    }
+    fs
+}
+
+/// Writes ops `1..=n`, each acknowledged before the next (so entry k's durable watermark covers
+/// every entry before it). Returns the journal's files.
+pub async fn build_log(fs: &MemFs, config: &JournalConfig, n: u64) -> Vec<(String, Vec<u8>)> {
+    let (j, _) = open(fs, config).await;
+    for op in 1..=n {
+        j.append(op, &payload(op, 0)).await.expect("append");
+    }
+    drop(j);
+    snapshot_files(fs).await
+}
+
+/// Raw entries (file, offset, len, op) of the log, from the dump helper.
+pub async fn entry_spans(fs: &MemFs, config: &JournalConfig) -> Vec<(String, u64, u64, u64)> {
+    let raw = MetadataJournal::raw_entries(&fs.root(), config.clone(), 0, u64::MAX)
+        .await
+        .expect("raw entries");
+    raw.iter()
+        .map(|e| {
+            let len = keel_journal::format::entry_len_bytes(e.payload_len_bytes as usize) as u64;
+            (format!("journal/{}", e.file), e.offset_bytes, len, e.op)
+        })
+        .collect()
 }
