@@ -1,0 +1,114 @@
+//! The crate's one error enum, [`RaftStoreError`].
+//!
+//! openraft's storage traits return `std::io::Error`, so every trait method converts at its edge
+//! with [`RaftStoreError::into_io`]. The conversion keeps the typed error as the `io::Error`'s
+//! source (never a flattened string), so a caller that downcasts finds the journal's own variant.
+
+use std::io;
+
+use keel_journal::JournalError;
+
+/// Errors of the keel-backed raft storage.
+#[derive(Debug, thiserror::Error)]
+pub enum RaftStoreError {
+    /// The journal refused or failed (its own variants: `Full`, `Corrupt`, `Io`, …).
+    #[error("journal: {0}")]
+    Journal(#[from] JournalError),
+
+    /// A directory or file operation failed at a named stage.
+    #[error("{stage} failed on {file}: {source}")]
+    Io {
+        stage: &'static str,
+        file: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// A raft value could not be encoded or decoded (log entry, snapshot envelope, meta body).
+    #[error("cannot {action} {what}: {source}")]
+    Codec {
+        action: &'static str,
+        what: &'static str,
+        #[source]
+        source: serde_json::Error,
+    },
+
+    /// A file failed its checksum or framing checks.
+    #[error("{file} is damaged: {reason}")]
+    Damaged { file: String, reason: String },
+
+    /// A journal entry decoded to a log entry whose index does not match its op.
+    #[error("journal op {op} holds the log entry of index {index} (expected index {expected})")]
+    Misplaced { op: u64, index: u64, expected: u64 },
+
+    /// An append would pass the journal's slot ring: the log grew `slot_count` entries past the
+    /// last purge. Snapshot (and so purge) more often, or raise `slot_count`.
+    #[error(
+        "log index {index} does not fit: the journal holds at most {slot_count} entries past the \
+         last purged index {last_purged:?}"
+    )]
+    LogFull {
+        index: u64,
+        last_purged: Option<u64>,
+        slot_count: u64,
+    },
+
+    /// An earlier write failed; openraft treats storage errors as fatal, so does the store.
+    #[error("store poisoned by an earlier write error: {0}")]
+    Poisoned(String),
+
+    /// The state machine could not restore a snapshot's bytes.
+    #[error("cannot restore the key-value state from snapshot {file}: {reason}")]
+    Restore { file: String, reason: String },
+
+    /// A configuration bound was violated.
+    #[error("invalid raft store configuration: {0}")]
+    Config(String),
+}
+
+impl RaftStoreError {
+    pub(crate) fn io(stage: &'static str, file: impl Into<String>, source: io::Error) -> Self {
+        RaftStoreError::Io {
+            stage,
+            file: file.into(),
+            source,
+        }
+    }
+
+    pub(crate) fn encode(what: &'static str, source: serde_json::Error) -> Self {
+        RaftStoreError::Codec {
+            action: "encode",
+            what,
+            source,
+        }
+    }
+
+    pub(crate) fn decode(what: &'static str, source: serde_json::Error) -> Self {
+        RaftStoreError::Codec {
+            action: "decode",
+            what,
+            source,
+        }
+    }
+
+    /// The `io::Error` openraft's traits want, keeping `self` as its source.
+    pub fn into_io(self) -> io::Error {
+        let kind = match &self {
+            RaftStoreError::Io { source, .. } => source.kind(),
+            RaftStoreError::Codec { .. }
+            | RaftStoreError::Damaged { .. }
+            | RaftStoreError::Misplaced { .. }
+            | RaftStoreError::Restore { .. } => io::ErrorKind::InvalidData,
+            RaftStoreError::LogFull { .. } => io::ErrorKind::StorageFull,
+            RaftStoreError::Config(_) => io::ErrorKind::InvalidInput,
+            RaftStoreError::Journal(_) | RaftStoreError::Poisoned(_) => io::ErrorKind::Other,
+        };
+        io::Error::new(kind, self)
+    }
+}
+
+impl From<RaftStoreError> for io::Error {
+    fn from(error: RaftStoreError) -> Self {
+        error.into_io()
+    }
+}

@@ -1,0 +1,257 @@
+//! Raft snapshot files: `DIR/raft-snapshots/NNNNNNNNNNNNNNNNNNNN.snap`.
+//!
+//! Each file uses keel's snapshot header (DESIGN §5: magic `KEELSNAP`, version, op, length,
+//! payload crc, header crc; 40 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
+//! op in the name and header is the raft index of the snapshot's last log id plus one, the same
+//! op numbering as the journal ([`crate::op_of`]); 0 for a snapshot of nothing.
+//!
+//! They live in their own directory, not in keel's `snapshots/`, because their payload is not a
+//! bare state machine image: it is an *envelope* that also carries openraft's snapshot meta (last
+//! log id with its term, last membership), which openraft needs back on restart and sends to
+//! followers. The engine's tools would try to restore the envelope as a `KvStateMachine` and
+//! quarantine it as damaged; a separate directory keeps them away.
+//!
+//! Envelope (little-endian): `meta_len:u32  meta (JSON SnapshotMeta)  state (KvStateMachine bytes)`.
+//!
+//! The two newest files are kept, so a snapshot damaged on disk falls back to the previous one
+//! (the journal still covers the gap as long as purges keep enough log behind the newest).
+
+use keel_engine::{
+    parse_snapshot_file_name, snapshot_file_name, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSION,
+};
+use keel_storage::Directory;
+
+use crate::durable::{le_u32, le_u64, read_all, remove_temps, write_atomic};
+use crate::error::RaftStoreError;
+use crate::typ::SnapshotMeta;
+
+/// Directory of the raft snapshots under the store's root.
+pub const RAFT_SNAPSHOTS_DIR: &str = "raft-snapshots";
+
+/// Snapshot files kept: the current one and its predecessor.
+const KEEP_SNAPSHOTS: usize = 2;
+
+/// Suffix a damaged snapshot is renamed to (set aside, never deleted, like keel's quarantine).
+const DAMAGED_SUFFIX: &str = ".damaged";
+
+/// Packs `meta` and the state machine's bytes into one snapshot payload.
+pub fn encode_envelope(meta: &SnapshotMeta, state: &[u8]) -> Result<Vec<u8>, RaftStoreError> {
+    let meta_bytes =
+        serde_json::to_vec(meta).map_err(|e| RaftStoreError::encode("snapshot meta", e))?;
+    let mut out = Vec::with_capacity(4 + meta_bytes.len() + state.len());
+    out.extend_from_slice(&(meta_bytes.len() as u32).to_le_bytes());
+    out.extend_from_slice(&meta_bytes);
+    out.extend_from_slice(state);
+    Ok(out)
+}
+
+/// Splits a snapshot payload into its meta and the state machine's bytes.
+pub fn decode_envelope<'a>(
+    what: &str,
+    bytes: &'a [u8],
+) -> Result<(SnapshotMeta, &'a [u8]), RaftStoreError> {
+    let damaged = |reason: String| RaftStoreError::Damaged {
+        file: what.to_string(),
+        reason,
+    };
+    if bytes.len() < 4 {
+        return Err(damaged(
+            "snapshot envelope shorter than its 4-byte length".into(),
+        ));
+    }
+    let meta_len = le_u32(&bytes[0..4]) as usize;
+    let meta_end = 4usize
+        .checked_add(meta_len)
+        .filter(|end| *end <= bytes.len())
+        .ok_or_else(|| damaged(format!("snapshot meta length {meta_len} past the end")))?;
+    let meta = serde_json::from_slice(&bytes[4..meta_end])
+        .map_err(|e| RaftStoreError::decode("snapshot meta", e))?;
+    Ok((meta, &bytes[meta_end..]))
+}
+
+fn encode_file(op: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + payload.len());
+    out.extend_from_slice(SNAPSHOT_MAGIC);
+    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
+    out.extend_from_slice(&[0u8; 4]);
+    out.extend_from_slice(&op.to_le_bytes());
+    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    let header_crc = crc32fast::hash(&out[0..36]);
+    out.extend_from_slice(&header_crc.to_le_bytes());
+    out.extend_from_slice(payload);
+    out
+}
+
+fn decode_file(file: &str, op: u64, mut bytes: Vec<u8>) -> Result<Vec<u8>, RaftStoreError> {
+    let damaged = |reason: String| RaftStoreError::Damaged {
+        file: file.to_string(),
+        reason,
+    };
+    if bytes.len() < SNAPSHOT_HEADER_BYTES {
+        return Err(damaged(format!(
+            "{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header",
+            bytes.len()
+        )));
+    }
+    if &bytes[0..8] != SNAPSHOT_MAGIC {
+        return Err(damaged("bad magic".into()));
+    }
+    if le_u32(&bytes[36..40]) != crc32fast::hash(&bytes[0..36]) {
+        return Err(damaged("header checksum mismatch".into()));
+    }
+    let version = le_u32(&bytes[8..12]);
+    if version != SNAPSHOT_VERSION {
+        return Err(damaged(format!("unsupported format version {version}")));
+    }
+    let header_op = le_u64(&bytes[16..24]);
+    if header_op != op {
+        return Err(damaged(format!(
+            "header says op {header_op}, name says {op}"
+        )));
+    }
+    let len = le_u64(&bytes[24..32]);
+    if len != (bytes.len() - SNAPSHOT_HEADER_BYTES) as u64 {
+        return Err(damaged(format!(
+            "header says {len} payload bytes, file holds {}",
+            bytes.len() - SNAPSHOT_HEADER_BYTES
+        )));
+    }
+    if le_u32(&bytes[32..36]) != crc32fast::hash(&bytes[SNAPSHOT_HEADER_BYTES..]) {
+        return Err(damaged("payload checksum mismatch".into()));
+    }
+    bytes.drain(..SNAPSHOT_HEADER_BYTES);
+    Ok(bytes)
+}
+
+/// The raft snapshot directory of one store.
+pub(crate) struct SnapshotFiles<D: Directory> {
+    dir: D,
+}
+
+impl<D: Directory> SnapshotFiles<D> {
+    /// Opens (creating) `root/raft-snapshots/` and removes temp files an interrupted persist left.
+    pub(crate) async fn open(root: &D) -> Result<Self, RaftStoreError> {
+        let dir = root.open_dir(RAFT_SNAPSHOTS_DIR, true).await.map_err(|e| {
+            RaftStoreError::io(
+                "open snapshot directory",
+                format!("{}/{RAFT_SNAPSHOTS_DIR}", root.display_path()),
+                e,
+            )
+        })?;
+        let removed = remove_temps(&dir).await?;
+        if removed > 0 {
+            tracing::info!(removed, dir = %dir.display_path(), "removed interrupted snapshot temp files");
+        }
+        Ok(Self { dir })
+    }
+
+    fn path_of(&self, op: u64) -> String {
+        format!("{}/{}", self.dir.display_path(), snapshot_file_name(op))
+    }
+
+    /// Ops of the snapshot files present, ascending.
+    pub(crate) async fn list(&self) -> Result<Vec<u64>, RaftStoreError> {
+        let names = self
+            .dir
+            .list()
+            .await
+            .map_err(|e| RaftStoreError::io("list", self.dir.display_path(), e))?;
+        let mut ops: Vec<u64> = names
+            .iter()
+            .filter_map(|n| parse_snapshot_file_name(n))
+            .collect();
+        ops.sort_unstable();
+        Ok(ops)
+    }
+
+    /// Persists `payload` as the snapshot at `op` (durable on return), then drops older files.
+    pub(crate) async fn persist(&self, op: u64, payload: &[u8]) -> Result<(), RaftStoreError> {
+        write_atomic(&self.dir, &snapshot_file_name(op), encode_file(op, payload)).await?;
+        self.remove_others(op).await
+    }
+
+    /// Keeps `current` and the newest file below it; removes the rest (including files above
+    /// `current`: the snapshot just persisted is the authoritative one).
+    async fn remove_others(&self, current: u64) -> Result<(), RaftStoreError> {
+        let ops = self.list().await?;
+        let keep_below: Vec<u64> = ops
+            .iter()
+            .copied()
+            .filter(|op| *op < current)
+            .rev()
+            .take(KEEP_SNAPSHOTS - 1)
+            .collect();
+        for op in ops {
+            if op == current || keep_below.contains(&op) {
+                continue;
+            }
+            self.dir
+                .remove_file(&snapshot_file_name(op))
+                .await
+                .map_err(|e| RaftStoreError::io("remove old snapshot", self.path_of(op), e))?;
+        }
+        Ok(())
+    }
+
+    /// Reads and checks the snapshot at `op`; returns its payload (the envelope).
+    pub(crate) async fn load(&self, op: u64) -> Result<Vec<u8>, RaftStoreError> {
+        let path = self.path_of(op);
+        let bytes = read_all(&self.dir, &snapshot_file_name(op))
+            .await?
+            .ok_or_else(|| RaftStoreError::Damaged {
+                file: path.clone(),
+                reason: "missing".into(),
+            })?;
+        decode_file(&path, op, bytes)
+    }
+
+    /// Sets a damaged snapshot aside (renamed, never deleted) so the previous one is used.
+    pub(crate) async fn set_aside(&self, op: u64) -> Result<(), RaftStoreError> {
+        let name = snapshot_file_name(op);
+        self.dir
+            .rename(&name, &format!("{name}{DAMAGED_SUFFIX}"))
+            .await
+            .map_err(|e| RaftStoreError::io("set aside damaged snapshot", self.path_of(op), e))?;
+        self.dir
+            .sync()
+            .await
+            .map_err(|e| RaftStoreError::io("fsync directory", self.dir.display_path(), e))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn file_round_trip_and_damage() {
+        let bytes = encode_file(7, b"hello");
+        assert_eq!(decode_file("f", 7, bytes.clone()).unwrap(), b"hello");
+        assert!(
+            decode_file("f", 8, bytes.clone()).is_err(),
+            "op mismatch accepted"
+        );
+        for i in 0..bytes.len() {
+            let mut bad = bytes.clone();
+            bad[i] ^= 1;
+            // Byte 12..16 is reserved and not checked by the payload crc, but the header crc
+            // covers it.
+            assert!(
+                decode_file("f", 7, bad).is_err(),
+                "flip at byte {i} accepted"
+            );
+        }
+    }
+
+    #[test]
+    fn envelope_round_trip() {
+        let meta = SnapshotMeta::default();
+        let env = encode_envelope(&meta, b"state").unwrap();
+        let (back, state) = decode_envelope("e", &env).unwrap();
+        assert_eq!(back, meta);
+        assert_eq!(state, b"state");
+        assert!(decode_envelope("e", &env[..3]).is_err());
+    }
+}

@@ -1,0 +1,216 @@
+//! Opening a keel raft store: lock, meta, journal, log index, snapshot, replay.
+
+use std::rc::Rc;
+
+use keel_engine::LOCK_FILE;
+use keel_journal::{JournalConfig, MetadataJournal, RecoveryMode, ScanReport};
+use keel_storage::Directory;
+
+use crate::error::RaftStoreError;
+use crate::log_store::{load_entries, LogMem, LogStore};
+use crate::meta;
+use crate::snapshot::SnapshotFiles;
+use crate::state_machine::{load_newest, StateMachineStore};
+use crate::typ::{LogId, Vote};
+use crate::{index_of, op_of};
+
+/// Largest `slot_count` accepted: the ring is allocated up front.
+pub const MAX_SLOT_COUNT: u64 = 1 << 22;
+
+/// Tunables of one raft store.
+#[derive(Debug, Clone)]
+pub struct StoreConfig {
+    /// The journal's configuration. `slot_count` bounds the live log: openraft must snapshot
+    /// (and so purge) before the log grows `slot_count` entries past the last purge, or appends
+    /// fail with [`RaftStoreError::LogFull`]. Pair it with openraft's `SnapshotPolicy` and
+    /// `max_in_snapshot_log_to_keep` (see [`StoreConfig::for_snapshot_policy`]).
+    pub journal: JournalConfig,
+    /// What the journal's recovery may repair (DESIGN §4).
+    pub recovery_mode: RecoveryMode,
+}
+
+impl Default for StoreConfig {
+    fn default() -> Self {
+        Self::for_snapshot_policy(DEFAULT_LOGS_SINCE_SNAPSHOT, DEFAULT_LOGS_KEPT)
+    }
+}
+
+/// openraft's snapshot policy the default config is sized for (`LogsSinceLast(..)`).
+pub const DEFAULT_LOGS_SINCE_SNAPSHOT: u64 = 2000;
+/// openraft's `max_in_snapshot_log_to_keep` the default config is sized for.
+pub const DEFAULT_LOGS_KEPT: u64 = 500;
+
+impl StoreConfig {
+    /// A config whose slot ring holds the log openraft keeps with `SnapshotPolicy::LogsSinceLast
+    /// (logs_since_snapshot)` and `max_in_snapshot_log_to_keep = logs_kept`, with 4× headroom for
+    /// entries in flight while a snapshot is built and a purge runs (rounded to a power of two).
+    pub fn for_snapshot_policy(logs_since_snapshot: u64, logs_kept: u64) -> Self {
+        let live = logs_since_snapshot.saturating_add(logs_kept).max(256);
+        let slot_count = live
+            .saturating_mul(4)
+            .next_power_of_two()
+            .min(MAX_SLOT_COUNT);
+        Self {
+            journal: JournalConfig {
+                slot_count,
+                // Small segments: a purge deletes whole segments and rewrites at most one small
+                // straddling segment, instead of rewriting most of one big live segment.
+                segment_bytes: 4 << 20,
+                // The journal's defaults refuse themselves (a 1 MiB batch cannot hold a 1 MiB
+                // payload plus its header); a 2 MiB batch keeps room for keel's largest value.
+                max_batch_bytes: 2 << 20,
+                ..JournalConfig::default()
+            },
+            recovery_mode: RecoveryMode::TolerateTornTail,
+        }
+    }
+
+    fn validate(&self) -> Result<(), RaftStoreError> {
+        let slots = self.journal.slot_count;
+        if slots == 0 || !slots.is_power_of_two() || slots > MAX_SLOT_COUNT {
+            return Err(RaftStoreError::Config(format!(
+                "slot_count {slots} must be a power of two in 1..={MAX_SLOT_COUNT}"
+            )));
+        }
+        Ok(())
+    }
+}
+
+/// What opening a store found and repaired.
+#[derive(Debug, Clone)]
+pub struct OpenReport {
+    /// The journal's scan (repairs, quarantined bytes, lost ops).
+    pub journal: ScanReport,
+    pub vote: Option<Vote>,
+    pub last_purged: Option<LogId>,
+    /// First and last log index recovered (None: empty log).
+    pub first_index: Option<u64>,
+    pub last_index: Option<u64>,
+    /// Entries found past a gap and discarded (never acknowledged; see `load_entries`).
+    pub discarded_after_gap: Option<u64>,
+    /// The committed log id recovered from the journal's durable commit watermark.
+    pub committed: Option<LogId>,
+    /// The snapshot loaded (its last log id), if any.
+    pub snapshot: Option<LogId>,
+    /// Entries re-applied above the snapshot, up to `committed`.
+    pub replayed: u64,
+}
+
+/// Opens (creating) the raft store in `root`, returning openraft's two storage halves.
+///
+/// `root` is locked (keel's `LOCK` file) until both halves are dropped. Recovery: the journal is
+/// scanned and repaired per `config.recovery_mode`; the log index is rebuilt from the entries
+/// above the last purge, cut at the first gap (the cut is journaled, so it sticks); the committed
+/// log id comes from the journal's durable commit watermark, clamped to the recovered log; the
+/// state machine is the newest valid snapshot plus the log replayed up to that committed id. So
+/// after a restart `applied_state` is exactly what was durable, and openraft resumes from there.
+pub async fn open<D: Directory + 'static>(
+    root: D,
+    config: StoreConfig,
+) -> Result<(LogStore<D>, StateMachineStore<D>, OpenReport), RaftStoreError> {
+    config.validate()?;
+    let lock = root.lock(LOCK_FILE).await.map_err(|e| {
+        RaftStoreError::io("lock", format!("{}/{LOCK_FILE}", root.display_path()), e)
+    })?;
+    let lock = Rc::new(lock);
+    let meta = meta::load(&root).await?;
+    let slot_count = config.journal.slot_count;
+    let (journal, scan) =
+        MetadataJournal::open(&root, config.journal.clone(), config.recovery_mode).await?;
+    if scan.repairs.is_empty() {
+        tracing::debug!(dir = %root.display_path(), entries = scan.entries_read, "opened raft journal");
+    } else {
+        tracing::warn!(dir = %root.display_path(), repairs = ?scan.repairs, "raft journal repaired at open");
+    }
+
+    // A purge writes the meta file before it moves the journal's watermark; if the crash came
+    // between the two, finish the move now so the ring's capacity is right.
+    if let Some(purged) = meta.last_purged {
+        if op_of(purged.index) > journal.snapshot_op() {
+            journal.set_snapshot_op(op_of(purged.index)).await?;
+        }
+    }
+
+    let (entries, gap) = load_entries(&journal, meta.last_purged, slot_count).await?;
+    let mut discarded_after_gap = None;
+    if let Some(first_missing) = gap {
+        // Entries above the gap were written (batches may reach the disk out of order) but never
+        // acknowledged; cut them durably so they cannot reappear above a later append.
+        let keep_op = op_of(first_missing)
+            .saturating_sub(1)
+            .max(journal.snapshot_op());
+        journal.truncate_after(keep_op).await?;
+        tracing::warn!(
+            first_missing,
+            "raft log had a gap; discarded the unacknowledged entries above it"
+        );
+        discarded_after_gap = Some(first_missing);
+    }
+
+    let last_entry = entries.values().next_back().map(|e| e.log_id);
+    let committed = journal.commit_op().and_then(|commit_op| {
+        // Committedness is a prefix property: everything in the recovered log up to the durable
+        // watermark is committed, and the recovered log is contiguous.
+        let index = index_of(commit_op);
+        match entries.range(..=index).next_back() {
+            Some((_, entry)) => Some(entry.log_id),
+            None => meta.last_purged.filter(|p| p.index <= index),
+        }
+    });
+    let committed = committed.max(meta.last_purged);
+
+    let files = SnapshotFiles::open(&root).await?;
+    let mut sm_state = load_newest(&files).await?;
+    let snapshot = sm_state.last_applied;
+    let mut replayed = 0;
+    if let Some(committed) = committed {
+        let from = snapshot.map(|s| s.index + 1).unwrap_or(0);
+        if from <= committed.index {
+            if entries.contains_key(&from) {
+                for entry in entries.range(from..=committed.index).map(|(_, e)| e) {
+                    sm_state.apply_entry(entry);
+                    replayed += 1;
+                }
+            } else {
+                // Replaying past a hole would apply entries out of order; leave the state at the
+                // snapshot and let openraft bring it forward (from peers if need be).
+                tracing::warn!(
+                    from,
+                    committed = %committed,
+                    "log does not reach back to the snapshot; not replaying"
+                );
+            }
+        }
+    }
+
+    let report = OpenReport {
+        journal: scan,
+        vote: meta.vote,
+        last_purged: meta.last_purged,
+        first_index: entries.keys().next().copied(),
+        last_index: last_entry.map(|l| l.index),
+        discarded_after_gap,
+        committed,
+        snapshot,
+        replayed,
+    };
+    tracing::info!(
+        dir = %root.display_path(),
+        vote = ?report.vote,
+        last_purged = ?report.last_purged,
+        last_index = ?report.last_index,
+        committed = ?report.committed,
+        snapshot = ?report.snapshot,
+        replayed,
+        "opened raft store"
+    );
+    let mem = LogMem {
+        entries,
+        vote: meta.vote,
+        committed,
+        last_purged: meta.last_purged,
+    };
+    let log = LogStore::new(root, journal, slot_count, mem, lock.clone());
+    let sm = StateMachineStore::new(files, sm_state, lock);
+    Ok((log, sm, report))
+}

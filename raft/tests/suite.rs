@@ -1,0 +1,61 @@
+//! openraft's storage conformance suite (`Suite::test_all`, 45 cases) against the keel-backed
+//! store on the real file system: every case gets a fresh temporary directory.
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+
+use keel_raft::{LogStore, StateMachineStore, StoreConfig, TypeConfig};
+use keel_storage::FsDirectory;
+use openraft::testing::log::{StoreBuilder, Suite};
+use openraft::type_config::TypeConfigExt;
+use openraft::StorageError;
+use tempfile::TempDir;
+
+/// `StoreBuilder` must be `Send + Sync` even single-threaded: plain data only, the `Rc` stores are
+/// made inside `build`.
+struct Builder {
+    builds: Arc<AtomicUsize>,
+}
+
+impl StoreBuilder<TypeConfig, LogStore<FsDirectory>, StateMachineStore<FsDirectory>, TempDir>
+    for Builder
+{
+    async fn build(
+        &self,
+    ) -> Result<
+        (
+            TempDir,
+            LogStore<FsDirectory>,
+            StateMachineStore<FsDirectory>,
+        ),
+        StorageError<TypeConfig>,
+    > {
+        self.builds.fetch_add(1, Ordering::Relaxed);
+        let dir = tempfile::tempdir().expect("temp dir");
+        let root = FsDirectory::open(dir.path(), true, false)
+            .await
+            .expect("open temp dir");
+        let (log, sm, _report) = keel_raft::open(root, StoreConfig::default())
+            .await
+            .map_err(|e| StorageError::read(TypeConfig::err_from_error(&e.into_io())))?;
+        Ok((dir, log, sm))
+    }
+}
+
+#[test]
+fn openraft_storage_suite_passes_on_keel() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+    let builds = Arc::new(AtomicUsize::new(0));
+    let builder = Builder {
+        builds: builds.clone(),
+    };
+    TypeConfig::run(async move {
+        Suite::test_all(builder).await.expect("storage suite");
+    });
+    let builds = builds.load(Ordering::Relaxed);
+    // 44 single-store cases + transfer_snapshot, which builds two stores.
+    assert_eq!(builds, 46, "every suite case ran");
+}
