@@ -1,0 +1,258 @@
+//! One shard's driver: on its own thread and compio runtime, a loop that behaves like a consensus
+//! replica's — pipelined prepares (appends) with up to `depth` in flight as tasks on the shard's
+//! runtime (so they share group commits), commit and apply in op order as the durable prefix
+//! grows, a checkpoint every `checkpoint_every` ops running beside the appends. Then it persists
+//! the commit watermark, closes, reopens (timing the recovery) and compares the recovered state
+//! machine with the one before close.
+//!
+//! The driver runs on the shard's own thread rather than sending each op through a
+//! `ShardHandle`: a consensus loop in a thread-per-core design lives on its core, and a channel
+//! round trip per op (two cross-thread wake-ups) would measure the channel, not the engine.
+
+use std::collections::VecDeque;
+use std::path::PathBuf;
+use std::rc::Rc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use compio::runtime::JoinHandle;
+use hdrhistogram::Histogram;
+use keel_engine::{
+    CheckpointReport, Engine, EngineConfig, EngineError, EngineStats, KvStateMachine,
+    RecoveryReport,
+};
+use keel_storage::FsDirectory;
+
+use super::workload::{AckWriter, Workload};
+use crate::cli::{signal, CliError};
+
+type BenchEngine = Engine<FsDirectory, KvStateMachine>;
+type AppendTask = JoinHandle<Result<u64, EngineError>>;
+type CheckpointTask = JoinHandle<Result<Option<CheckpointReport>, EngineError>>;
+
+/// Largest latency the histograms track (60 s, in µs).
+const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// What one shard runs.
+pub struct ShardPlan {
+    pub shard: usize,
+    pub dir: PathBuf,
+    pub ops: u64,
+    /// Appends in flight (1 for `--sync every`).
+    pub depth: usize,
+    /// 0: only the engine's automatic checkpoints.
+    pub checkpoint_every: u64,
+    pub workload: Workload,
+    pub config: EngineConfig,
+    pub cpu: Option<usize>,
+    pub ack_file: Option<PathBuf>,
+    /// Ops committed, summed over shards (the progress bar reads it).
+    pub progress: Arc<AtomicU64>,
+    /// Set by a shard that failed, so the others stop early.
+    pub abort: Arc<AtomicBool>,
+}
+
+impl ShardPlan {
+    fn stopping(&self) -> bool {
+        signal::stop_requested() || self.abort.load(Ordering::Relaxed)
+    }
+}
+
+/// What one shard measured.
+pub struct ShardResult {
+    pub shard: usize,
+    pub ops: u64,
+    pub started: Instant,
+    pub finished: Instant,
+    pub latency_us: Histogram<u64>,
+    pub stats: EngineStats,
+    pub recovery: Duration,
+    pub report: RecoveryReport,
+    pub digest: u64,
+    pub verified: bool,
+}
+
+/// Runs the plan on this thread (a new compio runtime, pinned when `plan.cpu` is set).
+pub fn run_shard(plan: ShardPlan) -> Result<ShardResult, CliError> {
+    let mut builder = compio::runtime::RuntimeBuilder::new();
+    if let Some(cpu) = plan.cpu {
+        builder.thread_affinity(std::collections::HashSet::from([cpu]));
+    }
+    let runtime = builder
+        .build()
+        .map_err(|source| CliError::io(format!("shard {}: compio runtime", plan.shard), source))?;
+    let result = runtime.block_on(drive(&plan));
+    if result.is_err() {
+        plan.abort.store(true, Ordering::Relaxed);
+    }
+    result
+}
+
+async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
+    let root = FsDirectory::open(&plan.dir, true, false)
+        .await
+        .map_err(|source| CliError::io(format!("creating {}", plan.dir.display()), source))?;
+    let (engine, _) =
+        Engine::open(root.clone(), plan.config.clone(), KvStateMachine::new()).await?;
+    let engine = Rc::new(engine);
+    // Ops above the commit watermark left by an earlier run are prepared again (a rewrite
+    // supersedes them), as a new leader would.
+    let first_op = engine.commit_op() + 1;
+    let started = Instant::now();
+    let run = Pipeline::new(plan)?.run(&engine, first_op).await?;
+    let finished = Instant::now();
+    engine.persist_commit().await?;
+    let stats = engine.stats();
+    let applied_op = engine.applied_op();
+    let engine = Rc::try_unwrap(engine).map_err(|_| CliError::ShardDied {
+        shard: plan.shard,
+        reason: "a task still holds the engine after the run".into(),
+    })?;
+    let before = engine.close().await?;
+    let recovery_started = Instant::now();
+    let (engine, report) = Engine::open(root, plan.config.clone(), KvStateMachine::new()).await?;
+    let recovery = recovery_started.elapsed();
+    let verified =
+        engine.state_machine().digest() == before.digest() && engine.applied_op() == applied_op;
+    engine.close().await?;
+    Ok(ShardResult {
+        shard: plan.shard,
+        ops: run.ops,
+        started,
+        finished,
+        latency_us: run.latency_us,
+        stats,
+        recovery,
+        report,
+        digest: before.digest(),
+        verified,
+    })
+}
+
+/// What the pipeline did.
+struct RunResult {
+    ops: u64,
+    latency_us: Histogram<u64>,
+}
+
+/// The consensus-like loop's state.
+struct Pipeline<'p> {
+    plan: &'p ShardPlan,
+    window: VecDeque<(u64, AppendTask)>,
+    checkpoint: Option<CheckpointTask>,
+    latency_us: Histogram<u64>,
+    acks: AckWriter,
+    durable: Vec<u64>,
+}
+
+impl<'p> Pipeline<'p> {
+    fn new(plan: &'p ShardPlan) -> Result<Self, CliError> {
+        let latency_us = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+            .map_err(|error| CliError::Usage(format!("latency histogram: {error}")))?;
+        Ok(Self {
+            plan,
+            window: VecDeque::with_capacity(plan.depth),
+            checkpoint: None,
+            latency_us,
+            acks: AckWriter::open(plan.ack_file.as_deref())?,
+            durable: Vec::with_capacity(plan.depth),
+        })
+    }
+
+    async fn run(mut self, engine: &Rc<BenchEngine>, first_op: u64) -> Result<RunResult, CliError> {
+        let end_op = first_op + self.plan.ops;
+        let mut next_op = first_op;
+        let mut ops = 0;
+        loop {
+            while self.window.len() < self.plan.depth && next_op < end_op && !self.plan.stopping() {
+                let payload = self.plan.workload.payload(self.plan.shard, next_op)?;
+                self.window
+                    .push_back((next_op, spawn_append(engine, next_op, payload)));
+                next_op += 1;
+            }
+            if self.window.is_empty() {
+                break;
+            }
+            self.collect_durable().await?;
+            self.acks.record(self.plan.shard, &self.durable)?;
+            let (low, high) = (self.durable[0], self.durable[self.durable.len() - 1]);
+            engine.commit(high).await?;
+            ops += self.durable.len() as u64;
+            self.plan
+                .progress
+                .fetch_add(self.durable.len() as u64, Ordering::Relaxed);
+            if self.checkpoint_due(low, high) {
+                self.start_checkpoint(engine).await?;
+            }
+        }
+        self.finish_checkpoint().await?;
+        Ok(RunResult {
+            ops,
+            latency_us: self.latency_us,
+        })
+    }
+
+    /// Waits for the oldest append, then takes every following one already durable: the durable
+    /// prefix, in op order, into `self.durable`.
+    async fn collect_durable(&mut self) -> Result<(), CliError> {
+        self.durable.clear();
+        while let Some((op, task)) = self.window.pop_front() {
+            let latency_us = task.await.map_err(|error| CliError::ShardDied {
+                shard: self.plan.shard,
+                reason: format!("append task of op {op}: {error}"),
+            })??;
+            self.latency_us.saturating_record(latency_us.max(1));
+            self.durable.push(op);
+            if !self
+                .window
+                .front()
+                .is_some_and(|(_, task)| task.is_finished())
+            {
+                break;
+            }
+        }
+        Ok(())
+    }
+
+    /// True when ops `low..=high` cross a multiple of `checkpoint_every`.
+    fn checkpoint_due(&self, low: u64, high: u64) -> bool {
+        let every = self.plan.checkpoint_every;
+        every > 0 && high / every > (low - 1) / every
+    }
+
+    /// Starts a checkpoint beside the appends; waits for the previous one first (at most one).
+    async fn start_checkpoint(&mut self, engine: &Rc<BenchEngine>) -> Result<(), CliError> {
+        self.finish_checkpoint().await?;
+        let engine = engine.clone();
+        self.checkpoint = Some(compio::runtime::spawn(
+            async move { engine.checkpoint().await },
+        ));
+        Ok(())
+    }
+
+    async fn finish_checkpoint(&mut self) -> Result<(), CliError> {
+        let Some(task) = self.checkpoint.take() else {
+            return Ok(());
+        };
+        let result = task.await.map_err(|error| CliError::ShardDied {
+            shard: self.plan.shard,
+            reason: format!("checkpoint task: {error}"),
+        })?;
+        match result {
+            // The engine's automatic checkpoint (from `commit`) was running: same effect.
+            Ok(_) | Err(EngineError::CheckpointInProgress) => Ok(()),
+            Err(error) => Err(error.into()),
+        }
+    }
+}
+
+/// Appends `op` as a task on this runtime; resolves to its latency in µs once durable.
+fn spawn_append(engine: &Rc<BenchEngine>, op: u64, payload: Vec<u8>) -> AppendTask {
+    let engine = engine.clone();
+    compio::runtime::spawn(async move {
+        let started = Instant::now();
+        engine.append(op, &payload).await?;
+        Ok(started.elapsed().as_micros() as u64)
+    })
+}

@@ -1,0 +1,306 @@
+//! `keel bench`: the main job. Each shard runs a consensus-like driver on its own thread and
+//! compio runtime (see `driver.rs`), then closes, recovers and checks its state; the figures are
+//! aggregated into a table or one JSON object (`report.rs`). Exit 0, or 1 on an error (a state
+//! that did not survive the reopen included).
+
+mod driver;
+mod progress;
+mod report;
+mod workload;
+
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::thread::{self, JoinHandle};
+use std::time::Duration;
+
+use clap::ValueEnum;
+use keel_engine::{shard_dir_name, EngineConfig};
+
+use super::error::EXIT_ERROR;
+use super::{signal, tool_config, CliError, Mode, SLOT_COUNT};
+use driver::{ShardPlan, ShardResult};
+use progress::Progress;
+use report::BenchReport;
+use workload::{Workload, SET_OVERHEAD_BYTES};
+
+/// Most shards a bench runs.
+const MAX_SHARDS: usize = 256;
+/// Most appends in flight per shard.
+const MAX_INFLIGHT: usize = 4096;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub enum SyncMode {
+    /// One op at a time, each durable (fdatasync) before the next is issued.
+    Every,
+    /// `--inflight` ops in flight, sharing group commits.
+    Batch,
+    /// No fsync until close (appends resolve once written to the OS).
+    None,
+}
+
+impl SyncMode {
+    pub fn name(self) -> &'static str {
+        match self {
+            SyncMode::Every => "every",
+            SyncMode::Batch => "batch",
+            SyncMode::None => "none",
+        }
+    }
+}
+
+#[derive(Debug, clap::Args)]
+pub struct BenchArgs {
+    /// Shard-set directory (`DIR/shard-<i>/`); default: a temporary directory, removed after.
+    #[arg(long, value_name = "DIR")]
+    pub dir: Option<PathBuf>,
+    /// Shards (threads, engines); default: one per available core.
+    #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SHARDS as u64))]
+    pub shards: Option<u64>,
+    /// Total ops over all shards.
+    #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
+    pub ops: u64,
+    /// Bytes of each op's command (a key-value `set`).
+    #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(SET_OVERHEAD_BYTES as u64..=(1 << 20)))]
+    pub entry_bytes: u64,
+    /// Durability per op: every (one at a time), batch (pipelined, group commit), none.
+    #[arg(long, value_enum, default_value_t = SyncMode::Every)]
+    pub sync: SyncMode,
+    /// Appends in flight per shard with `--sync batch` or `none`.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
+    pub inflight: u64,
+    /// Checkpoint every N ops per shard (0: only the engine's automatic ones).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=SLOT_COUNT / 2))]
+    pub checkpoint_every: u64,
+    /// Append `<shard> <op>` for each op once durable (after its fsync).
+    #[arg(long, value_name = "FILE")]
+    pub ack_file: Option<PathBuf>,
+    /// Distinct keys per shard (the state machine's size).
+    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
+    pub keys: u64,
+    /// Journal segment size in MiB.
+    #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
+    pub segment_mib: u64,
+    /// Do not pin shard threads to cores.
+    #[arg(long)]
+    pub no_pin: bool,
+    /// Print one JSON object instead of the table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Validated settings of a run.
+pub struct Settings {
+    pub shards: usize,
+    pub ops: u64,
+    pub entry_bytes: usize,
+    pub sync: SyncMode,
+    pub depth: usize,
+    pub checkpoint_every: u64,
+    pub keep_dir: Option<String>,
+}
+
+impl Settings {
+    fn from_args(args: &BenchArgs) -> Self {
+        let cores = thread::available_parallelism().map_or(1, |n| n.get());
+        Settings {
+            shards: args.shards.map_or(cores.min(MAX_SHARDS), |n| n as usize),
+            ops: args.ops,
+            entry_bytes: args.entry_bytes as usize,
+            sync: args.sync,
+            depth: match args.sync {
+                SyncMode::Every => 1,
+                SyncMode::Batch | SyncMode::None => args.inflight as usize,
+            },
+            checkpoint_every: args.checkpoint_every,
+            keep_dir: args.dir.as_ref().map(|d| d.display().to_string()),
+        }
+    }
+}
+
+fn engine_config(args: &BenchArgs) -> EngineConfig {
+    let mut config = tool_config(Mode::TolerateTornTail);
+    config.journal.segment_bytes = args.segment_mib << 20;
+    config.journal.sync_on_append = args.sync != SyncMode::None;
+    config
+}
+
+/// The run's directory: the one given, or a temporary one removed on drop.
+enum WorkDir {
+    Given(PathBuf),
+    Temp(tempfile::TempDir),
+}
+
+impl WorkDir {
+    fn prepare(dir: Option<&Path>) -> Result<Self, CliError> {
+        let Some(dir) = dir else {
+            let temp = tempfile::Builder::new()
+                .prefix("keel-bench-")
+                .tempdir()
+                .map_err(|source| CliError::io("creating a temporary directory", source))?;
+            return Ok(WorkDir::Temp(temp));
+        };
+        check_bench_dir(dir)?;
+        Ok(WorkDir::Given(dir.to_path_buf()))
+    }
+
+    fn path(&self) -> &Path {
+        match self {
+            WorkDir::Given(path) => path,
+            WorkDir::Temp(temp) => temp.path(),
+        }
+    }
+}
+
+/// A bench writes into a missing or empty directory, or into an earlier bench's shard set; never
+/// among someone else's files.
+fn check_bench_dir(dir: &Path) -> Result<(), CliError> {
+    let entries = match std::fs::read_dir(dir) {
+        Ok(entries) => entries,
+        Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(source) => return Err(CliError::io(format!("reading {}", dir.display()), source)),
+    };
+    for entry in entries {
+        let entry =
+            entry.map_err(|source| CliError::io(format!("reading {}", dir.display()), source))?;
+        let name = entry.file_name();
+        if !name.to_str().is_some_and(|n| n.starts_with("shard-")) {
+            return Err(CliError::NotKeel {
+                path: dir.display().to_string(),
+                reason: format!(
+                    "it holds {name:?}; bench writes only into an empty directory or a shard set"
+                ),
+            });
+        }
+    }
+    Ok(())
+}
+
+pub fn run(args: BenchArgs) -> Result<u8, CliError> {
+    let settings = Settings::from_args(&args);
+    let workdir = WorkDir::prepare(args.dir.as_deref())?;
+    signal::install();
+    let progress = Arc::new(AtomicU64::new(0));
+    let threads =
+        signal::with_signals_blocked(|| spawn_shards(&args, &settings, workdir.path(), &progress))?;
+    let results = wait_for_shards(threads, &progress, settings.ops)?;
+    let report = BenchReport::new(&settings, &results, signal::stop_requested());
+    if args.json {
+        println!(
+            "{}",
+            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
+        );
+    } else {
+        print!("{}", report.table());
+    }
+    drop(workdir);
+    if !report.state_verified {
+        let shard = results.iter().find(|r| !r.verified).map_or(0, |r| r.shard);
+        eprintln!(
+            "keel: {}",
+            CliError::StateMismatch {
+                shard,
+                detail: "digest or applied op".into()
+            }
+        );
+        return Ok(EXIT_ERROR);
+    }
+    Ok(0)
+}
+
+fn spawn_shards(
+    args: &BenchArgs,
+    settings: &Settings,
+    root: &Path,
+    progress: &Arc<AtomicU64>,
+) -> Result<Vec<JoinHandle<Result<ShardResult, CliError>>>, CliError> {
+    let cores = thread::available_parallelism().map_or(1, |n| n.get());
+    let abort = Arc::new(AtomicBool::new(false));
+    let config = engine_config(args);
+    let workload = Workload {
+        entry_bytes: settings.entry_bytes,
+        keys: args.keys,
+    };
+    let mut threads = Vec::with_capacity(settings.shards);
+    for shard in 0..settings.shards {
+        let plan = ShardPlan {
+            shard,
+            dir: root.join(shard_dir_name(shard)),
+            ops: share_of(settings.ops, settings.shards, shard),
+            depth: settings.depth,
+            checkpoint_every: settings.checkpoint_every,
+            workload,
+            config: config.clone(),
+            cpu: (!args.no_pin).then_some(shard % cores),
+            ack_file: args.ack_file.clone(),
+            progress: progress.clone(),
+            abort: abort.clone(),
+        };
+        let spawned = thread::Builder::new()
+            .name(format!("keel-bench-{shard}"))
+            .spawn(move || driver::run_shard(plan));
+        match spawned {
+            Ok(handle) => threads.push(handle),
+            Err(source) => {
+                abort.store(true, Ordering::Relaxed);
+                return Err(CliError::io(
+                    format!("spawning shard {shard}'s thread"),
+                    source,
+                ));
+            }
+        }
+    }
+    Ok(threads)
+}
+
+/// Shard `shard`'s part of `total` ops (the remainder goes to the first shards).
+fn share_of(total: u64, shards: usize, shard: usize) -> u64 {
+    let shards = shards as u64;
+    total / shards + u64::from((shard as u64) < total % shards)
+}
+
+fn wait_for_shards(
+    threads: Vec<JoinHandle<Result<ShardResult, CliError>>>,
+    progress: &AtomicU64,
+    total_ops: u64,
+) -> Result<Vec<ShardResult>, CliError> {
+    let mut bar = Progress::new(total_ops);
+    while !threads.iter().all(|t| t.is_finished()) {
+        bar.update(progress.load(Ordering::Relaxed));
+        thread::sleep(Duration::from_millis(50));
+    }
+    bar.finish();
+    let mut results = Vec::with_capacity(threads.len());
+    let mut first_error = None;
+    for (shard, thread) in threads.into_iter().enumerate() {
+        match thread.join() {
+            Ok(Ok(result)) => results.push(result),
+            Ok(Err(error)) => {
+                first_error.get_or_insert(error);
+            }
+            Err(_) => {
+                first_error.get_or_insert(CliError::ShardDied {
+                    shard,
+                    reason: "its thread panicked".into(),
+                });
+            }
+        }
+    }
+    match first_error {
+        Some(error) => Err(error),
+        None => Ok(results),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shares_add_up() {
+        for (total, shards) in [(10, 3), (1, 4), (20_000, 2), (7, 7)] {
+            let sum: u64 = (0..shards).map(|s| share_of(total, shards, s)).sum();
+            assert_eq!(sum, total);
+        }
+    }
+}

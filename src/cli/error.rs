@@ -1,0 +1,79 @@
+//! [`CliError`]: every failure of a command, and the exit code it maps to.
+
+use std::error::Error;
+use std::io;
+
+use keel_engine::EngineError;
+
+/// Exit code: an error that is not corruption.
+pub const EXIT_ERROR: u8 = 1;
+/// Exit code: verify found a torn tail only.
+pub const EXIT_TORN_TAIL: u8 = 3;
+/// Exit code: corruption of acknowledged data (verify found it, recover/repair refused).
+pub const EXIT_CORRUPT: u8 = 4;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CliError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+
+    #[error("{context}: {source}")]
+    Io {
+        context: String,
+        #[source]
+        source: io::Error,
+    },
+
+    /// The path holds no engine directory and no shard set; nothing was created in it.
+    #[error("{path} is not a keel directory: {reason}")]
+    NotKeel { path: String, reason: String },
+
+    /// Arguments that parse but do not make sense together (clap's own errors exit before).
+    #[error("{0}")]
+    Usage(String),
+
+    /// A shard's thread or task died (a panic or a cancellation).
+    #[error("shard {shard}: {reason}")]
+    ShardDied { shard: usize, reason: String },
+
+    /// The bench's recovered state differs from the state before close.
+    #[error("shard {shard}: the recovered state differs from the state before close ({detail})")]
+    StateMismatch { shard: usize, detail: String },
+}
+
+impl CliError {
+    pub fn io(context: impl Into<String>, source: io::Error) -> Self {
+        CliError::Io {
+            context: context.into(),
+            source,
+        }
+    }
+
+    /// True when the error is corruption that recovery refused (exit 4).
+    pub fn is_corruption(&self) -> bool {
+        matches!(self, CliError::Engine(error) if error.is_corruption())
+    }
+
+    pub fn exit_code(&self) -> u8 {
+        match self {
+            CliError::Usage(_) => 2,
+            _ if self.is_corruption() => EXIT_CORRUPT,
+            _ => EXIT_ERROR,
+        }
+    }
+}
+
+/// The error and its causes, `: `-separated, skipping a cause whose text the message already holds.
+pub fn error_chain(error: &dyn Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !text.contains(&cause_text) {
+            text.push_str(": ");
+            text.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    text
+}

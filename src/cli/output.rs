@@ -1,0 +1,131 @@
+//! Printing what a tool found on each engine: alone for an engine directory, or as a shard set
+//! (`{"status": <worst>, "shards": [{"shard": i, ...}]}`), as text or one JSON object.
+
+use serde::Serialize;
+use serde_json::{Map, Value};
+
+use super::error::{error_chain, CliError, EXIT_CORRUPT, EXIT_ERROR};
+use super::target::{EngineDir, Target};
+
+/// What a tool found on one engine directory.
+#[derive(Debug, Clone)]
+pub struct Outcome {
+    /// The `status` key (`clean`, `torn_tail`, `repaired`, `refused`, `error`, …).
+    pub status: &'static str,
+    /// Higher is worse: a shard set reports its worst shard's status and exit code.
+    pub rank: u8,
+    pub exit: u8,
+    /// The JSON keys for this engine (without `status`, added when printed).
+    pub json: Map<String, Value>,
+    /// Human-readable lines.
+    pub text: String,
+}
+
+impl Outcome {
+    /// An outcome from a serializable report (its fields become the JSON keys).
+    pub fn from_report<T: Serialize>(
+        status: &'static str,
+        rank: u8,
+        exit: u8,
+        report: &T,
+        text: String,
+    ) -> Self {
+        let json = match serde_json::to_value(report) {
+            Ok(Value::Object(map)) => map,
+            Ok(other) => Map::from_iter([("report".to_string(), other)]),
+            Err(error) => Map::from_iter([("report_error".to_string(), error.to_string().into())]),
+        };
+        Outcome {
+            status,
+            rank,
+            exit,
+            json,
+            text,
+        }
+    }
+
+    /// A failure: `refused` (exit 4) when it is corruption, else `error` (exit 1).
+    pub fn failure(error: &CliError, refused: &'static str) -> Self {
+        let message = error_chain(error);
+        let (status, rank, exit) = if error.is_corruption() {
+            (refused, 200, EXIT_CORRUPT)
+        } else {
+            ("error", 100, EXIT_ERROR)
+        };
+        let mut json = Map::new();
+        json.insert("error".into(), message.clone().into());
+        if let CliError::Engine(engine_error) = error {
+            if let Some(range) = engine_error.missing_range() {
+                json.insert(
+                    "missing_ops".into(),
+                    serde_json::json!({"first_op": range.start(), "last_op": range.end()}),
+                );
+            }
+        }
+        Outcome {
+            status,
+            rank,
+            exit,
+            json,
+            text: format!("{status}: {message}"),
+        }
+    }
+
+    fn into_json(self, shard: Option<usize>) -> Value {
+        let mut map = Map::new();
+        if let Some(shard) = shard {
+            map.insert("shard".into(), shard.into());
+        }
+        map.insert("status".into(), self.status.into());
+        map.extend(self.json);
+        Value::Object(map)
+    }
+}
+
+/// Prints the outcomes (one per engine of `target`, in order) and returns the exit code: the
+/// worst outcome's.
+pub fn print(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, json: bool) -> u8 {
+    let worst = outcomes
+        .iter()
+        .map(|(_, o)| o)
+        .max_by_key(|o| o.rank)
+        .map(|o| (o.status, o.exit))
+        .unwrap_or(("clean", 0));
+    if json {
+        println!("{}", to_json(target, outcomes, worst.0));
+    } else {
+        print_text(target, outcomes, worst.0);
+    }
+    worst.1
+}
+
+fn to_json(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, worst: &str) -> Value {
+    if !target.is_shard_set() {
+        if let Some((dir, outcome)) = outcomes.into_iter().next() {
+            return outcome.into_json(dir.shard);
+        }
+        return serde_json::json!({ "status": worst });
+    }
+    let shards: Vec<Value> = outcomes
+        .into_iter()
+        .map(|(dir, outcome)| outcome.into_json(dir.shard))
+        .collect();
+    serde_json::json!({ "status": worst, "shards": shards })
+}
+
+fn print_text(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, worst: &str) {
+    let set = target.is_shard_set();
+    for (dir, outcome) in &outcomes {
+        if set {
+            println!("{}:", dir.path.display());
+            for line in outcome.text.lines() {
+                println!("  {line}");
+            }
+        } else {
+            println!("{}", outcome.text);
+        }
+    }
+    if set {
+        println!("shard set: {} shard(s), status {worst}", outcomes.len());
+    }
+}

@@ -1,0 +1,96 @@
+//! `keel recover D [--mode M] [--json]`: opens each engine as `recover()` does (repairing per the
+//! mode), replays into a key-value state machine, closes, and prints the [`RecoveryReport`].
+//! Exit 0 (clean or repaired), 4 (refused: corruption), 1 (any other error).
+
+use std::path::Path;
+
+use keel_engine::{Engine, KvStateMachine, RecoveryReport, RecoveryStatus};
+use keel_storage::FsDirectory;
+
+use super::error::{CliError, EXIT_CORRUPT};
+use super::output::{self, Outcome};
+use super::target::{self, EngineDir};
+use super::{tool_config, DirArg, Mode};
+
+#[derive(Debug, clap::Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub dir: DirArg,
+    /// What recovery may repair.
+    #[arg(long, value_enum, default_value_t)]
+    pub mode: Mode,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub async fn run(args: RecoverArgs) -> Result<u8, CliError> {
+    let target = target::resolve(&args.dir.dir).await?;
+    let mut outcomes: Vec<(EngineDir, Outcome)> = Vec::new();
+    for dir in target.engines() {
+        let outcome = match recover_one(&dir.path, args.mode).await {
+            Ok(report) => outcome_of(&report),
+            Err(error) => Outcome::failure(&error, "refused"),
+        };
+        outcomes.push((dir, outcome));
+    }
+    Ok(output::print(&target, outcomes, args.json))
+}
+
+/// Opens the engine at `path` for writing (it repairs), replays, then closes it.
+async fn recover_one(path: &Path, mode: Mode) -> Result<RecoveryReport, CliError> {
+    let root = FsDirectory::open(path, false, false)
+        .await
+        .map_err(|source| CliError::io(format!("opening {}", path.display()), source))?;
+    let (engine, report) = Engine::open(root, tool_config(mode), KvStateMachine::new()).await?;
+    engine.close().await?;
+    Ok(report)
+}
+
+/// `status` key, rank and exit code of a report.
+pub fn outcome_of(report: &RecoveryReport) -> Outcome {
+    let (status, rank, exit) = match report.status {
+        RecoveryStatus::Clean => ("clean", 0, 0),
+        RecoveryStatus::Repaired => ("repaired", 10, 0),
+        RecoveryStatus::Refused => ("refused", 200, EXIT_CORRUPT),
+    };
+    Outcome::from_report(status, rank, exit, report, report_text(status, report))
+}
+
+/// The report as readable lines.
+pub fn report_text(status: &str, report: &RecoveryReport) -> String {
+    let mut text = format!(
+        "{status} (mode {}) in {:.1} ms\n\
+         snapshot op {}  last op {}  commit op {}  applied op {}  replayed {}\n\
+         journal: {} segment(s), {} entries read, watermark {}",
+        report.mode,
+        report.duration_us as f64 / 1000.0,
+        report.snapshot_op,
+        report.last_op,
+        report.commit_op,
+        report.applied_op,
+        report.replayed,
+        report.segments_read,
+        report.entries_read,
+        report.journal_snapshot_op,
+    );
+    for repair in &report.repairs {
+        text.push_str(&format!(
+            "\nrepair: {} in {} at offset {} ({} bytes) -> {}",
+            repair.kind, repair.file, repair.offset, repair.bytes, repair.quarantine
+        ));
+    }
+    for range in &report.prepared_uncommitted {
+        text.push_str(&format!(
+            "\nprepared, not committed: ops {}..={}",
+            range.first_op, range.last_op
+        ));
+    }
+    for range in &report.unrecoverable {
+        text.push_str(&format!(
+            "\nunrecoverable (fetch from peers): ops {}..={}",
+            range.first_op, range.last_op
+        ));
+    }
+    text
+}

@@ -1,0 +1,24 @@
+//! `keel`: the benchmark workload (`keel bench`, the main job) and the operator's tools
+//! (`recover`, `verify`, `repair`, `inspect`, `dump`). DESIGN §6 fixes the command names, flags,
+//! exit codes and JSON keys.
+//!
+//! Exit codes: 0 ok; 1 error; 2 usage (clap); 3 torn tail only (verify); 4 corruption refused.
+//! Logs go to stderr through `tracing` (`RUST_LOG`, default `warn`: repairs and refusals).
+
+mod cli;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+fn main() -> ExitCode {
+    let args = cli::Cli::parse();
+    cli::init_logging();
+    match cli::run(args) {
+        Ok(code) => ExitCode::from(code),
+        Err(error) => {
+            eprintln!("keel: {}", cli::error_chain(&error));
+            ExitCode::from(error.exit_code())
+        }
+    }
+}
