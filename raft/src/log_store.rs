@@ -195,9 +195,14 @@ impl<D: Directory + 'static> LogStore<D> {
         if self.inner.commit_marker_scheduled.replace(true) {
             return;
         }
-        let store = self.clone();
+        // Weak: a pending marker must not keep a dropped store (and its directory lock) alive.
+        let weak = Rc::downgrade(&self.inner);
         compio::runtime::spawn(async move {
             compio::time::sleep(COMMIT_MARKER_DELAY).await;
+            let Some(inner) = weak.upgrade() else {
+                return;
+            };
+            let store = LogStore { inner };
             store.inner.commit_marker_scheduled.set(false);
             if store.inner.chain.check().is_err() || !store.commit_not_durable() {
                 return;

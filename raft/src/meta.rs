@@ -105,12 +105,11 @@ pub(crate) async fn store<D: Directory>(root: &D, meta: &Meta) -> Result<(), Raf
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openraft::vote::RaftVote;
 
     #[test]
     fn round_trip_and_damage() {
         let meta = Meta {
-            vote: Some(Vote::from_term_node_id(3, 2)),
+            vote: Some(Vote::new(3, 2)),
             last_purged: None,
         };
         let bytes = encode(&meta).unwrap();

@@ -1,0 +1,53 @@
+//! Helpers shared by keel-raft's integration tests.
+#![allow(dead_code)]
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use keel_raft::typ::{Entry, EntryPayload, LeaderId, LogId};
+use keel_raft::{KvRequest, LogStore, OpenReport, StateMachineStore, StoreConfig};
+use keel_storage::FsDirectory;
+use openraft::vote::RaftLeaderIdExt;
+use openraft::Membership;
+
+pub fn init_tracing() {
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+        .with_test_writer()
+        .try_init();
+}
+
+pub fn log_id(term: u64, node: u64, index: u64) -> LogId {
+    LogId::new(LeaderId::new_committed(term, node), index)
+}
+
+pub fn set_entry(term: u64, index: u64, key: &str, value: &str) -> Entry {
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Normal(KvRequest::Set {
+            key: key.to_string(),
+            value: value.to_string(),
+        }),
+    }
+}
+
+pub fn membership_entry(term: u64, index: u64, voters: &[u64]) -> Entry {
+    let voters: BTreeSet<u64> = voters.iter().copied().collect();
+    Entry {
+        log_id: log_id(term, 1, index),
+        payload: EntryPayload::Membership(Membership::new_with_defaults(vec![voters], [])),
+    }
+}
+
+pub type Store = (
+    LogStore<FsDirectory>,
+    StateMachineStore<FsDirectory>,
+    OpenReport,
+);
+
+pub async fn open_store(path: &Path, config: StoreConfig) -> Store {
+    let root = FsDirectory::open(path, true, false)
+        .await
+        .expect("open store directory");
+    keel_raft::open(root, config).await.expect("open store")
+}

@@ -1,0 +1,264 @@
+//! Durability across a restart, which openraft's suite never checks (it never reopens a store):
+//! write, drop, reopen — log state, entries, vote, committed id and state machine identical.
+
+mod common;
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use common::{init_tracing, log_id, membership_entry, open_store, set_entry};
+use futures::stream;
+use keel_raft::typ::{Entry, LogId, LogState, SnapshotMeta, StoredMembership, Vote};
+use keel_raft::{LogStore, StateMachineStore, StoreConfig, TypeConfig};
+use keel_storage::FsDirectory;
+use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
+use openraft::type_config::TypeConfigExt;
+use openraft::{RaftLogReader, RaftSnapshotBuilder};
+
+/// Everything a restart must bring back.
+#[derive(Debug, PartialEq)]
+struct Observed {
+    log_state: LogState,
+    entries: Vec<Entry>,
+    vote: Option<Vote>,
+    committed: Option<LogId>,
+    applied: (Option<LogId>, StoredMembership),
+    digest: u64,
+    keys: usize,
+    snapshot: Option<SnapshotMeta>,
+}
+
+async fn observe(
+    log: &mut LogStore<FsDirectory>,
+    sm: &mut StateMachineStore<FsDirectory>,
+) -> Observed {
+    Observed {
+        log_state: log.get_log_state().await.unwrap(),
+        entries: log.try_get_log_entries(..).await.unwrap(),
+        vote: log.read_vote().await.unwrap(),
+        committed: log.read_committed().await.unwrap(),
+        applied: sm.applied_state().await.unwrap(),
+        digest: sm.digest(),
+        keys: sm.len(),
+        snapshot: sm.get_current_snapshot().await.unwrap().map(|s| s.meta),
+    }
+}
+
+async fn apply(sm: &mut StateMachineStore<FsDirectory>, entries: Vec<Entry>) {
+    let items = entries.into_iter().map(|e| Ok((e, None)));
+    sm.apply(stream::iter(items)).await.unwrap();
+}
+
+/// Writes a log with a membership entry, 120 sets (some overwriting), a vote, a snapshot, a
+/// purge below it, a truncation of an uncommitted suffix, and a commit point; returns the
+/// committed index.
+async fn write_history(
+    log: &mut LogStore<FsDirectory>,
+    sm: &mut StateMachineStore<FsDirectory>,
+) -> u64 {
+    let mut entries = vec![membership_entry(1, 0, &[1, 2, 3])];
+    for i in 1..=120u64 {
+        entries.push(set_entry(1, i, &format!("k{}", i % 70), &format!("v{i}")));
+    }
+    // Several appends, like openraft's batches.
+    for chunk in entries.chunks(25) {
+        log.blocking_append(chunk.to_vec()).await.unwrap();
+    }
+    log.save_vote(&Vote::new(1, 1)).await.unwrap();
+
+    // Apply and snapshot up to 60, purge up to 40 (openraft keeps some log behind a snapshot).
+    apply(sm, entries[..=60].to_vec()).await;
+    let snapshot = sm
+        .get_snapshot_builder()
+        .await
+        .build_snapshot()
+        .await
+        .unwrap();
+    assert_eq!(snapshot.meta.last_log_id, Some(log_id(1, 1, 60)));
+    log.purge(log_id(1, 1, 40)).await.unwrap();
+
+    // An uncommitted suffix from term 1 is replaced by term 2's entries.
+    log.truncate_after(Some(log_id(1, 1, 110))).await.unwrap();
+    log.save_vote(&Vote::new(2, 2)).await.unwrap();
+    let replacement: Vec<Entry> = (111..=130u64)
+        .map(|i| set_entry(2, i, &format!("t2-{i}"), "x"))
+        .collect();
+    log.blocking_append(replacement.clone()).await.unwrap();
+
+    let committed = 115;
+    let mut all = entries[..=110].to_vec();
+    all.extend(replacement);
+    log.save_committed(Some(all[committed as usize].log_id))
+        .await
+        .unwrap();
+    apply(sm, all[61..=committed as usize].to_vec()).await;
+    committed
+}
+
+#[test]
+fn reopen_after_clean_shutdown_is_identical() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    TypeConfig::run(async {
+        let (mut log, mut sm, _) = open_store(dir.path(), StoreConfig::default()).await;
+        let committed = write_history(&mut log, &mut sm).await;
+        let before = observe(&mut log, &mut sm).await;
+        assert_eq!(before.applied.0.map(|l| l.index), Some(committed));
+        assert_eq!(before.log_state.last_purged_log_id, Some(log_id(1, 1, 40)));
+        assert_eq!(before.entries.len(), 90, "41..=130");
+        log.sync().await.unwrap();
+        drop((log, sm));
+
+        let (mut log, mut sm, report) = open_store(dir.path(), StoreConfig::default()).await;
+        let after = observe(&mut log, &mut sm).await;
+        assert_eq!(after, before);
+        assert_eq!(report.snapshot, Some(log_id(1, 1, 60)));
+        assert_eq!(
+            report.replayed,
+            committed - 60,
+            "snapshot + replay up to committed"
+        );
+        assert!(report.discarded_after_gap.is_none());
+    });
+}
+
+#[test]
+fn reopen_after_plain_drop_keeps_the_idle_commit_watermark() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    TypeConfig::run(async {
+        let (mut log, mut sm, _) = open_store(dir.path(), StoreConfig::default()).await;
+        write_history(&mut log, &mut sm).await;
+        let before = observe(&mut log, &mut sm).await;
+        // No sync: the delayed commit marker must make the watermark durable once idle.
+        TypeConfig::sleep(Duration::from_millis(100)).await;
+        drop((log, sm));
+
+        let (mut log, mut sm, _) = open_store(dir.path(), StoreConfig::default()).await;
+        assert_eq!(observe(&mut log, &mut sm).await, before);
+    });
+}
+
+#[test]
+fn truncated_entries_stay_gone_and_the_log_continues() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    TypeConfig::run(async {
+        let (mut log, _sm, _) = open_store(dir.path(), StoreConfig::default()).await;
+        let entries: Vec<Entry> = (0..20)
+            .map(|i| set_entry(1, i, "k", &i.to_string()))
+            .collect();
+        log.blocking_append(entries.clone()).await.unwrap();
+        log.truncate_after(Some(log_id(1, 1, 9))).await.unwrap();
+        drop((log, _sm));
+
+        let (mut log, sm, report) = open_store(dir.path(), StoreConfig::default()).await;
+        assert_eq!(report.last_index, Some(9));
+        assert_eq!(
+            log.try_get_log_entries(..).await.unwrap(),
+            entries[..10].to_vec()
+        );
+        // Re-appending over the truncated range after a restart works and survives another one.
+        let more: Vec<Entry> = (10..15).map(|i| set_entry(3, i, "k", "new")).collect();
+        log.blocking_append(more.clone()).await.unwrap();
+        drop((log, sm));
+
+        let (mut log, _sm, _) = open_store(dir.path(), StoreConfig::default()).await;
+        let mut expected = entries[..10].to_vec();
+        expected.extend(more);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected);
+    });
+}
+
+#[test]
+fn a_second_open_of_the_same_directory_is_refused() {
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    TypeConfig::run(async {
+        let first = open_store(dir.path(), StoreConfig::default()).await;
+        let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
+        let second = keel_raft::open(root, StoreConfig::default()).await;
+        assert!(second.is_err(), "two stores on one directory");
+        drop(first);
+        let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
+        assert!(keel_raft::open(root, StoreConfig::default()).await.is_ok());
+    });
+}
+
+/// A whole raft node: writes through openraft, shutdown, restart on the same directory.
+#[test]
+fn single_node_raft_restarts_with_the_same_state() {
+    use std::collections::BTreeMap;
+
+    use keel_raft::network::NetworkFactory;
+    use keel_raft::KvRequest;
+    use openraft::BasicNode;
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    // Snapshot every 50 entries, keep 10: the restart loads a snapshot and replays the rest.
+    let raft_config = Arc::new(keel_raft::cluster::raft_config(50, 10).unwrap());
+    let store_config = StoreConfig::for_snapshot_policy(50, 10);
+    TypeConfig::run(async {
+        let (log, sm, _) = open_store(dir.path(), store_config.clone()).await;
+        let raft = keel_raft::Raft::new(
+            1,
+            raft_config.clone(),
+            NetworkFactory,
+            log.clone(),
+            sm.clone(),
+        )
+        .await
+        .unwrap();
+        let members = BTreeMap::from([(1, BasicNode::new("127.0.0.1:1"))]);
+        raft.initialize(members).await.unwrap();
+        raft.wait(Some(Duration::from_secs(10)))
+            .leader_with_quorum_acked(None, "single node leads")
+            .await
+            .unwrap();
+        for i in 0..200 {
+            let request = KvRequest::Set {
+                key: format!("key-{:03}", i % 150),
+                value: format!("value-{i}"),
+            };
+            raft.client_write(request).await.unwrap();
+        }
+        let applied = sm.last_applied();
+        let digest = sm.digest();
+        assert_eq!(sm.len(), 150);
+        assert!(
+            sm.current_snapshot_meta().is_some(),
+            "the policy built a snapshot"
+        );
+        raft.shutdown().await.unwrap();
+        log.sync().await.unwrap();
+        drop((raft, log, sm));
+
+        let (log, sm, report) = open_store(dir.path(), store_config).await;
+        assert!(report.snapshot.is_some());
+        assert!(report.last_purged.is_some(), "purged behind the snapshot");
+        assert_eq!(
+            sm.last_applied(),
+            applied,
+            "applied state back before raft starts"
+        );
+        assert_eq!(sm.digest(), digest);
+        let raft = keel_raft::Raft::new(1, raft_config, NetworkFactory, log, sm.clone())
+            .await
+            .unwrap();
+        let metrics = raft
+            .wait(Some(Duration::from_secs(10)))
+            .metrics(|m| m.current_leader == Some(1), "re-elected")
+            .await
+            .unwrap();
+        assert!(metrics.last_applied >= applied);
+        raft.client_write(KvRequest::Delete {
+            key: "key-000".into(),
+        })
+        .await
+        .unwrap();
+        assert_eq!(sm.len(), 149);
+        assert!(sm.last_applied() > applied);
+        raft.shutdown().await.unwrap();
+    });
+}
