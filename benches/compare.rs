@@ -182,9 +182,10 @@ fn keel_sequential(rt: &compio::runtime::Runtime, len: usize, count: u64, sync: 
     let dir = bench_tempdir();
     let payload = payload(len);
     rt.block_on(async {
-        let slot_count = (count + 1).next_power_of_two().max(1024);
+        let slot_count = (2 * count + 2).next_power_of_two().max(1024);
         let journal = open_journal(dir.path(), journal_config(slot_count, sync)).await;
         let mut next_op = 1;
+        prime_journal(&journal, &mut next_op, &payload).await;
         let elapsed =
             timed_sequential_appends(&journal, &mut next_op, count, &payload, slot_count).await;
         journal.close().await.expect("close");
@@ -238,9 +239,10 @@ fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let mut keel = || {
         let dir = bench_tempdir();
         rt.block_on(async {
-            let slot_count = (batches * APPENDERS + 1).next_power_of_two().max(1024);
+            let slot_count = (2 * batches * APPENDERS + 2).next_power_of_two().max(1024);
             let journal = Rc::new(open_journal(dir.path(), journal_config(slot_count, true)).await);
             let mut next_op = 1;
+            prime_journal(&journal, &mut next_op, &payload_rc).await;
             let elapsed = timed_group_batches(
                 &journal,
                 &mut next_op,
@@ -535,7 +537,7 @@ fn rss(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let payload = payload(128);
     let config = JournalConfig {
         sync_on_append: false,
-        ..JournalConfig::default()
+        ..base_journal_config()
     };
     let slot_count = config.slot_count;
     let samples = rt.block_on(async {
@@ -580,10 +582,11 @@ fn shards_run(threads: usize, entries: u64) -> f64 {
                 let rt = runtime();
                 let payload = payload(128);
                 rt.block_on(async {
-                    let slot_count = (entries + 1).next_power_of_two();
+                    let slot_count = (2 * entries + 2).next_power_of_two();
                     let journal = open_journal(&root, journal_config(slot_count, false)).await;
-                    barrier.wait();
                     let mut next_op = 1;
+                    prime_journal(&journal, &mut next_op, &payload).await;
+                    barrier.wait();
                     let elapsed = timed_sequential_appends(
                         &journal,
                         &mut next_op,
