@@ -93,9 +93,12 @@ impl<D: Directory> MetadataJournal<D> {
                     st.w.cursor_segment
                 };
                 let live = st.slots.live();
+                // The newest segment always stays: it carries the watermarks (its header or its
+                // markers) and the chain state the next segment links to.
                 st.segments
                     .iter()
                     .next()
+                    .filter(|_| st.segments.len() > 1)
                     .filter(|(number, _)| **number < sealed_below)
                     .filter(|(number, _)| !live.iter().any(|(_, l)| l.segment == **number))
                     .map(|(number, handle)| (*number, handle.name.clone()))
@@ -139,7 +142,9 @@ impl<D: Directory> MetadataJournal<D> {
                 })
         };
         if let Some((number, entry_count, end_link, live)) = candidate {
-            if (live.len() as u64) < entry_count && !live.is_empty() {
+            // Zero live entries happens only for the newest segment (kept above): the rewrite is
+            // then a header carrying the watermarks and the chain.
+            if (live.len() as u64) < entry_count {
                 self.rewrite(number, end_link, live, hook).await?;
                 report.segments_rewritten += 1;
             }

@@ -480,6 +480,10 @@ impl<D: Directory> MetadataJournal<D> {
     async fn write_group(&self, runs: &mut [Run], must_sync: bool) -> Result<(), JournalError> {
         for run in runs.iter_mut() {
             if let Some(header) = run.create {
+                // A durable segment header claims every seq before its `first_seq` exists: make
+                // the older segments' bytes durable first, or a crash could leave the new header
+                // but lose the old tail, which would read as a broken chain (corruption).
+                self.sync_dirty().await?;
                 let file = segment::create(
                     &self.dir,
                     &header,
@@ -517,24 +521,30 @@ impl<D: Directory> MetadataJournal<D> {
             self.state.borrow_mut().w.dirty_segments.insert(run.segment);
         }
         if must_sync {
-            let dirty: Vec<(Rc<D::File>, String)> = {
-                let mut st = self.state.borrow_mut();
-                let numbers = std::mem::take(&mut st.w.dirty_segments);
-                numbers
-                    .iter()
-                    .filter_map(|n| st.segments.get(n))
-                    .map(|h| (h.file.clone(), h.name.clone()))
-                    .collect()
-            };
-            for (file, name) in dirty {
-                let started = Instant::now();
-                file.sync()
-                    .await
-                    .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
-                let mut st = self.state.borrow_mut();
-                st.stats.fsyncs += 1;
-                st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
-            }
+            self.sync_dirty().await?;
+        }
+        Ok(())
+    }
+
+    /// One fsync per segment written since the last sync.
+    async fn sync_dirty(&self) -> Result<(), JournalError> {
+        let dirty: Vec<(Rc<D::File>, String)> = {
+            let mut st = self.state.borrow_mut();
+            let numbers = std::mem::take(&mut st.w.dirty_segments);
+            numbers
+                .iter()
+                .filter_map(|n| st.segments.get(n))
+                .map(|h| (h.file.clone(), h.name.clone()))
+                .collect()
+        };
+        for (file, name) in dirty {
+            let started = Instant::now();
+            file.sync()
+                .await
+                .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
+            let mut st = self.state.borrow_mut();
+            st.stats.fsyncs += 1;
+            st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
         }
         Ok(())
     }
