@@ -160,7 +160,15 @@ pub struct NodeHandle {
     pub id: u64,
     pub addr: String,
     stop: Arc<AtomicBool>,
-    thread: JoinHandle<Result<NodeExit, ClusterError>>,
+    thread: Option<JoinHandle<Result<NodeExit, ClusterError>>>,
+}
+
+impl Drop for NodeHandle {
+    /// A handle dropped without [`NodeHandle::shutdown`] (a failing test) still stops its node,
+    /// so no thread outlives the test by the full [`MAX_NODE_LIFETIME`].
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Release);
+    }
 }
 
 impl NodeHandle {
@@ -180,14 +188,15 @@ impl NodeHandle {
             id,
             addr,
             stop,
-            thread,
+            thread: Some(thread),
         }
     }
 
     /// Stops the node (clean shutdown) and waits for its thread.
-    pub fn shutdown(self) -> Result<NodeExit, ClusterError> {
+    pub fn shutdown(mut self) -> Result<NodeExit, ClusterError> {
         self.stop.store(true, Ordering::Release);
-        self.thread.join().map_err(|_| ClusterError::Panicked)?
+        let thread = self.thread.take().ok_or(ClusterError::Panicked)?;
+        thread.join().map_err(|_| ClusterError::Panicked)?
     }
 }
 
@@ -366,4 +375,76 @@ impl Client {
             last: format!("nodes {ids:?} did not converge past index {min_index}: {last:?}"),
         })
     }
+}
+
+/// Latencies and throughput of a batch of client writes.
+#[derive(Debug, Clone, Default)]
+pub struct LoadReport {
+    pub writes: u64,
+    pub elapsed: Duration,
+    /// One sample per write, in microseconds, sorted ascending.
+    pub latencies_us: Vec<u64>,
+}
+
+impl LoadReport {
+    pub fn writes_per_sec(&self) -> f64 {
+        self.writes as f64 / self.elapsed.as_secs_f64().max(1e-9)
+    }
+
+    /// The `p`-th percentile (0..=100) latency in microseconds (0 without samples).
+    pub fn percentile_us(&self, p: f64) -> u64 {
+        if self.latencies_us.is_empty() {
+            return 0;
+        }
+        let rank = (p / 100.0 * (self.latencies_us.len() - 1) as f64).round() as usize;
+        self.latencies_us[rank.min(self.latencies_us.len() - 1)]
+    }
+}
+
+/// Writes `set key-<k> = value(k)` for every `k` in `keys` through the leader, with
+/// `concurrency` clients in flight (each its own connections), on the current compio runtime.
+pub async fn write_keys(
+    members: &BTreeMap<u64, String>,
+    first_target: u64,
+    keys: std::ops::Range<u64>,
+    concurrency: u64,
+    value: fn(u64) -> String,
+) -> Result<LoadReport, ClusterError> {
+    let concurrency = concurrency.max(1);
+    let started = Instant::now();
+    let mut workers = Vec::new();
+    for worker in 0..concurrency {
+        let mut client = Client::new(members).with_target(first_target);
+        let keys = keys.clone();
+        workers.push(compio::runtime::spawn(async move {
+            let mut latencies = Vec::new();
+            let mut k = keys.start + worker;
+            while k < keys.end {
+                let t0 = Instant::now();
+                client
+                    .write(KvRequest::Set {
+                        key: key_name(k),
+                        value: value(k),
+                    })
+                    .await?;
+                latencies.push(t0.elapsed().as_micros() as u64);
+                k += concurrency;
+            }
+            Ok::<_, ClusterError>(latencies)
+        }));
+    }
+    let mut report = LoadReport::default();
+    for worker in workers {
+        let latencies = worker.await.map_err(|_| ClusterError::Panicked)??;
+        report.latencies_us.extend(latencies);
+    }
+    report.elapsed = started.elapsed();
+    report.writes = report.latencies_us.len() as u64;
+    report.latencies_us.sort_unstable();
+    Ok(report)
+}
+
+/// The key [`write_keys`] writes for `k`.
+pub fn key_name(k: u64) -> String {
+    format!("key-{k:08}")
 }
