@@ -270,7 +270,9 @@ async fn flush(j: &Journal, model: &RefCell<Model>) {
 }
 
 /// Checks the reopened journal against the model; returns a description of the first violation.
-async fn check(j: &Journal, model: &Model) -> Result<(), String> {
+async fn check(j: &Journal, model: &RefCell<Model>) -> Result<(), String> {
+    let live: BTreeMap<u64, Vec<u8>> = read_all(j).await.into_iter().collect();
+    let model = model.borrow();
     let snapshot = j.snapshot_op();
     let allowed_snapshots = [Some(model.snapshot_op), model.pending_snapshot];
     if !allowed_snapshots.contains(&Some(snapshot)) {
@@ -286,7 +288,6 @@ async fn check(j: &Journal, model: &Model) -> Result<(), String> {
             model.commit_op
         ));
     }
-    let live: BTreeMap<u64, Vec<u8>> = read_all(j).await.into_iter().collect();
     for (op, bytes) in &live {
         if *op <= snapshot {
             return Err(format!("op {op} at or below snapshot {snapshot} is live"));
@@ -363,7 +364,7 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
                 .map_err(|e| format!("open refused an undamaged journal: {e}"))?;
         stats.repairs += report.repairs.len() as u64;
         trace!("open: {report:?}");
-        check(&j, &model.borrow()).await?;
+        check(&j, &model).await?;
         let live: BTreeMap<u64, Vec<u8>> = read_all(&j).await.into_iter().collect();
         settle(&mut model.borrow_mut(), &j, live);
 
@@ -405,7 +406,7 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
                         }
                         Err(e) => return Err(format!("bit flip gave an untyped refusal: {e}")),
                         Ok((j, report)) => {
-                            if let Err(violation) = check(&j, &model.borrow()).await {
+                            if let Err(violation) = check(&j, &model).await {
                                 // Only acceptable when the flip sat in bytes the open cut as a torn
                                 // tail and reported (the last batch: nothing after it vouches).
                                 let file = path.trim_start_matches("journal/");
@@ -435,7 +436,7 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
     let (j, _) = MetadataJournal::open(&fs.root(), config.clone(), RecoveryMode::TolerateTornTail)
         .await
         .map_err(|e| format!("final open: {e}"))?;
-    check(&j, &model.borrow()).await?;
+    check(&j, &model).await?;
     Ok(stats)
 }
 

@@ -1,0 +1,152 @@
+//! Compaction: deleting the dead prefix, rewriting a straddling segment, and a crash after every
+//! durable step (reopen must give the same live entries).
+
+mod common;
+
+use common::*;
+use keel_journal::{CompactionStep, JournalError};
+use keel_storage::MemFs;
+
+/// Ops 1..=150 in order over ~4 KiB segments; then a snapshot at `snapshot`.
+async fn prepared(fs: &MemFs, snapshot: u64) -> (Journal, Vec<(u64, Vec<u8>)>) {
+    let config = small_config();
+    let (j, _) = open(fs, &config).await;
+    for op in 1..=150 {
+        j.append(op, &payload(op, 0)).await.unwrap();
+    }
+    // A few rewrites so older segments hold superseded entries too.
+    for op in [snapshot + 1, snapshot + 3, 149] {
+        j.append(op, &payload(op, 1)).await.unwrap();
+    }
+    j.set_snapshot_op(snapshot).await.unwrap();
+    let live = read_all(&j).await;
+    assert!(live.iter().all(|(op, _)| *op > snapshot));
+    (j, live)
+}
+
+#[test]
+fn compaction_deletes_the_dead_prefix_and_rewrites_the_straddler() {
+    let fs = MemFs::new(1);
+    let config = small_config();
+    run(async {
+        let (j, live) = prepared(&fs, 100).await;
+        let segments_before = segment_paths(&fs).await.len();
+        let report = j.compact().await.unwrap();
+        assert!(report.segments_deleted >= 1, "{report:?}");
+        assert_eq!(report.segments_rewritten, 1, "{report:?}");
+        assert!(report.bytes_after < report.bytes_before, "{report:?}");
+        assert!(segment_paths(&fs).await.len() < segments_before);
+        assert_eq!(read_all(&j).await, live);
+        // Appending continues after compaction; reopen sees the same.
+        j.append(151, b"after").await.unwrap();
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(j.snapshot_op(), 100);
+        let mut expected = live.clone();
+        expected.push((151, b"after".to_vec()));
+        assert_eq!(read_all(&j).await, expected);
+        // A second compaction after more checkpoints keeps working (rewritten segments rewrite).
+        j.set_snapshot_op(140).await.unwrap();
+        j.compact().await.unwrap();
+        let live = read_all(&j).await;
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(read_all(&j).await, live);
+        let verify = keel_journal::MetadataJournal::verify(&fs.root(), config.clone())
+            .await
+            .unwrap();
+        assert!(verify.problems.is_empty(), "{verify:?}");
+    });
+}
+
+#[test]
+fn compaction_survives_a_crash_after_every_step() {
+    let config = small_config();
+    for seed in 0..8u64 {
+        for snapshot in [30u64, 100, 152] {
+            let mut crash_at = 0usize;
+            loop {
+                let fs = MemFs::new(seed * 1000 + crash_at as u64);
+                let done = run(async {
+                    let (j, live) = prepared(&fs, snapshot).await;
+                    let mut steps = 0usize;
+                    let mut seen = Vec::new();
+                    let result = j
+                        .compact_with_hook(&mut |step: CompactionStep| {
+                            seen.push(step);
+                            steps += 1;
+                            if steps > crash_at {
+                                Err(JournalError::Poisoned(format!(
+                                    "simulated crash after {step:?}"
+                                )))
+                            } else {
+                                Ok(())
+                            }
+                        })
+                        .await;
+                    let completed = result.is_ok();
+                    drop(j);
+                    fs.crash();
+                    let (j, report) = open(&fs, &config).await;
+                    assert!(
+                        report.problems.is_empty(),
+                        "seed {seed} snapshot {snapshot} crash after {seen:?}: {report:?}"
+                    );
+                    assert_eq!(j.snapshot_op(), snapshot);
+                    assert_eq!(
+                        read_all(&j).await,
+                        live,
+                        "seed {seed} snapshot {snapshot} crash after {seen:?}"
+                    );
+                    // The journal still works, and a later compaction finishes the job.
+                    j.append(200, b"more").await.unwrap();
+                    j.compact().await.unwrap();
+                    let mut expected = live.clone();
+                    expected.push((200, b"more".to_vec()));
+                    assert_eq!(read_all(&j).await, expected);
+                    drop(j);
+                    let (j, _) = open(&fs, &config).await;
+                    assert_eq!(read_all(&j).await, expected);
+                    completed
+                });
+                if done {
+                    break;
+                }
+                crash_at += 1;
+                assert!(crash_at < 100, "compaction never finished");
+            }
+        }
+    }
+}
+
+#[test]
+fn compaction_seals_a_mostly_dead_active_segment() {
+    let fs = MemFs::new(3);
+    let config = keel_journal::JournalConfig {
+        segment_bytes: 1 << 16,
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=200 {
+            j.append(op, &vec![op as u8; 200]).await.unwrap();
+        }
+        j.set_snapshot_op(195).await.unwrap();
+        let live = read_all(&j).await;
+        // The only segment is active and mostly dead: sealed, rewritten to its live entries.
+        let report = j.compact().await.unwrap();
+        assert_eq!(report.segments_rewritten, 1, "{report:?}");
+        assert!(report.bytes_after < report.bytes_before / 4, "{report:?}");
+        assert_eq!(read_all(&j).await, live);
+        j.append(201, b"x").await.unwrap();
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(read_all(&j).await.len(), live.len() + 1);
+    });
+}
