@@ -262,3 +262,52 @@ fn single_node_raft_restarts_with_the_same_state() {
         raft.shutdown().await.unwrap();
     });
 }
+
+/// Batches can reach the disk out of order (the journal admits appends past its in-flight bound
+/// in any order); an entry above a hole was never acknowledged, because callbacks fire in order.
+/// Open must cut the log at the hole, durably.
+#[test]
+fn open_cuts_the_log_at_a_gap_and_the_cut_sticks() {
+    use keel_journal::{MetadataJournal, RecoveryMode};
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::default();
+    TypeConfig::run(async {
+        {
+            // Write the journal directly: indexes 0..=5, then 8..=10 (6 and 7 never made it).
+            let root = FsDirectory::open(dir.path(), true, false).await.unwrap();
+            let (journal, _) = MetadataJournal::open(
+                &root,
+                config.journal.clone(),
+                RecoveryMode::TolerateTornTail,
+            )
+            .await
+            .unwrap();
+            for index in (0..=5).chain(8..=10) {
+                let entry = set_entry(1, index, "k", &index.to_string());
+                let payload = serde_json::to_vec(&entry).unwrap();
+                journal
+                    .append(keel_raft::op_of(index), &payload)
+                    .await
+                    .unwrap();
+            }
+            journal.close().await.unwrap();
+        }
+        let (mut log, sm, report) = open_store(dir.path(), config.clone()).await;
+        assert_eq!(report.discarded_after_gap, Some(6));
+        assert_eq!(report.last_index, Some(5));
+        assert_eq!(log.try_get_log_entries(..).await.unwrap().len(), 6);
+        // Appending 6.. continues the log; the old 8..=10 must not come back after a restart.
+        let more: Vec<Entry> = (6..=7).map(|i| set_entry(2, i, "k", "new")).collect();
+        log.blocking_append(more).await.unwrap();
+        drop((log, sm));
+
+        let (mut log, _sm, report) = open_store(dir.path(), config).await;
+        assert_eq!(report.discarded_after_gap, None);
+        assert_eq!(report.last_index, Some(7));
+        let entries = log.try_get_log_entries(..).await.unwrap();
+        assert_eq!(entries.len(), 8);
+        assert!(entries[6..].iter().all(|e| e.log_id.leader_id.term == 2));
+    });
+}
