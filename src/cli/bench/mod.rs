@@ -121,6 +121,7 @@ impl Settings {
 fn engine_config(args: &BenchArgs) -> EngineConfig {
     let mut config = tool_config(Mode::TolerateTornTail);
     config.journal.segment_bytes = args.segment_mib << 20;
+    config.journal.preallocate = true;
     config.journal.sync_on_append = args.sync != SyncMode::None;
     config
 }
