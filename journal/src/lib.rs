@@ -17,6 +17,8 @@
 mod compaction;
 mod error;
 pub mod format;
+#[doc(hidden)]
+pub mod fuzzing;
 mod recovery;
 mod scan;
 mod segment;

@@ -61,6 +61,11 @@ proptest! {
     }
 
     #[test]
+    fn arbitrary_bytes_through_the_fuzz_entry_point(data in proptest::collection::vec(any::<u8>(), 0..1500)) {
+        keel_journal::fuzzing::open_arbitrary_segments(&data);
+    }
+
+    #[test]
     fn mutated_valid_log(edits in proptest::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 1..6), cut in any::<prop::sample::Index>(), do_cut in any::<bool>()) {
         let mut files = valid_log();
         let last = files.iter().rposition(|(p, _)| p.ends_with(".wal")).unwrap();

@@ -133,7 +133,7 @@ fn compaction_seals_a_mostly_dead_active_segment() {
     run(async {
         let (j, _) = open(&fs, &config).await;
         for op in 1..=200 {
-            j.append(op, &vec![op as u8; 200]).await.unwrap();
+            j.append(op, &[op as u8; 200]).await.unwrap();
         }
         j.set_snapshot_op(195).await.unwrap();
         let live = read_all(&j).await;
