@@ -12,7 +12,10 @@ use std::process::ExitCode;
 use clap::Parser;
 
 fn main() -> ExitCode {
-    let args = cli::Cli::parse();
+    let args = match cli::Cli::try_parse() {
+        Ok(args) => args,
+        Err(error) => cli::usage_error(error),
+    };
     cli::init_logging();
     match cli::run(args) {
         Ok(code) => ExitCode::from(code),

@@ -18,7 +18,8 @@ mod verify;
 
 use std::path::PathBuf;
 
-use clap::{Parser, Subcommand, ValueEnum};
+use clap::error::ErrorKind;
+use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
 use keel_engine::{EngineConfig, RecoveryMode};
 use tracing_subscriber::EnvFilter;
 
@@ -99,6 +100,30 @@ pub fn tool_config(mode: Mode) -> EngineConfig {
     config.checkpoint_margin_ops = SLOT_COUNT / 4;
     config.recovery_mode = mode.into();
     config
+}
+
+/// Prints a usage error with the usage of the command it concerns and exits 2 (help and version
+/// requests print and exit as clap does).
+pub fn usage_error(error: clap::Error) -> ! {
+    if matches!(
+        error.kind(),
+        ErrorKind::DisplayHelp | ErrorKind::DisplayVersion
+    ) {
+        error.exit();
+    }
+    let rendered = error.render().to_string();
+    eprint!("{rendered}");
+    if !rendered.contains("Usage:") {
+        let mut command = Cli::command();
+        command.build();
+        let name = std::env::args().nth(1).unwrap_or_default();
+        let usage = match command.find_subcommand_mut(&name) {
+            Some(sub) => sub.render_usage(),
+            None => command.render_usage(),
+        };
+        eprintln!("\n{usage}");
+    }
+    std::process::exit(2)
 }
 
 /// Logs to stderr; `RUST_LOG` filters (default `warn`: repairs and refusals show, nothing else).
