@@ -410,11 +410,17 @@ fn run_shard<M, F>(
                     source: error.clone(),
                 }));
                 // Answer whatever arrives until every sender is gone: never leave a caller hanging.
+                // A close ends the thread (handles may outlive the set); later sends then fail
+                // with `Closed`.
                 while let Ok(request) = requests.recv_async().await {
+                    let closing = matches!(request, Request::Close { .. });
                     fail(request, || EngineError::ShardFailed {
                         shard,
                         source: error.clone(),
                     });
+                    if closing {
+                        break;
+                    }
                 }
                 return;
             }

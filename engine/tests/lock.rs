@@ -1,10 +1,12 @@
 //! The directory lock: a second open of the same engine directory is refused with an error naming
 //! the directory — from this process and from another one — and the lock dies with its holder.
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
-use keel_engine::{Engine, EngineConfig, EngineError, KvStateMachine};
+use keel_engine::{Engine, EngineError, KvStateMachine};
 use keel_storage::{FsDirectory, MemFs};
 
 /// Set in the child process: the directory it opens and holds.
@@ -12,7 +14,7 @@ const CHILD_ENV: &str = "KEEL_ENGINE_LOCK_CHILD_DIR";
 
 async fn open_fs(path: &std::path::Path) -> Result<(), EngineError> {
     let root = FsDirectory::open(path, true, false).await.unwrap();
-    Engine::open(root, EngineConfig::default(), KvStateMachine::new())
+    Engine::open(root, common::small_config(), KvStateMachine::new())
         .await
         .map(|_| ())
 }
@@ -34,7 +36,7 @@ fn assert_locked(error: &EngineError, path: &std::path::Path) {
 async fn second_open_in_process_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
     let root = FsDirectory::open(tmp.path(), true, false).await.unwrap();
-    let (engine, _) = Engine::open(root.clone(), EngineConfig::default(), KvStateMachine::new())
+    let (engine, _) = Engine::open(root.clone(), common::small_config(), KvStateMachine::new())
         .await
         .unwrap();
     let err = open_fs(tmp.path()).await.unwrap_err();
@@ -46,16 +48,16 @@ async fn second_open_in_process_is_refused() {
 #[compio::test]
 async fn second_open_in_process_is_refused_on_memfs() {
     let fs = MemFs::new(1);
-    let (engine, _) = Engine::open(fs.root(), EngineConfig::default(), KvStateMachine::new())
+    let (engine, _) = Engine::open(fs.root(), common::small_config(), KvStateMachine::new())
         .await
         .unwrap();
-    let err = Engine::open(fs.root(), EngineConfig::default(), KvStateMachine::new())
+    let err = Engine::open(fs.root(), common::small_config(), KvStateMachine::new())
         .await
         .err()
         .expect("refused");
     assert!(matches!(err, EngineError::Locked { .. }), "{err}");
     drop(engine);
-    Engine::open(fs.root(), EngineConfig::default(), KvStateMachine::new())
+    Engine::open(fs.root(), common::small_config(), KvStateMachine::new())
         .await
         .expect("free after drop");
 }
@@ -70,7 +72,7 @@ fn lock_child_helper() {
     let runtime = compio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
         let root = FsDirectory::open(&dir, true, false).await.unwrap();
-        let _engine = Engine::open(root, EngineConfig::default(), KvStateMachine::new())
+        let _engine = Engine::open(root, common::small_config(), KvStateMachine::new())
             .await
             .unwrap();
         println!("KEEL-CHILD-LOCKED");

@@ -24,9 +24,24 @@ use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 
 const DEFAULT_SEEDS: u64 = 1000;
-const STEPS_PER_SEED: u32 = 120;
+const STEPS_PER_SEED: u32 = 250;
 
 type KvEngine = Engine<MemDirectory, KvStateMachine>;
+
+/// What happened across seeds, printed at the end so a reader can see the simulator bites.
+#[derive(Default, Debug)]
+struct Tally {
+    appends: u64,
+    commits: u64,
+    checkpoints: u64,
+    truncations: u64,
+    crashes: u64,
+    fault_errors: u64,
+    back_pressure: u64,
+    snapshots_damaged: u64,
+    damaged_refused: u64,
+    recovered_prepares: u64,
+}
 
 /// What the engine acknowledged.
 #[derive(Default)]
@@ -183,7 +198,7 @@ async fn reopen(
     Some(engine)
 }
 
-async fn run_seed(seed: u64) {
+async fn run_seed(seed: u64, tally: &mut Tally) {
     let mut rng = StdRng::seed_from_u64(seed);
     let fs = MemFs::new(seed);
     let config = sim_config(&mut rng);
@@ -193,8 +208,17 @@ async fn run_seed(seed: u64) {
     if let Some(f) = &faults {
         fs.set_faults(f.clone());
     }
-    for _step in 0..STEPS_PER_SEED {
+    let trace = std::env::var_os("KEEL_ENGINE_SIM_TRACE").is_some();
+    for step in 0..STEPS_PER_SEED {
         let roll = rng.gen_range(0..100);
+        if trace {
+            eprintln!(
+                "step {step} roll {roll}: commit {} durable {} prepared {:?}",
+                model.commit_op(),
+                model.durable_commit,
+                model.prepared.keys().collect::<Vec<_>>()
+            );
+        }
         // Any error other than back-pressure is treated as the process dying at that point.
         let mut failed = false;
         let mut crash = false;
@@ -214,12 +238,17 @@ async fn run_seed(seed: u64) {
                     .collect(),
             )
             .await;
+            if trace {
+                eprintln!("  append {ops:?} -> {results:?}");
+            }
             for ((op, p), result) in ops.iter().zip(payloads).zip(results) {
                 match result {
                     Ok(()) => {
+                        tally.appends += 1;
                         model.prepared.insert(*op, p);
                     }
                     Err(e) if is_back_pressure(&e) => {
+                        tally.back_pressure += 1;
                         model.attempted.get_mut(op).unwrap().pop();
                     }
                     Err(_) => failed = true,
@@ -229,8 +258,11 @@ async fn run_seed(seed: u64) {
             let max = model.max_committable();
             if max > model.commit_op() {
                 let target = rng.gen_range(model.commit_op() + 1..=max);
+                if trace {
+                    eprintln!("  commit {target}");
+                }
                 match engine.commit(target).await {
-                    Ok(()) => {}
+                    Ok(()) => tally.commits += 1,
                     // Applied, but the automatic checkpoint after it failed.
                     Err(EngineError::Snapshot(_) | EngineError::Journal(_)) => failed = true,
                     Err(e) => panic!("seed {seed}: commit {target}: {e}"),
@@ -251,17 +283,24 @@ async fn run_seed(seed: u64) {
             }
         } else if roll < 82 {
             match engine.checkpoint().await {
-                Ok(_) => {}
+                Ok(Some(_)) => tally.checkpoints += 1,
+                Ok(None) => {}
                 Err(_) => failed = true,
             }
         } else if roll < 86 {
             let last = model.next_op() - 1;
             if last > model.commit_op() {
                 let keep = rng.gen_range(model.commit_op()..last);
+                if trace {
+                    eprintln!("  truncate_after {keep}");
+                }
                 if engine.truncate_after(keep).await.is_err() {
-                    // Unknown whether the marker is durable: the old prepares may come back.
+                    // Unknown whether the marker is durable: the prepares above `keep` may come
+                    // back or not (they stay in `attempted`, so either is accepted).
+                    model.prepared.split_off(&(keep + 1));
                     failed = true;
                 } else {
+                    tally.truncations += 1;
                     model.prepared.split_off(&(keep + 1));
                     model.attempted.split_off(&(keep + 1));
                 }
@@ -271,17 +310,27 @@ async fn run_seed(seed: u64) {
         }
         model.durable_commit = model.durable_commit.max(engine.durable_commit_op());
         if failed || crash {
+            if trace {
+                eprintln!("  crash (failed: {failed})");
+            }
+            tally.crashes += 1;
+            tally.fault_errors += u64::from(failed);
             drop(engine);
             fs.crash();
             fs.clear_faults();
             let mut damaged = false;
             if crash && rng.gen_bool(0.15) {
                 damaged = damage_newest_snapshot(&fs, &mut rng).await;
+                tally.snapshots_damaged += u64::from(damaged);
             }
             engine = match reopen(&fs, &config, &mut model, seed, damaged).await {
                 Some(engine) => engine,
-                None => return,
+                None => {
+                    tally.damaged_refused += 1;
+                    return;
+                }
             };
+            tally.recovered_prepares += model.prepared.len() as u64;
             if let Some(f) = &faults {
                 fs.set_faults(f.clone());
             }
@@ -343,8 +392,11 @@ fn engine_simulator() {
     };
     let runtime = compio::runtime::Runtime::new().unwrap();
     let started = std::time::Instant::now();
+    let mut tally = Tally::default();
     for &seed in &seeds {
-        let result = catch_unwind(AssertUnwindSafe(|| runtime.block_on(run_seed(seed))));
+        let result = catch_unwind(AssertUnwindSafe(|| {
+            runtime.block_on(run_seed(seed, &mut tally))
+        }));
         if let Err(panic) = result {
             eprintln!(
                 "engine simulator failed at seed {seed}; replay with KEEL_ENGINE_SIM_SEED={seed}"
@@ -353,8 +405,14 @@ fn engine_simulator() {
         }
     }
     eprintln!(
-        "engine simulator: {} seeds in {:.1}s",
+        "engine simulator: {} seeds in {:.1}s: {tally:?}",
         seeds.len(),
         started.elapsed().as_secs_f64()
     );
+    // The run must have exercised what it claims to check.
+    if seeds.len() >= 100 {
+        assert!(tally.crashes > seeds.len() as u64, "{tally:?}");
+        assert!(tally.checkpoints > 0 && tally.fault_errors > 0 && tally.truncations > 0);
+        assert!(tally.snapshots_damaged > 0 && tally.recovered_prepares > 0);
+    }
 }

@@ -17,7 +17,7 @@ pub fn small_config() -> EngineConfig {
         segment_bytes: 4096,
         max_batch_bytes: 16 << 10,
         max_inflight_bytes: 64 << 10,
-        max_payload_bytes: 4096,
+        max_payload_bytes: 1024,
         preallocate: false,
         sync_on_append: true,
     };
