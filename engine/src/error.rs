@@ -155,6 +155,12 @@ pub enum EngineError {
     #[error("cannot commit op {op}: op {missing_op} was not prepared on this replica")]
     NotPrepared { op: u64, missing_op: u64 },
 
+    /// A commit or truncation would cover a prepare whose journal append has not returned.
+    #[error(
+        "op {op} has a prepare in flight; wait for it before committing or truncating over it"
+    )]
+    PrepareInFlight { op: u64 },
+
     /// An op at or below the commit watermark cannot be prepared again or truncated.
     #[error("op {op} is at or below the commit watermark {commit_op}")]
     AlreadyCommitted { op: u64, commit_op: u64 },

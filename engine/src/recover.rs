@@ -349,8 +349,20 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         "a pending op at or below the applied op"
     );
 
-    // Older snapshots a crash left behind (before the coordinator's last step).
     if mode != RecoveryMode::Absolute {
+        // A crash between a snapshot's directory fsync and the journal's watermark: finish that
+        // checkpoint now, or the journal's capacity stays tied to the older watermark until the
+        // next checkpoint — which may never come if nothing new is committed.
+        if snapshot_op > journal_snapshot_op {
+            tracing::info!(
+                snapshot_op,
+                journal_snapshot_op,
+                "completing an interrupted checkpoint"
+            );
+            journal.set_snapshot_op(snapshot_op).await?;
+            journal.compact().await?;
+        }
+        // Older snapshots a crash left behind (before the coordinator's last step).
         snapshots.remove_older(SNAPSHOTS_KEPT).await?;
     }
 
@@ -414,6 +426,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
             applied_op,
             commit_op: applied_op,
             pending,
+            in_flight: BTreeMap::new(),
             snapshot_op,
             stats,
             journal_appends_seen: 0,

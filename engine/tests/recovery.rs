@@ -354,3 +354,47 @@ async fn the_journal_refuses_beyond_its_ring_without_checkpoints() {
     engine.checkpoint().await.unwrap().unwrap();
     engine.append(65, &payload(65)).await.unwrap();
 }
+
+#[compio::test]
+async fn commit_and_truncate_refuse_to_cover_an_in_flight_prepare() {
+    let fs = MemFs::new(14);
+    let (engine, _) = open(&fs, small_config()).await;
+    engine.append(1, &payload(1)).await.unwrap();
+    // join_all polls in order: the append registers and waits on I/O before the others run.
+    let results = common::join_all(vec![
+        Box::pin(engine.append(2, &payload(2)))
+            as std::pin::Pin<Box<dyn std::future::Future<Output = Result<(), EngineError>>>>,
+        Box::pin(engine.commit(2)),
+        Box::pin(engine.truncate_after(1)),
+    ])
+    .await;
+    assert!(results[0].is_ok());
+    assert!(
+        matches!(results[1], Err(EngineError::PrepareInFlight { op: 2 })),
+        "{:?}",
+        results[1]
+    );
+    assert!(matches!(
+        results[2],
+        Err(EngineError::PrepareInFlight { op: 2 })
+    ));
+    engine.commit(2).await.unwrap();
+    assert_eq!(*engine.state_machine(), model_through(2));
+}
+
+#[compio::test]
+async fn recovery_completes_an_interrupted_checkpoint() {
+    let fs = MemFs::new(15);
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.snapshot_op, 25);
+    assert_eq!(report.journal_snapshot_op, 10, "as found");
+    assert_eq!(*engine.state_machine(), model_through(25));
+    drop(engine);
+    fs.crash();
+    let (_engine, report) = open(&fs, small_config()).await;
+    assert_eq!(
+        report.journal_snapshot_op, 25,
+        "moved by the first recovery"
+    );
+}

@@ -193,8 +193,14 @@ async fn reopen(
     // Adopt what recovery established.
     model.committed.truncate(applied as usize);
     model.durable_commit = applied;
-    model.prepared = recovered_prepared;
     model.attempted.retain(|op, _| *op > applied);
+    for (op, payload) in &recovered_prepared {
+        let versions = model.attempted.entry(*op).or_default();
+        if !versions.contains(payload) {
+            versions.push(payload.clone());
+        }
+    }
+    model.prepared = recovered_prepared;
     Some(engine)
 }
 
