@@ -151,9 +151,9 @@ fn verify_inspect_and_dump_change_nothing() {
 }
 
 #[test]
-fn dump_lists_the_ops_in_range() {
+fn dump_lists_the_entries_in_range() {
     let temp = tempfile::tempdir().unwrap();
-    let (set, _engine, _) = bench_dir(temp.path(), 50);
+    let (set, _engine, segment) = bench_dir(temp.path(), 50);
     let dump = run_json(
         &[
             "dump",
@@ -167,9 +167,35 @@ fn dump_lists_the_ops_in_range() {
         0,
     );
     let entries = dump["shards"][0]["entries"].as_array().expect("entries");
-    let ops: Vec<u64> = entries.iter().map(|e| e["op"].as_u64().unwrap()).collect();
+    let data: Vec<&Value> = entries.iter().filter(|e| e["kind"] == "data").collect();
+    let ops: Vec<u64> = data.iter().map(|e| e["op"].as_u64().unwrap()).collect();
     assert_eq!(ops, vec![10, 11, 12, 13, 14], "{dump}");
+    assert!(data
+        .iter()
+        .all(|e| e["len"] == 128 && e["checksum_ok"] == true));
     assert!(entries
         .iter()
-        .all(|e| e["len"] == 128 && e["kind"] == "data"));
+        .all(|e| (10..=14).contains(&e["op"].as_u64().unwrap())));
+    assert_eq!(dump["shards"][0]["stops"], Value::Array(vec![]));
+
+    // A flipped payload byte shows as a checksum mismatch on that entry.
+    let mut bytes = fs::read(&segment).unwrap();
+    let victim = *entries_of_kind(&bytes, EntryKind::Data).get(11).unwrap();
+    bytes[victim.offset + 64 + 20] ^= 1;
+    fs::write(&segment, &bytes).unwrap();
+    let dump = run_json(&["dump", path_str(&set), "--json"], 0);
+    let entries = dump["shards"][0]["entries"].as_array().unwrap();
+    let bad: Vec<u64> = entries
+        .iter()
+        .filter(|e| e["checksum_ok"] == false)
+        .map(|e| e["op"].as_u64().unwrap())
+        .collect();
+    assert_eq!(bad, vec![victim.op], "{dump}");
+}
+
+fn entries_of_kind(bytes: &[u8], kind: EntryKind) -> Vec<RawEntry> {
+    entries(bytes)
+        .into_iter()
+        .filter(|e| e.kind == kind)
+        .collect()
 }

@@ -4,7 +4,7 @@
 
 use std::path::Path;
 
-use keel_engine::{Engine, KvStateMachine, RecoveryReport, RecoveryStatus};
+use keel_engine::{Engine, KvStateMachine, RecoveryReport, RecoveryStatus, QUARANTINE_DIR};
 use keel_storage::FsDirectory;
 
 use super::error::{CliError, EXIT_CORRUPT};
@@ -57,6 +57,16 @@ pub fn outcome_of(report: &RecoveryReport) -> Outcome {
     Outcome::from_report(status, rank, exit, report, report_text(status, report))
 }
 
+/// The journal names a quarantine file by its name under `DIR/quarantine/`, the snapshot store by
+/// its path; show both as paths.
+fn quarantine_display(quarantine: &str) -> String {
+    if quarantine.contains('/') {
+        quarantine.to_string()
+    } else {
+        format!("{QUARANTINE_DIR}/{quarantine}")
+    }
+}
+
 /// The report as readable lines.
 pub fn report_text(status: &str, report: &RecoveryReport) -> String {
     let mut text = format!(
@@ -77,7 +87,11 @@ pub fn report_text(status: &str, report: &RecoveryReport) -> String {
     for repair in &report.repairs {
         text.push_str(&format!(
             "\nrepair: {} in {} at offset {} ({} bytes) -> {}",
-            repair.kind, repair.file, repair.offset, repair.bytes, repair.quarantine
+            repair.kind,
+            repair.file,
+            repair.offset,
+            repair.bytes,
+            quarantine_display(&repair.quarantine)
         ));
     }
     for range in &report.prepared_uncommitted {
