@@ -41,6 +41,8 @@ pub struct ShardPlan {
     pub ops: u64,
     /// Appends in flight (1 for `--sync every`).
     pub depth: usize,
+    /// `--sync none`: appends resolve before any fsync, so acks wait for the flush at the end.
+    pub defer_acks: bool,
     /// 0: only the engine's automatic checkpoints.
     pub checkpoint_every: u64,
     pub workload: Workload,
@@ -100,9 +102,14 @@ async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
     // supersedes them), as a new leader would.
     let first_op = engine.commit_op() + 1;
     let started = Instant::now();
-    let run = Pipeline::new(plan)?.run(&engine, first_op).await?;
+    let mut run = Pipeline::new(plan)?.run(&engine, first_op).await?;
     let finished = Instant::now();
     engine.persist_commit().await?;
+    engine.flush().await?;
+    if plan.defer_acks && run.ops > 0 {
+        let ops: Vec<u64> = (first_op..first_op + run.ops).collect();
+        run.acks.record(plan.shard, &ops)?;
+    }
     let stats = engine.stats();
     let applied_op = engine.applied_op();
     let engine = Rc::try_unwrap(engine).map_err(|_| CliError::ShardDied {
@@ -134,6 +141,7 @@ async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
 struct RunResult {
     ops: u64,
     latency_us: Histogram<u64>,
+    acks: AckWriter,
 }
 
 /// The consensus-like loop's state.
@@ -175,7 +183,9 @@ impl<'p> Pipeline<'p> {
                 break;
             }
             self.collect_durable().await?;
-            self.acks.record(self.plan.shard, &self.durable)?;
+            if !self.plan.defer_acks {
+                self.acks.record(self.plan.shard, &self.durable)?;
+            }
             let (low, high) = (self.durable[0], self.durable[self.durable.len() - 1]);
             engine.commit(high).await?;
             ops += self.durable.len() as u64;
@@ -190,6 +200,7 @@ impl<'p> Pipeline<'p> {
         Ok(RunResult {
             ops,
             latency_us: self.latency_us,
+            acks: self.acks,
         })
     }
 

@@ -229,6 +229,7 @@ fn spawn_shards(
             dir: root.join(shard_dir_name(shard)),
             ops: share_of(settings.ops, settings.shards, shard),
             depth: settings.depth,
+            defer_acks: settings.sync == SyncMode::None,
             checkpoint_every: settings.checkpoint_every,
             workload,
             config: config.clone(),

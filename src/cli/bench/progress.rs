@@ -19,7 +19,7 @@ impl Progress {
     pub fn new(total_ops: u64) -> Self {
         let bar = ProgressBar::with_draw_target(Some(total_ops), ProgressDrawTarget::hidden());
         if let Ok(style) = ProgressStyle::with_template(
-            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ops ({per_sec}, eta {eta})",
+            "{spinner} [{elapsed_precise}] {wide_bar} {pos}/{len} ops ({msg}, eta {eta})",
         ) {
             bar.set_style(style);
         }
@@ -37,6 +37,10 @@ impl Progress {
             self.shown = true;
         }
         self.bar.set_position(done_ops);
+        if self.shown {
+            let rate = done_ops as f64 / self.started.elapsed().as_secs_f64().max(1e-3);
+            self.bar.set_message(format!("{rate:.0} ops/s"));
+        }
     }
 
     pub fn finish(self) {
