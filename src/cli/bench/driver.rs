@@ -111,18 +111,11 @@ async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
         run.acks.record(plan.shard, &ops)?;
     }
     let stats = engine.stats();
-    let applied_op = engine.applied_op();
     let engine = Rc::try_unwrap(engine).map_err(|_| CliError::ShardDied {
         shard: plan.shard,
         reason: "a task still holds the engine after the run".into(),
     })?;
-    let before = engine.close().await?;
-    let recovery_started = Instant::now();
-    let (engine, report) = Engine::open(root, plan.config.clone(), KvStateMachine::new()).await?;
-    let recovery = recovery_started.elapsed();
-    let verified =
-        engine.state_machine().digest() == before.digest() && engine.applied_op() == applied_op;
-    engine.close().await?;
+    let check = close_and_recover(plan, root, engine).await?;
     Ok(ShardResult {
         shard: plan.shard,
         ops: run.ops,
@@ -130,9 +123,39 @@ async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
         finished,
         latency_us: run.latency_us,
         stats,
+        recovery: check.recovery,
+        report: check.report,
+        digest: check.digest,
+        verified: check.verified,
+    })
+}
+
+/// What closing and reopening found.
+struct RecoveryCheck {
+    recovery: Duration,
+    report: RecoveryReport,
+    digest: u64,
+    verified: bool,
+}
+
+/// Closes the engine, reopens it (timed) and compares the recovered state with the closed one.
+async fn close_and_recover(
+    plan: &ShardPlan,
+    root: FsDirectory,
+    engine: BenchEngine,
+) -> Result<RecoveryCheck, CliError> {
+    let applied_op = engine.applied_op();
+    let before = engine.close().await?;
+    let started = Instant::now();
+    let (engine, report) = Engine::open(root, plan.config.clone(), KvStateMachine::new()).await?;
+    let recovery = started.elapsed();
+    let digest = before.digest();
+    let verified = engine.state_machine().digest() == digest && engine.applied_op() == applied_op;
+    engine.close().await?;
+    Ok(RecoveryCheck {
         recovery,
         report,
-        digest: before.digest(),
+        digest,
         verified,
     })
 }
