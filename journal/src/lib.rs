@@ -8,9 +8,48 @@
 //! never overwrite a slot whose op is above the snapshot watermark, and never truncate bytes it could
 //! not prove were torn. It knows nothing of snapshots' contents or state machines.
 //!
-//! API CONTRACT (fixed; the engine codes against it — bodies are filled in by the journal work):
-//! every method takes `&self` (interior mutability, never a `RefCell` borrow held across an await),
-//! so several appends can be in flight from tasks on one core and share one group commit.
+//! API CONTRACT (fixed; the engine codes against it): every method takes `&self` (interior
+//! mutability, never a `RefCell` borrow held across an await), so several appends can be in flight
+//! from tasks on one core and share one group commit.
+//!
+//! # Modules
+//! - [`format`]: the bytes on disk, byte by byte (segment header, entry header, alignment).
+//! - `slots`: the ring index op → newest entry; `Full` back-pressure.
+//! - `segment`: segment files as files (list, read, create + preallocate + fsync + dir fsync).
+//! - `writer`: seq/chain assignment, batches, group commit, in-flight bound, poisoning.
+//! - `scan`: parsing segments back, where valid entries stop, the look-ahead past a stop.
+//! - `recovery`: the decision table (data: [`RECOVERY_TABLE`]) and quarantine + cut.
+//! - `compaction`: dead-prefix deletion and rewrite of the first sealed segment.
+//!
+//! # How damage is told from a torn write
+//! Every entry carries `seq` (+1 per entry, so ops may arrive out of order and be rewritten
+//! without any "op went backwards" rule), the header crc of its predecessor, and `durable_seq`:
+//! the highest seq an fsync had covered when it was written. When the scan meets an invalid entry
+//! whose expected seq is `s`, it looks further (8-aligned, this file and every later one) for
+//! valid headers: if one claims `durable_seq >= s`, the damaged entry had been fsynced and
+//! acknowledged → corruption, refuse. Otherwise it is a torn tail: the crash cut writes nobody
+//! was told were durable → quarantine the bytes, then truncate. A checksum-valid entry in the wrong
+//! place (chain break) or a segment that does not link to its predecessor is always corruption:
+//! torn writes leave zeroes or partial sectors, never a well-formed stale entry.
+//!
+//! **Known limit**: nothing after the *last* batch vouches for it, so media damage inside the
+//! final acknowledged batch is indistinguishable from a torn write and is cut (and reported as a
+//! `torn_tail` repair, with the quarantined bytes kept). Only a second write after every fsync could
+//! close this window, at twice the fsync cost; the consensus layer re-fetches such ops from peers.
+//! Likewise zeroes that start exactly at an entry boundary of the final batch read as a clean end
+//! (the etcd #6515 shape at the tail); a zeroed sector anywhere a later batch vouches for is
+//! refused.
+//!
+//! # Crash ordering rules the code keeps
+//! - A new segment's header is written only after every older segment's bytes are fsynced (a
+//!   durable header claims every seq before its `first_seq`), and the directory is fsynced before
+//!   any entry goes in.
+//! - A repair quarantines first (file + directory fsync), removes later segments newest first
+//!   (directory fsync each), then truncates and fsyncs: a crash at any point re-classifies the same.
+//! - Compaction deletes only a prefix (oldest first, directory fsync each) and never the newest
+//!   segment; a rewrite goes temp file → fsync → rename → directory fsync.
+//! - On open the journal fsyncs what it read (a process crash leaves it in the page cache only)
+//!   before later entries claim it durable.
 
 #![allow(async_fn_in_trait)]
 
@@ -389,18 +428,6 @@ impl<D: Directory> MetadataJournal<D> {
         let max_file = max_file_bytes(&config);
         let mut scan = scan_log(&dir, max_file, false).await?;
         let files_scanned = scan.files.len() as u64;
-        if !read_only && !scan.temps.is_empty() {
-            // Compaction's temp files are never referenced: a crash before their rename.
-            for temp in &scan.temps {
-                dir.remove_file(temp)
-                    .await
-                    .map_err(|e| JournalError::io("remove temp", temp.clone(), e))?;
-                tracing::info!(file = %temp, "journal: removed leftover compaction temp file");
-            }
-            dir.sync()
-                .await
-                .map_err(|e| JournalError::io("fsync journal dir", dir.display_path(), e))?;
-        }
         if let Some(stop) = scan.first_stop.clone() {
             let row = info(stop.case);
             report.problems.push(problem(&stop));
@@ -455,6 +482,19 @@ impl<D: Directory> MetadataJournal<D> {
                     }
                 }
             }
+        }
+        // Only now that the log is accepted (a refusal touches nothing).
+        if !read_only && !scan.temps.is_empty() {
+            // Compaction's temp files are never referenced: a crash before their rename.
+            for temp in &scan.temps {
+                dir.remove_file(temp)
+                    .await
+                    .map_err(|e| JournalError::io("remove temp", temp.clone(), e))?;
+                tracing::info!(file = %temp, "journal: removed leftover compaction temp file");
+            }
+            dir.sync()
+                .await
+                .map_err(|e| JournalError::io("fsync journal dir", dir.display_path(), e))?;
         }
         summarize(&scan, &mut report);
         report.segments_read = files_scanned;

@@ -286,6 +286,13 @@ impl<D: Directory> MetadataJournal<D> {
             if !over {
                 break self.encode(kind, op, payload);
             }
+            if !self.state.borrow().w.flushing {
+                // Over the bound with nobody flushing (the appenders that filled it were
+                // cancelled): drain the queue ourselves rather than wait for a flusher that will
+                // never come.
+                self.request_flush().await?;
+                continue;
+            }
             let register = |waker: Waker| {
                 let mut st = self.state.borrow_mut();
                 st.w.space_waiters.push(waker);

@@ -288,3 +288,96 @@ fn verify_on_clean_journal_and_read_only_open() {
         assert_eq!(raw.iter().map(|e| e.op).collect::<Vec<_>>(), vec![5, 6]);
     });
 }
+
+#[test]
+fn an_fsync_error_poisons_the_journal() {
+    use keel_storage::{FaultConfig, FaultKind, FaultOp};
+    let fs = MemFs::new(10);
+    let config = small_config();
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        j.append(1, b"ok").await.unwrap();
+        fs.set_faults(FaultConfig::new().fail_nth(FaultOp::Sync, 1, FaultKind::Io));
+        let err = j.append(2, b"lost").await.unwrap_err();
+        assert!(
+            matches!(err, JournalError::Io { stage: "fsync", .. }),
+            "{err}"
+        );
+        fs.clear_faults();
+        // Every later call fails, even though the disk works again.
+        assert!(matches!(
+            j.append(3, b"x").await,
+            Err(JournalError::Poisoned(_))
+        ));
+        assert!(matches!(j.flush().await, Err(JournalError::Poisoned(_))));
+        assert!(matches!(j.entry(1).await, Err(JournalError::Poisoned(_))));
+        assert!(matches!(j.compact().await, Err(JournalError::Poisoned(_))));
+        drop(j);
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        assert_eq!(j.entry(1).await.unwrap().unwrap().payload.to_vec(), b"ok");
+        assert_eq!(j.entry(3).await.unwrap(), None);
+    });
+}
+
+#[test]
+fn a_write_error_fails_the_whole_group_and_poisons() {
+    use keel_storage::{FaultConfig, FaultKind, FaultOp};
+    let fs = MemFs::new(11);
+    let config = JournalConfig {
+        slot_count: 1024,
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        j.append(1, b"first").await.unwrap();
+        fs.set_faults(FaultConfig::new().fail_from(FaultOp::Write, 1, FaultKind::ShortWrite));
+        let j = Rc::new(j);
+        let mut handles = Vec::new();
+        for op in 2..=20u64 {
+            let j = j.clone();
+            handles.push(compio::runtime::spawn(async move {
+                j.append(op, b"doomed").await
+            }));
+        }
+        for h in handles {
+            let result = h.await.expect("task");
+            assert!(
+                matches!(
+                    result,
+                    Err(JournalError::Io { .. } | JournalError::Poisoned(_))
+                ),
+                "{result:?}"
+            );
+        }
+    });
+}
+
+#[test]
+fn in_flight_bound_makes_appends_wait_not_fail() {
+    let fs = MemFs::new(12);
+    let config = JournalConfig {
+        slot_count: 1024,
+        max_inflight_bytes: 600, // a handful of entries
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        let j = Rc::new(j);
+        let mut handles = Vec::new();
+        for op in 1..=100u64 {
+            let j = j.clone();
+            handles.push(compio::runtime::spawn(async move {
+                j.append(op, &payload(op, 0)).await
+            }));
+        }
+        for h in handles {
+            h.await.expect("task").unwrap();
+        }
+        assert_eq!(read_all(&j).await.len(), 100);
+        assert!(
+            j.stats().batches > 10,
+            "a 600-byte bound splits 100 appends into many groups"
+        );
+    });
+}

@@ -94,6 +94,7 @@ struct SimStats {
     flips_cut_as_torn: u64,
     faults: u64,
     crashes_during_open: u64,
+    crashes_mid_workload: u64,
 }
 
 /// Polls all futures until done (a tiny join, deterministic order).
@@ -342,7 +343,7 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
     let config = config_for(&mut rng.borrow_mut());
     let model = RefCell::new(Model::default());
     let mut stats = SimStats::default();
-    let epochs = rng.borrow_mut().gen_range(2..6);
+    let epochs = rng.borrow_mut().gen_range(2..8);
     for _ in 0..epochs {
         stats.epochs += 1;
         // Open (maybe crashing in the middle of the open's own repair first).
@@ -376,8 +377,13 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
                 [FaultOp::Write, FaultOp::Sync, FaultOp::DirSync][rng.borrow_mut().gen_range(0..3)];
             fs.set_faults(FaultConfig::new().fail_with_probability(op, 0.05, FaultKind::Io));
         }
-        let budget = rng.borrow_mut().gen_range(1..400);
-        let _ = with_budget(workload(&j, &model, &rng, &config), budget).await;
+        let budget = rng.borrow_mut().gen_range(1..250);
+        if with_budget(workload(&j, &model, &rng, &config), budget)
+            .await
+            .is_none()
+        {
+            stats.crashes_mid_workload += 1;
+        }
         stats.acks += model.borrow().acks;
         model.borrow_mut().acks = 0;
         drop(j);
@@ -467,6 +473,7 @@ fn simulator() {
                 total.flips_cut_as_torn += stats.flips_cut_as_torn;
                 total.faults += stats.faults;
                 total.crashes_during_open += stats.crashes_during_open;
+                total.crashes_mid_workload += stats.crashes_mid_workload;
             }
             Ok(Err(violation)) => {
                 panic!("simulator seed {seed} failed: {violation}\nreplay: KEEL_SIM_SEED={seed} cargo test -p keel-journal --test sim")
