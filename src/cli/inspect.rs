@@ -11,6 +11,7 @@ use serde::Serialize;
 use super::error::CliError;
 use super::output::{self, Outcome};
 use super::target::{self, EngineDir};
+use super::walk::{walk_journal, SegmentSummary};
 use super::{readonly, tool_config, DirArg, Mode, SLOT_COUNT};
 
 #[derive(Debug, clap::Args)]
@@ -32,7 +33,7 @@ pub struct FileInfo {
 /// What `inspect` shows of one engine directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
-    pub segments: Vec<FileInfo>,
+    pub segments: Vec<SegmentSummary>,
     pub journal_bytes: u64,
     pub first_op: Option<u64>,
     pub last_op: Option<u64>,
@@ -67,9 +68,9 @@ async fn inspect_one(path: &Path) -> Result<InspectReport, CliError> {
     let scan: ScanReport = MetadataJournal::verify(&root, config.journal.clone())
         .await
         .map_err(keel_engine::EngineError::from)?;
-    let segments = files_in(&root, "journal", ".wal").await?;
+    let segments = walk_journal(&root, |_| {}).await?;
     let snapshots = list_snapshots(&root, config.max_snapshot_bytes).await?;
-    let quarantine = files_in(&root, QUARANTINE_DIR, "").await?;
+    let quarantine = files_in(&root, QUARANTINE_DIR).await?;
     let watermark = scan.snapshot_op.unwrap_or(0);
     Ok(InspectReport {
         journal_bytes: segments.iter().map(|s| s.len_bytes).sum(),
@@ -89,8 +90,8 @@ async fn inspect_one(path: &Path) -> Result<InspectReport, CliError> {
     })
 }
 
-/// Files of the subdirectory `name` whose names end with `suffix`; empty if it does not exist.
-async fn files_in(root: &FsDirectory, name: &str, suffix: &str) -> Result<Vec<FileInfo>, CliError> {
+/// Files of the subdirectory `name`; empty if it does not exist.
+async fn files_in(root: &FsDirectory, name: &str) -> Result<Vec<FileInfo>, CliError> {
     let io_error =
         |source| CliError::io(format!("reading {}/{name}", root.path().display()), source);
     if !root.exists(name).await.map_err(io_error)? {
@@ -99,9 +100,6 @@ async fn files_in(root: &FsDirectory, name: &str, suffix: &str) -> Result<Vec<Fi
     let dir = root.open_dir(name, false).await.map_err(io_error)?;
     let mut files = Vec::new();
     for file in dir.list().await.map_err(io_error)? {
-        if !file.ends_with(suffix) {
-            continue;
-        }
         let handle = dir
             .open_file(&file, OpenMode::ReadOnly)
             .await
@@ -116,6 +114,25 @@ async fn files_in(root: &FsDirectory, name: &str, suffix: &str) -> Result<Vec<Fi
 
 fn op_text(op: Option<u64>) -> String {
     op.map_or_else(|| "-".to_string(), |op| op.to_string())
+}
+
+fn segment_line(segment: &SegmentSummary) -> String {
+    let mut line = format!(
+        "\n  segment {}  ops {}..{}  {} entries  {} of {} bytes used",
+        segment.file,
+        op_text(segment.first_op),
+        op_text(segment.last_op),
+        segment.entries,
+        segment.used_bytes,
+        segment.len_bytes
+    );
+    if let Some(stop) = &segment.stop {
+        line.push_str(&format!(
+            "  (walk stops at {}: {})",
+            stop.offset, stop.reason
+        ));
+    }
+    line
 }
 
 fn report_text(report: &InspectReport) -> String {
@@ -140,10 +157,7 @@ fn report_text(report: &InspectReport) -> String {
         },
     );
     for segment in &report.segments {
-        text.push_str(&format!(
-            "\n  segment {}  {} bytes",
-            segment.file, segment.len_bytes
-        ));
+        text.push_str(&segment_line(segment));
     }
     for snapshot in &report.snapshots {
         let validity = match &snapshot.problem {

@@ -15,6 +15,7 @@ mod repair;
 mod signal;
 mod target;
 mod verify;
+mod walk;
 
 use std::io::IsTerminal;
 use std::path::PathBuf;

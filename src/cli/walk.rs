@@ -1,0 +1,161 @@
+//! Walking a journal's segment files byte by byte, read-only, for `dump` and `inspect`: every
+//! entry header that decodes (markers and superseded entries included) with its place, up to the
+//! first header that does not decode. Judging what a stop means is `verify`'s job (the journal's
+//! scan); this only shows what is there.
+
+use keel_journal::format::{
+    parse_segment_file_name, payload_crc, EntryHeader, HeaderFault, SegmentHeader,
+    ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
+};
+use keel_storage::{Directory, FsDirectory, OpenMode, Storage};
+use serde::Serialize;
+
+use super::error::CliError;
+
+/// The journal's directory under an engine directory (DESIGN §3).
+pub const JOURNAL_DIR: &str = "journal";
+
+/// One entry found in a segment.
+#[derive(Debug, Clone, Serialize)]
+pub struct EntryInfo {
+    pub op: u64,
+    /// `data`, `truncate`, `commit` or `snapshot`.
+    pub kind: &'static str,
+    /// Payload length in bytes.
+    pub len: u32,
+    /// The stored payload crc32.
+    pub checksum: String,
+    /// Whether the payload matches it.
+    pub checksum_ok: bool,
+    pub seq: u64,
+    pub commit_op: u64,
+    pub file: String,
+    pub offset: u64,
+}
+
+/// Where a segment's walk stopped short of its end (non-zero bytes that do not decode).
+#[derive(Debug, Clone, Serialize)]
+pub struct WalkStop {
+    pub file: String,
+    pub offset: u64,
+    pub reason: String,
+}
+
+/// One segment file as walked.
+#[derive(Debug, Clone, Serialize)]
+pub struct SegmentSummary {
+    pub file: String,
+    pub len_bytes: u64,
+    /// End of the last entry that decoded (the rest is preallocated zeroes or a stop).
+    pub used_bytes: u64,
+    pub entries: u64,
+    /// Lowest and highest op of its data entries.
+    pub first_op: Option<u64>,
+    pub last_op: Option<u64>,
+    pub stop: Option<WalkStop>,
+}
+
+/// Walks every segment of the engine directory `root` in order, handing each entry to `visit`.
+/// An engine directory without a journal has no segments.
+pub async fn walk_journal(
+    root: &FsDirectory,
+    mut visit: impl FnMut(&EntryInfo),
+) -> Result<Vec<SegmentSummary>, CliError> {
+    let io_error = |source| {
+        CliError::io(
+            format!("reading {}/{JOURNAL_DIR}", root.path().display()),
+            source,
+        )
+    };
+    if !root.exists(JOURNAL_DIR).await.map_err(io_error)? {
+        return Ok(Vec::new());
+    }
+    let journal = root.open_dir(JOURNAL_DIR, false).await.map_err(io_error)?;
+    let mut summaries = Vec::new();
+    for name in journal.list().await.map_err(io_error)? {
+        if parse_segment_file_name(&name).is_none() {
+            continue;
+        }
+        let file = journal
+            .open_file(&name, OpenMode::ReadOnly)
+            .await
+            .map_err(io_error)?;
+        let bytes = file
+            .read_exact_at(0, file.len() as usize)
+            .await
+            .map_err(io_error)?;
+        summaries.push(walk_segment(&name, &bytes, &mut visit));
+    }
+    Ok(summaries)
+}
+
+/// Walks one segment's bytes.
+fn walk_segment(name: &str, bytes: &[u8], visit: &mut impl FnMut(&EntryInfo)) -> SegmentSummary {
+    let mut summary = SegmentSummary {
+        file: name.to_string(),
+        len_bytes: bytes.len() as u64,
+        used_bytes: 0,
+        entries: 0,
+        first_op: None,
+        last_op: None,
+        stop: None,
+    };
+    if let Err(fault) = SegmentHeader::decode(bytes) {
+        summary.stop = Some(stop(name, 0, format!("segment header: {fault:?}")));
+        return summary;
+    }
+    let mut offset = SEGMENT_HEADER_BYTES;
+    while offset < bytes.len() {
+        let header = match EntryHeader::decode(&bytes[offset..]) {
+            Ok((header, _)) => header,
+            Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(&bytes[offset..]) => break,
+            Err(fault) => {
+                summary.stop = Some(stop(name, offset, format!("entry header: {fault:?}")));
+                break;
+            }
+        };
+        let end = offset + header.entry_len_bytes();
+        if end > bytes.len() {
+            let reason = "entry runs past the end of the file".to_string();
+            summary.stop = Some(stop(name, offset, reason));
+            break;
+        }
+        let entry = entry_info(name, offset, &header, &bytes[offset..end]);
+        summary.entries += 1;
+        if entry.kind == "data" {
+            summary.first_op = Some(summary.first_op.map_or(entry.op, |op| op.min(entry.op)));
+            summary.last_op = Some(summary.last_op.map_or(entry.op, |op| op.max(entry.op)));
+        }
+        visit(&entry);
+        offset = end;
+    }
+    summary.used_bytes = offset.min(bytes.len()) as u64;
+    summary
+}
+
+fn stop(name: &str, offset: usize, reason: String) -> WalkStop {
+    WalkStop {
+        file: name.to_string(),
+        offset: offset as u64,
+        reason,
+    }
+}
+
+fn all_zero(bytes: &[u8]) -> bool {
+    bytes.iter().all(|&b| b == 0)
+}
+
+fn entry_info(name: &str, offset: usize, header: &EntryHeader, entry: &[u8]) -> EntryInfo {
+    let payload = &entry[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + header.payload_len as usize];
+    EntryInfo {
+        op: header.op,
+        kind: header.kind.name(),
+        len: header.payload_len,
+        checksum: format!("{:#010x}", header.payload_crc),
+        checksum_ok: payload_crc(payload) == header.payload_crc,
+        seq: header.seq,
+        commit_op: header.commit_op,
+        file: name.to_string(),
+        offset: offset as u64,
+    }
+}
