@@ -199,3 +199,47 @@ fn entries_of_kind(bytes: &[u8], kind: EntryKind) -> Vec<RawEntry> {
         .filter(|e| e.kind == kind)
         .collect()
 }
+
+#[test]
+fn a_shard_set_reports_each_shard_and_its_worst_status() {
+    let temp = tempfile::tempdir().unwrap();
+    let set = temp.path().join("set");
+    let args = [
+        "--shards",
+        "2",
+        "--sync",
+        "batch",
+        "--checkpoint-every",
+        "0",
+    ];
+    bench_into_shards(&set, 400, &args);
+    let segment = segments(&set.join("shard-1")).pop().unwrap();
+    let mut bytes = fs::read(&segment).unwrap();
+    let data = entries_of_kind(&bytes, EntryKind::Data);
+    let victim = data[data.len() / 3];
+    bytes[victim.offset + 70] ^= 0x01;
+    fs::write(&segment, &bytes).unwrap();
+
+    let verify = run_json(&["verify", path_str(&set), "--json"], 4);
+    assert_eq!(verify["status"], "corrupt", "{verify}");
+    assert_eq!(verify["shards"][0]["shard"], 0);
+    assert_eq!(verify["shards"][0]["status"], "clean", "{verify}");
+    assert_eq!(verify["shards"][1]["shard"], 1);
+    assert_eq!(verify["shards"][1]["status"], "corrupt", "{verify}");
+    let recover = run_json(&["recover", path_str(&set), "--json"], 4);
+    assert_eq!(recover["status"], "refused", "{recover}");
+    assert_eq!(recover["shards"][0]["status"], "clean", "{recover}");
+    assert_eq!(recover["shards"][0]["last_op"], 200, "{recover}");
+    assert_eq!(recover["shards"][1]["status"], "refused", "{recover}");
+    assert!(recover["shards"][1]["error"].is_string(), "{recover}");
+}
+
+/// Like `bench_into` but with the shard count in `extra`.
+fn bench_into_shards(dir: &Path, ops: u64, extra: &[&str]) {
+    let ops = ops.to_string();
+    let mut args = vec!["bench", "--dir", path_str(dir), "--ops", &ops];
+    args.extend_from_slice(&["--segment-mib", "1", "--no-pin", "--json"]);
+    args.extend_from_slice(extra);
+    let report = run_json(&args, 0);
+    assert_eq!(report["state_verified"], Value::Bool(true), "{report}");
+}
