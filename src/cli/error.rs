@@ -36,6 +36,10 @@ pub enum CliError {
     #[error("shard {shard}: {reason}")]
     ShardDied { shard: usize, reason: String },
 
+    /// A bug in the binary itself (an invariant that should hold did not).
+    #[error("internal error: {0}")]
+    Internal(String),
+
     /// The bench's recovered state differs from the state before close.
     #[error("shard {shard}: the recovered state differs from the state before close ({detail})")]
     StateMismatch { shard: usize, detail: String },

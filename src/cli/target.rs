@@ -8,10 +8,8 @@ use std::path::{Path, PathBuf};
 use keel_engine::{shard_dir_name, LOCK_FILE, SNAPSHOTS_DIR};
 use keel_storage::{Directory, FsDirectory};
 
+use super::walk::JOURNAL_DIR;
 use super::CliError;
-
-/// The journal's directory name under an engine directory (DESIGN §3).
-const JOURNAL_DIR: &str = "journal";
 
 /// One engine directory to act on; `shard` is set for a member of a shard set.
 #[derive(Debug, Clone)]

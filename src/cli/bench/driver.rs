@@ -111,9 +111,11 @@ async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
         run.acks.record(plan.shard, &ops)?;
     }
     let stats = engine.stats();
-    let engine = Rc::try_unwrap(engine).map_err(|_| CliError::ShardDied {
-        shard: plan.shard,
-        reason: "a task still holds the engine after the run".into(),
+    let engine = Rc::try_unwrap(engine).map_err(|_| {
+        CliError::Internal(format!(
+            "shard {}: a task still holds the engine after the run",
+            plan.shard
+        ))
     })?;
     let check = close_and_recover(plan, root, engine).await?;
     Ok(ShardResult {
@@ -180,7 +182,7 @@ struct Pipeline<'p> {
 impl<'p> Pipeline<'p> {
     fn new(plan: &'p ShardPlan) -> Result<Self, CliError> {
         let latency_us = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .map_err(|error| CliError::Usage(format!("latency histogram: {error}")))?;
+            .map_err(|error| CliError::Internal(format!("latency histogram: {error}")))?;
         Ok(Self {
             plan,
             window: VecDeque::with_capacity(plan.depth),
