@@ -19,7 +19,7 @@ use openraft::{BasicNode, Config, ConfigError, SnapshotPolicy};
 
 use crate::error::RaftStoreError;
 use crate::kv::KvRequest;
-use crate::network::{serve, Connection, NetworkFactory, NodeStatus};
+use crate::network::{serve, Connection, NetworkFactory, NodeContext, NodeStatus};
 use crate::store::{open, OpenReport, StoreConfig};
 use crate::{Raft, TypeConfig};
 
@@ -124,7 +124,13 @@ pub fn run_node(
             .map_err(io_error("set listener non-blocking"))?;
         let listener =
             compio::net::TcpListener::from_std(listener).map_err(io_error("adopt listener"))?;
-        compio::runtime::spawn(serve(listener, raft.clone(), sm.clone(), id)).detach();
+        let context = NodeContext {
+            id,
+            raft: raft.clone(),
+            sm: sm.clone(),
+            log: log.clone(),
+        };
+        compio::runtime::spawn(serve(listener, context)).detach();
         if config.initialize {
             let members: BTreeMap<u64, BasicNode> = config
                 .members
@@ -200,10 +206,11 @@ impl NodeHandle {
     }
 }
 
+/// Listeners by node id, and the members' addresses by node id.
+pub type Bound = (BTreeMap<u64, std::net::TcpListener>, BTreeMap<u64, String>);
+
 /// Binds one loopback listener per id on an ephemeral port; returns them and the address map.
-pub fn bind_listeners(
-    ids: impl IntoIterator<Item = u64>,
-) -> Result<(BTreeMap<u64, std::net::TcpListener>, BTreeMap<u64, String>), ClusterError> {
+pub fn bind_listeners(ids: impl IntoIterator<Item = u64>) -> Result<Bound, ClusterError> {
     let mut listeners = BTreeMap::new();
     let mut addrs = BTreeMap::new();
     for id in ids {

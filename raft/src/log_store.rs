@@ -34,9 +34,9 @@ use crate::meta::{self, Meta};
 use crate::typ::{Entry, IOFlushed, LogId, LogState, Vote};
 use crate::{index_of, op_of};
 
-/// How long a commit watermark may wait for a later entry to carry it to disk before an explicit
-/// commit marker is written. Under load the next batch carries it for free; the marker only
-/// matters when the log goes idle, so a restart does not re-apply more than it must.
+/// How long the log must be idle before the commit watermark is written with an explicit marker.
+/// Under load every later entry carries it for free; the marker only matters once the log goes
+/// idle, so that a restart re-applies everything committed without asking a peer.
 const COMMIT_MARKER_DELAY: Duration = Duration::from_millis(10);
 
 type Done = Shared<oneshot::Receiver<()>>;
@@ -189,26 +189,36 @@ impl<D: Directory + 'static> LogStore<D> {
         }
     }
 
-    /// Makes the commit watermark durable after [`COMMIT_MARKER_DELAY`] unless an entry written
-    /// meanwhile already carried it (see the constant's docs).
+    /// Makes the commit watermark durable once the log has been idle for [`COMMIT_MARKER_DELAY`]
+    /// (see the constant's docs). While appends keep coming they carry the watermark, so the
+    /// task only re-arms; it ends at the first idle period, or when the store is dropped.
     fn schedule_commit_marker(&self) {
         if self.inner.commit_marker_scheduled.replace(true) {
             return;
         }
         // Weak: a pending marker must not keep a dropped store (and its directory lock) alive.
         let weak = Rc::downgrade(&self.inner);
+        let mut seen_appends = self.inner.journal.stats().appends;
         compio::runtime::spawn(async move {
-            compio::time::sleep(COMMIT_MARKER_DELAY).await;
-            let Some(inner) = weak.upgrade() else {
+            loop {
+                compio::time::sleep(COMMIT_MARKER_DELAY).await;
+                let Some(inner) = weak.upgrade() else {
+                    return;
+                };
+                let appends = inner.journal.stats().appends;
+                if appends != seen_appends {
+                    seen_appends = appends;
+                    continue;
+                }
+                let store = LogStore { inner };
+                store.inner.commit_marker_scheduled.set(false);
+                if store.inner.chain.check().is_err() || !store.commit_not_durable() {
+                    return;
+                }
+                if let Err(error) = store.inner.journal.persist_commit().await {
+                    store.inner.chain.fail(&error.into());
+                }
                 return;
-            };
-            let store = LogStore { inner };
-            store.inner.commit_marker_scheduled.set(false);
-            if store.inner.chain.check().is_err() || !store.commit_not_durable() {
-                return;
-            }
-            if let Err(error) = store.inner.journal.persist_commit().await {
-                store.inner.chain.fail(&error.into());
             }
         })
         .detach();
@@ -438,9 +448,8 @@ pub(crate) async fn load_entries<D: Directory>(
     let first_index = last_purged.map(|l| l.index + 1).unwrap_or(0);
     let mut reader = journal.reader(op_of(first_index));
     let mut entries = BTreeMap::new();
-    let mut expected = first_index;
     // The ring holds at most `slot_count` live ops above the watermark; more is a bug.
-    for _ in 0..=slot_count {
+    for expected in (first_index..).take(slot_count as usize + 1) {
         let Some(raw) = reader.next().await? else {
             return Ok((entries, None));
         };
@@ -458,7 +467,6 @@ pub(crate) async fn load_entries<D: Directory>(
             });
         }
         entries.insert(index, entry);
-        expected += 1;
     }
     Err(RaftStoreError::Config(format!(
         "the journal returned more than slot_count ({slot_count}) live entries"

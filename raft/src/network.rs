@@ -30,7 +30,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::KvRequest;
 use crate::typ::{LogId, Snapshot, SnapshotData, SnapshotMeta, Vote};
-use crate::{Raft, StateMachineStore, TypeConfig};
+use crate::{LogStore, Raft, StateMachineStore, TypeConfig};
+use keel_storage::FsDirectory;
 
 /// Largest frame accepted either way (a snapshot travels as one frame).
 pub const MAX_FRAME_BYTES: usize = 256 << 20;
@@ -75,6 +76,10 @@ pub struct NodeStatus {
     pub digest: u64,
     pub current_leader: Option<u64>,
     pub current_term: u64,
+    /// The node's journal counters: fdatasyncs, group-commit batches, entries appended.
+    pub fsyncs: u64,
+    pub journal_batches: u64,
+    pub journal_appends: u64,
 }
 
 /// Result of a client write as it crosses the wire.
@@ -284,13 +289,18 @@ impl RaftNetworkV2<TypeConfig> for Connection {
     }
 }
 
+/// What a node's server answers from.
+#[derive(Clone)]
+pub struct NodeContext {
+    pub id: u64,
+    pub raft: Raft,
+    pub sm: StateMachineStore<FsDirectory>,
+    pub log: LogStore<FsDirectory>,
+}
+
 /// Accepts connections until the runtime stops; one task per connection.
-pub async fn serve(
-    listener: TcpListener,
-    raft: Raft,
-    sm: StateMachineStore<keel_storage::FsDirectory>,
-    id: u64,
-) {
+pub async fn serve(listener: TcpListener, node: NodeContext) {
+    let id = node.id;
     // Bounded by the runtime: the node's thread drops this task when it shuts down.
     loop {
         let (stream, peer) = match listener.accept().await {
@@ -304,10 +314,9 @@ pub async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(id, %error, "set_nodelay failed");
         }
-        let raft = raft.clone();
-        let sm = sm.clone();
+        let node = node.clone();
         compio::runtime::spawn(async move {
-            if let Err(error) = serve_connection(stream, raft, sm, id).await {
+            if let Err(error) = serve_connection(stream, node).await {
                 tracing::debug!(id, %peer, %error, "connection closed");
             }
         })
@@ -315,12 +324,8 @@ pub async fn serve(
     }
 }
 
-async fn serve_connection(
-    mut stream: TcpStream,
-    raft: Raft,
-    sm: StateMachineStore<keel_storage::FsDirectory>,
-    id: u64,
-) -> io::Result<()> {
+async fn serve_connection(mut stream: TcpStream, node: NodeContext) -> io::Result<()> {
+    let NodeContext { id, raft, sm, log } = node;
     loop {
         let body = read_frame(&mut stream).await?;
         let request: RpcRequest = serde_json::from_slice(&body)
@@ -346,7 +351,11 @@ async fn serve_connection(
             RpcRequest::Status => {
                 use openraft::async_runtime::watch::WatchReceiver;
                 let metrics = raft.metrics().borrow_watched().clone();
+                let journal = log.journal_stats();
                 to_json(&NodeStatus {
+                    fsyncs: journal.fsyncs,
+                    journal_batches: journal.batches,
+                    journal_appends: journal.appends,
                     id,
                     last_applied: sm.last_applied(),
                     keys: sm.len() as u64,
