@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::output::{self, Outcome};
-use super::target::{self, EngineDir};
+use super::target;
 use super::walk::{walk_journal, EntryInfo, WalkStop};
 use super::{readonly, DirArg};
 
@@ -45,14 +45,13 @@ pub async fn run(args: DumpArgs) -> Result<u8, CliError> {
         )));
     }
     let target = target::resolve(&args.dir.dir).await?;
-    let mut outcomes: Vec<(EngineDir, Outcome)> = Vec::new();
-    for dir in target.engines() {
-        let outcome = match dump_one(&dir.path, args.from, to).await {
+    let outcomes = output::for_each_engine(&target, "dumping", |dir| async move {
+        match dump_one(&dir.path, args.from, to).await {
             Ok(report) => outcome_of(report),
             Err(error) => Outcome::failure(&error, "error"),
-        };
-        outcomes.push((dir, outcome));
-    }
+        }
+    })
+    .await;
     Ok(output::print(&target, outcomes, args.json))
 }
 

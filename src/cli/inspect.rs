@@ -10,7 +10,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 use super::output::{self, Outcome};
-use super::target::{self, EngineDir};
+use super::target;
 use super::walk::{walk_journal, SegmentSummary};
 use super::{readonly, tool_config, DirArg, Mode, SLOT_COUNT};
 
@@ -51,14 +51,13 @@ pub struct InspectReport {
 
 pub async fn run(args: InspectArgs) -> Result<u8, CliError> {
     let target = target::resolve(&args.dir.dir).await?;
-    let mut outcomes: Vec<(EngineDir, Outcome)> = Vec::new();
-    for dir in target.engines() {
-        let outcome = match inspect_one(&dir.path).await {
+    let outcomes = output::for_each_engine(&target, "inspecting", |dir| async move {
+        match inspect_one(&dir.path).await {
             Ok(report) => Outcome::from_report("ok", 0, 0, &report, report_text(&report)),
             Err(error) => Outcome::failure(&error, "error"),
-        };
-        outcomes.push((dir, outcome));
-    }
+        }
+    })
+    .await;
     Ok(output::print(&target, outcomes, args.json))
 }
 

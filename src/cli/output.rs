@@ -1,6 +1,11 @@
 //! Printing what a tool found on each engine: alone for an engine directory, or as a shard set
 //! (`{"status": <worst>, "shards": [{"shard": i, ...}]}`), as text or one JSON object.
 
+use std::future::Future;
+use std::io::IsTerminal;
+use std::time::Duration;
+
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use serde::Serialize;
 use serde_json::{Map, Value};
 
@@ -127,5 +132,58 @@ fn print_text(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, worst: &str)
     }
     if set {
         println!("shard set: {} shard(s), status {worst}", outcomes.len());
+    }
+}
+
+/// Runs `one` on every engine of `target` in order, with a spinner on stderr when it is a
+/// terminal (quiet otherwise), and collects the outcomes.
+pub async fn for_each_engine<F, Fut>(
+    target: &Target,
+    verb: &str,
+    mut one: F,
+) -> Vec<(EngineDir, Outcome)>
+where
+    F: FnMut(EngineDir) -> Fut,
+    Fut: Future<Output = Outcome>,
+{
+    let spinner = Spinner::new();
+    let mut outcomes = Vec::new();
+    for dir in target.engines() {
+        spinner.show(&format!("{verb} {}", dir.path.display()));
+        let outcome = one(dir.clone()).await;
+        outcomes.push((dir, outcome));
+    }
+    spinner.finish();
+    outcomes
+}
+
+/// A spinner on stderr while a tool scans, only on a terminal.
+struct Spinner {
+    bar: Option<ProgressBar>,
+}
+
+impl Spinner {
+    fn new() -> Self {
+        let bar = std::io::stderr().is_terminal().then(|| {
+            let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr());
+            if let Ok(style) = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]") {
+                bar.set_style(style);
+            }
+            bar.enable_steady_tick(Duration::from_millis(100));
+            bar
+        });
+        Spinner { bar }
+    }
+
+    fn show(&self, message: &str) {
+        if let Some(bar) = &self.bar {
+            bar.set_message(message.to_string());
+        }
+    }
+
+    fn finish(self) {
+        if let Some(bar) = self.bar {
+            bar.finish_and_clear();
+        }
     }
 }

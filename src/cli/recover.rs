@@ -9,7 +9,7 @@ use keel_storage::FsDirectory;
 
 use super::error::{CliError, EXIT_CORRUPT};
 use super::output::{self, Outcome};
-use super::target::{self, EngineDir};
+use super::target;
 use super::{tool_config, DirArg, Mode};
 
 #[derive(Debug, clap::Args)]
@@ -26,14 +26,13 @@ pub struct RecoverArgs {
 
 pub async fn run(args: RecoverArgs) -> Result<u8, CliError> {
     let target = target::resolve(&args.dir.dir).await?;
-    let mut outcomes: Vec<(EngineDir, Outcome)> = Vec::new();
-    for dir in target.engines() {
-        let outcome = match recover_one(&dir.path, args.mode).await {
+    let outcomes = output::for_each_engine(&target, "recovering", |dir| async move {
+        match recover_one(&dir.path, args.mode).await {
             Ok(report) => outcome_of(&report),
             Err(error) => Outcome::failure(&error, "refused"),
-        };
-        outcomes.push((dir, outcome));
-    }
+        }
+    })
+    .await;
     Ok(output::print(&target, outcomes, args.json))
 }
 

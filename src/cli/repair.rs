@@ -10,7 +10,7 @@ use keel_storage::FsDirectory;
 use super::error::CliError;
 use super::output::{self, Outcome};
 use super::recover::outcome_of;
-use super::target::{self, EngineDir};
+use super::target;
 use super::{tool_config, DirArg, Mode};
 
 #[derive(Debug, clap::Args)]
@@ -27,14 +27,13 @@ pub struct RepairArgs {
 
 pub async fn run(args: RepairArgs) -> Result<u8, CliError> {
     let target = target::resolve(&args.dir.dir).await?;
-    let mut outcomes: Vec<(EngineDir, Outcome)> = Vec::new();
-    for dir in target.engines() {
-        let outcome = match repair_one(&dir.path, args.mode).await {
+    let outcomes = output::for_each_engine(&target, "repairing", |dir| async move {
+        match repair_one(&dir.path, args.mode).await {
             Ok(report) => outcome_of(&report),
             Err(error) => Outcome::failure(&error, "refused"),
-        };
-        outcomes.push((dir, outcome));
-    }
+        }
+    })
+    .await;
     Ok(output::print(&target, outcomes, args.json))
 }
 

@@ -7,7 +7,7 @@ use keel_engine::{VerifyReport, VerifyStatus};
 
 use super::error::{CliError, EXIT_CORRUPT, EXIT_TORN_TAIL};
 use super::output::{self, Outcome};
-use super::target::{self, EngineDir};
+use super::target;
 use super::{readonly, tool_config, DirArg, Mode};
 
 #[derive(Debug, clap::Args)]
@@ -21,14 +21,13 @@ pub struct VerifyArgs {
 
 pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
     let target = target::resolve(&args.dir.dir).await?;
-    let mut outcomes: Vec<(EngineDir, Outcome)> = Vec::new();
-    for dir in target.engines() {
-        let outcome = match verify_one(&dir.path).await {
+    let outcomes = output::for_each_engine(&target, "verifying", |dir| async move {
+        match verify_one(&dir.path).await {
             Ok(report) => outcome_of(&report),
             Err(error) => Outcome::failure(&error, "corrupt"),
-        };
-        outcomes.push((dir, outcome));
-    }
+        }
+    })
+    .await;
     Ok(output::print(&target, outcomes, args.json))
 }
 
