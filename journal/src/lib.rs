@@ -643,8 +643,9 @@ impl<D: Directory> MetadataJournal<D> {
                 .map(|h| (h.file.clone(), h.name.clone()))
         };
         if let (Some((file, name)), true) = (active, self.config.preallocate) {
+            let target = self.preallocation_target(file.len(), file.len());
             if file.len() < self.config.segment_bytes {
-                file.preallocate(self.config.segment_bytes)
+                file.preallocate(target)
                     .await
                     .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
                 file.sync()
@@ -819,7 +820,7 @@ impl<D: Directory> MetadataJournal<D> {
         let end = ENTRY_HEADER_BYTES + header.payload_len as usize;
         Ok(Some(Entry {
             op,
-            payload: Bytes::copy_from_slice(&bytes[ENTRY_HEADER_BYTES..end]),
+            payload: Bytes::from(bytes).slice(ENTRY_HEADER_BYTES..end),
         }))
     }
 

@@ -25,6 +25,11 @@ use crate::segment;
 use crate::slots::{check_op, Location, SlotRefusal};
 use crate::{MetadataJournal, SegmentHandle};
 
+/// Zeroes are written ahead of the write cursor in steps of an eighth of a segment, at most this
+/// much (a whole 64 MiB segment at once would stall the group that rotates for as long as it takes
+/// to write and fsync it). A new step starts when a write comes within half a step of the end.
+const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
+
 /// Why a group commit failed; cloned to every entry it covered.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
@@ -494,7 +499,9 @@ impl<D: Directory> MetadataJournal<D> {
                 let file = segment::create(
                     &self.dir,
                     &header,
-                    self.config.preallocate.then_some(self.config.segment_bytes),
+                    self.config
+                        .preallocate
+                        .then(|| self.preallocation_target(0, 0)),
                 )
                 .await?;
                 let name = crate::format::segment_file_name(header.segment_no);
@@ -522,6 +529,20 @@ impl<D: Directory> MetadataJournal<D> {
                     .expect("a run's segment exists before its bytes are written");
                 (handle.file.clone(), handle.name.clone())
             };
+            let run_end = run.offset_bytes + run.buf.len() as u64;
+            if self.config.preallocate
+                && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
+            {
+                // Keep zero-written space ahead of the cursor in steps, so a durable write
+                // overwrites instead of extending, without one large zero-fill stalling a group
+                // at rotation. The group's fsync below covers these zeroes too.
+                let target = self.preallocation_target(file.len(), run_end);
+                if target > file.len() {
+                    file.preallocate(target)
+                        .await
+                        .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
+                }
+            }
             let buf = std::mem::take(&mut run.buf);
             let BufResult(result, _) = file.write_all_at(run.offset_bytes, buf).await;
             result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
@@ -531,6 +552,18 @@ impl<D: Directory> MetadataJournal<D> {
             self.sync_dirty().await?;
         }
         Ok(())
+    }
+
+    /// How far to preallocate a segment whose zeroed space ends at `current_end` when a write
+    /// reaches `needed_end`: one step past both, never past the segment size (unless one entry
+    /// alone is larger).
+    pub(crate) fn preallocation_target(&self, current_end: u64, needed_end: u64) -> u64 {
+        let step_end = current_end.max(needed_end) + self.preallocation_step();
+        step_end.min(self.config.segment_bytes.max(needed_end))
+    }
+
+    fn preallocation_step(&self) -> u64 {
+        (self.config.segment_bytes / 8).clamp(512, PREALLOCATE_STEP_MAX_BYTES)
     }
 
     /// One fsync per segment written since the last sync.
