@@ -1,8 +1,10 @@
 //! The `keel` command line: argument types (clap derive), dispatch, logging.
 //!
-//! One file per command; `target.rs` decides whether a path is an engine directory or a shard set,
-//! `output.rs` prints per-engine outcomes alone or as a shard set, `error.rs` maps errors to exit
-//! codes.
+//! One file per command (`bench/` is a directory: driver, workload, report, progress). Around
+//! them: `target.rs` decides whether a path is an engine directory or a shard set (looking only),
+//! `readonly.rs` opens one read-only, `walk.rs` walks segment bytes for `inspect` and `dump`,
+//! `output.rs` runs a tool on every engine and prints the outcomes alone or as a shard set,
+//! `signal.rs` turns Ctrl-C into a clean stop, `error.rs` maps errors to exit codes.
 
 mod bench;
 mod dump;
