@@ -3,6 +3,7 @@
 //! aggregated into a table or one JSON object (`report.rs`). Exit 0, or 1 on an error (a state
 //! that did not survive the reopen included).
 
+mod baseline;
 mod driver;
 mod progress;
 mod report;
@@ -81,6 +82,9 @@ pub struct BenchArgs {
     /// Journal segment size in MiB.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub segment_mib: u64,
+    /// Also run a plain std::fs write + fdatasync loop with the same ops, for comparison.
+    #[arg(long)]
+    pub baseline: bool,
     /// Do not pin shard threads to cores.
     #[arg(long)]
     pub no_pin: bool,
@@ -185,7 +189,18 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     let threads =
         signal::with_signals_blocked(|| spawn_shards(&args, &settings, workdir.path(), &progress))?;
     let results = wait_for_shards(threads, &progress, settings.ops)?;
-    let report = BenchReport::new(&settings, &results, signal::stop_requested());
+    let mut report = BenchReport::new(&settings, &results, signal::stop_requested());
+    if args.baseline && !report.interrupted {
+        let workload = workload_of(&args, &settings);
+        report.baseline = Some(baseline::run(
+            workdir.path(),
+            settings.shards,
+            report.ops,
+            settings.depth,
+            settings.sync,
+            workload,
+        )?);
+    }
     if args.json {
         println!(
             "{}",
@@ -218,10 +233,7 @@ fn spawn_shards(
     let cores = thread::available_parallelism().map_or(1, |n| n.get());
     let abort = Arc::new(AtomicBool::new(false));
     let config = engine_config(args);
-    let workload = Workload {
-        entry_bytes: settings.entry_bytes,
-        keys: args.keys,
-    };
+    let workload = workload_of(args, settings);
     let mut threads = Vec::with_capacity(settings.shards);
     for shard in 0..settings.shards {
         let plan = ShardPlan {
@@ -253,6 +265,13 @@ fn spawn_shards(
         }
     }
     Ok(threads)
+}
+
+fn workload_of(args: &BenchArgs, settings: &Settings) -> Workload {
+    Workload {
+        entry_bytes: settings.entry_bytes,
+        keys: args.keys,
+    }
 }
 
 /// Shard `shard`'s part of `total` ops (the remainder goes to the first shards).

@@ -8,6 +8,7 @@ use hdrhistogram::Histogram;
 use keel_engine::EngineStats;
 use serde::Serialize;
 
+use super::baseline::Baseline;
 use super::driver::ShardResult;
 use super::Settings;
 
@@ -49,6 +50,8 @@ pub struct BenchReport {
     pub state_digests: Vec<String>,
     pub interrupted: bool,
     pub dir: Option<String>,
+    /// `--baseline`: the plain write + fdatasync loop on the same ops.
+    pub baseline: Option<Baseline>,
 }
 
 impl BenchReport {
@@ -93,6 +96,7 @@ impl BenchReport {
                 .collect(),
             interrupted,
             dir: settings.keep_dir.clone(),
+            baseline: None,
         }
     }
 
@@ -157,6 +161,18 @@ impl BenchReport {
         ];
         for (name, value) in rows {
             out.push_str(&format!("  {name:<15} {value}\n"));
+        }
+        if let Some(baseline) = &self.baseline {
+            out.push_str(&format!(
+                "  {:<15} {:.0} ops/s   {:.2} MB/s   p50 {} µs   p99 {} µs   {} fsyncs   (keel at {:.0}%)\n",
+                "plain loop",
+                baseline.ops_per_sec,
+                baseline.mb_per_sec,
+                baseline.p50_us,
+                baseline.p99_us,
+                baseline.fsyncs,
+                100.0 * self.ops_per_sec / baseline.ops_per_sec.max(1e-9),
+            ));
         }
         if let Some(dir) = &self.dir {
             out.push_str(&format!("  {:<15} {dir}\n", "directory"));
