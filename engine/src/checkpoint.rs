@@ -136,12 +136,16 @@ async fn run_steps<D: Directory, M: StateMachine>(
     };
 
     // 1. Snapshot at the applied op. Only committed ops are ever applied, so S <= commit.
-    let (snapshot_op, state) = {
+    let (snapshot_op, previous_snapshot_op, state) = {
         let inner = engine.inner.borrow();
         if inner.applied_op <= inner.snapshot_op {
             return Ok(None);
         }
-        (inner.applied_op, inner.state_machine.snapshot())
+        (
+            inner.applied_op,
+            inner.snapshot_op,
+            inner.state_machine.snapshot(),
+        )
     };
     step(CheckpointStep::SnapshotTaken)?;
 
@@ -151,9 +155,15 @@ async fn run_steps<D: Directory, M: StateMachine>(
     engine.inner.borrow_mut().snapshot_op = snapshot_op;
     step(CheckpointStep::Persisted)?;
 
-    // 3. The journal may now forget ops at or below S.
-    if engine.journal.snapshot_op() < snapshot_op {
-        engine.journal.set_snapshot_op(snapshot_op).await?;
+    // 3. The journal may now forget ops at or below S (or, keeping a fallback, at or below the
+    //    previous snapshot).
+    let watermark = if engine.config.journal_covers_previous_snapshot {
+        previous_snapshot_op
+    } else {
+        snapshot_op
+    };
+    if engine.journal.snapshot_op() < watermark {
+        engine.journal.set_snapshot_op(watermark).await?;
     }
     step(CheckpointStep::WatermarkSet)?;
 

@@ -88,6 +88,12 @@ pub struct EngineConfig {
     /// Test-only seam: called at every step boundary of the checkpoint coordinator; returning
     /// [`StepAction::Halt`] stops the checkpoint there, as a crash would.
     pub step_hook: Option<StepHook>,
+    /// Move the journal's watermark only to the *previous* snapshot at each checkpoint, so the
+    /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
+    /// can then always fall back to the older one. Costs journal capacity (the ring holds up to
+    /// two checkpoint intervals) and checkpoints about twice as often under the automatic
+    /// trigger. Off by default: DESIGN §5 moves the watermark to the new snapshot.
+    pub journal_covers_previous_snapshot: bool,
 }
 
 impl Default for EngineConfig {
@@ -101,6 +107,7 @@ impl Default for EngineConfig {
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_snapshot_bytes: 1 << 30,
             step_hook: None,
+            journal_covers_previous_snapshot: false,
         }
     }
 }
@@ -113,6 +120,10 @@ impl fmt::Debug for EngineConfig {
             .field("checkpoint_margin_ops", &self.checkpoint_margin_ops)
             .field("max_snapshot_bytes", &self.max_snapshot_bytes)
             .field("step_hook", &self.step_hook.as_ref().map(|_| "set"))
+            .field(
+                "journal_covers_previous_snapshot",
+                &self.journal_covers_previous_snapshot,
+            )
             .finish()
     }
 }

@@ -190,7 +190,8 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     // 1. The newest valid snapshot.
     let mut chosen: Option<(u64, Vec<u8>)> = None;
     let mut quarantined_max_op = 0u64;
-    for op in snapshots.list().await?.into_iter().rev() {
+    let snapshot_ops = snapshots.list().await?;
+    for &op in snapshot_ops.iter().rev() {
         match snapshots.load(op).await {
             Ok(bytes) => {
                 chosen = Some((op, bytes));
@@ -230,6 +231,13 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         None => (0, None),
     };
     drop(chosen);
+    // The snapshot the journal must still cover from, with `journal_covers_previous_snapshot`.
+    let previous_snapshot_op = snapshot_ops
+        .iter()
+        .rev()
+        .find(|&&op| op < snapshot_op)
+        .copied()
+        .unwrap_or(0);
 
     // 2. The journal, repaired per the mode.
     let (journal, scan) = MetadataJournal::open(&root, config.journal.clone(), mode).await?;
@@ -353,13 +361,18 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         // A crash between a snapshot's directory fsync and the journal's watermark: finish that
         // checkpoint now, or the journal's capacity stays tied to the older watermark until the
         // next checkpoint — which may never come if nothing new is committed.
-        if snapshot_op > journal_snapshot_op {
+        let watermark = if config.journal_covers_previous_snapshot {
+            previous_snapshot_op
+        } else {
+            snapshot_op
+        };
+        if watermark > journal_snapshot_op {
             tracing::info!(
-                snapshot_op,
+                watermark,
                 journal_snapshot_op,
                 "completing an interrupted checkpoint"
             );
-            journal.set_snapshot_op(snapshot_op).await?;
+            journal.set_snapshot_op(watermark).await?;
             journal.compact().await?;
         }
         // Older snapshots a crash left behind (before the coordinator's last step).
@@ -411,10 +424,14 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         status = ?report.status,
         "engine recovered"
     );
-    // The watermark the engine resumes with is what it applied: after a point-in-time gap, the
-    // consensus layer re-prepares the missing ops and commits them again.
+    // The watermark the engine resumes with is what it applied (after a point-in-time gap, the
+    // consensus layer re-prepares the missing ops and commits them again). It is made durable
+    // in the journal now when it came from elsewhere: a snapshot proves its op committed only
+    // while it exists, and a quarantined one no longer does — a second crash must not forget
+    // what this recovery established.
     if applied_op > journal.commit_op().unwrap_or(0) {
         journal.set_commit_op(applied_op);
+        journal.persist_commit().await?;
     }
     let engine = Engine {
         root,

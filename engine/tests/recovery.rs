@@ -398,3 +398,115 @@ async fn recovery_completes_an_interrupted_checkpoint() {
         "moved by the first recovery"
     );
 }
+
+#[compio::test]
+async fn verify_is_read_only_and_names_problems() {
+    let fs = MemFs::new(16);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 12).await;
+    engine.checkpoint().await.unwrap().unwrap();
+    commit_range(&engine, 13, 20).await;
+    engine.close().await.unwrap();
+    let clean = keel_engine::verify(&fs.root_read_only(), &small_config())
+        .await
+        .unwrap();
+    assert_eq!(clean.status, keel_engine::VerifyStatus::Clean, "{clean:?}");
+    assert_eq!(clean.snapshots.len(), 1);
+    assert!(clean.snapshots[0].valid);
+    assert_eq!(clean.last_op, Some(20));
+
+    fs.flip_bit(&snap(12), 45, 1).unwrap();
+    let before = fs.read_raw(&snap(12)).unwrap();
+    let damaged = keel_engine::verify(&fs.root_read_only(), &small_config())
+        .await
+        .unwrap();
+    assert_eq!(damaged.status, keel_engine::VerifyStatus::Corrupt);
+    assert!(damaged
+        .problems
+        .iter()
+        .any(|p| p.kind == "snapshot_checksum" && p.op == Some(12)));
+    assert_eq!(
+        fs.read_raw(&snap(12)).unwrap(),
+        before,
+        "verify wrote nothing"
+    );
+    let json = serde_json::to_value(&damaged).unwrap();
+    for key in ["status", "first_op", "last_op", "problems"] {
+        assert!(json.get(key).is_some(), "{key}");
+    }
+    assert_eq!(json["status"], "corrupt");
+}
+
+#[compio::test]
+async fn repair_quarantines_without_replaying() {
+    let fs = MemFs::new(17);
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
+    fs.flip_bit(&snap(25), 50, 2).unwrap();
+    let report = keel_engine::repair(fs.root(), small_config())
+        .await
+        .unwrap();
+    assert_eq!(report.status, RecoveryStatus::Repaired);
+    assert_eq!(report.replayed, 0);
+    assert_eq!(report.repairs.len(), 1);
+    assert!(!fs.exists(&snap(25)));
+    // Repair is idempotent: a second run finds nothing to do.
+    let again = keel_engine::repair(fs.root(), small_config())
+        .await
+        .unwrap();
+    assert_eq!(again.status, RecoveryStatus::Clean, "{again:?}");
+    let (engine, _) = open(&fs, small_config()).await;
+    assert_eq!(*engine.state_machine(), model_through(25));
+}
+
+#[compio::test]
+async fn stats_count_what_happened() {
+    let fs = MemFs::new(18);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 30).await;
+    engine.checkpoint().await.unwrap().unwrap();
+    let stats = engine.stats();
+    assert_eq!(stats.appends, 30);
+    assert_eq!(stats.append_latency_us.count(), 30);
+    assert!(stats.append_bytes > 0);
+    assert_eq!(stats.commits, 30);
+    assert_eq!(stats.applied_ops, 30);
+    assert_eq!(stats.checkpoints, 1);
+    assert_eq!(stats.checkpoint_duration_us.count(), 1);
+    assert_eq!(stats.snapshot_op, 30);
+    assert!(stats.fsyncs >= 30, "sync on every append: {stats:?}");
+    assert!(stats.last_snapshot_bytes > 40);
+    let json = serde_json::to_value(&stats).unwrap();
+    assert!(json["append_latency_us"].get("p99").is_some());
+    drop(engine);
+    fs.crash();
+    let (engine, _) = open(&fs, small_config()).await;
+    let stats = engine.stats();
+    assert_eq!((stats.replayed_ops, stats.appends), (0, 0));
+    let mut total = stats.clone();
+    total.merge(&stats);
+    assert_eq!(total.applied_ops, 2 * stats.applied_ops);
+}
+
+#[compio::test]
+async fn journal_covering_the_previous_snapshot_makes_fallback_always_possible() {
+    let fs = MemFs::new(19);
+    let config = EngineConfig {
+        journal_covers_previous_snapshot: true,
+        ..small_config()
+    };
+    let (engine, _) = open(&fs, config.clone()).await;
+    commit_range(&engine, 1, 10).await;
+    engine.checkpoint().await.unwrap().unwrap();
+    commit_range(&engine, 11, 25).await;
+    engine.checkpoint().await.unwrap().unwrap(); // complete: watermark moves to 10, not 25
+    commit_range(&engine, 26, 30).await;
+    drop(engine);
+    fs.crash();
+    fs.flip_bit(&snap(25), 45, 0).unwrap();
+    let (engine, report) = open(&fs, config.clone()).await;
+    assert_eq!(report.snapshot_op, 10);
+    assert_eq!(report.applied_op, 30);
+    assert_eq!(report.journal_snapshot_op, 10);
+    assert_eq!(*engine.state_machine(), model_through(30));
+    // The same damage without the option is refused (the previous test's case).
+}

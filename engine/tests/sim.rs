@@ -40,6 +40,7 @@ struct Tally {
     back_pressure: u64,
     snapshots_damaged: u64,
     damaged_refused: u64,
+    damaged_recovered: u64,
     recovered_prepares: u64,
 }
 
@@ -94,6 +95,7 @@ fn sim_config(rng: &mut StdRng) -> EngineConfig {
     let mut config = small_config();
     config.journal.slot_count = *[32u64, 64, 128].choose(rng).unwrap();
     config.journal.segment_bytes = *[2048u64, 4096, 16384].choose(rng).unwrap();
+    config.journal_covers_previous_snapshot = rng.gen_bool(0.5);
     config.checkpoint_margin_ops = if rng.gen_bool(0.5) {
         0
     } else {
@@ -138,11 +140,21 @@ async fn reopen(
     model: &mut Model,
     seed: u64,
     snapshot_damaged: bool,
+    fallback_spent: bool,
 ) -> Option<KvEngine> {
     let (engine, report) =
         match Engine::open(fs.root(), config.clone(), KvStateMachine::new()).await {
             Ok(opened) => opened,
-            Err(error) if snapshot_damaged && error.is_corruption() => return None,
+            // Refusing is right only when the journal was allowed to forget the fallback's gap,
+            // or the fallback was already used up by an earlier damaged snapshot with no
+            // checkpoint since.
+            Err(error)
+                if snapshot_damaged
+                    && (!config.journal_covers_previous_snapshot || fallback_spent)
+                    && error.is_corruption() =>
+            {
+                return None
+            }
             Err(error) => panic!("seed {seed}: recovery failed: {error}"),
         };
     let applied = report.applied_op;
@@ -210,7 +222,10 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
     let config = sim_config(&mut rng);
     let faults = fault_config(&mut rng);
     let mut model = Model::default();
-    let mut engine = reopen(&fs, &config, &mut model, seed, false).await.unwrap();
+    let mut engine = reopen(&fs, &config, &mut model, seed, false, false)
+        .await
+        .unwrap();
+    let mut fallback_used_at: Option<u64> = None;
     if let Some(f) = &faults {
         fs.set_faults(f.clone());
     }
@@ -288,7 +303,11 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
                 failed = true;
             }
         } else if roll < 82 {
-            match engine.checkpoint().await {
+            let result = engine.checkpoint().await;
+            if trace {
+                eprintln!("  checkpoint -> {result:?}");
+            }
+            match result {
                 Ok(Some(_)) => tally.checkpoints += 1,
                 Ok(None) => {}
                 Err(_) => failed = true,
@@ -315,6 +334,9 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
             crash = true;
         }
         model.durable_commit = model.durable_commit.max(engine.durable_commit_op());
+        if fallback_used_at.is_some_and(|op| engine.snapshot_op() > op) {
+            fallback_used_at = None; // a new snapshot: the journal covers a fallback again
+        }
         if failed || crash {
             if trace {
                 eprintln!("  crash (failed: {failed})");
@@ -327,9 +349,13 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
             let mut damaged = false;
             if crash && rng.gen_bool(0.15) {
                 damaged = damage_newest_snapshot(&fs, &mut rng).await;
+                if trace {
+                    eprintln!("  damaged newest snapshot: {damaged}");
+                }
                 tally.snapshots_damaged += u64::from(damaged);
             }
-            engine = match reopen(&fs, &config, &mut model, seed, damaged).await {
+            let spent = fallback_used_at.is_some();
+            engine = match reopen(&fs, &config, &mut model, seed, damaged, spent).await {
                 Some(engine) => engine,
                 None => {
                     tally.damaged_refused += 1;
@@ -337,6 +363,10 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
                 }
             };
             tally.recovered_prepares += model.prepared.len() as u64;
+            tally.damaged_recovered += u64::from(damaged);
+            if damaged {
+                fallback_used_at = Some(engine.snapshot_op());
+            }
             if let Some(f) = &faults {
                 fs.set_faults(f.clone());
             }
@@ -420,5 +450,6 @@ fn engine_simulator() {
         assert!(tally.crashes > seeds.len() as u64, "{tally:?}");
         assert!(tally.checkpoints > 0 && tally.fault_errors > 0 && tally.truncations > 0);
         assert!(tally.snapshots_damaged > 0 && tally.recovered_prepares > 0);
+        assert!(tally.damaged_recovered > 0 && tally.damaged_refused > 0);
     }
 }
