@@ -192,36 +192,34 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     let mut report = BenchReport::new(&settings, &results, signal::stop_requested());
     if args.baseline && !report.interrupted {
         let workload = workload_of(&args, &settings);
-        report.baseline = Some(baseline::run(
-            workdir.path(),
-            settings.shards,
-            report.ops,
-            settings.depth,
-            settings.sync,
-            workload,
-        )?);
+        let (shards, ops, depth) = (settings.shards, report.ops, settings.depth);
+        let plain = baseline::run(workdir.path(), shards, ops, depth, settings.sync, workload)?;
+        report.baseline = Some(plain);
     }
-    if args.json {
-        println!(
-            "{}",
-            serde_json::to_string(&report).unwrap_or_else(|e| format!("{{\"error\":\"{e}\"}}"))
-        );
-    } else {
-        print!("{}", report.table());
-    }
+    print_report(&report, args.json);
     drop(workdir);
-    if !report.state_verified {
-        let shard = results.iter().find(|r| !r.verified).map_or(0, |r| r.shard);
-        eprintln!(
-            "keel: {}",
-            CliError::StateMismatch {
-                shard,
-                detail: "digest or applied op".into()
-            }
-        );
-        return Ok(EXIT_ERROR);
+    match results.iter().find(|r| !r.verified) {
+        None => Ok(0),
+        Some(unverified) => {
+            let error = CliError::StateMismatch {
+                shard: unverified.shard,
+                detail: "digest or applied op".into(),
+            };
+            eprintln!("keel: {error}");
+            Ok(EXIT_ERROR)
+        }
     }
-    Ok(0)
+}
+
+fn print_report(report: &BenchReport, json: bool) {
+    if !json {
+        print!("{}", report.table());
+        return;
+    }
+    match serde_json::to_string(report) {
+        Ok(text) => println!("{text}"),
+        Err(error) => println!("{}", serde_json::json!({ "error": error.to_string() })),
+    }
 }
 
 fn spawn_shards(
