@@ -133,13 +133,22 @@ pub(crate) struct SnapshotFiles<D: Directory> {
 impl<D: Directory> SnapshotFiles<D> {
     /// Opens (creating) `root/raft-snapshots/` and removes temp files an interrupted persist left.
     pub(crate) async fn open(root: &D) -> Result<Self, RaftStoreError> {
-        let dir = root.open_dir(RAFT_SNAPSHOTS_DIR, true).await.map_err(|e| {
-            RaftStoreError::io(
-                "open snapshot directory",
-                format!("{}/{RAFT_SNAPSHOTS_DIR}", root.display_path()),
-                e,
-            )
-        })?;
+        let path = format!("{}/{RAFT_SNAPSHOTS_DIR}", root.display_path());
+        let existed = root
+            .exists(RAFT_SNAPSHOTS_DIR)
+            .await
+            .map_err(|e| RaftStoreError::io("stat snapshot directory", &path, e))?;
+        let dir = root
+            .open_dir(RAFT_SNAPSHOTS_DIR, true)
+            .await
+            .map_err(|e| RaftStoreError::io("open snapshot directory", &path, e))?;
+        if !existed {
+            // A new subdirectory is an entry of the root: without this fsync a power cut can
+            // take the directory, and every snapshot persisted in it, away.
+            root.sync()
+                .await
+                .map_err(|e| RaftStoreError::io("fsync directory", root.display_path(), e))?;
+        }
         let removed = remove_temps(&dir).await?;
         if removed > 0 {
             tracing::info!(removed, dir = %dir.display_path(), "removed interrupted snapshot temp files");
