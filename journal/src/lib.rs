@@ -36,6 +36,8 @@
 //! final acknowledged batch is indistinguishable from a torn write and is cut (and reported as a
 //! `torn_tail` repair, with the quarantined bytes kept). Only a second write after every fsync could
 //! close this window, at twice the fsync cost; the consensus layer re-fetches such ops from peers.
+//! A clean [`MetadataJournal::close`] closes it: it appends a marker whose watermark covers the
+//! final batch.
 //! Likewise zeroes that start exactly at an entry boundary of the final batch read as a clean end
 //! (the etcd #6515 shape at the tail); a zeroed sector anywhere a later batch vouches for is
 //! refused.
@@ -571,6 +573,16 @@ impl<D: Directory> MetadataJournal<D> {
             ),
         };
         let mut w = WriterState::new(link, cursor, next_number);
+        // The tail is covered when the log ends with a close marker: a commit marker written
+        // after an fsync of everything before it.
+        w.tail_uncovered = scan
+            .segments
+            .iter()
+            .rev()
+            .find_map(|seg| seg.entries.last())
+            .is_some_and(|last| {
+                !(last.kind == EntryKind::Commit && last.durable_seq + 1 == last.seq)
+            });
         if rewritten_last {
             // Never append to a compacted segment: its chain is closed by `link_crc`.
             w.needs_rotation = true;
@@ -884,9 +896,21 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// Flushes and closes every segment.
+    ///
+    /// When anything was written since the last close, it also writes a *close marker* (a commit
+    /// marker after an fsync of everything before it): its durable watermark vouches for the
+    /// final batch, so damage there after a clean shutdown is refused as corruption instead of
+    /// being cut as a torn tail (see the crate docs' known limit).
     pub async fn close(self) -> Result<(), JournalError> {
-        if !self.read_only {
-            self.flush().await?;
+        if self.read_only {
+            return Ok(());
+        }
+        self.flush().await?;
+        if self.state.borrow().w.tail_uncovered {
+            let commit = self.state.borrow().commit_set;
+            self.submit(EntryKind::Commit, commit, &[]).await?;
+            self.request_flush().await?;
+            self.state.borrow_mut().w.tail_uncovered = false;
         }
         Ok(())
     }

@@ -151,6 +151,8 @@ pub(crate) struct WriterState {
     pub inflight_bytes: usize,
     pub space_waiters: Vec<Waker>,
     pub dirty_segments: BTreeSet<u64>,
+    /// Some entry has no later entry whose durable watermark covers it (see `close`).
+    pub tail_uncovered: bool,
 }
 
 impl WriterState {
@@ -171,6 +173,7 @@ impl WriterState {
             inflight_bytes: 0,
             space_waiters: Vec::new(),
             dirty_segments: BTreeSet::new(),
+            tail_uncovered: false,
         }
     }
 
@@ -383,6 +386,7 @@ impl<D: Directory> MetadataJournal<D> {
         w.chain_crc = header_crc;
         w.cursor_offset_bytes += len as u64;
         w.inflight_bytes += len;
+        w.tail_uncovered = true;
         if kind == EntryKind::Snapshot {
             st.snapshot_encoded = st.snapshot_encoded.max(op);
         }

@@ -483,3 +483,41 @@ fn verify_reports_every_problem() {
         assert_eq!(report.status(), VerifyStatus::Corrupt);
     });
 }
+
+#[test]
+fn after_a_clean_close_damage_in_the_last_entry_is_corruption() {
+    let config = one_segment_config();
+    run(async {
+        let fs = MemFs::new(19);
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=5 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        j.close().await.unwrap();
+        // Closing again after a reopen without writes adds nothing.
+        let before = snapshot_files(&fs).await;
+        let (j, _) = open(&fs, &config).await;
+        j.close().await.unwrap();
+        assert_eq!(
+            snapshot_files(&fs).await,
+            before,
+            "an idle close writes nothing"
+        );
+        let spans = entry_spans(&fs, &config).await;
+        let (path, offset, _, op) = spans.iter().rev().find(|s| s.3 == 5).unwrap().clone();
+        assert_eq!(op, 5);
+        fs.flip_bit(&path, offset + 70, 2).unwrap();
+        let err = expect_refusal(&fs, &config, RecoveryMode::TolerateTornTail).await;
+        assert!(
+            matches!(
+                err,
+                JournalError::Corrupt {
+                    kind: "corrupt_entry",
+                    op: Some(5),
+                    ..
+                }
+            ),
+            "{err}"
+        );
+    });
+}

@@ -95,6 +95,7 @@ struct SimStats {
     faults: u64,
     crashes_during_open: u64,
     crashes_mid_workload: u64,
+    closes: u64,
 }
 
 /// Polls all futures until done (a tiny join, deterministic order).
@@ -383,10 +384,20 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
             .is_none()
         {
             stats.crashes_mid_workload += 1;
+        } else if !model.borrow().poisoned && rng.borrow_mut().gen_bool(0.3) {
+            // A clean shutdown: close flushes and writes the marker vouching for the last batch.
+            stats.closes += 1;
+            let closed = j.close().await;
+            trace!("close -> {closed:?}");
+            match closed {
+                Ok(()) => model.borrow_mut().flushed(),
+                Err(_) => model.borrow_mut().poisoned = true,
+            }
+        } else {
+            drop(j);
         }
         stats.acks += model.borrow().acks;
         model.borrow_mut().acks = 0;
-        drop(j);
         fs.clear_faults();
         let crash = fs.crash();
         trace!("crash: {crash:?}");
@@ -474,6 +485,7 @@ fn simulator() {
                 total.faults += stats.faults;
                 total.crashes_during_open += stats.crashes_during_open;
                 total.crashes_mid_workload += stats.crashes_mid_workload;
+                total.closes += stats.closes;
             }
             Ok(Err(violation)) => {
                 panic!("simulator seed {seed} failed: {violation}\nreplay: KEEL_SIM_SEED={seed} cargo test -p keel-journal --test sim")
