@@ -222,16 +222,24 @@ impl VerifyStatus {
     }
 }
 
+impl Problem {
+    /// Whether this problem means acknowledged data is damaged (or unreadable), as opposed to a
+    /// torn tail (`torn_tail`, `torn_segment_header`) that a normal open repairs. Unknown kinds
+    /// count as corruption.
+    pub fn is_corruption(&self) -> bool {
+        recovery::TABLE
+            .iter()
+            .find(|row| row.name == self.kind)
+            .is_none_or(|row| row.corruption)
+    }
+}
+
 impl ScanReport {
     /// The worst of the problems found.
     pub fn status(&self) -> VerifyStatus {
         let mut status = VerifyStatus::Clean;
         for problem in &self.problems {
-            let corruption = recovery::TABLE
-                .iter()
-                .find(|row| row.name == problem.kind)
-                .is_none_or(|row| row.corruption);
-            if corruption {
+            if problem.is_corruption() {
                 return VerifyStatus::Corrupt;
             }
             status = VerifyStatus::TornTail;
