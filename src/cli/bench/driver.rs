@@ -217,7 +217,7 @@ impl<'p> Pipeline<'p> {
             self.plan
                 .progress
                 .fetch_add(self.durable.len() as u64, Ordering::Relaxed);
-            if self.checkpoint_due(low, high) {
+            if crosses_multiple(low, high, self.plan.checkpoint_every) {
                 self.start_checkpoint(engine).await?;
             }
         }
@@ -249,12 +249,6 @@ impl<'p> Pipeline<'p> {
             }
         }
         Ok(())
-    }
-
-    /// True when ops `low..=high` cross a multiple of `checkpoint_every`.
-    fn checkpoint_due(&self, low: u64, high: u64) -> bool {
-        let every = self.plan.checkpoint_every;
-        every > 0 && high / every > (low - 1) / every
     }
 
     /// Starts a checkpoint beside the appends; waits for the previous one first (at most one).
@@ -291,4 +285,24 @@ fn spawn_append(engine: &Rc<BenchEngine>, op: u64, payload: Vec<u8>) -> AppendTa
         engine.append(op, &payload).await?;
         Ok(started.elapsed().as_micros() as u64)
     })
+}
+
+/// True when ops `low..=high` (`low >= 1`) include a multiple of `every` (never for `every == 0`).
+fn crosses_multiple(low: u64, high: u64, every: u64) -> bool {
+    every > 0 && high / every > (low - 1) / every
+}
+
+#[cfg(test)]
+mod tests {
+    use super::crosses_multiple;
+
+    #[test]
+    fn checkpoints_are_due_when_a_batch_crosses_a_multiple() {
+        assert!(crosses_multiple(1, 4, 4));
+        assert!(crosses_multiple(4, 4, 4));
+        assert!(!crosses_multiple(5, 7, 4));
+        assert!(crosses_multiple(5, 8, 4));
+        assert!(crosses_multiple(3, 13, 4));
+        assert!(!crosses_multiple(1, 100, 0));
+    }
 }
