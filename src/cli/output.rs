@@ -187,3 +187,64 @@ impl Spinner {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+
+    fn outcome(status: &'static str, rank: u8, exit: u8) -> Outcome {
+        Outcome {
+            status,
+            rank,
+            exit,
+            json: Map::from_iter([("last_op".to_string(), Value::from(7))]),
+            text: String::new(),
+        }
+    }
+
+    fn dir(shard: usize) -> EngineDir {
+        EngineDir {
+            shard: Some(shard),
+            path: PathBuf::from(format!("set/shard-{shard}")),
+        }
+    }
+
+    #[test]
+    fn a_shard_set_reports_its_worst_shard() {
+        let target = Target::ShardSet(vec![dir(0), dir(1), dir(2)]);
+        let outcomes = vec![
+            (dir(0), outcome("clean", 0, 0)),
+            (dir(1), outcome("corrupt", 200, 4)),
+            (dir(2), outcome("torn_tail", 10, 3)),
+        ];
+        let json = to_json(&target, outcomes, "corrupt");
+        assert_eq!(json["status"], "corrupt");
+        assert_eq!(json["shards"][1]["shard"], 1);
+        assert_eq!(json["shards"][1]["status"], "corrupt");
+        assert_eq!(json["shards"][2]["last_op"], 7);
+        let outcomes = vec![
+            (dir(0), outcome("clean", 0, 0)),
+            (dir(1), outcome("torn_tail", 10, 3)),
+        ];
+        assert_eq!(print(&target, outcomes, true), 3);
+    }
+
+    #[test]
+    fn an_engine_directory_prints_its_keys_at_the_top() {
+        let engine = EngineDir {
+            shard: None,
+            path: PathBuf::from("engine"),
+        };
+        let target = Target::Engine(engine.clone());
+        let json = to_json(
+            &target,
+            vec![(engine, outcome("repaired", 10, 0))],
+            "repaired",
+        );
+        assert_eq!(json["status"], "repaired");
+        assert_eq!(json["last_op"], 7);
+        assert!(json.get("shards").is_none() && json.get("shard").is_none());
+    }
+}
