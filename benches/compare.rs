@@ -166,6 +166,36 @@ fn interleave(
     series
 }
 
+/// Journal counters summed over the keel runs of one workload, to say how the group commit behaved
+/// (entries per batch, fsyncs per entry) next to the rate it reached.
+#[derive(Default)]
+struct Counters {
+    appends: Cell<u64>,
+    batches: Cell<u64>,
+    fsyncs: Cell<u64>,
+}
+
+impl Counters {
+    /// Adds the counters of a journal's run (taken just before its close).
+    fn add(&self, stats: &keel_journal::JournalStats) {
+        self.appends.set(self.appends.get() + stats.appends);
+        self.batches.set(self.batches.get() + stats.batches);
+        self.fsyncs.set(self.fsyncs.get() + stats.fsyncs);
+    }
+
+    fn print(&self) {
+        let appends = self.appends.get().max(1) as f64;
+        println!(
+            "
+keel journal counters over all rounds (priming included): {} appends, {:.2} entries per \
+             batch, {:.3} fsyncs per entry",
+            self.appends.get(),
+            appends / self.batches.get().max(1) as f64,
+            self.fsyncs.get() as f64 / appends
+        );
+    }
+}
+
 fn per_sec(count: f64, elapsed: Duration) -> f64 {
     count / elapsed.as_secs_f64()
 }
@@ -178,7 +208,13 @@ fn mb_per_sec(bytes: f64, elapsed: Duration) -> f64 {
 
 /// Keel, one append at a time with `sync_on_append`: a fresh journal per run (its open and first
 /// segment's preallocation are untimed). Returns entries/s.
-fn keel_sequential(rt: &compio::runtime::Runtime, len: usize, count: u64, sync: bool) -> f64 {
+fn keel_sequential(
+    rt: &compio::runtime::Runtime,
+    len: usize,
+    count: u64,
+    sync: bool,
+    counters: &Counters,
+) -> f64 {
     let dir = bench_tempdir();
     let payload = payload(len);
     rt.block_on(async {
@@ -188,6 +224,7 @@ fn keel_sequential(rt: &compio::runtime::Runtime, len: usize, count: u64, sync: 
         prime_journal(&journal, &mut next_op, &payload).await;
         let elapsed =
             timed_sequential_appends(&journal, &mut next_op, count, &payload, slot_count).await;
+        counters.add(&journal.stats());
         journal.close().await.expect("close");
         per_sec(count as f64, elapsed)
     })
@@ -196,7 +233,8 @@ fn keel_sequential(rt: &compio::runtime::Runtime, len: usize, count: u64, sync: 
 fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let n = sizes.fsync_entries;
     let payload = payload(128);
-    let mut keel = || keel_sequential(rt, 128, n, true);
+    let counters = Counters::default();
+    let mut keel = || keel_sequential(rt, 128, n, true, &counters);
     let mut plain = || {
         let dir = bench_tempdir();
         let mut log = PlainLog::create(&dir.path().join("plain.log")).expect("plain log");
@@ -228,6 +266,7 @@ fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
         &format!("fsync per 128-B entry, {n} entries per run"),
         &series,
     );
+    counters.print();
 }
 
 fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
@@ -236,6 +275,7 @@ fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let bytes = (batches * APPENDERS * KIB4 as u64) as f64;
     let payload_vec = payload(KIB4);
     let payload_rc: Rc<[u8]> = payload_vec.clone().into();
+    let counters = Counters::default();
     let mut keel = || {
         let dir = bench_tempdir();
         rt.block_on(async {
@@ -253,6 +293,7 @@ fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
             )
             .await;
             let journal = Rc::try_unwrap(journal).unwrap_or_else(|_| panic!("appenders joined"));
+            counters.add(&journal.stats());
             journal.close().await.expect("close");
             mb_per_sec(bytes, elapsed)
         })
@@ -290,12 +331,14 @@ fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
         &format!("group commit, 64 × 4 KiB per batch, {batches} batches per run (payload MB/s)"),
         &series,
     );
+    counters.print();
 }
 
 fn nosync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let n = sizes.nosync_entries;
     let payload = payload(128);
-    let mut keel = || keel_sequential(rt, 128, n, false);
+    let counters = Counters::default();
+    let mut keel = || keel_sequential(rt, 128, n, false, &counters);
     let mut plain = || {
         let dir = bench_tempdir();
         let elapsed = plain_nosync(&dir.path().join("plain.log"), &payload, n).expect("plain");
@@ -313,6 +356,7 @@ fn nosync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
         &format!("append without fsync, 128-B entries, {n} entries per run"),
         &series,
     );
+    counters.print();
 }
 
 fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
