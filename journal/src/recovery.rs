@@ -255,10 +255,32 @@ pub async fn cut<D: Directory>(
         .first_stop
         .as_ref()
         .expect("cut is only ordered at a stop");
+    // Independent of the table: a cut in the default mode is only ever of bytes nothing vouches
+    // for, and a log of an unknown version is never cut.
+    assert!(
+        !stop.covered || kind == "point_in_time_cut",
+        "recovery table ordered a torn-tail cut of vouched-for bytes at {} offset {}",
+        stop.file,
+        stop.stop.offset_bytes
+    );
+    assert!(
+        stop.case != Case::UnknownVersion,
+        "never cut a log of an unknown version"
+    );
+    let existed = root
+        .exists("quarantine")
+        .await
+        .map_err(|e| JournalError::io("open quarantine dir", "quarantine", e))?;
     let quarantine_dir = root
         .open_dir("quarantine", true)
         .await
         .map_err(|e| JournalError::io("open quarantine dir", "quarantine", e))?;
+    if !existed {
+        // The new directory's own entry must be durable, or its files vanish with it.
+        root.sync()
+            .await
+            .map_err(|e| JournalError::io("fsync root dir", root.display_path(), e))?;
+    }
     let mut repairs = Vec::new();
     // 1. Quarantine (the stop's segment from the stop offset, every later segment whole).
     let mut removals = Vec::new();
