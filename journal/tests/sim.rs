@@ -338,6 +338,43 @@ fn settle(model: &mut Model, j: &Journal, live: BTreeMap<u64, Vec<u8>>) {
     model.poisoned = false;
 }
 
+/// After a refusal, a point-in-time open must cut, and every acknowledged op it loses must be in
+/// its `lost_ops` (or be the op of the one damaged entry, when its header was unreadable).
+async fn point_in_time_accounts_for_losses(
+    fs: &MemFs,
+    config: &JournalConfig,
+    model: &RefCell<Model>,
+) -> Result<(), String> {
+    let (j, report) =
+        match MetadataJournal::open(&fs.root(), config.clone(), RecoveryMode::PointInTime).await {
+            Ok(opened) => opened,
+            // A newer-version header (a flipped version field) is refused in every mode.
+            Err(JournalError::Corrupt {
+                kind: "unknown_version",
+                ..
+            }) => return Ok(()),
+            Err(e) => return Err(format!("point-in-time open failed: {e}")),
+        };
+    let live: BTreeMap<u64, Vec<u8>> = read_all(&j).await.into_iter().collect();
+    let snapshot = j.snapshot_op();
+    let model = model.borrow();
+    let unexplained: Vec<u64> = model
+        .durable
+        .keys()
+        .filter(|op| **op > snapshot && !live.contains_key(op))
+        .filter(|op| !report.lost_ops.iter().any(|r| r.contains(op)))
+        .filter(|op| model.pending_truncate.is_none_or(|t| **op <= t))
+        .copied()
+        .collect();
+    let header_unreadable = report.problems.first().is_some_and(|p| p.op.is_none());
+    if unexplained.len() > usize::from(header_unreadable) {
+        return Err(format!(
+            "point-in-time lost acknowledged ops {unexplained:?} without reporting them: {report:?}"
+        ));
+    }
+    Ok(())
+}
+
 async fn run_seed(seed: u64) -> Result<SimStats, String> {
     let fs = MemFs::new(seed);
     let rng = RefCell::new(SmallRng::seed_from_u64(seed));
@@ -419,6 +456,7 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
                     {
                         Err(JournalError::Corrupt { .. }) => {
                             stats.flips_refused += 1;
+                            point_in_time_accounts_for_losses(&fs, &config, &model).await?;
                             return Ok(stats);
                         }
                         Err(e) => return Err(format!("bit flip gave an untyped refusal: {e}")),
