@@ -179,6 +179,9 @@ pub struct ScanReport {
     pub problems: Vec<Problem>,
     /// Ops whose entries were cut (point-in-time) and must come from peers.
     pub lost_ops: Vec<RangeInclusive<u64>>,
+    /// Ops of readable entries a torn-tail repair cut: never acknowledged here, but a consensus
+    /// layer may have sent them to peers before the crash.
+    pub torn_ops: Vec<RangeInclusive<u64>>,
 }
 
 /// Counters for operators; cheap to read.
@@ -471,6 +474,9 @@ impl<D: Directory> MetadataJournal<D> {
                             "torn_tail"
                         };
                         report.repairs = recovery::cut(root, &dir, &scan, kind).await?;
+                        if act == Action::QuarantineAndCut {
+                            report.torn_ops = op_ranges(stop.later_data_ops.clone());
+                        }
                         if act == Action::CutPointInTime {
                             report.lost_ops = op_ranges(stop.later_data_ops.clone());
                             tracing::warn!(

@@ -289,6 +289,8 @@ fn valid_entry_after_damage_is_torn_only_when_no_watermark_covers_it() {
         let (j, report) = open(&fs, &config).await;
         assert_eq!(report.problems[0].kind, "torn_tail");
         assert_eq!(j.last_op(), Some(2));
+        // Entry 3's header is damaged (op unknown); 4..=6 were readable.
+        assert_eq!(report.torn_ops, vec![4..=6]);
         let cut_len = bytes.len() as u64 - offsets[2];
         let quarantined = report.repairs[0].bytes;
         assert!(
