@@ -49,16 +49,26 @@ pub struct Cli {
 pub enum Command {
     /// The main job: a replica workload per shard (pipelined appends, group commit, commit and
     /// apply, checkpoints), then close, recover and check the state.
+    #[command(
+        after_help = "Exit: 0 ok, 1 error (a state that did not survive the reopen included)."
+    )]
     Bench(bench::BenchArgs),
     /// Open a directory as the engine would (repairing per mode) and report what was found.
+    #[command(after_help = "Exit: 0 clean or repaired, 4 refused (corruption), 1 other error.")]
     Recover(recover::RecoverArgs),
     /// Read-only full check of journal and snapshots (exit 0 clean, 3 torn tail, 4 corrupt).
+    #[command(
+        after_help = "Exit: 0 clean, 3 torn tail only, 4 corruption, 1 error. Never writes."
+    )]
     Verify(verify::VerifyArgs),
     /// What recover repairs, without replaying into a state machine.
+    #[command(after_help = "Exit: 0 clean or repaired, 4 refused (corruption), 1 other error.")]
     Repair(repair::RepairArgs),
     /// Segments, op ranges, sizes, snapshots, watermarks and slot use (read-only).
+    #[command(after_help = "Exit: 0 ok, 1 error. Never writes.")]
     Inspect(inspect::InspectArgs),
     /// One line per live entry: op, kind, length, checksum (read-only).
+    #[command(after_help = "Exit: 0 ok, 1 error. Never writes.")]
     Dump(dump::DumpArgs),
 }
 
