@@ -7,7 +7,7 @@
 //!
 //! ```sh
 //! cargo run --release -p keel-raft --example cluster -- [--writes N] [--concurrency 1,16,64]
-//!     [--value-bytes B] [--dir DIR]
+//!     [--value-bytes B] [--dir DIR] [--snapshot-every N]
 //! ```
 //!
 //! Without `--dir` the stores go to a temporary directory that is removed afterwards.
@@ -26,6 +26,7 @@ struct Args {
     concurrency: Vec<u64>,
     value_bytes: usize,
     dir: Option<PathBuf>,
+    snapshot_every: u64,
 }
 
 fn usage() -> ! {
@@ -39,6 +40,7 @@ fn parse_args() -> Args {
         concurrency: vec![1, 16, 64],
         value_bytes: 100,
         dir: None,
+        snapshot_every: DEFAULT_LOGS_SINCE_SNAPSHOT,
     };
     let mut it = std::env::args().skip(1);
     while let Some(flag) = it.next() {
@@ -53,10 +55,14 @@ fn parse_args() -> Args {
             }
             "--value-bytes" => args.value_bytes = value.parse().unwrap_or_else(|_| usage()),
             "--dir" => args.dir = Some(PathBuf::from(value)),
+            "--snapshot-every" => args.snapshot_every = value.parse().unwrap_or_else(|_| usage()),
             _ => usage(),
         }
     }
-    if args.writes == 0 || args.concurrency.iter().any(|c| *c == 0 || *c > 4096) {
+    if args.snapshot_every == 0
+        || args.writes == 0
+        || args.concurrency.iter().any(|c| *c == 0 || *c > 4096)
+    {
         usage();
     }
     args
@@ -106,8 +112,8 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
             dir: base.join(format!("node-{id}")),
             members: members.clone(),
             initialize: id == 1,
-            raft: raft_config(DEFAULT_LOGS_SINCE_SNAPSHOT, DEFAULT_LOGS_KEPT)?,
-            store: StoreConfig::default(),
+            raft: raft_config(args.snapshot_every, DEFAULT_LOGS_KEPT)?,
+            store: StoreConfig::for_snapshot_policy(args.snapshot_every, DEFAULT_LOGS_KEPT),
         };
         nodes.push(NodeHandle::spawn(config, listener));
     }
