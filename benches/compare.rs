@@ -8,7 +8,8 @@
 //! per-round ratio keel / contender.
 //!
 //! Reproduce: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench compare -- [--rounds N]
-//! [--only fsync128,group64,nosync128,recovery,checkpoint_latency,rss,shards] [--quick]`
+//! [--only fsync128,group64,nosync128,recovery,checkpoint_latency,rss,shards] [--quick]
+//! [--rss-appends N]`
 //!
 //! Without `--bench` on the command line (that is, under `cargo test --benches`), it runs every
 //! workload once at toy sizes: a smoke test, not a measurement.
@@ -51,7 +52,7 @@ impl Sizes {
             latency_appends: 2000,
             latency_keys: 100_000,
             rss_appends: 10_000_000,
-            shard_entries: 1_000_000,
+            shard_entries: 200_000,
         }
     }
 
@@ -108,6 +109,15 @@ fn fmt_rate(value: f64, unit: &str) -> String {
     }
 }
 
+/// Two significant digits at least, so a 0.006× ratio does not print as 0.00×.
+fn fmt_ratio(ratio: f64) -> String {
+    if ratio < 0.1 {
+        format!("{ratio:.3}")
+    } else {
+        format!("{ratio:.2}")
+    }
+}
+
 /// Prints one workload's table. `series[0]` is keel's main figure; ratios are per round against
 /// it (keel / other, so > 1 means keel is faster).
 fn print_table(title: &str, series: &[Series]) {
@@ -126,14 +136,14 @@ fn print_table(title: &str, series: &[Series]) {
             .collect();
         let (rlo, rhi) = range(&ratios);
         println!(
-            "| {} | {} | {} – {} | {:.2}× | {:.2} – {:.2} |",
+            "| {} | {} | {} – {} | {}× | {} – {} |",
             s.name,
             fmt_rate(median(&s.rates), s.unit),
             fmt_rate(lo, s.unit),
             fmt_rate(hi, s.unit),
-            median(&ratios),
-            rlo,
-            rhi
+            fmt_ratio(median(&ratios)),
+            fmt_ratio(rlo),
+            fmt_ratio(rhi)
         );
     }
 }
@@ -676,6 +686,7 @@ fn main() {
     let mut rounds = 5usize;
     let mut only: Option<Vec<String>> = None;
     let mut quick = !measuring;
+    let mut rss_appends: Option<u64> = None;
     let mut i = 0;
     while i < args.len() {
         match args[i].as_str() {
@@ -688,15 +699,22 @@ fn main() {
                 only = Some(args[i].split(',').map(str::to_string).collect());
             }
             "--quick" => quick = true,
+            "--rss-appends" => {
+                i += 1;
+                rss_appends = Some(args[i].parse().expect("--rss-appends N"));
+            }
             _ => {} // cargo passes `--bench` and possibly a filter; ignore the rest
         }
         i += 1;
     }
-    let sizes = if quick {
+    let mut sizes = if quick {
         Sizes::quick()
     } else {
         Sizes::full(rounds)
     };
+    if let Some(n) = rss_appends {
+        sizes.rss_appends = n;
+    }
     let workloads: [(&str, Workload); 7] = [
         ("fsync128", fsync128),
         ("group64", group64),

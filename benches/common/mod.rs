@@ -87,8 +87,9 @@ pub async fn ensure_capacity(journal: &Journal, ops: u64) {
     if journal.remaining_capacity() >= ops {
         return;
     }
+    // Flush first: `last_op` must see every accepted append, written or still queued.
+    journal.flush().await.expect("flush before watermark");
     if let Some(last) = journal.last_op() {
-        journal.flush().await.expect("flush before watermark");
         journal
             .set_snapshot_op(last)
             .await
