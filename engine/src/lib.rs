@@ -98,7 +98,12 @@ pub struct EngineConfig {
 
 impl Default for EngineConfig {
     fn default() -> Self {
-        let journal = JournalConfig::default();
+        let mut journal = JournalConfig::default();
+        // The journal's defaults pair a 1 MiB payload limit with a 1 MiB batch, which cannot
+        // hold one maximal entry (header + payload): give the batch room for it.
+        journal.max_batch_bytes = journal
+            .max_batch_bytes
+            .max(journal.max_payload_bytes.saturating_mul(2));
         Self {
             // A quarter of the ring: enough headroom that appends in flight while the checkpoint
             // runs do not hit `Full`.
@@ -131,6 +136,7 @@ impl fmt::Debug for EngineConfig {
 impl EngineConfig {
     /// Checks every bound; `open` calls it.
     pub fn validate(&self) -> Result<(), EngineError> {
+        self.journal.validate()?;
         if self.max_snapshot_bytes == 0 || self.max_snapshot_bytes > MAX_SNAPSHOT_BYTES_LIMIT {
             return Err(EngineError::Config(format!(
                 "max_snapshot_bytes {} not in 1..={MAX_SNAPSHOT_BYTES_LIMIT}",
@@ -147,6 +153,31 @@ impl EngineConfig {
     }
 }
 
+/// A durable prepare waiting for its commit.
+pub(crate) struct Prepared {
+    /// 0 for prepares found by recovery; otherwise the `append` call's order number.
+    pub(crate) append_seq: u64,
+    pub(crate) payload: Bytes,
+}
+
+/// Decrements an op's in-flight count however the append ends (returned or dropped midway).
+struct InFlight<'a, M> {
+    inner: &'a RefCell<Inner<M>>,
+    op: u64,
+}
+
+impl<M> Drop for InFlight<'_, M> {
+    fn drop(&mut self) {
+        let mut inner = self.inner.borrow_mut();
+        if let Some(count) = inner.in_flight.get_mut(&self.op) {
+            *count -= 1;
+            if *count == 0 {
+                inner.in_flight.remove(&self.op);
+            }
+        }
+    }
+}
+
 /// Mutable state of one engine; borrowed only between awaits.
 struct Inner<M> {
     state_machine: M,
@@ -157,10 +188,14 @@ struct Inner<M> {
     commit_op: u64,
     /// Durable prepares above `applied_op`, waiting for their commit. Bounded by the journal's
     /// slot count (it refuses prepares further than that past the snapshot watermark).
-    pending: BTreeMap<u64, Bytes>,
+    pending: BTreeMap<u64, Prepared>,
     /// Prepares whose journal append has not returned yet, by op (count of concurrent ones).
     /// A commit or truncation that covers one is refused: its bytes on disk are not settled.
     in_flight: BTreeMap<u64, u32>,
+    /// Order of `append` calls, which is the journal's write order (each call reaches the
+    /// journal in the same poll that numbers it), so of two racing rewrites of one op the one
+    /// the journal wrote last is the one kept.
+    next_append_seq: u64,
     /// Op of the newest durable snapshot (0: none).
     snapshot_op: u64,
     stats: EngineStats,
@@ -220,7 +255,7 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         if op == 0 {
             return Err(EngineError::ZeroOp);
         }
-        {
+        let append_seq = {
             let mut inner = self.inner.borrow_mut();
             if op <= inner.commit_op {
                 return Err(EngineError::AlreadyCommitted {
@@ -229,23 +264,36 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
                 });
             }
             *inner.in_flight.entry(op).or_insert(0) += 1;
-        }
+            inner.next_append_seq += 1;
+            inner.next_append_seq
+        };
+        let guard = InFlight {
+            inner: &self.inner,
+            op,
+        };
         let result = self.journal.append(op, payload).await;
-        let mut inner = self.inner.borrow_mut();
-        if let Some(count) = inner.in_flight.get_mut(&op) {
-            *count -= 1;
-            if *count == 0 {
-                inner.in_flight.remove(&op);
-            }
-        }
+        drop(guard);
         result?;
+        let mut inner = self.inner.borrow_mut();
         // Commits and truncations covering `op` were refused while it was in flight, so the
-        // op is still above the watermark and this version is the one on disk.
+        // op is still above the watermark.
         assert!(
             op > inner.commit_op,
             "a commit covered an in-flight prepare"
         );
-        inner.pending.insert(op, Bytes::copy_from_slice(payload));
+        let newer_on_disk = inner
+            .pending
+            .get(&op)
+            .is_some_and(|p| p.append_seq > append_seq);
+        if !newer_on_disk {
+            inner.pending.insert(
+                op,
+                Prepared {
+                    append_seq,
+                    payload: Bytes::copy_from_slice(payload),
+                },
+            );
+        }
         Ok(())
     }
 
@@ -293,10 +341,15 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         let state = &mut *inner;
         while state.applied_op < op {
             let next = state.applied_op + 1;
-            let Some(payload) = state.pending.remove(&next) else {
+            let Some(prepared) = state.pending.remove(&next) else {
                 unreachable!("ops {next}..={op} were checked present above");
             };
-            apply_one(&mut state.state_machine, &mut state.stats, next, &payload);
+            apply_one(
+                &mut state.state_machine,
+                &mut state.stats,
+                next,
+                &prepared.payload,
+            );
             state.applied_op = next;
         }
         state.commit_op = op;
@@ -408,7 +461,11 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
 
     /// The payload of a prepared (durable, not yet committed) op, e.g. to send to a peer.
     pub fn prepared_payload(&self, op: u64) -> Option<Bytes> {
-        self.inner.borrow().pending.get(&op).cloned()
+        self.inner
+            .borrow()
+            .pending
+            .get(&op)
+            .map(|p| p.payload.clone())
     }
 
     /// How many more ops fit in the journal before `Full`.
@@ -471,5 +528,32 @@ fn apply_one<M: StateMachine>(sm: &mut M, stats: &mut EngineStats, op: u64, payl
     if let Err(error) = sm.apply(op, payload) {
         stats.apply_rejections += 1;
         tracing::warn!(op, %error, "state machine rejected a committed command; applied as a no-op");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn default_config_is_valid() {
+        EngineConfig::default().validate().unwrap();
+    }
+
+    #[test]
+    fn out_of_bounds_config_is_refused() {
+        let mut config = EngineConfig {
+            max_snapshot_bytes: 0,
+            ..EngineConfig::default()
+        };
+        assert!(matches!(config.validate(), Err(EngineError::Config(_))));
+        config.max_snapshot_bytes = MAX_SNAPSHOT_BYTES_LIMIT + 1;
+        assert!(config.validate().is_err());
+        config.max_snapshot_bytes = 1 << 20;
+        config.checkpoint_margin_ops = config.journal.slot_count + 1;
+        assert!(config.validate().is_err());
+        config.checkpoint_margin_ops = 0;
+        config.journal.slot_count = 3; // not a power of two: the journal's own check
+        assert!(matches!(config.validate(), Err(EngineError::Journal(_))));
     }
 }

@@ -17,7 +17,6 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use bytes::Bytes;
 use keel_journal::{MetadataJournal, RecoveryMode, ScanReport};
 use keel_storage::Directory;
 use serde::{Deserialize, Serialize};
@@ -27,7 +26,7 @@ use crate::lock::lock_dir;
 use crate::snapshot::{list_snapshots, snapshot_file_name, SnapshotInfo, SnapshotStore};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
 use crate::stats::EngineStats;
-use crate::{apply_one, checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
+use crate::{apply_one, checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner, Prepared};
 
 /// The outcome of a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -273,7 +272,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         .max(quarantined_max_op);
     let mut stats = EngineStats::default();
     let mut applied_op = snapshot_op;
-    let mut pending: BTreeMap<u64, Bytes> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, Prepared> = BTreeMap::new();
     let mut missing: Vec<OpRange> = Vec::new();
     let mut replayed = 0u64;
     {
@@ -301,7 +300,13 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
                     config.journal.slot_count.saturating_mul(2)
                 )));
             }
-            pending.insert(entry.op, entry.payload);
+            pending.insert(
+                entry.op,
+                Prepared {
+                    append_seq: 0,
+                    payload: entry.payload,
+                },
+            );
         }
     }
     if missing.is_empty() && applied_op < commit_op {
@@ -444,6 +449,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
             commit_op: applied_op,
             pending,
             in_flight: BTreeMap::new(),
+            next_append_seq: 0,
             snapshot_op,
             stats,
             journal_appends_seen: 0,
