@@ -510,3 +510,91 @@ async fn journal_covering_the_previous_snapshot_makes_fallback_always_possible()
     assert_eq!(*engine.state_machine(), model_through(30));
     // The same damage without the option is refused (the previous test's case).
 }
+
+/// The journal's segment files, in order.
+async fn segments(fs: &MemFs) -> Vec<String> {
+    let dir = fs.root().open_dir("journal", false).await.unwrap();
+    dir.list()
+        .await
+        .unwrap()
+        .into_iter()
+        .filter(|n| n.ends_with(".wal"))
+        .map(|n| format!("journal/{n}"))
+        .collect()
+}
+
+#[compio::test]
+async fn a_torn_journal_tail_is_repaired_and_reported_with_its_quarantine_file() {
+    let fs = MemFs::new(20);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 8).await; // the last entry is the commit marker for op 8
+    drop(engine); // no clean close: no close marker vouches for the tail
+    fs.crash();
+    let last = segments(&fs).await.pop().unwrap();
+    let len = fs.read_raw(&last).unwrap().len() as u64;
+    fs.cut_raw(&last, len - 3).unwrap();
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.status, RecoveryStatus::Repaired, "{report:?}");
+    let repair = &report.repairs[0];
+    assert_eq!(repair.kind, "torn_tail");
+    assert!(!repair.quarantine.is_empty());
+    let quarantined = fs
+        .root()
+        .open_dir("quarantine", false)
+        .await
+        .unwrap()
+        .list()
+        .await
+        .unwrap();
+    assert!(
+        quarantined
+            .iter()
+            .any(|q| repair.quarantine.ends_with(q.as_str())),
+        "{quarantined:?} vs {}",
+        repair.quarantine
+    );
+    // Op 8's own entry carried commit 7; only the marker that said 8 was torn.
+    assert_eq!(report.applied_op, 7);
+    assert_eq!(engine.prepared_ops(), vec![8]);
+    assert_eq!(*engine.state_machine(), model_through(7));
+    assert_eq!(engine.stats().repairs, 1);
+}
+
+#[compio::test]
+async fn damage_in_the_durable_journal_is_refused_or_cut_per_mode() {
+    let fs = MemFs::new(21);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 20).await;
+    engine.close().await.unwrap();
+    let segment = segments(&fs).await.pop().unwrap();
+    let bytes = fs.read_raw(&segment).unwrap();
+    fs.flip_bit(&segment, bytes.len() as u64 / 2, 4).unwrap();
+    let damaged = fs.read_raw(&segment).unwrap();
+
+    let err = Engine::open(fs.root(), small_config(), KvStateMachine::new())
+        .await
+        .err()
+        .expect("default mode refuses damage a later entry vouches for");
+    assert!(err.is_corruption(), "{err}");
+    assert_eq!(
+        fs.read_raw(&segment).unwrap(),
+        damaged,
+        "refusal touches nothing"
+    );
+
+    let config = EngineConfig {
+        recovery_mode: RecoveryMode::PointInTime,
+        ..small_config()
+    };
+    let (engine, report) = open(&fs, config).await;
+    assert_eq!(report.status, RecoveryStatus::Repaired);
+    assert!(!report.unrecoverable.is_empty(), "{report:?}");
+    assert!(report.applied_op < 20);
+    let first_lost = report.unrecoverable[0].first_op;
+    assert!(report.applied_op < first_lost);
+    assert_eq!(
+        *engine.state_machine(),
+        model_through(report.applied_op),
+        "{report:?}"
+    );
+}
