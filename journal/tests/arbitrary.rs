@@ -85,3 +85,20 @@ proptest! {
         open_all_modes(files);
     }
 }
+
+/// The fuzz seeds are valid logs: opening them repairs nothing. (Also writes them to
+/// `fuzz/corpus/open_segment/` when `KEEL_WRITE_FUZZ_SEEDS` is set.)
+#[test]
+fn fuzz_seeds_are_valid_logs() {
+    let seeds = keel_journal::fuzzing::seed_inputs();
+    assert!(seeds.len() >= 3);
+    for (i, seed) in seeds.iter().enumerate() {
+        keel_journal::fuzzing::open_arbitrary_segments(seed);
+        if std::env::var("KEEL_WRITE_FUZZ_SEEDS").is_ok() {
+            let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+                .join("../fuzz/corpus/open_segment");
+            std::fs::create_dir_all(&dir).unwrap();
+            std::fs::write(dir.join(format!("seed-{i}")), seed).unwrap();
+        }
+    }
+}
