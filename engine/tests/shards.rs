@@ -143,3 +143,29 @@ fn errors_come_back_through_the_handle() {
     ));
     set.shutdown().unwrap();
 }
+
+#[test]
+fn a_request_that_panics_on_its_shard_is_answered_not_left_hanging() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (set, _) = ShardSet::start(tmp.path(), config(), |_| KvStateMachine::new()).unwrap();
+    let handle = set.handle();
+    let (done_tx, done_rx) = std::sync::mpsc::channel();
+    let caller = {
+        let handle = handle.clone();
+        thread::spawn(move || {
+            let panicked = block_on(handle.query(0, |_kv: &KvStateMachine| -> u64 {
+                panic!("a query that panics on the shard")
+            }));
+            let after = block_on(handle.stats(0)).map(|_| ());
+            done_tx.send((panicked.is_err(), after.is_ok())).unwrap();
+        })
+    };
+    let (panicked_is_err, _after) = done_rx
+        .recv_timeout(std::time::Duration::from_secs(30))
+        .expect("the callers were answered");
+    assert!(panicked_is_err);
+    caller.join().unwrap();
+    // Shard 1 is untouched.
+    block_on(handle.append(1, 1, payload(1))).unwrap();
+    drop(set);
+}
