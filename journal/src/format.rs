@@ -55,6 +55,9 @@ pub const ENTRY_ALIGN_BYTES: usize = 8;
 /// Hard cap on a payload length field, whatever the configuration: a header claiming more is
 /// invalid (it bounds how much a scan will ever try to read for one entry).
 pub const MAX_PAYLOAD_BYTES_LIMIT: u32 = 64 << 20;
+/// Seqs and segment numbers stay below this (centuries of appends away); a header claiming more is
+/// invalid, so arithmetic on them can never overflow.
+pub const MAX_SEQ: u64 = 1 << 62;
 /// Segment flag: written by compaction via temp file + fsync + rename.
 pub const FLAG_REWRITTEN: u32 = 1;
 
@@ -196,7 +199,7 @@ impl EntryHeader {
             durable_seq: get_u64(b, 40),
             commit_op: get_u64(b, 48),
         };
-        if header.seq == 0 {
+        if header.seq == 0 || header.seq >= MAX_SEQ {
             return Err(HeaderFault::BadField("seq"));
         }
         // A writer only ever claims entries *before* the one it writes as durable.
@@ -345,8 +348,11 @@ impl SegmentHeader {
             snapshot_op: get_u64(b, 40),
             commit_op: get_u64(b, 48),
         };
-        if header.first_seq == 0 {
+        if header.first_seq == 0 || header.first_seq >= MAX_SEQ {
             return Err(SegmentHeaderFault::BadField("first_seq"));
+        }
+        if header.segment_no >= MAX_SEQ {
+            return Err(SegmentHeaderFault::BadField("segment_no"));
         }
         Ok(header)
     }
@@ -363,7 +369,7 @@ pub fn parse_segment_file_name(name: &str) -> Option<u64> {
     if digits.len() != 20 || !digits.bytes().all(|c| c.is_ascii_digit()) {
         return None;
     }
-    digits.parse().ok()
+    digits.parse().ok().filter(|n| *n < MAX_SEQ)
 }
 
 /// File name of a quarantined byte range.
@@ -389,7 +395,7 @@ mod tests {
         #[test]
         fn entry_round_trip(
             kind in kind_strategy(),
-            seq in 1u64..u64::MAX,
+            seq in 1u64..MAX_SEQ,
             op in any::<u64>(),
             payload in proptest::collection::vec(any::<u8>(), 0..300),
             prev_crc in any::<u32>(),
@@ -429,7 +435,7 @@ mod tests {
 
         #[test]
         fn segment_header_round_trip(
-            no in any::<u64>(), first in 1u64..u64::MAX, prev in any::<u32>(), link in any::<u32>(),
+            no in 0u64..MAX_SEQ, first in 1u64..MAX_SEQ, prev in any::<u32>(), link in any::<u32>(),
             snap in any::<u64>(), commit in any::<u64>(), rewritten in any::<bool>()
         ) {
             let mut h = SegmentHeader::new(no, first, prev);

@@ -76,7 +76,9 @@ pub fn open_arbitrary_segments(data: &[u8]) {
                 };
                 let mut reader = journal.reader(0);
                 while let Ok(Some(_)) = reader.next().await {}
-                let _ = journal.append(journal.snapshot_op() + 1, b"fuzz").await;
+                let _ = journal
+                    .append(journal.snapshot_op().saturating_add(1), b"fuzz")
+                    .await;
                 drop(journal);
                 if let Ok((_, report)) =
                     MetadataJournal::open(&fs.root(), config.clone(), mode).await

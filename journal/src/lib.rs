@@ -855,6 +855,7 @@ impl<D: Directory> MetadataJournal<D> {
         JournalReader {
             journal: self,
             next_op: from_op,
+            done: false,
         }
     }
 
@@ -944,6 +945,8 @@ impl<D: Directory> MetadataJournal<D> {
 pub struct JournalReader<'j, D: Directory> {
     journal: &'j MetadataJournal<D>,
     next_op: u64,
+    /// Op `u64::MAX` was returned: nothing can follow.
+    done: bool,
 }
 
 impl<D: Directory> JournalReader<'_, D> {
@@ -955,12 +958,15 @@ impl<D: Directory> JournalReader<'_, D> {
                 (st.slots.last_op(), st.slots.snapshot_op())
             };
             let Some(last) = last else { return Ok(None) };
-            self.next_op = self.next_op.max(snapshot + 1);
-            if self.next_op > last {
+            self.next_op = self.next_op.max(snapshot.saturating_add(1));
+            if self.next_op > last || self.done {
                 return Ok(None);
             }
             let op = self.next_op;
-            self.next_op += 1;
+            match op.checked_add(1) {
+                Some(next) => self.next_op = next,
+                None => self.done = true,
+            }
             if let Some(entry) = self.journal.entry(op).await? {
                 return Ok(Some(entry));
             }

@@ -206,7 +206,7 @@ pub fn op_ranges(mut ops: Vec<u64>) -> Vec<RangeInclusive<u64>> {
     let mut out: Vec<RangeInclusive<u64>> = Vec::new();
     for op in ops {
         match out.last_mut() {
-            Some(range) if *range.end() + 1 == op => *range = *range.start()..=op,
+            Some(range) if range.end().checked_add(1) == Some(op) => *range = *range.start()..=op,
             _ => out.push(op..=op),
         }
     }

@@ -246,7 +246,7 @@ pub async fn scan_log<D: Directory>(
     'files: for (index, file) in files.iter().enumerate() {
         let bytes = segment::read_whole(dir, &file.name, max_file_bytes).await?;
         scan.bytes_read += bytes.len() as u64;
-        let gap = prev_number.is_some_and(|p| file.number != p + 1);
+        let gap = prev_number.is_some_and(|p| p.checked_add(1) != Some(file.number));
         prev_number = Some(file.number);
         let header = if gap {
             Err(Stop {

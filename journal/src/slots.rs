@@ -143,7 +143,9 @@ impl SlotRing {
     /// How many more ops fit above the highest of the watermark and the last live op.
     pub fn remaining_capacity(&self) -> u64 {
         let top = self.last_op.unwrap_or(0).max(self.snapshot_op);
-        (self.snapshot_op + self.slot_count).saturating_sub(top)
+        self.snapshot_op
+            .saturating_add(self.slot_count)
+            .saturating_sub(top)
     }
 
     /// Live (op, location) pairs, ascending by op.

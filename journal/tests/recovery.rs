@@ -523,3 +523,48 @@ fn after_a_clean_close_damage_in_the_last_entry_is_corruption() {
         );
     });
 }
+
+#[test]
+fn extreme_ops_and_watermarks_do_not_overflow() {
+    let config = one_segment_config();
+    run(async {
+        let name = "journal/00000000000000000000.wal".to_string();
+        let mut bytes = SegmentHeader::new(0, 1, 0).encode().to_vec();
+        let mut prev = 0;
+        for (seq, kind, op) in [
+            (1u64, EntryKind::Snapshot, u64::MAX - 3),
+            (2, EntryKind::Data, u64::MAX),
+            (3, EntryKind::Data, u64::MAX - 1),
+            (4, EntryKind::Commit, u64::MAX),
+        ] {
+            prev = encode_entry(
+                &mut bytes,
+                &NewEntry {
+                    kind,
+                    seq,
+                    op,
+                    prev_crc: prev,
+                    durable_seq: seq - 1,
+                    commit_op: u64::MAX,
+                },
+                b"edge",
+            );
+        }
+        let fs = clone_fs(1, &[(name, bytes)]).await;
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(j.snapshot_op(), u64::MAX - 3);
+        assert_eq!(
+            read_all(&j).await.iter().map(|e| e.0).collect::<Vec<_>>(),
+            vec![u64::MAX - 1, u64::MAX]
+        );
+        assert_eq!(j.remaining_capacity(), 0);
+        assert!(matches!(
+            j.append(u64::MAX - 3, b"x").await,
+            Err(JournalError::BelowSnapshot { .. })
+        ));
+        j.append(u64::MAX - 2, b"y").await.unwrap();
+        j.truncate_after(u64::MAX - 2).await.unwrap();
+        assert_eq!(j.last_op(), Some(u64::MAX - 2));
+    });
+}
