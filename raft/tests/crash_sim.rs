@@ -43,8 +43,10 @@ fn rounds() -> u64 {
 }
 
 /// What the workload knows was written and acknowledged.
-#[derive(Debug, Default)]
+#[derive(Debug, Default, Clone)]
 struct Model {
+    /// Bumped at each crash: a callback that fires after the crash instant does not count.
+    life: u32,
     /// Newest entry written at each live index, and whether its callback fired.
     entries: BTreeMap<u64, (Entry, bool)>,
     vote: Option<Vote>,
@@ -120,11 +122,13 @@ async fn one_seed(seed: u64) -> Totals {
         let (mut log, mut sm, report) = keel_raft::open(fs.root(), small_config())
             .await
             .unwrap_or_else(|e| panic!("seed {seed} life {life}: reopen failed: {e}"));
-        totals.acked_checked +=
-            check(seed, life, &model.borrow(), &mut log, &mut sm, &report).await;
+        let frozen = model.borrow().clone();
+        totals.acked_checked += check(seed, life, &frozen, &mut log, &mut sm, &report).await;
         totals.repairs += report.journal.repairs.len() as u64;
         totals.gaps += u64::from(report.discarded_after_gap.is_some());
-        adopt_recovered(&mut model.borrow_mut(), &mut log).await;
+        let entries = log.try_get_log_entries(..).await.unwrap();
+        let committed = log.read_committed().await.unwrap();
+        adopt_recovered(&mut model.borrow_mut(), entries, committed);
         if let Some(vote) = model.borrow().vote {
             term = term.max(vote.leader_id.term);
         }
@@ -140,6 +144,7 @@ async fn one_seed(seed: u64) -> Totals {
             YieldOnce(false).await;
         }
         totals.crashes += 1;
+        model.borrow_mut().life += 1;
         totals.crashes_in_flight += u64::from(log.pending_appends() > 0);
         fs.crash();
         drop((log, sm));
@@ -182,9 +187,13 @@ async fn step(
                 .await
                 .unwrap();
             let model = model.clone();
+            let life = model.borrow().life;
             compio::runtime::spawn(async move {
                 if let Ok(Ok(())) = rx.await {
                     let mut m = model.borrow_mut();
+                    if m.life != life {
+                        return;
+                    }
                     for entry in entries {
                         // Only if it is still the entry at that index (not truncated since).
                         if let Some((current, acked)) = m.entries.get_mut(&entry.log_id.index) {
@@ -367,15 +376,12 @@ async fn check(
     acked_checked
 }
 
-/// After a reopen the recovered log is the new truth: unacknowledged entries that survived are
-/// now simply entries (a later crash may not lose them silently either... but they were never
-/// acknowledged, so the model marks them acknowledged only if the store reports them durable,
-/// which it does by being there after a crash).
-async fn adopt_recovered(model: &mut Model, log: &mut keel_raft::LogStore<MemDirectory>) {
-    let entries = log.try_get_log_entries(..).await.unwrap();
+/// After a reopen the recovered log is the new truth: every entry in it was found durable, so
+/// a later crash must not lose it either (it counts as acknowledged from now on).
+fn adopt_recovered(model: &mut Model, entries: Vec<Entry>, committed: Option<LogId>) {
     model.entries = entries
         .into_iter()
         .map(|e| (e.log_id.index, (e, true)))
         .collect();
-    model.committed = log.read_committed().await.unwrap();
+    model.committed = committed;
 }
