@@ -189,6 +189,10 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     // 1. The newest valid snapshot.
     let mut chosen: Option<(u64, Vec<u8>)> = None;
     let mut quarantined_max_op = 0u64;
+    // Damaged snapshots copied to quarantine; their originals are removed only after the
+    // commit watermark they prove is durable in the journal (below), so a crash or an I/O error
+    // in between leaves the proof in place for the next recovery.
+    let mut damaged_ops: Vec<u64> = Vec::new();
     let snapshot_ops = snapshots.list().await?;
     for &op in snapshot_ops.iter().rev() {
         match snapshots.load(op).await {
@@ -202,7 +206,8 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
                 }
                 tracing::warn!(%error, op, "damaged snapshot; falling back to an older one");
                 let bytes = snapshot_file_len(&snapshots, op).await;
-                let quarantine = snapshots.quarantine(op).await?;
+                let quarantine = snapshots.copy_to_quarantine(op).await?;
+                damaged_ops.push(op);
                 repairs.push(RepairRecord {
                     kind: "snapshot_checksum".into(),
                     file: snapshots.path_of(&snapshot_file_name(op)),
@@ -362,6 +367,16 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         "a pending op at or below the applied op"
     );
 
+    // The watermark the engine resumes with is what it applied (after a point-in-time gap, the
+    // consensus layer re-prepares the missing ops and commits them again). It is made durable
+    // in the journal now when it came from elsewhere: a snapshot proves its op committed only
+    // while it exists, and a quarantined one no longer does — a second crash must not forget
+    // what this recovery established.
+    if applied_op > journal.commit_op().unwrap_or(0) {
+        journal.set_commit_op(applied_op);
+        journal.persist_commit().await?;
+    }
+
     if mode != RecoveryMode::Absolute {
         // A crash between a snapshot's directory fsync and the journal's watermark: finish that
         // checkpoint now, or the journal's capacity stays tied to the older watermark until the
@@ -380,7 +395,9 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
             journal.set_snapshot_op(watermark).await?;
             journal.compact().await?;
         }
-        // Older snapshots a crash left behind (before the coordinator's last step).
+        // The damaged originals (their copies are in quarantine), then older snapshots a crash
+        // left behind (before the coordinator's last step).
+        snapshots.remove_snapshots(&damaged_ops).await?;
         snapshots.remove_older(SNAPSHOTS_KEPT).await?;
     }
 
@@ -429,15 +446,6 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         status = ?report.status,
         "engine recovered"
     );
-    // The watermark the engine resumes with is what it applied (after a point-in-time gap, the
-    // consensus layer re-prepares the missing ops and commits them again). It is made durable
-    // in the journal now when it came from elsewhere: a snapshot proves its op committed only
-    // while it exists, and a quarantined one no longer does — a second crash must not forget
-    // what this recovery established.
-    if applied_op > journal.commit_op().unwrap_or(0) {
-        journal.set_commit_op(applied_op);
-        journal.persist_commit().await?;
-    }
     let engine = Engine {
         root,
         config,

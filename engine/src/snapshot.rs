@@ -340,6 +340,15 @@ impl<D: Directory> SnapshotStore<D> {
     /// Moves the snapshot at `op` into `DIR/quarantine/` (copy, fsync, directory fsyncs, then
     /// remove the original); returns the quarantine file's path.
     pub(crate) async fn quarantine(&self, op: u64) -> Result<String, SnapshotError> {
+        let quarantine_path = self.copy_to_quarantine(op).await?;
+        self.remove_snapshots(&[op]).await?;
+        Ok(quarantine_path)
+    }
+
+    /// Copies the snapshot at `op` into `DIR/quarantine/` durably (file and directory fsynced);
+    /// the original stays until [`SnapshotStore::remove_snapshots`]. Recovery removes it only
+    /// once the commit watermark the damaged file proves is durable elsewhere.
+    pub(crate) async fn copy_to_quarantine(&self, op: u64) -> Result<String, SnapshotError> {
         let name = snapshot_file_name(op);
         let path = self.path_of(&name);
         let q = |e| io_err(SnapshotStage::Quarantine, &path, op, e);
@@ -382,11 +391,26 @@ impl<D: Directory> SnapshotStore<D> {
         out.sync().await.map_err(q)?;
         drop(out);
         qdir.sync().await.map_err(q)?;
-        self.dir.remove_file(&name).await.map_err(q)?;
-        self.dir.sync().await.map_err(q)?;
         let quarantine_path = format!("{}/{target}", qdir.display_path());
-        tracing::warn!(file = %path, quarantine = %quarantine_path, op, "damaged snapshot moved to quarantine");
+        tracing::warn!(file = %path, quarantine = %quarantine_path, op, "damaged snapshot copied to quarantine");
         Ok(quarantine_path)
+    }
+
+    /// Removes the snapshot files at `ops` and fsyncs the directory once.
+    pub(crate) async fn remove_snapshots(&self, ops: &[u64]) -> Result<(), SnapshotError> {
+        for &op in ops {
+            let name = snapshot_file_name(op);
+            self.dir
+                .remove_file(&name)
+                .await
+                .map_err(|e| io_err(SnapshotStage::Remove, &self.path_of(&name), op, e))?;
+        }
+        if !ops.is_empty() {
+            self.dir.sync().await.map_err(|e| {
+                io_err(SnapshotStage::DirectorySync, &self.dir.display_path(), 0, e)
+            })?;
+        }
+        Ok(())
     }
 
     /// Removes the snapshots older than the `keep` newest; fsyncs the directory once.

@@ -598,3 +598,49 @@ async fn damage_in_the_durable_journal_is_refused_or_cut_per_mode() {
         "{report:?}"
     );
 }
+
+/// A damaged snapshot still proves its op was committed. Recovery keeps the damaged original
+/// until that watermark is durable in the journal: a recovery that fails in between (here an I/O
+/// error on the journal) must not make the next one forget those commits.
+#[compio::test]
+async fn a_failed_recovery_does_not_forget_what_a_damaged_snapshot_proved() {
+    use keel_storage::{FaultConfig, FaultKind, FaultOp};
+    let fs = MemFs::new(22);
+    let config = EngineConfig {
+        journal_covers_previous_snapshot: true,
+        ..small_config()
+    };
+    let (engine, _) = open(&fs, config.clone()).await;
+    for op in 1..=10 {
+        engine.append(op, &payload(op)).await.unwrap();
+        engine.commit(op).await.unwrap();
+    }
+    // No persist_commit: the journal's durable watermark is 9 (carried by op 10's entry); the
+    // snapshot at 10 is the only durable proof that op 10 committed.
+    engine.checkpoint().await.unwrap().unwrap();
+    assert_eq!(engine.durable_commit_op(), 10);
+    drop(engine);
+    fs.crash();
+    fs.flip_bit(&snap(10), 44, 3).unwrap();
+
+    fs.set_faults(
+        FaultConfig::new()
+            .fail_from(FaultOp::Write, 1, FaultKind::Io)
+            .on_paths_containing("journal"),
+    );
+    let err = Engine::open(fs.root(), config.clone(), KvStateMachine::new())
+        .await
+        .err()
+        .expect("the journal cannot be written");
+    assert!(!err.is_corruption(), "{err}");
+    fs.crash();
+    fs.clear_faults();
+
+    let (engine, report) = open(&fs, config).await;
+    assert_eq!(report.applied_op, 10, "{report:?}");
+    assert_eq!(*engine.state_machine(), model_through(10));
+    assert!(
+        !fs.exists(&snap(10)),
+        "removed once the watermark was durable"
+    );
+}

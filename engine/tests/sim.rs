@@ -41,6 +41,7 @@ struct Tally {
     snapshots_damaged: u64,
     damaged_refused: u64,
     damaged_recovered: u64,
+    faulty_recoveries: u64,
     recovered_prepares: u64,
 }
 
@@ -282,12 +283,14 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
                 if trace {
                     eprintln!("  commit {target}");
                 }
+                let checkpoint_failures = engine.stats().checkpoint_failures;
                 match engine.commit(target).await {
                     Ok(()) => tally.commits += 1,
-                    // Applied, but the automatic checkpoint after it failed.
-                    Err(EngineError::Snapshot(_) | EngineError::Journal(_)) => failed = true,
                     Err(e) => panic!("seed {seed}: commit {target}: {e}"),
                 }
+                // The commit applied, but its automatic checkpoint failed (logged, counted): the
+                // journal may be poisoned, so the process "dies" here.
+                failed = engine.stats().checkpoint_failures > checkpoint_failures;
                 if engine.applied_op() >= target {
                     for op in model.commit_op() + 1..=target {
                         let p = model.prepared.remove(&op).unwrap();
@@ -354,6 +357,23 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
                 }
                 tally.snapshots_damaged += u64::from(damaged);
             }
+            if let Some(f) = faults.as_ref().filter(|_| rng.gen_bool(0.3)) {
+                // A recovery that itself hits I/O errors must fail cleanly (an error, never
+                // corruption it invented) or succeed; either way the next one finds everything.
+                fs.set_faults(f.clone());
+                match Engine::open(fs.root(), config.clone(), KvStateMachine::new()).await {
+                    Ok((faulty, _)) => drop(faulty),
+                    Err(error) => {
+                        tally.faulty_recoveries += 1;
+                        assert!(
+                            damaged || !error.is_corruption(),
+                            "seed {seed}: an I/O fault in recovery reported as corruption: {error}"
+                        );
+                    }
+                }
+                fs.crash();
+                fs.clear_faults();
+            }
             let spent = fallback_used_at.is_some();
             engine = match reopen(&fs, &config, &mut model, seed, damaged, spent).await {
                 Some(engine) => engine,
@@ -374,12 +394,22 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
     }
     // A clean close and reopen: everything committed survives and nothing needs repair.
     fs.clear_faults();
-    let commit = model.commit_op();
     if engine.persist_commit().await.is_ok() {
         model.durable_commit = model.durable_commit.max(engine.durable_commit_op());
-        assert_eq!(engine.durable_commit_op(), commit, "seed {seed}");
+        assert_eq!(engine.durable_commit_op(), model.commit_op(), "seed {seed}");
     }
-    engine.close().await.expect("close");
+    if let Err(error) = engine.close().await {
+        // Poisoned by a fault in the last steps: the process dies instead of closing cleanly.
+        if trace {
+            eprintln!("  close failed ({error}): crash");
+        }
+        fs.crash();
+        let engine = reopen(&fs, &config, &mut model, seed, false, true)
+            .await
+            .expect("no damage injected");
+        engine.close().await.expect("close after recovery");
+    }
+    let commit = model.commit_op();
     let (engine, report) = Engine::open(fs.root(), config, KvStateMachine::new())
         .await
         .unwrap_or_else(|e| panic!("seed {seed}: reopen after close: {e}"));
@@ -451,5 +481,6 @@ fn engine_simulator() {
         assert!(tally.checkpoints > 0 && tally.fault_errors > 0 && tally.truncations > 0);
         assert!(tally.snapshots_damaged > 0 && tally.recovered_prepares > 0);
         assert!(tally.damaged_recovered > 0 && tally.damaged_refused > 0);
+        assert!(tally.faulty_recoveries > 0);
     }
 }
