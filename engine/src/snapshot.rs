@@ -339,6 +339,7 @@ impl<D: Directory> SnapshotStore<D> {
 
     /// Moves the snapshot at `op` into `DIR/quarantine/` (copy, fsync, directory fsyncs, then
     /// remove the original); returns the quarantine file's path.
+    #[cfg(test)]
     pub(crate) async fn quarantine(&self, op: u64) -> Result<String, SnapshotError> {
         let quarantine_path = self.copy_to_quarantine(op).await?;
         self.remove_snapshots(&[op]).await?;
