@@ -517,7 +517,7 @@ impl<D: Directory> MetadataJournal<D> {
         let journal = Self::from_scan(dir, config, read_only, &scan);
         journal.open_segments(&scan).await?;
         if !read_only {
-            journal.prepare_tail(&scan).await?;
+            journal.prepare_tail().await?;
         }
         Ok((journal, report))
     }
@@ -648,7 +648,7 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// Makes what the scan read durable (a process crash leaves it in the page cache only, and
     /// the next entries will claim it durable), and preallocates the active segment again.
-    async fn prepare_tail(&self, scan: &LogScan) -> Result<(), JournalError> {
+    async fn prepare_tail(&self) -> Result<(), JournalError> {
         let handles: Vec<(Rc<D::File>, String)> = self
             .state
             .borrow()
@@ -679,7 +679,6 @@ impl<D: Directory> MetadataJournal<D> {
                     .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
             }
         }
-        let _ = scan;
         Ok(())
     }
 

@@ -312,7 +312,7 @@ impl<D: Directory> MetadataJournal<D> {
             }
             .await;
         };
-        self.wait(completion, true).await
+        self.wait(completion).await
     }
 
     /// Encodes one entry into the queue, assigning seq, chain, segment and offset. Synchronous:
@@ -402,11 +402,11 @@ impl<D: Directory> MetadataJournal<D> {
             .w
             .flush_waiters
             .push(completion.clone());
-        self.wait(completion, false).await
+        self.wait(completion).await
     }
 
     /// Waits for `completion`, becoming the flusher whenever nobody is.
-    async fn wait(&self, completion: Rc<Completion>, _is_entry: bool) -> Result<(), JournalError> {
+    async fn wait(&self, completion: Rc<Completion>) -> Result<(), JournalError> {
         loop {
             if let Some(result) = completion.result.borrow_mut().take() {
                 return result.map_err(|(failure, in_flight)| failure.to_error(in_flight));
