@@ -23,7 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 
 use bytes::Bytes;
-use keel_storage::FsDirectory;
+use keel_storage::{Directory, FsDirectory};
 
 use crate::checkpoint::CheckpointReport;
 use crate::error::EngineError;
@@ -390,7 +390,7 @@ fn run_shard<M, F>(
     };
     runtime.block_on(async move {
         let opened = async {
-            let root = FsDirectory::open(&dir, true, false)
+            let root = create_dir_durably(&dir)
                 .await
                 .map_err(|e| EngineError::io("open shard dir", dir.display().to_string(), e))?;
             Engine::open(root, config, make_state_machine(shard)).await
@@ -467,10 +467,33 @@ fn run_shard<M, F>(
     });
 }
 
-async fn serve<D: keel_storage::Directory, M: StateMachine>(
-    engine: &Engine<D, M>,
-    request: Request<M>,
-) {
+/// Opens `dir`, creating it and any missing parents; each directory created gets its entry
+/// fsynced in its parent, so a crash cannot take a shard's whole directory (and every op
+/// acknowledged inside it) away with an unsynced `mkdir`.
+async fn create_dir_durably(dir: &Path) -> std::io::Result<FsDirectory> {
+    let mut missing = Vec::new();
+    let mut cursor = Some(dir);
+    while let Some(path) = cursor {
+        if compio::fs::metadata(path).await.is_ok() {
+            break;
+        }
+        missing.push(path);
+        cursor = path.parent();
+    }
+    let opened = FsDirectory::open(dir, true, false).await?;
+    // Parents first: each new entry is durable before anything below it counts on it.
+    for created in missing.iter().rev() {
+        if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
+            FsDirectory::open(parent, false, false)
+                .await?
+                .sync()
+                .await?;
+        }
+    }
+    Ok(opened)
+}
+
+async fn serve<D: Directory, M: StateMachine>(engine: &Engine<D, M>, request: Request<M>) {
     match request {
         Request::Append { op, payload, reply } => {
             let _ = reply.send(engine.append(op, &payload).await);
