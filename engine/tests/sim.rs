@@ -14,7 +14,7 @@ mod common;
 use std::collections::BTreeMap;
 use std::panic::{catch_unwind, resume_unwind, AssertUnwindSafe};
 
-use common::{join_all, random_payload, small_config};
+use common::{join2, join_all, random_payload, small_config};
 use keel_engine::{
     Engine, EngineConfig, EngineError, JournalError, KvStateMachine, RecoveryStatus, StateMachine,
 };
@@ -253,15 +253,29 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
             for (op, p) in ops.iter().zip(&payloads) {
                 model.attempted.entry(*op).or_default().push(p.clone());
             }
-            let results = join_all(
+            // Sometimes a checkpoint runs while the prepares are in flight (as on a shard).
+            let with_checkpoint = rng.gen_bool(0.15);
+            let appends = join_all(
                 ops.iter()
                     .zip(&payloads)
                     .map(|(op, p)| engine.append(*op, p))
                     .collect(),
-            )
-            .await;
+            );
+            let checkpoint = async {
+                if with_checkpoint {
+                    Some(engine.checkpoint().await)
+                } else {
+                    None
+                }
+            };
+            let (results, checkpointed) = join2(appends, checkpoint).await;
             if trace {
-                eprintln!("  append {ops:?} -> {results:?}");
+                eprintln!("  append {ops:?} -> {results:?} (checkpoint: {checkpointed:?})");
+            }
+            match checkpointed {
+                Some(Ok(Some(_))) => tally.checkpoints += 1,
+                Some(Ok(None)) | None => {}
+                Some(Err(_)) => failed = true,
             }
             for ((op, p), result) in ops.iter().zip(payloads).zip(results) {
                 match result {

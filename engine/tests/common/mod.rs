@@ -100,3 +100,29 @@ pub async fn join_all<F: Future>(futures: Vec<F>) -> Vec<F::Output> {
     }
     .await
 }
+
+/// Polls both futures until both are done (first one first at each wake-up).
+pub async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
+    let mut a = Box::pin(a);
+    let mut b = Box::pin(b);
+    let mut out_a = None;
+    let mut out_b = None;
+    std::future::poll_fn(|cx| {
+        if out_a.is_none() {
+            if let Poll::Ready(v) = a.as_mut().poll(cx) {
+                out_a = Some(v);
+            }
+        }
+        if out_b.is_none() {
+            if let Poll::Ready(v) = b.as_mut().poll(cx) {
+                out_b = Some(v);
+            }
+        }
+        if out_a.is_some() && out_b.is_some() {
+            Poll::Ready((out_a.take().unwrap(), out_b.take().unwrap()))
+        } else {
+            Poll::Pending
+        }
+    })
+    .await
+}
