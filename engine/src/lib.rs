@@ -233,6 +233,9 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     /// Prepares `op`: journals `payload` and returns once it is durable (group commit). Ops may
     /// arrive out of order and with gaps; a prepare of an op already prepared (not committed)
     /// replaces it. Fails with the journal's `Full` when `op` is too far past the snapshot.
+    ///
+    /// Dropping the future before it resolves leaves unknown whether the bytes reached the
+    /// disk: prepare the op again before committing it.
     pub async fn append(&self, op: u64, payload: &[u8]) -> Result<(), EngineError> {
         let started = Instant::now();
         let result = self.append_inner(op, payload).await;
@@ -303,8 +306,10 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     ///
     /// The watermark reaches the disk with the next durable entry (or [`Engine::persist_commit`]);
     /// a crash before that recovers the ops as prepared-but-uncommitted, which the consensus
-    /// layer re-commits. May run an automatic checkpoint before returning (see
-    /// [`EngineConfig::checkpoint_margin_ops`]).
+    /// layer re-commits. Refused with `PrepareInFlight` while a prepare of a covered op has not
+    /// returned. May run an automatic checkpoint before returning (see
+    /// [`EngineConfig::checkpoint_margin_ops`]); if that fails, the commit still succeeded: the
+    /// failure is logged and counted in `checkpoint_failures`, and the next commit retries.
     pub async fn commit(&self, op: u64) -> Result<(), EngineError> {
         self.apply_through(op)?;
         // The commit itself succeeded; a failed automatic checkpoint is counted and logged (in
