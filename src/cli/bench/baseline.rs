@@ -13,6 +13,7 @@ use std::time::{Duration, Instant};
 use hdrhistogram::Histogram;
 use serde::Serialize;
 
+use super::driver::latency_histogram;
 use super::workload::Workload;
 use super::SyncMode;
 use crate::cli::CliError;
@@ -87,8 +88,7 @@ fn summarize(measured: &[Measured], ops: u64, entry_bytes: usize) -> Baseline {
         .unwrap_or_default()
         .as_secs_f64()
         .max(1e-9);
-    let mut latency: Histogram<u64> =
-        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
+    let mut latency: Histogram<u64> = latency_histogram();
     for m in measured {
         let _ = latency.add(&m.latency_us);
     }
@@ -109,8 +109,7 @@ fn io_error(plan: &Plan, what: &str) -> impl Fn(std::io::Error) -> CliError {
 fn run_shard(plan: &Plan) -> Result<Measured, CliError> {
     let frame_bytes = FRAME_HEADER_BYTES + plan.workload.entry_bytes;
     let file = preallocated(plan, plan.ops as usize * frame_bytes)?;
-    let mut latency_us: Histogram<u64> =
-        Histogram::new(3).unwrap_or_else(|_| unreachable!("3 significant figures is valid"));
+    let mut latency_us: Histogram<u64> = latency_histogram();
     let mut fsyncs = 0;
     let mut buffer = Vec::with_capacity(plan.group * frame_bytes);
     let started = Instant::now();

@@ -31,8 +31,15 @@ type BenchEngine = Engine<FsDirectory, KvStateMachine>;
 type AppendTask = JoinHandle<Result<u64, EngineError>>;
 type CheckpointTask = JoinHandle<Result<Option<CheckpointReport>, EngineError>>;
 
-/// Largest latency the histograms track (60 s, in µs).
+/// Largest latency the histograms track (60 s, in µs); longer ones are recorded as this.
 const MAX_LATENCY_US: u64 = 60_000_000;
+
+/// A latency histogram in µs with fixed bounds, so `saturating_record` never clamps a real value
+/// (an auto-resizing histogram clamps to its current, tiny, bound instead of growing).
+pub fn latency_histogram() -> Histogram<u64> {
+    Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
+        .unwrap_or_else(|_| unreachable!("bounds 1..=60 s at 3 figures are valid"))
+}
 
 /// What one shard runs.
 pub struct ShardPlan {
@@ -181,8 +188,7 @@ struct Pipeline<'p> {
 
 impl<'p> Pipeline<'p> {
     fn new(plan: &'p ShardPlan) -> Result<Self, CliError> {
-        let latency_us = Histogram::new_with_bounds(1, MAX_LATENCY_US, 3)
-            .map_err(|error| CliError::Internal(format!("latency histogram: {error}")))?;
+        let latency_us = latency_histogram();
         Ok(Self {
             plan,
             window: VecDeque::with_capacity(plan.depth),

@@ -9,7 +9,7 @@ use keel_engine::EngineStats;
 use serde::Serialize;
 
 use super::baseline::Baseline;
-use super::driver::ShardResult;
+use super::driver::{latency_histogram, ShardResult};
 use super::Settings;
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,9 +59,7 @@ impl BenchReport {
         let ops: u64 = results.iter().map(|r| r.ops).sum();
         let elapsed = wall_time(results).as_secs_f64().max(1e-9);
         let mut stats = EngineStats::default();
-        let mut latency: Histogram<u64> = Histogram::new(3).unwrap_or_else(|_| {
-            unreachable!("3 significant figures is within hdrhistogram's 0..=5")
-        });
+        let mut latency: Histogram<u64> = latency_histogram();
         for result in results {
             stats.merge(&result.stats);
             // An auto-resizing histogram takes every shard's values.
