@@ -106,9 +106,6 @@ pub struct DirArg {
 pub fn tool_config(mode: Mode) -> EngineConfig {
     let mut config = EngineConfig::default();
     config.journal.slot_count = SLOT_COUNT;
-    // One batch must hold the largest entry (payload + header); the journal's defaults pair a
-    // 1 MiB payload limit with a 1 MiB batch.
-    config.journal.max_batch_bytes = config.journal.max_batch_bytes.max(2 << 20);
     // The tools append nothing: opening a directory must not grow its active segment.
     config.journal.preallocate = false;
     config.checkpoint_margin_ops = SLOT_COUNT / 4;
