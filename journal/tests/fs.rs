@@ -114,3 +114,83 @@ fn fs_group_commit() {
         );
     });
 }
+
+/// A throughput smoke check, not a benchmark (the criterion benches and `keel bench` are those):
+/// `cargo test -p keel-journal --release --test fs -- --ignored --nocapture`.
+#[test]
+#[ignore]
+fn fs_throughput_smoke() {
+    let dir = std::env::var("KEEL_SMOKE_DIR")
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|_| std::env::temp_dir());
+    let temp = tempfile::tempdir_in(dir).unwrap();
+    {
+        // Baseline in the same run: std pwrite + fdatasync on zero-written space.
+        use std::os::unix::fs::FileExt;
+        let file = std::fs::File::create(temp.path().join("baseline")).unwrap();
+        file.write_all_at(&vec![0u8; 8 << 20], 0).unwrap();
+        file.sync_all().unwrap();
+        let started = std::time::Instant::now();
+        for i in 0..2000u64 {
+            file.write_all_at(&[7u8; 192], i * 192).unwrap();
+            file.sync_data().unwrap();
+        }
+        let elapsed = started.elapsed();
+        eprintln!(
+            "baseline std pwrite+fdatasync: 2000 in {elapsed:?} = {:.0} ops/s",
+            2000.0 / elapsed.as_secs_f64()
+        );
+    }
+    run(async {
+        let root = FsDirectory::open(temp.path(), true, false).await.unwrap();
+        let (j, _) = MetadataJournal::open(
+            &root,
+            JournalConfig {
+                slot_count: 1 << 16,
+                ..config()
+            },
+            RecoveryMode::TolerateTornTail,
+        )
+        .await
+        .unwrap();
+        let j = Rc::new(j);
+        j.append(1, b"warm up: creates the first segment")
+            .await
+            .unwrap();
+        let mut base = 1;
+        for (label, inflight, total) in [
+            ("one at a time", 1u64, 2_000u64),
+            ("64 in flight", 64, 20_000),
+        ] {
+            let started = std::time::Instant::now();
+            let before = j.stats();
+            let mut next = base + 1;
+            let end = base + total;
+            let mut tasks = Vec::new();
+            while next <= end {
+                while tasks.len() < inflight as usize && next <= end {
+                    let j = j.clone();
+                    let op = next;
+                    tasks.push(compio::runtime::spawn(async move {
+                        j.append(op, &[7u8; 128]).await
+                    }));
+                    next += 1;
+                }
+                tasks.remove(0).await.unwrap().unwrap();
+            }
+            for t in tasks {
+                t.await.unwrap().unwrap();
+            }
+            let elapsed = started.elapsed();
+            let after = j.stats();
+            eprintln!(
+                "{label}: {total} x 128 B in {elapsed:?} = {:.0} ops/s, {} fsyncs, {:.1} entries/batch",
+                total as f64 / elapsed.as_secs_f64(),
+                after.fsyncs - before.fsyncs,
+                total as f64 / (after.batches - before.batches) as f64
+            );
+            j.set_snapshot_op(end).await.unwrap();
+            base = end;
+        }
+    });
+}
