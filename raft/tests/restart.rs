@@ -6,7 +6,9 @@ mod common;
 use std::sync::Arc;
 use std::time::Duration;
 
-use common::{init_tracing, log_id, membership_entry, open_store, set_entry};
+use common::{
+    init_tracing, log_id, membership_entry, open_store, open_store_after_shutdown, set_entry,
+};
 use futures::stream;
 use keel_raft::typ::{Entry, LogId, LogState, SnapshotMeta, StoredMembership, Vote};
 use keel_raft::{LogStore, StateMachineStore, StoreConfig, TypeConfig};
@@ -234,7 +236,7 @@ fn single_node_raft_restarts_with_the_same_state() {
         log.sync().await.unwrap();
         drop((raft, log, sm));
 
-        let (log, sm, report) = open_store(dir.path(), store_config).await;
+        let (log, sm, report) = open_store_after_shutdown(dir.path(), store_config).await;
         assert!(report.snapshot.is_some());
         assert!(report.last_purged.is_some(), "purged behind the snapshot");
         assert_eq!(

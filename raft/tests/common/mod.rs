@@ -51,3 +51,22 @@ pub async fn open_store(path: &Path, config: StoreConfig) -> Store {
         .expect("open store directory");
     keel_raft::open(root, config).await.expect("open store")
 }
+
+/// Opens the store, waiting (bounded) for the directory lock: after `Raft::shutdown` openraft's
+/// detached tasks may still hold a clone of the old store for a moment on this runtime.
+pub async fn open_store_after_shutdown(path: &Path, config: StoreConfig) -> Store {
+    use openraft::type_config::TypeConfigExt;
+    for _ in 0..200 {
+        let root = FsDirectory::open(path, true, false)
+            .await
+            .expect("open store directory");
+        match keel_raft::open(root, config.clone()).await {
+            Ok(store) => return store,
+            Err(keel_raft::RaftStoreError::Io { stage: "lock", .. }) => {
+                keel_raft::TypeConfig::sleep(std::time::Duration::from_millis(10)).await
+            }
+            Err(error) => panic!("open store: {error}"),
+        }
+    }
+    panic!("the old store still holds the lock after 2 s");
+}
