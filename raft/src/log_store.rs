@@ -6,7 +6,7 @@
 //!   (readable at once, as openraft requires) and spawns one task that issues every entry's
 //!   `journal.append` concurrently, so they join the journal's group commit together with
 //!   whatever else is in flight (one `write_at` + one fdatasync per batch).
-//! - Each such task is a link of an [`IoChain`]: it fires its `IOFlushed` callback only after its
+//! - Each such task is a link of an `IoChain`: it fires its `IOFlushed` callback only after its
 //!   own entries are durable **and** the previous link has fired. Callbacks therefore fire in
 //!   append order, and an acknowledged entry never has an unacknowledged one below it.
 //! - `save_vote`, `truncate_after` and `purge` first wait for the whole chain (a barrier), so no

@@ -3,7 +3,7 @@
 //! Neither fits the journal: the vote is not a log entry (and must survive a `truncate_after` of
 //! the whole log), and the last purged log id carries a term the journal's snapshot watermark
 //! (an op number) cannot hold. Both change rarely (elections, purges), so replacing a small file
-//! atomically ([`crate::durable::write_atomic`], 2 fsyncs + a rename) costs nothing in the write
+//! atomically (temp + fsync + rename + directory fsync) costs nothing in the write
 //! path, while keeping the vote durable before `save_vote` returns, as openraft requires.
 //!
 //! Format (little-endian): a 24-byte header then a JSON body.

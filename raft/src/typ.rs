@@ -1,4 +1,4 @@
-//! Short names for openraft's generic types instantiated with [`TypeConfig`](crate::TypeConfig).
+//! Short names for openraft's generic types instantiated with [`crate::TypeConfig`].
 
 use crate::TypeConfig;
 
