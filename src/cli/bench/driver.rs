@@ -8,6 +8,9 @@
 //! The driver runs on the shard's own thread rather than sending each op through a
 //! `ShardHandle`: a consensus loop in a thread-per-core design lives on its core, and a channel
 //! round trip per op (two cross-thread wake-ups) would measure the channel, not the engine.
+//! Measured once on the 2-core VM (one shard, 20,000 ops of 128 B, same pipeline both ways):
+//! `--sync none` 240–320k ops/s driven locally against 8–12k through `ShardHandle`; `--sync batch`
+//! 28–92k against 7–19k; `--sync every` is bound by the disk either way.
 
 use std::collections::VecDeque;
 use std::path::PathBuf;
