@@ -169,3 +169,9 @@ fn a_request_that_panics_on_its_shard_is_answered_not_left_hanging() {
     block_on(handle.append(1, 1, payload(1))).unwrap();
     drop(set);
 }
+
+#[test]
+fn the_handle_is_send_sync_and_clone() {
+    fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
+    assert_send_sync_clone::<keel_engine::ShardHandle<KvStateMachine>>();
+}
