@@ -56,9 +56,6 @@ impl StoreConfig {
                 // Small segments: a purge deletes whole segments and rewrites at most one small
                 // straddling segment, instead of rewriting most of one big live segment.
                 segment_bytes: 4 << 20,
-                // The journal's defaults refuse themselves (a 1 MiB batch cannot hold a 1 MiB
-                // payload plus its header); a 2 MiB batch keeps room for keel's largest value.
-                max_batch_bytes: 2 << 20,
                 ..JournalConfig::default()
             },
             recovery_mode: RecoveryMode::TolerateTornTail,
