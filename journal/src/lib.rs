@@ -929,6 +929,16 @@ impl<D: Directory> MetadataJournal<D> {
         Ok(())
     }
 
+    /// How many ops are live in the slot ring (for `keel inspect`'s slot use).
+    pub fn live_ops(&self) -> u64 {
+        self.state.borrow().slots.live().len() as u64
+    }
+
+    /// The slot ring's size.
+    pub fn slot_count(&self) -> u64 {
+        self.config.slot_count
+    }
+
     /// Segments currently open, ascending (for `inspect` on an open journal and for tests).
     pub fn segment_names(&self) -> Vec<String> {
         self.state

@@ -119,6 +119,8 @@ fn full_and_below_snapshot_write_nothing() {
         let (j, report) = open(&fs, &config).await;
         assert_eq!(j.snapshot_op(), 10);
         assert_eq!(report.snapshot_op, Some(10));
+        assert_eq!(j.live_ops(), 2);
+        assert_eq!(j.slot_count(), 64);
         assert_eq!(
             read_all(&j).await.iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![64, 74]
