@@ -181,10 +181,8 @@ impl<D: Directory> MetadataJournal<D> {
         live: Vec<(u64, Location)>,
         hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
     ) -> Result<(), JournalError> {
-        let (old_file, name) = {
-            let st = self.state.borrow();
-            let h = &st.segments[&number];
-            (h.file.clone(), h.name.clone())
+        let Some((old_file, name)) = self.segment_file(number).await? else {
+            return Ok(());
         };
         let (snapshot_op, commit_op) = {
             let st = self.state.borrow();
@@ -283,7 +281,8 @@ impl<D: Directory> MetadataJournal<D> {
             st.segments.insert(
                 number,
                 SegmentHandle {
-                    file: Rc::new(new_file),
+                    file: Some(Rc::new(new_file)),
+                    len_bytes: bytes_len,
                     name: target.clone(),
                     end_link: Link {
                         next_seq: end_link.next_seq,
@@ -304,7 +303,7 @@ impl<D: Directory> MetadataJournal<D> {
             .borrow()
             .segments
             .values()
-            .map(|h| h.file.len())
+            .map(|h| h.file.as_ref().map_or(h.len_bytes, |f| f.len()))
             .sum()
     }
 

@@ -283,7 +283,11 @@ pub struct RawEntry {
 
 /// An open segment.
 pub(crate) struct SegmentHandle<D: Directory> {
-    pub file: Rc<D::File>,
+    /// Open handle; released (None) for sealed segments no live op points into, so a journal that
+    /// never compacts does not hold one descriptor per segment forever. Reopened on demand.
+    pub file: Option<Rc<D::File>>,
+    /// Length when the handle was released.
+    pub len_bytes: u64,
     pub name: String,
     /// Chain state after its last entry.
     pub end_link: scan::Link,
@@ -636,7 +640,8 @@ impl<D: Directory> MetadataJournal<D> {
             self.state.borrow_mut().segments.insert(
                 seg.number,
                 SegmentHandle {
-                    file: Rc::new(file),
+                    file: Some(Rc::new(file)),
+                    len_bytes: seg.file_len_bytes,
                     name: seg.name.clone(),
                     end_link: seg.end_link,
                     entry_count: seg.entries.len() as u64,
@@ -654,7 +659,7 @@ impl<D: Directory> MetadataJournal<D> {
             .borrow()
             .segments
             .values()
-            .map(|h| (h.file.clone(), h.name.clone()))
+            .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
             .collect();
         for (file, name) in &handles {
             file.sync()
@@ -666,7 +671,7 @@ impl<D: Directory> MetadataJournal<D> {
             (!st.w.needs_rotation)
                 .then(|| st.segments.get(&st.w.cursor_segment))
                 .flatten()
-                .map(|h| (h.file.clone(), h.name.clone()))
+                .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())))
         };
         if let (Some((file, name)), true) = (active, self.config.preallocate) {
             let target = self.preallocation_target(file.len(), file.len());
@@ -679,6 +684,7 @@ impl<D: Directory> MetadataJournal<D> {
                     .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
             }
         }
+        self.release_idle_handles();
         Ok(())
     }
 
@@ -808,18 +814,17 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// The newest entry for `op`, if live.
     pub async fn entry(&self, op: u64) -> Result<Option<Entry>, JournalError> {
-        let found = {
+        let location = {
             let st = self.state.borrow();
             if let Some(reason) = &st.poisoned {
                 return Err(JournalError::Poisoned(reason.clone()));
             }
-            st.slots.get(op).and_then(|location| {
-                st.segments
-                    .get(&location.segment)
-                    .map(|h| (location, h.file.clone(), h.name.clone()))
-            })
+            st.slots.get(op)
         };
-        let Some((location, file, name)) = found else {
+        let Some(location) = location else {
+            return Ok(None);
+        };
+        let Some((file, name)) = self.segment_file(location.segment).await? else {
             return Ok(None);
         };
         let bytes = file
@@ -937,6 +942,18 @@ impl<D: Directory> MetadataJournal<D> {
     /// The slot ring's size.
     pub fn slot_count(&self) -> u64 {
         self.config.slot_count
+    }
+
+    /// Segment files with an open handle (tests: sealed segments nothing live points into are
+    /// released).
+    #[doc(hidden)]
+    pub fn open_segment_handles(&self) -> usize {
+        self.state
+            .borrow()
+            .segments
+            .values()
+            .filter(|h| h.file.is_some())
+            .count()
     }
 
     /// Segments currently open, ascending (for `inspect` on an open journal and for tests).

@@ -512,7 +512,8 @@ impl<D: Directory> MetadataJournal<D> {
                 self.state.borrow_mut().segments.insert(
                     header.segment_no,
                     SegmentHandle {
-                        file: Rc::new(file),
+                        file: Some(Rc::new(file)),
+                        len_bytes: 0,
                         name,
                         end_link: Link {
                             next_seq: header.first_seq,
@@ -521,18 +522,16 @@ impl<D: Directory> MetadataJournal<D> {
                         entry_count: 0,
                     },
                 );
+                // The older segments are synced now: let go of handles nothing live needs.
+                self.release_idle_handles();
             }
             if run.buf.is_empty() {
                 continue;
             }
-            let (file, name) = {
-                let st = self.state.borrow();
-                let handle = st
-                    .segments
-                    .get(&run.segment)
-                    .expect("a run's segment exists before its bytes are written");
-                (handle.file.clone(), handle.name.clone())
-            };
+            let (file, name) = self
+                .segment_file(run.segment)
+                .await?
+                .expect("a run's segment exists before its bytes are written");
             let run_end = run.offset_bytes + run.buf.len() as u64;
             if self.config.preallocate
                 && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
@@ -570,6 +569,58 @@ impl<D: Directory> MetadataJournal<D> {
         (self.config.segment_bytes / 8).clamp(512, PREALLOCATE_STEP_MAX_BYTES)
     }
 
+    /// The open handle of segment `number` (opened again if it was released); `None` if the
+    /// segment is gone.
+    pub(crate) async fn segment_file(
+        &self,
+        number: u64,
+    ) -> Result<Option<(Rc<D::File>, String)>, JournalError> {
+        let (file, name) = {
+            let st = self.state.borrow();
+            let Some(handle) = st.segments.get(&number) else {
+                return Ok(None);
+            };
+            (handle.file.clone(), handle.name.clone())
+        };
+        if let Some(file) = file {
+            return Ok(Some((file, name)));
+        }
+        let mode = if self.read_only {
+            keel_storage::OpenMode::ReadOnly
+        } else {
+            keel_storage::OpenMode::Existing
+        };
+        let file = Rc::new(
+            self.dir
+                .open_file(&name, mode)
+                .await
+                .map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
+        );
+        if let Some(handle) = self.state.borrow_mut().segments.get_mut(&number) {
+            handle.file.get_or_insert_with(|| file.clone());
+        }
+        Ok(Some((file, name)))
+    }
+
+    /// Drops the handles of sealed, synced segments that no live op points into.
+    pub(crate) fn release_idle_handles(&self) {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let referenced: BTreeSet<u64> = st.slots.live().iter().map(|(_, l)| l.segment).collect();
+        let active = st.w.cursor_segment;
+        for (number, handle) in st.segments.iter_mut() {
+            if *number == active
+                || referenced.contains(number)
+                || st.w.dirty_segments.contains(number)
+            {
+                continue;
+            }
+            if let Some(file) = handle.file.take() {
+                handle.len_bytes = file.len();
+            }
+        }
+    }
+
     /// One fsync per segment written since the last sync.
     async fn sync_dirty(&self) -> Result<(), JournalError> {
         let dirty: Vec<(Rc<D::File>, String)> = {
@@ -578,7 +629,7 @@ impl<D: Directory> MetadataJournal<D> {
             numbers
                 .iter()
                 .filter_map(|n| st.segments.get(n))
-                .map(|h| (h.file.clone(), h.name.clone()))
+                .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
                 .collect()
         };
         for (file, name) in dirty {

@@ -389,3 +389,38 @@ fn in_flight_bound_makes_appends_wait_not_fail() {
         );
     });
 }
+
+#[test]
+fn idle_segment_handles_are_released_and_reopened_on_demand() {
+    let fs = MemFs::new(13);
+    let config = small_config(); // 4 KiB segments, slot_count 256
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=200 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        let segments = j.stats().segments_live;
+        assert!(segments >= 5, "{segments}");
+        // Every segment still holds live ops: all handles open.
+        assert_eq!(j.open_segment_handles() as u64, segments);
+        j.set_snapshot_op(190).await.unwrap();
+        for op in 201..=260 {
+            j.append(op, &payload(op, 0)).await.unwrap();
+        }
+        assert!(
+            j.open_segment_handles() <= 4,
+            "dead sealed segments keep no handle: {} of {}",
+            j.open_segment_handles(),
+            j.stats().segments_live
+        );
+        assert_eq!(read_all(&j).await.len(), 70);
+        // Compaction (which needs no handle to delete) still works, and so does reading.
+        j.compact().await.unwrap();
+        assert_eq!(read_all(&j).await.len(), 70);
+        drop(j);
+        fs.crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.problems.is_empty(), "{report:?}");
+        assert_eq!(read_all(&j).await.len(), 70);
+    });
+}
