@@ -411,8 +411,17 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
         let faults = rng.borrow_mut().gen_bool(0.1);
         if faults {
             stats.faults += 1;
-            let op =
-                [FaultOp::Write, FaultOp::Sync, FaultOp::DirSync][rng.borrow_mut().gen_range(0..3)];
+            let ops = [
+                FaultOp::Write,
+                FaultOp::Sync,
+                FaultOp::DirSync,
+                FaultOp::Rename,
+                FaultOp::Remove,
+                FaultOp::Open,
+                FaultOp::Truncate,
+                FaultOp::Read,
+            ];
+            let op = ops[rng.borrow_mut().gen_range(0..ops.len())];
             fs.set_faults(FaultConfig::new().fail_with_probability(op, 0.05, FaultKind::Io));
         }
         let budget = rng.borrow_mut().gen_range(1..250);
