@@ -866,6 +866,7 @@ impl<D: Directory> MetadataJournal<D> {
     /// Moves the snapshot watermark to `op` (persisted as a marker); frees slots at or below it.
     /// A watermark at or below the current one is a no-op.
     pub async fn set_snapshot_op(&self, op: u64) -> Result<(), JournalError> {
+        self.check_usable()?;
         if op <= self.state.borrow().snapshot_encoded {
             return Ok(());
         }
