@@ -6,8 +6,9 @@
 //! - every acknowledged prepare above it comes back with its bytes, and no prepare is invented;
 //! - a damaged snapshot is either recovered from (fallback) or refused as corruption.
 //!
-//! `KEEL_ENGINE_SIM_SEEDS=N` runs seeds `0..N` (default 1000); `KEEL_ENGINE_SIM_SEED=S` replays
-//! seed `S` alone; a failing seed is printed.
+//! `KEEL_ENGINE_SIM_SEEDS=N` runs seeds `0..N` (default 1000; `KEEL_ENGINE_SIM_FIRST_SEED=F`
+//! shifts them to `F..F+N`); `KEEL_ENGINE_SIM_SEED=S` replays seed `S` alone
+//! (`KEEL_ENGINE_SIM_TRACE=1` prints every step); a failing seed is printed.
 
 mod common;
 
@@ -467,7 +468,14 @@ fn engine_simulator() {
                 .ok()
                 .map(|s| s.parse().expect("KEEL_ENGINE_SIM_SEEDS must be a number"))
                 .unwrap_or(DEFAULT_SEEDS);
-            (0..n).collect()
+            let first = std::env::var("KEEL_ENGINE_SIM_FIRST_SEED")
+                .ok()
+                .map(|s| {
+                    s.parse()
+                        .expect("KEEL_ENGINE_SIM_FIRST_SEED must be a number")
+                })
+                .unwrap_or(0u64);
+            (first..first + n).collect()
         }
     };
     let runtime = compio::runtime::Runtime::new().unwrap();
