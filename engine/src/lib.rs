@@ -57,7 +57,7 @@ pub use recover::{
     recovery_mode_from_str, recovery_mode_name, repair, verify, OpRange, ProblemRecord,
     RecoveryReport, RecoveryStatus, RepairRecord, VerifyReport, VerifyStatus,
 };
-pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet};
+pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{
     list_snapshots, parse_snapshot_file_name, snapshot_file_name, SnapshotInfo, SNAPSHOTS_DIR,
     SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
