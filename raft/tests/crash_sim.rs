@@ -1,12 +1,14 @@
 //! The store under keel's crash model: random raft-shaped workloads on `MemFs`, a simulated power
-//! cut at a random moment (appends still in flight), reopen, and check against a model.
+//! cut at a random moment (appends still in flight, and half the time in the middle of a vote,
+//! a purge or a truncation), reopen, and check against a model.
 //!
 //! Invariants after every crash + reopen:
 //! - every entry whose `IOFlushed` callback fired is present, byte for byte (unless purged, or
 //!   truncated by a `truncate_after` that returned);
 //! - every entry present is the newest one written at its index (a truncated or overwritten
 //!   entry never comes back), and the log is contiguous after the last purged id;
-//! - the vote and the last purged id are exactly the last ones whose call returned;
+//! - the vote and the last purged id are exactly the last ones whose call returned, or the one
+//!   of the call the crash interrupted (all or nothing);
 //! - the committed id is at most the last one saved, and its entry is in the log;
 //! - the current snapshot is the last one built, and the state machine is that snapshot plus the
 //!   log replayed up to the recovered committed id.
@@ -54,6 +56,15 @@ struct Model {
     committed: Option<LogId>,
     /// The last snapshot built (durable on return): its last log id.
     snapshot: Option<Option<LogId>>,
+    /// An operation the crash cut short: its effect may or may not have become durable.
+    interrupted: Option<Interrupted>,
+}
+
+#[derive(Debug, Clone)]
+enum Interrupted {
+    Vote(Vote),
+    Purge(LogId),
+    Truncate { first_gone: u64 },
 }
 
 fn small_config() -> StoreConfig {
@@ -78,6 +89,8 @@ fn crash_model_never_loses_acknowledged_state() {
         totals.acked_checked += t.acked_checked;
         totals.repairs += t.repairs;
         totals.gaps += t.gaps;
+        totals.interrupted += t.interrupted;
+        totals.interrupted_durable += t.interrupted_durable;
     }
     // The run must have exercised what it claims to.
     eprintln!("{totals:?}");
@@ -110,6 +123,9 @@ struct Totals {
     acked_checked: u64,
     repairs: u64,
     gaps: u64,
+    interrupted: u64,
+    /// Interrupted operations whose effect was found durable (the rest were cut before it).
+    interrupted_durable: u64,
 }
 
 async fn one_seed(seed: u64) -> Totals {
@@ -123,12 +139,20 @@ async fn one_seed(seed: u64) -> Totals {
             .await
             .unwrap_or_else(|e| panic!("seed {seed} life {life}: reopen failed: {e}"));
         let frozen = model.borrow().clone();
+        totals.interrupted_durable += u64::from(interrupted_took_effect(&frozen, &mut log).await);
         totals.acked_checked += check(seed, life, &frozen, &mut log, &mut sm, &report).await;
         totals.repairs += report.journal.repairs.len() as u64;
         totals.gaps += u64::from(report.discarded_after_gap.is_some());
         let entries = log.try_get_log_entries(..).await.unwrap();
         let committed = log.read_committed().await.unwrap();
-        adopt_recovered(&mut model.borrow_mut(), entries, committed);
+        let vote = log.read_vote().await.unwrap();
+        let last_purged = log.get_log_state().await.unwrap().last_purged_log_id;
+        let mut m = model.borrow_mut();
+        adopt_recovered(&mut m, entries, committed);
+        m.vote = vote;
+        m.last_purged = last_purged;
+        m.interrupted = None;
+        drop(m);
         if let Some(vote) = model.borrow().vote {
             term = term.max(vote.leader_id.term);
         }
@@ -137,10 +161,16 @@ async fn one_seed(seed: u64) -> Totals {
         for _ in 0..crash_at {
             step(&mut rng, &model, &mut log, &mut sm, &mut term).await;
         }
+        // Half the time the cut comes in the middle of a vote, a purge or a truncation.
+        let mut yields = rng.gen_range(0..6);
+        if rng.gen_bool(0.5) && start_interrupted(&mut rng, &model, &log, &mut term) {
+            totals.interrupted += 1;
+            yields = rng.gen_range(0..16);
+        }
         // The power cut, with appends possibly in flight; the old store's tasks now hit stale
-        // handles and fail, which poisons it.
-        // Let the in-flight I/O get partway: a few polls of the other tasks, a random number.
-        for _ in 0..rng.gen_range(0..6) {
+        // handles and fail, which poisons it. Let the in-flight I/O get partway first: a random
+        // number of polls of the other tasks.
+        for _ in 0..yields {
             YieldOnce(false).await;
         }
         totals.crashes += 1;
@@ -305,13 +335,28 @@ async fn check(
 ) -> u64 {
     let ctx = format!("seed {seed} life {life}");
     let state = log.get_log_state().await.unwrap();
-    assert_eq!(
-        state.last_purged_log_id, model.last_purged,
-        "{ctx}: last purged"
+    let vote = log.read_vote().await.unwrap();
+    let (maybe_vote, maybe_purged, maybe_gone) = match &model.interrupted {
+        Some(Interrupted::Vote(v)) => (Some(*v), None, None),
+        Some(Interrupted::Purge(p)) => (None, Some(*p), None),
+        Some(Interrupted::Truncate { first_gone }) => (None, None, Some(*first_gone)),
+        None => (None, None, None),
+    };
+    // An interrupted call is all or nothing: the old value or the new one, never a mix.
+    assert!(
+        state.last_purged_log_id == model.last_purged
+            || (maybe_purged.is_some() && state.last_purged_log_id == maybe_purged),
+        "{ctx}: last purged {:?}, model {:?} / {maybe_purged:?}",
+        state.last_purged_log_id,
+        model.last_purged
     );
-    assert_eq!(log.read_vote().await.unwrap(), model.vote, "{ctx}: vote");
+    assert!(
+        vote == model.vote || (maybe_vote.is_some() && vote == maybe_vote),
+        "{ctx}: vote {vote:?}, model {:?} / {maybe_vote:?}",
+        model.vote
+    );
     let entries = log.try_get_log_entries(..).await.unwrap();
-    let first = model.last_purged.map(|p| p.index + 1).unwrap_or(0);
+    let first = state.last_purged_log_id.map(|p| p.index + 1).unwrap_or(0);
     for (offset, entry) in entries.iter().enumerate() {
         let index = entry.log_id.index;
         assert_eq!(index, first + offset as u64, "{ctx}: log not contiguous");
@@ -324,8 +369,8 @@ async fn check(
     }
     let present = entries.len() as u64;
     let mut acked_checked = 0;
-    for (index, (_, acked)) in &model.entries {
-        if *acked {
+    for (index, (_, acked)) in model.entries.range(first..) {
+        if *acked && maybe_gone.is_none_or(|gone| *index < gone) {
             acked_checked += 1;
             assert!(
                 *index < first + present,
@@ -335,13 +380,13 @@ async fn check(
     }
     let committed = log.read_committed().await.unwrap();
     assert!(
-        committed <= model.committed.max(model.last_purged),
+        committed <= model.committed.max(model.last_purged).max(maybe_purged),
         "{ctx}: committed ahead"
     );
     if let Some(c) = committed {
         let in_log = entries.iter().any(|e| e.log_id == c);
         assert!(
-            in_log || Some(c) == model.last_purged,
+            in_log || Some(c) == state.last_purged_log_id,
             "{ctx}: committed {c} not in the log"
         );
     }
@@ -369,7 +414,7 @@ async fn check(
                     .unwrap();
             }
         }
-        if model.last_purged.is_none() {
+        if state.last_purged_log_id.is_none() {
             assert_eq!(sm.digest(), expected.digest(), "{ctx}: state machine");
         }
     }
@@ -384,4 +429,93 @@ fn adopt_recovered(model: &mut Model, entries: Vec<Entry>, committed: Option<Log
         .map(|e| (e.log_id.index, (e, true)))
         .collect();
     model.committed = committed;
+}
+
+/// Starts a vote, purge or truncation on a clone of the store without awaiting it, so that the
+/// crash lands inside it. Returns false when no such operation applies right now.
+fn start_interrupted(
+    rng: &mut SmallRng,
+    model: &Rc<RefCell<Model>>,
+    log: &keel_raft::LogStore<MemDirectory>,
+    term: &mut u64,
+) -> bool {
+    let mut store = log.clone();
+    let mut m = model.borrow_mut();
+    match rng.gen_range(0..3) {
+        0 => {
+            *term += 1;
+            let vote = Vote::new(*term, 1);
+            m.interrupted = Some(Interrupted::Vote(vote));
+            compio::runtime::spawn(async move {
+                let _ = store.save_vote(&vote).await;
+            })
+            .detach();
+            true
+        }
+        1 => {
+            let target = m
+                .snapshot
+                .flatten()
+                .filter(|s| Some(*s) > m.last_purged)
+                .and_then(|s| m.entries.get(&s.index).map(|(e, _)| e.log_id));
+            let Some(upto) = target else {
+                return false;
+            };
+            m.interrupted = Some(Interrupted::Purge(upto));
+            compio::runtime::spawn(async move {
+                let _ = store.purge(upto).await;
+            })
+            .detach();
+            true
+        }
+        _ => {
+            let floor_id = m.committed.max(m.last_purged);
+            let floor = floor_id.map(|c| c.index + 1).unwrap_or(0);
+            let Some(last) = m
+                .entries
+                .keys()
+                .next_back()
+                .copied()
+                .filter(|l| *l >= floor)
+            else {
+                return false;
+            };
+            let keep = rng.gen_range(floor..=last);
+            let keep_id = if keep == floor {
+                floor_id
+            } else {
+                Some(m.entries[&(keep - 1)].0.log_id)
+            };
+            let first_gone = keep_id.map(|k| k.index + 1).unwrap_or(0);
+            m.interrupted = Some(Interrupted::Truncate { first_gone });
+            compio::runtime::spawn(async move {
+                let _ = store.truncate_after(keep_id).await;
+            })
+            .detach();
+            true
+        }
+    }
+}
+
+/// Whether the interrupted operation's effect is what the reopened store shows.
+async fn interrupted_took_effect(
+    model: &Model,
+    log: &mut keel_raft::LogStore<MemDirectory>,
+) -> bool {
+    match &model.interrupted {
+        None => false,
+        Some(Interrupted::Vote(v)) => log.read_vote().await.unwrap() == Some(*v),
+        Some(Interrupted::Purge(p)) => {
+            log.get_log_state().await.unwrap().last_purged_log_id == Some(*p)
+        }
+        Some(Interrupted::Truncate { first_gone }) => {
+            let had_some = model.entries.range(first_gone..).next().is_some();
+            had_some
+                && log
+                    .try_get_log_entries(*first_gone..)
+                    .await
+                    .unwrap()
+                    .is_empty()
+        }
+    }
 }
