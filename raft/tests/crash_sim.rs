@@ -147,12 +147,13 @@ async fn one_seed(seed: u64) -> Totals {
         let committed = log.read_committed().await.unwrap();
         let vote = log.read_vote().await.unwrap();
         let last_purged = log.get_log_state().await.unwrap().last_purged_log_id;
-        let mut m = model.borrow_mut();
-        adopt_recovered(&mut m, entries, committed);
-        m.vote = vote;
-        m.last_purged = last_purged;
-        m.interrupted = None;
-        drop(m);
+        {
+            let mut m = model.borrow_mut();
+            adopt_recovered(&mut m, entries, committed);
+            m.vote = vote;
+            m.last_purged = last_purged;
+            m.interrupted = None;
+        }
         if let Some(vote) = model.borrow().vote {
             term = term.max(vote.leader_id.term);
         }
