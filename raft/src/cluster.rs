@@ -19,7 +19,9 @@ use openraft::{BasicNode, Config, ConfigError, SnapshotPolicy};
 
 use crate::error::RaftStoreError;
 use crate::kv::KvRequest;
-use crate::network::{serve, Connection, NetworkFactory, NodeContext, NodeStatus};
+use crate::network::{
+    serve, ClientWriteReply, Connection, NetworkFactory, NodeContext, NodeStatus,
+};
 use crate::store::{open, OpenReport, StoreConfig};
 use crate::{Raft, TypeConfig};
 
@@ -45,6 +47,8 @@ pub enum ClusterError {
     Initialize(#[from] RaftError<TypeConfig, InitializeError<TypeConfig>>),
     #[error("client write refused: {0}")]
     Write(RaftError<TypeConfig, ClientWriteError<TypeConfig>>),
+    #[error("client write rejected before raft: {0}")]
+    Rejected(String),
     #[error("client write gave up after {attempts} attempts in {elapsed:?}; last error: {last}")]
     GaveUp {
         attempts: u32,
@@ -306,8 +310,11 @@ impl Client {
                 .client_write(request.clone(), self.rpc_timeout)
                 .await
             {
-                Ok(Ok(response)) => return Ok(response),
-                Ok(Err(error)) => {
+                Ok(ClientWriteReply::Rejected(reason)) => {
+                    return Err(ClusterError::Rejected(reason))
+                }
+                Ok(ClientWriteReply::Raft(Ok(response))) => return Ok(response),
+                Ok(ClientWriteReply::Raft(Err(error))) => {
                     let Some(forward) = error.forward_to_leader() else {
                         return Err(ClusterError::Write(error));
                     };

@@ -86,6 +86,15 @@ pub struct NodeStatus {
 pub type ClientWriteResult =
     Result<ClientWriteResponse<TypeConfig>, RaftError<TypeConfig, ClientWriteError<TypeConfig>>>;
 
+/// The answer to [`RpcRequest::ClientWrite`].
+#[derive(Debug, Serialize, Deserialize)]
+pub enum ClientWriteReply {
+    /// openraft's answer (applied, or `ForwardToLeader`, …).
+    Raft(ClientWriteResult),
+    /// Refused before reaching raft (see [`crate::kv::KvRequest::validate`]).
+    Rejected(String),
+}
+
 /// Writes one frame (header and body in a single buffer, so a single write).
 pub async fn write_frame(stream: &mut TcpStream, body: &[u8]) -> io::Result<()> {
     if body.len() > MAX_FRAME_BYTES {
@@ -228,7 +237,7 @@ impl Connection {
         &mut self,
         request: KvRequest,
         timeout: std::time::Duration,
-    ) -> io::Result<ClientWriteResult> {
+    ) -> io::Result<ClientWriteReply> {
         let bytes = self
             .round_trip(&RpcRequest::ClientWrite(request), Some(timeout))
             .await?;
@@ -345,8 +354,11 @@ async fn serve_connection(mut stream: TcpStream, node: NodeContext) -> io::Resul
                 to_json(&result)?
             }
             RpcRequest::ClientWrite(request) => {
-                let result: ClientWriteResult = raft.client_write(request).await;
-                to_json(&result)?
+                let reply = match request.validate() {
+                    Ok(()) => ClientWriteReply::Raft(raft.client_write(request).await),
+                    Err(reason) => ClientWriteReply::Rejected(reason),
+                };
+                to_json(&reply)?
             }
             RpcRequest::Status => {
                 use openraft::async_runtime::watch::WatchReceiver;

@@ -63,6 +63,16 @@ impl StoreConfig {
     }
 
     fn validate(&self) -> Result<(), RaftStoreError> {
+        // A log entry is the command plus openraft's envelope (log id, enum tags): well under
+        // 4 KiB more than the command itself.
+        let needed = crate::kv::MAX_COMMAND_BYTES + (4 << 10);
+        if self.journal.max_payload_bytes < needed {
+            return Err(RaftStoreError::Config(format!(
+                "journal max_payload_bytes {} cannot hold a log entry of the largest accepted \
+                 command ({needed} bytes)",
+                self.journal.max_payload_bytes
+            )));
+        }
         let slots = self.journal.slot_count;
         if slots == 0 || !slots.is_power_of_two() || slots > MAX_SLOT_COUNT {
             return Err(RaftStoreError::Config(format!(

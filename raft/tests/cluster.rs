@@ -9,10 +9,12 @@ use std::time::Duration;
 
 use common::init_tracing;
 use keel_engine::{KvCommand, KvStateMachine};
+use keel_raft::cluster::ClusterError;
 use keel_raft::cluster::{
     bind_listeners, key_name, raft_config, rebind, write_keys, Client, NodeConfig, NodeHandle,
 };
-use keel_raft::StoreConfig;
+use keel_raft::kv::MAX_COMMAND_BYTES;
+use keel_raft::{KvRequest, StoreConfig};
 
 /// Snapshot every 300 entries and keep 50 behind: the run snapshots and purges several times,
 /// so the restarted node may need a snapshot sent over the network.
@@ -95,6 +97,17 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
         .unwrap();
     let leader = statuses[0].current_leader.expect("a leader");
     assert!(statuses.iter().all(|s| s.keys == 1_000));
+
+    // A command the journal could not hold is refused at the door, not fatal to the leader.
+    let oversized = KvRequest::Set {
+        key: "too-big".into(),
+        value: "x".repeat(MAX_COMMAND_BYTES + 1),
+    };
+    let refused = runtime.block_on(client.write(oversized));
+    assert!(
+        matches!(refused, Err(ClusterError::Rejected(_))),
+        "{refused:?}"
+    );
 
     // Phase 2: shut the leader down, write 600 more (200 overwrite), the others converge.
     let exit = nodes.remove(&leader).unwrap().shutdown().unwrap();
