@@ -50,23 +50,35 @@ fn kill_child_helper() {
     });
 }
 
+/// Kills the child if the parent's checks panic first, so no child outlives the test.
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
 #[test]
 fn kill_9_mid_stream_loses_no_reported_commit() {
     for kill_after_acks in [150u64, 400, 700] {
         let tmp = tempfile::tempdir().unwrap();
-        let mut child = Command::new(std::env::current_exe().unwrap())
-            .args([
-                "--exact",
-                "kill_child_helper",
-                "--nocapture",
-                "--test-threads=1",
-            ])
-            .env(CHILD_ENV, tmp.path())
-            .stdout(Stdio::piped())
-            .stderr(Stdio::null())
-            .spawn()
-            .unwrap();
-        let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut child = KillOnDrop(
+            Command::new(std::env::current_exe().unwrap())
+                .args([
+                    "--exact",
+                    "kill_child_helper",
+                    "--nocapture",
+                    "--test-threads=1",
+                ])
+                .env(CHILD_ENV, tmp.path())
+                .stdout(Stdio::piped())
+                .stderr(Stdio::null())
+                .spawn()
+                .unwrap(),
+        );
+        let mut lines = BufReader::new(child.0.stdout.take().unwrap()).lines();
         let mut acked = 0u64;
         let mut seen = 0u64;
         while seen < kill_after_acks {
@@ -76,8 +88,7 @@ fn kill_9_mid_stream_loses_no_reported_commit() {
                 seen += 1;
             }
         }
-        child.kill().unwrap(); // SIGKILL
-        child.wait().unwrap();
+        drop(child); // SIGKILL, then reap
 
         let runtime = compio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
