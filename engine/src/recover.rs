@@ -521,7 +521,8 @@ pub async fn verify<D: Directory>(
             op: p.op,
         })
         .collect();
-    let mut corrupt = problems.iter().any(|p| p.kind != "torn_tail");
+    // The journal's table decides what is corruption: a torn segment header is a torn tail too.
+    let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
     for s in snapshots.iter().filter(|s| !s.valid) {
         corrupt = true;
         problems.push(ProblemRecord {

@@ -644,3 +644,37 @@ async fn a_failed_recovery_does_not_forget_what_a_damaged_snapshot_proved() {
         "removed once the watermark was durable"
     );
 }
+
+#[compio::test]
+async fn verify_calls_a_torn_segment_header_a_torn_tail_not_corruption() {
+    let fs = MemFs::new(22);
+    let (engine, _) = open(&fs, small_config()).await;
+    commit_range(&engine, 1, 6).await;
+    drop(engine);
+    fs.crash();
+    // A crash while the next segment's header was being written leaves a prefix of a header.
+    let last = segments(&fs).await.pop().unwrap();
+    let header_prefix = fs.read_raw(&last).unwrap()[..30].to_vec();
+    let number: u64 = last
+        .trim_start_matches("journal/")
+        .trim_end_matches(".wal")
+        .parse()
+        .unwrap();
+    let next = format!("journal/{:020}.wal", number + 1);
+    fs.write_raw(&next, 0, &header_prefix).unwrap();
+    let report = keel_engine::verify(&fs.root_read_only(), &small_config())
+        .await
+        .unwrap();
+    assert!(
+        report
+            .problems
+            .iter()
+            .any(|p| p.kind == "torn_segment_header"),
+        "{report:?}"
+    );
+    assert_eq!(
+        report.status,
+        keel_engine::VerifyStatus::TornTail,
+        "{report:?}"
+    );
+}
