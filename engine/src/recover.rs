@@ -26,6 +26,7 @@ use crate::lock::lock_dir;
 use crate::snapshot::{list_snapshots, snapshot_file_name, SnapshotInfo, SnapshotStore};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
 use crate::stats::EngineStats;
+use crate::QUARANTINE_DIR;
 use crate::{apply_one, checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner, Prepared};
 
 /// The outcome of a recovery.
@@ -154,7 +155,9 @@ pub(crate) fn to_ranges(ops: impl IntoIterator<Item = u64>) -> Vec<OpRange> {
     out
 }
 
-fn journal_repairs(scan: &ScanReport) -> Vec<RepairRecord> {
+/// The journal names its quarantine file relative to `DIR/quarantine/`; the report gives full
+/// paths for both journal and snapshot repairs, so an operator can open them as printed.
+fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> {
     scan.repairs
         .iter()
         .map(|r| RepairRecord {
@@ -162,7 +165,7 @@ fn journal_repairs(scan: &ScanReport) -> Vec<RepairRecord> {
             file: r.file.clone(),
             offset: r.offset_bytes,
             bytes: r.bytes,
-            quarantine: r.quarantine_file.clone(),
+            quarantine: format!("{root_path}/{QUARANTINE_DIR}/{}", r.quarantine_file),
         })
         .collect()
 }
@@ -245,7 +248,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
 
     // 2. The journal, repaired per the mode.
     let (journal, scan) = MetadataJournal::open(&root, config.journal.clone(), mode).await?;
-    repairs.extend(journal_repairs(&scan));
+    repairs.extend(journal_repairs(&root.display_path(), &scan));
     let journal_snapshot_op = journal.snapshot_op();
     if snapshot_op < journal_snapshot_op {
         let reason = if quarantined_max_op > 0 {

@@ -14,7 +14,7 @@ pub enum JournalError {
         #[source]
         source: std::io::Error,
     },
-    #[error("journal corrupt: {kind} in {file} at offset {offset_bytes} (op {op:?})")]
+    #[error("journal corrupt: {kind} in {file} at offset {offset_bytes} ({})", describe_op(*.op))]
     Corrupt {
         kind: &'static str,
         file: String,
@@ -48,5 +48,13 @@ impl JournalError {
             file: file.into(),
             source,
         }
+    }
+}
+
+/// `op 105`, or `op unknown` when the damage hides which op it was.
+fn describe_op(op: Option<u64>) -> String {
+    match op {
+        Some(op) => format!("op {op}"),
+        None => "op unknown".to_string(),
     }
 }
