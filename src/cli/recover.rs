@@ -2,7 +2,7 @@
 //! mode), replays into a key-value state machine, closes, and prints the [`RecoveryReport`].
 //! Exit 0 (clean or repaired), 4 (refused: corruption), 1 (any other error).
 
-use std::path::Path;
+use std::path::PathBuf;
 
 use keel_engine::{Engine, KvStateMachine, RecoveryReport, RecoveryStatus, QUARANTINE_DIR};
 use keel_storage::FsDirectory;
@@ -24,10 +24,20 @@ pub struct RecoverArgs {
     pub json: bool,
 }
 
+/// Recover and repair take the same arguments; only what they do per engine differs.
 pub async fn run(args: RecoverArgs) -> Result<u8, CliError> {
+    run_per_engine(args, "recovering", recover_one).await
+}
+
+/// Runs `one` on every engine of the target (one engine or a shard set) and prints the outcomes.
+pub async fn run_per_engine<F, Fut>(args: RecoverArgs, verb: &str, one: F) -> Result<u8, CliError>
+where
+    F: Fn(PathBuf, Mode) -> Fut + Copy,
+    Fut: std::future::Future<Output = Result<RecoveryReport, CliError>>,
+{
     let target = target::resolve(&args.dir.dir).await?;
-    let outcomes = output::for_each_engine(&target, "recovering", |dir| async move {
-        match recover_one(&dir.path, args.mode).await {
+    let outcomes = output::for_each_engine(&target, verb, |dir| async move {
+        match one(dir.path.clone(), args.mode).await {
             Ok(report) => outcome_of(&report),
             Err(error) => Outcome::failure(&error, "refused"),
         }
@@ -37,8 +47,8 @@ pub async fn run(args: RecoverArgs) -> Result<u8, CliError> {
 }
 
 /// Opens the engine at `path` for writing (it repairs), replays, then closes it.
-async fn recover_one(path: &Path, mode: Mode) -> Result<RecoveryReport, CliError> {
-    let root = FsDirectory::open(path, false, false)
+async fn recover_one(path: PathBuf, mode: Mode) -> Result<RecoveryReport, CliError> {
+    let root = FsDirectory::open(&path, false, false)
         .await
         .map_err(|source| CliError::io(format!("opening {}", path.display()), source))?;
     let (engine, report) = Engine::open(root, tool_config(mode), KvStateMachine::new()).await?;
