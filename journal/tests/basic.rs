@@ -204,6 +204,38 @@ fn group_commit_batches_concurrent_appends() {
 }
 
 #[test]
+fn a_burst_spawned_in_one_tick_shares_one_group_commit() {
+    let fs = MemFs::new(16);
+    let config = JournalConfig {
+        slot_count: 1024,
+        segment_bytes: 1 << 20,
+        max_batch_bytes: 64 << 10,
+        max_inflight_bytes: 256 << 10,
+        ..small_config()
+    };
+    run(async {
+        let (j, _) = open(&fs, &config).await;
+        let j = Rc::new(j);
+        j.append(1, b"first").await.unwrap(); // the segment exists before the burst
+        let before = j.stats();
+        let handles: Vec<_> = (2..=65u64)
+            .map(|op| {
+                let j = j.clone();
+                compio::runtime::spawn(async move { j.append(op, &payload(op, 0)).await })
+            })
+            .collect();
+        for h in handles {
+            h.await.expect("task").unwrap();
+        }
+        let after = j.stats();
+        assert_eq!(after.appends - before.appends, 64);
+        // The first appender must not write its entry alone before the other 63 have queued.
+        assert_eq!(after.batches - before.batches, 1, "{before:?} -> {after:?}");
+        assert_eq!(after.fsyncs - before.fsyncs, 1, "{before:?} -> {after:?}");
+    });
+}
+
+#[test]
 fn sync_none_mode_flushes_on_demand() {
     let fs = MemFs::new(7);
     let config = JournalConfig {
