@@ -429,22 +429,26 @@ impl<D: Directory> MetadataJournal<D> {
             if let Some(result) = completion.result.borrow_mut().take() {
                 return result.map_err(|(failure, in_flight)| failure.to_error(in_flight));
             }
-            let become_flusher = {
-                let mut st = self.state.borrow_mut();
+            let flusher_free = {
+                let st = self.state.borrow();
                 if let Some(reason) = &st.poisoned {
                     return Err(JournalError::Poisoned(reason.clone()));
                 }
+                !st.w.flushing
+            };
+            if flusher_free && !yielded_to_the_burst {
+                // The first appender of a burst would otherwise drain the queue before the other
+                // tasks made runnable in the same tick had queued their entries: a group of 1 and
+                // a group of 63, two fsyncs where one does (BENCHMARKS.md, F1). Yield once,
+                // claiming nothing, so a cancellation here leaves no state behind.
+                YieldOnce { yielded: false }.await;
+                yielded_to_the_burst = true;
+                continue;
+            }
+            let become_flusher = {
+                let mut st = self.state.borrow_mut();
                 if st.w.flushing {
                     false
-                } else if !yielded_to_the_burst {
-                    // The first appender of a burst would otherwise drain the queue before the
-                    // other tasks made runnable in the same tick had queued their entries: a
-                    // group of 1 and a group of 63, two fsyncs where one does (BENCHMARKS.md,
-                    // F1). Yield once, claiming nothing, so a cancellation here leaves no state.
-                    drop(st);
-                    YieldOnce { yielded: false }.await;
-                    yielded_to_the_burst = true;
-                    continue;
                 } else {
                     st.w.flushing = true;
                     true
