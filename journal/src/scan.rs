@@ -243,8 +243,10 @@ pub async fn scan_log<D: Directory>(
     };
     let mut link: Option<Link> = None;
     let mut prev_number: Option<u64> = None;
+    // One buffer for every segment: see `segment::read_whole_into`.
+    let mut bytes = Vec::new();
     'files: for (index, file) in files.iter().enumerate() {
-        let bytes = segment::read_whole(dir, &file.name, max_file_bytes).await?;
+        segment::read_whole_into(dir, &file.name, max_file_bytes, &mut bytes).await?;
         scan.bytes_read += bytes.len() as u64;
         let gap = prev_number.is_some_and(|p| p.checked_add(1) != Some(file.number));
         prev_number = Some(file.number);

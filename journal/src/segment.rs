@@ -11,8 +11,9 @@ use crate::format::{parse_segment_file_name, segment_file_name, SegmentHeader};
 
 /// Suffix of compaction's temp files; leftovers are never referenced and are removed on open.
 pub const TEMP_SUFFIX: &str = ".wal.tmp";
-/// Reads of a whole segment go in chunks of this size.
-const READ_CHUNK_BYTES: usize = 8 << 20;
+/// Reads of a whole segment go in chunks of this size, through one reused chunk buffer: a fresh
+/// multi-MiB buffer per read costs more in page faults than the read itself (BENCHMARKS.md, F4).
+const READ_CHUNK_BYTES: usize = 1 << 20;
 
 /// A segment file found in the journal directory.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -48,20 +49,34 @@ pub async fn read_whole<D: Directory>(
     name: &str,
     max_file_bytes: u64,
 ) -> Result<Vec<u8>, JournalError> {
+    let mut out = Vec::new();
+    read_whole_into(dir, name, max_file_bytes, &mut out).await?;
+    Ok(out)
+}
+
+/// Like [`read_whole`], into `out` (cleared first). A scan passes the same `out` for every
+/// segment, so its pages are faulted in once per open rather than once per segment.
+pub async fn read_whole_into<D: Directory>(
+    dir: &D,
+    name: &str,
+    max_file_bytes: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), JournalError> {
     let path = format!("{}/{name}", dir.display_path());
     let file = dir
         .open_file(name, OpenMode::ReadOnly)
         .await
         .map_err(|e| JournalError::io("open segment", &path, e))?;
-    read_file(&file, &path, max_file_bytes).await
+    read_file_into(&file, &path, max_file_bytes, out).await
 }
 
-/// Reads all of an open file in chunks.
-pub async fn read_file<F: Storage>(
+/// Reads all of an open file into `out` (cleared first), one reused chunk buffer at a time.
+async fn read_file_into<F: Storage>(
     file: &F,
     path: &str,
     max_file_bytes: u64,
-) -> Result<Vec<u8>, JournalError> {
+    out: &mut Vec<u8>,
+) -> Result<(), JournalError> {
     let len = file.len();
     if len > max_file_bytes {
         return Err(JournalError::Io {
@@ -73,18 +88,28 @@ pub async fn read_file<F: Storage>(
             ),
         });
     }
-    let mut out = Vec::with_capacity(len as usize);
+    out.clear();
+    out.reserve(len as usize);
+    let mut chunk: Vec<u8> = Vec::with_capacity((len as usize).min(READ_CHUNK_BYTES));
     let mut offset = 0u64;
     while offset < len {
         let want = ((len - offset) as usize).min(READ_CHUNK_BYTES);
-        let chunk = file
-            .read_exact_at(offset, want)
-            .await
-            .map_err(|e| JournalError::io("read segment", path, e))?;
-        out.extend_from_slice(&chunk);
-        offset += want as u64;
+        chunk.clear();
+        let BufResult(result, returned) = file.read_at(offset, chunk).await;
+        chunk = returned;
+        let read = result.map_err(|e| JournalError::io("read segment", path, e))?;
+        if read == 0 {
+            let eof = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!("segment ended at {offset} of {len} bytes while being read"),
+            );
+            return Err(JournalError::io("read segment", path, eof));
+        }
+        let take = read.min(want).min(chunk.len());
+        out.extend_from_slice(&chunk[..take]);
+        offset += take as u64;
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Creates segment `header.segment_no` (replacing a leftover of the same name), writes its header
