@@ -486,21 +486,6 @@ fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
     );
 }
 
-/// Resolves after one trip through the executor's queue.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}
-
 /// Append latency (fsync per entry) through the engine, steady vs with checkpoints running back
 /// to back on the same core, rounds interleaved. Prints p50/p99/p999 per mode and the p99 ratio.
 fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
@@ -548,7 +533,7 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
                         if engine.checkpoint().await.expect("checkpoint").is_some() {
                             done += 1;
                         }
-                        yield_now().await;
+                        keel_storage::yield_now().await;
                     }
                     done
                 })

@@ -74,22 +74,6 @@ fn checkpoint(c: &mut Criterion) {
     group.finish();
 }
 
-/// Resolves after one trip through the executor's queue, so a loop of checkpoints that finds
-/// nothing to do still lets the appender run.
-async fn yield_now() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
-}
-
 /// Appends with fsync per entry (then commits each), steady vs with checkpoints running back to
 /// back on the same core. 100,000 keys of state: a checkpoint serialises ~15 MB.
 fn append_during_checkpoint(c: &mut Criterion) {
@@ -117,7 +101,7 @@ fn append_during_checkpoint(c: &mut Criterion) {
                         compio::runtime::spawn(async move {
                             while !stop.get() {
                                 engine.checkpoint().await.expect("checkpoint");
-                                yield_now().await;
+                                keel_storage::yield_now().await;
                             }
                         })
                     });

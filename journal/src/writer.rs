@@ -217,23 +217,6 @@ impl Future for WakeOnce<'_> {
     }
 }
 
-/// Pending exactly once, waking itself: lets every other runnable task on the core run first.
-struct YieldOnce {
-    yielded: bool,
-}
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.yielded {
-            return Poll::Ready(());
-        }
-        self.yielded = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
 /// Disarmed on every normal exit; if a flusher's future is dropped mid-write, nobody knows what
 /// reached the disk, so the journal is poisoned and every waiter released.
 struct FlusherGuard<'a, D: Directory> {
@@ -441,7 +424,7 @@ impl<D: Directory> MetadataJournal<D> {
                 // tasks made runnable in the same tick had queued their entries: a group of 1 and
                 // a group of 63, two fsyncs where one does (BENCHMARKS.md, F1). Yield once,
                 // claiming nothing, so a cancellation here leaves no state behind.
-                YieldOnce { yielded: false }.await;
+                keel_storage::yield_now().await;
                 yielded_to_the_burst = true;
                 continue;
             }

@@ -30,6 +30,23 @@ pub use memory::{
     MemDirectory, MemFs, MemLock, MemStorage, WriteOutcome, SECTOR_BYTES,
 };
 
+/// Lets every other runnable task on this core run once before the caller continues: `Pending`
+/// exactly once, waking itself. The simulator uses it where an io_uring submission would yield;
+/// the journal uses it to let a burst of appenders queue before one of them flushes.
+pub async fn yield_now() {
+    let mut yielded = false;
+    std::future::poll_fn(|cx| {
+        if yielded {
+            std::task::Poll::Ready(())
+        } else {
+            yielded = true;
+            cx.waker().wake_by_ref();
+            std::task::Poll::Pending
+        }
+    })
+    .await
+}
+
 /// Positional I/O on one file, used from one thread.
 ///
 /// `len()` is the logical length as this handle knows it: the maximum of the opened length, every

@@ -22,11 +22,8 @@
 
 use std::cell::{Cell, RefCell};
 use std::collections::{BTreeMap, BTreeSet};
-use std::future::Future;
 use std::io;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll};
 
 use compio::buf::{BufResult, IoBuf, IoBufMut};
 use rand::rngs::StdRng;
@@ -762,25 +759,9 @@ impl MemFs {
     }
 }
 
-/// Returns `Pending` once, waking itself: lets other tasks on the core run, as an io_uring
-/// submission would.
-struct YieldOnce(bool);
-
-impl Future for YieldOnce {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.0 {
-            return Poll::Ready(());
-        }
-        self.0 = true;
-        cx.waker().wake_by_ref();
-        Poll::Pending
-    }
-}
-
 async fn maybe_yield(fs: &MemFs) {
     if fs.yield_on_io() {
-        YieldOnce(false).await;
+        crate::yield_now().await;
     }
 }
 

@@ -269,7 +269,7 @@ async fn appends_during_a_zero_fill_land_after_it() {
         compio::runtime::spawn(async move { file.preallocate(target_bytes).await })
     };
     // Let the zero-fill start and claim its range before the appends reserve theirs.
-    yield_once().await;
+    keel_storage::yield_now().await;
     let mut appends = Vec::new();
     for task in 1..=4u8 {
         let file = file.clone();
@@ -287,19 +287,4 @@ async fn appends_during_a_zero_fill_land_after_it() {
         let got = file.read_exact_at(offset, 4096).await.unwrap();
         assert!(got.iter().all(|&b| b == task), "task {task} overwritten");
     }
-}
-
-/// Returns `Pending` once (waking itself) so that spawned tasks get to run.
-async fn yield_once() {
-    let mut yielded = false;
-    std::future::poll_fn(|cx| {
-        if yielded {
-            std::task::Poll::Ready(())
-        } else {
-            yielded = true;
-            cx.waker().wake_by_ref();
-            std::task::Poll::Pending
-        }
-    })
-    .await
 }
