@@ -307,21 +307,27 @@ pub async fn scan_log<D: Directory>(
             let mut entries = Vec::new();
             let (end, after) = parse_entries(&bytes, from, entry_link, &mut entries);
             let stopped = scan.first_stop.is_some();
+            let data_end_bytes = match &end {
+                Ok(end_offset) => *end_offset,
+                Err(stop) => stop.offset_bytes,
+            };
+            // Entries of a segment read before any stop belong to the log; after a stop they are
+            // only evidence (is the damage covered?) and go to `entries_after_stops`.
+            if let (false, Some(h)) = (stopped, header) {
+                scan.segments.push(ScannedSegment {
+                    number: file.number,
+                    name: file.name.clone(),
+                    header: h,
+                    entries,
+                    file_len_bytes: bytes.len() as u64,
+                    data_end_bytes,
+                    end_link: end_link(&h, after),
+                });
+            } else {
+                scan.entries_after_stops.extend(entries);
+            }
             match end {
-                Ok(end_offset) => {
-                    if let (false, Some(h)) = (stopped, header) {
-                        scan.segments.push(ScannedSegment {
-                            number: file.number,
-                            name: file.name.clone(),
-                            header: h,
-                            entries,
-                            file_len_bytes: bytes.len() as u64,
-                            data_end_bytes: end_offset,
-                            end_link: end_link(&h, after),
-                        });
-                    } else {
-                        scan.entries_after_stops.extend(entries);
-                    }
+                Ok(_) => {
                     link = Some(match header {
                         Some(h) if !stopped => end_link(&h, after),
                         _ => after,
@@ -329,20 +335,6 @@ pub async fn scan_log<D: Directory>(
                     continue 'files;
                 }
                 Err(stop) => {
-                    let data_end = stop.offset_bytes;
-                    if let (false, Some(h)) = (stopped, header) {
-                        scan.segments.push(ScannedSegment {
-                            number: file.number,
-                            name: file.name.clone(),
-                            header: h,
-                            entries,
-                            file_len_bytes: bytes.len() as u64,
-                            data_end_bytes: data_end,
-                            end_link: end_link(&h, after),
-                        });
-                    } else {
-                        scan.entries_after_stops.extend(entries);
-                    }
                     let at =
                         classify_stop(dir, &files, index, &bytes, stop, rewritten, max_file_bytes)
                             .await?;
