@@ -59,8 +59,9 @@ pub use recover::{
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{
-    list_snapshots, parse_snapshot_file_name, snapshot_file_name, SnapshotInfo, SNAPSHOTS_DIR,
-    SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_VERSION,
+    decode_snapshot_file, encode_snapshot_file, list_snapshots, parse_snapshot_file_name,
+    snapshot_file_name, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    SNAPSHOT_VERSION,
 };
 pub use state_machine::{ApplyError, RestoreError, StateMachine};
 pub use stats::{EngineStats, Histogram};

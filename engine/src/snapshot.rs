@@ -116,6 +116,36 @@ fn decode_header(h: &[u8]) -> Result<Header, String> {
     })
 }
 
+/// A whole snapshot file (header + `payload`) for `op`: the bytes keel persists. Public so other
+/// stores on keel (the openraft adapter) write the same format rather than a copy of it.
+pub fn encode_snapshot_file(op: u64, payload: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + payload.len());
+    out.extend_from_slice(&encode_header(op, payload));
+    out.extend_from_slice(payload);
+    out
+}
+
+/// Checks a whole snapshot file read back for `op` (header, op, length, payload checksum) and
+/// returns its payload, or why it is damaged.
+pub fn decode_snapshot_file(op: u64, bytes: &[u8]) -> Result<&[u8], String> {
+    let header = decode_header(bytes)?;
+    if header.op != op {
+        return Err(format!("header says op {}, name says {op}", header.op));
+    }
+    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
+    if header.len_bytes != payload.len() as u64 {
+        return Err(format!(
+            "header says {} payload bytes, file holds {}",
+            header.len_bytes,
+            payload.len()
+        ));
+    }
+    if crc32fast::hash(payload) != header.payload_crc {
+        return Err("payload checksum mismatch".into());
+    }
+    Ok(payload)
+}
+
 /// The snapshots directory of one engine.
 pub(crate) struct SnapshotStore<D: Directory> {
     root: D,

@@ -95,9 +95,3 @@ pub(crate) fn le_u32(bytes: &[u8]) -> u32 {
     a.copy_from_slice(&bytes[..4]);
     u32::from_le_bytes(a)
 }
-
-pub(crate) fn le_u64(bytes: &[u8]) -> u64 {
-    let mut a = [0u8; 8];
-    a.copy_from_slice(&bytes[..8]);
-    u64::from_le_bytes(a)
-}

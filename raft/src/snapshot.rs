@@ -17,12 +17,11 @@
 //! (the journal still covers the gap as long as purges keep enough log behind the newest).
 
 use keel_engine::{
-    parse_snapshot_file_name, snapshot_file_name, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
-    SNAPSHOT_VERSION,
+    decode_snapshot_file, encode_snapshot_file, parse_snapshot_file_name, snapshot_file_name,
 };
 use keel_storage::Directory;
 
-use crate::durable::{le_u32, le_u64, read_all, remove_temps, write_atomic};
+use crate::durable::{le_u32, read_all, remove_temps, write_atomic};
 use crate::error::RaftStoreError;
 use crate::typ::SnapshotMeta;
 
@@ -71,58 +70,16 @@ pub fn decode_envelope<'a>(
 }
 
 fn encode_file(op: u64, payload: &[u8]) -> Vec<u8> {
-    let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + payload.len());
-    out.extend_from_slice(SNAPSHOT_MAGIC);
-    out.extend_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
-    out.extend_from_slice(&[0u8; 4]);
-    out.extend_from_slice(&op.to_le_bytes());
-    out.extend_from_slice(&(payload.len() as u64).to_le_bytes());
-    out.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
-    let header_crc = crc32fast::hash(&out[0..36]);
-    out.extend_from_slice(&header_crc.to_le_bytes());
-    out.extend_from_slice(payload);
-    out
+    encode_snapshot_file(op, payload)
 }
 
-fn decode_file(file: &str, op: u64, mut bytes: Vec<u8>) -> Result<Vec<u8>, RaftStoreError> {
-    let damaged = |reason: String| RaftStoreError::Damaged {
-        file: file.to_string(),
-        reason,
-    };
-    if bytes.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(damaged(format!(
-            "{} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header",
-            bytes.len()
-        )));
-    }
-    if &bytes[0..8] != SNAPSHOT_MAGIC {
-        return Err(damaged("bad magic".into()));
-    }
-    if le_u32(&bytes[36..40]) != crc32fast::hash(&bytes[0..36]) {
-        return Err(damaged("header checksum mismatch".into()));
-    }
-    let version = le_u32(&bytes[8..12]);
-    if version != SNAPSHOT_VERSION {
-        return Err(damaged(format!("unsupported format version {version}")));
-    }
-    let header_op = le_u64(&bytes[16..24]);
-    if header_op != op {
-        return Err(damaged(format!(
-            "header says op {header_op}, name says {op}"
-        )));
-    }
-    let len = le_u64(&bytes[24..32]);
-    if len != (bytes.len() - SNAPSHOT_HEADER_BYTES) as u64 {
-        return Err(damaged(format!(
-            "header says {len} payload bytes, file holds {}",
-            bytes.len() - SNAPSHOT_HEADER_BYTES
-        )));
-    }
-    if le_u32(&bytes[32..36]) != crc32fast::hash(&bytes[SNAPSHOT_HEADER_BYTES..]) {
-        return Err(damaged("payload checksum mismatch".into()));
-    }
-    bytes.drain(..SNAPSHOT_HEADER_BYTES);
-    Ok(bytes)
+fn decode_file(file: &str, op: u64, bytes: Vec<u8>) -> Result<Vec<u8>, RaftStoreError> {
+    decode_snapshot_file(op, &bytes)
+        .map(<[u8]>::to_vec)
+        .map_err(|reason| RaftStoreError::Damaged {
+            file: file.to_string(),
+            reason,
+        })
 }
 
 /// The raft snapshot directory of one store.
