@@ -42,15 +42,7 @@ pub fn open_arbitrary_segments(data: &[u8]) {
             bytes.to_vec(),
         ));
     }
-    let config = JournalConfig {
-        slot_count: 64,
-        segment_bytes: 4096,
-        max_batch_bytes: 4096,
-        max_inflight_bytes: 16 << 10,
-        max_payload_bytes: 1024,
-        preallocate: false,
-        sync_on_append: true,
-    };
+    let config = fuzz_config();
     RUNTIME.with(|runtime| {
         runtime.block_on(async {
             for mode in [
@@ -98,19 +90,25 @@ thread_local! {
     static RUNTIME: compio::runtime::Runtime = compio::runtime::Runtime::new().expect("compio runtime");
 }
 
+/// The small configuration both the fuzzed open and its seed logs use, so seeds are laid out the
+/// way the fuzzed open reads them (4 KiB segments, 64 slots).
+fn fuzz_config() -> JournalConfig {
+    JournalConfig {
+        slot_count: 64,
+        segment_bytes: 4096,
+        max_batch_bytes: 4096,
+        max_inflight_bytes: 16 << 10,
+        max_payload_bytes: 1024,
+        preallocate: false,
+        sync_on_append: true,
+    }
+}
+
 /// Fuzzer seed inputs: valid logs of 1–3 segments in the layout [`open_arbitrary_segments`] reads.
 pub fn seed_inputs() -> Vec<Vec<u8>> {
     let mut out = Vec::new();
     for ops in [3u64, 20, 45, 64] {
-        let config = JournalConfig {
-            slot_count: 64,
-            segment_bytes: 4096,
-            max_batch_bytes: 4096,
-            max_inflight_bytes: 16 << 10,
-            max_payload_bytes: 1024,
-            preallocate: false,
-            sync_on_append: true,
-        };
+        let config = fuzz_config();
         let segments = RUNTIME.with(|runtime| {
             runtime.block_on(async {
                 let fs = MemFs::new(1);

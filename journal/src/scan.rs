@@ -93,6 +93,18 @@ pub struct LogScan {
     pub entries_after_stops: Vec<EntryMeta>,
 }
 
+impl LogScan {
+    /// Records a stop as a problem; returns true if it is the first (the one recovery acts on).
+    fn record_stop(&mut self, at: StopAt) -> bool {
+        self.problems.push(at.clone());
+        let first = self.first_stop.is_none();
+        if first {
+            self.first_stop = Some(at);
+        }
+        first
+    }
+}
+
 fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
 }
@@ -282,13 +294,8 @@ pub async fn scan_log<D: Directory>(
                 }
                 let at =
                     classify_stop(dir, &files, index, &bytes, stop, false, max_file_bytes).await?;
-                let first = scan.first_stop.is_none();
-                scan.problems.push(at.clone());
-                if first {
-                    scan.first_stop = Some(at);
-                    if !keep_going {
-                        break 'files;
-                    }
+                if scan.record_stop(at) && !keep_going {
+                    break 'files;
                 }
                 if stop.fact == StopFact::UnknownVersion {
                     link = None;
@@ -338,13 +345,8 @@ pub async fn scan_log<D: Directory>(
                     let at =
                         classify_stop(dir, &files, index, &bytes, stop, rewritten, max_file_bytes)
                             .await?;
-                    let first = scan.first_stop.is_none();
-                    scan.problems.push(at.clone());
-                    if first {
-                        scan.first_stop = Some(at);
-                        if !keep_going {
-                            break 'files;
-                        }
+                    if scan.record_stop(at) && !keep_going {
+                        break 'files;
                     }
                     match resync(&bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64) {
                         Some((offset, l)) => {
