@@ -26,12 +26,18 @@ const RECOVERY_ENTRIES: u64 = 100_000;
 const KIB4: usize = 4096;
 
 fn append_fsync(c: &mut Criterion) {
+    sequential_appends(c, "append_fsync", &[128, KIB4], true);
+}
+
+/// One append at a time, each awaited before the next (durable first when `sync_on_append`).
+fn sequential_appends(c: &mut Criterion, name: &str, lens: &[usize], sync_on_append: bool) {
     let rt = runtime();
-    let mut group = c.benchmark_group("append_fsync");
+    let mut group = c.benchmark_group(name);
     group.throughput(Throughput::Elements(1));
-    for len in [128usize, KIB4] {
+    for &len in lens {
         let dir = bench_tempdir();
-        let journal = rt.block_on(open_journal(dir.path(), journal_config(SLOT_COUNT, true)));
+        let config = journal_config(SLOT_COUNT, sync_on_append);
+        let journal = rt.block_on(open_journal(dir.path(), config));
         let payload = payload(len);
         let mut next_op = 1u64;
         group.bench_function(BenchmarkId::from_parameter(len), |b| {
@@ -80,26 +86,7 @@ fn group_commit(c: &mut Criterion) {
 }
 
 fn append_nosync(c: &mut Criterion) {
-    let rt = runtime();
-    let mut group = c.benchmark_group("append_nosync");
-    group.throughput(Throughput::Elements(1));
-    let dir = bench_tempdir();
-    let journal = rt.block_on(open_journal(dir.path(), journal_config(SLOT_COUNT, false)));
-    let payload = payload(128);
-    let mut next_op = 1u64;
-    group.bench_function(BenchmarkId::from_parameter(128), |b| {
-        b.iter_custom(|iters| {
-            rt.block_on(timed_sequential_appends(
-                &journal,
-                &mut next_op,
-                iters,
-                &payload,
-                SLOT_COUNT,
-            ))
-        })
-    });
-    rt.block_on(journal.close()).expect("close");
-    group.finish();
+    sequential_appends(c, "append_nosync", &[128], false);
 }
 
 /// Open (the recovery scan, every checksum verified) of 100,000 × 4 KiB from page cache, next to
