@@ -90,6 +90,10 @@ pub enum SnapshotError {
         op: u64,
         reason: String,
     },
+    /// The snapshot was written by a newer keel: not damage, this build cannot read it. Refused,
+    /// never quarantined or fallen back from.
+    #[error("snapshot {file} has format version {version}, newer than this build reads")]
+    UnknownVersion { file: String, version: u32 },
     /// The snapshot is larger than the configured limit.
     #[error("snapshot of {len_bytes} bytes exceeds the limit of {max_bytes} ({file})")]
     TooLarge {
@@ -104,7 +108,9 @@ impl SnapshotError {
     pub fn stage(&self) -> SnapshotStage {
         match self {
             SnapshotError::Io { stage, .. } => *stage,
-            SnapshotError::Checksum { .. } => SnapshotStage::Checksum,
+            SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. } => {
+                SnapshotStage::Checksum
+            }
             SnapshotError::Decode { .. } => SnapshotStage::Decode,
             SnapshotError::TooLarge { .. } => SnapshotStage::Write,
         }
@@ -161,6 +167,11 @@ pub enum EngineError {
     )]
     PrepareInFlight { op: u64 },
 
+    /// A prepare above an op whose `truncate_after` is still running, or a second truncation
+    /// while one runs: retry once it has returned.
+    #[error("op {op} conflicts with truncate_after({truncate_op}), still in progress")]
+    TruncateInProgress { op: u64, truncate_op: u64 },
+
     /// An op at or below the commit watermark cannot be prepared again or truncated.
     #[error("op {op} is at or below the commit watermark {commit_op}")]
     AlreadyCommitted { op: u64, commit_op: u64 },
@@ -203,6 +214,15 @@ pub enum EngineError {
 }
 
 impl EngineError {
+    /// An error of one of keel-storage's durable mechanisms.
+    pub(crate) fn durable(stage: &'static str, error: keel_storage::DurableError) -> Self {
+        EngineError::Io {
+            stage,
+            path: error.path.clone(),
+            source: error.source,
+        }
+    }
+
     pub(crate) fn io(stage: &'static str, path: impl Into<String>, source: io::Error) -> Self {
         EngineError::Io {
             stage,
@@ -226,6 +246,8 @@ impl EngineError {
         match self {
             EngineError::Journal(JournalError::Corrupt { .. }) => true,
             EngineError::Snapshot(SnapshotError::Checksum { .. }) => true,
+            EngineError::Snapshot(SnapshotError::Decode { .. }) => true,
+            EngineError::Snapshot(SnapshotError::UnknownVersion { .. }) => true,
             EngineError::MissingOps { .. } => true,
             EngineError::ShardFailed { source, .. } => source.is_corruption(),
             _ => false,

@@ -30,6 +30,7 @@ mod checkpoint;
 mod error;
 mod kv;
 mod lock;
+mod plan;
 mod recover;
 mod shard;
 mod snapshot;
@@ -214,7 +215,20 @@ pub struct Engine<D: Directory, M: StateMachine> {
     inner: RefCell<Inner<M>>,
     /// Set while the checkpoint coordinator runs: at most one checkpoint at a time.
     checkpointing: Cell<bool>,
+    /// Set to `op` while `truncate_after(op)` runs: prepares above `op` are refused meanwhile, or
+    /// one issued during the marker's write would land after it on disk yet be dropped from
+    /// memory when the truncation finishes.
+    truncating: Cell<Option<u64>>,
     _lock: lock::DirLock<D>,
+}
+
+/// Clears [`Engine::truncating`] however `truncate_after` ends (a dropped future included).
+struct Truncating<'a>(&'a Cell<Option<u64>>);
+
+impl Drop for Truncating<'_> {
+    fn drop(&mut self) {
+        self.0.set(None);
+    }
 }
 
 impl<D: Directory, M: StateMachine> Engine<D, M> {
@@ -258,6 +272,12 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     async fn append_inner(&self, op: u64, payload: &[u8]) -> Result<(), EngineError> {
         if op == 0 {
             return Err(EngineError::ZeroOp);
+        }
+        if let Some(truncating_op) = self.truncating.get().filter(|&t| op > t) {
+            return Err(EngineError::TruncateInProgress {
+                op,
+                truncate_op: truncating_op,
+            });
         }
         let append_seq = {
             let mut inner = self.inner.borrow_mut();
@@ -386,9 +406,20 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
             if let Some((&in_flight_op, _)) = inner.in_flight.range(op + 1..).next() {
                 return Err(EngineError::PrepareInFlight { op: in_flight_op });
             }
+            if let Some(truncate_op) = self.truncating.get() {
+                return Err(EngineError::TruncateInProgress { op, truncate_op });
+            }
         }
+        self.truncating.set(Some(op));
+        let _truncating = Truncating(&self.truncating);
         self.journal.truncate_after(op).await?;
         let mut inner = self.inner.borrow_mut();
+        // No prepare above `op` could start meanwhile, so memory drops exactly what the marker
+        // drops on disk.
+        assert!(
+            inner.in_flight.range(op + 1..).next().is_none(),
+            "a prepare above a truncation started while it ran"
+        );
         inner.pending.split_off(&(op + 1));
         Ok(())
     }

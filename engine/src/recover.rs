@@ -21,9 +21,10 @@ use keel_journal::{MetadataJournal, RecoveryMode, ScanReport};
 use keel_storage::Directory;
 use serde::{Deserialize, Serialize};
 
-use crate::error::{EngineError, SnapshotError};
+use crate::error::EngineError;
 use crate::lock::lock_dir;
-use crate::snapshot::{list_snapshots, snapshot_file_name, SnapshotInfo, SnapshotStore};
+use crate::plan::{plan_recovery, RecoveryPlan, SnapshotDamage};
+use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
 use crate::stats::EngineStats;
 use crate::QUARANTINE_DIR;
@@ -46,6 +47,15 @@ pub enum RecoveryStatus {
 pub struct OpRange {
     pub first_op: u64,
     pub last_op: u64,
+}
+
+impl From<&std::ops::RangeInclusive<u64>> for OpRange {
+    fn from(range: &std::ops::RangeInclusive<u64>) -> Self {
+        OpRange {
+            first_op: *range.start(),
+            last_op: *range.end(),
+        }
+    }
 }
 
 /// One repair: the CLI prints these keys as they are.
@@ -87,6 +97,10 @@ pub struct RecoveryReport {
     pub prepared_uncommitted: Vec<OpRange>,
     /// Ops that were committed (or cut by a repair) and are not here: fetch them from peers.
     pub unrecoverable: Vec<OpRange>,
+    /// Ops of readable entries a torn-tail repair cut: never acknowledged here, but a consensus
+    /// layer may have sent them to peers before the crash. A torn entry whose header is
+    /// unreadable has no op to name; its repair record still gives the offset and bytes cut.
+    pub torn_ops: Vec<OpRange>,
     /// Interrupted snapshot temp files removed.
     pub temp_files_removed: u64,
     pub duration_us: u64,
@@ -185,191 +199,69 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     }
     let mode = config.recovery_mode;
     let lock = lock_dir(&root).await?;
+    // Decide first (read-only: a refusal changes nothing), touch after.
+    let plan = plan_recovery(&root, &config, mode, &mut state_machine).await?;
     let snapshots = SnapshotStore::open(&root, config.max_snapshot_bytes).await?;
-    let temp_files_removed = snapshots.remove_temps().await?;
     let mut repairs = Vec::new();
-
-    // 1. The newest valid snapshot.
-    let mut chosen: Option<(u64, Vec<u8>)> = None;
-    let mut quarantined_max_op = 0u64;
-    // Damaged snapshots copied to quarantine; their originals are removed only after the
-    // commit watermark they prove is durable in the journal (below), so a crash or an I/O error
-    // in between leaves the proof in place for the next recovery.
-    let mut damaged_ops: Vec<u64> = Vec::new();
-    let snapshot_ops = snapshots.list().await?;
-    for &op in snapshot_ops.iter().rev() {
-        match snapshots.load(op).await {
-            Ok(bytes) => {
-                chosen = Some((op, bytes));
-                break;
-            }
-            Err(error @ SnapshotError::Checksum { .. }) => {
-                if mode == RecoveryMode::Absolute {
-                    return Err(error.into());
-                }
-                tracing::warn!(%error, op, "damaged snapshot; falling back to an older one");
-                let bytes = snapshot_file_len(&snapshots, op).await;
-                let quarantine = snapshots.copy_to_quarantine(op).await?;
-                damaged_ops.push(op);
-                repairs.push(RepairRecord {
-                    kind: "snapshot_checksum".into(),
-                    file: snapshots.path_of(&snapshot_file_name(op)),
-                    offset: 0,
-                    bytes,
-                    quarantine,
-                });
-                quarantined_max_op = quarantined_max_op.max(op);
-            }
-            Err(error) => return Err(error.into()),
-        }
+    for damaged in &plan.damaged {
+        // The originals go only after the commit watermark they prove is durable (below).
+        let quarantine = snapshots.copy_to_quarantine(damaged.op).await?;
+        repairs.push(RepairRecord {
+            kind: damaged.damage.kind().into(),
+            file: damaged.file.clone(),
+            offset: 0,
+            bytes: damaged.len_bytes,
+            quarantine,
+        });
     }
-    let (snapshot_op, snapshot_file) = match &chosen {
-        Some((op, bytes)) => {
-            let file = snapshots.path_of(&snapshot_file_name(*op));
-            state_machine
-                .restore(bytes)
-                .map_err(|RestoreError { reason }| SnapshotError::Decode {
-                    file: file.clone(),
-                    op: *op,
-                    reason,
-                })?;
-            (*op, Some(file))
-        }
-        None => (0, None),
+    let temp_files_removed = if mode == RecoveryMode::Absolute {
+        0
+    } else {
+        snapshots.quarantine_temps(&plan.snapshot_temps).await?
     };
-    drop(chosen);
-    // The snapshot the journal must still cover from, with `journal_covers_previous_snapshot`.
-    let previous_snapshot_op = snapshot_ops
-        .iter()
-        .rev()
-        .find(|&&op| op < snapshot_op)
-        .copied()
-        .unwrap_or(0);
-
-    // 2. The journal, repaired per the mode.
-    let (journal, scan) = MetadataJournal::open(&root, config.journal.clone(), mode).await?;
+    let RecoveryPlan {
+        snapshot_op,
+        snapshot_file,
+        snapshot_ops,
+        damaged,
+        journal: journal_plan,
+        commit_op,
+        gap,
+        ..
+    } = plan;
+    let (journal, scan) = MetadataJournal::open_planned(&root, journal_plan).await?;
     repairs.extend(journal_repairs(&root.display_path(), &scan));
     let journal_snapshot_op = journal.snapshot_op();
-    if snapshot_op < journal_snapshot_op {
-        let reason = if quarantined_max_op > 0 {
-            format!(
-                "the snapshot at op {quarantined_max_op} was damaged (quarantined) and the journal \
-                 was compacted through op {journal_snapshot_op}"
-            )
-        } else {
-            format!(
-                "no valid snapshot at or above op {journal_snapshot_op}, the journal's watermark"
-            )
-        };
-        tracing::error!(
-            first_op = snapshot_op + 1,
-            last_op = journal_snapshot_op,
-            %reason,
-            "recovery refused: ops missing"
-        );
-        return Err(EngineError::MissingOps {
-            first_op: snapshot_op + 1,
-            last_op: journal_snapshot_op,
-            reason,
-        });
-    }
-
-    // 3. Replay committed ops; keep prepares above the watermark pending.
-    let commit_op = snapshot_op
-        .max(journal.commit_op().unwrap_or(0))
-        .max(quarantined_max_op);
-    let mut stats = EngineStats::default();
-    let mut applied_op = snapshot_op;
-    let mut pending: BTreeMap<u64, Prepared> = BTreeMap::new();
-    let mut missing: Vec<OpRange> = Vec::new();
-    let mut replayed = 0u64;
-    {
-        let mut reader = journal.reader(snapshot_op + 1);
-        while let Some(entry) = reader.next().await? {
-            if entry.op <= snapshot_op {
-                continue; // the reader starts above S; a defensive skip, never replayed twice
-            }
-            if entry.op <= commit_op && missing.is_empty() && entry.op == applied_op + 1 {
-                apply_one(&mut state_machine, &mut stats, entry.op, &entry.payload);
-                applied_op = entry.op;
-                replayed += 1;
-                continue;
-            }
-            if entry.op <= commit_op && missing.is_empty() {
-                missing.push(OpRange {
-                    first_op: applied_op + 1,
-                    last_op: entry.op - 1,
-                });
-            }
-            if pending.len() as u64 >= config.journal.slot_count.saturating_mul(2) {
-                // The journal never holds more live ops than its ring; more is a journal bug.
-                return Err(EngineError::Config(format!(
-                    "journal returned more than {} live ops above op {snapshot_op}",
-                    config.journal.slot_count.saturating_mul(2)
-                )));
-            }
-            pending.insert(
-                entry.op,
-                Prepared {
-                    append_seq: 0,
-                    payload: entry.payload,
-                },
-            );
-        }
-    }
-    if missing.is_empty() && applied_op < commit_op {
-        missing.push(OpRange {
-            first_op: applied_op + 1,
-            last_op: commit_op,
-        });
-    }
-    let mut unrecoverable: Vec<OpRange> = scan
-        .lost_ops
-        .iter()
-        .map(|r| OpRange {
-            first_op: *r.start(),
-            last_op: *r.end(),
-        })
-        .collect();
-    if let Some(gap) = missing.first() {
-        if mode != RecoveryMode::PointInTime {
-            tracing::error!(
-                first_op = gap.first_op,
-                last_op = gap.last_op,
-                commit_op,
-                "recovery refused: committed ops missing from the journal"
-            );
-            return Err(EngineError::MissingOps {
-                first_op: gap.first_op,
-                last_op: gap.last_op,
-                reason: format!(
-                    "committed through op {commit_op} but absent from the journal and every snapshot"
-                ),
-            });
-        }
-        tracing::warn!(
-            first_op = gap.first_op,
-            last_op = gap.last_op,
-            "point-in-time recovery: state stops before missing committed ops"
-        );
-        unrecoverable.push(*gap);
-    }
+    let replay = replay(
+        &journal,
+        &mut state_machine,
+        snapshot_op,
+        commit_op,
+        &config,
+    )
+    .await?;
+    let mut unrecoverable: Vec<OpRange> = scan.lost_ops.iter().map(OpRange::from).collect();
+    unrecoverable.extend(gap);
     // The recovery decisions, checked: the state is exactly the snapshot plus contiguous
     // committed ops, and nothing above the durable commit was applied.
-    assert!(applied_op >= snapshot_op, "replay went below the snapshot");
     assert!(
-        applied_op <= commit_op,
+        replay.applied_op >= snapshot_op,
+        "replay went below the snapshot"
+    );
+    assert!(
+        replay.applied_op <= commit_op,
         "applied past the durable commit watermark"
     );
     assert!(
-        missing.is_empty() || mode == RecoveryMode::PointInTime,
+        gap.is_none() || mode == RecoveryMode::PointInTime,
         "a gap was accepted outside point-in-time mode"
     );
-    assert!(
-        pending.keys().all(|&op| op > applied_op),
-        "a pending op at or below the applied op"
+    assert_eq!(
+        gap.map(|g| g.first_op - 1).unwrap_or(commit_op),
+        replay.applied_op,
+        "replay stopped where the plan did not say"
     );
-
+    let applied_op = replay.applied_op;
     // The watermark the engine resumes with is what it applied (after a point-in-time gap, the
     // consensus layer re-prepares the missing ops and commits them again). It is made durable
     // in the journal now when it came from elsewhere: a snapshot proves its op committed only
@@ -379,31 +271,24 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         journal.set_commit_op(applied_op);
         journal.persist_commit().await?;
     }
-
     if mode != RecoveryMode::Absolute {
-        // A crash between a snapshot's directory fsync and the journal's watermark: finish that
-        // checkpoint now, or the journal's capacity stays tied to the older watermark until the
-        // next checkpoint — which may never come if nothing new is committed.
-        let watermark = if config.journal_covers_previous_snapshot {
-            previous_snapshot_op
-        } else {
-            snapshot_op
-        };
-        if watermark > journal_snapshot_op {
-            tracing::info!(
-                watermark,
-                journal_snapshot_op,
-                "completing an interrupted checkpoint"
-            );
-            journal.set_snapshot_op(watermark).await?;
-            journal.compact().await?;
-        }
-        // The damaged originals (their copies are in quarantine), then older snapshots a crash
-        // left behind (before the coordinator's last step).
+        let previous_snapshot_op = snapshot_ops
+            .iter()
+            .rev()
+            .find(|&&op| op < snapshot_op)
+            .copied()
+            .unwrap_or(0);
+        finish_checkpoint(&journal, &config, snapshot_op, previous_snapshot_op).await?;
+        let damaged_ops: Vec<u64> = damaged.iter().map(|d| d.op).collect();
         snapshots.remove_snapshots(&damaged_ops).await?;
         snapshots.remove_older(SNAPSHOTS_KEPT).await?;
     }
-
+    let Replay {
+        replayed,
+        pending,
+        mut stats,
+        ..
+    } = replay;
     let last_op = journal
         .last_op()
         .unwrap_or(0)
@@ -437,6 +322,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         repairs,
         prepared_uncommitted,
         unrecoverable,
+        torn_ops: scan.torn_ops.iter().map(OpRange::from).collect(),
         temp_files_removed,
         duration_us,
     };
@@ -467,13 +353,88 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
             journal_batches_seen: 0,
         }),
         checkpointing: std::cell::Cell::new(false),
+        truncating: std::cell::Cell::new(None),
         _lock: lock,
     };
     Ok((engine, report))
 }
 
-async fn snapshot_file_len<D: Directory>(store: &SnapshotStore<D>, op: u64) -> u64 {
-    store.file_len(op).await.unwrap_or(0)
+/// What replaying the journal above the snapshot did.
+struct Replay {
+    applied_op: u64,
+    replayed: u64,
+    pending: BTreeMap<u64, Prepared>,
+    stats: EngineStats,
+}
+
+/// Applies ops `snapshot_op+1..=commit_op` in order, stopping at the first missing one (the plan
+/// already refused a gap outside point-in-time mode); keeps prepares above it pending.
+async fn replay<D: Directory, M: StateMachine>(
+    journal: &MetadataJournal<D>,
+    state_machine: &mut M,
+    snapshot_op: u64,
+    commit_op: u64,
+    config: &EngineConfig,
+) -> Result<Replay, EngineError> {
+    let mut out = Replay {
+        applied_op: snapshot_op,
+        replayed: 0,
+        pending: BTreeMap::new(),
+        stats: EngineStats::default(),
+    };
+    let mut gap = false;
+    let max_pending = config.journal.slot_count.saturating_mul(2);
+    let mut reader = journal.reader(snapshot_op + 1);
+    while let Some(entry) = reader.next().await? {
+        if entry.op <= snapshot_op {
+            continue; // the reader starts above S; a defensive skip, never replayed twice
+        }
+        if entry.op <= commit_op && !gap && entry.op == out.applied_op + 1 {
+            apply_one(state_machine, &mut out.stats, entry.op, &entry.payload);
+            out.applied_op = entry.op;
+            out.replayed += 1;
+            continue;
+        }
+        gap |= entry.op <= commit_op;
+        // The journal never holds more live ops than its ring; more is a journal bug.
+        assert!(
+            (out.pending.len() as u64) < max_pending,
+            "journal returned more than {max_pending} live ops above op {snapshot_op}"
+        );
+        let prepared = Prepared {
+            append_seq: 0,
+            payload: entry.payload,
+        };
+        out.pending.insert(entry.op, prepared);
+    }
+    Ok(out)
+}
+
+/// A crash between a snapshot's directory fsync and the journal's watermark: finish that
+/// checkpoint now, or the journal's capacity stays tied to the older watermark until the next
+/// checkpoint — which may never come if nothing new is committed.
+async fn finish_checkpoint<D: Directory>(
+    journal: &MetadataJournal<D>,
+    config: &EngineConfig,
+    snapshot_op: u64,
+    previous_snapshot_op: u64,
+) -> Result<(), EngineError> {
+    let watermark = if config.journal_covers_previous_snapshot {
+        previous_snapshot_op
+    } else {
+        snapshot_op
+    };
+    let journal_snapshot_op = journal.snapshot_op();
+    if watermark > journal_snapshot_op {
+        tracing::info!(
+            watermark,
+            journal_snapshot_op,
+            "completing an interrupted checkpoint"
+        );
+        journal.set_snapshot_op(watermark).await?;
+        journal.compact().await?;
+    }
+    Ok(())
 }
 
 /// A state machine that keeps nothing: [`repair`] recovers through it without keeping state.
@@ -507,13 +468,17 @@ pub async fn repair<D: Directory>(
 }
 
 /// Read-only full check of the journal and the snapshots: never writes (works on a read-only
-/// directory), takes no lock, reports every problem it sees.
-pub async fn verify<D: Directory>(
+/// directory), takes no lock, reports every problem it sees. Its verdict is the one recovery
+/// would reach: it runs the same plan (`plan_recovery`, default mode) with `state_machine`
+/// restoring the snapshots, so a snapshot that does not restore, or committed ops missing from
+/// the journal, are reported here exactly as `recover` would refuse or repair them.
+pub async fn verify<D: Directory, M: StateMachine>(
     root: &D,
     config: &EngineConfig,
+    mut state_machine: M,
 ) -> Result<VerifyReport, EngineError> {
     let scan = MetadataJournal::verify(root, config.journal.clone()).await?;
-    let snapshots = list_snapshots(root, config.max_snapshot_bytes).await?;
+    let mut snapshots = list_snapshots(root, config.max_snapshot_bytes).await?;
     let mut problems: Vec<ProblemRecord> = scan
         .problems
         .iter()
@@ -526,31 +491,58 @@ pub async fn verify<D: Directory>(
         .collect();
     // The journal's table decides what is corruption: a torn segment header is a torn tail too.
     let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
+    let plan = plan_recovery(
+        root,
+        config,
+        RecoveryMode::TolerateTornTail,
+        &mut state_machine,
+    )
+    .await;
+    match plan {
+        Ok(plan) => {
+            for damaged in plan
+                .damaged
+                .iter()
+                .filter(|d| d.damage == SnapshotDamage::Restore)
+            {
+                if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
+                    info.valid = false;
+                    info.problem = Some(format!("does not restore: {}", damaged.reason));
+                }
+            }
+        }
+        // The journal's own refusals are in `problems` already (its scan kept going).
+        Err(EngineError::Journal(keel_journal::JournalError::Corrupt { .. })) => corrupt = true,
+        Err(error @ EngineError::MissingOps { .. }) => {
+            corrupt = true;
+            let range = error.missing_range().expect("MissingOps has a range");
+            problems.push(ProblemRecord {
+                kind: "missing_ops".into(),
+                file: root.display_path(),
+                offset: 0,
+                op: Some(*range.start()),
+            });
+        }
+        Err(error) if error.is_corruption() => corrupt = true,
+        Err(error) => return Err(error),
+    }
     for s in snapshots.iter().filter(|s| !s.valid) {
         corrupt = true;
+        let kind = if s
+            .problem
+            .as_deref()
+            .is_some_and(|p| p.starts_with("does not restore"))
+        {
+            SnapshotDamage::Restore.kind()
+        } else {
+            SnapshotDamage::Checksum.kind()
+        };
         problems.push(ProblemRecord {
-            kind: "snapshot_checksum".into(),
+            kind: kind.into(),
             file: s.file.clone(),
             offset: 0,
             op: Some(s.op),
         });
-    }
-    let newest_valid = snapshots
-        .iter()
-        .filter(|s| s.valid)
-        .map(|s| s.op)
-        .max()
-        .unwrap_or(0);
-    if let Some(journal_snapshot_op) = scan.snapshot_op {
-        if newest_valid < journal_snapshot_op {
-            corrupt = true;
-            problems.push(ProblemRecord {
-                kind: "missing_ops".into(),
-                file: format!("{}/snapshots", root.display_path()),
-                offset: 0,
-                op: Some(newest_valid + 1),
-            });
-        }
     }
     let status = if corrupt {
         VerifyStatus::Corrupt

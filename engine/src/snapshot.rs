@@ -47,6 +47,11 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The op of a snapshot temp file name as keel writes it (`<20 digits>.snap.tmp`).
+pub fn parse_snapshot_temp_name(name: &str) -> Option<u64> {
+    parse_snapshot_file_name(name.strip_suffix(TEMP_SUFFIX)?)
+}
+
 /// What a check of one snapshot file found (for `keel verify` / `inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
@@ -89,25 +94,42 @@ fn le_u64(b: &[u8]) -> u64 {
     u64::from_le_bytes(a)
 }
 
-fn decode_header(h: &[u8]) -> Result<Header, String> {
+/// Why header bytes are not a header this build reads.
+#[derive(Debug)]
+enum HeaderFault {
+    /// Damage: short, bad magic, bad checksum.
+    Damaged(String),
+    /// A newer format: not damage, this build cannot read it.
+    Version(u32),
+}
+
+fn decode_header(h: &[u8]) -> Result<Header, HeaderFault> {
     if h.len() < SNAPSHOT_HEADER_BYTES {
-        return Err(format!(
+        return Err(HeaderFault::Damaged(format!(
             "file shorter than the {SNAPSHOT_HEADER_BYTES}-byte header"
-        ));
+        )));
     }
     if &h[0..8] != SNAPSHOT_MAGIC {
-        return Err("bad magic".into());
+        return Err(HeaderFault::Damaged("bad magic".into()));
     }
     let stored = le_u32(&h[36..40]);
     let computed = crc32fast::hash(&h[0..36]);
     if stored != computed {
-        return Err(format!(
+        return Err(HeaderFault::Damaged(format!(
             "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
-        ));
+        )));
     }
+    // After the checksum, so a flipped version bit reads as damage (and is fallen back from),
+    // while an intact header of a newer version is refused, never quarantined. Every version
+    // keeps the magic, the version and this checksum where they are.
     let version = le_u32(&h[8..12]);
+    if version > SNAPSHOT_VERSION {
+        return Err(HeaderFault::Version(version));
+    }
     if version != SNAPSHOT_VERSION {
-        return Err(format!("unsupported format version {version}"));
+        return Err(HeaderFault::Damaged(format!(
+            "unsupported format version {version}"
+        )));
     }
     Ok(Header {
         op: le_u64(&h[16..24]),
@@ -128,7 +150,12 @@ pub fn encode_snapshot_file(op: u64, payload: &[u8]) -> Vec<u8> {
 /// Checks a whole snapshot file read back for `op` (header, op, length, payload checksum) and
 /// returns its payload, or why it is damaged.
 pub fn decode_snapshot_file(op: u64, bytes: &[u8]) -> Result<&[u8], String> {
-    let header = decode_header(bytes)?;
+    let header = decode_header(bytes).map_err(|fault| match fault {
+        HeaderFault::Damaged(reason) => reason,
+        HeaderFault::Version(version) => {
+            format!("format version {version} is newer than this build reads")
+        }
+    })?;
     if header.op != op {
         return Err(format!("header says op {}, name says {op}", header.op));
     }
@@ -163,22 +190,13 @@ fn io_err(stage: SnapshotStage, file: &str, op: u64, source: std::io::Error) -> 
 }
 
 impl<D: Directory> SnapshotStore<D> {
-    /// Opens `root/snapshots/`, creating it (durably) if missing.
+    /// Opens `root/snapshots/`, creating it if missing, and makes it durable: its entry in the
+    /// root and its own entries are fsynced (a process that crashed earlier may have left a
+    /// renamed snapshot in the page cache only) before anything relies on them.
     pub(crate) async fn open(root: &D, max_bytes: u64) -> Result<Self, EngineError> {
-        let existed = root
-            .exists(SNAPSHOTS_DIR)
+        let dir = keel_storage::open_dir_durable(root, SNAPSHOTS_DIR)
             .await
-            .map_err(|e| EngineError::io("snapshots exists", root.display_path(), e))?;
-        let dir = root
-            .open_dir(SNAPSHOTS_DIR, true)
-            .await
-            .map_err(|e| EngineError::io("open snapshots dir", root.display_path(), e))?;
-        if !existed {
-            // The new directory's entry in root must be durable before a snapshot in it counts.
-            root.sync()
-                .await
-                .map_err(|e| EngineError::io("sync root dir", root.display_path(), e))?;
-        }
+            .map_err(|e| EngineError::durable("open snapshots dir", e))?;
         Ok(Self {
             root: root.clone(),
             dir,
@@ -228,28 +246,71 @@ impl<D: Directory> SnapshotStore<D> {
         Ok(ops)
     }
 
-    /// Removes leftover `*.tmp` files of interrupted persists; returns how many.
-    pub(crate) async fn remove_temps(&self) -> Result<u64, SnapshotError> {
+    /// Names of leftover temp files of interrupted persists, as keel names them (any other
+    /// `*.tmp` is not keel's and is left alone).
+    pub(crate) async fn temp_names(&self) -> Result<Vec<String>, SnapshotError> {
         let names = self
             .dir
             .list()
             .await
             .map_err(|e| io_err(SnapshotStage::List, &self.dir.display_path(), 0, e))?;
-        let mut removed = 0;
-        for name in names.iter().filter(|n| n.ends_with(TEMP_SUFFIX)) {
-            tracing::info!(file = %self.path_of(name), "removing an interrupted snapshot temp file");
+        Ok(crate::plan::keel_snapshot_temps(&names))
+    }
+
+    /// Copies each of `temps` (keel's own interrupted persists) to quarantine, then removes it;
+    /// fsyncs the directory once. Returns how many.
+    pub(crate) async fn quarantine_temps(&self, temps: &[String]) -> Result<u64, SnapshotError> {
+        for name in temps {
+            let path = self.path_of(name);
+            let bytes = self.read_bounded(name).await?;
+            let copy = self
+                .quarantine_copy(&format!("snapshot-{name}"), bytes, &path)
+                .await?;
+            tracing::info!(file = %path, quarantine = %copy, "quarantined an interrupted snapshot temp file");
             self.dir
                 .remove_file(name)
                 .await
-                .map_err(|e| io_err(SnapshotStage::Remove, &self.path_of(name), 0, e))?;
-            removed += 1;
+                .map_err(|e| io_err(SnapshotStage::Remove, &path, 0, e))?;
         }
-        if removed > 0 {
+        if !temps.is_empty() {
             self.dir.sync().await.map_err(|e| {
                 io_err(SnapshotStage::DirectorySync, &self.dir.display_path(), 0, e)
             })?;
         }
-        Ok(removed)
+        Ok(temps.len() as u64)
+    }
+
+    /// The first `max_bytes + header` bytes of `name` (a copy is bounded like a load).
+    async fn read_bounded(&self, name: &str) -> Result<Vec<u8>, SnapshotError> {
+        let path = self.path_of(name);
+        let q = |e| io_err(SnapshotStage::Quarantine, &path, 0, e);
+        let file = self
+            .dir
+            .open_file(name, OpenMode::ReadOnly)
+            .await
+            .map_err(q)?;
+        let copy_len = file
+            .len()
+            .min(self.max_bytes + SNAPSHOT_HEADER_BYTES as u64) as usize;
+        file.read_exact_at(0, copy_len).await.map_err(q)
+    }
+
+    /// Writes `bytes` into `DIR/quarantine/` under a new name (`base`, `base.1`, …): created new,
+    /// fsynced, directory fsynced; an earlier copy is never overwritten. Returns the full path.
+    async fn quarantine_copy(
+        &self,
+        base: &str,
+        bytes: Vec<u8>,
+        source_path: &str,
+    ) -> Result<String, SnapshotError> {
+        let q = |e| io_err(SnapshotStage::Quarantine, source_path, 0, e);
+        let qdir = keel_storage::open_dir_durable(&self.root, QUARANTINE_DIR)
+            .await
+            .map_err(|e| q(e.source))?;
+        let name = keel_storage::create_unique(&qdir, base, bytes, MAX_QUARANTINE_SUFFIX)
+            .await
+            .map_err(|e| q(e.source))?;
+        Ok(format!("{}/{name}", qdir.display_path()))
     }
 
     /// Persists `state` as the snapshot at `op`: temp file, fsync, rename, directory fsync.
@@ -333,7 +394,13 @@ impl<D: Directory> SnapshotStore<D> {
             .read_exact_at(0, SNAPSHOT_HEADER_BYTES)
             .await
             .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
-        let header = decode_header(&header_bytes).map_err(damaged)?;
+        let header = decode_header(&header_bytes).map_err(|fault| match fault {
+            HeaderFault::Damaged(reason) => damaged(reason),
+            HeaderFault::Version(version) => SnapshotError::UnknownVersion {
+                file: path.clone(),
+                version,
+            },
+        })?;
         if header.op != op {
             return Err(damaged(format!(
                 "header says op {}, name says {op}",
@@ -382,47 +449,10 @@ impl<D: Directory> SnapshotStore<D> {
     pub(crate) async fn copy_to_quarantine(&self, op: u64) -> Result<String, SnapshotError> {
         let name = snapshot_file_name(op);
         let path = self.path_of(&name);
-        let q = |e| io_err(SnapshotStage::Quarantine, &path, op, e);
-        let file = self
-            .dir
-            .open_file(&name, OpenMode::ReadOnly)
-            .await
-            .map_err(q)?;
-        // The copy is bounded: a file larger than any snapshot we accept is cut at the bound.
-        let copy_len = file
-            .len()
-            .min(self.max_bytes + SNAPSHOT_HEADER_BYTES as u64) as usize;
-        let bytes = file.read_exact_at(0, copy_len).await.map_err(q)?;
-        drop(file);
-
-        let root_had_quarantine = self.root.exists(QUARANTINE_DIR).await.map_err(q)?;
-        let qdir = self.root.open_dir(QUARANTINE_DIR, true).await.map_err(q)?;
-        if !root_had_quarantine {
-            self.root.sync().await.map_err(q)?;
-        }
-        let base = format!("snapshot-{name}");
-        let mut target = base.clone();
-        let mut suffix = 0;
-        while qdir.exists(&target).await.map_err(q)? {
-            suffix += 1;
-            if suffix > MAX_QUARANTINE_SUFFIX {
-                return Err(q(std::io::Error::new(
-                    std::io::ErrorKind::AlreadyExists,
-                    format!("{MAX_QUARANTINE_SUFFIX} quarantined copies of {name} already exist"),
-                )));
-            }
-            target = format!("{base}.{suffix}");
-        }
-        let out = qdir
-            .open_file(&target, OpenMode::CreateNew)
-            .await
-            .map_err(q)?;
-        let compio::BufResult(written, _) = out.write_all_at(0, bytes).await;
-        written.map_err(q)?;
-        out.sync().await.map_err(q)?;
-        drop(out);
-        qdir.sync().await.map_err(q)?;
-        let quarantine_path = format!("{}/{target}", qdir.display_path());
+        let bytes = self.read_bounded(&name).await?;
+        let quarantine_path = self
+            .quarantine_copy(&format!("snapshot-{name}"), bytes, &path)
+            .await?;
         tracing::warn!(file = %path, quarantine = %quarantine_path, op, "damaged snapshot copied to quarantine");
         Ok(quarantine_path)
     }
@@ -483,7 +513,17 @@ impl<D: Directory> SnapshotStore<D> {
             };
             let (valid, problem) = match self.load(op).await {
                 Ok(_) => (true, None),
-                Err(e) => (false, Some(e.to_string())),
+                // Removed since the listing (a live engine's checkpoint dropped it): gone, not
+                // damaged.
+                Err(SnapshotError::Io { source, .. })
+                    if source.kind() == std::io::ErrorKind::NotFound =>
+                {
+                    continue
+                }
+                Err(
+                    e @ (SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }),
+                ) => (false, Some(e.to_string())),
+                Err(e) => return Err(e),
             };
             out.push(SnapshotInfo {
                 op,
@@ -610,7 +650,8 @@ mod tests {
                     assert_eq!(store.load(8).await.unwrap(), big);
                 }
                 assert_eq!(store.load(3).await.unwrap(), b"older");
-                store.remove_temps().await.unwrap();
+                let temps = store.temp_names().await.unwrap();
+                store.quarantine_temps(&temps).await.unwrap();
                 let names = fs
                     .root()
                     .open_dir(SNAPSHOTS_DIR, false)

@@ -407,7 +407,7 @@ async fn verify_is_read_only_and_names_problems() {
     engine.checkpoint().await.unwrap().unwrap();
     commit_range(&engine, 13, 20).await;
     engine.close().await.unwrap();
-    let clean = keel_engine::verify(&fs.root_read_only(), &small_config())
+    let clean = keel_engine::verify(&fs.root_read_only(), &small_config(), KvStateMachine::new())
         .await
         .unwrap();
     assert_eq!(clean.status, keel_engine::VerifyStatus::Clean, "{clean:?}");
@@ -417,7 +417,7 @@ async fn verify_is_read_only_and_names_problems() {
 
     fs.flip_bit(&snap(12), 45, 1).unwrap();
     let before = fs.read_raw(&snap(12)).unwrap();
-    let damaged = keel_engine::verify(&fs.root_read_only(), &small_config())
+    let damaged = keel_engine::verify(&fs.root_read_only(), &small_config(), KvStateMachine::new())
         .await
         .unwrap();
     assert_eq!(damaged.status, keel_engine::VerifyStatus::Corrupt);
@@ -662,7 +662,7 @@ async fn verify_calls_a_torn_segment_header_a_torn_tail_not_corruption() {
         .unwrap();
     let next = format!("journal/{:020}.wal", number + 1);
     fs.write_raw(&next, 0, &header_prefix).unwrap();
-    let report = keel_engine::verify(&fs.root_read_only(), &small_config())
+    let report = keel_engine::verify(&fs.root_read_only(), &small_config(), KvStateMachine::new())
         .await
         .unwrap();
     assert!(

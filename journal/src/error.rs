@@ -42,6 +42,15 @@ pub enum JournalError {
 }
 
 impl JournalError {
+    /// An error of one of keel-storage's durable mechanisms, with the journal's stage name.
+    pub(crate) fn durable(stage: &'static str, error: keel_storage::DurableError) -> Self {
+        Self::Io {
+            stage,
+            file: error.path.clone(),
+            source: error.source,
+        }
+    }
+
     pub(crate) fn io(stage: &'static str, file: impl Into<String>, source: std::io::Error) -> Self {
         Self::Io {
             stage,

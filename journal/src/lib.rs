@@ -60,6 +60,7 @@ mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+mod open;
 mod recovery;
 mod scan;
 mod segment;
@@ -72,16 +73,20 @@ use std::ops::RangeInclusive;
 use std::rc::Rc;
 
 pub use bytes::Bytes;
-use keel_storage::{Directory, OpenMode, Storage};
+use keel_storage::{Directory, Storage};
 
 pub use compaction::CompactionStep;
 pub use error::JournalError;
 pub use format::{EntryKind, FORMAT_VERSION};
-pub use recovery::{Action, Case, CaseInfo, StopFact, TABLE as RECOVERY_TABLE};
+pub use open::{OpenPlan, PlannedCut};
+pub use recovery::{
+    Action, Case, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
+    TABLE as RECOVERY_TABLE,
+};
 pub use slots::Location;
 
 use format::{EntryHeader, ENTRY_HEADER_BYTES};
-use recovery::{action, info, op_ranges};
+use recovery::info;
 use scan::{scan_log, LogScan};
 use slots::SlotRing;
 use writer::WriterState;
@@ -359,6 +364,32 @@ impl JournalConfig {
     }
 }
 
+/// Scans a journal that a live writer may be changing (verify takes no lock): a listed segment
+/// that vanished or shrank while being read (compaction, a repair) is an I/O race, not damage,
+/// so the scan starts over, a bounded number of times, before the error is returned as is.
+async fn scan_live<D: Directory>(dir: &D, max_file: u64) -> Result<LogScan, JournalError> {
+    const ATTEMPTS: u32 = 3;
+    let mut attempt = 1;
+    loop {
+        match scan_log(dir, max_file, true).await {
+            Err(JournalError::Io {
+                source,
+                stage,
+                file,
+            }) if attempt < ATTEMPTS
+                && matches!(
+                    source.kind(),
+                    std::io::ErrorKind::NotFound | std::io::ErrorKind::UnexpectedEof
+                ) =>
+            {
+                tracing::info!(%file, stage, %source, attempt, "journal changed while verified; scanning again");
+                attempt += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
 fn refuse(stop: &scan::StopAt) -> JournalError {
     JournalError::Corrupt {
         kind: info(stop.case).name,
@@ -405,289 +436,6 @@ fn summarize(scan: &LogScan, report: &mut ScanReport) {
 }
 
 impl<D: Directory> MetadataJournal<D> {
-    /// Opens (creating if absent) the journal under `root`, scanning every segment and applying
-    /// `mode`'s repairs. Read-only directories are scanned without any repair (verify).
-    pub async fn open(
-        root: &D,
-        config: JournalConfig,
-        mode: RecoveryMode,
-    ) -> Result<(Self, ScanReport), JournalError> {
-        config.validate()?;
-        let read_only = root.is_read_only();
-        let dir = if read_only {
-            match root.open_dir("journal", false).await {
-                Ok(dir) => Some(dir),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
-                Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
-            }
-        } else {
-            let existed = root
-                .exists("journal")
-                .await
-                .map_err(|e| JournalError::io("open journal dir", root.display_path(), e))?;
-            let dir = root
-                .open_dir("journal", true)
-                .await
-                .map_err(|e| JournalError::io("open journal dir", root.display_path(), e))?;
-            if !existed {
-                root.sync()
-                    .await
-                    .map_err(|e| JournalError::io("fsync root dir", root.display_path(), e))?;
-            }
-            Some(dir)
-        };
-        let mut report = ScanReport::default();
-        let Some(dir) = dir else {
-            // Read-only and nothing there: an empty journal that cannot be written.
-            let journal = Self::from_scan(root.clone(), config, true, &LogScan::default());
-            return Ok((journal, report));
-        };
-        let max_file = max_file_bytes(&config);
-        let mut scan = scan_log(&dir, max_file, false).await?;
-        let files_scanned = scan.files.len() as u64;
-        if let Some(stop) = scan.first_stop.clone() {
-            let row = info(stop.case);
-            report.problems.push(problem(&stop));
-            match action(stop.case, mode) {
-                Action::Nothing => {}
-                Action::Refuse => {
-                    tracing::warn!(
-                        segment = %stop.file,
-                        offset_bytes = stop.stop.offset_bytes,
-                        op = ?stop.stop.op,
-                        case = row.name,
-                        covered = stop.covered,
-                        ?mode,
-                        "journal: refusing to open"
-                    );
-                    return Err(refuse(&stop));
-                }
-                act @ (Action::QuarantineAndCut | Action::CutPointInTime) => {
-                    if read_only {
-                        tracing::warn!(
-                            segment = %stop.file,
-                            offset_bytes = stop.stop.offset_bytes,
-                            op = ?stop.stop.op,
-                            case = row.name,
-                            "journal: read-only, not repairing"
-                        );
-                    } else {
-                        let kind = if act == Action::CutPointInTime {
-                            "point_in_time_cut"
-                        } else {
-                            "torn_tail"
-                        };
-                        report.repairs = recovery::cut(root, &dir, &scan, kind).await?;
-                        if act == Action::QuarantineAndCut {
-                            report.torn_ops = op_ranges(stop.later_data_ops.clone());
-                        }
-                        if act == Action::CutPointInTime {
-                            report.lost_ops = op_ranges(stop.later_data_ops.clone());
-                            tracing::warn!(
-                                segment = %stop.file,
-                                offset_bytes = stop.stop.offset_bytes,
-                                op = ?stop.stop.op,
-                                lost_ops = ?report.lost_ops,
-                                "journal: point-in-time cut lost acknowledged ops"
-                            );
-                        }
-                        // The files after the stop are gone; the stop's segment now ends there
-                        // (or is gone too, when the stop was its header).
-                        scan.files.truncate(stop.file_index + 1);
-                        if stop.stop.offset_bytes == 0 {
-                            scan.files.pop();
-                        } else if let Some(last) = scan.segments.last_mut() {
-                            last.file_len_bytes = last.data_end_bytes;
-                        }
-                    }
-                }
-            }
-        }
-        // Only now that the log is accepted (a refusal touches nothing).
-        if !read_only && !scan.temps.is_empty() {
-            // Compaction's temp files are never referenced: a crash before their rename.
-            for temp in &scan.temps {
-                dir.remove_file(temp)
-                    .await
-                    .map_err(|e| JournalError::io("remove temp", temp.clone(), e))?;
-                tracing::info!(file = %temp, "journal: removed leftover compaction temp file");
-            }
-            dir.sync()
-                .await
-                .map_err(|e| JournalError::io("fsync journal dir", dir.display_path(), e))?;
-        }
-        summarize(&scan, &mut report);
-        report.segments_read = files_scanned;
-        let journal = Self::from_scan(dir, config, read_only, &scan);
-        journal.open_segments(&scan).await?;
-        if !read_only {
-            journal.prepare_tail().await?;
-        }
-        Ok((journal, report))
-    }
-
-    /// Builds the in-memory state (slot ring by replay, writer chain state) from a scan.
-    fn from_scan(dir: D, config: JournalConfig, read_only: bool, scan: &LogScan) -> Self {
-        let mut snapshot = 0u64;
-        let mut commit = 0u64;
-        let mut live: BTreeMap<u64, Location> = BTreeMap::new();
-        for seg in &scan.segments {
-            snapshot = snapshot.max(seg.header.snapshot_op);
-            commit = commit.max(seg.header.commit_op);
-            live.retain(|&op, _| op > snapshot);
-            for e in &seg.entries {
-                commit = commit.max(e.commit_op);
-                match e.kind {
-                    EntryKind::Data if e.op > snapshot => {
-                        live.insert(
-                            e.op,
-                            Location {
-                                segment: seg.number,
-                                offset_bytes: e.offset_bytes,
-                                len_bytes: e.len_bytes,
-                            },
-                        );
-                    }
-                    EntryKind::Data => {}
-                    EntryKind::Truncate => {
-                        live.split_off(&(e.op.saturating_add(1)));
-                    }
-                    EntryKind::Snapshot => {
-                        snapshot = snapshot.max(e.op);
-                        live.retain(|&op, _| op > snapshot);
-                    }
-                    EntryKind::Commit => commit = commit.max(e.op),
-                }
-            }
-        }
-        let mut slots = SlotRing::new(config.slot_count, snapshot);
-        for (op, location) in live {
-            // An op beyond the ring (the log was written with a larger slot_count) is dropped
-            // with a warning rather than evicting another: the engine re-fetches it.
-            if slots.insert(op, location).is_err() {
-                tracing::warn!(
-                    op,
-                    snapshot_op = snapshot,
-                    slot_count = config.slot_count,
-                    "journal: op beyond the slot ring on open (slot_count shrank?), not indexed"
-                );
-            }
-        }
-        let (link, cursor, next_number, rewritten_last) = match scan.segments.last() {
-            Some(last) => (
-                last.end_link,
-                Some((last.number, last.data_end_bytes)),
-                last.number + 1,
-                last.header.is_rewritten(),
-            ),
-            None => (
-                scan::Link {
-                    next_seq: 1,
-                    chain_crc: 0,
-                },
-                None,
-                scan.files.first().map_or(0, |f| f.number),
-                false,
-            ),
-        };
-        let mut w = WriterState::new(link, cursor, next_number);
-        // The tail is covered when the log ends with a close marker: a commit marker written
-        // after an fsync of everything before it.
-        w.tail_uncovered = scan
-            .segments
-            .iter()
-            .rev()
-            .find_map(|seg| seg.entries.last())
-            .is_some_and(|last| {
-                !(last.kind == EntryKind::Commit && last.durable_seq + 1 == last.seq)
-            });
-        if rewritten_last {
-            // Never append to a compacted segment: its chain is closed by `link_crc`.
-            w.needs_rotation = true;
-        }
-        let state = State {
-            slots,
-            segments: BTreeMap::new(),
-            w,
-            poisoned: None,
-            commit_set: commit,
-            commit_written: commit,
-            commit_durable: commit,
-            snapshot_encoded: snapshot,
-            compacting: false,
-            stats: JournalStats::default(),
-        };
-        Self {
-            dir,
-            config,
-            read_only,
-            state: RefCell::new(state),
-        }
-    }
-
-    async fn open_segments(&self, scan: &LogScan) -> Result<(), JournalError> {
-        let mode = if self.read_only {
-            OpenMode::ReadOnly
-        } else {
-            OpenMode::Existing
-        };
-        for seg in &scan.segments {
-            let file = self
-                .dir
-                .open_file(&seg.name, mode)
-                .await
-                .map_err(|e| JournalError::io("open segment", self.file_path(&seg.name), e))?;
-            self.state.borrow_mut().segments.insert(
-                seg.number,
-                SegmentHandle {
-                    file: Some(Rc::new(file)),
-                    len_bytes: seg.file_len_bytes,
-                    name: seg.name.clone(),
-                    end_link: seg.end_link,
-                    entry_count: seg.entries.len() as u64,
-                },
-            );
-        }
-        Ok(())
-    }
-
-    /// Makes what the scan read durable (a process crash leaves it in the page cache only, and
-    /// the next entries will claim it durable), and preallocates the active segment again.
-    async fn prepare_tail(&self) -> Result<(), JournalError> {
-        let handles: Vec<(Rc<D::File>, String)> = self
-            .state
-            .borrow()
-            .segments
-            .values()
-            .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
-            .collect();
-        for (file, name) in &handles {
-            file.sync()
-                .await
-                .map_err(|e| JournalError::io("fsync on open", self.file_path(name), e))?;
-        }
-        let active = {
-            let st = self.state.borrow();
-            (!st.w.needs_rotation)
-                .then(|| st.segments.get(&st.w.cursor_segment))
-                .flatten()
-                .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())))
-        };
-        if let (Some((file, name)), true) = (active, self.config.preallocate) {
-            let target = self.preallocation_target(file.len(), file.len());
-            if file.len() < self.config.segment_bytes {
-                file.preallocate(target)
-                    .await
-                    .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
-                file.sync()
-                    .await
-                    .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
-            }
-        }
-        self.release_idle_handles();
-        Ok(())
-    }
-
     /// Read-only full check: never writes; reports every problem instead of failing on the first.
     pub async fn verify(root: &D, config: JournalConfig) -> Result<ScanReport, JournalError> {
         config.validate()?;
@@ -697,7 +445,7 @@ impl<D: Directory> MetadataJournal<D> {
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(report),
             Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
         };
-        let scan = scan_log(&dir, max_file_bytes(&config), true).await?;
+        let scan = scan_live(&dir, max_file_bytes(&config)).await?;
         summarize(&scan, &mut report);
         for e in &scan.entries_after_stops {
             report.entries_read += 1;

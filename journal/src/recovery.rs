@@ -164,23 +164,194 @@ pub const TABLE: [CaseInfo; 8] = [
     },
 ];
 
-/// The classifier: scan-stop facts → case. `covered` means a later valid entry's durable
-/// watermark reaches the stop's expected seq, or the stop lies in a compacted (rewritten, fully
-/// fsynced) segment.
-pub fn classify(fact: StopFact, covered: bool) -> Case {
-    match (fact, covered) {
-        // Nothing follows a clean end, so nothing can cover it.
-        (StopFact::CleanEnd, _) => Case::CleanEnd,
-        (StopFact::BadEntryHeader | StopFact::BadPayload, false) => Case::TornTail,
-        (StopFact::BadEntryHeader | StopFact::BadPayload, true) => Case::CorruptEntry,
-        (StopFact::BadSegmentHeader, false) => Case::TornSegmentHeader,
-        (StopFact::BadSegmentHeader, true) => Case::CorruptSegmentHeader,
-        // Torn writes leave zeroes or partial sectors, never a checksum-valid entry in the wrong
-        // place: a chain break is corruption whatever follows.
-        (StopFact::ChainBreak, _) => Case::ChainBreak,
-        (StopFact::SegmentMismatch, _) => Case::SegmentMismatch,
-        (StopFact::UnknownVersion, _) => Case::UnknownVersion,
+/// The proofs of durability the look-ahead found for the bytes at a stop (the classifier's other
+/// inputs). Any one of them means the bytes had been fsynced, so damage there is corruption.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Default)]
+pub struct Proofs {
+    /// A later valid entry's `durable_seq` reaches the stop's expected seq.
+    pub watermark: bool,
+    /// A later valid segment header's `first_seq` is past the stop's expected seq: a header is
+    /// written only after every older segment was fsynced.
+    pub segment_header: bool,
+    /// The stop lies in a segment compaction rewrote (every byte fsynced before it got its name).
+    pub rewritten: bool,
+}
+
+impl Proofs {
+    /// True when any proof vouches for the bytes.
+    pub fn any(self) -> bool {
+        self.watermark || self.segment_header || self.rewritten
     }
+
+    /// Every combination of the three proofs (for tests that enumerate the table's inputs).
+    pub fn all_combinations() -> impl Iterator<Item = Proofs> {
+        (0..8u8).map(|bits| Proofs {
+            watermark: bits & 1 != 0,
+            segment_header: bits & 2 != 0,
+            rewritten: bits & 4 != 0,
+        })
+    }
+}
+
+/// One input value in a pattern row: a proof that must be present, absent, or either.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Want {
+    /// Matches either value.
+    Any,
+    /// Matches `true` only.
+    Yes,
+    /// Matches `false` only.
+    No,
+}
+
+impl Want {
+    fn matches(self, value: bool) -> bool {
+        match self {
+            Want::Any => true,
+            Want::Yes => value,
+            Want::No => !value,
+        }
+    }
+}
+
+/// One row of the classifier: the input values it matches and the case they mean.
+pub struct Pattern {
+    /// The stop facts this row matches.
+    pub facts: &'static [StopFact],
+    /// A later entry's durable watermark covers the stop.
+    pub watermark: Want,
+    /// A later segment header covers the stop.
+    pub segment_header: Want,
+    /// The stop lies in a rewritten segment.
+    pub rewritten: Want,
+    /// The case these inputs mean.
+    pub case: Case,
+    /// Which physical failure produces this input pattern.
+    pub why: &'static str,
+}
+
+impl Pattern {
+    fn matches(&self, fact: StopFact, proofs: Proofs) -> bool {
+        self.facts.contains(&fact)
+            && self.watermark.matches(proofs.watermark)
+            && self.segment_header.matches(proofs.segment_header)
+            && self.rewritten.matches(proofs.rewritten)
+    }
+}
+
+const ENTRY_DAMAGE: &[StopFact] = &[StopFact::BadEntryHeader, StopFact::BadPayload];
+const SEGMENT_DAMAGE: &[StopFact] = &[StopFact::BadSegmentHeader];
+
+/// The classifier as rows of input patterns; exactly one row matches every input (asserted at
+/// run time, and tested over every combination).
+pub const PATTERNS: [Pattern; 11] = [
+    Pattern {
+        facts: &[StopFact::CleanEnd],
+        watermark: Want::Any,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        case: Case::CleanEnd,
+        why: "the log ends at an entry boundary: a shutdown or a crash between batches (nothing follows, so no proof can exist)",
+    },
+    Pattern {
+        facts: ENTRY_DAMAGE,
+        watermark: Want::No,
+        segment_header: Want::No,
+        rewritten: Want::No,
+        case: Case::TornTail,
+        why: "a power cut during the last batch's write: nothing written after it claims it was fsynced",
+    },
+    Pattern {
+        facts: ENTRY_DAMAGE,
+        watermark: Want::Yes,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        case: Case::CorruptEntry,
+        why: "bit rot, a misdirected or lost write in bytes a later entry says were fsynced",
+    },
+    Pattern {
+        facts: ENTRY_DAMAGE,
+        watermark: Want::No,
+        segment_header: Want::Yes,
+        rewritten: Want::Any,
+        case: Case::CorruptEntry,
+        why: "damage in a segment a later segment's header proves fsynced (rotation syncs first): bit rot or a lost write",
+    },
+    Pattern {
+        facts: ENTRY_DAMAGE,
+        watermark: Want::No,
+        segment_header: Want::No,
+        rewritten: Want::Yes,
+        case: Case::CorruptEntry,
+        why: "damage in a compacted segment, every byte of which was fsynced before it got its name",
+    },
+    Pattern {
+        facts: SEGMENT_DAMAGE,
+        watermark: Want::No,
+        segment_header: Want::No,
+        rewritten: Want::Any,
+        case: Case::TornSegmentHeader,
+        why: "a power cut while a rotation wrote the newest segment's header: nothing in it was acknowledged",
+    },
+    Pattern {
+        facts: SEGMENT_DAMAGE,
+        watermark: Want::Yes,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        case: Case::CorruptSegmentHeader,
+        why: "a segment header damaged after later entries were written under a watermark that covers it",
+    },
+    Pattern {
+        facts: SEGMENT_DAMAGE,
+        watermark: Want::No,
+        segment_header: Want::Yes,
+        rewritten: Want::Any,
+        case: Case::CorruptSegmentHeader,
+        why: "a segment header damaged although a later segment exists, so it had been fsynced",
+    },
+    Pattern {
+        facts: &[StopFact::ChainBreak],
+        watermark: Want::Any,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        case: Case::ChainBreak,
+        why: "torn writes leave zeroes or partial sectors, never a checksum-valid entry in the wrong place: a stale block or a lost write under a later one",
+    },
+    Pattern {
+        facts: &[StopFact::SegmentMismatch],
+        watermark: Want::Any,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        case: Case::SegmentMismatch,
+        why: "a valid segment that is not the next one: renamed, copied or missing files",
+    },
+    Pattern {
+        facts: &[StopFact::UnknownVersion],
+        watermark: Want::Any,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        case: Case::UnknownVersion,
+        why: "a segment written by a newer keel: not damage, this build cannot read it",
+    },
+];
+
+/// The classifier: scan-stop facts and proofs → the row that matches them. Panics (a table bug,
+/// in release too) unless exactly one row matches.
+pub fn classify_row(fact: StopFact, proofs: Proofs) -> &'static Pattern {
+    let mut matching = PATTERNS.iter().filter(|row| row.matches(fact, proofs));
+    let row = matching
+        .next()
+        .unwrap_or_else(|| panic!("no recovery pattern matches {fact:?} {proofs:?}"));
+    assert!(
+        matching.next().is_none(),
+        "two recovery patterns match {fact:?} {proofs:?}"
+    );
+    row
+}
+
+/// The case of a stop (see [`classify_row`]).
+pub fn classify(fact: StopFact, proofs: Proofs) -> Case {
+    classify_row(fact, proofs).case
 }
 
 pub fn info(case: Case) -> &'static CaseInfo {
@@ -213,33 +384,53 @@ pub fn op_ranges(mut ops: Vec<u64>) -> Vec<RangeInclusive<u64>> {
     out
 }
 
-/// Copies `bytes` to `quarantine/<name>`, fsyncs it and the quarantine directory. Idempotent:
-/// a second run after a crash rewrites the same bytes under the same name.
+/// Most copies of one quarantine name kept side by side (`NAME`, `NAME.1`, …).
+const MAX_QUARANTINE_COPIES: u32 = 1000;
+
+/// Copies `bytes` into `quarantine/` under a name never used before (`name`, or `name.N` when an
+/// earlier repair took it): the file is created new, written, fsynced and its directory fsynced.
+/// A quarantine file is never reopened for writing, so no repair can destroy an earlier one's copy.
 async fn quarantine<D: Directory>(
     quarantine_dir: &D,
     name: &str,
     bytes: Vec<u8>,
+) -> Result<String, JournalError> {
+    keel_storage::create_unique(quarantine_dir, name, bytes, MAX_QUARANTINE_COPIES)
+        .await
+        .map_err(|e| JournalError::durable("quarantine", e))
+}
+
+/// `DIR/quarantine/`, created and made durable (its entry in the root, and its own entries).
+async fn quarantine_dir<D: Directory>(root: &D) -> Result<D, JournalError> {
+    keel_storage::open_dir_durable(root, "quarantine")
+        .await
+        .map_err(|e| JournalError::durable("open quarantine dir", e))
+}
+
+/// Leftover compaction temp files (a crash before their rename; never referenced by the log):
+/// each is copied to quarantine, then removed, then the journal directory is fsynced.
+pub async fn quarantine_temps<D: Directory>(
+    root: &D,
+    journal_dir: &D,
+    temps: &[String],
+    max_file_bytes: u64,
 ) -> Result<(), JournalError> {
-    let path = format!("{}/{name}", quarantine_dir.display_path());
-    let file = quarantine_dir
-        .open_file(name, OpenMode::Create)
-        .await
-        .map_err(|e| JournalError::io("quarantine create", &path, e))?;
-    file.truncate(0)
-        .await
-        .map_err(|e| JournalError::io("quarantine truncate", &path, e))?;
-    if !bytes.is_empty() {
-        let keel_storage::BufResult(result, _) = file.write_all_at(0, bytes).await;
-        result.map_err(|e| JournalError::io("quarantine write", &path, e))?;
+    let qdir = quarantine_dir(root).await?;
+    for temp in temps {
+        let bytes = crate::segment::read_whole(journal_dir, temp, max_file_bytes).await?;
+        let len_bytes = bytes.len();
+        let copy = quarantine(&qdir, &format!("journal-{temp}"), bytes).await?;
+        journal_dir
+            .remove_file(temp)
+            .await
+            .map_err(|e| JournalError::io("remove temp", temp.clone(), e))?;
+        tracing::info!(file = %temp, quarantine = %copy, bytes = len_bytes,
+            "journal: quarantined a leftover compaction temp file");
     }
-    file.sync()
-        .await
-        .map_err(|e| JournalError::io("quarantine fsync", &path, e))?;
-    quarantine_dir
+    journal_dir
         .sync()
         .await
-        .map_err(|e| JournalError::io("quarantine dir fsync", &path, e))?;
-    Ok(())
+        .map_err(|e| JournalError::io("fsync journal dir", journal_dir.display_path(), e))
 }
 
 /// Executes a cut ordered by the table: quarantine every removed byte, then remove the later
@@ -258,7 +449,7 @@ pub async fn cut<D: Directory>(
     // Independent of the table: a cut in the default mode is only ever of bytes nothing vouches
     // for, and a log of an unknown version is never cut.
     assert!(
-        !stop.covered || kind == "point_in_time_cut",
+        !stop.proofs.any() || kind == "point_in_time_cut",
         "recovery table ordered a torn-tail cut of vouched-for bytes at {} offset {}",
         stop.file,
         stop.stop.offset_bytes
@@ -267,20 +458,7 @@ pub async fn cut<D: Directory>(
         stop.case != Case::UnknownVersion,
         "never cut a log of an unknown version"
     );
-    let existed = root
-        .exists("quarantine")
-        .await
-        .map_err(|e| JournalError::io("open quarantine dir", "quarantine", e))?;
-    let quarantine_dir = root
-        .open_dir("quarantine", true)
-        .await
-        .map_err(|e| JournalError::io("open quarantine dir", "quarantine", e))?;
-    if !existed {
-        // The new directory's own entry must be durable, or its files vanish with it.
-        root.sync()
-            .await
-            .map_err(|e| JournalError::io("fsync root dir", root.display_path(), e))?;
-    }
+    let quarantine_dir = quarantine_dir(root).await?;
     let mut repairs = Vec::new();
     // 1. Quarantine (the stop's segment from the stop offset, every later segment whole).
     let mut removals = Vec::new();
@@ -292,12 +470,16 @@ pub async fn cut<D: Directory>(
         };
         let bytes =
             crate::segment::read_whole(journal_dir, &file.name, scan.max_file_bytes).await?;
-        // Trailing zeroes (preallocated space) carry no information and are not copied.
-        let end = crate::scan::nonzero_end(&bytes).max(from as usize);
-        let removed = bytes[from as usize..end].to_vec();
-        let qname = quarantine_file_name(file.number, from);
+        // Exactly the bytes the cut removes, preallocated zeroes included: what was there is
+        // what an operator finds, and `bytes` in the report is the cut length.
+        let removed = bytes[(from as usize).min(bytes.len())..].to_vec();
         let removed_len = removed.len() as u64;
-        quarantine(&quarantine_dir, &qname, removed).await?;
+        let qname = quarantine(
+            &quarantine_dir,
+            &quarantine_file_name(file.number, from),
+            removed,
+        )
+        .await?;
         tracing::warn!(
             segment = %file.name,
             offset_bytes = from,
@@ -357,22 +539,42 @@ mod tests {
     #[test]
     fn table_is_total_and_unambiguous() {
         let mut reached = HashSet::new();
+        let mut rows_used = HashSet::new();
         for fact in StopFact::ALL {
-            for covered in [false, true] {
-                let case = classify(fact, covered);
-                let rows = TABLE.iter().filter(|r| r.case == case).count();
-                assert_eq!(rows, 1, "{fact:?}/{covered} -> {case:?} has {rows} rows");
+            for proofs in Proofs::all_combinations() {
+                let rows: Vec<usize> = PATTERNS
+                    .iter()
+                    .enumerate()
+                    .filter(|(_, r)| r.matches(fact, proofs))
+                    .map(|(i, _)| i)
+                    .collect();
+                assert_eq!(rows.len(), 1, "{fact:?}/{proofs:?} matches rows {rows:?}");
+                rows_used.insert(rows[0]);
+                let case = classify(fact, proofs);
+                assert_eq!(TABLE.iter().filter(|r| r.case == case).count(), 1);
                 reached.insert(case);
-                for mode in [
-                    RecoveryMode::TolerateTornTail,
-                    RecoveryMode::Absolute,
-                    RecoveryMode::PointInTime,
-                ] {
-                    let _ = action(case, mode);
+                // Any proof makes damage corruption; none makes entry damage a torn tail.
+                let corrupt = info(case).corruption;
+                match fact {
+                    StopFact::CleanEnd => assert!(!corrupt),
+                    StopFact::BadEntryHeader
+                    | StopFact::BadPayload
+                    | StopFact::BadSegmentHeader => {
+                        let proven = proofs.watermark
+                            || proofs.segment_header
+                            || (proofs.rewritten && fact != StopFact::BadSegmentHeader);
+                        assert_eq!(corrupt, proven, "{fact:?}/{proofs:?}");
+                    }
+                    _ => assert!(corrupt, "{fact:?}"),
                 }
             }
         }
         assert_eq!(reached.len(), TABLE.len(), "a case no input reaches");
+        assert_eq!(
+            rows_used.len(),
+            PATTERNS.len(),
+            "a pattern row no input reaches"
+        );
         let names: HashSet<_> = TABLE.iter().map(|r| r.name).collect();
         assert_eq!(names.len(), TABLE.len(), "duplicate case names");
     }
@@ -396,8 +598,20 @@ mod tests {
             action(Case::UnknownVersion, RecoveryMode::PointInTime),
             Action::Refuse
         );
-        assert_eq!(classify(StopFact::BadPayload, false), Case::TornTail);
-        assert_eq!(classify(StopFact::BadPayload, true), Case::CorruptEntry);
+        let none = Proofs::default();
+        assert_eq!(classify(StopFact::BadPayload, none), Case::TornTail);
+        let header_only = Proofs {
+            segment_header: true,
+            ..none
+        };
+        assert_eq!(
+            classify(StopFact::BadPayload, header_only),
+            Case::CorruptEntry
+        );
+        assert_eq!(
+            classify(StopFact::BadSegmentHeader, header_only),
+            Case::CorruptSegmentHeader
+        );
     }
 
     #[test]

@@ -13,7 +13,7 @@ use crate::format::{
     EntryHeader, EntryKind, HeaderFault, SegmentHeader, SegmentHeaderFault, ENTRY_ALIGN_BYTES,
     ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::recovery::{classify, Case, StopFact};
+use crate::recovery::{classify, Case, Proofs, StopFact};
 use crate::segment::{self, SegmentFile};
 
 /// One valid entry as found on disk (no payload: it is read on demand).
@@ -71,7 +71,8 @@ pub struct StopAt {
     pub file_index: usize,
     pub file: String,
     pub stop: Stop,
-    pub covered: bool,
+    /// Which proofs of durability vouch for the bytes at the stop.
+    pub proofs: Proofs,
     pub case: Case,
     /// Ops of valid data headers found after the stop (what a cut would lose).
     pub later_data_ops: Vec<u64>,
@@ -107,11 +108,6 @@ impl LogScan {
 
 fn all_zero(bytes: &[u8]) -> bool {
     bytes.iter().all(|&b| b == 0)
-}
-
-/// Index one past the last non-zero byte.
-pub fn nonzero_end(bytes: &[u8]) -> usize {
-    bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1)
 }
 
 /// Valid entry headers at 8-aligned offsets at or after `from_offset`.
@@ -381,7 +377,8 @@ fn resync(bytes: &[u8], from: u64) -> Option<(u64, Link)> {
         })
 }
 
-/// Looks past a stop (rest of this file, every later file) for valid headers and classifies it.
+/// Looks past a stop (rest of this file, every later file) for valid entry headers and segment
+/// headers, and classifies it with the proofs of durability they give.
 async fn classify_stop<D: Directory>(
     dir: &D,
     files: &[SegmentFile],
@@ -392,13 +389,32 @@ async fn classify_stop<D: Directory>(
     max_file_bytes: u64,
 ) -> Result<StopAt, JournalError> {
     let mut later = valid_headers(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64);
+    // The highest seq a later segment header proves durable (its `first_seq - 1`).
+    let mut header_proven_seq = 0u64;
+    let mut later_segment_header = false;
     for file in &files[index + 1..] {
         let other = segment::read_whole(dir, &file.name, max_file_bytes).await?;
+        if let Ok(header) = SegmentHeader::decode(&other) {
+            header_proven_seq = header_proven_seq.max(header.first_seq.saturating_sub(1));
+            later_segment_header = true;
+        }
         later.extend(valid_headers(&other, 0));
     }
     let max_durable = later.iter().map(|(_, h)| h.durable_seq).max().unwrap_or(0);
-    let covered = rewritten || (stop.expected_seq != u64::MAX && max_durable >= stop.expected_seq);
-    let case = classify(stop.fact, covered);
+    let known = stop.expected_seq != u64::MAX;
+    let proofs = Proofs {
+        watermark: known && max_durable >= stop.expected_seq,
+        // A rotation writes a header only after fsyncing every older segment, so a later valid
+        // header proves the entries before its `first_seq`, and proves a damaged segment header
+        // is not the torn header of the newest segment whatever seq it would have started at.
+        segment_header: if stop.fact == StopFact::BadSegmentHeader {
+            later_segment_header
+        } else {
+            known && header_proven_seq >= stop.expected_seq
+        },
+        rewritten,
+    };
+    let case = classify(stop.fact, proofs);
     let mut later_data_ops: Vec<u64> = later
         .iter()
         .filter(|(_, h)| h.kind == EntryKind::Data)
@@ -411,7 +427,7 @@ async fn classify_stop<D: Directory>(
         file_index: index,
         file: files[index].name.clone(),
         stop,
-        covered,
+        proofs,
         case,
         later_data_ops,
     })

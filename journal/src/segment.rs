@@ -33,7 +33,13 @@ pub async fn list<D: Directory>(dir: &D) -> Result<(Vec<SegmentFile>, Vec<String
     for name in names {
         if let Some(number) = parse_segment_file_name(&name) {
             segments.push(SegmentFile { number, name });
-        } else if name.ends_with(TEMP_SUFFIX) {
+        } else if name
+            .strip_suffix(".tmp")
+            .and_then(parse_segment_file_name)
+            .is_some()
+        {
+            // Only compaction's own temp names (`<20 digits>.wal.tmp`): a file keel did not
+            // write is never touched.
             temps.push(name);
         } else {
             tracing::debug!(file = %name, "journal: ignoring unknown file in journal dir");

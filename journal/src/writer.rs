@@ -141,8 +141,11 @@ pub(crate) struct WriterState {
     pub next_segment_number: u64,
     /// Highest seq covered by an fsync.
     pub durable_seq: u64,
-    /// Highest seq written (maybe not synced).
+    /// Highest seq written and indexed (maybe not synced).
     pub written_seq: u64,
+    /// Highest seq whose bytes (and every earlier seq's) a completed write handed to the OS; an
+    /// fsync started after it makes them durable, whichever path issues it.
+    pub write_done_seq: u64,
     pub queue: VecDeque<Run>,
     pub flush_waiters: Vec<Rc<Completion>>,
     /// Completions of the batch a flusher is writing right now (so a cancelled flusher can fail them).
@@ -166,6 +169,7 @@ impl WriterState {
             next_segment_number,
             durable_seq: link.next_seq - 1,
             written_seq: link.next_seq - 1,
+            write_done_seq: link.next_seq - 1,
             queue: VecDeque::new(),
             flush_waiters: Vec::new(),
             in_flight: Vec::new(),
@@ -563,7 +567,16 @@ impl<D: Directory> MetadataJournal<D> {
             let buf = std::mem::take(&mut run.buf);
             let BufResult(result, _) = file.write_all_at(run.offset_bytes, buf).await;
             result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
-            self.state.borrow_mut().w.dirty_segments.insert(run.segment);
+            let mut st = self.state.borrow_mut();
+            st.w.dirty_segments.insert(run.segment);
+            if let Some(last) = run.entries.last() {
+                // Runs are written in log order by the one flusher: every earlier seq is written.
+                assert!(
+                    last.seq > st.w.write_done_seq,
+                    "runs written out of log order"
+                );
+                st.w.write_done_seq = last.seq;
+            }
         }
         if must_sync {
             self.sync_dirty().await?;
@@ -635,16 +648,20 @@ impl<D: Directory> MetadataJournal<D> {
         }
     }
 
-    /// One fsync per segment written since the last sync.
+    /// One fsync per segment written since the last sync. Every fsync is a proof: once they
+    /// all succeed, every seq written before they started is durable, and entries encoded from
+    /// now on carry that watermark (a rotation's sync counts as much as a flush's).
     async fn sync_dirty(&self) -> Result<(), JournalError> {
-        let dirty: Vec<(Rc<D::File>, String)> = {
+        let (dirty, covers_seq): (Vec<(Rc<D::File>, String)>, u64) = {
             let mut st = self.state.borrow_mut();
+            let covers_seq = st.w.write_done_seq;
             let numbers = std::mem::take(&mut st.w.dirty_segments);
-            numbers
+            let files = numbers
                 .iter()
                 .filter_map(|n| st.segments.get(n))
                 .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
-                .collect()
+                .collect();
+            (files, covers_seq)
         };
         for (file, name) in dirty {
             let started = Instant::now();
@@ -655,6 +672,8 @@ impl<D: Directory> MetadataJournal<D> {
             st.stats.fsyncs += 1;
             st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
         }
+        let mut st = self.state.borrow_mut();
+        st.w.durable_seq = st.w.durable_seq.max(covers_seq);
         Ok(())
     }
 
@@ -675,7 +694,7 @@ impl<D: Directory> MetadataJournal<D> {
                         // A snapshot marker earlier in the log may have passed this op since it
                         // was accepted: then it is dead, exactly as replay will see it.
                         let result = st.slots.insert(e.op, location);
-                        debug_assert!(
+                        assert!(
                             !matches!(result, Err(SlotRefusal::Full { .. })),
                             "Full is checked before encoding and the watermark only rises"
                         );
@@ -687,7 +706,7 @@ impl<D: Directory> MetadataJournal<D> {
                     EntryKind::Commit => {}
                 }
                 st.commit_written = st.commit_written.max(e.commit_op);
-                debug_assert_eq!(e.seq, st.w.written_seq + 1, "groups apply in log order");
+                assert_eq!(e.seq, st.w.written_seq + 1, "groups apply in log order");
                 st.w.written_seq = e.seq;
                 if let Some(handle) = st.segments.get_mut(&run.segment) {
                     handle.end_link = Link {

@@ -60,8 +60,8 @@ fn torn_tail_at_every_byte_of_the_last_entry() {
                     .read_raw(&format!("quarantine/{}", repair.quarantine_file))
                     .unwrap();
                 let cut_bytes = &original[offset as usize..cut as usize];
-                let trimmed_len = cut_bytes.iter().rposition(|&b| b != 0).map_or(0, |i| i + 1);
-                assert_eq!(quarantined, &cut_bytes[..trimmed_len], "cut {cut}");
+                assert_eq!(quarantined, cut_bytes, "cut {cut}");
+                assert_eq!(repair.bytes, cut - offset, "cut {cut}");
             }
             drop(j);
             // A second open changes nothing.

@@ -1,46 +1,15 @@
-//! Small files replaced atomically through the [`Directory`] seam, and their framing.
+//! Small files read whole through the [`Directory`] seam, the cleanup of interrupted atomic
+//! replaces, and the framing helpers they share.
 //!
-//! Both the raft meta file and the snapshot files are written the way keel persists its own
-//! snapshots (DESIGN §5): write `NAME.tmp`, fsync it, rename it over `NAME`, fsync the directory.
-//! A crash at any point leaves either the old file or the new one under `NAME`, never a mix, and
-//! nothing is reported durable before the directory fsync made the rename survive a power cut.
+//! Both the raft meta file and the snapshot files are written with
+//! [`keel_storage::atomic_replace`] (write `NAME.tmp`, fsync it, rename it over `NAME`, fsync the
+//! directory): a crash at any point leaves either the old file or the new one under `NAME`, never
+//! a mix, and nothing is reported durable before the directory fsync made the rename survive a
+//! power cut. This module must never write a file any other way.
 
-use keel_storage::{Directory, OpenMode, Storage};
+use keel_storage::{is_temp_of, Directory, OpenMode, Storage};
 
 use crate::error::RaftStoreError;
-
-pub(crate) const TEMP_SUFFIX: &str = ".tmp";
-
-/// Writes `bytes` as `name` in `dir` atomically and durably (see the module docs).
-pub(crate) async fn write_atomic<D: Directory>(
-    dir: &D,
-    name: &str,
-    bytes: Vec<u8>,
-) -> Result<(), RaftStoreError> {
-    let temp = format!("{name}{TEMP_SUFFIX}");
-    let temp_path = format!("{}/{temp}", dir.display_path());
-    let file = dir
-        .open_file(&temp, OpenMode::Create)
-        .await
-        .map_err(|e| RaftStoreError::io("create temp file", &temp_path, e))?;
-    // A temp file left by an interrupted write: start from empty so no stale tail survives.
-    file.truncate(0)
-        .await
-        .map_err(|e| RaftStoreError::io("truncate temp file", &temp_path, e))?;
-    let compio::BufResult(written, _) = file.write_all_at(0, bytes).await;
-    written.map_err(|e| RaftStoreError::io("write temp file", &temp_path, e))?;
-    file.sync()
-        .await
-        .map_err(|e| RaftStoreError::io("fsync temp file", &temp_path, e))?;
-    drop(file);
-    dir.rename(&temp, name)
-        .await
-        .map_err(|e| RaftStoreError::io("rename temp file", &temp_path, e))?;
-    dir.sync()
-        .await
-        .map_err(|e| RaftStoreError::io("fsync directory", dir.display_path(), e))?;
-    Ok(())
-}
 
 /// Reads the whole file `name` from `dir`; `None` when it does not exist.
 pub(crate) async fn read_all<D: Directory>(
@@ -70,14 +39,15 @@ pub(crate) async fn read_all<D: Directory>(
     Ok(Some(bytes))
 }
 
-/// Removes `*.tmp` files an interrupted [`write_atomic`] left behind; returns how many.
+/// Removes `*.tmp` files an interrupted [`keel_storage::atomic_replace`] left behind; returns how
+/// many.
 pub(crate) async fn remove_temps<D: Directory>(dir: &D) -> Result<u64, RaftStoreError> {
     let names = dir
         .list()
         .await
         .map_err(|e| RaftStoreError::io("list", dir.display_path(), e))?;
     let mut removed = 0;
-    for name in names.iter().filter(|n| n.ends_with(TEMP_SUFFIX)) {
+    for name in names.iter().filter(|n| is_temp_of(n).is_some()) {
         dir.remove_file(name).await.map_err(|e| {
             RaftStoreError::io(
                 "remove temp file",
@@ -90,6 +60,7 @@ pub(crate) async fn remove_temps<D: Directory>(dir: &D) -> Result<u64, RaftStore
     Ok(removed)
 }
 
+/// The little-endian `u32` in the first four bytes of `bytes` (which must hold at least four).
 pub(crate) fn le_u32(bytes: &[u8]) -> u32 {
     let mut a = [0u8; 4];
     a.copy_from_slice(&bytes[..4]);

@@ -7,6 +7,7 @@
 use std::io;
 
 use keel_journal::JournalError;
+use keel_storage::DurableError;
 
 /// Errors of the keel-backed raft storage.
 #[derive(Debug, thiserror::Error)]
@@ -104,6 +105,18 @@ impl RaftStoreError {
             RaftStoreError::Journal(_) | RaftStoreError::Poisoned(_) => io::ErrorKind::Other,
         };
         io::Error::new(kind, self)
+    }
+}
+
+impl From<DurableError> for RaftStoreError {
+    /// A failed durable create, replace or directory open: its stage becomes the stage string and
+    /// the I/O error stays the source, so `into_io` keeps its kind.
+    fn from(error: DurableError) -> Self {
+        RaftStoreError::Io {
+            stage: error.stage.as_str(),
+            file: error.path,
+            source: error.source,
+        }
     }
 }
 

@@ -17,10 +17,10 @@
 //!     20     4  crc32 of bytes 0..20
 //! ```
 
-use keel_storage::Directory;
+use keel_storage::{atomic_replace, Directory};
 use serde::{Deserialize, Serialize};
 
-use crate::durable::{le_u32, read_all, write_atomic};
+use crate::durable::{le_u32, read_all};
 use crate::error::RaftStoreError;
 use crate::typ::{LogId, Vote};
 
@@ -99,7 +99,7 @@ pub(crate) async fn load<D: Directory>(root: &D) -> Result<Meta, RaftStoreError>
 
 /// Replaces the meta file atomically; durable on return.
 pub(crate) async fn store<D: Directory>(root: &D, meta: &Meta) -> Result<(), RaftStoreError> {
-    write_atomic(root, META_FILE, encode(meta)?).await
+    Ok(atomic_replace(root, META_FILE, encode(meta)?).await?)
 }
 
 #[cfg(test)]

@@ -19,9 +19,9 @@
 use keel_engine::{
     decode_snapshot_file, encode_snapshot_file, parse_snapshot_file_name, snapshot_file_name,
 };
-use keel_storage::Directory;
+use keel_storage::{atomic_replace, open_dir_durable, Directory};
 
-use crate::durable::{le_u32, read_all, remove_temps, write_atomic};
+use crate::durable::{le_u32, read_all, remove_temps};
 use crate::error::RaftStoreError;
 use crate::typ::SnapshotMeta;
 
@@ -88,24 +88,11 @@ pub(crate) struct SnapshotFiles<D: Directory> {
 }
 
 impl<D: Directory> SnapshotFiles<D> {
-    /// Opens (creating) `root/raft-snapshots/` and removes temp files an interrupted persist left.
+    /// Opens (creating) `root/raft-snapshots/` durably (its entry in `root` and its own entries
+    /// fsynced, even when an earlier process created it and crashed before syncing) and removes
+    /// temp files an interrupted persist left.
     pub(crate) async fn open(root: &D) -> Result<Self, RaftStoreError> {
-        let path = format!("{}/{RAFT_SNAPSHOTS_DIR}", root.display_path());
-        let existed = root
-            .exists(RAFT_SNAPSHOTS_DIR)
-            .await
-            .map_err(|e| RaftStoreError::io("stat snapshot directory", &path, e))?;
-        let dir = root
-            .open_dir(RAFT_SNAPSHOTS_DIR, true)
-            .await
-            .map_err(|e| RaftStoreError::io("open snapshot directory", &path, e))?;
-        if !existed {
-            // A new subdirectory is an entry of the root: without this fsync a power cut can
-            // take the directory, and every snapshot persisted in it, away.
-            root.sync()
-                .await
-                .map_err(|e| RaftStoreError::io("fsync directory", root.display_path(), e))?;
-        }
+        let dir = open_dir_durable(root, RAFT_SNAPSHOTS_DIR).await?;
         let removed = remove_temps(&dir).await?;
         if removed > 0 {
             tracing::info!(removed, dir = %dir.display_path(), "removed interrupted snapshot temp files");
@@ -134,7 +121,7 @@ impl<D: Directory> SnapshotFiles<D> {
 
     /// Persists `payload` as the snapshot at `op` (durable on return), then drops older files.
     pub(crate) async fn persist(&self, op: u64, payload: &[u8]) -> Result<(), RaftStoreError> {
-        write_atomic(&self.dir, &snapshot_file_name(op), encode_file(op, payload)).await?;
+        atomic_replace(&self.dir, &snapshot_file_name(op), encode_file(op, payload)).await?;
         self.remove_others(op).await
     }
 

@@ -3,7 +3,7 @@
 
 use std::path::Path;
 
-use keel_engine::{VerifyReport, VerifyStatus};
+use keel_engine::{KvStateMachine, VerifyReport, VerifyStatus};
 
 use super::error::{CliError, EXIT_CORRUPT, EXIT_TORN_TAIL};
 use super::output::{self, Outcome};
@@ -34,7 +34,9 @@ pub async fn run(args: VerifyArgs) -> Result<u8, CliError> {
 /// The read-only check of one engine directory.
 pub async fn verify_one(path: &Path) -> Result<VerifyReport, CliError> {
     let root = readonly::open(path).await?;
-    Ok(keel_engine::verify(&root, &tool_config(Mode::Absolute)).await?)
+    // The same decision recover makes, with the state machine recover would restore into.
+    let config = tool_config(Mode::Absolute);
+    Ok(keel_engine::verify(&root, &config, KvStateMachine::new()).await?)
 }
 
 fn outcome_of(report: &VerifyReport) -> Outcome {

@@ -6,9 +6,11 @@
 //! It must never follow a name out of its directory (names are single path components), and never
 //! mutate anything when opened read-only.
 
+use std::collections::BTreeSet;
 use std::fs;
 use std::io;
 use std::os::fd::AsRawFd;
+use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 
 use compio::fs::OpenOptions;
@@ -24,20 +26,116 @@ pub struct FsDirectory {
     file_options: FileOptions,
 }
 
-/// An exclusive `flock` on one file; released when dropped (the fd is closed) or when the
-/// process dies.
+/// An exclusive `flock` on a directory and on one file in it; released when dropped (the fds are
+/// closed) or when the process dies.
+///
+/// The directory's flock is what excludes a second holder: it holds even when the lock file is
+/// removed or replaced under a live holder (a second opener would otherwise create a new file and
+/// lock that). The file's flock is kept so that a keel that locks only the file still conflicts.
 #[derive(Debug)]
 pub struct FsLock {
-    /// Held only to keep the open file description, and with it the lock, alive.
-    _file: fs::File,
+    /// Held only to keep the file's open file description, and with it its lock, alive. `None`
+    /// when a read-only directory found no lock file. Declared first so it is released first:
+    /// the reverse of the order the locks were taken in.
+    _file: Option<fs::File>,
+    /// Held only to keep the directory's open file description, and its lock, alive.
+    _dir: fs::File,
     path: PathBuf,
 }
 
 impl FsLock {
-    /// The locked file.
+    /// The lock file (which may be missing, for a read-only directory).
     pub fn path(&self) -> &Path {
         &self.path
     }
+}
+
+/// `flock(LOCK_EX | LOCK_NB)` on `file`; `WouldBlock` naming `lock_path` if someone holds it.
+fn flock_exclusive(file: &fs::File, locked: &Path, lock_path: &Path) -> io::Result<()> {
+    // SAFETY: the fd is valid for the duration of the call (owned by `file`); flock has no
+    // memory-safety preconditions.
+    let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+    if rc == 0 {
+        return Ok(());
+    }
+    let error = io::Error::last_os_error();
+    if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
+        return Err(io::Error::new(
+            io::ErrorKind::WouldBlock,
+            format!(
+                "{} is locked: {} is held by another process or another open of this directory",
+                lock_path.display(),
+                locked.display()
+            ),
+        ));
+    }
+    Err(with_path(error, locked))
+}
+
+/// fsync of a directory: makes its entries (creates, renames, removes) durable.
+async fn fsync_dir(path: &Path) -> io::Result<()> {
+    let dir = OpenOptions::new()
+        .read(true)
+        .open(path)
+        .await
+        .map_err(|error| with_path(error, path))?;
+    dir.sync_all()
+        .await
+        .map_err(|error| with_path(error, path))?;
+    dir.close().await
+}
+
+/// The directory holding `path`'s entry; `None` for a root.
+fn parent_dir(path: &Path) -> Option<PathBuf> {
+    let parent = path.parent()?;
+    if parent.as_os_str().is_empty() {
+        Some(PathBuf::from("."))
+    } else {
+        Some(parent.to_path_buf())
+    }
+}
+
+/// Creates every missing directory of `path`, outermost first; returns the ones this call
+/// created.
+async fn create_missing_dirs(path: &Path) -> io::Result<Vec<PathBuf>> {
+    let mut missing = Vec::new();
+    for ancestor in path.ancestors() {
+        if ancestor.as_os_str().is_empty() {
+            break;
+        }
+        match compio::fs::metadata(ancestor).await {
+            Err(error) if error.kind() == io::ErrorKind::NotFound => missing.push(ancestor),
+            // Exists (or cannot be inspected: the create below reports that precisely).
+            _ => break,
+        }
+    }
+    let mut created = Vec::new();
+    for dir in missing.into_iter().rev() {
+        match compio::fs::create_dir(dir).await {
+            Ok(()) => created.push(dir.to_path_buf()),
+            // Another process got there first; it may not have synced, which the caller covers
+            // by syncing `path` and its parent in any case.
+            Err(error) if error.kind() == io::ErrorKind::AlreadyExists => {}
+            Err(error) => return Err(with_path(error, dir)),
+        }
+    }
+    Ok(created)
+}
+
+/// Fsyncs the parent of every directory in `created`, and `path` and its parent: each new entry
+/// is durable in the directory that holds it, and `path`'s own entries (and its entry, which a
+/// crashed earlier process may have created without syncing) are too. Deepest first.
+async fn sync_created_dirs(path: &Path, created: &[PathBuf]) -> io::Result<()> {
+    let mut to_sync: BTreeSet<PathBuf> = created.iter().filter_map(|dir| parent_dir(dir)).collect();
+    to_sync.insert(path.to_path_buf());
+    to_sync.extend(parent_dir(path));
+    let mut ordered: Vec<PathBuf> = to_sync.into_iter().collect();
+    ordered.sort_by_key(|dir| std::cmp::Reverse(dir.components().count()));
+    for dir in ordered {
+        fsync_dir(&dir).await?;
+    }
+    tracing::debug!(path = %path.display(), created = created.len(), "directory created durably");
+    Ok(())
 }
 
 /// Refuses names that would leave the directory or are not a single entry.
@@ -54,11 +152,18 @@ pub(crate) fn check_name(name: &str) -> io::Result<()> {
 impl FsDirectory {
     /// Opens the directory at `path`, creating it (and its parents) when `create` is set.
     /// A read-only directory refuses every mutation with `PermissionDenied`.
+    ///
+    /// With `create` on a writable directory, the open is durable: it fsyncs the parent of every
+    /// directory it created, and always `path` itself and its parent, since a process that
+    /// crashed earlier may have created them without syncing.
     pub async fn open(path: impl AsRef<Path>, create: bool, read_only: bool) -> io::Result<Self> {
         let path = path.as_ref().to_path_buf();
-        if create && !read_only {
-            compio::fs::create_dir_all(&path).await?;
-        }
+        let durable_create = create && !read_only;
+        let created = if durable_create {
+            create_missing_dirs(&path).await?
+        } else {
+            Vec::new()
+        };
         let metadata = compio::fs::metadata(&path).await.map_err(|error| {
             io::Error::new(error.kind(), format!("{}: {error}", path.display()))
         })?;
@@ -67,6 +172,9 @@ impl FsDirectory {
                 io::ErrorKind::NotADirectory,
                 format!("{} is not a directory", path.display()),
             ));
+        }
+        if durable_create {
+            sync_created_dirs(&path, &created).await?;
         }
         Ok(Self {
             path,
@@ -218,51 +326,45 @@ impl Directory for FsDirectory {
 
     async fn sync(&self) -> io::Result<()> {
         self.check_writable("sync")?;
-        // fsync on a directory fd makes its entries (creates, renames, removes) durable.
-        let dir = OpenOptions::new()
-            .read(true)
-            .open(&self.path)
-            .await
-            .map_err(|error| with_path(error, &self.path))?;
-        dir.sync_all()
-            .await
-            .map_err(|error| with_path(error, &self.path))?;
-        dir.close().await
+        fsync_dir(&self.path).await
     }
 
     async fn lock(&self, name: &str) -> io::Result<FsLock> {
         let path = self.entry_path(name)?;
+        // The directory first: its lock holds whatever happens to the file `name`.
+        let dir = fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_DIRECTORY)
+            .open(&self.path)
+            .map_err(|error| with_path(error, &self.path))?;
+        flock_exclusive(&dir, &self.path, &path)?;
         // A read-only directory may lock an existing file (to keep writers out while it reads)
-        // but must not create one.
+        // but must not create one; without one, the directory's lock is the whole lock.
         let file = if self.read_only {
-            fs::OpenOptions::new().read(true).open(&path)
+            match fs::OpenOptions::new().read(true).open(&path) {
+                Ok(file) => Some(file),
+                Err(error) if error.kind() == io::ErrorKind::NotFound => None,
+                Err(error) => return Err(with_path(error, &path)),
+            }
         } else {
-            fs::OpenOptions::new()
+            let file = fs::OpenOptions::new()
                 .read(true)
                 .write(true)
                 .create(true)
                 .truncate(false)
                 .open(&path)
+                .map_err(|error| with_path(error, &path))?;
+            Some(file)
+        };
+        if let Some(file) = &file {
+            flock_exclusive(file, &path, &path)?;
         }
-        .map_err(|error| with_path(error, &path))?;
-        // SAFETY: the fd is valid for the duration of the call (owned by `file`); flock has no
-        // memory-safety preconditions.
-        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
-        if rc != 0 {
-            let error = io::Error::last_os_error();
-            if error.raw_os_error() == Some(libc::EWOULDBLOCK) {
-                return Err(io::Error::new(
-                    io::ErrorKind::WouldBlock,
-                    format!(
-                        "{} is locked: held by another process or another open of this directory",
-                        path.display()
-                    ),
-                ));
-            }
-            return Err(with_path(error, &path));
-        }
-        tracing::debug!(path = %path.display(), "lock taken");
-        Ok(FsLock { _file: file, path })
+        tracing::debug!(path = %path.display(), file_locked = file.is_some(), "lock taken");
+        Ok(FsLock {
+            _file: file,
+            _dir: dir,
+            path,
+        })
     }
 
     fn is_read_only(&self) -> bool {
@@ -271,5 +373,18 @@ impl Directory for FsDirectory {
 
     fn display_path(&self) -> String {
         self.path.display().to_string()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parent_dir_of_a_relative_single_component_is_the_current_directory() {
+        assert_eq!(parent_dir(Path::new("data")), Some(PathBuf::from(".")));
+        assert_eq!(parent_dir(Path::new("a/b")), Some(PathBuf::from("a")));
+        assert_eq!(parent_dir(Path::new("/a")), Some(PathBuf::from("/")));
+        assert_eq!(parent_dir(Path::new("/")), None);
     }
 }

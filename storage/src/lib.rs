@@ -4,7 +4,9 @@
 //! ([`Directory`]): create, list, rename, remove and fsync. It has two implementations of both:
 //! [`FileStorage`]/[`FsDirectory`] on compio (io_uring) for production, and
 //! [`MemStorage`]/[`MemDirectory`] in memory, with a seeded crash model and fault injection, for
-//! deterministic simulation.
+//! deterministic simulation. On top of the two traits, [`create_durable`], [`create_unique`],
+//! [`atomic_replace`] and [`open_dir_durable`] are the one copy of each durability mechanism
+//! (fsync order, temp-and-rename) every upper layer uses.
 //!
 //! It must never know what an entry, a segment or a snapshot is: upper layers give it offsets and
 //! bytes. It must never be `Send`: one engine lives on one core, and the types here rely on that
@@ -15,8 +17,10 @@
 //! the buffer from index 0 up to its capacity and sets its length to the bytes read.
 
 #![allow(async_fn_in_trait)]
+#![deny(missing_docs)]
 
 mod dir;
+mod durable;
 mod file;
 mod memory;
 
@@ -24,10 +28,14 @@ use std::io;
 
 pub use compio::buf::{BufResult, IoBuf, IoBufMut};
 pub use dir::{FsDirectory, FsLock};
+pub use durable::{
+    atomic_replace, atomic_replace_with, create_durable, create_unique, is_temp_of,
+    open_dir_durable, DurableError, DurableStage, ReplaceError, ReplaceStage, TEMP_SUFFIX,
+};
 pub use file::{FileOptions, FileStorage};
 pub use memory::{
-    CrashEvent, CrashReport, FaultConfig, FaultKind, FaultOp, FaultRule, FaultTrigger,
-    MemDirectory, MemFs, MemLock, MemStorage, WriteOutcome, SECTOR_BYTES,
+    CrashEvent, CrashReport, FaultConfig, FaultCounts, FaultKind, FaultOp, FaultRule, FaultTrigger,
+    MemDirectory, MemFs, MemLock, MemStorage, ProcessCrashReport, WriteOutcome, SECTOR_BYTES,
 };
 
 /// Lets every other runnable task on this core run once before the caller continues: `Pending`
@@ -153,8 +161,14 @@ pub trait Directory: Clone + Sized {
     /// Makes the directory's entries durable (fsync of the directory).
     async fn sync(&self) -> io::Result<()>;
 
-    /// Takes the exclusive lock on `name` (created if missing) without waiting; `WouldBlock` with
-    /// a message naming the path when another holder has it (another process or this one).
+    /// Takes the exclusive lock on `name` (created if missing; a read-only directory never
+    /// creates it) without waiting; `WouldBlock` with a message naming the path when another
+    /// holder has it (another process or this one).
+    ///
+    /// The lock holds whatever happens to the file `name` meanwhile: removing or replacing it
+    /// under a live holder does not let a second locker in. ([`FsDirectory`] also locks the
+    /// directory itself, so there at most one lock per directory is held at a time, whatever the
+    /// name.)
     async fn lock(&self, name: &str) -> io::Result<Self::Lock>;
 
     /// True when this directory was opened read-only: every mutation fails.

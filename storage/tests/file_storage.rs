@@ -158,6 +158,82 @@ async fn lock_twice_is_refused_until_dropped() {
 }
 
 #[compio::test]
+async fn the_lock_holds_after_its_file_is_removed() {
+    let (tmp, dir) = temp_dir().await;
+    let guard = dir.lock("LOCK").await.unwrap();
+    std::fs::remove_file(tmp.path().join("LOCK")).unwrap();
+    // A second opener would create a fresh LOCK file and flock that: the directory's flock must
+    // still refuse it.
+    let other = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+    let err = other.lock("LOCK").await.unwrap_err();
+    assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
+    assert!(err.to_string().contains("LOCK"), "{err}");
+    // Replacing the file does not help either.
+    std::fs::write(tmp.path().join("LOCK"), b"").unwrap();
+    assert_eq!(
+        other.lock("LOCK").await.unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    drop(guard);
+    let again = other.lock("LOCK").await.unwrap();
+    assert_eq!(again.path(), tmp.path().join("LOCK"));
+}
+
+#[compio::test]
+async fn a_read_only_lock_without_a_file_locks_the_directory() {
+    let (tmp, _dir) = temp_dir().await;
+    let ro = FsDirectory::open(tmp.path(), false, true).await.unwrap();
+    let guard = ro.lock("LOCK").await.unwrap();
+    assert!(
+        !tmp.path().join("LOCK").exists(),
+        "a read-only lock created its file"
+    );
+    let writer = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+    assert_eq!(
+        writer.lock("LOCK").await.unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    drop(guard);
+    let held = writer.lock("LOCK").await.unwrap();
+    // With the file present, a read-only lock is refused while the writer holds it.
+    assert_eq!(
+        ro.lock("LOCK").await.unwrap_err().kind(),
+        io::ErrorKind::WouldBlock
+    );
+    drop(held);
+    let _ro_guard = ro.lock("LOCK").await.unwrap();
+}
+
+#[compio::test]
+async fn open_with_create_makes_nested_missing_directories() {
+    let tmp = tempfile::tempdir().unwrap();
+    let nested = tmp.path().join("a/b/c");
+    let dir = FsDirectory::open(&nested, true, false).await.unwrap();
+    assert!(nested.is_dir());
+    dir.open_file("f", OpenMode::Create).await.unwrap();
+    // Again, now that everything exists (it still syncs, and must still work).
+    let again = FsDirectory::open(&nested, true, false).await.unwrap();
+    assert_eq!(again.list().await.unwrap(), ["f"]);
+    // A file in the way is an error, not a directory.
+    std::fs::write(tmp.path().join("file"), b"x").unwrap();
+    assert!(FsDirectory::open(tmp.path().join("file/sub"), true, false)
+        .await
+        .is_err());
+    assert_eq!(
+        FsDirectory::open(tmp.path().join("file"), true, false)
+            .await
+            .unwrap_err()
+            .kind(),
+        io::ErrorKind::NotADirectory
+    );
+    // Read-only never creates.
+    assert!(FsDirectory::open(tmp.path().join("x/y"), true, true)
+        .await
+        .is_err());
+    assert!(!tmp.path().join("x").exists());
+}
+
+#[compio::test]
 async fn read_only_handles_and_directories_refuse_mutation() {
     let (tmp, dir) = temp_dir().await;
     dir.open_file("f", OpenMode::Create).await.unwrap();

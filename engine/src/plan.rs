@@ -1,0 +1,246 @@
+//! plan: the one recovery decision, made before anything is touched, that both `open` and
+//! `verify` use.
+//!
+//! Owns the choice of snapshot (newest first; a file whose checksums fail *or whose state does not
+//! restore* is damage and is fallen back from, a newer format version is refused), the journal's
+//! plan, and the checks between them (the snapshot reaches the journal's watermark; every
+//! committed op above the snapshot is in the journal). It must never create, write or remove a file:
+//! a refused recovery changes nothing, and `verify` says exactly what `recover` would do.
+
+use keel_journal::{MetadataJournal, OpenPlan, RecoveryMode};
+use keel_storage::Directory;
+
+use crate::error::{EngineError, SnapshotError};
+use crate::recover::OpRange;
+use crate::snapshot::{parse_snapshot_temp_name, snapshot_file_name, SnapshotStore};
+use crate::state_machine::{RestoreError, StateMachine};
+use crate::EngineConfig;
+
+/// Why a snapshot file is fallen back from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum SnapshotDamage {
+    /// Its header or payload fails a checksum, or the header is malformed.
+    Checksum,
+    /// Its checksums hold but the state machine cannot restore the bytes.
+    Restore,
+}
+
+impl SnapshotDamage {
+    /// The repair and problem kind reports carry.
+    pub fn kind(self) -> &'static str {
+        match self {
+            SnapshotDamage::Checksum => "snapshot_checksum",
+            SnapshotDamage::Restore => "snapshot_restore",
+        }
+    }
+}
+
+/// A snapshot the plan falls back from.
+#[derive(Debug, Clone)]
+pub struct DamagedSnapshot {
+    /// Its op.
+    pub op: u64,
+    /// Its full path.
+    pub file: String,
+    /// Its size.
+    pub len_bytes: u64,
+    /// What is wrong with it.
+    pub damage: SnapshotDamage,
+    /// The checksum or restore error, as text.
+    pub reason: String,
+}
+
+/// Everything recovery will do, decided read-only.
+pub(crate) struct RecoveryPlan<D: Directory> {
+    /// The snapshot restored into the state machine (0: none) and its path.
+    pub snapshot_op: u64,
+    pub snapshot_file: Option<String>,
+    /// Snapshot ops present, ascending.
+    pub snapshot_ops: Vec<u64>,
+    /// Newer snapshots that are damaged (quarantined by the open).
+    pub damaged: Vec<DamagedSnapshot>,
+    /// Leftover temp files of interrupted snapshot persists (names keel writes only).
+    pub snapshot_temps: Vec<String>,
+    /// The journal's plan.
+    pub journal: OpenPlan<D>,
+    /// The durable commit watermark: max(snapshot, journal's commit, damaged snapshots' ops).
+    pub commit_op: u64,
+    /// Committed ops the journal does not hold (point-in-time mode only; refused otherwise).
+    pub gap: Option<OpRange>,
+}
+
+/// Decides recovery of `root` in `mode`, restoring the chosen snapshot into `state_machine`.
+/// Creates, writes and removes nothing; every refusal is returned from here.
+pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
+    root: &D,
+    config: &EngineConfig,
+    mode: RecoveryMode,
+    state_machine: &mut M,
+) -> Result<RecoveryPlan<D>, EngineError> {
+    let store = SnapshotStore::open_read_only(root, config.max_snapshot_bytes).await?;
+    let (snapshot_ops, snapshot_temps) = match &store {
+        Some(store) => (store.list().await?, store.temp_names().await?),
+        None => (Vec::new(), Vec::new()),
+    };
+    let mut damaged = Vec::new();
+    let mut chosen = None;
+    if let Some(store) = &store {
+        chosen = choose_snapshot(store, &snapshot_ops, mode, state_machine, &mut damaged).await?;
+    }
+    let snapshot_op = chosen.unwrap_or(0);
+    let snapshot_file = match (&store, chosen) {
+        (Some(store), Some(op)) => Some(store.path_of(&snapshot_file_name(op))),
+        _ => None,
+    };
+    let journal = MetadataJournal::plan(root, config.journal.clone(), mode).await?;
+    let damaged_max_op = damaged.iter().map(|d| d.op).max().unwrap_or(0);
+    let journal_snapshot_op = journal.snapshot_op();
+    if snapshot_op < journal_snapshot_op {
+        let reason = if damaged_max_op > 0 {
+            format!(
+                "the snapshot at op {damaged_max_op} is damaged and the journal was compacted \
+                 through op {journal_snapshot_op}"
+            )
+        } else {
+            format!(
+                "no valid snapshot at or above op {journal_snapshot_op}, the journal's watermark"
+            )
+        };
+        return Err(missing(snapshot_op + 1, journal_snapshot_op, reason));
+    }
+    let commit_op = snapshot_op.max(journal.commit_op()).max(damaged_max_op);
+    let gap = first_gap(snapshot_op, commit_op, journal.live_ops());
+    if let (Some(gap), false) = (gap, mode == RecoveryMode::PointInTime) {
+        let reason = format!(
+            "committed through op {commit_op} but absent from the journal and every snapshot"
+        );
+        return Err(missing(gap.first_op, gap.last_op, reason));
+    }
+    Ok(RecoveryPlan {
+        snapshot_op,
+        snapshot_file,
+        snapshot_ops,
+        damaged,
+        snapshot_temps,
+        journal,
+        commit_op,
+        gap,
+    })
+}
+
+fn missing(first_op: u64, last_op: u64, reason: String) -> EngineError {
+    tracing::error!(first_op, last_op, %reason, "recovery refused: ops missing");
+    EngineError::MissingOps {
+        first_op,
+        last_op,
+        reason,
+    }
+}
+
+/// The first committed op range above the snapshot that the journal does not hold.
+fn first_gap(
+    snapshot_op: u64,
+    commit_op: u64,
+    live_ops: impl Iterator<Item = u64>,
+) -> Option<OpRange> {
+    let mut expected = snapshot_op + 1;
+    for op in live_ops {
+        if op < expected {
+            continue;
+        }
+        if op > commit_op || expected > commit_op {
+            break;
+        }
+        if op != expected {
+            return Some(OpRange {
+                first_op: expected,
+                last_op: op - 1,
+            });
+        }
+        expected = op + 1;
+    }
+    (expected <= commit_op).then_some(OpRange {
+        first_op: expected,
+        last_op: commit_op,
+    })
+}
+
+/// Newest first: the first snapshot whose checksums hold and whose state restores. Damaged ones
+/// are recorded; in `Absolute` mode the first damage is refused.
+async fn choose_snapshot<D: Directory, M: StateMachine>(
+    store: &SnapshotStore<D>,
+    snapshot_ops: &[u64],
+    mode: RecoveryMode,
+    state_machine: &mut M,
+    damaged: &mut Vec<DamagedSnapshot>,
+) -> Result<Option<u64>, EngineError> {
+    for &op in snapshot_ops.iter().rev() {
+        let file = store.path_of(&snapshot_file_name(op));
+        let (damage, reason, error) = match store.load(op).await {
+            Ok(bytes) => match state_machine.restore(&bytes) {
+                Ok(()) => return Ok(Some(op)),
+                Err(RestoreError { reason }) => {
+                    let error = SnapshotError::Decode {
+                        file: file.clone(),
+                        op,
+                        reason: reason.clone(),
+                    };
+                    (SnapshotDamage::Restore, reason, error)
+                }
+            },
+            Err(SnapshotError::Checksum { file, reason }) => {
+                let error = SnapshotError::Checksum {
+                    file: file.clone(),
+                    reason: reason.clone(),
+                };
+                (SnapshotDamage::Checksum, reason, error)
+            }
+            Err(other) => return Err(other.into()),
+        };
+        if mode == RecoveryMode::Absolute {
+            return Err(error.into());
+        }
+        tracing::warn!(%file, op, %reason, kind = damage.kind(), "damaged snapshot; falling back to an older one");
+        let len_bytes = store.file_len(op).await.unwrap_or(0);
+        damaged.push(DamagedSnapshot {
+            op,
+            file,
+            len_bytes,
+            damage,
+            reason,
+        });
+    }
+    Ok(None)
+}
+
+/// Names of snapshot temp files as keel writes them (`<20 digits>.snap.tmp`); other names in
+/// `snapshots/` are not keel's and are left alone.
+pub(crate) fn keel_snapshot_temps(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| parse_snapshot_temp_name(name).is_some())
+        .cloned()
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn range(first_op: u64, last_op: u64) -> Option<OpRange> {
+        Some(OpRange { first_op, last_op })
+    }
+
+    #[test]
+    fn gaps_are_found_between_snapshot_and_commit() {
+        assert_eq!(first_gap(0, 0, [].into_iter()), None);
+        assert_eq!(first_gap(0, 3, [1, 2, 3].into_iter()), None);
+        assert_eq!(first_gap(0, 3, [2, 3].into_iter()), range(1, 1));
+        assert_eq!(first_gap(0, 5, [1, 2, 4, 5].into_iter()), range(3, 3));
+        assert_eq!(first_gap(0, 5, [1, 2].into_iter()), range(3, 5));
+        // Ops at or below the snapshot and above the commit watermark do not matter.
+        assert_eq!(first_gap(10, 12, [5, 11, 12, 20].into_iter()), None);
+        assert_eq!(first_gap(10, 12, [11, 20].into_iter()), range(12, 12));
+        assert_eq!(first_gap(10, 10, [].into_iter()), None);
+    }
+}

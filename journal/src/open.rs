@@ -1,0 +1,408 @@
+//! open: deciding what opening a journal will do, then doing it.
+//!
+//! Owns the two phases of an open. [`MetadataJournal::plan`] scans and classifies without touching
+//! anything (a refusal is returned from here, so a refused open changes nothing), and
+//! [`MetadataJournal::open_planned`] carries the plan out: directories made durable, the cut the
+//! table ordered, leftover compaction temps quarantined, the index built. It must never write in the
+//! planning phase, and never remove a byte in the second phase that the plan did not name.
+
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+use keel_storage::{Directory, OpenMode, Storage};
+
+use crate::format::EntryKind;
+use crate::recovery::{self, action, info, op_ranges, Action};
+use crate::scan::{self, scan_log, LogScan};
+use crate::slots::{Location, SlotRing};
+use crate::writer::WriterState;
+use crate::{
+    max_file_bytes, problem, refuse, summarize, JournalConfig, JournalError, JournalStats,
+    MetadataJournal, RecoveryMode, ScanReport, SegmentHandle, State,
+};
+
+/// The cut a plan will make (the table's order for the first stop).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PlannedCut {
+    /// A torn tail: bytes no proof vouches for.
+    TornTail,
+    /// Point-in-time: acknowledged ops are lost and reported.
+    PointInTime,
+}
+
+impl PlannedCut {
+    /// The repair kind reports carry.
+    pub fn kind(self) -> &'static str {
+        match self {
+            PlannedCut::TornTail => "torn_tail",
+            PlannedCut::PointInTime => "point_in_time_cut",
+        }
+    }
+}
+
+/// What opening the journal will do, decided by a read-only scan.
+pub struct OpenPlan<D: Directory> {
+    config: JournalConfig,
+    dir: Option<D>,
+    scan: LogScan,
+    cut: Option<PlannedCut>,
+    report: ScanReport,
+    index: Index,
+}
+
+/// The index a scan replays to: what the journal will hold once opened.
+#[derive(Debug, Clone, Default)]
+struct Index {
+    snapshot_op: u64,
+    commit_op: u64,
+    live: BTreeMap<u64, Location>,
+}
+
+impl<D: Directory> OpenPlan<D> {
+    /// The report as it will read once the plan is carried out (repairs are filled in then).
+    pub fn report(&self) -> &ScanReport {
+        &self.report
+    }
+
+    /// The cut the plan will make, if any.
+    pub fn cut(&self) -> Option<PlannedCut> {
+        self.cut
+    }
+
+    /// The journal's snapshot watermark after the open.
+    pub fn snapshot_op(&self) -> u64 {
+        self.index.snapshot_op
+    }
+
+    /// The highest commit watermark the kept entries carry (0: none).
+    pub fn commit_op(&self) -> u64 {
+        self.index.commit_op
+    }
+
+    /// The ops the journal will hold above its snapshot watermark, ascending.
+    pub fn live_ops(&self) -> impl Iterator<Item = u64> + '_ {
+        self.index.live.keys().copied()
+    }
+
+    /// Leftover compaction temp files the open will quarantine.
+    pub fn temp_files(&self) -> &[String] {
+        &self.scan.temps
+    }
+}
+
+/// Replays the kept segments into the index the slot ring is built from. An op beyond the ring
+/// (the log was written with a larger `slot_count`) is left out with a warning rather than
+/// evicting another; the plan's live ops say so, so callers see the gap before anything opens.
+fn replay_index(scan: &LogScan, slot_count: u64) -> Index {
+    let mut index = Index::default();
+    for seg in &scan.segments {
+        index.snapshot_op = index.snapshot_op.max(seg.header.snapshot_op);
+        index.commit_op = index.commit_op.max(seg.header.commit_op);
+        let snapshot = index.snapshot_op;
+        index.live.retain(|&op, _| op > snapshot);
+        for e in &seg.entries {
+            index.commit_op = index.commit_op.max(e.commit_op);
+            match e.kind {
+                EntryKind::Data if e.op > index.snapshot_op => {
+                    let location = Location {
+                        segment: seg.number,
+                        offset_bytes: e.offset_bytes,
+                        len_bytes: e.len_bytes,
+                    };
+                    index.live.insert(e.op, location);
+                }
+                EntryKind::Data => {}
+                EntryKind::Truncate => {
+                    index.live.split_off(&(e.op.saturating_add(1)));
+                }
+                EntryKind::Snapshot => {
+                    index.snapshot_op = index.snapshot_op.max(e.op);
+                    let snapshot = index.snapshot_op;
+                    index.live.retain(|&op, _| op > snapshot);
+                }
+                EntryKind::Commit => index.commit_op = index.commit_op.max(e.op),
+            }
+        }
+    }
+    let snapshot = index.snapshot_op;
+    index.live.retain(|&op, _| {
+        let fits = crate::slots::check_op(op, snapshot, slot_count).is_ok();
+        if !fits {
+            tracing::warn!(
+                op,
+                snapshot_op = snapshot,
+                slot_count,
+                "journal: op beyond the slot ring on open (slot_count shrank?), not indexed"
+            );
+        }
+        fits
+    });
+    index
+}
+
+impl<D: Directory> MetadataJournal<D> {
+    /// Opens (creating if absent) the journal under `root`, scanning every segment and applying
+    /// `mode`'s repairs: [`MetadataJournal::plan`] then [`MetadataJournal::open_planned`].
+    /// Read-only directories are scanned without any repair (verify).
+    pub async fn open(
+        root: &D,
+        config: JournalConfig,
+        mode: RecoveryMode,
+    ) -> Result<(Self, ScanReport), JournalError> {
+        let plan = Self::plan(root, config, mode).await?;
+        Self::open_planned(root, plan).await
+    }
+
+    /// Decides what opening the journal under `root` in `mode` will do, without creating,
+    /// writing or removing anything. A refusal is returned here.
+    pub async fn plan(
+        root: &D,
+        config: JournalConfig,
+        mode: RecoveryMode,
+    ) -> Result<OpenPlan<D>, JournalError> {
+        config.validate()?;
+        let dir = match root.open_dir("journal", false).await {
+            Ok(dir) => Some(dir),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+            Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
+        };
+        let scan = match &dir {
+            Some(dir) => scan_log(dir, max_file_bytes(&config), false).await?,
+            None => LogScan::default(),
+        };
+        let mut report = ScanReport::default();
+        let mut cut = None;
+        if let Some(stop) = &scan.first_stop {
+            report.problems.push(problem(stop));
+            match action(stop.case, mode) {
+                Action::Nothing => {}
+                Action::Refuse => {
+                    tracing::warn!(
+                        segment = %stop.file,
+                        offset_bytes = stop.stop.offset_bytes,
+                        op = ?stop.stop.op,
+                        case = info(stop.case).name,
+                        proofs = ?stop.proofs,
+                        ?mode,
+                        "journal: refusing to open"
+                    );
+                    return Err(refuse(stop));
+                }
+                Action::QuarantineAndCut => {
+                    cut = Some(PlannedCut::TornTail);
+                    report.torn_ops = op_ranges(stop.later_data_ops.clone());
+                }
+                Action::CutPointInTime => {
+                    cut = Some(PlannedCut::PointInTime);
+                    report.lost_ops = op_ranges(stop.later_data_ops.clone());
+                }
+            }
+        }
+        summarize(&scan, &mut report);
+        let index = replay_index(&scan, config.slot_count);
+        Ok(OpenPlan {
+            config,
+            dir,
+            scan,
+            cut,
+            report,
+            index,
+        })
+    }
+
+    /// Carries out `plan` (made by [`MetadataJournal::plan`] on the same `root`, with nothing
+    /// else writing the journal in between: the caller holds the directory lock).
+    pub async fn open_planned(
+        root: &D,
+        plan: OpenPlan<D>,
+    ) -> Result<(Self, ScanReport), JournalError> {
+        let OpenPlan {
+            config,
+            dir,
+            mut scan,
+            cut,
+            mut report,
+            index,
+        } = plan;
+        if root.is_read_only() {
+            if let Some(stop) = &scan.first_stop {
+                if cut.is_some() {
+                    tracing::warn!(segment = %stop.file, offset_bytes = stop.stop.offset_bytes,
+                        case = info(stop.case).name, "journal: read-only, not repairing");
+                }
+            }
+            let dir = dir.unwrap_or_else(|| root.clone());
+            let journal = Self::from_index(dir, config, true, &scan, index);
+            journal.open_segments(&scan).await?;
+            return Ok((journal, report));
+        }
+        // Every directory the journal depends on is made durable before anything in it is
+        // acknowledged: a process that crashed earlier may have left entries in the page cache.
+        let dir = keel_storage::open_dir_durable(root, "journal")
+            .await
+            .map_err(|e| JournalError::durable("open journal dir", e))?;
+        if let (Some(cut), Some(stop)) = (cut, scan.first_stop.clone()) {
+            report.repairs = recovery::cut(root, &dir, &scan, cut.kind()).await?;
+            if cut == PlannedCut::PointInTime {
+                tracing::warn!(segment = %stop.file, offset_bytes = stop.stop.offset_bytes,
+                    op = ?stop.stop.op, lost_ops = ?report.lost_ops,
+                    "journal: point-in-time cut lost acknowledged ops");
+            }
+            // The files after the stop are gone; the stop's segment now ends there (or is gone
+            // too, when the stop was its header).
+            scan.files.truncate(stop.file_index + 1);
+            if stop.stop.offset_bytes == 0 {
+                scan.files.pop();
+            } else if let Some(last) = scan.segments.last_mut() {
+                last.file_len_bytes = last.data_end_bytes;
+            }
+        }
+        if !scan.temps.is_empty() {
+            recovery::quarantine_temps(root, &dir, &scan.temps, scan.max_file_bytes).await?;
+        }
+        let journal = Self::from_index(dir, config, false, &scan, index);
+        journal.open_segments(&scan).await?;
+        journal.prepare_tail().await?;
+        Ok((journal, report))
+    }
+
+    /// Builds the in-memory state (slot ring, writer chain state) from a scan and its index.
+    fn from_index(
+        dir: D,
+        config: JournalConfig,
+        read_only: bool,
+        scan: &LogScan,
+        index: Index,
+    ) -> Self {
+        let Index {
+            snapshot_op: snapshot,
+            commit_op: commit,
+            live,
+        } = index;
+        let mut slots = SlotRing::new(config.slot_count, snapshot);
+        for (op, location) in live {
+            // `replay_index` kept only ops the ring holds, each in a slot of its own.
+            assert!(
+                slots.insert(op, location).is_ok(),
+                "op {op} does not fit the ring"
+            );
+        }
+        let w = writer_state(scan);
+        let state = State {
+            slots,
+            segments: BTreeMap::new(),
+            w,
+            poisoned: None,
+            commit_set: commit,
+            commit_written: commit,
+            commit_durable: commit,
+            snapshot_encoded: snapshot,
+            compacting: false,
+            stats: JournalStats::default(),
+        };
+        Self {
+            dir,
+            config,
+            read_only,
+            state: std::cell::RefCell::new(state),
+        }
+    }
+
+    async fn open_segments(&self, scan: &LogScan) -> Result<(), JournalError> {
+        let mode = if self.read_only {
+            OpenMode::ReadOnly
+        } else {
+            OpenMode::Existing
+        };
+        for seg in &scan.segments {
+            let file = self
+                .dir
+                .open_file(&seg.name, mode)
+                .await
+                .map_err(|e| JournalError::io("open segment", self.file_path(&seg.name), e))?;
+            self.state.borrow_mut().segments.insert(
+                seg.number,
+                SegmentHandle {
+                    file: Some(Rc::new(file)),
+                    len_bytes: seg.file_len_bytes,
+                    name: seg.name.clone(),
+                    end_link: seg.end_link,
+                    entry_count: seg.entries.len() as u64,
+                },
+            );
+        }
+        Ok(())
+    }
+
+    /// Makes what the scan read durable (a process crash leaves it in the page cache only, and
+    /// the next entries will claim it durable), and preallocates the active segment again.
+    async fn prepare_tail(&self) -> Result<(), JournalError> {
+        let handles: Vec<(Rc<D::File>, String)> = self
+            .state
+            .borrow()
+            .segments
+            .values()
+            .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
+            .collect();
+        for (file, name) in &handles {
+            file.sync()
+                .await
+                .map_err(|e| JournalError::io("fsync on open", self.file_path(name), e))?;
+        }
+        let active = {
+            let st = self.state.borrow();
+            (!st.w.needs_rotation)
+                .then(|| st.segments.get(&st.w.cursor_segment))
+                .flatten()
+                .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())))
+        };
+        if let (Some((file, name)), true) = (active, self.config.preallocate) {
+            let target = self.preallocation_target(file.len(), file.len());
+            if file.len() < self.config.segment_bytes {
+                file.preallocate(target)
+                    .await
+                    .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
+                file.sync()
+                    .await
+                    .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
+            }
+        }
+        self.release_idle_handles();
+        Ok(())
+    }
+}
+
+/// The writer's chain state and cursor after the kept segments.
+fn writer_state(scan: &LogScan) -> WriterState {
+    let (link, cursor, next_number, rewritten_last) = match scan.segments.last() {
+        Some(last) => (
+            last.end_link,
+            Some((last.number, last.data_end_bytes)),
+            last.number + 1,
+            last.header.is_rewritten(),
+        ),
+        None => (
+            scan::Link {
+                next_seq: 1,
+                chain_crc: 0,
+            },
+            None,
+            scan.files.first().map_or(0, |f| f.number),
+            false,
+        ),
+    };
+    let mut w = WriterState::new(link, cursor, next_number);
+    // The tail is covered when the log ends with a close marker: a commit marker written
+    // after an fsync of everything before it.
+    w.tail_uncovered = scan
+        .segments
+        .iter()
+        .rev()
+        .find_map(|seg| seg.entries.last())
+        .is_some_and(|last| !(last.kind == EntryKind::Commit && last.durable_seq + 1 == last.seq));
+    if rewritten_last {
+        // Never append to a compacted segment: its chain is closed by `link_crc`.
+        w.needs_rotation = true;
+    }
+    w
+}
