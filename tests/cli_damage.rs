@@ -243,3 +243,88 @@ fn bench_into_shards(dir: &Path, ops: u64, extra: &[&str]) {
     let report = run_json(&args, 0);
     assert_eq!(report["state_verified"], Value::Bool(true), "{report}");
 }
+
+/// Issue 10's reproducer through the binary: a `--sync none` journal killed after its final
+/// flush but before the close markers, then one bit flipped early in the first segment. Every
+/// later segment's header proves the first one durable, so recovery must refuse (exit 4) and
+/// change nothing; before the fix it cut 39,990 acknowledged ops as a "torn tail".
+#[test]
+fn damage_proven_durable_by_later_segment_headers_is_refused() {
+    let temp = tempfile::tempdir().unwrap();
+    let set = temp.path().join("set");
+    bench_into(
+        &set,
+        40_000,
+        &[
+            "--sync",
+            "none",
+            "--checkpoint-every",
+            "0",
+            "--entry-bytes",
+            "200",
+        ],
+    );
+    let engine = set.join("shard-0");
+    let all = segments(&engine);
+    assert!(all.len() >= 3, "{all:?}");
+    // Remove the close markers (the commit entries after the last data entry).
+    let last = all.last().unwrap();
+    let bytes = fs::read(last).unwrap();
+    let walked = entries(&bytes);
+    let cut = walked
+        .iter()
+        .rposition(|e| e.kind == EntryKind::Data)
+        .map_or(SEGMENT_HEADER_OFFSET, |i| walked[i].offset + walked[i].len);
+    fs::write(last, &bytes[..cut]).unwrap();
+    let mut first = fs::read(&all[0]).unwrap();
+    first[2804] ^= 0x10;
+    fs::write(&all[0], &first).unwrap();
+    let before = tree(&set);
+    let output = run(&["recover", path_str(&set), "--json"]);
+    assert_eq!(code(&output), 4, "{}{}", stdout(&output), stderr(&output));
+    assert_same_tree(&before, &tree(&set));
+    assert_eq!(run(&["verify", path_str(&set)]).status.code(), Some(4));
+}
+
+const SEGMENT_HEADER_OFFSET: usize = keel::journal::format::SEGMENT_HEADER_BYTES;
+
+/// Two repairs at the same segment and offset keep both quarantine copies, each exactly the
+/// bytes its cut removed (before the fix the second truncated and overwrote the first).
+#[test]
+fn a_second_repair_at_the_same_offset_keeps_the_first_copy() {
+    let temp = tempfile::tempdir().unwrap();
+    let (set, engine, segment) = bench_dir(temp.path(), 300);
+    let bytes = fs::read(&segment).unwrap();
+    let last = *entries(&bytes)
+        .iter()
+        .rfind(|e| e.kind == EntryKind::Data)
+        .expect("a data entry");
+    let first_cut = last.offset + last.len - 4;
+    fs::write(&segment, &bytes[..first_cut]).unwrap();
+    let first = run_json(&["recover", path_str(&set), "--json"], 0);
+    let first_repair = &first["shards"][0]["repairs"][0];
+    let first_copy = quarantine_path(&engine, first_repair["quarantine"].as_str().unwrap());
+    assert_eq!(
+        fs::read(&first_copy).unwrap(),
+        bytes[last.offset..first_cut]
+    );
+    assert_eq!(first_repair["bytes"], (first_cut - last.offset) as u64);
+    // Recovery left the segment ending at the torn entry; tear the same place again, shorter.
+    let mut again = fs::read(&segment).unwrap();
+    again.truncate(last.offset);
+    again.extend_from_slice(&bytes[last.offset..last.offset + 10]);
+    fs::write(&segment, &again).unwrap();
+    let second = run_json(&["recover", path_str(&set), "--json"], 0);
+    let second_repair = &second["shards"][0]["repairs"][0];
+    let second_copy = quarantine_path(&engine, second_repair["quarantine"].as_str().unwrap());
+    assert_ne!(first_copy, second_copy);
+    assert_eq!(
+        fs::read(&second_copy).unwrap(),
+        bytes[last.offset..last.offset + 10]
+    );
+    assert_eq!(
+        fs::read(&first_copy).unwrap(),
+        bytes[last.offset..first_cut],
+        "the first quarantine copy was overwritten"
+    );
+}

@@ -122,6 +122,12 @@ fn a_locked_directory_is_refused_with_a_message() {
     ]);
     assert_eq!(code(&output), 1, "a second bench: {}", stderr(&output));
     assert!(stderr(&output).contains("locked"), "{}", stderr(&output));
+    // The lock is the directory's, not the LOCK path's: removing the file admits nobody.
+    fs::remove_file(dir.join("shard-0").join("LOCK")).unwrap();
+    let output = run(&["recover", path_str(&dir)]);
+    let text = format!("{}{}", stdout(&output), stderr(&output));
+    assert_eq!(code(&output), 1, "recover after rm LOCK: {text}");
+    assert!(text.contains("locked"), "recover after rm LOCK: {text}");
     child.kill().unwrap();
     child.wait().unwrap();
     let recover = run_json(&["recover", path_str(&dir), "--json"], 0);

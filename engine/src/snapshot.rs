@@ -17,7 +17,7 @@
 //! `NAME`, fsync the directory. Until the directory fsync a crash may lose the rename, so nothing
 //! that depends on the snapshot (the journal's watermark) moves before it.
 
-use keel_storage::{Directory, OpenMode, Storage};
+use keel_storage::{Directory, DurableStage, OpenMode, ReplaceError, ReplaceStage, Storage};
 use serde::Serialize;
 
 use crate::checkpoint::CheckpointStep;
@@ -331,44 +331,28 @@ impl<D: Directory> SnapshotStore<D> {
             .into());
         }
         let name = snapshot_file_name(op);
-        let temp = format!("{name}{TEMP_SUFFIX}");
-        let temp_path = self.path_of(&temp);
-        let mut bytes = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + state.len());
-        bytes.extend_from_slice(&encode_header(op, state));
-        bytes.extend_from_slice(state);
+        let bytes = encode_snapshot_file(op, state);
         let len_bytes = bytes.len() as u64;
-
-        let file = self
-            .dir
-            .open_file(&temp, OpenMode::Create)
-            .await
-            .map_err(|e| io_err(SnapshotStage::Write, &temp_path, op, e))?;
-        // A temp file left by an interrupted persist of the same op: start from empty.
-        file.truncate(0)
-            .await
-            .map_err(|e| io_err(SnapshotStage::Write, &temp_path, op, e))?;
-        let compio::BufResult(written, _) = file.write_all_at(0, bytes).await;
-        written.map_err(|e| io_err(SnapshotStage::Write, &temp_path, op, e))?;
-        step(CheckpointStep::TempWritten)?;
-        file.sync()
-            .await
-            .map_err(|e| io_err(SnapshotStage::Sync, &temp_path, op, e))?;
-        drop(file);
-        step(CheckpointStep::TempSynced)?;
-        self.dir
-            .rename(&temp, &name)
-            .await
-            .map_err(|e| io_err(SnapshotStage::Rename, &temp_path, op, e))?;
-        step(CheckpointStep::Renamed)?;
-        self.dir.sync().await.map_err(|e| {
-            io_err(
-                SnapshotStage::DirectorySync,
-                &self.dir.display_path(),
-                op,
-                e,
-            )
-        })?;
-        Ok(len_bytes)
+        let hook = |stage: ReplaceStage| {
+            step(match stage {
+                ReplaceStage::TempWritten => CheckpointStep::TempWritten,
+                ReplaceStage::TempSynced => CheckpointStep::TempSynced,
+                ReplaceStage::Renamed => CheckpointStep::Renamed,
+            })
+        };
+        match keel_storage::atomic_replace_with(&self.dir, &name, bytes, hook).await {
+            Ok(()) => Ok(len_bytes),
+            Err(ReplaceError::Halted(error)) => Err(error),
+            Err(ReplaceError::Io(error)) => {
+                let stage = match error.stage {
+                    DurableStage::SyncTemp => SnapshotStage::Sync,
+                    DurableStage::Rename => SnapshotStage::Rename,
+                    DurableStage::SyncDir => SnapshotStage::DirectorySync,
+                    _ => SnapshotStage::Write,
+                };
+                Err(io_err(stage, &error.path, op, error.source).into())
+            }
+        }
     }
 
     /// Reads and checks the snapshot at `op`; returns the state machine's bytes.

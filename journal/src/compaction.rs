@@ -15,7 +15,7 @@
 
 use std::rc::Rc;
 
-use keel_storage::{BufResult, Directory, OpenMode, Storage};
+use keel_storage::{Directory, OpenMode, ReplaceError, ReplaceStage, Storage};
 
 use crate::error::JournalError;
 use crate::format::{
@@ -23,7 +23,6 @@ use crate::format::{
     ENTRY_HEADER_BYTES, FLAG_REWRITTEN, SEGMENT_HEADER_BYTES,
 };
 use crate::scan::Link;
-use crate::segment::TEMP_SUFFIX;
 use crate::slots::Location;
 use crate::{CompactionReport, MetadataJournal, SegmentHandle};
 
@@ -239,34 +238,21 @@ impl<D: Directory> MetadataJournal<D> {
             moves.push((*op, *location, new_location));
         }
         let bytes_len = buf.len() as u64;
-        let temp = format!("{number:020}{TEMP_SUFFIX}");
-        let temp_file = self
-            .dir
-            .open_file(&temp, OpenMode::Create)
-            .await
-            .map_err(|e| self.poison_io("compaction create temp", &temp, e))?;
-        temp_file
-            .truncate(0)
-            .await
-            .map_err(|e| self.poison_io("compaction truncate temp", &temp, e))?;
-        let BufResult(result, _) = temp_file.write_all_at(0, buf).await;
-        result.map_err(|e| self.poison_io("compaction write temp", &temp, e))?;
-        temp_file
-            .sync()
-            .await
-            .map_err(|e| self.poison_io("compaction fsync temp", &temp, e))?;
-        drop(temp_file);
-        hook(CompactionStep::TempWritten { segment: number })?;
         let target = segment_file_name(number);
-        self.dir
-            .rename(&temp, &target)
-            .await
-            .map_err(|e| self.poison_io("compaction rename", &target, e))?;
-        hook(CompactionStep::Renamed { segment: number })?;
-        self.dir
-            .sync()
-            .await
-            .map_err(|e| self.poison_io("compaction dir fsync", &target, e))?;
+        // keel-storage's one atomic replace: `<target>.tmp`, fsync, rename, directory fsync.
+        let replace_hook = |stage: ReplaceStage| match stage {
+            ReplaceStage::TempWritten => Ok(()),
+            ReplaceStage::TempSynced => hook(CompactionStep::TempWritten { segment: number }),
+            ReplaceStage::Renamed => hook(CompactionStep::Renamed { segment: number }),
+        };
+        match keel_storage::atomic_replace_with(&self.dir, &target, buf, replace_hook).await {
+            Ok(()) => {}
+            Err(ReplaceError::Halted(error)) => return Err(error),
+            Err(ReplaceError::Io(error)) => {
+                let name = error.path.rsplit('/').next().unwrap_or(&target).to_string();
+                return Err(self.poison_io(error.stage.as_str(), &name, error.source));
+            }
+        }
         let new_file = self
             .dir
             .open_file(&target, OpenMode::Existing)

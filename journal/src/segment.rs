@@ -9,8 +9,6 @@ use keel_storage::{BufResult, Directory, OpenMode, Storage};
 use crate::error::JournalError;
 use crate::format::{parse_segment_file_name, segment_file_name, SegmentHeader};
 
-/// Suffix of compaction's temp files; leftovers are never referenced and are removed on open.
-pub const TEMP_SUFFIX: &str = ".wal.tmp";
 /// Reads of a whole segment go in chunks of this size, through one reused chunk buffer: a fresh
 /// multi-MiB buffer per read costs more in page faults than the read itself (BENCHMARKS.md, F4).
 const READ_CHUNK_BYTES: usize = 1 << 20;
@@ -118,7 +116,8 @@ async fn read_file_into<F: Storage>(
     Ok(())
 }
 
-/// Creates segment `header.segment_no` (replacing a leftover of the same name), writes its header
+/// Creates segment `header.segment_no` as a new file (an existing file of that name is an error,
+/// never truncated: the open's scan accounted for every segment file), writes its header
 /// and, when `preallocate_to` is set, zeroes up to that length; fsyncs the file and the directory.
 pub async fn create<D: Directory>(
     dir: &D,
@@ -128,10 +127,7 @@ pub async fn create<D: Directory>(
     let name = segment_file_name(header.segment_no);
     let path = format!("{}/{name}", dir.display_path());
     let file = dir
-        .open_file(&name, OpenMode::Create)
-        .await
-        .map_err(|e| JournalError::io("create segment", &path, e))?;
-    file.truncate(0)
+        .open_file(&name, OpenMode::CreateNew)
         .await
         .map_err(|e| JournalError::io("create segment", &path, e))?;
     let BufResult(result, _) = file.write_all_at(0, header.encode().to_vec()).await;
