@@ -30,6 +30,9 @@ use crate::{MetadataJournal, SegmentHandle};
 /// to write and fsync it). A new step starts when a write comes within half a step of the end.
 const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
 
+/// An open segment file and its name.
+type OpenSegment<D> = (Rc<<D as Directory>::File>, String);
+
 /// Why a group commit failed; cloned to every entry it covered.
 #[derive(Debug, Clone)]
 pub(crate) struct Failure {
@@ -652,7 +655,7 @@ impl<D: Directory> MetadataJournal<D> {
     /// all succeed, every seq written before they started is durable, and entries encoded from
     /// now on carry that watermark (a rotation's sync counts as much as a flush's).
     async fn sync_dirty(&self) -> Result<(), JournalError> {
-        let (dirty, covers_seq): (Vec<(Rc<D::File>, String)>, u64) = {
+        let (dirty, covers_seq): (Vec<OpenSegment<D>>, u64) = {
             let mut st = self.state.borrow_mut();
             let covers_seq = st.w.write_done_seq;
             let numbers = std::mem::take(&mut st.w.dirty_segments);

@@ -117,11 +117,7 @@ fn damage_before_a_rotation_inside_the_last_group_is_refused() {
             .await
             .unwrap();
         let first_segment = raw[0].file.clone();
-        let last_of_first = raw
-            .iter()
-            .filter(|e| e.file == first_segment)
-            .last()
-            .unwrap();
+        let last_of_first = raw.iter().rfind(|e| e.file == first_segment).unwrap();
         assert!(raw.iter().any(|e| e.file != first_segment), "no rotation");
         // Damage the header of the first segment's last entry (every later entry's watermark is
         // from before the group: only the header proof covers it).

@@ -24,6 +24,7 @@ use crate::durable::{le_u32, read_all};
 use crate::error::RaftStoreError;
 use crate::typ::{LogId, Vote};
 
+/// Name of the meta file in the store's root directory.
 pub const META_FILE: &str = "raft-meta";
 const META_MAGIC: &[u8; 8] = b"KRAFTMTA";
 const META_VERSION: u32 = 1;
