@@ -301,3 +301,31 @@ async fn a_prepare_racing_a_truncation_is_refused() {
     assert_eq!(report.last_op, 1, "{report:?}");
     assert_eq!(report.prepared_uncommitted.len(), 1, "{report:?}");
 }
+
+/// A torn-tail repair names the ops it cut, when their headers are readable.
+#[compio::test]
+async fn a_torn_tail_repair_names_the_ops_it_cut() {
+    let fs = MemFs::new(209);
+    let (engine, _) = open(&fs, small_config()).await;
+    for op in 1..=6 {
+        engine.append(op, &payload(op)).await.unwrap();
+    }
+    drop(engine);
+    let raw = keel_journal::MetadataJournal::raw_entries(&fs.root(), small_config().journal, 6, 6)
+        .await
+        .unwrap();
+    let last = raw.last().expect("op 6 on disk");
+    // Cut inside op 6's payload: its header stays readable.
+    fs.cut_raw(&format!("journal/{}", last.file), last.offset_bytes + 66)
+        .unwrap();
+    let (_engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.repairs.len(), 1, "{report:?}");
+    assert_eq!(
+        report.torn_ops,
+        vec![keel_engine::OpRange {
+            first_op: 6,
+            last_op: 6
+        }],
+        "{report:?}"
+    );
+}

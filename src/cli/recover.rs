@@ -115,5 +115,11 @@ pub fn report_text(status: &str, report: &RecoveryReport) -> String {
             range.first_op, range.last_op
         ));
     }
+    for range in &report.torn_ops {
+        text.push_str(&format!(
+            "\ncut as a torn tail (never acknowledged here): ops {}..={}",
+            range.first_op, range.last_op
+        ));
+    }
     text
 }
