@@ -230,8 +230,8 @@ pub struct NewEntry {
 
 /// Appends one complete entry (header, payload, padding) to `out`; returns the header crc.
 pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8]) -> u32 {
-    debug_assert!(payload.len() <= MAX_PAYLOAD_BYTES_LIMIT as usize);
-    debug_assert!(entry.durable_seq < entry.seq);
+    assert!(payload.len() <= MAX_PAYLOAD_BYTES_LIMIT as usize);
+    assert!(entry.durable_seq < entry.seq);
     let header = EntryHeader {
         kind: entry.kind,
         seq: entry.seq,

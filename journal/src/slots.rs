@@ -39,7 +39,7 @@ pub struct SlotRing {
 impl SlotRing {
     /// `slot_count` must be a power of two (checked by the config validation).
     pub fn new(slot_count: u64, snapshot_op: u64) -> Self {
-        debug_assert!(slot_count.is_power_of_two());
+        assert!(slot_count.is_power_of_two());
         Self {
             slots: vec![None; slot_count as usize],
             slot_count,
@@ -70,7 +70,7 @@ impl SlotRing {
     pub fn insert(&mut self, op: u64, location: Location) -> Result<(), SlotRefusal> {
         self.check(op)?;
         let index = self.index(op);
-        debug_assert!(
+        assert!(
             self.slots[index].is_none_or(|s| s.op == op || s.op <= self.snapshot_op),
             "slot {index} holds a live op other than {op}"
         );
