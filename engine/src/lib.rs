@@ -32,6 +32,7 @@ mod kv;
 mod lock;
 mod plan;
 mod recover;
+mod replay;
 mod shard;
 mod snapshot;
 mod state_machine;

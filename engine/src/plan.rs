@@ -12,6 +12,7 @@ use keel_storage::Directory;
 
 use crate::error::{EngineError, SnapshotError};
 use crate::recover::OpRange;
+use crate::replay::{Replay, Replayer};
 use crate::snapshot::{parse_snapshot_temp_name, snapshot_file_name, SnapshotStore};
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::EngineConfig;
@@ -67,6 +68,11 @@ pub(crate) struct RecoveryPlan<D: Directory> {
     pub commit_op: u64,
     /// Committed ops the journal does not hold (point-in-time mode only; refused otherwise).
     pub gap: Option<OpRange>,
+    /// What the replay during the scan did, or `None` when a later entry superseded an op it had
+    /// applied (see `replay.rs`): then the state must be restored again and replayed by reads.
+    pub replay: Option<Replay>,
+    /// The state machine's bytes before the replay, when there was no snapshot to restore it from.
+    pub initial_state: Option<Vec<u8>>,
 }
 
 /// Decides recovery of `root` in `mode`, restoring the chosen snapshot into `state_machine`.
@@ -92,8 +98,14 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         (Some(store), Some(op)) => Some(store.path_of(&snapshot_file_name(op))),
         _ => None,
     };
-    let journal = MetadataJournal::plan(root, config.journal.clone(), mode).await?;
     let damaged_max_op = damaged.iter().map(|d| d.op).max().unwrap_or(0);
+    let initial_state = (snapshot_op == 0).then(|| state_machine.snapshot());
+    // The journal's one streaming pass also replays: each entry is read once.
+    let mut replayer = Replayer::new(state_machine, snapshot_op);
+    let journal = MetadataJournal::plan_with(root, config.journal.clone(), mode, &mut |event| {
+        replayer.consume(event)
+    })
+    .await?;
     let journal_snapshot_op = journal.snapshot_op();
     if snapshot_op < journal_snapshot_op {
         let reason = if damaged_max_op > 0 {
@@ -116,6 +128,19 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         );
         return Err(missing(gap.first_op, gap.last_op, reason));
     }
+    let applied_through = gap.map_or(commit_op, |g| g.first_op - 1);
+    let replay = if replayer.invalidated {
+        tracing::info!(
+            snapshot_op,
+            "an applied op is superseded later in the log; replaying by reads"
+        );
+        None
+    } else {
+        let live: std::collections::BTreeSet<u64> = journal.live_ops().collect();
+        let replay = replayer.finish(applied_through, |op| live.contains(&op));
+        check_replay(&replay, applied_through, config, journal.snapshot_op())?;
+        Some(replay)
+    };
     Ok(RecoveryPlan {
         snapshot_op,
         snapshot_file,
@@ -125,7 +150,32 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         journal,
         commit_op,
         gap,
+        replay,
+        initial_state,
     })
+}
+
+/// The streaming replay must end exactly where the plan says the state ends.
+fn check_replay(
+    replay: &Replay,
+    applied_through: u64,
+    config: &EngineConfig,
+    journal_snapshot_op: u64,
+) -> Result<(), EngineError> {
+    if replay.applied_op > applied_through {
+        // The log holds committed ops its index cannot (it was written with a larger ring).
+        return Err(EngineError::Config(format!(
+            "the journal holds committed ops through {} but a ring of {} slots above op \
+             {journal_snapshot_op} indexes only through {applied_through}; open it with the \
+             slot count it was written with",
+            replay.applied_op, config.journal.slot_count
+        )));
+    }
+    assert_eq!(
+        replay.applied_op, applied_through,
+        "the replay and the journal's index disagree on the committed ops"
+    );
+    Ok(())
 }
 
 fn missing(first_op: u64, last_op: u64, reason: String) -> EngineError {

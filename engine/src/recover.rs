@@ -24,11 +24,11 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 use crate::lock::lock_dir;
 use crate::plan::{plan_recovery, RecoveryPlan, SnapshotDamage};
+use crate::replay::{replay_by_reads, Replay};
 use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
-use crate::stats::EngineStats;
 use crate::QUARANTINE_DIR;
-use crate::{apply_one, checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner, Prepared};
+use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
 
 /// The outcome of a recovery.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -227,41 +227,66 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         journal: journal_plan,
         commit_op,
         gap,
+        replay,
+        initial_state,
         ..
     } = plan;
     let (journal, scan) = MetadataJournal::open_planned(&root, journal_plan).await?;
+    let replay = match replay {
+        Some(replay) => replay,
+        None => {
+            // The state is restored again, then replayed from the final index.
+            let bytes = match initial_state {
+                Some(bytes) => bytes,
+                None => snapshots.load(snapshot_op).await?,
+            };
+            state_machine
+                .restore(&bytes)
+                .map_err(
+                    |RestoreError { reason }| crate::error::SnapshotError::Decode {
+                        file: snapshot_file.clone().unwrap_or_default(),
+                        op: snapshot_op,
+                        reason,
+                    },
+                )?;
+            let through = gap.map_or(commit_op, |g| g.first_op - 1);
+            let max_pending = config.journal.slot_count.saturating_mul(2);
+            replay_by_reads(
+                &journal,
+                &mut state_machine,
+                snapshot_op,
+                through,
+                max_pending,
+            )
+            .await?
+        }
+    };
+    let Replay {
+        applied_op,
+        replayed,
+        pending,
+        mut stats,
+    } = replay;
     repairs.extend(journal_repairs(&root.display_path(), &scan));
     let journal_snapshot_op = journal.snapshot_op();
-    let replay = replay(
-        &journal,
-        &mut state_machine,
-        snapshot_op,
-        commit_op,
-        &config,
-    )
-    .await?;
     let mut unrecoverable: Vec<OpRange> = scan.lost_ops.iter().map(OpRange::from).collect();
     unrecoverable.extend(gap);
     // The recovery decisions, checked: the state is exactly the snapshot plus contiguous
     // committed ops, and nothing above the durable commit was applied.
+    assert!(applied_op >= snapshot_op, "replay went below the snapshot");
     assert!(
-        replay.applied_op >= snapshot_op,
-        "replay went below the snapshot"
-    );
-    assert!(
-        replay.applied_op <= commit_op,
+        applied_op <= commit_op,
         "applied past the durable commit watermark"
     );
     assert!(
         gap.is_none() || mode == RecoveryMode::PointInTime,
         "a gap was accepted outside point-in-time mode"
     );
-    assert_eq!(
-        gap.map(|g| g.first_op - 1).unwrap_or(commit_op),
-        replay.applied_op,
-        "replay stopped where the plan did not say"
+    assert!(
+        pending.keys().all(|&op| op > applied_op),
+        "a pending op at or below the applied op"
     );
-    let applied_op = replay.applied_op;
+
     // The watermark the engine resumes with is what it applied (after a point-in-time gap, the
     // consensus layer re-prepares the missing ops and commits them again). It is made durable
     // in the journal now when it came from elsewhere: a snapshot proves its op committed only
@@ -283,12 +308,6 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         snapshots.remove_snapshots(&damaged_ops).await?;
         snapshots.remove_older(SNAPSHOTS_KEPT).await?;
     }
-    let Replay {
-        replayed,
-        pending,
-        mut stats,
-        ..
-    } = replay;
     let last_op = journal
         .last_op()
         .unwrap_or(0)
@@ -357,57 +376,6 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         _lock: lock,
     };
     Ok((engine, report))
-}
-
-/// What replaying the journal above the snapshot did.
-struct Replay {
-    applied_op: u64,
-    replayed: u64,
-    pending: BTreeMap<u64, Prepared>,
-    stats: EngineStats,
-}
-
-/// Applies ops `snapshot_op+1..=commit_op` in order, stopping at the first missing one (the plan
-/// already refused a gap outside point-in-time mode); keeps prepares above it pending.
-async fn replay<D: Directory, M: StateMachine>(
-    journal: &MetadataJournal<D>,
-    state_machine: &mut M,
-    snapshot_op: u64,
-    commit_op: u64,
-    config: &EngineConfig,
-) -> Result<Replay, EngineError> {
-    let mut out = Replay {
-        applied_op: snapshot_op,
-        replayed: 0,
-        pending: BTreeMap::new(),
-        stats: EngineStats::default(),
-    };
-    let mut gap = false;
-    let max_pending = config.journal.slot_count.saturating_mul(2);
-    let mut reader = journal.reader(snapshot_op + 1);
-    while let Some(entry) = reader.next().await? {
-        if entry.op <= snapshot_op {
-            continue; // the reader starts above S; a defensive skip, never replayed twice
-        }
-        if entry.op <= commit_op && !gap && entry.op == out.applied_op + 1 {
-            apply_one(state_machine, &mut out.stats, entry.op, &entry.payload);
-            out.applied_op = entry.op;
-            out.replayed += 1;
-            continue;
-        }
-        gap |= entry.op <= commit_op;
-        // The journal never holds more live ops than its ring; more is a journal bug.
-        assert!(
-            (out.pending.len() as u64) < max_pending,
-            "journal returned more than {max_pending} live ops above op {snapshot_op}"
-        );
-        let prepared = Prepared {
-            append_seq: 0,
-            payload: entry.payload,
-        };
-        out.pending.insert(entry.op, prepared);
-    }
-    Ok(out)
 }
 
 /// A crash between a snapshot's directory fsync and the journal's watermark: finish that

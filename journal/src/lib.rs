@@ -65,6 +65,7 @@ mod recovery;
 mod scan;
 mod segment;
 mod slots;
+mod stream;
 mod writer;
 
 use std::cell::RefCell;
@@ -84,6 +85,7 @@ pub use recovery::{
     TABLE as RECOVERY_TABLE,
 };
 pub use slots::Location;
+pub use stream::{LiveEntries, ScanEvent, WINDOW_BYTES as SCAN_WINDOW_BYTES};
 
 use format::{EntryHeader, ENTRY_HEADER_BYTES};
 use recovery::info;
@@ -108,6 +110,11 @@ pub struct JournalConfig {
     pub preallocate: bool,
     /// When false, appends resolve once written to the OS (no fsync); `flush()` makes them durable.
     pub sync_on_append: bool,
+    /// Bytes the open's scan reads at a time through its one reused window (default 1 MiB, the
+    /// size at which a read's fixed cost vanishes; at least 512 B, at most 64 MiB). The window
+    /// grows to hold one entry larger than this, so recovery's memory is this or the largest
+    /// entry, plus the index.
+    pub scan_window_bytes: usize,
 }
 
 impl Default for JournalConfig {
@@ -120,6 +127,7 @@ impl Default for JournalConfig {
             max_payload_bytes: 1 << 20,
             preallocate: true,
             sync_on_append: true,
+            scan_window_bytes: stream::WINDOW_BYTES,
         }
     }
 }
@@ -356,6 +364,12 @@ impl JournalConfig {
         // max_batch_bytes / max_inflight_bytes is written alone: no bound here can deadlock.
         if self.segment_bytes < 2 * format::SEGMENT_HEADER_BYTES as u64 {
             return fail(format!("segment_bytes {} too small", self.segment_bytes));
+        }
+        if !(512..=64 << 20).contains(&self.scan_window_bytes) {
+            return fail(format!(
+                "scan_window_bytes {} must be within 512 B..=64 MiB",
+                self.scan_window_bytes
+            ));
         }
         if self.segment_bytes > 1 << 32 {
             return fail(format!("segment_bytes {} above 4 GiB", self.segment_bytes));
@@ -600,6 +614,11 @@ impl<D: Directory> MetadataJournal<D> {
             op,
             payload: Bytes::from(bytes).slice(ENTRY_HEADER_BYTES..end),
         }))
+    }
+
+    /// True when the journal's index holds a live entry for `op` (no read).
+    pub fn holds(&self, op: u64) -> bool {
+        self.state.borrow().slots.get(op).is_some()
     }
 
     /// Live entries with `op >= from_op`, ascending by op, in global order across segments.

@@ -13,8 +13,9 @@ use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::format::EntryKind;
 use crate::recovery::{self, action, info, op_ranges, Action};
-use crate::scan::{self, scan_log, LogScan};
+use crate::scan::{self, LogScan};
 use crate::slots::{Location, SlotRing};
+use crate::stream::{scan_stream, ScanEvent};
 use crate::writer::WriterState;
 use crate::{
     max_file_bytes, problem, refuse, summarize, JournalConfig, JournalError, JournalStats,
@@ -160,6 +161,19 @@ impl<D: Directory> MetadataJournal<D> {
         config: JournalConfig,
         mode: RecoveryMode,
     ) -> Result<OpenPlan<D>, JournalError> {
+        Self::plan_with(root, config, mode, &mut |_| {}).await
+    }
+
+    /// [`MetadataJournal::plan`], handing every entry the log keeps (and every segment header)
+    /// to `consumer` during its one streaming pass, in log order, so a caller can rebuild its
+    /// state without reading the entries again. If the plan is a refusal, the consumer has seen
+    /// the entries before the damage; it is the caller's to discard what it built.
+    pub async fn plan_with(
+        root: &D,
+        config: JournalConfig,
+        mode: RecoveryMode,
+        consumer: &mut dyn FnMut(ScanEvent<'_>),
+    ) -> Result<OpenPlan<D>, JournalError> {
         config.validate()?;
         let dir = match root.open_dir("journal", false).await {
             Ok(dir) => Some(dir),
@@ -167,7 +181,15 @@ impl<D: Directory> MetadataJournal<D> {
             Err(e) => return Err(JournalError::io("open journal dir", root.display_path(), e)),
         };
         let scan = match &dir {
-            Some(dir) => scan_log(dir, max_file_bytes(&config), false).await?,
+            Some(dir) => {
+                scan_stream(
+                    dir,
+                    max_file_bytes(&config),
+                    config.scan_window_bytes,
+                    consumer,
+                )
+                .await?
+            }
             None => LogScan::default(),
         };
         let mut report = ScanReport::default();

@@ -154,77 +154,146 @@ pub fn parse_header(bytes: &[u8], number: u64, link: Option<Link>) -> Result<Seg
     Ok(header)
 }
 
-/// Parses entries from `from_offset` while they are valid and chained; returns where they end
-/// (`Ok(end)` for a clean end) and the chain state after the last valid one.
+/// Where a parse of (part of) a segment ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Parsed {
+    /// A clean end at this offset: end of file, or zeroes from it to the end of the file.
+    End(u64),
+    /// The bytes given end inside the entry at `offset`; at least `len_bytes` from there are
+    /// needed (streaming only: never returned when the bytes reach the end of the file).
+    NeedMore { offset: u64, len_bytes: usize },
+    /// An all-zero header at this offset whose bytes continue past those given: a clean end
+    /// if the file is zero from here to its end, else a bad header here (streaming only).
+    Zeroes(u64),
+    /// Valid entries stop here.
+    Stop(Stop),
+}
+
+/// Parses entries from file offset `from` while they are valid and chained, in `bytes` (the file's
+/// bytes from offset `base`; `at_eof` when they reach the end of the file). Every valid entry is
+/// pushed to `out` and handed with its payload to `on_entry`. Returns where parsing ended and the
+/// chain state after the last valid entry.
+#[allow(clippy::too_many_arguments)]
 pub fn parse_entries(
     bytes: &[u8],
-    from_offset: u64,
+    base: u64,
+    from: u64,
     mut link: Link,
+    at_eof: bool,
     out: &mut Vec<EntryMeta>,
-) -> (Result<u64, Stop>, Link) {
-    let mut offset = from_offset as usize;
+    on_entry: &mut dyn FnMut(&EntryMeta, &[u8]),
+) -> (Parsed, Link) {
+    assert!(from >= base, "parse starts before the bytes given");
+    let mut offset = from;
     loop {
         let stop = |fact, op: Option<u64>, kind: Option<EntryKind>| Stop {
-            offset_bytes: offset as u64,
+            offset_bytes: offset,
             fact,
             expected_seq: link.next_seq,
             op,
             kind,
         };
-        let rest = &bytes[offset.min(bytes.len())..];
+        let rest = &bytes[((offset - base) as usize).min(bytes.len())..];
         if rest.is_empty() {
-            return (Ok(offset as u64), link);
+            let parsed = if at_eof {
+                Parsed::End(offset)
+            } else {
+                Parsed::NeedMore {
+                    offset,
+                    len_bytes: ENTRY_HEADER_BYTES,
+                }
+            };
+            return (parsed, link);
         }
-        let header = match EntryHeader::decode(rest) {
-            Ok((h, crc)) => (h, crc),
-            Err(HeaderFault::Zero) | Err(HeaderFault::Short) if all_zero(rest) => {
-                return (Ok(offset as u64), link)
+        let (h, crc) = match EntryHeader::decode(rest) {
+            Ok(decoded) => decoded,
+            Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(rest) => {
+                let parsed = if at_eof {
+                    Parsed::End(offset)
+                } else {
+                    Parsed::Zeroes(offset)
+                };
+                return (parsed, link);
             }
-            Err(_) => return (Err(stop(StopFact::BadEntryHeader, None, None)), link),
+            Err(HeaderFault::Short) if !at_eof => {
+                let need = ENTRY_HEADER_BYTES;
+                return (
+                    Parsed::NeedMore {
+                        offset,
+                        len_bytes: need,
+                    },
+                    link,
+                );
+            }
+            Err(_) => {
+                return (
+                    Parsed::Stop(stop(StopFact::BadEntryHeader, None, None)),
+                    link,
+                )
+            }
         };
-        let (h, crc) = header;
         if h.seq != link.next_seq || h.prev_crc != link.chain_crc {
-            return (
-                Err(stop(StopFact::ChainBreak, Some(h.op), Some(h.kind))),
-                link,
-            );
+            let at = stop(StopFact::ChainBreak, Some(h.op), Some(h.kind));
+            return (Parsed::Stop(at), link);
         }
         let len = h.entry_len_bytes();
         if rest.len() < len {
-            return (
-                Err(stop(StopFact::BadPayload, Some(h.op), Some(h.kind))),
-                link,
-            );
+            let parsed = if at_eof {
+                Parsed::Stop(stop(StopFact::BadPayload, Some(h.op), Some(h.kind)))
+            } else {
+                Parsed::NeedMore {
+                    offset,
+                    len_bytes: len,
+                }
+            };
+            return (parsed, link);
         }
         let body = &rest[ENTRY_HEADER_BYTES..len];
         if crc32fast::hash(body) != h.payload_crc {
-            return (
-                Err(stop(StopFact::BadPayload, Some(h.op), Some(h.kind))),
-                link,
-            );
+            let at = stop(StopFact::BadPayload, Some(h.op), Some(h.kind));
+            return (Parsed::Stop(at), link);
         }
-        out.push(EntryMeta {
+        let meta = EntryMeta {
             kind: h.kind,
             seq: h.seq,
             op: h.op,
-            offset_bytes: offset as u64,
+            offset_bytes: offset,
             len_bytes: len as u32,
             payload_len: h.payload_len,
             payload_crc: h.payload_crc,
             header_crc: crc,
             durable_seq: h.durable_seq,
             commit_op: h.commit_op,
-        });
+        };
+        on_entry(&meta, &body[..h.payload_len as usize]);
+        out.push(meta);
         link = Link {
             next_seq: h.seq + 1,
             chain_crc: crc,
         };
-        offset += len;
+        offset += len as u64;
     }
 }
 
+/// `parse_entries` over a whole file (`bytes` from offset 0 to the end), for callers that need
+/// no payloads: the result is never `NeedMore` or `Zeroes`.
+pub fn parse_whole(
+    bytes: &[u8],
+    from: u64,
+    link: Link,
+    out: &mut Vec<EntryMeta>,
+) -> (Result<u64, Stop>, Link) {
+    let (parsed, link) = parse_entries(bytes, 0, from, link, true, out, &mut |_, _| {});
+    let result = match parsed {
+        Parsed::End(end) => Ok(end),
+        Parsed::Stop(stop) => Err(stop),
+        other => unreachable!("a whole-file parse ended with {other:?}"),
+    };
+    (result, link)
+}
+
 /// Chain state after a segment: a rewritten segment hands on its recorded `link_crc`.
-fn end_link(header: &SegmentHeader, link_after_entries: Link) -> Link {
+pub fn end_link(header: &SegmentHeader, link_after_entries: Link) -> Link {
     if header.is_rewritten() {
         Link {
             next_seq: link_after_entries.next_seq,
@@ -253,6 +322,7 @@ pub async fn scan_log<D: Directory>(
     let mut prev_number: Option<u64> = None;
     // One buffer for every segment: see `segment::read_whole_into`.
     let mut bytes = Vec::new();
+    let mut later_cache: Vec<Option<Evidence>> = Vec::new();
     'files: for (index, file) in files.iter().enumerate() {
         segment::read_whole_into(dir, &file.name, max_file_bytes, &mut bytes).await?;
         scan.bytes_read += bytes.len() as u64;
@@ -288,8 +358,17 @@ pub async fn scan_log<D: Directory>(
                         .min()
                         .unwrap_or(u64::MAX);
                 }
-                let at =
-                    classify_stop(dir, &files, index, &bytes, stop, false, max_file_bytes).await?;
+                let at = classify_stop(
+                    dir,
+                    &files,
+                    index,
+                    &bytes,
+                    stop,
+                    false,
+                    max_file_bytes,
+                    &mut later_cache,
+                )
+                .await?;
                 if scan.record_stop(at) && !keep_going {
                     break 'files;
                 }
@@ -308,7 +387,7 @@ pub async fn scan_log<D: Directory>(
         };
         loop {
             let mut entries = Vec::new();
-            let (end, after) = parse_entries(&bytes, from, entry_link, &mut entries);
+            let (end, after) = parse_whole(&bytes, from, entry_link, &mut entries);
             let stopped = scan.first_stop.is_some();
             let data_end_bytes = match &end {
                 Ok(end_offset) => *end_offset,
@@ -338,9 +417,17 @@ pub async fn scan_log<D: Directory>(
                     continue 'files;
                 }
                 Err(stop) => {
-                    let at =
-                        classify_stop(dir, &files, index, &bytes, stop, rewritten, max_file_bytes)
-                            .await?;
+                    let at = classify_stop(
+                        dir,
+                        &files,
+                        index,
+                        &bytes,
+                        stop,
+                        rewritten,
+                        max_file_bytes,
+                        &mut later_cache,
+                    )
+                    .await?;
                     if scan.record_stop(at) && !keep_going {
                         break 'files;
                     }
@@ -377,30 +464,70 @@ fn resync(bytes: &[u8], from: u64) -> Option<(u64, Link)> {
         })
 }
 
-/// Looks past a stop (rest of this file, every later file) for valid entry headers and segment
-/// headers, and classifies it with the proofs of durability they give.
-async fn classify_stop<D: Directory>(
-    dir: &D,
+/// What one stretch of a segment file proves about the bytes before it: found by looking past a
+/// stop for valid entry headers (8-aligned) and, for a whole later file, its segment header.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    /// Highest `durable_seq` a valid entry header claims.
+    pub max_durable: u64,
+    /// Lowest seq of a valid entry header (for a first segment whose own header is damaged).
+    pub min_seq: Option<u64>,
+    /// Ops of valid data entry headers (what a cut would remove).
+    pub data_ops: Vec<u64>,
+    /// `first_seq` of the file's valid segment header, when the stretch began at offset 0.
+    pub header_first_seq: Option<u64>,
+}
+
+impl Evidence {
+    /// Adds the valid entry headers in `bytes` (the file's bytes from offset `base`) at or after
+    /// file offset `from`; with `whole_file`, also the segment header at `bytes[0..]`.
+    pub fn add(&mut self, bytes: &[u8], base: u64, from: u64, whole_file: bool) {
+        if whole_file && base == 0 {
+            if let Ok(header) = SegmentHeader::decode(bytes) {
+                self.header_first_seq = Some(header.first_seq);
+            }
+        }
+        for (_, h) in valid_headers(bytes, from.saturating_sub(base)) {
+            self.max_durable = self.max_durable.max(h.durable_seq);
+            self.min_seq = Some(self.min_seq.map_or(h.seq, |m| m.min(h.seq)));
+            if h.kind == EntryKind::Data {
+                self.data_ops.push(h.op);
+            }
+        }
+    }
+
+    /// The evidence of a whole file, read once.
+    pub fn of_file(bytes: &[u8]) -> Self {
+        let mut evidence = Evidence::default();
+        evidence.add(bytes, 0, 0, true);
+        evidence
+    }
+}
+
+/// Classifies a stop in file `index` from what the rest of that file (`own`) and every later file
+/// (`later`, in order) prove, with the proofs of durability they give.
+pub fn classify_with(
     files: &[SegmentFile],
     index: usize,
-    bytes: &[u8],
     stop: Stop,
     rewritten: bool,
-    max_file_bytes: u64,
-) -> Result<StopAt, JournalError> {
-    let mut later = valid_headers(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64);
+    own: &Evidence,
+    later: &[&Evidence],
+) -> StopAt {
+    let max_durable = later
+        .iter()
+        .map(|e| e.max_durable)
+        .chain([own.max_durable])
+        .max()
+        .unwrap_or(0);
     // The highest seq a later segment header proves durable (its `first_seq - 1`).
-    let mut header_proven_seq = 0u64;
-    let mut later_segment_header = false;
-    for file in &files[index + 1..] {
-        let other = segment::read_whole(dir, &file.name, max_file_bytes).await?;
-        if let Ok(header) = SegmentHeader::decode(&other) {
-            header_proven_seq = header_proven_seq.max(header.first_seq.saturating_sub(1));
-            later_segment_header = true;
-        }
-        later.extend(valid_headers(&other, 0));
-    }
-    let max_durable = later.iter().map(|(_, h)| h.durable_seq).max().unwrap_or(0);
+    let header_proven_seq = later
+        .iter()
+        .filter_map(|e| e.header_first_seq)
+        .map(|first| first.saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let later_segment_header = later.iter().any(|e| e.header_first_seq.is_some());
     let known = stop.expected_seq != u64::MAX;
     let proofs = Proofs {
         watermark: known && max_durable >= stop.expected_seq,
@@ -415,22 +542,54 @@ async fn classify_stop<D: Directory>(
         rewritten,
     };
     let case = classify(stop.fact, proofs);
-    let mut later_data_ops: Vec<u64> = later
+    let mut later_data_ops: Vec<u64> = own
+        .data_ops
         .iter()
-        .filter(|(_, h)| h.kind == EntryKind::Data)
-        .map(|(_, h)| h.op)
+        .chain(later.iter().flat_map(|e| e.data_ops.iter()))
+        .copied()
         .collect();
     if let (Some(op), Some(EntryKind::Data)) = (stop.op, stop.kind) {
         later_data_ops.push(op);
     }
-    Ok(StopAt {
+    StopAt {
         file_index: index,
         file: files[index].name.clone(),
         stop,
         proofs,
         case,
         later_data_ops,
-    })
+    }
+}
+
+/// Looks past a stop (rest of this file, every later file) and classifies it. Each later file's
+/// evidence is read once per scan and cached in `later_cache`, whatever the number of stops.
+#[allow(clippy::too_many_arguments)]
+async fn classify_stop<D: Directory>(
+    dir: &D,
+    files: &[SegmentFile],
+    index: usize,
+    bytes: &[u8],
+    stop: Stop,
+    rewritten: bool,
+    max_file_bytes: u64,
+    later_cache: &mut Vec<Option<Evidence>>,
+) -> Result<StopAt, JournalError> {
+    let mut own = Evidence::default();
+    own.add(
+        bytes,
+        0,
+        stop.offset_bytes + ENTRY_ALIGN_BYTES as u64,
+        false,
+    );
+    later_cache.resize(files.len(), None);
+    for later in index + 1..files.len() {
+        if later_cache[later].is_none() {
+            let other = segment::read_whole(dir, &files[later].name, max_file_bytes).await?;
+            later_cache[later] = Some(Evidence::of_file(&other));
+        }
+    }
+    let later: Vec<&Evidence> = later_cache[index + 1..].iter().flatten().collect();
+    Ok(classify_with(files, index, stop, rewritten, &own, &later))
 }
 
 #[cfg(test)]
@@ -466,7 +625,7 @@ mod tests {
         bytes.extend_from_slice(&[0u8; 1000]);
         let header = parse_header(&bytes, 0, None).unwrap();
         let mut out = Vec::new();
-        let (end_result, link) = parse_entries(
+        let (end_result, link) = parse_whole(
             &bytes,
             64,
             Link {
@@ -487,7 +646,7 @@ mod tests {
         bytes.extend_from_slice(&[0u8; 200]);
         bytes[end + 150] = 1;
         let mut out = Vec::new();
-        let (end_result, _) = parse_entries(
+        let (end_result, _) = parse_whole(
             &bytes,
             64,
             Link {

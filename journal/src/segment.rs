@@ -74,14 +74,8 @@ pub async fn read_whole_into<D: Directory>(
     read_file_into(&file, &path, max_file_bytes, out).await
 }
 
-/// Reads all of an open file into `out` (cleared first), one reused chunk buffer at a time.
-async fn read_file_into<F: Storage>(
-    file: &F,
-    path: &str,
-    max_file_bytes: u64,
-    out: &mut Vec<u8>,
-) -> Result<(), JournalError> {
-    let len = file.len();
+/// Refuses a segment file larger than any the journal writes (a scan never reads more).
+pub fn check_file_len(len: u64, max_file_bytes: u64, path: &str) -> Result<(), JournalError> {
     if len > max_file_bytes {
         return Err(JournalError::Io {
             stage: "read segment",
@@ -92,6 +86,18 @@ async fn read_file_into<F: Storage>(
             ),
         });
     }
+    Ok(())
+}
+
+/// Reads all of an open file into `out` (cleared first), one reused chunk buffer at a time.
+async fn read_file_into<F: Storage>(
+    file: &F,
+    path: &str,
+    max_file_bytes: u64,
+    out: &mut Vec<u8>,
+) -> Result<(), JournalError> {
+    let len = file.len();
+    check_file_len(len, max_file_bytes, path)?;
     out.clear();
     out.reserve(len as usize);
     let mut chunk: Vec<u8> = Vec::with_capacity((len as usize).min(READ_CHUNK_BYTES));

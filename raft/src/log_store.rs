@@ -440,28 +440,28 @@ impl<D: Directory + 'static> RaftLogStorage<crate::TypeConfig> for LogStore<D> {
 /// Returns the contiguous entries from the first index after `last_purged`, and the first index
 /// where the log stopped early (a gap), if any. Entries past a gap were never acknowledged:
 /// callbacks fire in order, and the one of the missing entry never fired.
-pub(crate) async fn load_entries<D: Directory>(
-    journal: &MetadataJournal<D>,
+pub(crate) fn load_entries(
+    live: &BTreeMap<u64, keel_journal::Bytes>,
     last_purged: Option<LogId>,
     slot_count: u64,
 ) -> Result<(BTreeMap<u64, Entry>, Option<u64>), RaftStoreError> {
     let first_index = last_purged.map(|l| l.index + 1).unwrap_or(0);
-    let mut reader = journal.reader(op_of(first_index));
+    let mut reader = live.range(op_of(first_index)..);
     let mut entries = BTreeMap::new();
     // The ring holds at most `slot_count` live ops above the watermark; more is a bug.
     for expected in (first_index..).take(slot_count as usize + 1) {
-        let Some(raw) = reader.next().await? else {
+        let Some((&op, payload)) = reader.next() else {
             return Ok((entries, None));
         };
-        let index = index_of(raw.op);
+        let index = index_of(op);
         if index != expected {
             return Ok((entries, Some(expected)));
         }
-        let entry: Entry = serde_json::from_slice(&raw.payload)
-            .map_err(|e| RaftStoreError::decode("log entry", e))?;
+        let entry: Entry =
+            serde_json::from_slice(payload).map_err(|e| RaftStoreError::decode("log entry", e))?;
         if entry.log_id.index != index {
             return Err(RaftStoreError::Misplaced {
-                op: raw.op,
+                op,
                 index: entry.log_id.index,
                 expected: index,
             });

@@ -3,7 +3,7 @@
 use std::rc::Rc;
 
 use keel_engine::LOCK_FILE;
-use keel_journal::{JournalConfig, MetadataJournal, RecoveryMode, ScanReport};
+use keel_journal::{JournalConfig, LiveEntries, MetadataJournal, RecoveryMode, ScanReport};
 use keel_storage::Directory;
 
 use crate::error::RaftStoreError;
@@ -122,8 +122,17 @@ pub async fn open<D: Directory + 'static>(
     let lock = Rc::new(lock);
     let meta = meta::load(&root).await?;
     let slot_count = config.journal.slot_count;
-    let (journal, scan) =
-        MetadataJournal::open(&root, config.journal.clone(), config.recovery_mode).await?;
+    // One streaming pass: the scan hands over every live entry, so the log is loaded without a
+    // read per entry.
+    let mut live = LiveEntries::default();
+    let plan = MetadataJournal::plan_with(
+        &root,
+        config.journal.clone(),
+        config.recovery_mode,
+        &mut |event| live.consume(event),
+    )
+    .await?;
+    let (journal, scan) = MetadataJournal::open_planned(&root, plan).await?;
     if scan.repairs.is_empty() {
         tracing::debug!(dir = %root.display_path(), entries = scan.entries_read, "opened raft journal");
     } else {
@@ -138,7 +147,10 @@ pub async fn open<D: Directory + 'static>(
         }
     }
 
-    let (entries, gap) = load_entries(&journal, meta.last_purged, slot_count).await?;
+    let mut live = live.into_entries();
+    // Ops the journal no longer holds: a purge finished just above, or beyond its ring.
+    live.retain(|op, _| journal.holds(*op));
+    let (entries, gap) = load_entries(&live, meta.last_purged, slot_count)?;
     let mut discarded_after_gap = None;
     if let Some(first_missing) = gap {
         // Entries above the gap were written (batches may reach the disk out of order) but never

@@ -20,6 +20,7 @@ pub fn small_config() -> EngineConfig {
         max_payload_bytes: 1024,
         preallocate: false,
         sync_on_append: true,
+        scan_window_bytes: keel_journal::SCAN_WINDOW_BYTES,
     };
     EngineConfig {
         journal,
