@@ -8,7 +8,8 @@
 //! per-round ratio keel / contender.
 //!
 //! Reproduce: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench compare -- [--rounds N]
-//! [--only fsync128,group64,nosync128,recovery,checkpoint_latency,rss,shards] [--quick]
+//! [--only fsync128,group64,nosync128,recovery,recovery_cold,recovery_rss,checkpoint_latency,rss,shards]
+//! [--quick]
 //! [--rss-appends N]`
 //!
 //! Without `--bench` on the command line (that is, under `cargo test --benches`), it runs every
@@ -36,6 +37,7 @@ struct Sizes {
     group_batches: u64,
     nosync_entries: u64,
     recovery_entries: u64,
+    recovery_rss_bytes: u64,
     latency_appends: u64,
     latency_keys: u64,
     rss_appends: u64,
@@ -50,6 +52,7 @@ impl Sizes {
             group_batches: 10,
             nosync_entries: 1_000_000,
             recovery_entries: 100_000,
+            recovery_rss_bytes: 1 << 30,
             latency_appends: 2000,
             latency_keys: 100_000,
             rss_appends: 10_000_000,
@@ -64,6 +67,7 @@ impl Sizes {
             group_batches: 2,
             nosync_entries: 2000,
             recovery_entries: 500,
+            recovery_rss_bytes: 4 << 20,
             latency_appends: 50,
             latency_keys: 500,
             rss_appends: 20_000,
@@ -400,16 +404,23 @@ fn nosync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
     counters.print();
 }
 
-fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
-    let n = sizes.recovery_entries;
-    let payload_bytes = (n * KIB4 as u64) as f64;
+/// Inputs of the recovery workloads: a keel journal and a plain framed log of the same entries.
+struct RecoveryInput {
+    _dir: tempfile::TempDir,
+    keel_root: std::path::PathBuf,
+    keel_files: Vec<std::path::PathBuf>,
+    plain_files: Vec<std::path::PathBuf>,
+    entries: u64,
+    payload_bytes: f64,
+}
+
+fn recovery_input(rt: &compio::runtime::Runtime, entries: u64) -> RecoveryInput {
     let dir = bench_tempdir();
     let keel_root = dir.path().join("keel");
     let plain_path = dir.path().join("plain.log");
     let payload = payload(KIB4);
-    rt.block_on(fill_journal(&keel_root, n, &payload));
-    plain_fill(&plain_path, &payload, n).expect("plain fill");
-    let config = journal_config((n + 1).next_power_of_two(), true);
+    rt.block_on(fill_journal(&keel_root, entries, &payload));
+    plain_fill(&plain_path, &payload, entries).expect("plain fill");
     let keel_files = files_under(&keel_root.join("journal"));
     let keel_file_bytes: u64 = keel_files
         .iter()
@@ -421,24 +432,68 @@ fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
         keel_file_bytes,
         std::fs::metadata(&plain_path).expect("metadata").len()
     );
-    // Warm the page cache for both inputs (this measures recovery from page cache).
-    raw_read_crc(&keel_files, 1 << 20).expect("warm keel");
-    raw_read_crc(std::slice::from_ref(&plain_path), 1 << 20).expect("warm plain");
+    RecoveryInput {
+        _dir: dir,
+        keel_root,
+        keel_files,
+        plain_files: vec![plain_path],
+        entries,
+        payload_bytes: (entries * KIB4 as u64) as f64,
+    }
+}
 
-    let mut keel_open = || {
-        rt.block_on(async {
-            let started = Instant::now();
-            let journal = open_journal(&keel_root, config.clone()).await;
-            let elapsed = started.elapsed();
-            assert_eq!(journal.last_op(), Some(n));
-            journal.close().await.expect("close");
-            mb_per_sec(payload_bytes, elapsed)
-        })
+/// Opens the journal with its one streaming pass handing every entry over (as the engine's replay
+/// and keel-raft's log load take them); returns the payload bytes seen.
+async fn open_streaming(input: &RecoveryInput) -> (u64, u64) {
+    let config = journal_config((input.entries + 1).next_power_of_two(), true);
+    let dir = keel_storage::FsDirectory::open(&input.keel_root, true, false)
+        .await
+        .expect("open bench directory");
+    let (mut entries, mut bytes) = (0u64, 0u64);
+    let plan = keel_journal::MetadataJournal::plan_with(
+        &dir,
+        config,
+        keel_journal::RecoveryMode::TolerateTornTail,
+        &mut |event| {
+            if let keel_journal::ScanEvent::Entry { payload, .. } = event {
+                std::hint::black_box(payload);
+                entries += 1;
+                bytes += payload.len() as u64;
+            }
+        },
+    )
+    .await
+    .expect("plan");
+    let (journal, _) = keel_journal::MetadataJournal::open_planned(&dir, plan)
+        .await
+        .expect("open");
+    journal.close().await.expect("close");
+    (entries, bytes)
+}
+
+/// The recovery contenders, each returning payload MB/s; `before` runs ahead of each (dropping
+/// the page cache for the cold variant).
+fn recovery_series(
+    rt: &compio::runtime::Runtime,
+    input: &RecoveryInput,
+    rounds: usize,
+    before: &dyn Fn(),
+) -> Vec<Series> {
+    let n = input.entries;
+    let config = journal_config((n + 1).next_power_of_two(), true);
+    let mut keel_stream = || {
+        before();
+        let started = Instant::now();
+        let (entries, _) = rt.block_on(open_streaming(input));
+        let elapsed = started.elapsed();
+        assert_eq!(entries, n);
+        mb_per_sec(input.payload_bytes, elapsed)
     };
-    let mut keel_open_read = || {
+    let mut keel_reader = || {
+        before();
         rt.block_on(async {
             let started = Instant::now();
-            let journal = open_journal(&keel_root, config.clone()).await;
+            let journal = open_journal(&input.keel_root, config.clone()).await;
             let mut reader = journal.reader(1);
             let mut entries = 0;
             while let Some(entry) = reader.next().await.expect("read") {
@@ -448,42 +503,111 @@ fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
             let elapsed = started.elapsed();
             assert_eq!(entries, n);
             journal.close().await.expect("close");
-            mb_per_sec(payload_bytes, elapsed)
+            mb_per_sec(input.payload_bytes, elapsed)
         })
     };
     let mut plain = || {
+        before();
         let started = Instant::now();
-        let (entries, _) = plain_recover(&plain_path).expect("plain recover");
+        let (entries, _) = plain_recover(&input.plain_files[0]).expect("plain recover");
         let elapsed = started.elapsed();
         assert_eq!(entries, n);
-        mb_per_sec(payload_bytes, elapsed)
+        mb_per_sec(input.payload_bytes, elapsed)
     };
-    let plain_files = vec![plain_path.clone()];
     let mut raw64 = || {
+        before();
         let started = Instant::now();
-        raw_read_crc(&plain_files, READ_CHUNK_BYTES).expect("raw");
-        mb_per_sec(payload_bytes, started.elapsed())
+        raw_read_crc(&input.plain_files, READ_CHUNK_BYTES).expect("raw");
+        mb_per_sec(input.payload_bytes, started.elapsed())
     };
-    let mut raw1m = || {
-        let started = Instant::now();
-        raw_read_crc(&plain_files, 1 << 20).expect("raw");
-        mb_per_sec(payload_bytes, started.elapsed())
-    };
-    let series = interleave(
-        sizes.rounds,
+    interleave(
+        rounds,
         "MB/s",
         &mut [
-            ("keel open (scan, every crc checked)", &mut keel_open),
-            ("keel open + read every entry", &mut keel_open_read),
+            ("keel open + every entry (one streaming pass)", &mut keel_stream),
+            ("keel open, then a read per entry (reader)", &mut keel_reader),
             ("plain parse + crc, 64 KiB reads", &mut plain),
             ("raw read + crc32, 64 KiB reads", &mut raw64),
-            ("raw read + crc32, 1 MiB reads", &mut raw1m),
         ],
-    );
+    )
+}
+
+fn recovery(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let input = recovery_input(rt, sizes.recovery_entries);
+    // Warm the page cache for both inputs (this measures recovery from page cache).
+    raw_read_crc(&input.keel_files, 1 << 20).expect("warm keel");
+    raw_read_crc(&input.plain_files, 1 << 20).expect("warm plain");
+    let series = recovery_series(rt, &input, sizes.rounds, &|| {});
     print_table(
-        &format!("recovery of {n} × 4 KiB from page cache (payload MB/s)"),
+        &format!(
+            "recovery of {} × 4 KiB from page cache (payload MB/s)",
+            input.entries
+        ),
         &series,
     );
+}
+
+/// Drops the page cache (needs root); false when the machine does not allow it.
+fn drop_caches() -> bool {
+    // SAFETY: sync(2) has no preconditions.
+    unsafe { libc::sync() };
+    std::fs::write("/proc/sys/vm/drop_caches", "3").is_ok()
+}
+
+fn recovery_cold(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    if !drop_caches() {
+        eprintln!("recovery_cold: cannot drop the page cache here (not root?); skipped");
+        return;
+    }
+    let input = recovery_input(rt, sizes.recovery_entries);
+    let series = recovery_series(rt, &input, sizes.rounds, &|| {
+        drop_caches();
+    });
+    print_table(
+        &format!(
+            "recovery of {} × 4 KiB from a cold cache, drop_caches before each (payload MB/s)",
+            input.entries
+        ),
+        &series,
+    );
+}
+
+/// Peak RSS while a journal of `sizes.recovery_rss_bytes` is opened with every entry handed over:
+/// the growth of the process's high-water mark (reset first) against the index's own size.
+fn recovery_rss(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let entries = sizes.recovery_rss_bytes / KIB4 as u64;
+    let input = recovery_input(rt, entries);
+    // Reset the high-water mark (Linux: 5 > clear_refs) so the peak below is the open's own.
+    let reset = std::fs::write("/proc/self/clear_refs", "5").is_ok();
+    let before = status_kib("VmHWM:");
+    let (seen, bytes) = rt.block_on(open_streaming(&input));
+    assert_eq!(seen, entries);
+    let peak = status_kib("VmHWM:");
+    // The index: one scan record per entry (about 56 B) and one slot per op (about 24 B).
+    let index_mib = (entries as f64 * (56.0 + 24.0)) / (1 << 20) as f64;
+    println!(
+        "\n### peak RSS opening a {:.0} MiB journal ({} entries, {:.0} MiB of payload)\n\n\
+         | peak RSS growth | index estimate | growth above the index | high-water mark reset |\n\
+         |---|---|---|---|\n| {:.1} MiB | {:.1} MiB | {:.1} MiB | {} |",
+        (entries * KIB4 as u64) as f64 / (1 << 20) as f64,
+        entries,
+        bytes as f64 / (1 << 20) as f64,
+        (peak - before) as f64 / 1024.0,
+        index_mib,
+        (peak - before) as f64 / 1024.0 - index_mib,
+        if reset { "yes" } else { "no (figure is an upper bound)" },
+    );
+}
+
+/// A `/proc/self/status` field in KiB.
+fn status_kib(field: &str) -> u64 {
+    std::fs::read_to_string("/proc/self/status")
+        .unwrap_or_default()
+        .lines()
+        .find(|line| line.starts_with(field))
+        .and_then(|line| line.split_whitespace().nth(1))
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
 }
 
 /// Append latency (fsync per entry) through the engine, steady vs with checkpoints running back
@@ -745,11 +869,13 @@ fn main() {
     if let Some(n) = rss_appends {
         sizes.rss_appends = n;
     }
-    let workloads: [(&str, Workload); 7] = [
+    let workloads: [(&str, Workload); 9] = [
         ("fsync128", fsync128),
         ("group64", group64),
         ("nosync128", nosync128),
         ("recovery", recovery),
+        ("recovery_cold", recovery_cold),
+        ("recovery_rss", recovery_rss),
         ("checkpoint_latency", checkpoint_latency),
         ("rss", rss),
         ("shards", shards),
