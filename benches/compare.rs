@@ -445,17 +445,29 @@ fn recovery_input(rt: &compio::runtime::Runtime, entries: u64) -> RecoveryInput 
 /// Opens the journal with its one streaming pass handing every entry over (as the engine's replay
 /// and keel-raft's log load take them); returns the payload bytes seen.
 async fn open_streaming(input: &RecoveryInput) -> (u64, u64) {
-    let config = journal_config((input.entries + 1).next_power_of_two(), true);
+    let mut config = journal_config((input.entries + 1).next_power_of_two(), true);
+    if let Some(window) = std::env::var("KEEL_BENCH_SCAN_WINDOW")
+        .ok()
+        .and_then(|w| w.parse().ok())
+    {
+        config.scan_window_bytes = window;
+    }
     let dir = keel_storage::FsDirectory::open(&input.keel_root, true, false)
         .await
         .expect("open bench directory");
     let (mut entries, mut bytes) = (0u64, 0u64);
+    let started = Instant::now();
     let plan = keel_journal::MetadataJournal::plan_with(
         &dir,
         config,
         keel_journal::RecoveryMode::TolerateTornTail,
         &mut |event| {
-            if let keel_journal::ScanEvent::Entry { payload, .. } = event {
+            if let keel_journal::ScanEvent::Entry {
+                kind: keel_journal::EntryKind::Data,
+                payload,
+                ..
+            } = event
+            {
                 std::hint::black_box(payload);
                 entries += 1;
                 bytes += payload.len() as u64;
@@ -464,9 +476,16 @@ async fn open_streaming(input: &RecoveryInput) -> (u64, u64) {
     )
     .await
     .expect("plan");
+    if std::env::var_os("KEEL_BENCH_PHASES").is_some() {
+        eprintln!("plan_with {:?}", started.elapsed());
+    }
+    let planned = Instant::now();
     let (journal, _) = keel_journal::MetadataJournal::open_planned(&dir, plan)
         .await
         .expect("open");
+    if std::env::var_os("KEEL_BENCH_PHASES").is_some() {
+        eprintln!("open_planned {:?}", planned.elapsed());
+    }
     journal.close().await.expect("close");
     (entries, bytes)
 }
@@ -524,8 +543,14 @@ fn recovery_series(
         rounds,
         "MB/s",
         &mut [
-            ("keel open + every entry (one streaming pass)", &mut keel_stream),
-            ("keel open, then a read per entry (reader)", &mut keel_reader),
+            (
+                "keel open + every entry (one streaming pass)",
+                &mut keel_stream,
+            ),
+            (
+                "keel open, then a read per entry (reader)",
+                &mut keel_reader,
+            ),
             ("plain parse + crc, 64 KiB reads", &mut plain),
             ("raw read + crc32, 64 KiB reads", &mut raw64),
         ],
@@ -595,7 +620,11 @@ fn recovery_rss(rt: &compio::runtime::Runtime, sizes: Sizes) {
         (peak - before) as f64 / 1024.0,
         index_mib,
         (peak - before) as f64 / 1024.0 - index_mib,
-        if reset { "yes" } else { "no (figure is an upper bound)" },
+        if reset {
+            "yes"
+        } else {
+            "no (figure is an upper bound)"
+        },
     );
 }
 

@@ -357,14 +357,18 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// Makes what the scan read durable (a process crash leaves it in the page cache only, and
-    /// the next entries will claim it durable), and preallocates the active segment again.
+    /// the next entries will claim it durable), and preallocates the active segment again. Only
+    /// the last kept segment needs the fsync: every earlier one is followed by a valid segment
+    /// header, which a rotation writes only after fsyncing everything before it.
     async fn prepare_tail(&self) -> Result<(), JournalError> {
         let handles: Vec<(Rc<D::File>, String)> = self
             .state
             .borrow()
             .segments
             .values()
-            .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
+            .next_back()
+            .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())))
+            .into_iter()
             .collect();
         for (file, name) in &handles {
             file.sync()

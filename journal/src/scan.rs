@@ -107,7 +107,26 @@ impl LogScan {
 }
 
 fn all_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
+    first_nonzero(bytes).is_none()
+}
+
+/// Index of the first non-zero byte. Preallocated tails are megabytes of zeroes, so this
+/// compares 16 bytes at a time.
+pub fn first_nonzero(bytes: &[u8]) -> Option<usize> {
+    let mut chunks = bytes.chunks_exact(16);
+    let mut offset = 0;
+    for chunk in &mut chunks {
+        let word = u128::from_ne_bytes(chunk.try_into().expect("16-byte chunk"));
+        if word != 0 {
+            return chunk.iter().position(|&b| b != 0).map(|i| offset + i);
+        }
+        offset += 16;
+    }
+    chunks
+        .remainder()
+        .iter()
+        .position(|&b| b != 0)
+        .map(|i| offset + i)
 }
 
 /// Valid entry headers at 8-aligned offsets at or after `from_offset`.
