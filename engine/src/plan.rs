@@ -62,8 +62,8 @@ pub(crate) struct RecoveryPlan<D: Directory> {
     pub damaged: Vec<DamagedSnapshot>,
     /// Leftover temp files of interrupted snapshot persists (names keel writes only).
     pub snapshot_temps: Vec<String>,
-    /// The journal's plan.
-    pub journal: OpenPlan<D>,
+    /// The journal's plan (taken by the open: `journal_part`).
+    pub journal: Option<OpenPlan<D>>,
     /// The durable commit watermark: max(snapshot, journal's commit, damaged snapshots' ops).
     pub commit_op: u64,
     /// Committed ops the journal does not hold (point-in-time mode only; refused otherwise).
@@ -75,6 +75,58 @@ pub(crate) struct RecoveryPlan<D: Directory> {
     pub initial_state: Option<Vec<u8>>,
 }
 
+/// The plan's journal part, handed to the open (the rest stays for the report).
+pub(crate) struct JournalPart<D: Directory> {
+    pub journal: OpenPlan<D>,
+    pub replay: Option<Replay>,
+    pub initial_state: Option<Vec<u8>>,
+    pub snapshot_op: u64,
+    /// The op the replay applies through: the commit watermark, or the op before a gap.
+    pub through: u64,
+}
+
+/// What the report and the settling steps need of the plan.
+pub(crate) struct PlanSummary {
+    pub snapshot_op: u64,
+    pub snapshot_file: Option<String>,
+    /// The newest snapshot older than the chosen one (0: none).
+    pub previous_snapshot_op: u64,
+    pub damaged_ops: Vec<u64>,
+    pub commit_op: u64,
+    pub gap: Option<OpRange>,
+}
+
+impl<D: Directory> RecoveryPlan<D> {
+    /// Takes the journal's plan and the replay out (the open consumes them).
+    pub(crate) fn journal_part(&mut self) -> JournalPart<D> {
+        JournalPart {
+            journal: self.journal.take().expect("the journal part is taken once"),
+            replay: self.replay.take(),
+            initial_state: self.initial_state.take(),
+            snapshot_op: self.snapshot_op,
+            through: self.gap.map_or(self.commit_op, |g| g.first_op - 1),
+        }
+    }
+
+    /// What the report and the settling steps need.
+    pub(crate) fn summary(&self) -> PlanSummary {
+        PlanSummary {
+            snapshot_op: self.snapshot_op,
+            snapshot_file: self.snapshot_file.clone(),
+            previous_snapshot_op: self
+                .snapshot_ops
+                .iter()
+                .rev()
+                .find(|&&op| op < self.snapshot_op)
+                .copied()
+                .unwrap_or(0),
+            damaged_ops: self.damaged.iter().map(|d| d.op).collect(),
+            commit_op: self.commit_op,
+            gap: self.gap,
+        }
+    }
+}
+
 /// Decides recovery of `root` in `mode`, restoring the chosen snapshot into `state_machine`.
 /// Creates, writes and removes nothing; every refusal is returned from here.
 pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
@@ -83,22 +135,9 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
     mode: RecoveryMode,
     state_machine: &mut M,
 ) -> Result<RecoveryPlan<D>, EngineError> {
-    let store = SnapshotStore::open_read_only(root, config.max_snapshot_bytes).await?;
-    let (snapshot_ops, snapshot_temps) = match &store {
-        Some(store) => (store.list().await?, store.temp_names().await?),
-        None => (Vec::new(), Vec::new()),
-    };
-    let mut damaged = Vec::new();
-    let mut chosen = None;
-    if let Some(store) = &store {
-        chosen = choose_snapshot(store, &snapshot_ops, mode, state_machine, &mut damaged).await?;
-    }
-    let snapshot_op = chosen.unwrap_or(0);
-    let snapshot_file = match (&store, chosen) {
-        (Some(store), Some(op)) => Some(store.path_of(&snapshot_file_name(op))),
-        _ => None,
-    };
-    let damaged_max_op = damaged.iter().map(|d| d.op).max().unwrap_or(0);
+    let snapshots = plan_snapshots(root, config, mode, state_machine).await?;
+    let snapshot_op = snapshots.chosen_op;
+    let damaged_max_op = snapshots.damaged.iter().map(|d| d.op).max().unwrap_or(0);
     let initial_state = (snapshot_op == 0).then(|| state_machine.snapshot());
     // The journal's one streaming pass also replays: each entry is read once.
     let mut replayer = Replayer::new(state_machine, snapshot_op);
@@ -128,31 +167,85 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         );
         return Err(missing(gap.first_op, gap.last_op, reason));
     }
-    let applied_through = gap.map_or(commit_op, |g| g.first_op - 1);
-    let replay = if replayer.invalidated {
-        tracing::info!(
-            snapshot_op,
-            "an applied op is superseded later in the log; replaying by reads"
-        );
-        None
-    } else {
-        let live: std::collections::BTreeSet<u64> = journal.live_ops().collect();
-        let replay = replayer.finish(applied_through, |op| live.contains(&op));
-        check_replay(&replay, applied_through, config, journal.snapshot_op())?;
-        Some(replay)
-    };
+    let through = gap.map_or(commit_op, |g| g.first_op - 1);
+    let replay = finish_replay(replayer, &journal, through, config)?;
     Ok(RecoveryPlan {
         snapshot_op,
-        snapshot_file,
-        snapshot_ops,
-        damaged,
-        snapshot_temps,
-        journal,
+        snapshot_file: snapshots.chosen_file,
+        snapshot_ops: snapshots.ops,
+        damaged: snapshots.damaged,
+        snapshot_temps: snapshots.temps,
+        journal: Some(journal),
         commit_op,
         gap,
         replay,
         initial_state,
     })
+}
+
+/// What the snapshots directory holds and which snapshot the state was restored from.
+struct SnapshotChoice {
+    chosen_op: u64,
+    chosen_file: Option<String>,
+    ops: Vec<u64>,
+    damaged: Vec<DamagedSnapshot>,
+    temps: Vec<String>,
+}
+
+/// Lists the snapshots (without creating the directory) and restores the newest one that is
+/// whole and restores, recording the damaged ones above it.
+async fn plan_snapshots<D: Directory, M: StateMachine>(
+    root: &D,
+    config: &EngineConfig,
+    mode: RecoveryMode,
+    state_machine: &mut M,
+) -> Result<SnapshotChoice, EngineError> {
+    let mut choice = SnapshotChoice {
+        chosen_op: 0,
+        chosen_file: None,
+        ops: Vec::new(),
+        damaged: Vec::new(),
+        temps: Vec::new(),
+    };
+    let Some(store) = SnapshotStore::open_read_only(root, config.max_snapshot_bytes).await? else {
+        return Ok(choice);
+    };
+    choice.ops = store.list().await?;
+    choice.temps = store.temp_names().await?;
+    let chosen = choose_snapshot(
+        &store,
+        &choice.ops,
+        mode,
+        state_machine,
+        &mut choice.damaged,
+    )
+    .await?;
+    if let Some(op) = chosen {
+        choice.chosen_op = op;
+        choice.chosen_file = Some(store.path_of(&snapshot_file_name(op)));
+    }
+    Ok(choice)
+}
+
+/// The streaming replay's result, or `None` when a later entry superseded an op it applied
+/// (then the open replays by reads from the final index).
+fn finish_replay<D: Directory, M: StateMachine>(
+    replayer: Replayer<'_, M>,
+    journal: &OpenPlan<D>,
+    through: u64,
+    config: &EngineConfig,
+) -> Result<Option<Replay>, EngineError> {
+    if replayer.invalidated {
+        tracing::info!(
+            through,
+            "an applied op is superseded later in the log; replaying by reads"
+        );
+        return Ok(None);
+    }
+    let live: std::collections::BTreeSet<u64> = journal.live_ops().collect();
+    let replay = replayer.finish(through, |op| live.contains(&op));
+    check_replay(&replay, through, config, journal.snapshot_op())?;
+    Ok(Some(replay))
 }
 
 /// The streaming replay must end exactly where the plan says the state ends.

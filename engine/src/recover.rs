@@ -22,8 +22,9 @@ use keel_storage::Directory;
 use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
+use crate::error::SnapshotError;
 use crate::lock::lock_dir;
-use crate::plan::{plan_recovery, RecoveryPlan, SnapshotDamage};
+use crate::plan::{plan_recovery, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage};
 use crate::replay::{replay_by_reads, Replay};
 use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
@@ -197,163 +198,42 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
             root.display_path()
         )));
     }
-    let mode = config.recovery_mode;
     let lock = lock_dir(&root).await?;
     // Decide first (read-only: a refusal changes nothing), touch after.
-    let plan = plan_recovery(&root, &config, mode, &mut state_machine).await?;
+    let mut plan = plan_recovery(&root, &config, config.recovery_mode, &mut state_machine).await?;
     let snapshots = SnapshotStore::open(&root, config.max_snapshot_bytes).await?;
-    let mut repairs = Vec::new();
-    for damaged in &plan.damaged {
-        // The originals go only after the commit watermark they prove is durable (below).
-        let quarantine = snapshots.copy_to_quarantine(damaged.op).await?;
-        repairs.push(RepairRecord {
-            kind: damaged.damage.kind().into(),
-            file: damaged.file.clone(),
-            offset: 0,
-            bytes: damaged.len_bytes,
-            quarantine,
-        });
-    }
-    let temp_files_removed = if mode == RecoveryMode::Absolute {
-        0
-    } else {
-        snapshots.quarantine_temps(&plan.snapshot_temps).await?
-    };
-    let RecoveryPlan {
-        snapshot_op,
-        snapshot_file,
-        snapshot_ops,
-        damaged,
-        journal: journal_plan,
-        commit_op,
-        gap,
+    let (mut repairs, temp_files_removed) =
+        quarantine_snapshots(&snapshots, &plan, config.recovery_mode).await?;
+    let (journal, scan, replay) = open_and_replay(
+        &root,
+        &config,
+        &snapshots,
+        plan.journal_part(),
+        &mut state_machine,
+    )
+    .await?;
+    repairs.extend(journal_repairs(&root.display_path(), &scan));
+    let outcome = Outcome {
+        plan: plan.summary(),
+        journal_snapshot_op: journal.snapshot_op(),
         replay,
-        initial_state,
-        ..
-    } = plan;
-    let (journal, scan) = MetadataJournal::open_planned(&root, journal_plan).await?;
-    let replay = match replay {
-        Some(replay) => replay,
-        None => {
-            // The state is restored again, then replayed from the final index.
-            let bytes = match initial_state {
-                Some(bytes) => bytes,
-                None => snapshots.load(snapshot_op).await?,
-            };
-            state_machine
-                .restore(&bytes)
-                .map_err(
-                    |RestoreError { reason }| crate::error::SnapshotError::Decode {
-                        file: snapshot_file.clone().unwrap_or_default(),
-                        op: snapshot_op,
-                        reason,
-                    },
-                )?;
-            let through = gap.map_or(commit_op, |g| g.first_op - 1);
-            let max_pending = config.journal.slot_count.saturating_mul(2);
-            replay_by_reads(
-                &journal,
-                &mut state_machine,
-                snapshot_op,
-                through,
-                max_pending,
-            )
-            .await?
-        }
+        scan,
+        repairs,
+        temp_files_removed,
     };
+    outcome.check(config.recovery_mode);
+    settle(&journal, &snapshots, &config, &outcome).await?;
+    let report = outcome.report(&journal, config.recovery_mode, started);
     let Replay {
         applied_op,
-        replayed,
         pending,
         mut stats,
-    } = replay;
-    repairs.extend(journal_repairs(&root.display_path(), &scan));
-    let journal_snapshot_op = journal.snapshot_op();
-    let mut unrecoverable: Vec<OpRange> = scan.lost_ops.iter().map(OpRange::from).collect();
-    unrecoverable.extend(gap);
-    // The recovery decisions, checked: the state is exactly the snapshot plus contiguous
-    // committed ops, and nothing above the durable commit was applied.
-    assert!(applied_op >= snapshot_op, "replay went below the snapshot");
-    assert!(
-        applied_op <= commit_op,
-        "applied past the durable commit watermark"
-    );
-    assert!(
-        gap.is_none() || mode == RecoveryMode::PointInTime,
-        "a gap was accepted outside point-in-time mode"
-    );
-    assert!(
-        pending.keys().all(|&op| op > applied_op),
-        "a pending op at or below the applied op"
-    );
-
-    // The watermark the engine resumes with is what it applied (after a point-in-time gap, the
-    // consensus layer re-prepares the missing ops and commits them again). It is made durable
-    // in the journal now when it came from elsewhere: a snapshot proves its op committed only
-    // while it exists, and a quarantined one no longer does — a second crash must not forget
-    // what this recovery established.
-    if applied_op > journal.commit_op().unwrap_or(0) {
-        journal.set_commit_op(applied_op);
-        journal.persist_commit().await?;
-    }
-    if mode != RecoveryMode::Absolute {
-        let previous_snapshot_op = snapshot_ops
-            .iter()
-            .rev()
-            .find(|&&op| op < snapshot_op)
-            .copied()
-            .unwrap_or(0);
-        finish_checkpoint(&journal, &config, snapshot_op, previous_snapshot_op).await?;
-        let damaged_ops: Vec<u64> = damaged.iter().map(|d| d.op).collect();
-        snapshots.remove_snapshots(&damaged_ops).await?;
-        snapshots.remove_older(SNAPSHOTS_KEPT).await?;
-    }
-    let last_op = journal
-        .last_op()
-        .unwrap_or(0)
-        .max(applied_op)
-        .max(commit_op)
-        .max(pending.keys().next_back().copied().unwrap_or(0));
-    let prepared_uncommitted = to_ranges(pending.range(commit_op + 1..).map(|(op, _)| *op));
-    let status = if repairs.is_empty() && unrecoverable.is_empty() {
-        RecoveryStatus::Clean
-    } else {
-        RecoveryStatus::Repaired
-    };
-    let duration_us = started.elapsed().as_micros() as u64;
-    stats.replayed_ops = replayed;
-    stats.repairs = repairs.len() as u64;
-    stats.recovery_duration_us = duration_us;
-    stats.snapshot_op = snapshot_op;
-    let report = RecoveryReport {
-        status,
-        mode: recovery_mode_name(mode).to_string(),
-        snapshot_op,
-        snapshot_file,
-        last_op,
-        commit_op,
-        applied_op,
-        replayed,
-        journal_snapshot_op,
-        journal_first_op: scan.first_op,
-        segments_read: scan.segments_read,
-        entries_read: scan.entries_read,
-        repairs,
-        prepared_uncommitted,
-        unrecoverable,
-        torn_ops: scan.torn_ops.iter().map(OpRange::from).collect(),
-        temp_files_removed,
-        duration_us,
-    };
-    tracing::info!(
-        snapshot_op,
-        commit_op,
-        applied_op,
-        replayed,
-        prepared = pending.len(),
-        status = ?report.status,
-        "engine recovered"
-    );
+        ..
+    } = outcome.replay;
+    stats.replayed_ops = report.replayed;
+    stats.repairs = report.repairs.len() as u64;
+    stats.recovery_duration_us = report.duration_us;
+    stats.snapshot_op = report.snapshot_op;
     let engine = Engine {
         root,
         config,
@@ -366,7 +246,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
             pending,
             in_flight: BTreeMap::new(),
             next_append_seq: 0,
-            snapshot_op,
+            snapshot_op: report.snapshot_op,
             stats,
             journal_appends_seen: 0,
             journal_batches_seen: 0,
@@ -376,6 +256,186 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         _lock: lock,
     };
     Ok((engine, report))
+}
+
+/// Copies the damaged snapshots the plan falls back from into quarantine (the originals go only
+/// once the commit watermark they prove is durable: `settle`), and quarantines keel's snapshot
+/// temp files (not in absolute mode, which repairs nothing). Returns the repairs and temp count.
+async fn quarantine_snapshots<D: Directory>(
+    snapshots: &SnapshotStore<D>,
+    plan: &RecoveryPlan<D>,
+    mode: RecoveryMode,
+) -> Result<(Vec<RepairRecord>, u64), EngineError> {
+    let mut repairs = Vec::new();
+    for damaged in &plan.damaged {
+        let quarantine = snapshots.copy_to_quarantine(damaged.op).await?;
+        repairs.push(RepairRecord {
+            kind: damaged.damage.kind().into(),
+            file: damaged.file.clone(),
+            offset: 0,
+            bytes: damaged.len_bytes,
+            quarantine,
+        });
+    }
+    let temps = if mode == RecoveryMode::Absolute {
+        0
+    } else {
+        snapshots.quarantine_temps(&plan.snapshot_temps).await?
+    };
+    Ok((repairs, temps))
+}
+
+/// Carries out the journal's plan and settles the replay: the one done during the scan, or (when
+/// a later entry superseded an applied op) the state restored again and replayed by reads.
+async fn open_and_replay<D: Directory, M: StateMachine>(
+    root: &D,
+    config: &EngineConfig,
+    snapshots: &SnapshotStore<D>,
+    part: JournalPart<D>,
+    state_machine: &mut M,
+) -> Result<(MetadataJournal<D>, ScanReport, Replay), EngineError> {
+    let (journal, scan) = MetadataJournal::open_planned(root, part.journal).await?;
+    if let Some(replay) = part.replay {
+        return Ok((journal, scan, replay));
+    }
+    let bytes = match part.initial_state {
+        Some(bytes) => bytes,
+        None => snapshots.load(part.snapshot_op).await?,
+    };
+    state_machine
+        .restore(&bytes)
+        .map_err(|RestoreError { reason }| SnapshotError::Decode {
+            file: snapshots.path_of(&crate::snapshot::snapshot_file_name(part.snapshot_op)),
+            op: part.snapshot_op,
+            reason,
+        })?;
+    let max_pending = config.journal.slot_count.saturating_mul(2);
+    let replay = replay_by_reads(
+        &journal,
+        state_machine,
+        part.snapshot_op,
+        part.through,
+        max_pending,
+    )
+    .await?;
+    Ok((journal, scan, replay))
+}
+
+/// What recovery established, before the engine is built.
+struct Outcome {
+    plan: PlanSummary,
+    /// The journal's snapshot watermark as found (before an interrupted checkpoint is finished).
+    journal_snapshot_op: u64,
+    replay: Replay,
+    scan: ScanReport,
+    repairs: Vec<RepairRecord>,
+    temp_files_removed: u64,
+}
+
+impl Outcome {
+    fn unrecoverable(&self) -> Vec<OpRange> {
+        let mut out: Vec<OpRange> = self.scan.lost_ops.iter().map(OpRange::from).collect();
+        out.extend(self.plan.gap);
+        out
+    }
+
+    /// The recovery decisions, checked: the state is exactly the snapshot plus contiguous
+    /// committed ops, and nothing above the durable commit was applied.
+    fn check(&self, mode: RecoveryMode) {
+        let (applied_op, plan) = (self.replay.applied_op, &self.plan);
+        assert!(
+            applied_op >= plan.snapshot_op,
+            "replay went below the snapshot"
+        );
+        assert!(
+            applied_op <= plan.commit_op,
+            "applied past the durable commit watermark"
+        );
+        assert!(
+            plan.gap.is_none() || mode == RecoveryMode::PointInTime,
+            "a gap was accepted outside point-in-time mode"
+        );
+        assert!(
+            self.replay.pending.keys().all(|&op| op > applied_op),
+            "a pending op at or below the applied op"
+        );
+    }
+
+    fn report(
+        &self,
+        journal: &MetadataJournal<impl Directory>,
+        mode: RecoveryMode,
+        started: Instant,
+    ) -> RecoveryReport {
+        let (plan, replay) = (&self.plan, &self.replay);
+        let unrecoverable = self.unrecoverable();
+        let last_op = journal
+            .last_op()
+            .unwrap_or(0)
+            .max(replay.applied_op)
+            .max(plan.commit_op)
+            .max(replay.pending.keys().next_back().copied().unwrap_or(0));
+        let prepared_uncommitted = to_ranges(
+            replay
+                .pending
+                .range(plan.commit_op + 1..)
+                .map(|(op, _)| *op),
+        );
+        let status = if self.repairs.is_empty() && unrecoverable.is_empty() {
+            RecoveryStatus::Clean
+        } else {
+            RecoveryStatus::Repaired
+        };
+        let report = RecoveryReport {
+            status,
+            mode: recovery_mode_name(mode).to_string(),
+            snapshot_op: plan.snapshot_op,
+            snapshot_file: plan.snapshot_file.clone(),
+            last_op,
+            commit_op: plan.commit_op,
+            applied_op: replay.applied_op,
+            replayed: replay.replayed,
+            journal_snapshot_op: self.journal_snapshot_op,
+            journal_first_op: self.scan.first_op,
+            segments_read: self.scan.segments_read,
+            entries_read: self.scan.entries_read,
+            repairs: self.repairs.clone(),
+            prepared_uncommitted,
+            unrecoverable,
+            torn_ops: self.scan.torn_ops.iter().map(OpRange::from).collect(),
+            temp_files_removed: self.temp_files_removed,
+            duration_us: started.elapsed().as_micros() as u64,
+        };
+        tracing::info!(snapshot_op = report.snapshot_op, commit_op = report.commit_op,
+            applied_op = report.applied_op, replayed = report.replayed,
+            prepared = replay.pending.len(), status = ?report.status, "engine recovered");
+        report
+    }
+}
+
+/// Makes durable what recovery established, then tidies: the commit watermark (a snapshot proves
+/// its op committed only while it exists, and a quarantined one no longer does — a second crash
+/// must not forget it), an interrupted checkpoint finished, the damaged originals and snapshots
+/// older than the kept ones removed. After a point-in-time gap the engine resumes at what it
+/// applied; the consensus layer prepares the missing ops again.
+async fn settle<D: Directory>(
+    journal: &MetadataJournal<D>,
+    snapshots: &SnapshotStore<D>,
+    config: &EngineConfig,
+    outcome: &Outcome,
+) -> Result<(), EngineError> {
+    let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
+    if applied_op > journal.commit_op().unwrap_or(0) {
+        journal.set_commit_op(applied_op);
+        journal.persist_commit().await?;
+    }
+    if config.recovery_mode == RecoveryMode::Absolute {
+        return Ok(());
+    }
+    finish_checkpoint(journal, config, plan.snapshot_op, plan.previous_snapshot_op).await?;
+    snapshots.remove_snapshots(&plan.damaged_ops).await?;
+    snapshots.remove_older(SNAPSHOTS_KEPT).await?;
+    Ok(())
 }
 
 /// A crash between a snapshot's directory fsync and the journal's watermark: finish that
@@ -435,6 +495,48 @@ pub async fn repair<D: Directory>(
     Ok(report)
 }
 
+const DOES_NOT_RESTORE: &str = "does not restore";
+
+/// What the recovery plan says beyond the journal scan's own problems: snapshots whose state does
+/// not restore, committed ops missing, any other refusal that is corruption. True when corrupt;
+/// an error that is not corruption (an I/O error) is returned as such, never given a verdict.
+fn plan_problems<D: Directory>(
+    plan: Result<RecoveryPlan<D>, EngineError>,
+    root: &D,
+    snapshots: &mut [SnapshotInfo],
+    problems: &mut Vec<ProblemRecord>,
+) -> Result<bool, EngineError> {
+    match plan {
+        Ok(plan) => {
+            let restore = plan
+                .damaged
+                .iter()
+                .filter(|d| d.damage == SnapshotDamage::Restore);
+            for damaged in restore {
+                if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
+                    info.valid = false;
+                    info.problem = Some(format!("{DOES_NOT_RESTORE}: {}", damaged.reason));
+                }
+            }
+            Ok(false)
+        }
+        // The journal's own refusals are in `problems` already (its scan kept going).
+        Err(EngineError::Journal(keel_journal::JournalError::Corrupt { .. })) => Ok(true),
+        Err(error @ EngineError::MissingOps { .. }) => {
+            let range = error.missing_range().expect("MissingOps has a range");
+            problems.push(ProblemRecord {
+                kind: "missing_ops".into(),
+                file: root.display_path(),
+                offset: 0,
+                op: Some(*range.start()),
+            });
+            Ok(true)
+        }
+        Err(error) if error.is_corruption() => Ok(true),
+        Err(error) => Err(error),
+    }
+}
+
 /// Read-only full check of the journal and the snapshots: never writes (works on a read-only
 /// directory), takes no lock, reports every problem it sees. Its verdict is the one recovery
 /// would reach: it runs the same plan (`plan_recovery`, default mode) with `state_machine`
@@ -466,47 +568,20 @@ pub async fn verify<D: Directory, M: StateMachine>(
         &mut state_machine,
     )
     .await;
-    match plan {
-        Ok(plan) => {
-            for damaged in plan
-                .damaged
-                .iter()
-                .filter(|d| d.damage == SnapshotDamage::Restore)
-            {
-                if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
-                    info.valid = false;
-                    info.problem = Some(format!("does not restore: {}", damaged.reason));
-                }
-            }
-        }
-        // The journal's own refusals are in `problems` already (its scan kept going).
-        Err(EngineError::Journal(keel_journal::JournalError::Corrupt { .. })) => corrupt = true,
-        Err(error @ EngineError::MissingOps { .. }) => {
-            corrupt = true;
-            let range = error.missing_range().expect("MissingOps has a range");
-            problems.push(ProblemRecord {
-                kind: "missing_ops".into(),
-                file: root.display_path(),
-                offset: 0,
-                op: Some(*range.start()),
-            });
-        }
-        Err(error) if error.is_corruption() => corrupt = true,
-        Err(error) => return Err(error),
-    }
+    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems)?;
     for s in snapshots.iter().filter(|s| !s.valid) {
         corrupt = true;
-        let kind = if s
+        let restore = s
             .problem
             .as_deref()
-            .is_some_and(|p| p.starts_with("does not restore"))
-        {
-            SnapshotDamage::Restore.kind()
+            .is_some_and(|p| p.starts_with(DOES_NOT_RESTORE));
+        let damage = if restore {
+            SnapshotDamage::Restore
         } else {
-            SnapshotDamage::Checksum.kind()
+            SnapshotDamage::Checksum
         };
         problems.push(ProblemRecord {
-            kind: kind.into(),
+            kind: damage.kind().into(),
             file: s.file.clone(),
             offset: 0,
             op: Some(s.op),

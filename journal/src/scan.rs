@@ -205,72 +205,22 @@ pub fn parse_entries(
     assert!(from >= base, "parse starts before the bytes given");
     let mut offset = from;
     loop {
-        let stop = |fact, op: Option<u64>, kind: Option<EntryKind>| Stop {
-            offset_bytes: offset,
-            fact,
-            expected_seq: link.next_seq,
-            op,
-            kind,
-        };
         let rest = &bytes[((offset - base) as usize).min(bytes.len())..];
-        if rest.is_empty() {
-            let parsed = if at_eof {
-                Parsed::End(offset)
-            } else {
-                Parsed::NeedMore {
-                    offset,
-                    len_bytes: ENTRY_HEADER_BYTES,
-                }
-            };
-            return (parsed, link);
-        }
-        let (h, crc) = match EntryHeader::decode(rest) {
+        let (h, crc) = match next_header(rest, offset, link, at_eof) {
             Ok(decoded) => decoded,
-            Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(rest) => {
-                let parsed = if at_eof {
-                    Parsed::End(offset)
-                } else {
-                    Parsed::Zeroes(offset)
-                };
-                return (parsed, link);
-            }
-            Err(HeaderFault::Short) if !at_eof => {
-                let need = ENTRY_HEADER_BYTES;
-                return (
-                    Parsed::NeedMore {
-                        offset,
-                        len_bytes: need,
-                    },
-                    link,
-                );
-            }
-            Err(_) => {
-                return (
-                    Parsed::Stop(stop(StopFact::BadEntryHeader, None, None)),
-                    link,
-                )
-            }
+            Err(parsed) => return (parsed, link),
         };
-        if h.seq != link.next_seq || h.prev_crc != link.chain_crc {
-            let at = stop(StopFact::ChainBreak, Some(h.op), Some(h.kind));
-            return (Parsed::Stop(at), link);
-        }
         let len = h.entry_len_bytes();
-        if rest.len() < len {
-            let parsed = if at_eof {
-                Parsed::Stop(stop(StopFact::BadPayload, Some(h.op), Some(h.kind)))
-            } else {
-                Parsed::NeedMore {
-                    offset,
-                    len_bytes: len,
-                }
-            };
-            return (parsed, link);
-        }
         let body = &rest[ENTRY_HEADER_BYTES..len];
         if crc32fast::hash(body) != h.payload_crc {
-            let at = stop(StopFact::BadPayload, Some(h.op), Some(h.kind));
-            return (Parsed::Stop(at), link);
+            let stop = Stop {
+                offset_bytes: offset,
+                fact: StopFact::BadPayload,
+                expected_seq: link.next_seq,
+                op: Some(h.op),
+                kind: Some(h.kind),
+            };
+            return (Parsed::Stop(stop), link);
         }
         let meta = EntryMeta {
             kind: h.kind,
@@ -292,6 +242,57 @@ pub fn parse_entries(
         };
         offset += len as u64;
     }
+}
+
+/// The header of the entry at `offset` (whose bytes from there are `rest`) when it is valid,
+/// chained to `link` and whole within `rest`; otherwise where parsing ends.
+fn next_header(
+    rest: &[u8],
+    offset: u64,
+    link: Link,
+    at_eof: bool,
+) -> Result<(EntryHeader, u32), Parsed> {
+    let stop = |fact, op: Option<u64>, kind: Option<EntryKind>| {
+        Parsed::Stop(Stop {
+            offset_bytes: offset,
+            fact,
+            expected_seq: link.next_seq,
+            op,
+            kind,
+        })
+    };
+    let need_more = |len_bytes| Parsed::NeedMore { offset, len_bytes };
+    if rest.is_empty() {
+        return Err(if at_eof {
+            Parsed::End(offset)
+        } else {
+            need_more(ENTRY_HEADER_BYTES)
+        });
+    }
+    let (h, crc) = match EntryHeader::decode(rest) {
+        Ok(decoded) => decoded,
+        Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(rest) => {
+            return Err(if at_eof {
+                Parsed::End(offset)
+            } else {
+                Parsed::Zeroes(offset)
+            });
+        }
+        Err(HeaderFault::Short) if !at_eof => return Err(need_more(ENTRY_HEADER_BYTES)),
+        Err(_) => return Err(stop(StopFact::BadEntryHeader, None, None)),
+    };
+    if h.seq != link.next_seq || h.prev_crc != link.chain_crc {
+        return Err(stop(StopFact::ChainBreak, Some(h.op), Some(h.kind)));
+    }
+    let len = h.entry_len_bytes();
+    if rest.len() < len {
+        return Err(if at_eof {
+            stop(StopFact::BadPayload, Some(h.op), Some(h.kind))
+        } else {
+            need_more(len)
+        });
+    }
+    Ok((h, crc))
 }
 
 /// `parse_entries` over a whole file (`bytes` from offset 0 to the end), for callers that need

@@ -274,6 +274,64 @@ pub async fn scan_stream<D: Directory>(
 /// A stop, whether it lies in a rewritten segment, and what the rest of its file proves.
 type Found = (Stop, bool, Evidence);
 
+/// Parses a segment's entries from its header on, window by window, handing each to `consumer`:
+/// the clean end's offset or the stop, and the chain state after the last valid entry.
+async fn scan_entries<F: Storage>(
+    read: &mut SegmentRead<'_, F>,
+    mut link: Link,
+    entries: &mut Vec<crate::scan::EntryMeta>,
+    consumer: &mut Consumer<'_>,
+) -> Result<(Result<u64, Stop>, Link), JournalError> {
+    let mut offset = SEGMENT_HEADER_BYTES as u64;
+    loop {
+        let at_eof = read.at_eof();
+        let mut emit = |meta: &crate::scan::EntryMeta, payload: &[u8]| {
+            consumer(ScanEvent::Entry {
+                kind: meta.kind,
+                seq: meta.seq,
+                op: meta.op,
+                commit_op: meta.commit_op,
+                payload,
+            })
+        };
+        let (parsed, after) = parse_entries(
+            read.window,
+            read.base,
+            offset,
+            link,
+            at_eof,
+            entries,
+            &mut emit,
+        );
+        link = after;
+        match parsed {
+            Parsed::End(end) => return Ok((Ok(end), link)),
+            Parsed::Stop(stop) => return Ok((Err(stop), link)),
+            Parsed::NeedMore {
+                offset: at,
+                len_bytes,
+            } => {
+                offset = at;
+                read.load(at, len_bytes).await?;
+            }
+            Parsed::Zeroes(at) => {
+                // A clean end only if the file is zero from here to its end.
+                let end = match read.first_nonzero(at).await? {
+                    None => Ok(at),
+                    Some(_) => Err(Stop {
+                        offset_bytes: at,
+                        fact: StopFact::BadEntryHeader,
+                        expected_seq: link.next_seq,
+                        op: None,
+                        kind: None,
+                    }),
+                };
+                return Ok((end, link));
+            }
+        }
+    }
+}
+
 /// Scans one segment: `Ok(link after it)` at a clean end, `Err(stop…)` at a stop (the segment,
 /// when its header is valid, is recorded in `scan` with its entries up to the stop either way).
 async fn scan_segment<F: Storage>(
@@ -313,56 +371,11 @@ async fn scan_segment<F: Storage>(
         commit_op: header.commit_op,
     });
     let mut entries = Vec::new();
-    let mut entry_link = Link {
+    let start = Link {
         next_seq: header.first_seq,
         chain_crc: header.prev_crc,
     };
-    let mut offset = SEGMENT_HEADER_BYTES as u64;
-    let end = loop {
-        let at_eof = read.at_eof();
-        let mut emit = |meta: &crate::scan::EntryMeta, payload: &[u8]| {
-            consumer(ScanEvent::Entry {
-                kind: meta.kind,
-                seq: meta.seq,
-                op: meta.op,
-                commit_op: meta.commit_op,
-                payload,
-            })
-        };
-        let (parsed, after) = parse_entries(
-            read.window,
-            read.base,
-            offset,
-            entry_link,
-            at_eof,
-            &mut entries,
-            &mut emit,
-        );
-        entry_link = after;
-        match parsed {
-            Parsed::End(end) => break Ok(end),
-            Parsed::Stop(stop) => break Err(stop),
-            Parsed::NeedMore {
-                offset: at,
-                len_bytes,
-            } => {
-                offset = at;
-                read.load(at, len_bytes).await?;
-            }
-            Parsed::Zeroes(at) => match read.first_nonzero(at).await? {
-                None => break Ok(at),
-                Some(_) => {
-                    break Err(Stop {
-                        offset_bytes: at,
-                        fact: StopFact::BadEntryHeader,
-                        expected_seq: entry_link.next_seq,
-                        op: None,
-                        kind: None,
-                    })
-                }
-            },
-        }
-    };
+    let (end, entry_link) = scan_entries(read, start, &mut entries, consumer).await?;
     let data_end_bytes = match &end {
         Ok(end) => *end,
         Err(stop) => stop.offset_bytes,
