@@ -578,10 +578,13 @@ fn recovery_series(
         rounds,
         "MB/s",
         &mut [
-            ("compio read + crc32 of keel's files, 1 MiB reads", &mut uring),
             (
                 "keel open + every entry (one streaming pass)",
                 &mut keel_stream,
+            ),
+            (
+                "compio read + crc32 of keel's files, 1 MiB reads",
+                &mut uring,
             ),
             (
                 "keel open, then a read per entry (reader)",

@@ -357,9 +357,10 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// Makes what the scan read durable (a process crash leaves it in the page cache only, and
-    /// the next entries will claim it durable), and preallocates the active segment again. Only
-    /// the last kept segment needs the fsync: every earlier one is followed by a valid segment
-    /// header, which a rotation writes only after fsyncing everything before it.
+    /// the next entries will claim it durable). Only the last kept segment needs the fsync: every
+    /// earlier one is followed by a valid segment header, which a rotation writes only after
+    /// fsyncing everything before it. Nothing is preallocated here: the writer grows the active
+    /// segment's zeroed space ahead of its first write (`write_group`), so an open writes nothing.
     async fn prepare_tail(&self) -> Result<(), JournalError> {
         let handles: Vec<(Rc<D::File>, String)> = self
             .state
@@ -374,24 +375,6 @@ impl<D: Directory> MetadataJournal<D> {
             file.sync()
                 .await
                 .map_err(|e| JournalError::io("fsync on open", self.file_path(name), e))?;
-        }
-        let active = {
-            let st = self.state.borrow();
-            (!st.w.needs_rotation)
-                .then(|| st.segments.get(&st.w.cursor_segment))
-                .flatten()
-                .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())))
-        };
-        if let (Some((file, name)), true) = (active, self.config.preallocate) {
-            let target = self.preallocation_target(file.len(), file.len());
-            if file.len() < self.config.segment_bytes {
-                file.preallocate(target)
-                    .await
-                    .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
-                file.sync()
-                    .await
-                    .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
-            }
         }
         self.release_idle_handles();
         Ok(())
