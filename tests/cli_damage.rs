@@ -20,6 +20,14 @@ fn bench_dir(temp: &Path, ops: u64) -> (PathBuf, PathBuf, PathBuf) {
     (set, engine, segment)
 }
 
+/// The last data entry of a segment's bytes.
+fn last_data_entry(segment: &[u8]) -> RawEntry {
+    *entries(segment)
+        .iter()
+        .rfind(|e| e.kind == EntryKind::Data)
+        .expect("a data entry")
+}
+
 fn quarantine_path(engine: &Path, name: &str) -> PathBuf {
     let path = PathBuf::from(name);
     if path.is_absolute() || path.exists() {
@@ -36,10 +44,7 @@ fn torn_tail_is_quarantined_exactly_and_repair_is_idempotent() {
     let bytes = fs::read(&segment).unwrap();
     // Cut inside the last data entry's payload (random bytes), at a non-zero byte: zeroes at the
     // end of a segment read as preallocated space, so they are not what a cut leaves behind.
-    let last = *entries(&bytes)
-        .iter()
-        .rfind(|e| e.kind == EntryKind::Data)
-        .expect("a data entry");
+    let last = last_data_entry(&bytes);
     let mut cut_at = last.offset + 64 + (last.len - 64) / 2;
     while bytes[cut_at - 1] == 0 {
         cut_at += 1;
@@ -295,10 +300,7 @@ fn a_second_repair_at_the_same_offset_keeps_the_first_copy() {
     let temp = tempfile::tempdir().unwrap();
     let (set, engine, segment) = bench_dir(temp.path(), 300);
     let bytes = fs::read(&segment).unwrap();
-    let last = *entries(&bytes)
-        .iter()
-        .rfind(|e| e.kind == EntryKind::Data)
-        .expect("a data entry");
+    let last = last_data_entry(&bytes);
     let first_cut = last.offset + last.len - 4;
     fs::write(&segment, &bytes[..first_cut]).unwrap();
     let first = run_json(&["recover", path_str(&set), "--json"], 0);

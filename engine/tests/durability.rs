@@ -4,39 +4,18 @@
 
 mod common;
 
-use common::{model_through, payload, small_config};
+use common::{commit_range, model_through, open, payload, small_config, snap, two_snapshots};
 use keel_engine::{
     encode_snapshot_file, CheckpointStep, Engine, EngineConfig, EngineError, KvStateMachine,
-    RecoveryStatus, SnapshotError, StepAction, VerifyStatus,
+    RecoveryStatus, SnapshotError, VerifyStatus,
 };
-use keel_storage::{Directory, FaultConfig, FaultKind, FaultOp, MemDirectory, MemFs};
-use std::sync::Arc;
-
-type KvEngine = Engine<MemDirectory, KvStateMachine>;
-
-async fn open(fs: &MemFs, config: EngineConfig) -> (KvEngine, keel_engine::RecoveryReport) {
-    Engine::open(fs.root(), config, KvStateMachine::new())
-        .await
-        .expect("open")
-}
+use keel_storage::{Directory, FaultConfig, FaultKind, FaultOp, MemFs};
 
 async fn refused(fs: &MemFs, config: EngineConfig) -> EngineError {
     match Engine::open(fs.root(), config, KvStateMachine::new()).await {
         Ok((_, report)) => panic!("recovery accepted: {report:?}"),
         Err(error) => error,
     }
-}
-
-async fn commit_range(engine: &KvEngine, from: u64, to: u64) {
-    for op in from..=to {
-        engine.append(op, &payload(op)).await.unwrap();
-        engine.commit(op).await.unwrap();
-    }
-    engine.persist_commit().await.unwrap();
-}
-
-fn snap(op: u64) -> String {
-    format!("snapshots/{op:020}.snap")
 }
 
 /// Every file under the root with its bytes, and every directory, for "changed nothing" checks.
@@ -60,28 +39,6 @@ async fn tree(fs: &MemFs) -> Vec<(String, Option<Vec<u8>>)> {
     }
     out.sort();
     out
-}
-
-/// Checkpoint at `first`, commit to `second`, checkpoint at `second` halted after `stop`, crash.
-async fn two_snapshots(fs: &MemFs, first: u64, second: u64, stop: CheckpointStep) {
-    let mut config = small_config();
-    let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let hook_armed = armed.clone();
-    config.step_hook = Some(Arc::new(move |step| {
-        if step == stop && hook_armed.load(std::sync::atomic::Ordering::SeqCst) {
-            StepAction::Halt
-        } else {
-            StepAction::Continue
-        }
-    }));
-    let (engine, _) = open(fs, config).await;
-    commit_range(&engine, 1, first).await;
-    engine.checkpoint().await.unwrap().unwrap();
-    commit_range(&engine, first + 1, second).await;
-    armed.store(true, std::sync::atomic::Ordering::SeqCst);
-    assert!(engine.checkpoint().await.is_err());
-    drop(engine);
-    fs.crash();
 }
 
 /// A snapshot renamed but not dir-fsynced, a process crash, a restart that adopts it and moves the
@@ -117,7 +74,7 @@ async fn a_restart_makes_an_adopted_snapshot_durable_before_relying_on_it() {
 #[compio::test]
 async fn a_refused_recovery_changes_nothing() {
     let fs = MemFs::new(202);
-    two_snapshots(&fs, 10, 25, CheckpointStep::Compacted).await;
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Compacted)).await;
     fs.flip_bit(&snap(25), 45, 0).unwrap();
     fs.write_raw(
         "snapshots/00000000000000000030.snap.tmp",
@@ -206,7 +163,7 @@ async fn verify_and_recover_agree_on_missing_ops() {
 #[compio::test]
 async fn a_snapshot_that_does_not_restore_is_fallen_back_from() {
     let fs = MemFs::new(205);
-    two_snapshots(&fs, 10, 25, CheckpointStep::Persisted).await;
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
     let garbage = encode_snapshot_file(25, b"\xff\xff\xff not a key-value state");
     fs.cut_raw(&snap(25), 0).unwrap();
     fs.write_raw(&snap(25), 0, &garbage).unwrap();
@@ -229,7 +186,7 @@ async fn a_snapshot_that_does_not_restore_is_fallen_back_from() {
 #[compio::test]
 async fn a_newer_snapshot_version_is_refused_not_quarantined() {
     let fs = MemFs::new(206);
-    two_snapshots(&fs, 10, 25, CheckpointStep::Persisted).await;
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
     let mut bytes = fs.read_raw(&snap(25)).unwrap();
     bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
     let crc = crc32fast::hash(&bytes[0..36]);

@@ -3,34 +3,12 @@
 
 mod common;
 
-use common::{model_through, payload, small_config};
+use common::{commit_range, model_through, open, payload, small_config, snap, two_snapshots};
 use keel_engine::{
     CheckpointStep, Engine, EngineConfig, EngineError, KvStateMachine, OpRange, RecoveryMode,
-    RecoveryStatus, SnapshotError, StepAction,
+    RecoveryStatus, SnapshotError,
 };
-use keel_storage::{Directory, MemDirectory, MemFs};
-use std::sync::Arc;
-
-type KvEngine = Engine<MemDirectory, KvStateMachine>;
-
-async fn open(fs: &MemFs, config: EngineConfig) -> (KvEngine, keel_engine::RecoveryReport) {
-    Engine::open(fs.root(), config, KvStateMachine::new())
-        .await
-        .expect("open")
-}
-
-/// Prepares and commits `from..=to`, then makes the watermark durable.
-async fn commit_range(engine: &KvEngine, from: u64, to: u64) {
-    for op in from..=to {
-        engine.append(op, &payload(op)).await.unwrap();
-        engine.commit(op).await.unwrap();
-    }
-    engine.persist_commit().await.unwrap();
-}
-
-fn snap(op: u64) -> String {
-    format!("snapshots/{op:020}.snap")
-}
+use keel_storage::{Directory, MemFs};
 
 #[compio::test]
 async fn journal_only() {
@@ -197,39 +175,6 @@ async fn truncate_after_discards_prepares() {
     assert!(report.applied_op <= 4);
     assert_eq!(report.last_op, 6);
     assert!(engine.prepared_ops().iter().all(|op| *op <= 6));
-}
-
-/// Checkpoint at `first`, commit to `second`, then a checkpoint at `second` that stops after
-/// `stop` — and crash.
-async fn two_snapshots(fs: &MemFs, first: u64, second: u64, stop: Option<CheckpointStep>) {
-    let mut config = small_config();
-    if let Some(stop) = stop {
-        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        let hook_armed = armed.clone();
-        config.step_hook = Some(Arc::new(move |step| {
-            if step == stop && hook_armed.load(std::sync::atomic::Ordering::SeqCst) {
-                StepAction::Halt
-            } else {
-                StepAction::Continue
-            }
-        }));
-        let (engine, _) = open(fs, config).await;
-        commit_range(&engine, 1, first).await;
-        engine.checkpoint().await.unwrap().unwrap();
-        commit_range(&engine, first + 1, second).await;
-        armed.store(true, std::sync::atomic::Ordering::SeqCst);
-        let err = engine.checkpoint().await.unwrap_err();
-        assert!(matches!(err, EngineError::Halted { .. }), "{err}");
-        drop(engine);
-    } else {
-        let (engine, _) = open(fs, config).await;
-        commit_range(&engine, 1, first).await;
-        engine.checkpoint().await.unwrap().unwrap();
-        commit_range(&engine, first + 1, second).await;
-        engine.checkpoint().await.unwrap().unwrap();
-        drop(engine);
-    }
-    fs.crash();
 }
 
 #[compio::test]

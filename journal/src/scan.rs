@@ -147,6 +147,27 @@ pub fn valid_headers(bytes: &[u8], from_offset: u64) -> Vec<(u64, EntryHeader)> 
     out
 }
 
+/// The segment header of file `number` (whose bytes begin `bytes`), validated against the
+/// previous segment's chain state; a segment-number gap before it (`gap`) is a mismatch whatever
+/// its header says.
+pub fn segment_header(
+    bytes: &[u8],
+    number: u64,
+    link: Option<Link>,
+    gap: bool,
+) -> Result<SegmentHeader, Stop> {
+    if gap {
+        return Err(Stop {
+            offset_bytes: 0,
+            fact: StopFact::SegmentMismatch,
+            expected_seq: link.map_or(u64::MAX, |l| l.next_seq),
+            op: None,
+            kind: None,
+        });
+    }
+    parse_header(bytes, number, link)
+}
+
 /// Validates a segment header against its file name and the previous segment's chain state.
 pub fn parse_header(bytes: &[u8], number: u64, link: Option<Link>) -> Result<SegmentHeader, Stop> {
     let expected_seq = link.map_or(u64::MAX, |l| l.next_seq);
@@ -348,17 +369,7 @@ pub async fn scan_log<D: Directory>(
         scan.bytes_read += bytes.len() as u64;
         let gap = prev_number.is_some_and(|p| p.checked_add(1) != Some(file.number));
         prev_number = Some(file.number);
-        let header = if gap {
-            Err(Stop {
-                offset_bytes: 0,
-                fact: StopFact::SegmentMismatch,
-                expected_seq: link.map_or(u64::MAX, |l| l.next_seq),
-                op: None,
-                kind: None,
-            })
-        } else {
-            parse_header(&bytes, file.number, link)
-        };
+        let header = segment_header(&bytes, file.number, link, gap);
         let (mut entry_link, mut from, rewritten, header) = match header {
             Ok(h) => (
                 Link {

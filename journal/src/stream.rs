@@ -14,7 +14,7 @@ use crate::error::JournalError;
 use crate::format::{EntryKind, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::recovery::StopFact;
 use crate::scan::{
-    classify_with, end_link, parse_entries, parse_header, Evidence, Link, LogScan, Parsed,
+    classify_with, end_link, parse_entries, segment_header, Evidence, Link, LogScan, Parsed,
     ScannedSegment, Stop,
 };
 use crate::segment::{self, SegmentFile};
@@ -343,17 +343,7 @@ async fn scan_segment<F: Storage>(
     scan: &mut LogScan,
 ) -> Result<Result<Link, Found>, JournalError> {
     read.load(0, SEGMENT_HEADER_BYTES).await?;
-    let header = if gap {
-        Err(Stop {
-            offset_bytes: 0,
-            fact: StopFact::SegmentMismatch,
-            expected_seq: link.map_or(u64::MAX, |l| l.next_seq),
-            op: None,
-            kind: None,
-        })
-    } else {
-        parse_header(read.window, file.number, link)
-    };
+    let header = segment_header(read.window, file.number, link, gap);
     let header = match header {
         Ok(header) => header,
         Err(mut stop) => {

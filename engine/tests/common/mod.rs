@@ -6,9 +6,12 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 
 use keel_engine::{
-    encode_delete, encode_set, EngineConfig, JournalConfig, KvStateMachine, StateMachine,
+    encode_delete, encode_set, CheckpointStep, Engine, EngineConfig, EngineError, JournalConfig,
+    KvStateMachine, StateMachine, StepAction,
 };
+use keel_storage::MemFs;
 use rand::Rng;
+use std::sync::Arc;
 
 /// A small journal so tests cross segment boundaries, compaction and back-pressure quickly.
 pub fn small_config() -> EngineConfig {
@@ -126,4 +129,58 @@ pub async fn join2<A: Future, B: Future>(a: A, b: B) -> (A::Output, B::Output) {
         }
     })
     .await
+}
+
+/// The engine the integration tests open: key-value state on MemFs.
+pub type KvEngine = keel_engine::Engine<keel_storage::MemDirectory, KvStateMachine>;
+pub async fn open(fs: &MemFs, config: EngineConfig) -> (KvEngine, keel_engine::RecoveryReport) {
+    Engine::open(fs.root(), config, KvStateMachine::new())
+        .await
+        .expect("open")
+}
+
+/// Prepares and commits `from..=to`, then makes the watermark durable.
+pub async fn commit_range(engine: &KvEngine, from: u64, to: u64) {
+    for op in from..=to {
+        engine.append(op, &payload(op)).await.unwrap();
+        engine.commit(op).await.unwrap();
+    }
+    engine.persist_commit().await.unwrap();
+}
+
+pub fn snap(op: u64) -> String {
+    format!("snapshots/{op:020}.snap")
+}
+
+/// Checkpoint at `first`, commit to `second`, then a checkpoint at `second` that stops after
+/// `stop` — and crash.
+pub async fn two_snapshots(fs: &MemFs, first: u64, second: u64, stop: Option<CheckpointStep>) {
+    let mut config = small_config();
+    if let Some(stop) = stop {
+        let armed = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let hook_armed = armed.clone();
+        config.step_hook = Some(Arc::new(move |step| {
+            if step == stop && hook_armed.load(std::sync::atomic::Ordering::SeqCst) {
+                StepAction::Halt
+            } else {
+                StepAction::Continue
+            }
+        }));
+        let (engine, _) = open(fs, config).await;
+        commit_range(&engine, 1, first).await;
+        engine.checkpoint().await.unwrap().unwrap();
+        commit_range(&engine, first + 1, second).await;
+        armed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let err = engine.checkpoint().await.unwrap_err();
+        assert!(matches!(err, EngineError::Halted { .. }), "{err}");
+        drop(engine);
+    } else {
+        let (engine, _) = open(fs, config).await;
+        commit_range(&engine, 1, first).await;
+        engine.checkpoint().await.unwrap().unwrap();
+        commit_range(&engine, first + 1, second).await;
+        engine.checkpoint().await.unwrap().unwrap();
+        drop(engine);
+    }
+    fs.crash();
 }
