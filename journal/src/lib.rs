@@ -110,9 +110,9 @@ pub struct JournalConfig {
     pub preallocate: bool,
     /// When false, appends resolve once written to the OS (no fsync); `flush()` makes them durable.
     pub sync_on_append: bool,
-    /// Bytes the open's scan reads at a time through its one reused window (default 4 MiB:
-    /// measured 0.83× raw read + crc32 against 0.73× with 1 MiB, BENCHMARKS.md; at least 512 B, at
-    /// most 64 MiB). The window
+    /// Bytes the open's scan reads at a time (default 2 MiB, the best measured, BENCHMARKS.md; at
+    /// least 512 B, at most 64 MiB). The scan holds two such buffers (the window it parses and
+    /// the next one being read). The window
     /// grows to hold one entry larger than this, so recovery's memory is this or the largest
     /// entry, plus the index.
     pub scan_window_bytes: usize,

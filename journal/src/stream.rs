@@ -7,7 +7,12 @@
 //! hand the consumer an entry the scan does not keep: it stops at the first stop, and what comes
 //! before a stop is kept by every mode that accepts the log.
 
-use compio::buf::IntoInner;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::Poll;
+
+use compio::buf::{IntoInner, Slice};
 use keel_storage::{BufResult, Directory, IoBuf, OpenMode, Storage};
 
 use crate::error::JournalError;
@@ -19,13 +24,9 @@ use crate::scan::{
 };
 use crate::segment::{self, SegmentFile};
 
-/// Bytes read per window by default (`JournalConfig::scan_window_bytes`): 4 MiB measured
-/// fastest from page cache here (1 MiB: 0.73× raw read + crc32; 4 MiB: 0.83×; 8 MiB: slower).
-pub const WINDOW_BYTES: usize = 4 << 20;
-
-/// Largest single read: from a cold cache, sequential 1 MiB reads keep the kernel's readahead
-/// ahead of the scan, where one 4 MiB read waits for all of it (measured: BENCHMARKS.md).
-pub const READ_PIECE_BYTES: usize = 1 << 20;
+/// Bytes read per window by default (`JournalConfig::scan_window_bytes`), one read each, the next
+/// window's read in flight while this one is parsed: 2 MiB measured best here (BENCHMARKS.md).
+pub const WINDOW_BYTES: usize = 2 << 20;
 
 /// What a scan hands its consumer, in log order.
 #[derive(Debug, Clone, Copy)]
@@ -100,64 +101,172 @@ impl LiveEntries {
     }
 }
 
+/// One piece read in flight ahead of the window, into the spare buffer after `headroom` bytes.
+struct Ahead<'w> {
+    offset: u64,
+    headroom: usize,
+    read: PieceRead<'w>,
+    /// The result, when it completed at its first poll.
+    done: Option<BufResult<usize, Slice<Vec<u8>>>>,
+}
+
+type PieceRead<'w> = Pin<Box<dyn Future<Output = BufResult<usize, Slice<Vec<u8>>>> + 'w>>;
+
+/// Room kept before a read-ahead piece for the partial entry at the end of the window before it
+/// (one entry is copied, never the piece): entries larger than this reload without read-ahead.
+const AHEAD_HEADROOM_BYTES: usize = 64 << 10;
+
 /// One segment file open for the scan, and the window its bytes are read through.
-struct SegmentRead<'w, F: Storage> {
-    file: F,
+struct SegmentRead<'w, F: Storage + 'w> {
+    file: Rc<F>,
     path: String,
     len_bytes: u64,
     window: &'w mut Vec<u8>,
+    /// The file's bytes start at `window[start]`.
+    start: usize,
     /// Bytes read at a time (`JournalConfig::scan_window_bytes`).
     window_bytes: usize,
-    /// File offset of `window[0]`.
+    /// File offset of `window[start]`.
     base: u64,
     bytes_read: u64,
+    /// The next piece after the window, read while the window is parsed (from a cold cache the
+    /// disk then works while the CPU does).
+    ahead: Option<Ahead<'w>>,
+    spare: Vec<u8>,
 }
 
-impl<F: Storage> SegmentRead<'_, F> {
-    /// Reads from `offset` at least `min_bytes` (or to the end of the file) into the window, in
-    /// sequential reads of at most [`READ_PIECE_BYTES`] (and a quarter window) into the one buffer.
+impl<'w, F: Storage + 'w> SegmentRead<'w, F> {
+    /// The window's bytes: the file from `base`.
+    fn data(&self) -> &[u8] {
+        &self.window[self.start..]
+    }
+
+    /// One read's size: a whole window (larger loads, for one large entry, take several).
+    fn piece_bytes(&self) -> usize {
+        self.window_bytes
+    }
+
+    /// Reads from `offset` at least `min_bytes` (or to the end of the file) into the window, one
+    /// window per read; the first comes from the read-ahead when it is the one needed. Then
+    /// starts the next read-ahead.
     async fn load(&mut self, offset: u64, min_bytes: usize) -> Result<(), JournalError> {
         let want =
             (self.len_bytes.saturating_sub(offset) as usize).min(min_bytes.max(self.window_bytes));
-        let mut buf = std::mem::take(self.window);
-        buf.clear();
-        buf.reserve(want);
-        // A quarter window at most, so small test windows take the multi-read path too.
-        let piece_bytes = (self.window_bytes / 4).clamp(128, READ_PIECE_BYTES);
-        while buf.len() < want {
-            let begin = buf.len();
-            let end = (begin + piece_bytes).min(want);
-            let BufResult(result, slice) = self
-                .file
-                .read_at(offset + begin as u64, buf.slice(begin..end))
-                .await;
-            buf = slice.into_inner();
-            let read = result.map_err(|e| JournalError::io("read segment", &self.path, e))?;
-            if read == 0 {
-                let eof = std::io::Error::new(
-                    std::io::ErrorKind::UnexpectedEof,
-                    format!(
-                        "segment ended at {} of {} bytes while being read",
-                        offset + begin as u64,
-                        self.len_bytes
-                    ),
-                );
-                return Err(JournalError::io("read segment", &self.path, eof));
-            }
+        if !self.take_ahead(offset).await? {
+            let mut buf = std::mem::take(self.window);
+            buf.clear();
+            buf.reserve(want);
+            *self.window = buf;
+            self.start = 0;
+            self.base = offset;
+        }
+        while self.data().len() < want {
+            let begin = self.window.len();
+            let end = begin + self.piece_bytes().min(want - self.data().len());
+            let at = self.base + self.data().len() as u64;
+            // A read fills the slice only up to the buffer's capacity.
+            self.window.reserve(end - begin);
+            let buf = std::mem::take(self.window);
+            let BufResult(result, slice) = self.file.read_at(at, buf.slice(begin..end)).await;
+            *self.window = slice.into_inner();
+            let read = self.check_read(result, at)?;
             assert_eq!(
-                buf.len(),
+                self.window.len(),
                 begin + read,
                 "a read set the window's length wrong"
             );
+            self.bytes_read += read as u64;
         }
-        self.bytes_read += buf.len() as u64;
-        *self.window = buf;
-        self.base = offset;
+        self.start_ahead().await;
         Ok(())
     }
 
+    fn check_read(&self, result: std::io::Result<usize>, at: u64) -> Result<usize, JournalError> {
+        let read = result.map_err(|e| JournalError::io("read segment", &self.path, e))?;
+        if read == 0 {
+            let eof = std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                format!(
+                    "segment ended at {at} of {} bytes while being read",
+                    self.len_bytes
+                ),
+            );
+            return Err(JournalError::io("read segment", &self.path, eof));
+        }
+        Ok(read)
+    }
+
+    /// Uses the read-ahead piece when it starts where the window ends and the window's bytes from
+    /// `offset` fit in its headroom: they are copied in front of it and it becomes the window.
+    async fn take_ahead(&mut self, offset: u64) -> Result<bool, JournalError> {
+        let Some(ahead) = self.ahead.take() else {
+            return Ok(false);
+        };
+        let window_end = self.base + self.data().len() as u64;
+        let usable = ahead.offset == window_end
+            && offset >= self.base
+            && offset <= window_end
+            && window_end - offset <= ahead.headroom as u64;
+        if !usable {
+            // Dropped: compio lets the read finish and frees its buffer.
+            return Ok(false);
+        }
+        let BufResult(result, slice) = match ahead.done {
+            Some(done) => done,
+            None => ahead.read.await,
+        };
+        let mut buf = slice.into_inner();
+        let read = self.check_read(result, ahead.offset)?;
+        self.bytes_read += read as u64;
+        let carried = (window_end - offset) as usize;
+        let start = ahead.headroom - carried;
+        let from = (offset - self.base) as usize;
+        buf[start..ahead.headroom].copy_from_slice(&self.data()[from..]);
+        self.spare = std::mem::replace(self.window, buf);
+        self.start = start;
+        self.base = offset;
+        Ok(true)
+    }
+
+    /// Starts reading the piece after the window into the spare buffer, and lets the runtime
+    /// submit it before the window is parsed.
+    async fn start_ahead(&mut self) {
+        let end = self.base + self.data().len() as u64;
+        if end >= self.len_bytes {
+            return;
+        }
+        let headroom = AHEAD_HEADROOM_BYTES.min(self.window_bytes / 2);
+        let piece = (self.piece_bytes() as u64).min(self.len_bytes - end) as usize;
+        let mut spare = std::mem::take(&mut self.spare);
+        spare.clear();
+        spare.resize(headroom, 0);
+        spare.reserve(piece);
+        let file = self.file.clone();
+        let mut read: PieceRead<'w> = Box::pin(async move {
+            file.read_at(end, spare.slice(headroom..headroom + piece))
+                .await
+        });
+        let mut done = None;
+        std::future::poll_fn(|cx| {
+            if let Poll::Ready(result) = read.as_mut().poll(cx) {
+                done = Some(result);
+            }
+            Poll::Ready(())
+        })
+        .await;
+        if done.is_none() {
+            keel_storage::yield_now().await;
+        }
+        self.ahead = Some(Ahead {
+            offset: end,
+            headroom,
+            read,
+            done,
+        });
+    }
+
     fn at_eof(&self) -> bool {
-        self.base + self.window.len() as u64 >= self.len_bytes
+        self.base + self.data().len() as u64 >= self.len_bytes
     }
 
     /// Valid headers from `from` to the end of the file (and the segment header when `from` is 0).
@@ -167,12 +276,12 @@ impl<F: Storage> SegmentRead<'_, F> {
         let mut pos = from.div_ceil(align) * align;
         while pos < self.len_bytes {
             self.load(pos, self.window_bytes).await?;
-            evidence.add(self.window, self.base, pos, self.base == 0);
+            evidence.add(&self.window[self.start..], self.base, pos, self.base == 0);
             if self.at_eof() {
                 break;
             }
             // The next window starts at the first aligned offset a header could not fit before.
-            let scanned_to = self.base + self.window.len() as u64 + 1 - ENTRY_HEADER_BYTES as u64;
+            let scanned_to = self.base + self.data().len() as u64 + 1 - ENTRY_HEADER_BYTES as u64;
             pos = scanned_to.div_ceil(align) * align;
         }
         Ok(evidence)
@@ -183,10 +292,10 @@ impl<F: Storage> SegmentRead<'_, F> {
         let mut pos = from;
         while pos < self.len_bytes {
             self.load(pos, self.window_bytes).await?;
-            if let Some(i) = crate::scan::first_nonzero(self.window) {
+            if let Some(i) = crate::scan::first_nonzero(self.data()) {
                 return Ok(Some(self.base + i as u64));
             }
-            pos = self.base + self.window.len() as u64;
+            pos = self.base + self.data().len() as u64;
         }
         Ok(None)
     }
@@ -198,7 +307,10 @@ async fn open_segment<'w, D: Directory>(
     max_file_bytes: u64,
     window_bytes: usize,
     window: &'w mut Vec<u8>,
-) -> Result<SegmentRead<'w, D::File>, JournalError> {
+) -> Result<SegmentRead<'w, D::File>, JournalError>
+where
+    D::File: 'w,
+{
     let path = format!("{}/{}", dir.display_path(), file.name);
     let handle = dir
         .open_file(&file.name, OpenMode::ReadOnly)
@@ -207,13 +319,16 @@ async fn open_segment<'w, D: Directory>(
     let len_bytes = handle.len();
     segment::check_file_len(len_bytes, max_file_bytes, &path)?;
     Ok(SegmentRead {
-        file: handle,
+        file: Rc::new(handle),
         path,
         len_bytes,
         window,
+        start: 0,
         window_bytes,
         base: 0,
         bytes_read: 0,
+        ahead: None,
+        spare: Vec::new(),
     })
 }
 
@@ -295,7 +410,7 @@ async fn scan_entries<F: Storage>(
             })
         };
         let (parsed, after) = parse_entries(
-            read.window,
+            &read.window[read.start..],
             read.base,
             offset,
             link,
@@ -343,7 +458,7 @@ async fn scan_segment<F: Storage>(
     scan: &mut LogScan,
 ) -> Result<Result<Link, Found>, JournalError> {
     read.load(0, SEGMENT_HEADER_BYTES).await?;
-    let header = segment_header(read.window, file.number, link, gap);
+    let header = segment_header(read.data(), file.number, link, gap);
     let header = match header {
         Ok(header) => header,
         Err(mut stop) => {
