@@ -1,6 +1,7 @@
-//! The store under keel's crash model: random raft-shaped workloads on `MemFs`, a simulated power
-//! cut at a random moment (appends still in flight, and half the time in the middle of a vote,
-//! a purge or a truncation), reopen, and check against a model.
+//! The store under keel's crash model: random raft-shaped workloads on `MemFs`, a crash at a
+//! random moment (appends still in flight, and half the time in the middle of a vote, a purge or a
+//! truncation), reopen, and check against a model. A crash is a power cut, a process crash (the
+//! page cache survives), or a process crash followed, one life later, by a power cut.
 //!
 //! Invariants after every crash + reopen:
 //! - every entry whose `IOFlushed` callback fired is present, byte for byte (unless purged, or
@@ -82,6 +83,7 @@ fn crash_model_never_loses_acknowledged_state() {
         Err(_) => (0..rounds()).collect(),
     };
     let mut totals = Totals::default();
+    let seed_count = seeds.len();
     for seed in seeds {
         let t = TypeConfig::run(one_seed(seed));
         totals.crashes += t.crashes;
@@ -91,10 +93,16 @@ fn crash_model_never_loses_acknowledged_state() {
         totals.gaps += t.gaps;
         totals.interrupted += t.interrupted;
         totals.interrupted_durable += t.interrupted_durable;
+        totals.power_cuts += t.power_cuts;
+        totals.process_crashes += t.process_crashes;
+        totals.process_crash_then_power_cut += t.process_crash_then_power_cut;
     }
     // The run must have exercised what it claims to.
     eprintln!("{totals:?}");
     assert!(totals.crashes_in_flight > 0 && totals.acked_checked > 0);
+    if seed_count >= 20 {
+        assert!(totals.process_crash_then_power_cut > 0 && totals.process_crashes > 0);
+    }
 }
 
 /// Yields to the executor once (lets the spawned append tasks and the journal's writer run).
@@ -126,6 +134,74 @@ struct Totals {
     interrupted: u64,
     /// Interrupted operations whose effect was found durable (the rest were cut before it).
     interrupted_durable: u64,
+    power_cuts: u64,
+    process_crashes: u64,
+    /// Process crash, a life of work, then a power cut.
+    process_crash_then_power_cut: u64,
+}
+
+/// How a life ends: a power cut (as this simulator always did), a process crash that leaves the
+/// page cache, or a process crash now and a power cut at the end of the next life: what that life
+/// recovered (and acknowledged) must survive it, which catches a restart that builds on data or
+/// directory entries the dead process never made durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Restart {
+    PowerCut,
+    ProcessCrash,
+    ProcessCrashThenPowerCut,
+}
+
+impl Restart {
+    fn choose(rng: &mut SmallRng) -> Self {
+        match rng.gen_range(0..4) {
+            0 | 1 => Restart::PowerCut,
+            2 => Restart::ProcessCrash,
+            _ => Restart::ProcessCrashThenPowerCut,
+        }
+    }
+}
+
+type Stores = (
+    keel_raft::LogStore<MemDirectory>,
+    keel_raft::StateMachineStore<MemDirectory>,
+);
+
+/// Reopens the store, checks it against the model, and adopts what it recovered.
+async fn reopen_and_check(
+    seed: u64,
+    life: u32,
+    fs: &MemFs,
+    model: &Rc<RefCell<Model>>,
+    term: &mut u64,
+    totals: &mut Totals,
+) -> Stores {
+    let (mut log, mut sm, report) = keel_raft::open(fs.root(), small_config())
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed} life {life}: reopen failed: {e}"));
+    let frozen = model.borrow().clone();
+    totals.interrupted_durable += u64::from(interrupted_took_effect(&frozen, &mut log).await);
+    totals.acked_checked += check(seed, life, &frozen, &mut log, &mut sm, &report).await;
+    totals.repairs += report.journal.repairs.len() as u64;
+    totals.gaps += u64::from(report.discarded_after_gap.is_some());
+    let entries = log.try_get_log_entries(..).await.unwrap();
+    // What the state machine applied is committed whatever the log's committed id says (that is
+    // written with a later entry, so a crash can leave it behind): like openraft, which starts
+    // from the larger of the two, the workload never truncates or applies it again.
+    let (applied, _) = sm.applied_state().await.unwrap();
+    let committed = log.read_committed().await.unwrap().max(applied);
+    let vote = log.read_vote().await.unwrap();
+    let last_purged = log.get_log_state().await.unwrap().last_purged_log_id;
+    {
+        let mut m = model.borrow_mut();
+        adopt_recovered(&mut m, entries, committed);
+        m.vote = vote;
+        m.last_purged = last_purged;
+        m.interrupted = None;
+    }
+    if let Some(vote) = model.borrow().vote {
+        *term = (*term).max(vote.leader_id.term);
+    }
+    (log, sm)
 }
 
 async fn one_seed(seed: u64) -> Totals {
@@ -134,41 +210,23 @@ async fn one_seed(seed: u64) -> Totals {
     let mut rng = SmallRng::seed_from_u64(seed);
     let model = Rc::new(RefCell::new(Model::default()));
     let mut term = 1;
-    for life in 0..LIVES_PER_SEED {
-        let (mut log, mut sm, report) = keel_raft::open(fs.root(), small_config())
-            .await
-            .unwrap_or_else(|e| panic!("seed {seed} life {life}: reopen failed: {e}"));
-        let frozen = model.borrow().clone();
-        totals.interrupted_durable += u64::from(interrupted_took_effect(&frozen, &mut log).await);
-        totals.acked_checked += check(seed, life, &frozen, &mut log, &mut sm, &report).await;
-        totals.repairs += report.journal.repairs.len() as u64;
-        totals.gaps += u64::from(report.discarded_after_gap.is_some());
-        let entries = log.try_get_log_entries(..).await.unwrap();
-        let committed = log.read_committed().await.unwrap();
-        let vote = log.read_vote().await.unwrap();
-        let last_purged = log.get_log_state().await.unwrap().last_purged_log_id;
-        {
-            let mut m = model.borrow_mut();
-            adopt_recovered(&mut m, entries, committed);
-            m.vote = vote;
-            m.last_purged = last_purged;
-            m.interrupted = None;
-        }
-        if let Some(vote) = model.borrow().vote {
-            term = term.max(vote.leader_id.term);
-        }
-
+    // Set by a process crash that a power cut must follow at the end of the next life.
+    let mut power_cut_due = false;
+    let mut life = 0;
+    while life < LIVES_PER_SEED || power_cut_due {
+        let (mut log, mut sm) =
+            reopen_and_check(seed, life, &fs, &model, &mut term, &mut totals).await;
         let crash_at = rng.gen_range(1..=MAX_STEPS_PER_LIFE);
         for _ in 0..crash_at {
             step(&mut rng, &model, &mut log, &mut sm, &mut term).await;
         }
-        // Half the time the cut comes in the middle of a vote, a purge or a truncation.
+        // Half the time the crash comes in the middle of a vote, a purge or a truncation.
         let mut yields = rng.gen_range(0..6);
         if rng.gen_bool(0.5) && start_interrupted(&mut rng, &model, &log, &mut term) {
             totals.interrupted += 1;
             yields = rng.gen_range(0..16);
         }
-        // The power cut, with appends possibly in flight; the old store's tasks now hit stale
+        // The crash, with appends possibly in flight; the old store's tasks now hit stale
         // handles and fail, which poisons it. Let the in-flight I/O get partway first: a random
         // number of polls of the other tasks.
         for _ in 0..yields {
@@ -177,10 +235,26 @@ async fn one_seed(seed: u64) -> Totals {
         totals.crashes += 1;
         model.borrow_mut().life += 1;
         totals.crashes_in_flight += u64::from(log.pending_appends() > 0);
-        fs.crash();
+        let restart = if power_cut_due {
+            totals.process_crash_then_power_cut += 1;
+            Restart::PowerCut
+        } else {
+            Restart::choose(&mut rng)
+        };
+        power_cut_due = restart == Restart::ProcessCrashThenPowerCut;
+        if restart == Restart::PowerCut {
+            totals.power_cuts += 1;
+            fs.crash();
+        } else {
+            totals.process_crashes += 1;
+            fs.process_crash();
+        }
         drop((log, sm));
         TypeConfig::sleep(std::time::Duration::from_millis(1)).await;
+        life += 1;
     }
+    // The last crash is checked too.
+    drop(reopen_and_check(seed, life, &fs, &model, &mut term, &mut totals).await);
     totals
 }
 
