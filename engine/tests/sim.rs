@@ -231,14 +231,10 @@ impl Sim<'_> {
     /// "flusher cancelled mid-write"), which the current journal does by design.
     fn failed(&mut self, what: &str, error: &EngineError) -> bool {
         self.trace(|| format!("{what} -> {error}"));
-        if self.checkpoint_dropped && is_compaction_remove_not_found(error) {
-            // KNOWN BUG (seed 65; the journal simulator's seed 464): a compaction dropped between
-            // `remove_file` and the directory fsync (here inside a dropped checkpoint) leaves the
-            // removed segment in the journal's segment map, so the next one fails with NotFound
-            // and poisons the journal. Accepted and counted; the restart that follows is checked.
-            self.tally.known_compaction_bug += 1;
-            return true;
-        }
+        assert!(
+            !(self.checkpoint_dropped && is_compaction_remove_not_found(error)),
+            "a compaction removed a segment again after a dropped one: {error}"
+        );
         let cancel = is_cancel_poisoning(error);
         let injected = error_fault_count(self.fs) > self.errors_at_start;
         let corrupt_after_stray = error.is_corruption() && self.seed_has_write_faults();

@@ -103,6 +103,9 @@ impl<D: Directory> MetadataJournal<D> {
                     .map(|(number, handle)| (*number, handle.name.clone()))
             };
             let Some((number, name)) = victim else { break };
+            // Out of the map before the first await: a compaction dropped at either await below
+            // must not leave a segment the next one would remove again (NotFound, poisoned).
+            self.state.borrow_mut().segments.remove(&number);
             self.dir
                 .remove_file(&name)
                 .await
@@ -111,7 +114,6 @@ impl<D: Directory> MetadataJournal<D> {
                 .sync()
                 .await
                 .map_err(|e| self.poison_io("compaction dir fsync", &name, e))?;
-            self.state.borrow_mut().segments.remove(&number);
             report.segments_deleted += 1;
             tracing::info!(segment = %name, "journal compaction: deleted dead segment");
             hook(CompactionStep::Deleted { segment: number })?;

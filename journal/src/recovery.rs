@@ -171,7 +171,9 @@ pub struct Proofs {
     /// A later valid entry's `durable_seq` reaches the stop's expected seq.
     pub watermark: bool,
     /// A later valid segment header's `first_seq` is past the stop's expected seq: a header is
-    /// written only after every older segment was fsynced.
+    /// written only after every older segment was fsynced. For a damaged segment header: any
+    /// later valid segment header, or a valid entry in its own file (entries go in only after
+    /// the header is fsynced).
     pub segment_header: bool,
     /// The stop lies in a segment compaction rewrote (every byte fsynced before it got its name).
     pub rewritten: bool,
@@ -307,7 +309,7 @@ pub const PATTERNS: [Pattern; 11] = [
         segment_header: Want::Yes,
         rewritten: Want::Any,
         case: Case::CorruptSegmentHeader,
-        why: "a segment header damaged although a later segment exists, so it had been fsynced",
+        why: "a segment header damaged although a later segment or its own entries exist, so it had been fsynced",
     },
     Pattern {
         facts: &[StopFact::ChainBreak],

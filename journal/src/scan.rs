@@ -565,8 +565,10 @@ pub fn classify_with(
         // A rotation writes a header only after fsyncing every older segment, so a later valid
         // header proves the entries before its `first_seq`, and proves a damaged segment header
         // is not the torn header of the newest segment whatever seq it would have started at.
+        // Entries in the damaged segment's own file prove its header durable too: a segment's
+        // header is fsynced before any entry goes in.
         segment_header: if stop.fact == StopFact::BadSegmentHeader {
-            later_segment_header
+            later_segment_header || own.min_seq.is_some()
         } else {
             known && header_proven_seq >= stop.expected_seq
         },

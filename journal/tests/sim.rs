@@ -255,16 +255,11 @@ impl Sim<'_> {
         trace!("{what} -> {error}");
         let cancel = is_cancel_poisoning(error);
         let injected = error_fault_count(self.fs) > self.errors_at_start.get();
-        if self.compaction_dropped.get() && is_compaction_remove_not_found(error) {
-            // KNOWN BUG (seed 464): a `compact()` future dropped at the directory fsync after
-            // `remove_file` leaves the removed segment in the journal's segment map, so the next
-            // compaction removes it again, gets NotFound and poisons the journal. Accepted (and
-            // counted) so that the rest of the run still checks; the restart that follows checks
-            // that nothing acknowledged was lost.
-            self.stats.borrow_mut().known_compaction_bug += 1;
-            self.model.borrow_mut().poisoned = true;
-            return;
-        }
+        assert!(
+            !(self.compaction_dropped.get() && is_compaction_remove_not_found(error)),
+            "a compaction removed a segment again after a dropped one (the map must forget a \
+             segment before its removal's first await): {error}"
+        );
         let explained = match error {
             JournalError::Io { .. } | JournalError::Poisoned(_) => cancel || injected,
             JournalError::Corrupt { .. } => self.seed_has_write_faults(),
