@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use keel_journal::{EntryKind, MetadataJournal, ScanEvent};
+use keel_journal::{EntryKind, LiveMap, MetadataJournal, ScanEvent};
 use keel_storage::Directory;
 
 use crate::error::EngineError;
@@ -26,14 +26,12 @@ use crate::{apply_one, Prepared};
 /// The replay state while the scan runs.
 pub(crate) struct Replayer<'m, M: StateMachine> {
     state_machine: &'m mut M,
-    /// Ops at or below this are dead in the journal (its snapshot watermark so far).
-    journal_snapshot_op: u64,
     /// The highest commit watermark the scan has seen (or that recovery knew before it).
     commit_known: u64,
     pub(crate) applied_op: u64,
     pub(crate) replayed: u64,
-    /// Prepares above `applied_op`, newest entry per op.
-    pending: BTreeMap<u64, Bytes>,
+    /// Prepares above `applied_op`, newest entry per op, under the journal's liveness rule.
+    pending: LiveMap<Bytes>,
     pub(crate) stats: EngineStats,
     snapshot_op: u64,
     /// An applied op was superseded (rewritten or truncated) later in the log.
@@ -55,11 +53,10 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
     pub(crate) fn new(state_machine: &'m mut M, snapshot_op: u64) -> Self {
         Self {
             state_machine,
-            journal_snapshot_op: 0,
             commit_known: 0,
             applied_op: snapshot_op,
             replayed: 0,
-            pending: BTreeMap::new(),
+            pending: LiveMap::default(),
             stats: EngineStats::default(),
             snapshot_op,
             invalidated: false,
@@ -74,7 +71,7 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
                 commit_op,
                 ..
             } => {
-                self.drop_through(snapshot_op);
+                self.pending.set_snapshot(snapshot_op);
                 self.commit_known = self.commit_known.max(commit_op);
             }
             ScanEvent::Entry {
@@ -90,15 +87,15 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
                         if op > self.snapshot_op && op <= self.applied_op {
                             self.invalidated = true;
                         }
-                        if op > self.applied_op && op > self.journal_snapshot_op {
+                        if op > self.applied_op {
                             self.pending.insert(op, Bytes::copy_from_slice(payload));
                         }
                     }
                     EntryKind::Truncate => {
                         self.invalidated |= op < self.applied_op;
-                        self.pending.split_off(&(op.saturating_add(1)));
+                        self.pending.truncate_after(op);
                     }
-                    EntryKind::Snapshot => self.drop_through(op),
+                    EntryKind::Snapshot => self.pending.set_snapshot(op),
                     EntryKind::Commit => self.commit_known = self.commit_known.max(op),
                 }
             }
@@ -106,18 +103,11 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
         self.apply_through(self.commit_known);
     }
 
-    fn drop_through(&mut self, journal_snapshot_op: u64) {
-        if journal_snapshot_op > self.journal_snapshot_op {
-            self.journal_snapshot_op = journal_snapshot_op;
-            self.pending = self.pending.split_off(&(journal_snapshot_op + 1));
-        }
-    }
-
     /// Applies pending ops `applied_op+1..` in order while they are present and at most `through`.
     pub(crate) fn apply_through(&mut self, through: u64) {
         while self.applied_op < through {
             let next = self.applied_op + 1;
-            let Some(payload) = self.pending.remove(&next) else {
+            let Some(payload) = self.pending.remove(next) else {
                 return;
             };
             apply_one(self.state_machine, &mut self.stats, next, &payload);
@@ -133,6 +123,7 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
         self.apply_through(through);
         let pending = self
             .pending
+            .into_entries()
             .into_iter()
             .filter(|(op, _)| keep(*op))
             .map(|(op, payload)| {

@@ -60,6 +60,7 @@ mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+mod live;
 mod open;
 mod recovery;
 mod scan;
@@ -79,6 +80,7 @@ use keel_storage::{Directory, Storage};
 pub use compaction::CompactionStep;
 pub use error::JournalError;
 pub use format::{EntryKind, FORMAT_VERSION};
+pub use live::LiveMap;
 pub use open::{OpenPlan, PlannedCut};
 pub use recovery::{
     Action, Case, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,

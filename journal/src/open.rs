@@ -12,6 +12,7 @@ use std::rc::Rc;
 use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::format::EntryKind;
+use crate::live::LiveMap;
 use crate::recovery::{self, action, info, op_ranges, Action};
 use crate::scan::{self, LogScan};
 use crate::slots::{Location, SlotRing};
@@ -95,36 +96,33 @@ impl<D: Directory> OpenPlan<D> {
 /// (the log was written with a larger `slot_count`) is left out with a warning rather than
 /// evicting another; the plan's live ops say so, so callers see the gap before anything opens.
 fn replay_index(scan: &LogScan, slot_count: u64) -> Index {
-    let mut index = Index::default();
+    let mut live = LiveMap::default();
+    let mut commit_op = 0u64;
     for seg in &scan.segments {
-        index.snapshot_op = index.snapshot_op.max(seg.header.snapshot_op);
-        index.commit_op = index.commit_op.max(seg.header.commit_op);
-        let snapshot = index.snapshot_op;
-        index.live.retain(|&op, _| op > snapshot);
+        live.set_snapshot(seg.header.snapshot_op);
+        commit_op = commit_op.max(seg.header.commit_op);
         for e in &seg.entries {
-            index.commit_op = index.commit_op.max(e.commit_op);
+            commit_op = commit_op.max(e.commit_op);
             match e.kind {
-                EntryKind::Data if e.op > index.snapshot_op => {
+                EntryKind::Data => {
                     let location = Location {
                         segment: seg.number,
                         offset_bytes: e.offset_bytes,
                         len_bytes: e.len_bytes,
                     };
-                    index.live.insert(e.op, location);
+                    live.insert(e.op, location);
                 }
-                EntryKind::Data => {}
-                EntryKind::Truncate => {
-                    index.live.split_off(&(e.op.saturating_add(1)));
-                }
-                EntryKind::Snapshot => {
-                    index.snapshot_op = index.snapshot_op.max(e.op);
-                    let snapshot = index.snapshot_op;
-                    index.live.retain(|&op, _| op > snapshot);
-                }
-                EntryKind::Commit => index.commit_op = index.commit_op.max(e.op),
+                EntryKind::Truncate => live.truncate_after(e.op),
+                EntryKind::Snapshot => live.set_snapshot(e.op),
+                EntryKind::Commit => commit_op = commit_op.max(e.op),
             }
         }
     }
+    let mut index = Index {
+        snapshot_op: live.snapshot_op(),
+        commit_op,
+        live: live.into_entries(),
+    };
     let snapshot = index.snapshot_op;
     index.live.retain(|&op, _| {
         let fits = crate::slots::check_op(op, snapshot, slot_count).is_ok();
@@ -362,19 +360,17 @@ impl<D: Directory> MetadataJournal<D> {
     /// fsyncing everything before it. Nothing is preallocated here: the writer grows the active
     /// segment's zeroed space ahead of its first write (`write_group`), so an open writes nothing.
     async fn prepare_tail(&self) -> Result<(), JournalError> {
-        let handles: Vec<(Rc<D::File>, String)> = self
+        let last: Option<(Rc<D::File>, String)> = self
             .state
             .borrow()
             .segments
             .values()
             .next_back()
-            .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())))
-            .into_iter()
-            .collect();
-        for (file, name) in &handles {
+            .and_then(|h| h.file.clone().map(|f| (f, h.name.clone())));
+        if let Some((file, name)) = last {
             file.sync()
                 .await
-                .map_err(|e| JournalError::io("fsync on open", self.file_path(name), e))?;
+                .map_err(|e| JournalError::io("fsync on open", self.file_path(&name), e))?;
         }
         self.release_idle_handles();
         Ok(())

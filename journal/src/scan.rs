@@ -95,8 +95,19 @@ pub struct LogScan {
 }
 
 impl LogScan {
+    /// A scan not started yet: `dir`'s segment files and leftover temps, listed once.
+    pub async fn listed<D: Directory>(dir: &D, max_file_bytes: u64) -> Result<Self, JournalError> {
+        let (files, temps) = segment::list(dir).await?;
+        Ok(LogScan {
+            files,
+            temps,
+            max_file_bytes,
+            ..LogScan::default()
+        })
+    }
+
     /// Records a stop as a problem; returns true if it is the first (the one recovery acts on).
-    fn record_stop(&mut self, at: StopAt) -> bool {
+    pub(crate) fn record_stop(&mut self, at: StopAt) -> bool {
         self.problems.push(at.clone());
         let first = self.first_stop.is_none();
         if first {
@@ -352,13 +363,8 @@ pub async fn scan_log<D: Directory>(
     max_file_bytes: u64,
     keep_going: bool,
 ) -> Result<LogScan, JournalError> {
-    let (files, temps) = segment::list(dir).await?;
-    let mut scan = LogScan {
-        files: files.clone(),
-        temps,
-        max_file_bytes,
-        ..LogScan::default()
-    };
+    let mut scan = LogScan::listed(dir, max_file_bytes).await?;
+    let files = scan.files.clone();
     let mut link: Option<Link> = None;
     let mut prev_number: Option<u64> = None;
     // One buffer for every segment: see `segment::read_whole_into`.

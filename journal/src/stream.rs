@@ -17,6 +17,7 @@ use keel_storage::{BufResult, Directory, IoBuf, OpenMode, Storage};
 
 use crate::error::JournalError;
 use crate::format::{EntryKind, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES};
+use crate::live::LiveMap;
 use crate::recovery::StopFact;
 use crate::scan::{
     classify_with, end_link, parse_entries, segment_header, Evidence, Link, LogScan, Parsed,
@@ -58,46 +59,35 @@ pub enum ScanEvent<'a> {
 /// A consumer of scan events.
 pub type Consumer<'c> = dyn FnMut(ScanEvent<'_>) + 'c;
 
-/// Collects, from a scan's events, the live data entries with their payloads: the newest entry
-/// of each op, after truncate and snapshot markers — what the opened journal's index holds (minus
-/// ops beyond its ring), without reading any entry again. Memory: every live payload.
+/// Collects, from a scan's events, the live data entries with their payloads (the rule is
+/// [`LiveMap`]'s): what the opened journal's index holds (minus ops beyond its ring), without
+/// reading any entry again. Memory: every live payload.
 #[derive(Debug, Default)]
 pub struct LiveEntries {
-    entries: std::collections::BTreeMap<u64, bytes::Bytes>,
-    snapshot_op: u64,
+    live: LiveMap<bytes::Bytes>,
 }
 
 impl LiveEntries {
     /// Takes one scan event.
     pub fn consume(&mut self, event: ScanEvent<'_>) {
         match event {
-            ScanEvent::Segment { snapshot_op, .. } => self.drop_through(snapshot_op),
+            ScanEvent::Segment { snapshot_op, .. } => self.live.set_snapshot(snapshot_op),
             ScanEvent::Entry {
                 kind, op, payload, ..
             } => match kind {
-                EntryKind::Data if op > self.snapshot_op => {
-                    self.entries
-                        .insert(op, bytes::Bytes::copy_from_slice(payload));
+                EntryKind::Data => {
+                    self.live.insert(op, bytes::Bytes::copy_from_slice(payload));
                 }
-                EntryKind::Data | EntryKind::Commit => {}
-                EntryKind::Truncate => {
-                    self.entries.split_off(&op.saturating_add(1));
-                }
-                EntryKind::Snapshot => self.drop_through(op),
+                EntryKind::Commit => {}
+                EntryKind::Truncate => self.live.truncate_after(op),
+                EntryKind::Snapshot => self.live.set_snapshot(op),
             },
-        }
-    }
-
-    fn drop_through(&mut self, snapshot_op: u64) {
-        if snapshot_op > self.snapshot_op {
-            self.snapshot_op = snapshot_op;
-            self.entries = self.entries.split_off(&snapshot_op.saturating_add(1));
         }
     }
 
     /// The live entries, by op.
     pub fn into_entries(self) -> std::collections::BTreeMap<u64, bytes::Bytes> {
-        self.entries
+        self.live.into_entries()
     }
 }
 
@@ -341,13 +331,8 @@ pub async fn scan_stream<D: Directory>(
     window_bytes: usize,
     consumer: &mut Consumer<'_>,
 ) -> Result<LogScan, JournalError> {
-    let (files, temps) = segment::list(dir).await?;
-    let mut scan = LogScan {
-        files: files.clone(),
-        temps,
-        max_file_bytes,
-        ..LogScan::default()
-    };
+    let mut scan = LogScan::listed(dir, max_file_bytes).await?;
+    let files = scan.files.clone();
     let mut window = Vec::new();
     let mut link: Option<Link> = None;
     for index in 0..files.len() {
@@ -379,8 +364,7 @@ pub async fn scan_stream<D: Directory>(
         }
         let later_refs: Vec<&Evidence> = later.iter().collect();
         let at = classify_with(&files, index, stop, rewritten, &own, &later_refs);
-        scan.problems.push(at.clone());
-        scan.first_stop = Some(at);
+        scan.record_stop(at);
         break;
     }
     Ok(scan)
