@@ -29,7 +29,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use keel_engine::{KvStateMachine, StateMachine};
 use keel_journal::EntryKind;
 
-use crate::sim_faults::{payload_crc, Damage};
+use crate::sim_faults::{payload_crc, Damage, Excuses};
 
 /// An acknowledged prepare (kept on when it is committed).
 #[derive(Debug, Clone)]
@@ -157,6 +157,16 @@ impl Model {
         self.uncovered_fault = true;
     }
 
+    /// Every committed op (op `i + 1` at index `i`) and every prepared one, with its model.
+    fn every_op_mut(&mut self) -> impl Iterator<Item = (u64, &mut Prep)> {
+        let committed = self
+            .committed
+            .iter_mut()
+            .enumerate()
+            .map(|(i, p)| (i as u64 + 1, p));
+        committed.chain(self.prepared.iter_mut().map(|(op, p)| (*op, p)))
+    }
+
     /// This operation made something durable (an fsync covered every write before it).
     pub fn acknowledging(&mut self) {
         if std::mem::take(&mut self.uncovered_fault) {
@@ -167,13 +177,7 @@ impl Model {
     /// Prepares (and commit or truncation markers) behind a segment header a fault destroyed,
     /// found before a crash.
     pub fn behind_damaged_header(&mut self, damage: &Damage) {
-        let committed = self
-            .committed
-            .iter_mut()
-            .enumerate()
-            .map(|(i, p)| (i as u64 + 1, p));
-        let prepared = self.prepared.iter_mut().map(|(op, p)| (*op, p));
-        for (op, prep) in committed.chain(prepared) {
+        for (op, prep) in self.every_op_mut() {
             if damage.data.contains(&(op, payload_crc(&prep.bytes))) {
                 prep.stray = true;
             }
@@ -259,13 +263,7 @@ impl Model {
     /// What the image diff found after an operation with a misdirected or lost write. Ops at or
     /// below `snapshot_op` are left out: the snapshot holds them, the journal no longer has to.
     pub fn apply_damage(&mut self, damage: &Damage, before_operation: u64, snapshot_op: u64) {
-        let committed = self
-            .committed
-            .iter_mut()
-            .enumerate()
-            .map(|(i, p)| (i as u64 + 1, p));
-        let prepared = self.prepared.iter_mut().map(|(op, p)| (*op, p));
-        for (op, prep) in committed.chain(prepared) {
+        for (op, prep) in self.every_op_mut() {
             if op <= snapshot_op || prep.issued >= before_operation {
                 continue;
             }
@@ -314,31 +312,6 @@ impl Model {
             .into_iter()
             .chain(attempted.filter(|(b, _)| b == bytes).map(|(_, i)| *i))
             .min()
-    }
-}
-
-/// What may excuse a loss at one check: the operations a misdirected or lost write touched, and
-/// the newest operation anything recovered from the journal was issued in.
-struct Excuses {
-    touched: BTreeSet<u64>,
-    newest: Option<u64>,
-}
-
-impl Excuses {
-    /// An operation's acknowledgements may be cut only if a fault touched it and nothing
-    /// recovered vouches for it.
-    fn excusable(&self, group: u64) -> bool {
-        self.touched.contains(&group) && self.newest.is_none_or(|n| n <= group)
-    }
-}
-
-impl std::fmt::Display for Excuses {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(
-            f,
-            "touched {:?}, newest recovered issued in {:?}",
-            self.touched, self.newest
-        )
     }
 }
 

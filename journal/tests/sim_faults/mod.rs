@@ -351,3 +351,28 @@ pub fn seeds_from_env(own_prefix: Option<&str>, default: u64) -> Vec<u64> {
     let count = read("SEEDS").unwrap_or(default);
     (first..first + count).collect()
 }
+
+/// What may excuse a loss at one check: the operations (groups) a misdirected or lost write
+/// touched, and the newest operation anything recovered from the journal was issued in.
+pub struct Excuses {
+    pub touched: BTreeSet<u64>,
+    pub newest: Option<u64>,
+}
+
+impl Excuses {
+    /// An operation's acknowledgements may be cut only if a fault touched it and nothing
+    /// recovered vouches for it (the documented limit: nothing written after it survived).
+    pub fn excusable(&self, group: u64) -> bool {
+        self.touched.contains(&group) && self.newest.is_none_or(|n| n <= group)
+    }
+}
+
+impl fmt::Display for Excuses {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "touched {:?}, newest recovered issued in {:?}",
+            self.touched, self.newest
+        )
+    }
+}

@@ -31,7 +31,7 @@ use std::collections::{BTreeMap, BTreeSet};
 
 use keel_journal::EntryKind;
 
-use crate::sim_faults::{payload_crc, Damage};
+use crate::sim_faults::{payload_crc, Damage, Excuses};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Fate {
@@ -141,20 +141,6 @@ pub struct Model {
     /// The incarnation failed (an injected error, or poisoning): stop issuing.
     pub poisoned: bool,
     pub acks: u64,
-}
-
-/// What may excuse a loss at one check: the groups a misdirected or lost write touched, and the
-/// newest operation anything present was issued in.
-struct Excuses {
-    touched: BTreeSet<u64>,
-    newest_present: Option<u64>,
-}
-
-impl Excuses {
-    /// A group may be cut only if a fault touched it and nothing present vouches for it.
-    fn excusable(&self, group: u64) -> bool {
-        self.touched.contains(&group) && self.newest_present.is_none_or(|n| n <= group)
-    }
 }
 
 /// What a check accepted beyond the strict rule.
@@ -388,7 +374,7 @@ impl Model {
             .max();
         let excuses = Excuses {
             touched,
-            newest_present,
+            newest: newest_present,
         };
         let excusable = |g: u64| excuses.excusable(g);
         self.check_watermarks(snapshot, commit, &excusable)?;
@@ -428,7 +414,7 @@ impl Model {
             // never saw return) and let compaction drop this one; then losing it loses the op.
             let superseded_by_touched = tail[1..].iter().any(|v| {
                 (v.stray || self.faulted.contains(&v.issued))
-                    && excuses.newest_present.is_none_or(|n| n <= v.issued)
+                    && excuses.newest.is_none_or(|n| n <= v.issued)
             });
             let excused = version.fate == Fate::Acked
                 && (excuses.excusable(version.group) || superseded_by_touched)
@@ -449,7 +435,7 @@ impl Model {
                         "missing"
                     },
                     excuses.touched,
-                    excuses.newest_present
+                    excuses.newest
                 ));
             }
             verdict.lost_under_limit += 1;
