@@ -242,8 +242,7 @@ fn finish_replay<D: Directory, M: StateMachine>(
         );
         return Ok(None);
     }
-    let live: std::collections::BTreeSet<u64> = journal.live_ops().collect();
-    let replay = replayer.finish(through, |op| live.contains(&op));
+    let replay = replayer.finish(through, |op| journal.holds(op));
     check_replay(&replay, through, config, journal.snapshot_op())?;
     Ok(Some(replay))
 }

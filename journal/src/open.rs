@@ -86,6 +86,11 @@ impl<D: Directory> OpenPlan<D> {
         self.index.live.keys().copied()
     }
 
+    /// True when the journal will hold a live entry for `op` once opened.
+    pub fn holds(&self, op: u64) -> bool {
+        self.index.live.contains_key(&op)
+    }
+
     /// Leftover compaction temp files the open will quarantine.
     pub fn temp_files(&self) -> &[String] {
         &self.scan.temps
