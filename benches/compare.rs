@@ -568,6 +568,12 @@ fn recovery_series(
         raw_read_crc(&input.plain_files, READ_CHUNK_BYTES).expect("raw");
         mb_per_sec(input.payload_bytes, started.elapsed())
     };
+    let mut raw64_keel = || {
+        before();
+        let started = Instant::now();
+        raw_read_crc(&input.keel_files, READ_CHUNK_BYTES).expect("raw keel");
+        mb_per_sec(input.payload_bytes, started.elapsed())
+    };
     let mut uring = || {
         before();
         let started = Instant::now();
@@ -592,6 +598,10 @@ fn recovery_series(
             ),
             ("plain parse + crc, 64 KiB reads", &mut plain),
             ("raw read + crc32, 64 KiB reads", &mut raw64),
+            (
+                "raw read + crc32 of keel's files, 64 KiB reads",
+                &mut raw64_keel,
+            ),
         ],
     )
 }

@@ -308,6 +308,7 @@ where
         .map_err(|e| JournalError::io("open segment", &path, e))?;
     let len_bytes = handle.len();
     segment::check_file_len(len_bytes, max_file_bytes, &path)?;
+    handle.advise_sequential();
     Ok(SegmentRead {
         file: Rc::new(handle),
         path,

@@ -192,6 +192,13 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
+    fn advise_sequential(&self) {
+        let Ok(file) = self.file() else { return };
+        // SAFETY: posix_fadvise only reads its integer arguments; `file` keeps the fd open for
+        // the call. A failure only means the kernel keeps its default readahead: ignored.
+        let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
+    }
+
     async fn read_at<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> BufResult<usize, B> {
         let file = match self.file() {
             Ok(file) => file,

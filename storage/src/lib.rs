@@ -107,6 +107,12 @@ pub trait Storage {
         Ok(())
     }
 
+    /// Tells the storage that the file will be read from start to end, once (recovery's scan).
+    /// A hint: [`FileStorage`] widens the kernel's readahead for the file
+    /// (`POSIX_FADV_SEQUENTIAL`), so a cold cache is read ahead of the scan in larger steps; the
+    /// default does nothing.
+    fn advise_sequential(&self) {}
+
     /// Appends `buf` at an offset reserved synchronously; returns that offset.
     async fn append<B: IoBuf>(&self, buf: B) -> BufResult<u64, B> {
         let offset_bytes = self.reserve_append(buf.as_init().len() as u64);
