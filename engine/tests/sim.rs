@@ -36,9 +36,8 @@ use rand::rngs::StdRng;
 use rand::seq::SliceRandom;
 use rand::{Rng, SeedableRng};
 use sim_faults::{
-    capture, damaged_entries, entries_behind_damaged_headers, error_fault_count,
-    is_cancel_poisoning, run_maybe_dropped, write_fault_count, FaultTotals, Image, Restart,
-    WriteFaults,
+    capture, damaged_entries, entries_behind_damaged_headers, error_fault_count, run_maybe_dropped,
+    write_fault_count, FaultTotals, Image, Restart, WriteFaults,
 };
 use sim_model::{Model, Recovered};
 
@@ -139,7 +138,6 @@ struct Sim<'a> {
     current: Option<Running>,
     /// Injected failures when the incarnation started: a call may fail only if there are more.
     errors_at_start: u64,
-    cancel_poisoned: bool,
     /// A checkpoint (and so a compaction) future was dropped in this incarnation.
     checkpoint_dropped: bool,
     fallback_used_at: Option<u64>,
@@ -226,25 +224,20 @@ impl Sim<'_> {
     }
 
     /// A call failed: the process "dies" after this step. Allowed only when an injected fault
-    /// explains it, or when it is the poisoning a dropped journal flusher causes (issue 15:
-    /// "flusher cancelled mid-write"), which the current journal does by design.
+    /// explains it: a dropped future never poisons the journal (its writer task owns the I/O).
     fn failed(&mut self, what: &str, error: &EngineError) -> bool {
         self.trace(|| format!("{what} -> {error}"));
         assert!(
             !(self.checkpoint_dropped && is_compaction_remove_not_found(error)),
             "a compaction removed a segment again after a dropped one: {error}"
         );
-        let cancel = is_cancel_poisoning(error);
         let injected = error_fault_count(self.fs) > self.errors_at_start;
         let corrupt_after_stray = error.is_corruption() && self.seed_has_write_faults();
         assert!(
-            cancel || injected || corrupt_after_stray,
+            injected || corrupt_after_stray,
             "seed {}: {what} failed with no injected fault: {error}",
             self.seed
         );
-        if cancel && !std::mem::replace(&mut self.cancel_poisoned, true) {
-            self.tally.faults.cancel_poisonings += 1;
-        }
         true
     }
 }
@@ -505,7 +498,6 @@ impl Sim<'_> {
             .settle(&recovered, std::mem::take(&mut self.power_cut_since_check));
         self.tally.recovered_prepares += self.model.prepared.len() as u64;
         self.errors_at_start = error_fault_count(self.fs);
-        self.cancel_poisoned = false;
         self.checkpoint_dropped = false;
         Some(engine)
     }
@@ -654,7 +646,6 @@ async fn run_seed(seed: u64, tally: &mut Tally) {
         trace: std::env::var_os("KEEL_ENGINE_SIM_TRACE").is_some(),
         current: None,
         errors_at_start: 0,
-        cancel_poisoned: false,
         checkpoint_dropped: false,
         fallback_used_at: None,
         power_cut_due: None,

@@ -16,7 +16,8 @@
 //! - [`format`]: the bytes on disk, byte by byte (segment header, entry header, alignment).
 //! - `slots`: the ring index op → newest entry; `Full` back-pressure.
 //! - `segment`: segment files as files (list, read, create + preallocate + fsync + dir fsync).
-//! - `writer`: seq/chain assignment, batches, group commit, in-flight bound, poisoning.
+//! - `writer`: seq/chain assignment, the queue, batches of entries, the in-flight bound.
+//! - `group`: the writer task: group commit, segment creation, preallocation, poisoning.
 //! - `scan`: parsing segments back, where valid entries stop, the look-ahead past a stop.
 //! - `recovery`: the decision table (data: [`RECOVERY_TABLE`]) and quarantine + cut.
 //! - `compaction`: dead-prefix deletion and rewrite of the first sealed segment.
@@ -60,6 +61,7 @@ mod error;
 pub mod format;
 #[doc(hidden)]
 pub mod fuzzing;
+mod group;
 mod live;
 mod open;
 mod recovery;
@@ -333,7 +335,10 @@ pub struct MetadataJournal<D: Directory> {
     pub(crate) dir: D,
     pub(crate) config: JournalConfig,
     pub(crate) read_only: bool,
-    pub(crate) state: RefCell<State<D>>,
+    /// Shared with the writer task (`group`), which holds the other reference.
+    pub(crate) state: Rc<RefCell<State<D>>>,
+    /// The writer task (writable journals); dropping the journal cancels it.
+    pub(crate) writer: Option<compio::runtime::JoinHandle<()>>,
 }
 
 /// Largest segment file a scan will read into memory, whatever the configuration says.
@@ -547,7 +552,21 @@ impl<D: Directory> MetadataJournal<D> {
     /// Appends (or rewrites) `op`; resolves once durable (group commit). `Full` before any byte is
     /// written when `op - snapshot_op > slot_count`.
     pub async fn append(&self, op: u64, payload: &[u8]) -> Result<(), JournalError> {
-        self.submit(EntryKind::Data, op, payload).await
+        self.submit(EntryKind::Data, &[(op, payload)]).await
+    }
+
+    /// Appends (or rewrites) every `(op, payload)` in order, contiguous in the log, and resolves
+    /// once all are durable (with `sync_on_append`; else once accepted, like [`Self::append`]).
+    /// Every entry is checked first (size, `Full`, below the snapshot): a refusal accepts none.
+    /// The payloads are copied once, into the batch buffer.
+    pub async fn append_batch<P: AsRef<[u8]>>(
+        &self,
+        entries: &[(u64, P)],
+    ) -> Result<(), JournalError> {
+        if entries.is_empty() {
+            return Ok(());
+        }
+        self.submit(EntryKind::Data, entries).await
     }
 
     /// Records the commit watermark; carried by every later entry's header. Durable only once an
@@ -561,7 +580,7 @@ impl<D: Directory> MetadataJournal<D> {
     /// Writes a commit marker carrying the current commit watermark and waits until durable.
     pub async fn persist_commit(&self) -> Result<(), JournalError> {
         let commit = self.state.borrow().commit_set;
-        self.submit(EntryKind::Commit, commit, &[]).await?;
+        self.submit(EntryKind::Commit, &[(commit, [])]).await?;
         if !self.config.sync_on_append {
             self.request_flush().await?;
         }
@@ -570,7 +589,7 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// Discards every op above `op` with a journaled truncate marker; durable on return.
     pub async fn truncate_after(&self, op: u64) -> Result<(), JournalError> {
-        self.submit(EntryKind::Truncate, op, &[]).await?;
+        self.submit(EntryKind::Truncate, &[(op, [])]).await?;
         if !self.config.sync_on_append {
             self.request_flush().await?;
         }
@@ -589,13 +608,20 @@ impl<D: Directory> MetadataJournal<D> {
         let Some(location) = location else {
             return Ok(None);
         };
-        let Some((file, name)) = self.segment_file(location.segment).await? else {
-            return Ok(None);
+        let unwritten = self.state.borrow().w.unwritten_entry(&location);
+        let (bytes, name) = match unwritten {
+            Some(bytes) => (bytes, format::segment_file_name(location.segment)),
+            None => {
+                let Some((file, name)) = self.segment_file(location.segment).await? else {
+                    return Ok(None);
+                };
+                let bytes = file
+                    .read_exact_at(location.offset_bytes, location.len_bytes as usize)
+                    .await
+                    .map_err(|e| JournalError::io("read entry", self.file_path(&name), e))?;
+                (bytes, name)
+            }
         };
-        let bytes = file
-            .read_exact_at(location.offset_bytes, location.len_bytes as usize)
-            .await
-            .map_err(|e| JournalError::io("read entry", self.file_path(&name), e))?;
         let corrupt = || JournalError::Corrupt {
             kind: "corrupt_entry",
             file: name.clone(),
@@ -640,7 +666,7 @@ impl<D: Directory> MetadataJournal<D> {
         if op <= self.state.borrow().snapshot_encoded {
             return Ok(());
         }
-        self.submit(EntryKind::Snapshot, op, &[]).await?;
+        self.submit(EntryKind::Snapshot, &[(op, [])]).await?;
         if !self.config.sync_on_append {
             self.request_flush().await?;
         }
@@ -698,7 +724,7 @@ impl<D: Directory> MetadataJournal<D> {
         self.flush().await?;
         if self.state.borrow().w.tail_uncovered {
             let commit = self.state.borrow().commit_set;
-            self.submit(EntryKind::Commit, commit, &[]).await?;
+            self.submit(EntryKind::Commit, &[(commit, [])]).await?;
             self.request_flush().await?;
             self.state.borrow_mut().w.tail_uncovered = false;
         }

@@ -285,9 +285,10 @@ impl<D: Directory> MetadataJournal<D> {
         if !scan.temps.is_empty() {
             recovery::quarantine_temps(root, &dir, &scan.temps, scan.max_file_bytes).await?;
         }
-        let journal = Self::from_index(dir, config, false, &scan, index);
+        let mut journal = Self::from_index(dir, config, false, &scan, index);
         journal.open_segments(&scan).await?;
         journal.prepare_tail().await?;
+        journal.start_writer();
         Ok((journal, report))
     }
 
@@ -329,7 +330,8 @@ impl<D: Directory> MetadataJournal<D> {
             dir,
             config,
             read_only,
-            state: std::cell::RefCell::new(state),
+            state: Rc::new(std::cell::RefCell::new(state)),
+            writer: None,
         }
     }
 

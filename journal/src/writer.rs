@@ -1,10 +1,13 @@
-//! writer: encoding entries into batches and group commit.
+//! writer: the caller's side of the write path: encoding entries into the queue, the in-flight
+//! bound, and waiting for the writer task.
 //!
 //! Owns the order of the log (seq and chain are assigned synchronously when an entry is accepted,
-//! so concurrent appends on one core can never interleave bytes), batching (one `write_all_at` per
-//! run of at most `max_batch_bytes`, one fsync per dirty segment per group), the in-flight bound,
-//! and poisoning. It must never resolve an append before an fsync covers it and every entry before
-//! it (with `sync_on_append`), and never hold a `RefCell` borrow across an await.
+//! so concurrent appends on one core can never interleave bytes) and the queue the writer task
+//! (`group`) drains. An append never performs I/O itself: it encodes, wakes the writer and, with
+//! `sync_on_append`, awaits its completion, so dropping an append future at any await leaves the
+//! journal exactly as usable as before (the entry is written or was never accepted). It must never
+//! resolve a durable append before an fsync covers it and every entry before it, and never hold a
+//! `RefCell` borrow across an await.
 
 use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
@@ -12,26 +15,23 @@ use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
 use std::task::{Context, Poll, Waker};
-use std::time::Instant;
 
-use keel_storage::{BufResult, Directory, Storage};
+use keel_storage::Directory;
 
 use crate::error::JournalError;
 use crate::format::{
     encode_entry, entry_len_bytes, EntryKind, NewEntry, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use crate::scan::Link;
-use crate::segment;
 use crate::slots::{check_op, Location, SlotRefusal};
-use crate::{MetadataJournal, SegmentHandle};
+use crate::{MetadataJournal, State};
 
-/// Zeroes are written ahead of the write cursor in steps of an eighth of a segment, at most this
-/// much (a whole 64 MiB segment at once would stall the group that rotates for as long as it takes
-/// to write and fsync it). A new step starts when a write comes within half a step of the end.
-const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
+/// Run buffers kept for reuse once written (each up to `max_batch_bytes`).
+const SPARE_BUFFERS_MAX: usize = 4;
 
-/// An open segment file and its name.
-type OpenSegment<D> = (Rc<<D as Directory>::File>, String);
+/// A run's first capacity with `sync_on_append` (groups are usually small); buffered appends
+/// reserve a whole `max_batch_bytes` run at once, so encoding never reallocates.
+const SYNC_RUN_CAPACITY_BYTES: usize = 64 << 10;
 
 /// Why a group commit failed; cloned to every entry it covered.
 #[derive(Debug, Clone)]
@@ -43,7 +43,7 @@ pub(crate) struct Failure {
 }
 
 impl Failure {
-    fn from_error(error: &JournalError) -> Self {
+    pub fn from_error(error: &JournalError) -> Self {
         match error {
             JournalError::Io {
                 stage,
@@ -90,7 +90,7 @@ pub(crate) struct Completion {
 }
 
 impl Completion {
-    fn resolve(&self, result: Result<(), (Failure, bool)>) {
+    pub fn resolve(&self, result: Result<(), (Failure, bool)>) {
         let mut slot = self.result.borrow_mut();
         if slot.is_none() {
             *slot = Some(result);
@@ -99,7 +99,7 @@ impl Completion {
         self.wake();
     }
 
-    fn wake(&self) {
+    pub fn wake(&self) {
         if let Some(waker) = self.waker.borrow_mut().take() {
             waker.wake();
         }
@@ -119,7 +119,9 @@ pub(crate) struct PendingEntry {
     pub len_bytes: u32,
     pub header_crc: u32,
     pub commit_op: u64,
-    pub completion: Rc<Completion>,
+    /// Who waits for this entry: the last entry of a durable call; none for buffered appends
+    /// and for the other entries of a batch (the writer resolves in log order).
+    pub completion: Option<Rc<Completion>>,
 }
 
 /// Contiguous bytes for one segment, written by one `write_all_at`.
@@ -130,6 +132,14 @@ pub(crate) struct Run {
     pub offset_bytes: u64,
     pub buf: Vec<u8>,
     pub entries: Vec<PendingEntry>,
+}
+
+/// A run the writer took from the queue and has not applied yet. Its bytes stay readable here
+/// while the write is in flight: buffered appends are indexed when accepted, before any write.
+pub(crate) struct WritingRun {
+    pub segment: u64,
+    pub offset_bytes: u64,
+    pub buf: Rc<Vec<u8>>,
 }
 
 /// Everything the write path tracks. Lives inside the journal's `RefCell<State>`.
@@ -150,15 +160,21 @@ pub(crate) struct WriterState {
     /// fsync started after it makes them durable, whichever path issues it.
     pub write_done_seq: u64,
     pub queue: VecDeque<Run>,
+    /// Bytes in `queue` (the buffered writer starts a group once a batch's worth is queued).
+    pub queued_bytes: usize,
+    /// Runs of the group being written (see [`WritingRun`]).
+    pub writing: Vec<WritingRun>,
     pub flush_waiters: Vec<Rc<Completion>>,
-    /// Completions of the batch a flusher is writing right now (so a cancelled flusher can fail them).
-    pub in_flight: Vec<Rc<Completion>>,
-    pub flushing: bool,
+    /// Accepted bytes not yet applied (queued or being written); appends wait above the bound.
     pub inflight_bytes: usize,
     pub space_waiters: Vec<Waker>,
+    /// The writer task, asleep until there is work.
+    pub writer_waker: Option<Waker>,
     pub dirty_segments: BTreeSet<u64>,
     /// Some entry has no later entry whose durable watermark covers it (see `close`).
     pub tail_uncovered: bool,
+    /// Written run buffers, reused by the next runs.
+    pub spare_buffers: Vec<Vec<u8>>,
 }
 
 impl WriterState {
@@ -174,38 +190,79 @@ impl WriterState {
             written_seq: link.next_seq - 1,
             write_done_seq: link.next_seq - 1,
             queue: VecDeque::new(),
+            queued_bytes: 0,
+            writing: Vec::new(),
             flush_waiters: Vec::new(),
-            in_flight: Vec::new(),
-            flushing: false,
             inflight_bytes: 0,
             space_waiters: Vec::new(),
+            writer_waker: None,
             dirty_segments: BTreeSet::new(),
             tail_uncovered: false,
+            spare_buffers: Vec::new(),
         }
     }
 
-    fn wake_all_waiters(&mut self) {
+    pub fn wake_writer(&mut self) {
+        if let Some(waker) = self.writer_waker.take() {
+            waker.wake();
+        }
+    }
+
+    pub fn wake_all_waiters(&mut self) {
         for run in &self.queue {
-            for e in &run.entries {
-                e.completion.wake();
+            for c in run.entries.iter().filter_map(|e| e.completion.as_ref()) {
+                c.wake();
             }
         }
         for c in &self.flush_waiters {
             c.wake();
         }
-        for c in &self.in_flight {
-            c.wake();
-        }
         for w in self.space_waiters.drain(..) {
             w.wake();
         }
+        self.wake_writer();
+    }
+
+    /// A buffer for a new run: a spare one when there is, else a new one of `capacity_bytes`.
+    fn run_buffer(&mut self, capacity_bytes: usize) -> Vec<u8> {
+        self.spare_buffers
+            .pop()
+            .unwrap_or_else(|| Vec::with_capacity(capacity_bytes))
+    }
+
+    /// Takes back a written run's buffer for reuse.
+    pub fn recycle(&mut self, buf: Rc<Vec<u8>>) {
+        if let Ok(mut buf) = Rc::try_unwrap(buf) {
+            if self.spare_buffers.len() < SPARE_BUFFERS_MAX {
+                buf.clear();
+                self.spare_buffers.push(buf);
+            }
+        }
+    }
+
+    /// The bytes of an accepted entry not yet applied, from the queue or the group in flight.
+    pub fn unwritten_entry(&self, location: &Location) -> Option<Vec<u8>> {
+        let len = location.len_bytes as usize;
+        let within = |segment: u64, offset_bytes: u64, buf: &[u8]| {
+            let start = location.offset_bytes.checked_sub(offset_bytes)? as usize;
+            (segment == location.segment && start + len <= buf.len())
+                .then(|| buf[start..start + len].to_vec())
+        };
+        self.queue
+            .iter()
+            .find_map(|run| within(run.segment, run.offset_bytes, &run.buf))
+            .or_else(|| {
+                self.writing
+                    .iter()
+                    .find_map(|run| within(run.segment, run.offset_bytes, &run.buf))
+            })
     }
 }
 
 /// Pending until woken once (a registered waker fired); the caller re-checks its condition.
-struct WakeOnce<'a> {
-    register: &'a dyn Fn(Waker) -> bool,
-    registered: bool,
+pub(crate) struct WakeOnce<'a> {
+    pub register: &'a dyn Fn(Waker) -> bool,
+    pub registered: bool,
 }
 
 impl Future for WakeOnce<'_> {
@@ -224,24 +281,28 @@ impl Future for WakeOnce<'_> {
     }
 }
 
-/// Disarmed on every normal exit; if a flusher's future is dropped mid-write, nobody knows what
-/// reached the disk, so the journal is poisoned and every waiter released.
-struct FlusherGuard<'a, D: Directory> {
-    journal: &'a MetadataJournal<D>,
-    armed: bool,
-}
-
-impl<D: Directory> Drop for FlusherGuard<'_, D> {
-    fn drop(&mut self) {
-        if self.armed {
-            let failure = Failure {
-                stage: "group commit",
-                file: self.journal.dir.display_path(),
-                kind: std::io::ErrorKind::Interrupted,
-                message: "flusher cancelled mid-write".into(),
-            };
-            self.journal.poison(&failure, Vec::new());
+/// The slot ring's view of one entry: data is indexed, markers move the ring. With
+/// `sync_on_append` this runs when the entry's group is applied, else when it is accepted; both
+/// in log order.
+pub(crate) fn index_entry<D: Directory>(
+    st: &mut State<D>,
+    kind: EntryKind,
+    op: u64,
+    location: Location,
+) {
+    match kind {
+        EntryKind::Data => {
+            // A snapshot marker earlier in the log may have passed this op since it was
+            // accepted: then it is dead, exactly as replay will see it.
+            let result = st.slots.insert(op, location);
+            assert!(
+                !matches!(result, Err(SlotRefusal::Full { .. })),
+                "Full is checked before encoding and the watermark only rises"
+            );
         }
+        EntryKind::Truncate => st.slots.truncate_after(op),
+        EntryKind::Snapshot => st.slots.set_snapshot(op),
+        EntryKind::Commit => {}
     }
 }
 
@@ -258,59 +319,69 @@ impl<D: Directory> MetadataJournal<D> {
         Ok(())
     }
 
-    /// Accepts one entry (data or marker) and waits until it is written (and synced, per config).
-    pub(crate) async fn submit(
+    /// Refuses an entry the journal cannot take, before anything is encoded.
+    fn check_entry(
         &self,
         kind: EntryKind,
         op: u64,
-        payload: &[u8],
+        payload_len: usize,
     ) -> Result<(), JournalError> {
-        let len = entry_len_bytes(payload.len());
+        if kind != EntryKind::Data {
+            return Ok(());
+        }
+        if payload_len > self.config.max_payload_bytes {
+            return Err(JournalError::PayloadTooLarge {
+                len_bytes: payload_len,
+                max_bytes: self.config.max_payload_bytes,
+            });
+        }
+        let snapshot_op = self.state.borrow().slots.snapshot_op();
+        check_op(op, snapshot_op, self.config.slot_count).map_err(|refusal| match refusal {
+            SlotRefusal::BelowSnapshot { snapshot_op } => {
+                JournalError::BelowSnapshot { op, snapshot_op }
+            }
+            SlotRefusal::Full {
+                snapshot_op,
+                distance,
+            } => JournalError::Full {
+                op,
+                snapshot_op,
+                distance,
+                slot_count: self.config.slot_count,
+            },
+        })
+    }
+
+    /// Accepts entries (all data, or one marker) in order, contiguous in the log, and waits until
+    /// the writer has written them (and synced them, with `sync_on_append`). Every entry is checked
+    /// before any is encoded: a refusal accepts none.
+    pub(crate) async fn submit<P: AsRef<[u8]>>(
+        &self,
+        kind: EntryKind,
+        entries: &[(u64, P)],
+    ) -> Result<(), JournalError> {
+        let total_bytes: usize = entries
+            .iter()
+            .map(|(_, p)| entry_len_bytes(p.as_ref().len()))
+            .sum();
         let completion = loop {
             self.check_usable()?;
-            if kind == EntryKind::Data {
-                if payload.len() > self.config.max_payload_bytes {
-                    return Err(JournalError::PayloadTooLarge {
-                        len_bytes: payload.len(),
-                        max_bytes: self.config.max_payload_bytes,
-                    });
-                }
-                let st = self.state.borrow();
-                check_op(op, st.slots.snapshot_op(), self.config.slot_count).map_err(
-                    |refusal| match refusal {
-                        SlotRefusal::BelowSnapshot { snapshot_op } => {
-                            JournalError::BelowSnapshot { op, snapshot_op }
-                        }
-                        SlotRefusal::Full {
-                            snapshot_op,
-                            distance,
-                        } => JournalError::Full {
-                            op,
-                            snapshot_op,
-                            distance,
-                            slot_count: self.config.slot_count,
-                        },
-                    },
-                )?;
+            for (op, payload) in entries {
+                self.check_entry(kind, *op, payload.as_ref().len())?;
             }
             let over = {
                 let st = self.state.borrow();
                 st.w.inflight_bytes > 0
-                    && st.w.inflight_bytes + len > self.config.max_inflight_bytes
+                    && st.w.inflight_bytes + total_bytes > self.config.max_inflight_bytes
             };
             if !over {
-                break self.encode(kind, op, payload);
-            }
-            if !self.state.borrow().w.flushing {
-                // Over the bound with nobody flushing (the appenders that filled it were
-                // cancelled): drain the queue ourselves rather than wait for a flusher that will
-                // never come.
-                self.request_flush().await?;
-                continue;
+                break self.encode_all(kind, entries);
             }
             let register = |waker: Waker| {
                 let mut st = self.state.borrow_mut();
                 st.w.space_waiters.push(waker);
+                // A buffered writer waits for a batch's worth; a waiter for space is reason enough.
+                st.w.wake_writer();
                 true
             };
             WakeOnce {
@@ -319,48 +390,88 @@ impl<D: Directory> MetadataJournal<D> {
             }
             .await;
         };
-        self.wait(completion).await
+        match completion {
+            Some(completion) => self.wait(completion).await,
+            None => Ok(()),
+        }
+    }
+
+    /// Encodes every entry in one borrow and wakes the writer; returns the completion of the last
+    /// one when the caller must wait for durability.
+    fn encode_all<P: AsRef<[u8]>>(
+        &self,
+        kind: EntryKind,
+        entries: &[(u64, P)],
+    ) -> Option<Rc<Completion>> {
+        let wait = self.config.sync_on_append;
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let mut last = None;
+        for (i, (op, payload)) in entries.iter().enumerate() {
+            let completion = (wait && i + 1 == entries.len()).then(Rc::<Completion>::default);
+            last = completion.clone();
+            self.encode(st, kind, *op, payload.as_ref(), completion);
+        }
+        st.w.wake_writer();
+        last
+    }
+
+    /// Opens a new segment in the queue when the cursor needs one for an entry of `len` bytes.
+    fn rotate_if_needed(&self, st: &mut State<D>, len: usize) {
+        let w = &mut st.w;
+        let rotate = w.needs_rotation
+            || (w.cursor_offset_bytes + len as u64 > self.config.segment_bytes
+                && w.cursor_offset_bytes > SEGMENT_HEADER_BYTES as u64);
+        if !rotate {
+            return;
+        }
+        let number = w.next_segment_number;
+        w.next_segment_number += 1;
+        let mut header = SegmentHeader::new(number, w.next_seq, w.chain_crc);
+        header.snapshot_op = st.snapshot_encoded;
+        header.commit_op = st.commit_set;
+        w.queue.push_back(Run {
+            segment: number,
+            create: Some(header),
+            offset_bytes: SEGMENT_HEADER_BYTES as u64,
+            buf: Vec::new(),
+            entries: Vec::new(),
+        });
+        w.cursor_segment = number;
+        w.cursor_offset_bytes = SEGMENT_HEADER_BYTES as u64;
+        w.needs_rotation = false;
     }
 
     /// Encodes one entry into the queue, assigning seq, chain, segment and offset. Synchronous:
     /// the log order is the order of these calls.
-    fn encode(&self, kind: EntryKind, op: u64, payload: &[u8]) -> Rc<Completion> {
+    fn encode(
+        &self,
+        st: &mut State<D>,
+        kind: EntryKind,
+        op: u64,
+        payload: &[u8],
+        completion: Option<Rc<Completion>>,
+    ) {
         let len = entry_len_bytes(payload.len());
-        let mut guard = self.state.borrow_mut();
-        let st = &mut *guard;
+        self.rotate_if_needed(st, len);
         let w = &mut st.w;
-        let segment_bytes = self.config.segment_bytes;
-        let rotate = w.needs_rotation
-            || (w.cursor_offset_bytes + len as u64 > segment_bytes
-                && w.cursor_offset_bytes > SEGMENT_HEADER_BYTES as u64);
-        if rotate {
-            let number = w.next_segment_number;
-            w.next_segment_number += 1;
-            let mut header = SegmentHeader::new(number, w.next_seq, w.chain_crc);
-            header.snapshot_op = st.snapshot_encoded;
-            header.commit_op = st.commit_set;
-            w.queue.push_back(Run {
-                segment: number,
-                create: Some(header),
-                offset_bytes: SEGMENT_HEADER_BYTES as u64,
-                buf: Vec::new(),
-                entries: Vec::new(),
-            });
-            w.cursor_segment = number;
-            w.cursor_offset_bytes = SEGMENT_HEADER_BYTES as u64;
-            w.needs_rotation = false;
-        }
         let fits_last = w.queue.back().is_some_and(|run| {
             run.segment == w.cursor_segment
                 && run.offset_bytes + run.buf.len() as u64 == w.cursor_offset_bytes
                 && (run.buf.is_empty() || run.buf.len() + len <= self.config.max_batch_bytes)
         });
         if !fits_last {
+            let capacity = if self.config.sync_on_append {
+                SYNC_RUN_CAPACITY_BYTES.min(self.config.max_batch_bytes)
+            } else {
+                self.config.max_batch_bytes
+            };
+            let buf = w.run_buffer(capacity.max(len));
             w.queue.push_back(Run {
                 segment: w.cursor_segment,
                 create: None,
                 offset_bytes: w.cursor_offset_bytes,
-                buf: Vec::new(),
+                buf,
                 entries: Vec::new(),
             });
         }
@@ -378,78 +489,56 @@ impl<D: Directory> MetadataJournal<D> {
             },
             payload,
         );
-        let completion = Rc::new(Completion::default());
+        let location = Location {
+            segment: run.segment,
+            offset_bytes: w.cursor_offset_bytes,
+            len_bytes: len as u32,
+        };
         run.entries.push(PendingEntry {
             kind,
             seq,
             op,
-            offset_bytes: w.cursor_offset_bytes,
-            len_bytes: len as u32,
+            offset_bytes: location.offset_bytes,
+            len_bytes: location.len_bytes,
             header_crc,
             commit_op: st.commit_set,
-            completion: completion.clone(),
+            completion,
         });
         w.next_seq += 1;
         w.chain_crc = header_crc;
         w.cursor_offset_bytes += len as u64;
         w.inflight_bytes += len;
+        w.queued_bytes += len;
         w.tail_uncovered = true;
         if kind == EntryKind::Snapshot {
             st.snapshot_encoded = st.snapshot_encoded.max(op);
         }
-        completion
+        if !self.config.sync_on_append {
+            index_entry(st, kind, op, location);
+        }
     }
 
-    /// Asks for everything written so far to be made durable, and waits.
+    /// Asks the writer to make everything accepted so far durable, and waits.
     pub(crate) async fn request_flush(&self) -> Result<(), JournalError> {
         self.check_usable()?;
         let completion = Rc::new(Completion::default());
-        self.state
-            .borrow_mut()
-            .w
-            .flush_waiters
-            .push(completion.clone());
+        {
+            let mut st = self.state.borrow_mut();
+            st.w.flush_waiters.push(completion.clone());
+            st.w.wake_writer();
+        }
         self.wait(completion).await
     }
 
-    /// Waits for `completion`, becoming the flusher whenever nobody is.
+    /// Waits for the writer to resolve `completion`. Dropping this future changes nothing: the
+    /// entry is written all the same, and nobody else waits on this completion.
     async fn wait(&self, completion: Rc<Completion>) -> Result<(), JournalError> {
-        let mut yielded_to_the_burst = false;
         loop {
             if let Some(result) = completion.result.borrow_mut().take() {
                 return result.map_err(|(failure, in_flight)| failure.to_error(in_flight));
             }
-            let flusher_free = {
-                let st = self.state.borrow();
-                if let Some(reason) = &st.poisoned {
-                    return Err(JournalError::Poisoned(reason.clone()));
-                }
-                !st.w.flushing
-            };
-            if flusher_free && !yielded_to_the_burst {
-                // The first appender of a burst would otherwise drain the queue before the other
-                // tasks made runnable in the same tick had queued their entries: a group of 1 and
-                // a group of 63, two fsyncs where one does (BENCHMARKS.md, F1). Yield once,
-                // claiming nothing, so a cancellation here leaves no state behind.
-                keel_storage::yield_now().await;
-                yielded_to_the_burst = true;
-                continue;
-            }
-            let become_flusher = {
-                let mut st = self.state.borrow_mut();
-                if st.w.flushing {
-                    false
-                } else {
-                    st.w.flushing = true;
-                    true
-                }
-            };
-            if become_flusher {
-                self.run_flusher(&completion).await;
-                continue;
-            }
             let register = |waker: Waker| {
-                if completion.is_done() || !self.state.borrow().w.flushing {
+                if completion.is_done() {
                     return false;
                 }
                 *completion.waker.borrow_mut() = Some(waker);
@@ -461,303 +550,6 @@ impl<D: Directory> MetadataJournal<D> {
             }
             .await;
         }
-    }
-
-    /// Writes groups until `own` is resolved (then hands the role on), or the queue is empty.
-    async fn run_flusher(&self, own: &Rc<Completion>) {
-        let mut guard = FlusherGuard {
-            journal: self,
-            armed: true,
-        };
-        loop {
-            let (mut runs, flush_waiters) = {
-                let mut st = self.state.borrow_mut();
-                let runs: Vec<Run> = st.w.queue.drain(..).collect();
-                let waiters = std::mem::take(&mut st.w.flush_waiters);
-                st.w.in_flight = runs
-                    .iter()
-                    .flat_map(|r| r.entries.iter().map(|e| e.completion.clone()))
-                    .chain(waiters.iter().cloned())
-                    .collect();
-                (runs, waiters)
-            };
-            if runs.is_empty() && flush_waiters.is_empty() {
-                break;
-            }
-            let must_sync = self.config.sync_on_append || !flush_waiters.is_empty();
-            match self.write_group(&mut runs, must_sync).await {
-                Ok(()) => self.apply(runs, flush_waiters, must_sync),
-                Err(error) => {
-                    let failure = Failure::from_error(&error);
-                    tracing::error!(error = %error, "journal poisoned: group commit failed");
-                    let in_flight: Vec<Rc<Completion>> = runs
-                        .iter()
-                        .flat_map(|r| r.entries.iter().map(|e| e.completion.clone()))
-                        .chain(flush_waiters)
-                        .collect();
-                    self.poison(&failure, in_flight);
-                    guard.armed = false;
-                    return;
-                }
-            }
-            if own.is_done() {
-                break;
-            }
-        }
-        guard.armed = false;
-        let mut st = self.state.borrow_mut();
-        st.w.flushing = false;
-        st.w.in_flight.clear();
-        // Hand the role on: whoever waits next becomes the flusher.
-        st.w.wake_all_waiters();
-    }
-
-    /// One group: create segments, one write per run, then (if `must_sync`) one fsync per dirty
-    /// segment.
-    async fn write_group(&self, runs: &mut [Run], must_sync: bool) -> Result<(), JournalError> {
-        for run in runs.iter_mut() {
-            if let Some(header) = run.create {
-                // A durable segment header claims every seq before its `first_seq` exists: make
-                // the older segments' bytes durable first, or a crash could leave the new header
-                // but lose the old tail, which would read as a broken chain (corruption).
-                self.sync_dirty().await?;
-                let file = segment::create(
-                    &self.dir,
-                    &header,
-                    self.config
-                        .preallocate
-                        .then(|| self.preallocation_target(0, 0)),
-                )
-                .await?;
-                let name = crate::format::segment_file_name(header.segment_no);
-                self.state.borrow_mut().segments.insert(
-                    header.segment_no,
-                    SegmentHandle {
-                        file: Some(Rc::new(file)),
-                        len_bytes: 0,
-                        name,
-                        end_link: Link {
-                            next_seq: header.first_seq,
-                            chain_crc: header.prev_crc,
-                        },
-                        entry_count: 0,
-                    },
-                );
-                // The older segments are synced now: let go of handles nothing live needs.
-                self.release_idle_handles();
-            }
-            if run.buf.is_empty() {
-                continue;
-            }
-            let (file, name) = self
-                .segment_file(run.segment)
-                .await?
-                .expect("a run's segment exists before its bytes are written");
-            let run_end = run.offset_bytes + run.buf.len() as u64;
-            if self.config.preallocate
-                && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
-            {
-                // Keep zero-written space ahead of the cursor in steps, so a durable write
-                // overwrites instead of extending, without one large zero-fill stalling a group
-                // at rotation. The group's fsync below covers these zeroes too.
-                let target = self.preallocation_target(file.len(), run_end);
-                if target > file.len() {
-                    file.preallocate(target)
-                        .await
-                        .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
-                }
-            }
-            let buf = std::mem::take(&mut run.buf);
-            let BufResult(result, _) = file.write_all_at(run.offset_bytes, buf).await;
-            result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
-            let mut st = self.state.borrow_mut();
-            st.w.dirty_segments.insert(run.segment);
-            if let Some(last) = run.entries.last() {
-                // Runs are written in log order by the one flusher: every earlier seq is written.
-                assert!(
-                    last.seq > st.w.write_done_seq,
-                    "runs written out of log order"
-                );
-                st.w.write_done_seq = last.seq;
-            }
-        }
-        if must_sync {
-            self.sync_dirty().await?;
-        }
-        Ok(())
-    }
-
-    /// How far to preallocate a segment whose zeroed space ends at `current_end` when a write
-    /// reaches `needed_end`: one step past both, never past the segment size (unless one entry
-    /// alone is larger).
-    pub(crate) fn preallocation_target(&self, current_end: u64, needed_end: u64) -> u64 {
-        let step_end = current_end.max(needed_end) + self.preallocation_step();
-        step_end.min(self.config.segment_bytes.max(needed_end))
-    }
-
-    fn preallocation_step(&self) -> u64 {
-        (self.config.segment_bytes / 8).clamp(512, PREALLOCATE_STEP_MAX_BYTES)
-    }
-
-    /// The open handle of segment `number` (opened again if it was released); `None` if the
-    /// segment is gone.
-    pub(crate) async fn segment_file(
-        &self,
-        number: u64,
-    ) -> Result<Option<(Rc<D::File>, String)>, JournalError> {
-        let (file, name) = {
-            let st = self.state.borrow();
-            let Some(handle) = st.segments.get(&number) else {
-                return Ok(None);
-            };
-            (handle.file.clone(), handle.name.clone())
-        };
-        if let Some(file) = file {
-            return Ok(Some((file, name)));
-        }
-        let mode = if self.read_only {
-            keel_storage::OpenMode::ReadOnly
-        } else {
-            keel_storage::OpenMode::Existing
-        };
-        let file = Rc::new(
-            self.dir
-                .open_file(&name, mode)
-                .await
-                .map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
-        );
-        if let Some(handle) = self.state.borrow_mut().segments.get_mut(&number) {
-            handle.file.get_or_insert_with(|| file.clone());
-        }
-        Ok(Some((file, name)))
-    }
-
-    /// Drops the handles of sealed, synced segments that no live op points into.
-    pub(crate) fn release_idle_handles(&self) {
-        let mut guard = self.state.borrow_mut();
-        let st = &mut *guard;
-        let referenced: BTreeSet<u64> = st.slots.live().iter().map(|(_, l)| l.segment).collect();
-        let active = st.w.cursor_segment;
-        for (number, handle) in st.segments.iter_mut() {
-            if *number == active
-                || referenced.contains(number)
-                || st.w.dirty_segments.contains(number)
-            {
-                continue;
-            }
-            if let Some(file) = handle.file.take() {
-                handle.len_bytes = file.len();
-            }
-        }
-    }
-
-    /// One fsync per segment written since the last sync. Every fsync is a proof: once they
-    /// all succeed, every seq written before they started is durable, and entries encoded from
-    /// now on carry that watermark (a rotation's sync counts as much as a flush's).
-    async fn sync_dirty(&self) -> Result<(), JournalError> {
-        let (dirty, covers_seq): (Vec<OpenSegment<D>>, u64) = {
-            let mut st = self.state.borrow_mut();
-            let covers_seq = st.w.write_done_seq;
-            let numbers = std::mem::take(&mut st.w.dirty_segments);
-            let files = numbers
-                .iter()
-                .filter_map(|n| st.segments.get(n))
-                .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
-                .collect();
-            (files, covers_seq)
-        };
-        for (file, name) in dirty {
-            let started = Instant::now();
-            file.sync()
-                .await
-                .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
-            let mut st = self.state.borrow_mut();
-            st.stats.fsyncs += 1;
-            st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
-        }
-        let mut st = self.state.borrow_mut();
-        st.w.durable_seq = st.w.durable_seq.max(covers_seq);
-        Ok(())
-    }
-
-    /// A group is on disk (and synced when `synced`): index it and resolve its waiters.
-    fn apply(&self, runs: Vec<Run>, flush_waiters: Vec<Rc<Completion>>, synced: bool) {
-        let mut guard = self.state.borrow_mut();
-        let st = &mut *guard;
-        st.stats.batches += 1;
-        for run in runs {
-            for e in run.entries {
-                match e.kind {
-                    EntryKind::Data => {
-                        let location = Location {
-                            segment: run.segment,
-                            offset_bytes: e.offset_bytes,
-                            len_bytes: e.len_bytes,
-                        };
-                        // A snapshot marker earlier in the log may have passed this op since it
-                        // was accepted: then it is dead, exactly as replay will see it.
-                        let result = st.slots.insert(e.op, location);
-                        assert!(
-                            !matches!(result, Err(SlotRefusal::Full { .. })),
-                            "Full is checked before encoding and the watermark only rises"
-                        );
-                        st.stats.appends += 1;
-                        st.stats.bytes_appended += u64::from(e.len_bytes);
-                    }
-                    EntryKind::Truncate => st.slots.truncate_after(e.op),
-                    EntryKind::Snapshot => st.slots.set_snapshot(e.op),
-                    EntryKind::Commit => {}
-                }
-                st.commit_written = st.commit_written.max(e.commit_op);
-                assert_eq!(e.seq, st.w.written_seq + 1, "groups apply in log order");
-                st.w.written_seq = e.seq;
-                if let Some(handle) = st.segments.get_mut(&run.segment) {
-                    handle.end_link = Link {
-                        next_seq: e.seq + 1,
-                        chain_crc: e.header_crc,
-                    };
-                    handle.entry_count += 1;
-                }
-                st.w.inflight_bytes -= e.len_bytes as usize;
-                e.completion.resolve(Ok(()));
-            }
-        }
-        if synced {
-            st.w.durable_seq = st.w.written_seq;
-            st.commit_durable = st.commit_written;
-        }
-        for c in flush_waiters {
-            c.resolve(Ok(()));
-        }
-        for waker in st.w.space_waiters.drain(..) {
-            waker.wake();
-        }
-    }
-
-    /// After a failed (or abandoned) write or fsync: every later call fails; every waiter is
-    /// released with the failure.
-    pub(crate) fn poison(&self, failure: &Failure, in_flight: Vec<Rc<Completion>>) {
-        let mut st = self.state.borrow_mut();
-        if st.poisoned.is_none() {
-            st.poisoned = Some(failure.describe());
-        }
-        for c in in_flight {
-            c.resolve(Err((failure.clone(), true)));
-        }
-        for c in std::mem::take(&mut st.w.in_flight) {
-            c.resolve(Err((failure.clone(), true)));
-        }
-        for run in st.w.queue.drain(..) {
-            for e in run.entries {
-                e.completion.resolve(Err((failure.clone(), false)));
-            }
-        }
-        for c in std::mem::take(&mut st.w.flush_waiters) {
-            c.resolve(Err((failure.clone(), false)));
-        }
-        st.w.inflight_bytes = 0;
-        st.w.flushing = false;
-        st.w.wake_all_waiters();
     }
 
     pub(crate) fn file_path(&self, name: &str) -> String {

@@ -38,9 +38,8 @@ use keel_storage::{FaultConfig, FaultKind, FaultOp, MemFs};
 use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 use sim_faults::{
-    capture, damaged_entries, entries_behind_damaged_headers, error_fault_count,
-    is_cancel_poisoning, run_maybe_dropped, with_budget, write_fault_count, FaultTotals, Image,
-    Restart, WriteFaults,
+    capture, damaged_entries, entries_behind_damaged_headers, error_fault_count, run_maybe_dropped,
+    with_budget, write_fault_count, FaultTotals, Image, Restart, WriteFaults,
 };
 use sim_model::Model;
 
@@ -164,7 +163,6 @@ struct Sim<'a> {
     current: RefCell<Option<Running>>,
     /// Injected failures when the incarnation started: a call may fail only if there are more.
     errors_at_start: Cell<u64>,
-    cancel_poisoned: Cell<bool>,
     /// A `compact()` future was dropped in this incarnation (the next compaction must still work:
     /// asserted in `failed`).
     compaction_dropped: Cell<bool>,
@@ -247,12 +245,10 @@ impl Sim<'_> {
         self.stats.borrow_mut().faults.dropped_futures += 1;
     }
 
-    /// A call failed. Allowed only when an injected fault explains it, or when it is the
-    /// poisoning a dropped flusher causes: issue 15 ("flusher cancelled mid-write"), which the
-    /// current journal does by design; the incarnation then stops and is restarted and checked.
+    /// A call failed. Allowed only when an injected fault explains it: a dropped future never
+    /// poisons (the writer task, not the caller, owns every write).
     fn failed(&self, what: &str, error: &JournalError) {
         trace!("{what} -> {error}");
-        let cancel = is_cancel_poisoning(error);
         let injected = error_fault_count(self.fs) > self.errors_at_start.get();
         assert!(
             !(self.compaction_dropped.get() && is_compaction_remove_not_found(error)),
@@ -260,7 +256,7 @@ impl Sim<'_> {
              segment before its removal's first await): {error}"
         );
         let explained = match error {
-            JournalError::Io { .. } | JournalError::Poisoned(_) => cancel || injected,
+            JournalError::Io { .. } | JournalError::Poisoned(_) => injected,
             JournalError::Corrupt { .. } => self.seed_has_write_faults(),
             // Refused before anything was written: only while a dropped snapshot watermark may
             // be queued unapplied, so that the op picked above it is still too far or below it.
@@ -272,9 +268,6 @@ impl Sim<'_> {
             _ => false,
         };
         assert!(explained, "{what} failed with no injected fault: {error}");
-        if cancel && !self.cancel_poisoned.replace(true) {
-            self.stats.borrow_mut().faults.cancel_poisonings += 1;
-        }
         self.model.borrow_mut().poisoned = true;
     }
 }
@@ -488,7 +481,10 @@ impl Sim<'_> {
         self.stats.borrow_mut().repairs += report.repairs.len() as u64;
         trace!("open: {report:?}");
         let live = read_live(&j).await?;
-        let strict_written = !since.power_cut && !self.seed_has_write_faults();
+        // Buffered appends (`sync_on_append = false`) wait in the journal's memory until a batch's
+        // worth is queued or a flush: a process crash loses them as a power cut does, so an
+        // unflushed written version is never required, only allowed.
+        let strict_written = false;
         let commit = j.commit_op().unwrap_or(0);
         let verdict = self
             .model
@@ -503,7 +499,6 @@ impl Sim<'_> {
             .settle(live, j.snapshot_op(), commit, since.power_cut);
         since.power_cut = false;
         self.errors_at_start.set(error_fault_count(self.fs));
-        self.cancel_poisoned.set(false);
         self.compaction_dropped.set(false);
         Ok(Some(j))
     }
@@ -679,7 +674,6 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
         stats: RefCell::new(SimStats::default()),
         current: RefCell::new(None),
         errors_at_start: Cell::new(0),
-        cancel_poisoned: Cell::new(false),
         compaction_dropped: Cell::new(false),
     };
     let mut since = SinceCheck::default();

@@ -138,7 +138,7 @@ pub enum OpenMode {
 ///
 /// A file created or renamed here is durable only after [`Directory::sync`]; the simulator's crash
 /// model reverts unsynced namespace changes, exactly the window a real power cut exposes.
-pub trait Directory: Clone + Sized {
+pub trait Directory: Clone + Sized + 'static {
     /// The file handle this directory opens.
     type File: Storage;
 

@@ -126,12 +126,6 @@ pub fn error_fault_count(fs: &MemFs) -> u64 {
     counts.io_errors + counts.no_space + counts.disk_full + counts.short_writes
 }
 
-/// Whether an error is the journal poisoning itself because a flusher's future was dropped in
-/// the middle of a group commit (issue 15: cancelling a flusher mid-write poisons the journal).
-pub fn is_cancel_poisoning(error: &dyn fmt::Display) -> bool {
-    error.to_string().contains("flusher cancelled mid-write")
-}
-
 /// The journal's segment files as reads see them, taken before an operation so that what a
 /// misdirected or lost write changed during it can be found afterwards.
 #[derive(Debug, Default, Clone)]
@@ -262,8 +256,6 @@ pub struct FaultTotals {
     /// Process crash, restart, more work, then a power cut.
     pub process_crash_then_power_cut: u64,
     pub dropped_futures: u64,
-    /// Incarnations poisoned by a dropped flusher (issue 15), restarted and checked.
-    pub cancel_poisonings: u64,
     pub misdirected_writes: u64,
     pub lost_writes: u64,
     pub io_errors: u64,
@@ -295,7 +287,6 @@ impl FaultTotals {
         self.process_crashes += other.process_crashes;
         self.process_crash_then_power_cut += other.process_crash_then_power_cut;
         self.dropped_futures += other.dropped_futures;
-        self.cancel_poisonings += other.cancel_poisonings;
         self.misdirected_writes += other.misdirected_writes;
         self.lost_writes += other.lost_writes;
         self.io_errors += other.io_errors;
@@ -312,7 +303,8 @@ impl fmt::Display for FaultTotals {
         write!(
             f,
             "{} seeds: power cuts {}, process crashes {}, process crash then power cut {}, \
-             dropped futures {} (cancel poisonings, issue 15: {}), misdirected writes {}, \
+             dropped futures {} (none may poison: the writer task owns the I/O), misdirected \
+             writes {}, \
              lost writes {}, I/O errors {}, no-space {}, short writes {}, bit flips {}, \
              refused as corruption {}, ops lost under the documented limit {}",
             self.seeds,
@@ -320,7 +312,6 @@ impl fmt::Display for FaultTotals {
             self.process_crashes,
             self.process_crash_then_power_cut,
             self.dropped_futures,
-            self.cancel_poisonings,
             self.misdirected_writes,
             self.lost_writes,
             self.io_errors,

@@ -37,7 +37,8 @@ use crate::sim_faults::{payload_crc, Damage, Excuses};
 pub enum Fate {
     /// Issued, not resolved (in flight, dropped or failed): may or may not be on disk.
     Pending,
-    /// Resolved without an fsync (`sync_on_append = false`): in the page cache.
+    /// Resolved without an fsync (`sync_on_append = false`): in the journal's buffer or the page
+    /// cache; any crash may lose it.
     Written,
     /// Covered by an fsync the journal reported.
     Acked,

@@ -1,0 +1,371 @@
+//! group: the writer task, one per writable journal: group commit.
+//!
+//! Owns every write and fsync of the append path. Started at open (`start_writer`), it sleeps
+//! until the queue has work, takes everything queued as one group (with `sync_on_append`; a
+//! buffered journal waits for a batch's worth, a flush or a waiter for space), creates segments,
+//! writes each run with one `write_all_at`, fsyncs every dirty segment once, then indexes the
+//! group and resolves its waiters in log order. It runs in its own task, so no caller's future
+//! ever holds the journal's I/O: dropping an append cannot cancel a write. It ends when the
+//! journal is dropped or closed (the task is cancelled while it sleeps) or poisoned. It must never
+//! resolve an entry before the writes (and, when synced, the fsync) covering it and every earlier
+//! entry completed, and never hold a `RefCell` borrow across an await.
+
+use std::collections::BTreeSet;
+use std::future::Future;
+use std::pin::Pin;
+use std::rc::Rc;
+use std::task::{Context, Poll};
+use std::time::Instant;
+
+use keel_storage::{BufResult, Directory, IoBuf, Storage};
+
+use crate::error::JournalError;
+use crate::format::EntryKind;
+use crate::scan::Link;
+use crate::segment;
+use crate::slots::Location;
+use crate::writer::{index_entry, Completion, Failure, Run, WritingRun};
+use crate::{MetadataJournal, SegmentHandle};
+
+/// Zeroes are written ahead of the write cursor in steps of an eighth of a segment, at most this
+/// much (a whole 64 MiB segment at once would stall the group that rotates for as long as it takes
+/// to write and fsync it). A new step starts when a write comes within half a step of the end.
+const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
+
+/// An open segment file and its name.
+type OpenSegment<D> = (Rc<<D as Directory>::File>, String);
+
+/// A run's bytes, shared between the write in flight and readers of unwritten entries.
+struct SharedBuf(Rc<Vec<u8>>);
+
+impl IoBuf for SharedBuf {
+    fn as_init(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+/// Ready when the writer has work (or the journal is poisoned: the writer then ends).
+struct WaitForWork<'a, D: Directory> {
+    journal: &'a MetadataJournal<D>,
+}
+
+impl<D: Directory> Future for WaitForWork<'_, D> {
+    type Output = ();
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        let journal = self.journal;
+        let mut st = journal.state.borrow_mut();
+        let w = &st.w;
+        let has_work = !w.flush_waiters.is_empty()
+            || (!w.queue.is_empty()
+                && (journal.config.sync_on_append
+                    || !w.space_waiters.is_empty()
+                    || w.queued_bytes >= journal.config.max_batch_bytes));
+        if has_work || st.poisoned.is_some() {
+            return Poll::Ready(());
+        }
+        st.w.writer_waker = Some(cx.waker().clone());
+        Poll::Pending
+    }
+}
+
+impl<D: Directory> MetadataJournal<D> {
+    /// Starts the writer task of a writable journal (the end of open).
+    pub(crate) fn start_writer(&mut self) {
+        assert!(!self.read_only, "a read-only journal has no writer");
+        assert!(self.writer.is_none(), "one writer per journal");
+        let writer = Self {
+            dir: self.dir.clone(),
+            config: self.config.clone(),
+            read_only: false,
+            state: self.state.clone(),
+            writer: None,
+        };
+        self.writer = Some(compio::runtime::spawn(
+            async move { writer.run_writer().await },
+        ));
+    }
+
+    /// The writer task: one group at a time until the journal is poisoned (or the task dropped).
+    async fn run_writer(&self) {
+        loop {
+            WaitForWork { journal: self }.await;
+            if self.state.borrow().poisoned.is_some() {
+                return;
+            }
+            self.write_next_group().await;
+        }
+    }
+
+    /// Takes everything queued (and every flush request) as one group, writes it, and applies it;
+    /// a failure poisons the journal.
+    async fn write_next_group(&self) {
+        let (mut runs, flush_waiters) = {
+            let mut st = self.state.borrow_mut();
+            st.w.queued_bytes = 0;
+            let runs: Vec<Run> = st.w.queue.drain(..).collect();
+            (runs, std::mem::take(&mut st.w.flush_waiters))
+        };
+        let must_sync = self.config.sync_on_append || !flush_waiters.is_empty();
+        match self.write_group(&mut runs, must_sync).await {
+            Ok(()) => self.apply(runs, flush_waiters, must_sync),
+            Err(error) => {
+                let failure = Failure::from_error(&error);
+                tracing::error!(error = %error, "journal poisoned: group commit failed");
+                let in_flight: Vec<Rc<Completion>> = runs
+                    .into_iter()
+                    .flat_map(|r| r.entries.into_iter().filter_map(|e| e.completion))
+                    .chain(flush_waiters)
+                    .collect();
+                self.poison(&failure, in_flight);
+            }
+        }
+    }
+
+    /// One group: create segments, one write per run, then (if `must_sync`) one fsync per dirty
+    /// segment.
+    async fn write_group(&self, runs: &mut [Run], must_sync: bool) -> Result<(), JournalError> {
+        for run in runs.iter_mut() {
+            if let Some(header) = run.create {
+                // A durable segment header claims every seq before its `first_seq` exists: make
+                // the older segments' bytes durable first, or a crash could leave the new header
+                // but lose the old tail, which would read as a broken chain (corruption).
+                self.sync_dirty().await?;
+                let file = segment::create(
+                    &self.dir,
+                    &header,
+                    self.config
+                        .preallocate
+                        .then(|| self.preallocation_target(0, 0)),
+                )
+                .await?;
+                let name = crate::format::segment_file_name(header.segment_no);
+                self.state.borrow_mut().segments.insert(
+                    header.segment_no,
+                    SegmentHandle {
+                        file: Some(Rc::new(file)),
+                        len_bytes: 0,
+                        name,
+                        end_link: Link {
+                            next_seq: header.first_seq,
+                            chain_crc: header.prev_crc,
+                        },
+                        entry_count: 0,
+                    },
+                );
+                // The older segments are synced now: let go of handles nothing live needs.
+                self.release_idle_handles();
+            }
+            if run.buf.is_empty() {
+                continue;
+            }
+            let (file, name) = self
+                .segment_file(run.segment)
+                .await?
+                .expect("a run's segment exists before its bytes are written");
+            let run_end = run.offset_bytes + run.buf.len() as u64;
+            if self.config.preallocate
+                && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
+            {
+                // Keep zero-written space ahead of the cursor in steps, so a durable write
+                // overwrites instead of extending, without one large zero-fill stalling a group
+                // at rotation. The group's fsync below covers these zeroes too.
+                let target = self.preallocation_target(file.len(), run_end);
+                if target > file.len() {
+                    file.preallocate(target)
+                        .await
+                        .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
+                }
+            }
+            let buf = Rc::new(std::mem::take(&mut run.buf));
+            self.state.borrow_mut().w.writing.push(WritingRun {
+                segment: run.segment,
+                offset_bytes: run.offset_bytes,
+                buf: buf.clone(),
+            });
+            let BufResult(result, _) = file.write_all_at(run.offset_bytes, SharedBuf(buf)).await;
+            result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
+            let mut st = self.state.borrow_mut();
+            st.w.dirty_segments.insert(run.segment);
+            if let Some(last) = run.entries.last() {
+                // Runs are written in log order by the one flusher: every earlier seq is written.
+                assert!(
+                    last.seq > st.w.write_done_seq,
+                    "runs written out of log order"
+                );
+                st.w.write_done_seq = last.seq;
+            }
+        }
+        if must_sync {
+            self.sync_dirty().await?;
+        }
+        Ok(())
+    }
+
+    /// How far to preallocate a segment whose zeroed space ends at `current_end` when a write
+    /// reaches `needed_end`: one step past both, never past the segment size (unless one entry
+    /// alone is larger).
+    pub(crate) fn preallocation_target(&self, current_end: u64, needed_end: u64) -> u64 {
+        let step_end = current_end.max(needed_end) + self.preallocation_step();
+        step_end.min(self.config.segment_bytes.max(needed_end))
+    }
+
+    fn preallocation_step(&self) -> u64 {
+        (self.config.segment_bytes / 8).clamp(512, PREALLOCATE_STEP_MAX_BYTES)
+    }
+
+    /// The open handle of segment `number` (opened again if it was released); `None` if the
+    /// segment is gone.
+    pub(crate) async fn segment_file(
+        &self,
+        number: u64,
+    ) -> Result<Option<(Rc<D::File>, String)>, JournalError> {
+        let (file, name) = {
+            let st = self.state.borrow();
+            let Some(handle) = st.segments.get(&number) else {
+                return Ok(None);
+            };
+            (handle.file.clone(), handle.name.clone())
+        };
+        if let Some(file) = file {
+            return Ok(Some((file, name)));
+        }
+        let mode = if self.read_only {
+            keel_storage::OpenMode::ReadOnly
+        } else {
+            keel_storage::OpenMode::Existing
+        };
+        let file = Rc::new(
+            self.dir
+                .open_file(&name, mode)
+                .await
+                .map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
+        );
+        if let Some(handle) = self.state.borrow_mut().segments.get_mut(&number) {
+            handle.file.get_or_insert_with(|| file.clone());
+        }
+        Ok(Some((file, name)))
+    }
+
+    /// Drops the handles of sealed, synced segments that no live op points into.
+    pub(crate) fn release_idle_handles(&self) {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        let referenced: BTreeSet<u64> = st.slots.live().iter().map(|(_, l)| l.segment).collect();
+        let active = st.w.cursor_segment;
+        for (number, handle) in st.segments.iter_mut() {
+            if *number == active
+                || referenced.contains(number)
+                || st.w.dirty_segments.contains(number)
+            {
+                continue;
+            }
+            if let Some(file) = handle.file.take() {
+                handle.len_bytes = file.len();
+            }
+        }
+    }
+
+    /// One fsync per segment written since the last sync. Every fsync is a proof: once they
+    /// all succeed, every seq written before they started is durable, and entries encoded from
+    /// now on carry that watermark (a rotation's sync counts as much as a flush's).
+    async fn sync_dirty(&self) -> Result<(), JournalError> {
+        let (dirty, covers_seq): (Vec<OpenSegment<D>>, u64) = {
+            let mut st = self.state.borrow_mut();
+            let covers_seq = st.w.write_done_seq;
+            let numbers = std::mem::take(&mut st.w.dirty_segments);
+            let files = numbers
+                .iter()
+                .filter_map(|n| st.segments.get(n))
+                .filter_map(|h| h.file.clone().map(|f| (f, h.name.clone())))
+                .collect();
+            (files, covers_seq)
+        };
+        for (file, name) in dirty {
+            let started = Instant::now();
+            file.sync()
+                .await
+                .map_err(|e| JournalError::io("fsync", self.file_path(&name), e))?;
+            let mut st = self.state.borrow_mut();
+            st.stats.fsyncs += 1;
+            st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
+        }
+        let mut st = self.state.borrow_mut();
+        st.w.durable_seq = st.w.durable_seq.max(covers_seq);
+        Ok(())
+    }
+
+    /// A group is on disk (and synced when `synced`): index it (durable mode) and resolve its
+    /// waiters.
+    fn apply(&self, runs: Vec<Run>, flush_waiters: Vec<Rc<Completion>>, synced: bool) {
+        let mut guard = self.state.borrow_mut();
+        let st = &mut *guard;
+        st.stats.batches += 1;
+        for run in runs {
+            for e in run.entries {
+                if self.config.sync_on_append {
+                    let location = Location {
+                        segment: run.segment,
+                        offset_bytes: e.offset_bytes,
+                        len_bytes: e.len_bytes,
+                    };
+                    index_entry(st, e.kind, e.op, location);
+                }
+                if e.kind == EntryKind::Data {
+                    st.stats.appends += 1;
+                    st.stats.bytes_appended += u64::from(e.len_bytes);
+                }
+                st.commit_written = st.commit_written.max(e.commit_op);
+                assert_eq!(e.seq, st.w.written_seq + 1, "groups apply in log order");
+                st.w.written_seq = e.seq;
+                if let Some(handle) = st.segments.get_mut(&run.segment) {
+                    handle.end_link = Link {
+                        next_seq: e.seq + 1,
+                        chain_crc: e.header_crc,
+                    };
+                    handle.entry_count += 1;
+                }
+                st.w.inflight_bytes -= e.len_bytes as usize;
+                if let Some(completion) = &e.completion {
+                    completion.resolve(Ok(()));
+                }
+            }
+        }
+        for written in std::mem::take(&mut st.w.writing) {
+            st.w.recycle(written.buf);
+        }
+        if synced {
+            st.w.durable_seq = st.w.written_seq;
+            st.commit_durable = st.commit_written;
+        }
+        for c in flush_waiters {
+            c.resolve(Ok(()));
+        }
+        for waker in st.w.space_waiters.drain(..) {
+            waker.wake();
+        }
+    }
+
+    /// After a failed write or fsync: every later call fails; every waiter is released with the
+    /// failure (`in_flight`: the completions of the group that failed).
+    pub(crate) fn poison(&self, failure: &Failure, in_flight: Vec<Rc<Completion>>) {
+        let mut st = self.state.borrow_mut();
+        if st.poisoned.is_none() {
+            st.poisoned = Some(failure.describe());
+        }
+        for c in in_flight {
+            c.resolve(Err((failure.clone(), true)));
+        }
+        for run in st.w.queue.drain(..) {
+            for c in run.entries.into_iter().filter_map(|e| e.completion) {
+                c.resolve(Err((failure.clone(), false)));
+            }
+        }
+        for c in std::mem::take(&mut st.w.flush_waiters) {
+            c.resolve(Err((failure.clone(), false)));
+        }
+        st.w.writing.clear();
+        st.w.queued_bytes = 0;
+        st.w.inflight_bytes = 0;
+        st.w.wake_all_waiters();
+    }
+}

@@ -1,0 +1,212 @@
+//! The write path as callers see it: the writer task owns the I/O (dropping an append changes
+//! nothing for anyone else), batches are all-or-nothing at acceptance, and buffered appends are
+//! readable before they are written and durable after `flush`.
+
+mod common;
+
+use std::future::Future;
+use std::pin::pin;
+use std::task::{Context, Waker};
+
+use common::{open, payload, run, small_config};
+use keel_journal::{JournalConfig, JournalError};
+use keel_storage::MemFs;
+
+/// Polls `future` once and drops it: what a `select!` that lost to a timeout does.
+fn poll_once_then_drop<F: Future>(future: F) -> bool {
+    let mut future = pin!(future);
+    let mut cx = Context::from_waker(Waker::noop());
+    future.as_mut().poll(&mut cx).is_ready()
+}
+
+/// The `select!` case: an append whose future is dropped after it was accepted (waiting for
+/// its group's fsync) poisons nothing; the next append succeeds, and the dropped entry is
+/// written all the same (the writer, not the dropped future, held the write).
+#[test]
+fn a_dropped_append_never_poisons_the_journal() {
+    run(async {
+        let fs = MemFs::new(7);
+        let config = small_config();
+        let (j, _) = open(&fs, &config).await;
+        j.append(1, b"before").await.unwrap();
+        let ready = poll_once_then_drop(j.append(2, b"dropped while waiting"));
+        assert!(!ready, "a durable append cannot resolve without its fsync");
+        j.append(3, b"after")
+            .await
+            .expect("the journal is not poisoned");
+        assert_eq!(
+            &j.entry(2).await.unwrap().unwrap().payload[..],
+            b"dropped while waiting"
+        );
+        j.close().await.unwrap();
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        for (op, bytes) in [
+            (1, &b"before"[..]),
+            (2, b"dropped while waiting"),
+            (3, b"after"),
+        ] {
+            assert_eq!(&j.entry(op).await.unwrap().unwrap().payload[..], bytes);
+        }
+    });
+}
+
+/// Dropping an append before it was accepted (waiting for space under the in-flight bound)
+/// accepts nothing and poisons nothing.
+#[test]
+fn an_append_dropped_while_waiting_for_space_is_never_written() {
+    let config = JournalConfig {
+        max_inflight_bytes: 4096,
+        ..small_config()
+    };
+    run(async {
+        let fs = MemFs::new(8);
+        let (j, _) = open(&fs, &config).await;
+        // The first append fills the bound and waits for its fsync; the second cannot be accepted.
+        let mut first = Box::pin(j.append(1, &[1u8; 1000]));
+        let mut cx = Context::from_waker(Waker::noop());
+        assert!(first.as_mut().poll(&mut cx).is_pending());
+        let big = vec![2u8; 1000];
+        for _ in 0..3 {
+            assert!(!poll_once_then_drop(j.append(2, &[9u8; 1000])));
+        }
+        let ready = poll_once_then_drop(j.append(4, &big));
+        assert!(!ready);
+        first.await.unwrap();
+        j.append(3, b"after").await.unwrap();
+        assert!(j.entry(1).await.unwrap().is_some());
+        assert!(j.entry(3).await.unwrap().is_some());
+        assert!(
+            j.entry(4).await.unwrap().is_none(),
+            "an append dropped before it was accepted must not be written"
+        );
+    });
+}
+
+/// A batch is checked whole before any entry is accepted: one op past the ring refuses all.
+#[test]
+fn a_refused_batch_accepts_no_entry() {
+    run(async {
+        let fs = MemFs::new(9);
+        let config = small_config();
+        let (j, _) = open(&fs, &config).await;
+        let too_far = config.slot_count + 1;
+        let batch = [
+            (1, payload(1, 0)),
+            (2, payload(2, 0)),
+            (too_far, payload(too_far, 0)),
+        ];
+        let error = j.append_batch(&batch).await.unwrap_err();
+        assert!(matches!(error, JournalError::Full { op, .. } if op == too_far));
+        assert_eq!(j.last_op(), None, "nothing of a refused batch is accepted");
+        j.append_batch(&batch[..2]).await.unwrap();
+        assert_eq!(j.last_op(), Some(2));
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        for (op, bytes) in &batch[..2] {
+            assert_eq!(
+                &j.entry(*op).await.unwrap().unwrap().payload[..],
+                &bytes[..]
+            );
+        }
+    });
+}
+
+/// A durable batch resolves once every entry is durable: all survive a power cut right after.
+#[test]
+fn a_batch_is_durable_when_it_resolves() {
+    run(async {
+        let fs = MemFs::new(10);
+        let config = small_config();
+        let (j, _) = open(&fs, &config).await;
+        let batch: Vec<(u64, Vec<u8>)> = (1..=100).map(|op| (op, payload(op, 1))).collect();
+        j.append_batch(&batch).await.unwrap();
+        let fsyncs = j.stats().fsyncs;
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        for (op, bytes) in &batch {
+            assert_eq!(
+                &j.entry(*op).await.unwrap().unwrap().payload[..],
+                &bytes[..]
+            );
+        }
+        // 100 small entries over 4 KiB segments: one fsync per rotation plus the group's own,
+        // never one per entry.
+        assert!(fsyncs < 50, "{fsyncs} fsyncs for one batch of 100");
+    });
+}
+
+/// Buffered appends resolve once accepted, are readable at once, are written in runs of a
+/// batch's worth (not one write per append), and are durable after `flush`.
+#[test]
+fn buffered_appends_are_readable_at_once_and_durable_after_flush() {
+    let config = JournalConfig {
+        sync_on_append: false,
+        segment_bytes: 1 << 20,
+        max_batch_bytes: 16 << 10,
+        max_inflight_bytes: 64 << 10,
+        ..small_config()
+    };
+    run(async {
+        let fs = MemFs::new(11);
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=200 {
+            j.append(op, &payload(op, 2)).await.unwrap();
+            let entry = j
+                .entry(op)
+                .await
+                .unwrap()
+                .expect("readable before it is written");
+            assert_eq!(&entry.payload[..], &payload(op, 2)[..]);
+        }
+        let before_flush = j.stats();
+        assert_eq!(before_flush.fsyncs, 0, "buffered appends never fsync");
+        j.flush().await.unwrap();
+        let stats = j.stats();
+        assert_eq!(stats.appends, 200);
+        assert!(
+            stats.batches <= 3,
+            "{} groups for 200 appends of under 16 KiB in all",
+            stats.batches
+        );
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=200 {
+            assert_eq!(
+                &j.entry(op).await.unwrap().unwrap().payload[..],
+                &payload(op, 2)[..]
+            );
+        }
+    });
+}
+
+/// Without a flush, buffered appends are as volatile as a process's buffer: a process crash may
+/// lose them, but never what a flush covered, and the journal reopens cleanly.
+#[test]
+fn unflushed_buffered_appends_may_be_lost_but_flushed_ones_never() {
+    let config = JournalConfig {
+        sync_on_append: false,
+        ..small_config()
+    };
+    run(async {
+        let fs = MemFs::new(12);
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=20 {
+            j.append(op, &payload(op, 3)).await.unwrap();
+        }
+        j.flush().await.unwrap();
+        for op in 21..=30 {
+            j.append(op, &payload(op, 3)).await.unwrap();
+        }
+        drop(j);
+        fs.process_crash();
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.repairs.is_empty(), "{report:?}");
+        for op in 1..=20 {
+            assert_eq!(
+                &j.entry(op).await.unwrap().unwrap().payload[..],
+                &payload(op, 3)[..]
+            );
+        }
+    });
+}
