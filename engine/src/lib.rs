@@ -163,19 +163,21 @@ pub(crate) struct Prepared {
     pub(crate) payload: Bytes,
 }
 
-/// Decrements an op's in-flight count however the append ends (returned or dropped midway).
+/// Decrements its ops' in-flight counts however the append ends (returned or dropped midway).
 struct InFlight<'a, M> {
     inner: &'a RefCell<Inner<M>>,
-    op: u64,
+    ops: Vec<u64>,
 }
 
 impl<M> Drop for InFlight<'_, M> {
     fn drop(&mut self) {
         let mut inner = self.inner.borrow_mut();
-        if let Some(count) = inner.in_flight.get_mut(&self.op) {
-            *count -= 1;
-            if *count == 0 {
-                inner.in_flight.remove(&self.op);
+        for op in &self.ops {
+            if let Some(count) = inner.in_flight.get_mut(op) {
+                *count -= 1;
+                if *count == 0 {
+                    inner.in_flight.remove(op);
+                }
             }
         }
     }
@@ -252,14 +254,32 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     ///
     /// Dropping the future before it resolves leaves unknown whether the bytes reached the
     /// disk: prepare the op again before committing it.
+    ///
+    /// Copies `payload` once; [`Engine::append_bytes`] keeps a caller's `Bytes` instead.
     pub async fn append(&self, op: u64, payload: &[u8]) -> Result<(), EngineError> {
+        self.append_bytes(op, Bytes::copy_from_slice(payload)).await
+    }
+
+    /// [`Engine::append`] for a payload the caller already holds as `Bytes`: the engine keeps
+    /// that same buffer for the op until it is applied, and the journal copies it once, into its
+    /// batch buffer.
+    pub async fn append_bytes(&self, op: u64, payload: Bytes) -> Result<(), EngineError> {
+        self.append_batch(&[(op, payload)]).await
+    }
+
+    /// Prepares several ops with one journal call: every op is checked first (a refusal
+    /// prepares none), the journal writes them contiguously and resolves once all are durable
+    /// (one group commit), and the engine keeps each `Bytes` as given. Same rules per op as
+    /// [`Engine::append`]; a later op in the batch replaces an earlier one of the same number.
+    pub async fn append_batch(&self, entries: &[(u64, Bytes)]) -> Result<(), EngineError> {
         let started = Instant::now();
-        let result = self.append_inner(op, payload).await;
+        let len_bytes: u64 = entries.iter().map(|(_, p)| p.len() as u64).sum();
+        let result = self.append_inner(entries).await;
         let mut inner = self.inner.borrow_mut();
         match &result {
             Ok(()) => {
-                inner.stats.appends += 1;
-                inner.stats.append_bytes += payload.len() as u64;
+                inner.stats.appends += entries.len() as u64;
+                inner.stats.append_bytes += len_bytes;
                 inner
                     .stats
                     .append_latency_us
@@ -270,7 +290,8 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         result
     }
 
-    async fn append_inner(&self, op: u64, payload: &[u8]) -> Result<(), EngineError> {
+    /// Refuses an op no prepare may take now.
+    fn check_prepare(&self, op: u64, commit_op: u64) -> Result<(), EngineError> {
         if op == 0 {
             return Err(EngineError::ZeroOp);
         }
@@ -280,44 +301,54 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
                 truncate_op: truncating_op,
             });
         }
-        let append_seq = {
+        if op <= commit_op {
+            return Err(EngineError::AlreadyCommitted { op, commit_op });
+        }
+        Ok(())
+    }
+
+    async fn append_inner(&self, entries: &[(u64, Bytes)]) -> Result<(), EngineError> {
+        let first_seq = {
             let mut inner = self.inner.borrow_mut();
-            if op <= inner.commit_op {
-                return Err(EngineError::AlreadyCommitted {
-                    op,
-                    commit_op: inner.commit_op,
-                });
+            for (op, _) in entries {
+                self.check_prepare(*op, inner.commit_op)?;
             }
-            *inner.in_flight.entry(op).or_insert(0) += 1;
-            inner.next_append_seq += 1;
-            inner.next_append_seq
+            for (op, _) in entries {
+                *inner.in_flight.entry(*op).or_insert(0) += 1;
+            }
+            let first_seq = inner.next_append_seq + 1;
+            inner.next_append_seq += entries.len() as u64;
+            first_seq
         };
         let guard = InFlight {
             inner: &self.inner,
-            op,
+            ops: entries.iter().map(|(op, _)| *op).collect(),
         };
-        let result = self.journal.append(op, payload).await;
+        let result = self.journal.append_batch(entries).await;
         drop(guard);
         result?;
         let mut inner = self.inner.borrow_mut();
-        // Commits and truncations covering `op` were refused while it was in flight, so the
-        // op is still above the watermark.
-        assert!(
-            op > inner.commit_op,
-            "a commit covered an in-flight prepare"
-        );
-        let newer_on_disk = inner
-            .pending
-            .get(&op)
-            .is_some_and(|p| p.append_seq > append_seq);
-        if !newer_on_disk {
-            inner.pending.insert(
-                op,
-                Prepared {
-                    append_seq,
-                    payload: Bytes::copy_from_slice(payload),
-                },
+        for (i, (op, payload)) in entries.iter().enumerate() {
+            let append_seq = first_seq + i as u64;
+            // Commits and truncations covering `op` were refused while it was in flight, so
+            // the op is still above the watermark.
+            assert!(
+                *op > inner.commit_op,
+                "a commit covered an in-flight prepare"
             );
+            let newer_on_disk = inner
+                .pending
+                .get(op)
+                .is_some_and(|p| p.append_seq > append_seq);
+            if !newer_on_disk {
+                inner.pending.insert(
+                    *op,
+                    Prepared {
+                        append_seq,
+                        payload: payload.clone(),
+                    },
+                );
+            }
         }
         Ok(())
     }

@@ -496,7 +496,7 @@ async fn create_dir_durably(dir: &Path) -> std::io::Result<FsDirectory> {
 async fn serve<D: Directory, M: StateMachine>(engine: &Engine<D, M>, request: Request<M>) {
     match request {
         Request::Append { op, payload, reply } => {
-            let _ = reply.send(engine.append(op, &payload).await);
+            let _ = reply.send(engine.append_bytes(op, payload).await);
         }
         Request::Commit { op, reply } => {
             let _ = reply.send(engine.commit(op).await);
