@@ -68,6 +68,9 @@ fn sim_config(rng: &mut StdRng) -> EngineConfig {
     let mut config = small_config();
     config.journal.slot_count = *[32u64, 64, 128].choose(rng).unwrap();
     config.journal.segment_bytes = *[2048u64, 4096, 16384].choose(rng).unwrap();
+    // Both durable write paths (no RNG draw, so seeds replay as before): write + fdatasync
+    // with 16 KiB segments, write-through (O_DSYNC) writes otherwise.
+    config.journal.write_through = config.journal.segment_bytes != 16384;
     config.journal_covers_previous_snapshot = rng.gen_bool(0.5);
     config.checkpoint_margin_ops = if rng.gen_bool(0.5) {
         0

@@ -101,6 +101,7 @@ fn fuzz_config() -> JournalConfig {
         max_payload_bytes: 1024,
         preallocate: false,
         sync_on_append: true,
+        write_through: true,
         scan_window_bytes: crate::stream::WINDOW_BYTES,
     }
 }

@@ -136,6 +136,7 @@ impl<D: Directory> MetadataJournal<D> {
                     self.config
                         .preallocate
                         .then(|| self.preallocation_target(0, 0)),
+                    self.writes_through(),
                 )
                 .await?;
                 let name = crate::format::segment_file_name(header.segment_no);
@@ -182,10 +183,17 @@ impl<D: Directory> MetadataJournal<D> {
                 offset_bytes: run.offset_bytes,
                 buf: buf.clone(),
             });
+            let started = Instant::now();
             let BufResult(result, _) = file.write_all_at(run.offset_bytes, SharedBuf(buf)).await;
             result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
             let mut st = self.state.borrow_mut();
-            st.w.dirty_segments.insert(run.segment);
+            if file.writes_are_durable() {
+                // The write carried its own fdatasync: counted as one.
+                st.stats.fsyncs += 1;
+                st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
+            } else {
+                st.w.dirty_segments.insert(run.segment);
+            }
             if let Some(last) = run.entries.last() {
                 // Runs are written in log order by the one flusher: every earlier seq is written.
                 assert!(
@@ -234,11 +242,13 @@ impl<D: Directory> MetadataJournal<D> {
         } else {
             keel_storage::OpenMode::Existing
         };
+        let opened = if self.writes_through() {
+            self.dir.open_file_write_through(&name, mode).await
+        } else {
+            self.dir.open_file(&name, mode).await
+        };
         let file = Rc::new(
-            self.dir
-                .open_file(&name, mode)
-                .await
-                .map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
+            opened.map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
         );
         if let Some(handle) = self.state.borrow_mut().segments.get_mut(&number) {
             handle.file.get_or_insert_with(|| file.clone());

@@ -97,28 +97,47 @@ use scan::{scan_log, LogScan};
 use slots::SlotRing;
 use writer::WriterState;
 
-/// Tunables of one journal. Every quantity has a limit.
+/// Tunables of one journal. Every quantity has a limit, checked by [`JournalConfig::validate`]
+/// when the journal opens.
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
-    /// Number of slots in the ring (power of two). Op `x` lives in slot `x % slot_count`.
+    /// Slots in the ring; op `x` lives in slot `x % slot_count`, so at most this many ops above
+    /// the snapshot watermark can be live (`Full` beyond). Default 1,024; a power of two,
+    /// at most 2^24.
     pub slot_count: u64,
-    /// A segment rotates once it holds this many bytes.
+    /// A segment rotates once it holds this many bytes (one entry larger than this gets a
+    /// segment of its own). Default 64 MiB; at least 128 B, at most 4 GiB.
     pub segment_bytes: u64,
-    /// Largest batch written by one `write_at` (one group commit may issue several).
+    /// Largest run one `write_at` writes (a group may issue several), and with
+    /// `sync_on_append = false` the bytes buffered before the writer writes them. Default
+    /// 1 MiB; 512 B to 64 MiB.
     pub max_batch_bytes: usize,
-    /// Bytes accepted but not yet covered by an fsync; appends wait above this bound.
+    /// Bytes accepted but not yet written (and synced, with `sync_on_append`): appends wait
+    /// above this bound (one entry larger than it is taken alone). Default 8 MiB; 512 B to
+    /// 1 GiB.
     pub max_inflight_bytes: usize,
-    /// Largest payload of one entry.
+    /// Largest payload of one entry. Default 1 MiB; at most the format's limit
+    /// ([`format::MAX_PAYLOAD_BYTES_LIMIT`]).
     pub max_payload_bytes: usize,
-    /// Preallocate segments (zero-filled) so durable writes overwrite instead of extending.
+    /// Keep zero-written space ahead of the write cursor (steps of an eighth of a segment, at
+    /// most 8 MiB), so a durable write overwrites instead of extending the file, which costs an
+    /// fdatasync about twice as much here (docs/performance.md). Default true.
     pub preallocate: bool,
-    /// When false, appends resolve once written to the OS (no fsync); `flush()` makes them durable.
+    /// True: an append resolves once an fsync (or a write-through write) covers it and every
+    /// entry before it. False: an append resolves once accepted into the writer's buffer
+    /// (readable at once); the writer writes a `max_batch_bytes` run at a time, and
+    /// [`MetadataJournal::flush`] / [`MetadataJournal::close`] make everything durable. A crash
+    /// may lose what no flush covered. Default true.
     pub sync_on_append: bool,
-    /// Bytes the open's scan reads at a time (default 2 MiB, the best measured, BENCHMARKS.md; at
-    /// least 512 B, at most 64 MiB). The scan holds two such buffers (the window it parses and
-    /// the next one being read). The window
-    /// grows to hold one entry larger than this, so recovery's memory is this or the largest
-    /// entry, plus the index.
+    /// With `sync_on_append`, open segments write-through (`O_DSYNC`): each group is one write
+    /// that is durable when it completes, instead of a write and then an fdatasync (one I/O
+    /// round trip instead of two; docs/performance.md). False keeps write + fdatasync. Ignored
+    /// without `sync_on_append`. Default true.
+    pub write_through: bool,
+    /// Bytes the open's scan reads at a time; it holds two such buffers (the window it parses
+    /// and the next one being read), and the window grows to hold one entry larger than this,
+    /// so recovery's memory is this or the largest entry, plus the index. Default 2 MiB (the
+    /// best measured, BENCHMARKS.md); 512 B to 64 MiB.
     pub scan_window_bytes: usize,
 }
 
@@ -132,6 +151,7 @@ impl Default for JournalConfig {
             max_payload_bytes: 1 << 20,
             preallocate: true,
             sync_on_append: true,
+            write_through: true,
             scan_window_bytes: stream::WINDOW_BYTES,
         }
     }
@@ -205,11 +225,17 @@ pub struct ScanReport {
 /// Counters for operators; cheap to read.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JournalStats {
+    /// Data entries written.
     pub appends: u64,
+    /// Their bytes on disk (headers and padding included).
     pub bytes_appended: u64,
+    /// Durability points: fdatasync calls, plus write-through writes (each carries one).
     pub fsyncs: u64,
+    /// Groups the writer wrote.
     pub batches: u64,
+    /// Time spent in those fdatasyncs and write-through writes.
     pub fsync_nanos_total: u64,
+    /// Segment files open in the journal.
     pub segments_live: u64,
 }
 
@@ -381,6 +407,18 @@ impl JournalConfig {
         }
         if self.segment_bytes > 1 << 32 {
             return fail(format!("segment_bytes {} above 4 GiB", self.segment_bytes));
+        }
+        if !(512..=64 << 20).contains(&self.max_batch_bytes) {
+            return fail(format!(
+                "max_batch_bytes {} must be within 512 B..=64 MiB",
+                self.max_batch_bytes
+            ));
+        }
+        if !(512..=1 << 30).contains(&self.max_inflight_bytes) {
+            return fail(format!(
+                "max_inflight_bytes {} must be within 512 B..=1 GiB",
+                self.max_inflight_bytes
+            ));
         }
         Ok(())
     }
@@ -686,6 +724,12 @@ impl<D: Directory> MetadataJournal<D> {
     /// Makes everything written so far durable (used with `sync_on_append = false` and on close).
     pub async fn flush(&self) -> Result<(), JournalError> {
         self.request_flush().await
+    }
+
+    /// Whether segments this journal writes are opened write-through (see
+    /// [`JournalConfig::write_through`]).
+    pub(crate) fn writes_through(&self) -> bool {
+        self.config.sync_on_append && self.config.write_through
     }
 
     /// Highest live op above the snapshot watermark (`None` when nothing above it is live).

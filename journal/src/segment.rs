@@ -125,17 +125,22 @@ async fn read_file_into<F: Storage>(
 /// Creates segment `header.segment_no` as a new file (an existing file of that name is an error,
 /// never truncated: the open's scan accounted for every segment file), writes its header
 /// and, when `preallocate_to` is set, zeroes up to that length; fsyncs the file and the directory.
+/// `write_through` opens it with every write durable on completion (`O_DSYNC`).
 pub async fn create<D: Directory>(
     dir: &D,
     header: &SegmentHeader,
     preallocate_to: Option<u64>,
+    write_through: bool,
 ) -> Result<D::File, JournalError> {
     let name = segment_file_name(header.segment_no);
     let path = format!("{}/{name}", dir.display_path());
-    let file = dir
-        .open_file(&name, OpenMode::CreateNew)
-        .await
-        .map_err(|e| JournalError::io("create segment", &path, e))?;
+    let opened = if write_through {
+        dir.open_file_write_through(&name, OpenMode::CreateNew)
+            .await
+    } else {
+        dir.open_file(&name, OpenMode::CreateNew).await
+    };
+    let file = opened.map_err(|e| JournalError::io("create segment", &path, e))?;
     let BufResult(result, _) = file.write_all_at(0, header.encode().to_vec()).await;
     result.map_err(|e| JournalError::io("write segment header", &path, e))?;
     if let Some(to) = preallocate_to {

@@ -513,6 +513,7 @@ mod tests {
             max_payload_bytes: 1500,
             preallocate: rng.gen_bool(0.5),
             sync_on_append: true,
+            write_through: true,
             scan_window_bytes: 512,
         };
         let (j, _) = MetadataJournal::open(&fs.root(), config.clone(), RecoveryMode::default())

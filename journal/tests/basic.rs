@@ -333,7 +333,11 @@ fn verify_on_clean_journal_and_read_only_open() {
 fn an_fsync_error_poisons_the_journal() {
     use keel_storage::{FaultConfig, FaultKind, FaultOp};
     let fs = MemFs::new(10);
-    let config = small_config();
+    // Write + fdatasync: a write-through journal has no fsync to fail (its writes fail instead).
+    let config = JournalConfig {
+        write_through: false,
+        ..small_config()
+    };
     run(async {
         let (j, _) = open(&fs, &config).await;
         j.append(1, b"ok").await.unwrap();

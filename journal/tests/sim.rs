@@ -110,6 +110,9 @@ fn config_for(rng: &mut SmallRng) -> JournalConfig {
         max_payload_bytes: 256,
         preallocate: rng.gen_bool(0.5),
         sync_on_append: rng.gen_bool(0.8),
+        // Both durable write paths: write-through (O_DSYNC) writes in two thirds of the
+        // configurations, write + fdatasync in the rest (no RNG draw, so seeds replay as before).
+        write_through: slot_count != 128,
         // Windows smaller than a segment in a third of the configurations (no RNG draw, so
         // seeds replay as before): the scan's window refills, zero checks and look-ahead.
         scan_window_bytes: if slot_count == 64 { 512 } else { 1 << 20 },

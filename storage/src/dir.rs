@@ -211,16 +211,15 @@ impl FsDirectory {
     }
 }
 
-/// Adds the path to an error so the message says where it happened.
-fn with_path(error: io::Error, path: &Path) -> io::Error {
-    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
-}
-
-impl Directory for FsDirectory {
-    type File = FileStorage;
-    type Lock = FsLock;
-
-    async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<FileStorage> {
+impl FsDirectory {
+    /// Opens a file per `mode`; `write_through` adds `O_DSYNC` (see
+    /// [`Directory::open_file_write_through`]).
+    async fn open_file_with(
+        &self,
+        name: &str,
+        mode: OpenMode,
+        write_through: bool,
+    ) -> io::Result<FileStorage> {
         let path = self.entry_path(name)?;
         let mut options = OpenOptions::new();
         options.read(true);
@@ -237,6 +236,9 @@ impl Directory for FsDirectory {
             }
         }
         let read_only = mode == OpenMode::ReadOnly;
+        if write_through && !read_only {
+            options.custom_flags(libc::O_DSYNC);
+        }
         if !read_only {
             self.check_writable("open for writing")?;
         }
@@ -245,14 +247,33 @@ impl Directory for FsDirectory {
             .await
             .map_err(|error| with_path(error, &path))?;
         let len_bytes = file.metadata().await?.len();
-        tracing::trace!(path = %path.display(), ?mode, len_bytes, "opened file");
-        Ok(FileStorage::from_file(
+        tracing::trace!(path = %path.display(), ?mode, len_bytes, write_through, "opened file");
+        let storage = FileStorage::from_file(
             file,
             len_bytes,
             read_only,
             self.file_options.clone(),
             path.display().to_string(),
-        ))
+        );
+        Ok(storage.with_write_through(write_through && !read_only))
+    }
+}
+
+/// Adds the path to an error so the message says where it happened.
+fn with_path(error: io::Error, path: &Path) -> io::Error {
+    io::Error::new(error.kind(), format!("{}: {error}", path.display()))
+}
+
+impl Directory for FsDirectory {
+    type File = FileStorage;
+    type Lock = FsLock;
+
+    async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<FileStorage> {
+        self.open_file_with(name, mode, false).await
+    }
+
+    async fn open_file_write_through(&self, name: &str, mode: OpenMode) -> io::Result<FileStorage> {
+        self.open_file_with(name, mode, true).await
     }
 
     async fn open_dir(&self, name: &str, create: bool) -> io::Result<Self> {

@@ -43,6 +43,8 @@ pub struct FileStorage {
     /// last truncate.
     len_bytes: Cell<u64>,
     read_only: bool,
+    /// Opened with `O_DSYNC`: every completed write is durable.
+    write_through: bool,
     options: FileOptions,
     /// For error messages.
     path: String,
@@ -73,10 +75,17 @@ impl FileStorage {
             file: UnsafeCell::new(Some(file)),
             len_bytes: Cell::new(len_bytes),
             read_only,
+            write_through: false,
             options,
             path,
             _single_thread: PhantomData,
         }
+    }
+
+    /// Marks the handle as opened with `O_DSYNC` (see [`Storage::writes_are_durable`]).
+    pub(crate) fn with_write_through(mut self, write_through: bool) -> Self {
+        self.write_through = write_through;
+        self
     }
 
     /// The path this file was opened at (for messages).
@@ -192,6 +201,10 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
+    fn writes_are_durable(&self) -> bool {
+        self.write_through
+    }
+
     fn advise_sequential(&self) {
         let Ok(file) = self.file() else { return };
         // SAFETY: posix_fadvise only reads its integer arguments; `file` keeps the fd open for

@@ -107,6 +107,12 @@ pub trait Storage {
         Ok(())
     }
 
+    /// True when every completed write through this handle is already durable (opened with
+    /// [`Directory::open_file_write_through`]): the writer need not fsync what it wrote here.
+    fn writes_are_durable(&self) -> bool {
+        false
+    }
+
     /// Tells the storage that the file will be read from start to end, once (recovery's scan).
     /// A hint: [`FileStorage`] widens the kernel's readahead for the file
     /// (`POSIX_FADV_SEQUENTIAL`), so a cold cache is read ahead of the scan in larger steps; the
@@ -148,6 +154,11 @@ pub trait Directory: Clone + Sized + 'static {
 
     /// Opens (or creates, per `mode`) the file `name` in this directory.
     async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<Self::File>;
+
+    /// Opens `name` like [`Directory::open_file`], with every write through the handle durable
+    /// when it completes (`O_DSYNC`: the write and its fdatasync in one operation, one round
+    /// trip instead of two). [`Storage::writes_are_durable`] is true on the handle.
+    async fn open_file_write_through(&self, name: &str, mode: OpenMode) -> io::Result<Self::File>;
 
     /// Opens the subdirectory `name`, creating it when `create` is set.
     async fn open_dir(&self, name: &str, create: bool) -> io::Result<Self>;

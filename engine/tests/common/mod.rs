@@ -23,6 +23,7 @@ pub fn small_config() -> EngineConfig {
         max_payload_bytes: 1024,
         preallocate: false,
         sync_on_append: true,
+        write_through: true,
         scan_window_bytes: keel_journal::SCAN_WINDOW_BYTES,
     };
     EngineConfig {

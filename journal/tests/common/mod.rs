@@ -25,6 +25,7 @@ pub fn small_config() -> JournalConfig {
         max_payload_bytes: 1024,
         preallocate: false,
         sync_on_append: true,
+        write_through: true,
         scan_window_bytes: keel_journal::SCAN_WINDOW_BYTES,
     }
 }

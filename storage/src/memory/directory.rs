@@ -129,7 +129,12 @@ impl MemDirectory {
         Ok(())
     }
 
-    fn open_file_now(&self, name: &str, mode: OpenMode) -> io::Result<MemStorage> {
+    fn open_file_now(
+        &self,
+        name: &str,
+        mode: OpenMode,
+        write_through: bool,
+    ) -> io::Result<MemStorage> {
         if mode != OpenMode::ReadOnly {
             self.check_writable("open for writing")?;
         }
@@ -165,6 +170,7 @@ impl MemDirectory {
             file: id,
             generation: state.generation,
             read_only: mode == OpenMode::ReadOnly,
+            write_through: write_through && mode != OpenMode::ReadOnly,
             len_bytes: Cell::new(len_bytes),
             path,
         })
@@ -268,7 +274,13 @@ impl Directory for MemDirectory {
     type Lock = MemLock;
 
     async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<MemStorage> {
-        let result = self.open_file_now(name, mode);
+        let result = self.open_file_now(name, mode, false);
+        maybe_yield(&self.fs).await;
+        result
+    }
+
+    async fn open_file_write_through(&self, name: &str, mode: OpenMode) -> io::Result<MemStorage> {
+        let result = self.open_file_now(name, mode, true);
         maybe_yield(&self.fs).await;
         result
     }
@@ -326,7 +338,7 @@ impl Directory for MemDirectory {
         // namespace); a read-only one never creates it and, when it is missing, still takes the
         // lock (there, the directory's flock alone).
         if !exists && !self.read_only {
-            self.open_file_now(name, OpenMode::Create)?;
+            self.open_file_now(name, OpenMode::Create, false)?;
         }
         self.lock_now(name)
     }

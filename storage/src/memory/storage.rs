@@ -21,6 +21,8 @@ pub struct MemStorage {
     pub(super) file: FileId,
     pub(super) generation: u64,
     pub(super) read_only: bool,
+    /// Opened write-through (`O_DSYNC`): each write is followed by the file's sync, as one op.
+    pub(super) write_through: bool,
     pub(super) len_bytes: Cell<u64>,
     pub(super) path: String,
 }
@@ -103,7 +105,11 @@ impl MemStorage {
             Some(FaultKind::LostWrite) if !data.is_empty() => data,
             Some(FaultKind::ShortWrite) if data.len() > 1 => &data[..data.len() / 2],
             Some(FaultKind::Misdirected) if !data.is_empty() => {
-                return self.misdirect_now(&mut state, offset_bytes, data)
+                let result = self.misdirect_now(&mut state, offset_bytes, data);
+                if self.write_through {
+                    state.file_mut(self.file).sync();
+                }
+                return result;
             }
             Some(kind) => return Err(state.injected_failure(kind, "write", &self.path)),
         };
@@ -117,6 +123,11 @@ impl MemStorage {
             _ => {}
         }
         push_write(&mut state, self.file, offset_bytes, data, lost);
+        if self.write_through {
+            // O_DSYNC: the write returns once it (and what the file held pending before it,
+            // which fdatasync would flush too) is durable; a lost write stays lost.
+            state.file_mut(self.file).sync();
+        }
         self.len_bytes.set(self.len_bytes.get().max(end_bytes));
         Ok(data.len())
     }
@@ -174,6 +185,10 @@ impl MemStorage {
 }
 
 impl Storage for MemStorage {
+    fn writes_are_durable(&self) -> bool {
+        self.write_through
+    }
+
     async fn read_at<B: IoBufMut>(&self, offset_bytes: u64, mut buf: B) -> BufResult<usize, B> {
         let result = self.read_now(offset_bytes, &mut buf);
         maybe_yield(&self.fs).await;
