@@ -136,7 +136,9 @@ async fn run_steps<D: Directory, M: StateMachine>(
     };
 
     // 1. Snapshot at the applied op. Only committed ops are ever applied, so S <= commit.
-    let (snapshot_op, previous_snapshot_op, state) = {
+    //    The state machine hands a frozen copy (O(1) for a persistent map), serialized piece by
+    //    piece during the persist while commits keep applying to the live state.
+    let (snapshot_op, previous_snapshot_op, mut state) = {
         let inner = engine.inner.borrow();
         if inner.applied_op <= inner.snapshot_op {
             return Ok(None);
@@ -144,13 +146,17 @@ async fn run_steps<D: Directory, M: StateMachine>(
         (
             inner.applied_op,
             inner.snapshot_op,
-            inner.state_machine.snapshot(),
+            inner.state_machine.snapshot_source(),
         )
     };
     step(CheckpointStep::SnapshotTaken)?;
 
-    // 2. Persist (temp, fsync, rename, directory fsync).
-    let snapshot_bytes = engine.snapshots.persist(snapshot_op, &state, &step).await?;
+    // 2. Persist (temp written piece by piece with paced write-back, fsync, rename, directory
+    //    fsync).
+    let snapshot_bytes = engine
+        .snapshots
+        .persist_source(snapshot_op, &mut *state, &step)
+        .await?;
     drop(state);
     engine.inner.borrow_mut().snapshot_op = snapshot_op;
     step(CheckpointStep::Persisted)?;

@@ -15,9 +15,12 @@
 //! magic "KVS1"  count:u64  { key_len:u32 key value_len:u32 value } * count
 //! ```
 
-use std::collections::BTreeMap;
+use std::ops::Bound;
 
-use crate::state_machine::{ApplyError, RestoreError, StateMachine};
+use bytes::Bytes;
+use imbl::OrdMap;
+
+use crate::state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 
 /// Largest key a command may carry.
 pub const MAX_KEY_BYTES: usize = 64 << 10;
@@ -210,9 +213,13 @@ impl KvCommand {
 }
 
 /// An ordered map of bytes to bytes.
+///
+/// A persistent map (`imbl::OrdMap`, keys and values as shared `Bytes`): cloning it is O(1) and
+/// later changes copy only the nodes they touch, so a checkpoint serializes a frozen copy piece
+/// by piece ([`StateMachine::snapshot_source`]) while commits keep applying.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct KvStateMachine {
-    map: BTreeMap<Vec<u8>, Vec<u8>>,
+    map: OrdMap<Bytes, Bytes>,
     /// Sum of key and value lengths, for stats and snapshot sizing.
     data_bytes: u64,
 }
@@ -223,7 +230,7 @@ impl KvStateMachine {
     }
 
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
-        self.map.get(key).map(Vec::as_slice)
+        self.map.get(key).map(|v| &v[..])
     }
 
     pub fn len(&self) -> usize {
@@ -240,7 +247,7 @@ impl KvStateMachine {
     }
 
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
-        self.map.iter().map(|(k, v)| (k.as_slice(), v.as_slice()))
+        self.map.iter().map(|(k, v)| (&k[..], &v[..]))
     }
 
     /// A 64-bit digest of the whole state (FNV-1a over the snapshot encoding): equal states give
@@ -272,16 +279,15 @@ impl KvStateMachine {
     }
 
     fn set(&mut self, key: &[u8], value: &[u8]) {
-        let added = (key.len() + value.len()) as u64;
+        let value = Bytes::copy_from_slice(value);
         match self.map.get_mut(key) {
             Some(old) => {
                 self.data_bytes = self.data_bytes - old.len() as u64 + value.len() as u64;
-                old.clear();
-                old.extend_from_slice(value);
+                *old = value;
             }
             None => {
-                self.data_bytes += added;
-                self.map.insert(key.to_vec(), value.to_vec());
+                self.data_bytes += (key.len() + value.len()) as u64;
+                self.map.insert(Bytes::copy_from_slice(key), value);
             }
         }
     }
@@ -307,15 +313,13 @@ impl StateMachine for KvStateMachine {
 
     fn snapshot(&self) -> Vec<u8> {
         let mut out = Vec::with_capacity(12 + self.data_bytes as usize + 8 * self.map.len());
-        out.extend_from_slice(SNAPSHOT_MAGIC);
-        out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
-        for (k, v) in &self.map {
-            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
-            out.extend_from_slice(k);
-            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
-            out.extend_from_slice(v);
-        }
+        let mut source = self.frozen();
+        while source.write_piece(usize::MAX, &mut out) {}
         out
+    }
+
+    fn snapshot_source(&self) -> Box<dyn SnapshotSource> {
+        Box::new(self.frozen())
     }
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
@@ -354,6 +358,60 @@ impl StateMachine for KvStateMachine {
         }
         *self = restored;
         Ok(())
+    }
+}
+
+impl KvStateMachine {
+    /// An O(1) frozen copy of the map, serialized lazily.
+    fn frozen(&self) -> KvSnapshot {
+        KvSnapshot {
+            map: self.map.clone(),
+            after: None,
+            header_written: false,
+        }
+    }
+}
+
+/// A frozen copy of the map being serialized in key order (see the module docs' encoding).
+struct KvSnapshot {
+    map: OrdMap<Bytes, Bytes>,
+    /// The last key written; the next piece starts after it.
+    after: Option<Bytes>,
+    header_written: bool,
+}
+
+impl SnapshotSource for KvSnapshot {
+    fn write_piece(&mut self, max_bytes: usize, out: &mut Vec<u8>) -> bool {
+        let start = out.len();
+        if !self.header_written {
+            out.extend_from_slice(SNAPSHOT_MAGIC);
+            out.extend_from_slice(&(self.map.len() as u64).to_le_bytes());
+            self.header_written = true;
+        }
+        let from = match &self.after {
+            Some(key) => Bound::Excluded(&key[..]),
+            None => Bound::Unbounded,
+        };
+        let mut items = self
+            .map
+            .range::<_, [u8]>((from, Bound::Unbounded))
+            .peekable();
+        let mut last = None;
+        // At least one item per call, so every call makes progress.
+        while let Some((k, v)) = items.next_if(|_| last.is_none() || out.len() - start < max_bytes)
+        {
+            out.extend_from_slice(&(k.len() as u32).to_le_bytes());
+            out.extend_from_slice(k);
+            out.extend_from_slice(&(v.len() as u32).to_le_bytes());
+            out.extend_from_slice(v);
+            last = Some(k.clone());
+        }
+        let more = items.peek().is_some();
+        drop(items);
+        if last.is_some() {
+            self.after = last;
+        }
+        more
     }
 }
 
@@ -466,6 +524,35 @@ mod tests {
             prop_assert_eq!(&restored, &kv);
             // Deterministic: equal states encode to equal bytes.
             prop_assert_eq!(restored.snapshot(), kv.snapshot());
+        }
+
+        /// A snapshot source taken before more commands apply yields, piece by piece of any
+        /// size, exactly the snapshot of the state when it was taken.
+        #[test]
+        fn snapshot_pieces_are_the_frozen_snapshot(
+            before in proptest::collection::vec(command(), 0..40),
+            after in proptest::collection::vec(command(), 0..40),
+            piece_bytes in 1usize..64,
+        ) {
+            let mut kv = KvStateMachine::new();
+            for (i, c) in before.iter().enumerate() {
+                kv.apply(i as u64 + 1, &c.encode().unwrap()).unwrap();
+            }
+            let expected = kv.snapshot();
+            let mut source = kv.snapshot_source();
+            let mut pieces = Vec::new();
+            let mut more = true;
+            let mut calls = 0;
+            while more {
+                // The live state changes between pieces, as commits do during a checkpoint.
+                if let Some(c) = after.get(calls) {
+                    kv.apply(100 + calls as u64, &c.encode().unwrap()).unwrap();
+                }
+                more = source.write_piece(piece_bytes, &mut pieces);
+                calls += 1;
+                prop_assert!(calls <= expected.len() + 1, "a source that never ends");
+            }
+            prop_assert_eq!(pieces, expected);
         }
     }
 }

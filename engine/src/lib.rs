@@ -65,7 +65,7 @@ pub use snapshot::{
     snapshot_file_name, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
     SNAPSHOT_VERSION,
 };
-pub use state_machine::{ApplyError, RestoreError, StateMachine};
+pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 pub use stats::{EngineStats, Histogram};
 
 use snapshot::SnapshotStore;

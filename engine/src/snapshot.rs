@@ -17,11 +17,14 @@
 //! `NAME`, fsync the directory. Until the directory fsync a crash may lose the rename, so nothing
 //! that depends on the snapshot (the journal's watermark) moves before it.
 
-use keel_storage::{Directory, DurableStage, OpenMode, ReplaceError, ReplaceStage, Storage};
+use keel_storage::{
+    Directory, DurableStage, OpenMode, ReplaceError, ReplaceSource, ReplaceStage, Storage,
+};
 use serde::Serialize;
 
 use crate::checkpoint::CheckpointStep;
 use crate::error::{EngineError, SnapshotError, SnapshotStage};
+use crate::state_machine::SnapshotSource;
 use crate::QUARANTINE_DIR;
 
 pub const SNAPSHOTS_DIR: &str = "snapshots";
@@ -63,13 +66,77 @@ pub struct SnapshotInfo {
     pub problem: Option<String>,
 }
 
+/// Bytes of state serialized per piece of a streamed persist: small enough that serializing one
+/// holds the core for about a millisecond, large enough that the writes stay few.
+const PERSIST_PIECE_BYTES: usize = 256 << 10;
+
+/// A state already in one slice, as a [`SnapshotSource`] (the store's own tests).
+#[cfg(test)]
+struct SliceSource<'a>(Option<&'a [u8]>);
+
+#[cfg(test)]
+impl SnapshotSource for SliceSource<'_> {
+    fn write_piece(&mut self, _max_bytes: usize, out: &mut Vec<u8>) -> bool {
+        if let Some(bytes) = self.0.take() {
+            out.extend_from_slice(bytes);
+        }
+        false
+    }
+}
+
+/// A snapshot file's body from a [`SnapshotSource`], its header computed as it goes.
+struct SnapshotPieces<'a> {
+    op: u64,
+    source: &'a mut dyn SnapshotSource,
+    hasher: crc32fast::Hasher,
+    len_bytes: u64,
+    max_bytes: u64,
+    done: bool,
+    /// The payload passed `max_bytes`: the replace was stopped.
+    too_large: bool,
+}
+
+impl ReplaceSource for SnapshotPieces<'_> {
+    fn head_bytes(&self) -> usize {
+        SNAPSHOT_HEADER_BYTES
+    }
+
+    fn next_piece(&mut self) -> std::io::Result<Option<Vec<u8>>> {
+        if self.done {
+            return Ok(None);
+        }
+        let mut piece = Vec::with_capacity(PERSIST_PIECE_BYTES);
+        while piece.is_empty() && !self.done {
+            self.done = !self.source.write_piece(PERSIST_PIECE_BYTES, &mut piece);
+        }
+        self.hasher.update(&piece);
+        self.len_bytes += piece.len() as u64;
+        if self.len_bytes > self.max_bytes {
+            self.too_large = true;
+            return Err(std::io::Error::other("snapshot larger than its limit"));
+        }
+        Ok((!piece.is_empty()).then_some(piece))
+    }
+
+    fn head(&mut self) -> Vec<u8> {
+        let crc = std::mem::take(&mut self.hasher).finalize();
+        encode_header_parts(self.op, self.len_bytes, crc).to_vec()
+    }
+}
+
 fn encode_header(op: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    encode_header_parts(op, payload.len() as u64, crc32fast::hash(payload))
+}
+
+/// The header of a payload of `len_bytes` whose crc32 is `payload_crc` (a streamed persist knows
+/// both only once the payload is written).
+fn encode_header_parts(op: u64, len_bytes: u64, payload_crc: u32) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
     h[0..8].copy_from_slice(SNAPSHOT_MAGIC);
     h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&op.to_le_bytes());
-    h[24..32].copy_from_slice(&(payload.len() as u64).to_le_bytes());
-    h[32..36].copy_from_slice(&crc32fast::hash(payload).to_le_bytes());
+    h[24..32].copy_from_slice(&len_bytes.to_le_bytes());
+    h[32..36].copy_from_slice(&payload_crc.to_le_bytes());
     let header_crc = crc32fast::hash(&h[0..36]);
     h[36..40].copy_from_slice(&header_crc.to_le_bytes());
     h
@@ -316,23 +383,38 @@ impl<D: Directory> SnapshotStore<D> {
     /// Persists `state` as the snapshot at `op`: temp file, fsync, rename, directory fsync.
     /// `step` is called at the boundaries inside the persist (the crash tests stop there).
     /// Returns the file's size in bytes.
+    #[cfg(test)]
     pub(crate) async fn persist(
         &self,
         op: u64,
         state: &[u8],
         step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
     ) -> Result<u64, EngineError> {
-        if state.len() as u64 > self.max_bytes {
-            return Err(SnapshotError::TooLarge {
-                file: self.path_of(&snapshot_file_name(op)),
-                len_bytes: state.len() as u64,
-                max_bytes: self.max_bytes,
-            }
-            .into());
-        }
+        self.persist_source(op, &mut SliceSource(Some(state)), step)
+            .await
+    }
+
+    /// Persists the snapshot at `op` from a state machine's frozen state, serialized one piece
+    /// at a time between the writes (keel-storage's `atomic_replace_stream`: each piece's
+    /// write-back is waited for off the core), so a large state neither holds the core nor
+    /// floods the device ahead of the journal's durable writes. The header goes in last, at
+    /// offset 0, once the payload's length and checksum are known. Returns the file's size.
+    pub(crate) async fn persist_source(
+        &self,
+        op: u64,
+        source: &mut dyn SnapshotSource,
+        step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
+    ) -> Result<u64, EngineError> {
         let name = snapshot_file_name(op);
-        let bytes = encode_snapshot_file(op, state);
-        let len_bytes = bytes.len() as u64;
+        let mut pieces = SnapshotPieces {
+            op,
+            source,
+            hasher: crc32fast::Hasher::new(),
+            len_bytes: 0,
+            max_bytes: self.max_bytes,
+            done: false,
+            too_large: false,
+        };
         let hook = |stage: ReplaceStage| {
             step(match stage {
                 ReplaceStage::TempWritten => CheckpointStep::TempWritten,
@@ -340,9 +422,16 @@ impl<D: Directory> SnapshotStore<D> {
                 ReplaceStage::Renamed => CheckpointStep::Renamed,
             })
         };
-        match keel_storage::atomic_replace_with(&self.dir, &name, bytes, hook).await {
-            Ok(()) => Ok(len_bytes),
+        let result = keel_storage::atomic_replace_stream(&self.dir, &name, &mut pieces, hook).await;
+        match result {
+            Ok(()) => Ok(SNAPSHOT_HEADER_BYTES as u64 + pieces.len_bytes),
             Err(ReplaceError::Halted(error)) => Err(error),
+            Err(ReplaceError::Io(_)) if pieces.too_large => Err(SnapshotError::TooLarge {
+                file: self.path_of(&name),
+                len_bytes: pieces.len_bytes,
+                max_bytes: self.max_bytes,
+            }
+            .into()),
             Err(ReplaceError::Io(error)) => {
                 let stage = match error.stage {
                     DurableStage::SyncTemp => SnapshotStage::Sync,

@@ -34,4 +34,41 @@ pub trait StateMachine {
     /// Replaces the whole state with the one `bytes` encodes. On `Err`, the state must be
     /// unchanged (decode fully before swapping in).
     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError>;
+
+    /// A frozen copy of the state that a checkpoint serializes piece by piece, between awaits,
+    /// while commits go on changing the live state. Its pieces, concatenated, must be exactly
+    /// [`StateMachine::snapshot`]'s bytes at the moment of this call.
+    ///
+    /// The default serializes the whole state here, at once (the core is held for as long as
+    /// `snapshot` takes); a state machine with a cheap copy (a persistent map, as
+    /// [`crate::KvStateMachine`] has) returns a source that serializes lazily.
+    fn snapshot_source(&self) -> Box<dyn SnapshotSource> {
+        Box::new(WholeSnapshot {
+            bytes: self.snapshot(),
+            written: false,
+        })
+    }
+}
+
+/// A frozen state being serialized, one piece per call (see [`StateMachine::snapshot_source`]).
+pub trait SnapshotSource {
+    /// Appends the next piece of the snapshot's bytes to `out`: about `max_bytes`, more only
+    /// when one item is larger. Returns false once every byte has been appended.
+    fn write_piece(&mut self, max_bytes: usize, out: &mut Vec<u8>) -> bool;
+}
+
+/// The default source: bytes serialized up front, handed over in one piece.
+struct WholeSnapshot {
+    bytes: Vec<u8>,
+    written: bool,
+}
+
+impl SnapshotSource for WholeSnapshot {
+    fn write_piece(&mut self, _max_bytes: usize, out: &mut Vec<u8>) -> bool {
+        if !self.written {
+            out.append(&mut self.bytes);
+            self.written = true;
+        }
+        false
+    }
 }

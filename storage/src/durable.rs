@@ -6,7 +6,8 @@
 //! - [`create_durable`] / [`create_unique`]: a new file, written and fsynced, its entry fsynced;
 //!   never reopening, truncating or replacing an existing file (quarantine copies must never
 //!   destroy an earlier copy).
-//! - [`atomic_replace`] / [`atomic_replace_with`]: `NAME.tmp` written and fsynced, renamed over
+//! - [`atomic_replace`] / [`atomic_replace_with`] / [`atomic_replace_stream`]: `NAME.tmp`
+//!   written (whole, or piece by piece with paced write-back) and fsynced, renamed over
 //!   `NAME`, the directory fsynced. A crash at any point leaves either the old file or the new one
 //!   under `NAME`, never a mix; success is reported only after the directory fsync.
 //! - [`open_dir_durable`]: a subdirectory whose entry in its parent and whose own entries are
@@ -287,6 +288,49 @@ pub async fn atomic_replace_with<D: Directory, H>(
     dir: &D,
     name: &str,
     bytes: Vec<u8>,
+    hook: impl FnMut(ReplaceStage) -> Result<(), H>,
+) -> Result<(), ReplaceError<H>> {
+    atomic_replace_stream(dir, name, &mut WholeBytes(Some(bytes)), hook).await
+}
+
+/// Where the bytes of [`atomic_replace_stream`] come from: a body produced piece by piece
+/// (each piece is written, and its write-back waited for off the core, before the next is
+/// asked for), then a head written at offset 0 into the room the body left for it (a header
+/// that needs the whole body's length and checksum).
+pub trait ReplaceSource {
+    /// Bytes reserved at the start of the file for [`ReplaceSource::head`]; the body starts there.
+    fn head_bytes(&self) -> usize;
+    /// The next piece of the body, written right after the previous one; `None` when done. An
+    /// error stops the replace (as a [`DurableStage::WriteTemp`] failure; `NAME` is untouched).
+    fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>>;
+    /// The head (exactly `head_bytes` long), asked for once the body is written.
+    fn head(&mut self) -> Vec<u8>;
+}
+
+/// One buffer as a [`ReplaceSource`]: no head, one piece.
+struct WholeBytes(Option<Vec<u8>>);
+
+impl ReplaceSource for WholeBytes {
+    fn head_bytes(&self) -> usize {
+        0
+    }
+    fn next_piece(&mut self) -> io::Result<Option<Vec<u8>>> {
+        Ok(self.0.take())
+    }
+    fn head(&mut self) -> Vec<u8> {
+        Vec::new()
+    }
+}
+
+/// [`atomic_replace_with`] for bytes produced piece by piece: the same steps, guarantees and
+/// hooks, with the temp file written one piece at a time. After each piece but the last, the
+/// piece's pages are written back to the device and waited for ([`Storage::write_back`], off the
+/// core), so a large file never queues more than one piece of writeback ahead of the
+/// application's own durable writes, and the final fsync finds little left to flush.
+pub async fn atomic_replace_stream<D: Directory, H>(
+    dir: &D,
+    name: &str,
+    source: &mut dyn ReplaceSource,
     mut hook: impl FnMut(ReplaceStage) -> Result<(), H>,
 ) -> Result<(), ReplaceError<H>> {
     let temp = format!("{name}{TEMP_SUFFIX}");
@@ -302,8 +346,31 @@ pub async fn atomic_replace_with<D: Directory, H>(
     file.truncate(0)
         .await
         .map_err(at(DurableStage::CreateTemp))?;
-    let BufResult(written, _) = file.write_all_at(0, bytes).await;
-    written.map_err(at(DurableStage::WriteTemp))?;
+    let head_bytes = source.head_bytes();
+    let mut offset_bytes = head_bytes as u64;
+    let mut piece = source.next_piece().map_err(at(DurableStage::WriteTemp))?;
+    while let Some(bytes) = piece {
+        let len_bytes = bytes.len() as u64;
+        let BufResult(written, _) = file.write_all_at(offset_bytes, bytes).await;
+        written.map_err(at(DurableStage::WriteTemp))?;
+        piece = source.next_piece().map_err(at(DurableStage::WriteTemp))?;
+        if piece.is_some() {
+            file.write_back(offset_bytes, len_bytes)
+                .await
+                .map_err(at(DurableStage::WriteTemp))?;
+        }
+        offset_bytes += len_bytes;
+    }
+    if head_bytes > 0 {
+        let head = source.head();
+        assert_eq!(
+            head.len(),
+            head_bytes,
+            "a replace source's head has its announced size"
+        );
+        let BufResult(written, _) = file.write_all_at(0, head).await;
+        written.map_err(at(DurableStage::WriteTemp))?;
+    }
     hook(ReplaceStage::TempWritten).map_err(ReplaceError::Halted)?;
     file.sync().await.map_err(at(DurableStage::SyncTemp))?;
     drop(file);

@@ -201,6 +201,44 @@ impl FileStorage {
 }
 
 impl Storage for FileStorage {
+    async fn write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        use std::os::fd::{FromRawFd, OwnedFd};
+        let file = self.file()?;
+        // SAFETY: dup only reads the fd, which `file` keeps open for the call; on success the
+        // new descriptor is owned by nobody else, so OwnedFd may take it (and close it).
+        let fd = unsafe { libc::dup(file.as_raw_fd()) };
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        // SAFETY: see above: `fd` is a fresh descriptor this function alone owns.
+        let owned = unsafe { OwnedFd::from_raw_fd(fd) };
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        let result = compio::runtime::spawn_blocking(move || {
+            // SAFETY: sync_file_range only reads its integer arguments; `owned` keeps the
+            // descriptor open until the call returns.
+            let rc = unsafe {
+                libc::sync_file_range(
+                    owned.as_raw_fd(),
+                    offset_bytes as libc::off64_t,
+                    len_bytes as libc::off64_t,
+                    flags,
+                )
+            };
+            if rc == 0 {
+                Ok(())
+            } else {
+                Err(io::Error::last_os_error())
+            }
+        })
+        .await;
+        match result {
+            Ok(result) => result,
+            Err(_) => Err(io::Error::other("write-back task panicked")),
+        }
+    }
+
     fn writes_are_durable(&self) -> bool {
         self.write_through
     }

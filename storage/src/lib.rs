@@ -29,8 +29,9 @@ use std::io;
 pub use compio::buf::{BufResult, IoBuf, IoBufMut};
 pub use dir::{FsDirectory, FsLock};
 pub use durable::{
-    atomic_replace, atomic_replace_with, create_durable, create_unique, is_temp_of,
-    open_dir_durable, DurableError, DurableStage, ReplaceError, ReplaceStage, TEMP_SUFFIX,
+    atomic_replace, atomic_replace_stream, atomic_replace_with, create_durable, create_unique,
+    is_temp_of, open_dir_durable, DurableError, DurableStage, ReplaceError, ReplaceSource,
+    ReplaceStage, TEMP_SUFFIX,
 };
 pub use file::{FileOptions, FileStorage};
 pub use memory::{
@@ -104,6 +105,15 @@ pub trait Storage {
         if len_bytes > self.len() {
             self.truncate(len_bytes).await?;
         }
+        Ok(())
+    }
+
+    /// Writes the range's dirty pages back to the device and waits for that, without making
+    /// anything durable (no cache flush, no metadata: `sync_file_range`, not a sync). A pacing
+    /// hint for large writes, so they never queue much writeback ahead of other durable writes;
+    /// [`FileStorage`] waits on compio's blocking pool, off the core. The default does nothing.
+    async fn write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        let _ = (offset_bytes, len_bytes);
         Ok(())
     }
 
