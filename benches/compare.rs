@@ -8,7 +8,7 @@
 //! per-round ratio keel / contender.
 //!
 //! Reproduce: `CARGO_TARGET_DIR=/work/target-bench cargo bench --bench compare -- [--rounds N]
-//! [--only fsync128,group64,nosync128,recovery,recovery_cold,recovery_rss,checkpoint_latency,rss,shards]
+//! [--only fsync128,group64,nosync,recovery,recovery_cold,recovery_rss,checkpoint_latency,rss,shards]
 //! [--quick]
 //! [--rss-appends N]`
 //!
@@ -16,6 +16,8 @@
 //! workload once at toy sizes: a smoke test, not a measurement.
 
 mod common;
+#[path = "compare/write.rs"]
+mod write;
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -243,165 +245,6 @@ fn keel_sequential(
         journal.close().await.expect("close");
         per_sec(count as f64, elapsed)
     })
-}
-
-/// Rounds of the fsync workloads: many short turns rather than a few long ones, so neighbours in
-/// time share the disk's state (a slow episode lasts seconds to minutes; one turn lasts ~0.1 s).
-fn fsync_rounds(sizes: Sizes) -> usize {
-    sizes.rounds * 5
-}
-
-fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
-    let n = sizes.fsync_entries;
-    let rounds = fsync_rounds(sizes);
-    let payload = payload(128);
-    let dir = bench_tempdir();
-    // Every contender stays open across its turns: a turn measures steady-state appends.
-    let slot_count = (2 * n * rounds as u64 + 2).next_power_of_two().max(1024);
-    let journal = rt.block_on(open_journal(
-        &dir.path().join("keel"),
-        journal_config(slot_count, true),
-    ));
-    let mut next_op = 1;
-    rt.block_on(prime_journal(&journal, &mut next_op, &payload));
-    let mut keel = || {
-        let elapsed = rt.block_on(timed_sequential_appends(
-            &journal,
-            &mut next_op,
-            n,
-            &payload,
-            slot_count,
-        ));
-        per_sec(n as f64, elapsed)
-    };
-    let mut log = PlainLog::create(&dir.path().join("plain.log")).expect("plain log");
-    let mut plain = || {
-        let started = Instant::now();
-        for _ in 0..n {
-            log.append_sync(&payload).expect("plain append");
-        }
-        per_sec(n as f64, started.elapsed())
-    };
-    let mut raw_file = RawOverwrite::create(&dir.path().join("raw.dat"), 16 << 20).expect("raw");
-    let mut raw = || {
-        let started = Instant::now();
-        for _ in 0..n {
-            raw_file.write_group_sync(&payload, 1).expect("raw write");
-        }
-        per_sec(n as f64, started.elapsed())
-    };
-    let series = interleave(
-        rounds,
-        "entries/s",
-        &mut [
-            ("keel (fsync per entry)", &mut keel),
-            ("plain append + fdatasync", &mut plain),
-            ("raw overwrite + fdatasync (preallocated)", &mut raw),
-        ],
-    );
-    print_table(
-        &format!("fsync per 128-B entry, {n} entries per turn, contenders kept open"),
-        &series,
-    );
-    let counters = Counters::default();
-    counters.add(&journal.stats());
-    counters.print();
-    rt.block_on(journal.close()).expect("close");
-}
-
-fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
-    const APPENDERS: u64 = 64;
-    let batches = sizes.group_batches;
-    let rounds = fsync_rounds(sizes);
-    let bytes = (batches * APPENDERS * KIB4 as u64) as f64;
-    let payload_vec = payload(KIB4);
-    let payload_rc: Rc<[u8]> = payload_vec.clone().into();
-    let dir = bench_tempdir();
-    let slot_count = (2 * batches * APPENDERS * rounds as u64 + 2)
-        .next_power_of_two()
-        .max(1024);
-    let journal = Rc::new(rt.block_on(open_journal(
-        &dir.path().join("keel"),
-        journal_config(slot_count, true),
-    )));
-    let mut next_op = 1;
-    rt.block_on(prime_journal(&journal, &mut next_op, &payload_vec));
-    let mut keel = || {
-        let elapsed = rt.block_on(timed_group_batches(
-            &journal,
-            &mut next_op,
-            batches,
-            APPENDERS,
-            &payload_rc,
-            slot_count,
-        ));
-        mb_per_sec(bytes, elapsed)
-    };
-    let mut log = PlainLog::create(&dir.path().join("plain.log")).expect("plain log");
-    let mut plain = || {
-        let started = Instant::now();
-        for _ in 0..batches {
-            log.append_group_sync(&payload_vec, APPENDERS as usize)
-                .expect("plain append");
-        }
-        mb_per_sec(bytes, started.elapsed())
-    };
-    let mut raw_file = RawOverwrite::create(&dir.path().join("raw.dat"), 64 << 20).expect("raw");
-    let mut raw = || {
-        let started = Instant::now();
-        for _ in 0..batches {
-            raw_file
-                .write_group_sync(&payload_vec, APPENDERS as usize)
-                .expect("raw write");
-        }
-        mb_per_sec(bytes, started.elapsed())
-    };
-    let series = interleave(
-        rounds,
-        "MB/s",
-        &mut [
-            ("keel (64 concurrent appenders)", &mut keel),
-            ("plain append 64 framed + fdatasync", &mut plain),
-            ("raw overwrite 64 framed + fdatasync", &mut raw),
-        ],
-    );
-    print_table(
-        &format!(
-            "group commit, 64 × 4 KiB per batch, {batches} batches per turn, contenders kept open \
-             (payload MB/s; keel crosses one 64 MiB segment rotation every ~256 batches)"
-        ),
-        &series,
-    );
-    let counters = Counters::default();
-    counters.add(&journal.stats());
-    counters.print();
-    let journal = Rc::try_unwrap(journal).unwrap_or_else(|_| panic!("appenders joined"));
-    rt.block_on(journal.close()).expect("close");
-}
-
-fn nosync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
-    let n = sizes.nosync_entries;
-    let payload = payload(128);
-    let counters = Counters::default();
-    let mut keel = || keel_sequential(rt, 128, n, false, &counters);
-    let mut plain = || {
-        let dir = bench_tempdir();
-        let elapsed = plain_nosync(&dir.path().join("plain.log"), &payload, n).expect("plain");
-        per_sec(n as f64, elapsed)
-    };
-    let series = interleave(
-        sizes.rounds,
-        "entries/s",
-        &mut [
-            ("keel (sync_on_append = false)", &mut keel),
-            ("plain framed, 64 KiB BufWriter", &mut plain),
-        ],
-    );
-    print_table(
-        &format!("append without fsync, 128-B entries, {n} entries per run"),
-        &series,
-    );
-    counters.print();
 }
 
 /// Inputs of the recovery workloads: a keel journal and a plain framed log of the same entries.
@@ -796,6 +639,12 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
             / histograms[0].value_at_quantile(0.99) as f64,
         median(&ratios)
     );
+    let m = median(&ratios);
+    println!(
+        "target: p99 with checkpoints / steady p99 ≤ 2×: per round pair median {:.2}× → {}",
+        m,
+        if m <= 2.0 { "met" } else { "missed" }
+    );
     println!(
         "checkpoint duration (snapshot → compact): p50 {} µs, max {} µs; snapshot {} bytes",
         stats.checkpoint_duration_us.quantile(0.5),
@@ -948,9 +797,9 @@ fn main() {
         sizes.rss_appends = n;
     }
     let workloads: [(&str, Workload); 9] = [
-        ("fsync128", fsync128),
-        ("group64", group64),
-        ("nosync128", nosync128),
+        ("fsync128", write::fsync128),
+        ("group64", write::group64),
+        ("nosync", write::nosync),
         ("recovery", recovery),
         ("recovery_cold", recovery_cold),
         ("recovery_rss", recovery_rss),

@@ -1,0 +1,377 @@
+//! The write path's workloads: durable appends one at a time and in groups of 64 concurrent
+//! appenders (128 B and 4 KiB), each with the contenders kept open (steady state) and fresh (a
+//! new directory per run, the open, segment creation and growth inside the timed run, as a
+//! user's run pays for them), and buffered appends without fsync. Every table ends with the
+//! issue's target as a per-round ratio with its range.
+
+use std::path::Path;
+
+use keel_journal::{MetadataJournal, RecoveryMode};
+use keel_storage::{FileOptions, FsDirectory};
+
+use super::*;
+
+/// One contender's run: returns its rate.
+type Run<'a> = Box<dyn FnMut() -> f64 + 'a>;
+
+/// How a keel contender writes durably and grows its segments.
+#[derive(Clone, Copy)]
+struct Variant {
+    name: &'static str,
+    write_through: bool,
+    preallocate: Prealloc,
+}
+
+#[derive(Clone, Copy, PartialEq)]
+enum Prealloc {
+    /// Zero-written space ahead of the cursor (the default).
+    ZeroFill,
+    /// `fallocate` (unwritten extents: the first write to each still changes metadata).
+    Fallocate,
+    /// None: every durable write extends the file.
+    Off,
+}
+
+const WRITE_THROUGH: Variant = Variant {
+    name: "keel (O_DSYNC write-through, zero-filled: the default)",
+    write_through: true,
+    preallocate: Prealloc::ZeroFill,
+};
+const FDATASYNC: Variant = Variant {
+    name: "keel (write + fdatasync, zero-filled)",
+    write_through: false,
+    preallocate: Prealloc::ZeroFill,
+};
+const FALLOCATE: Variant = Variant {
+    name: "keel (write-through, fallocate)",
+    write_through: true,
+    preallocate: Prealloc::Fallocate,
+};
+const NO_PREALLOC: Variant = Variant {
+    name: "keel (write-through, no preallocation)",
+    write_through: true,
+    preallocate: Prealloc::Off,
+};
+
+async fn open_variant(root: &Path, slot_count: u64, variant: Variant) -> Journal {
+    let options = FileOptions {
+        preallocate: variant.preallocate == Prealloc::Fallocate,
+    };
+    let dir = FsDirectory::open(root, true, false)
+        .await
+        .expect("open bench directory")
+        .with_file_options(options);
+    let config = JournalConfig {
+        write_through: variant.write_through,
+        preallocate: variant.preallocate != Prealloc::Off,
+        ..journal_config(slot_count, true)
+    };
+    let (journal, _) = MetadataJournal::open(&dir, config, RecoveryMode::TolerateTornTail)
+        .await
+        .expect("open journal");
+    journal
+}
+
+/// One durable workload's shape.
+#[derive(Clone, Copy)]
+struct Shape {
+    payload_bytes: usize,
+    /// 1: one append at a time; more: that many concurrent appenders per batch.
+    appenders: u64,
+    /// Batches (or single appends) per turn.
+    batches: u64,
+    fresh: bool,
+}
+
+impl Shape {
+    fn entries(self) -> u64 {
+        self.batches * self.appenders
+    }
+
+    fn rate(self, elapsed: Duration) -> f64 {
+        if self.appenders == 1 {
+            per_sec(self.batches as f64, elapsed)
+        } else {
+            mb_per_sec((self.entries() * self.payload_bytes as u64) as f64, elapsed)
+        }
+    }
+
+    fn unit(self) -> &'static str {
+        if self.appenders == 1 {
+            "entries/s"
+        } else {
+            "MB/s"
+        }
+    }
+}
+
+/// keel's turn: `batches` of `appenders` on `journal` from `*next_op`; returns the time taken.
+async fn keel_turn(
+    journal: &Rc<Journal>,
+    next_op: &mut u64,
+    shape: Shape,
+    payload: &Rc<[u8]>,
+) -> Duration {
+    let slot_count = journal.slot_count();
+    if shape.appenders == 1 {
+        timed_sequential_appends(journal, next_op, shape.batches, payload, slot_count).await
+    } else {
+        timed_group_batches(
+            journal,
+            next_op,
+            shape.batches,
+            shape.appenders,
+            payload,
+            slot_count,
+        )
+        .await
+    }
+}
+
+/// A keel contender: kept open across turns, or a fresh directory and journal per turn (the
+/// open inside the timed run).
+fn keel_contender<'a>(
+    rt: &'a compio::runtime::Runtime,
+    shape: Shape,
+    variant: Variant,
+    payload: Rc<[u8]>,
+    rounds: usize,
+) -> Run<'a> {
+    let slot_count = (2 * shape.entries() * (rounds as u64 + 1) + 2)
+        .next_power_of_two()
+        .max(1024);
+    if shape.fresh {
+        return Box::new(move || {
+            let dir = bench_tempdir();
+            rt.block_on(async {
+                let started = Instant::now();
+                let journal = Rc::new(open_variant(dir.path(), slot_count, variant).await);
+                let mut next_op = 1;
+                keel_turn(&journal, &mut next_op, shape, &payload).await;
+                let elapsed = started.elapsed();
+                let journal = Rc::try_unwrap(journal).unwrap_or_else(|_| panic!("joined"));
+                journal.close().await.expect("close");
+                shape.rate(elapsed)
+            })
+        });
+    }
+    let dir = bench_tempdir();
+    let journal = Rc::new(rt.block_on(open_variant(dir.path(), slot_count, variant)));
+    let mut next_op = 1;
+    rt.block_on(prime_journal(&journal, &mut next_op, &payload));
+    Box::new(move || {
+        let _keep = &dir;
+        let elapsed = rt.block_on(keel_turn(&journal, &mut next_op, shape, &payload));
+        shape.rate(elapsed)
+    })
+}
+
+/// The plain loop (a file that grows, framed entries, one write + fdatasync per batch), kept
+/// open or created inside each timed run.
+fn plain_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
+    let kept = bench_tempdir();
+    let mut log =
+        (!shape.fresh).then(|| PlainLog::create(&kept.path().join("plain.log")).expect("plain"));
+    Box::new(move || {
+        let fresh_dir = shape.fresh.then(bench_tempdir);
+        let started = Instant::now();
+        let mut fresh_log;
+        let log = match (&mut log, &fresh_dir) {
+            (Some(log), _) => log,
+            (None, Some(dir)) => {
+                fresh_log = PlainLog::create(&dir.path().join("plain.log")).expect("plain");
+                &mut fresh_log
+            }
+            (None, None) => unreachable!("either kept or fresh"),
+        };
+        for _ in 0..shape.batches {
+            log.append_group_sync(&payload, shape.appenders as usize)
+                .expect("plain append");
+        }
+        let _keep = &kept;
+        shape.rate(started.elapsed())
+    })
+}
+
+/// The disk's own loop: overwrite zero-written space + fdatasync. Fresh: the file is created and
+/// zero-filled (as much as one keel preallocation step, 8 MiB, or the run's bytes) in the run.
+fn raw_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
+    let run_bytes = shape.entries() * (payload.len() as u64 + 8);
+    let len_bytes = run_bytes.max(8 << 20).next_multiple_of(1 << 20);
+    let kept = bench_tempdir();
+    let mut raw = (!shape.fresh)
+        .then(|| RawOverwrite::create(&kept.path().join("raw.dat"), 64 << 20).expect("raw"));
+    Box::new(move || {
+        let fresh_dir = shape.fresh.then(bench_tempdir);
+        let started = Instant::now();
+        let mut fresh_raw;
+        let raw = match (&mut raw, &fresh_dir) {
+            (Some(raw), _) => raw,
+            (None, Some(dir)) => {
+                fresh_raw =
+                    RawOverwrite::create(&dir.path().join("raw.dat"), len_bytes).expect("raw");
+                &mut fresh_raw
+            }
+            (None, None) => unreachable!("either kept or fresh"),
+        };
+        for _ in 0..shape.batches {
+            raw.write_group_sync(&payload, shape.appenders as usize)
+                .expect("raw write");
+        }
+        let _keep = &kept;
+        shape.rate(started.elapsed())
+    })
+}
+
+/// Runs one durable workload and prints its table and targets.
+fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &[(&str, f64)]) {
+    let rounds = sizes.rounds * 5;
+    let payload: Rc<[u8]> = payload(shape.payload_bytes).into();
+    let mut variants = vec![WRITE_THROUGH, FDATASYNC];
+    if shape.fresh {
+        variants.extend([FALLOCATE, NO_PREALLOC]);
+    }
+    let mut closures: Vec<(&str, Run<'_>)> = variants
+        .iter()
+        .map(|v| {
+            (
+                v.name,
+                keel_contender(rt, shape, *v, payload.clone(), rounds),
+            )
+        })
+        .collect();
+    closures.push((
+        "plain append + fdatasync (file grows)",
+        plain_contender(shape, payload.clone()),
+    ));
+    closures.push((
+        "raw overwrite + fdatasync (zero-filled)",
+        raw_contender(shape, payload.clone()),
+    ));
+    let mut contenders: Vec<(&str, &mut dyn FnMut() -> f64)> = closures
+        .iter_mut()
+        .map(|(name, f)| (*name, &mut **f as &mut dyn FnMut() -> f64))
+        .collect();
+    let series = interleave(rounds, shape.unit(), &mut contenders);
+    let what = if shape.appenders == 1 {
+        format!(
+            "one durable {}-B append at a time, {} per turn",
+            shape.payload_bytes, shape.batches
+        )
+    } else {
+        format!(
+            "{} concurrent appenders × {} B per batch, {} batches per turn",
+            shape.appenders, shape.payload_bytes, shape.batches
+        )
+    };
+    let how = if shape.fresh {
+        "fresh directory per run (open, segment creation and growth timed)"
+    } else {
+        "contenders kept open"
+    };
+    print_table(&format!("{what}, {how}"), &series);
+    for (against, target) in targets {
+        print_target(&series, against, *target);
+    }
+}
+
+pub(super) fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    let batches = sizes.fsync_entries;
+    for fresh in [false, true] {
+        let shape = Shape {
+            payload_bytes: 128,
+            appenders: 1,
+            batches: if fresh { batches * 5 } else { batches },
+            fresh,
+        };
+        durable(rt, sizes, shape, &[("raw overwrite", 1.0)]);
+    }
+}
+
+pub(super) fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    for (payload_bytes, target) in [(KIB4, 1.3), (128, 1.6)] {
+        for fresh in [false, true] {
+            let shape = Shape {
+                payload_bytes,
+                appenders: 64,
+                batches: if fresh {
+                    sizes.group_batches * 4
+                } else {
+                    sizes.group_batches
+                },
+                fresh,
+            };
+            durable(rt, sizes, shape, &[("plain append", target)]);
+        }
+    }
+}
+
+/// Buffered appends (no fsync) against the plain framed `BufWriter` loop, a fresh directory per
+/// run for both (segment creation and growth inside keel's run).
+pub(super) fn nosync(rt: &compio::runtime::Runtime, sizes: Sizes) {
+    for (len, count, target) in [
+        (128usize, sizes.nosync_entries, 0.5),
+        (KIB4, sizes.nosync_entries / 20, 0.8),
+    ] {
+        let payload = payload(len);
+        let counters = Counters::default();
+        let mut keel = || keel_sequential(rt, len, count, false, &counters);
+        let mut plain = || {
+            let dir = bench_tempdir();
+            let elapsed =
+                plain_nosync(&dir.path().join("plain.log"), &payload, count).expect("plain");
+            per_sec(count as f64, elapsed)
+        };
+        let series = interleave(
+            sizes.rounds,
+            "entries/s",
+            &mut [
+                ("keel (sync_on_append = false)", &mut keel),
+                ("plain framed, 64 KiB BufWriter", &mut plain),
+            ],
+        );
+        print_table(
+            &format!("append without fsync, {len}-B entries, {count} entries per run, fresh directory per run"),
+            &series,
+        );
+        print_target(&series, "plain framed", target);
+        if len == 128 {
+            let keel_median = median(&series[0].rates);
+            println!(
+                "target: keel ≥ 2.5 M entries/s: median {} → {}",
+                fmt_rate(keel_median, "entries/s"),
+                if keel_median >= 2.5e6 {
+                    "met"
+                } else {
+                    "missed"
+                }
+            );
+        }
+        counters.print();
+    }
+}
+
+/// Prints `keel / the contender whose name starts with against ≥ target` as met or missed, with
+/// the per-round median and range (`series[0]` is keel's main contender).
+pub(super) fn print_target(series: &[Series], against: &str, target: f64) {
+    let Some(other) = series.iter().find(|s| s.name.starts_with(against)) else {
+        return;
+    };
+    let ratios: Vec<f64> = series[0]
+        .rates
+        .iter()
+        .zip(&other.rates)
+        .map(|(k, o)| k / o)
+        .collect();
+    let (lo, hi) = range(&ratios);
+    let m = median(&ratios);
+    println!(
+        "target: {} / {} ≥ {target}×: median {}× ({} – {}) → {}",
+        series[0].name,
+        other.name,
+        fmt_ratio(m),
+        fmt_ratio(lo),
+        fmt_ratio(hi),
+        if m >= target { "met" } else { "missed" }
+    );
+}
