@@ -150,7 +150,12 @@ async fn run_steps<D: Directory, M: StateMachine>(
     step(CheckpointStep::SnapshotTaken)?;
 
     // 2. Persist (temp, fsync, rename, directory fsync).
-    let snapshot_bytes = engine.snapshots.persist(snapshot_op, &state, &step).await?;
+    let position = engine.journal.entry_position(snapshot_op).await?;
+    let identity = engine.snapshots.identity(position);
+    let snapshot_bytes = engine
+        .snapshots
+        .persist(snapshot_op, &identity, &state, &step)
+        .await?;
     drop(state);
     engine.inner.borrow_mut().snapshot_op = snapshot_op;
     step(CheckpointStep::Persisted)?;

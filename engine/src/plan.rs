@@ -11,9 +11,12 @@ use keel_journal::{MetadataJournal, OpenPlan, RecoveryMode};
 use keel_storage::Directory;
 
 use crate::error::{EngineError, SnapshotError};
+use crate::manifest::DirectoryId;
 use crate::recover::OpRange;
 use crate::replay::{Replay, Replayer};
-use crate::snapshot::{parse_snapshot_temp_name, snapshot_file_name, SnapshotStore};
+use crate::snapshot::{
+    parse_snapshot_temp_name, snapshot_file_name, SnapshotIdentity, SnapshotStore,
+};
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::EngineConfig;
 
@@ -24,6 +27,11 @@ pub enum SnapshotDamage {
     Checksum,
     /// Its checksums hold but the state machine cannot restore the bytes.
     Restore,
+    /// Whole, but another directory's (its directory id is not this directory's).
+    Foreign,
+    /// Whole and this directory's, but its op sits at another place in the journal's chain
+    /// than the journal's entry for that op: a snapshot of another history.
+    Misplaced,
 }
 
 impl SnapshotDamage {
@@ -32,8 +40,25 @@ impl SnapshotDamage {
         match self {
             SnapshotDamage::Checksum => "snapshot_checksum",
             SnapshotDamage::Restore => "snapshot_restore",
+            SnapshotDamage::Foreign => "snapshot_foreign",
+            SnapshotDamage::Misplaced => "snapshot_misplaced",
         }
     }
+
+    /// Whether the file still proves its op committed here: damage to this directory's own
+    /// snapshot does, another directory's or another history's snapshot does not.
+    pub fn proves_commit(self) -> bool {
+        matches!(self, SnapshotDamage::Checksum | SnapshotDamage::Restore)
+    }
+}
+
+/// What the directory knows about itself beyond its journal and snapshots (its manifest).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DirEvidence {
+    /// The directory's id (zero: unknown, no snapshot is judged foreign).
+    pub directory_id: DirectoryId,
+    /// Every op up to it was committed (the last clean close recorded it).
+    pub closed_commit_op: u64,
 }
 
 /// A snapshot the plan falls back from.
@@ -133,42 +158,55 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
     root: &D,
     config: &EngineConfig,
     mode: RecoveryMode,
+    evidence: DirEvidence,
     state_machine: &mut M,
 ) -> Result<RecoveryPlan<D>, EngineError> {
-    let snapshots = plan_snapshots(root, config, mode, state_machine).await?;
-    let snapshot_op = snapshots.chosen_op;
-    let damaged_max_op = snapshots.damaged.iter().map(|d| d.op).max().unwrap_or(0);
-    let initial_state = (snapshot_op == 0).then(|| state_machine.snapshot());
+    // The state machine is in its initial state: keep it, a later fallback may need it.
+    let initial_state = state_machine.snapshot();
+    let mut snapshots = plan_snapshots(root, config, mode, evidence, state_machine).await?;
     // The journal's one streaming pass also replays: each entry is read once.
-    let mut replayer = Replayer::new(state_machine, snapshot_op);
+    let mut replayer = Replayer::new(state_machine, snapshots.chosen_op, snapshots.ops.clone());
     let journal = MetadataJournal::plan_with(root, config.journal.clone(), mode, &mut |event| {
         replayer.consume(event)
     })
     .await?;
+    let refallen = check_position(&mut snapshots, &replayer, mode)?;
+    let snapshot_op = snapshots.chosen_op;
     let journal_snapshot_op = journal.snapshot_op();
+    let proven_commit = snapshots
+        .damaged
+        .iter()
+        .filter(|d| d.damage.proves_commit())
+        .map(|d| d.op)
+        .max()
+        .unwrap_or(0);
     if snapshot_op < journal_snapshot_op {
-        let reason = if damaged_max_op > 0 {
-            format!(
-                "the snapshot at op {damaged_max_op} is damaged and the journal was compacted \
-                 through op {journal_snapshot_op}"
-            )
-        } else {
-            format!(
-                "no valid snapshot at or above op {journal_snapshot_op}, the journal's watermark"
-            )
-        };
-        return Err(missing(snapshot_op + 1, journal_snapshot_op, reason));
+        held_below_watermark(&snapshots, &replayer, journal_snapshot_op, refallen)?;
     }
-    let commit_op = snapshot_op.max(journal.commit_op()).max(damaged_max_op);
-    let gap = first_gap(snapshot_op, commit_op, journal.live_ops());
+    let commit_op = snapshot_op
+        .max(journal.commit_op())
+        .max(proven_commit)
+        .max(evidence.closed_commit_op);
+    let base = snapshot_op.max(journal_snapshot_op);
+    let gap = first_gap(base, commit_op, journal.live_ops());
     if let (Some(gap), false) = (gap, mode == RecoveryMode::PointInTime) {
+        let source = if evidence.closed_commit_op == commit_op && commit_op > journal.commit_op() {
+            "the last clean close recorded it in MANIFEST"
+        } else {
+            "the journal's or a snapshot's watermark"
+        };
         let reason = format!(
-            "committed through op {commit_op} but absent from the journal and every snapshot"
+            "committed through op {commit_op} ({source}) but absent from the journal and every \
+             snapshot"
         );
         return Err(missing(gap.first_op, gap.last_op, reason));
     }
     let through = gap.map_or(commit_op, |g| g.first_op - 1);
-    let replay = finish_replay(replayer, &journal, through, config)?;
+    let replay = if refallen {
+        None
+    } else {
+        finish_replay(replayer, &journal, through, config)?
+    };
     Ok(RecoveryPlan {
         snapshot_op,
         snapshot_file: snapshots.chosen_file,
@@ -179,8 +217,102 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         commit_op,
         gap,
         replay,
-        initial_state,
+        initial_state: (snapshot_op == 0).then_some(initial_state),
     })
+}
+
+/// The chosen snapshot's recorded chain position must be where the journal's entry for its op
+/// is (when the journal still holds one): else it is another history's, fallen back from (the
+/// state is then restored again and replayed by reads). Returns whether it fell back.
+fn check_position<M: StateMachine>(
+    snapshots: &mut SnapshotChoice,
+    replayer: &Replayer<'_, M>,
+    mode: RecoveryMode,
+) -> Result<bool, EngineError> {
+    let mut fell_back = false;
+    loop {
+        let op = snapshots.chosen_op;
+        let Some(identity) = snapshots.identities.get(&op).copied() else {
+            return Ok(fell_back);
+        };
+        let Some(Some(found)) = replayer.positions.get(&op) else {
+            return Ok(fell_back);
+        };
+        if identity.journal_seq == 0
+            || (identity.journal_seq == found.seq && identity.chain_crc == found.chain_crc)
+        {
+            return Ok(fell_back);
+        }
+        let file = snapshots.chosen_file.clone().unwrap_or_default();
+        let reason = format!(
+            "it records op {op} at journal seq {} (chain crc {:#010x}), the journal holds it at \
+             seq {} (chain crc {:#010x})",
+            identity.journal_seq, identity.chain_crc, found.seq, found.chain_crc
+        );
+        if mode == RecoveryMode::Absolute {
+            return Err(SnapshotError::Foreign { file, reason }.into());
+        }
+        tracing::warn!(%file, op, %reason, "snapshot of another history; falling back");
+        snapshots.damaged.push(DamagedSnapshot {
+            op,
+            file,
+            len_bytes: 0,
+            damage: SnapshotDamage::Misplaced,
+            reason,
+        });
+        // The next older one that loaded whole and is this directory's.
+        let older = snapshots
+            .identities
+            .range(..op)
+            .next_back()
+            .map(|(&op, _)| op);
+        snapshots.chosen_op = older.unwrap_or(0);
+        snapshots.chosen_file =
+            older.map(|op| format!("{}/{}", snapshots.dir_path, snapshot_file_name(op)));
+        fell_back = true;
+    }
+}
+
+/// A snapshot below the journal's watermark: the ops between them must still be in the journal's
+/// files (a checkpoint moves the watermark before compaction removes them), else they are named
+/// as missing, with why.
+fn held_below_watermark<M: StateMachine>(
+    snapshots: &SnapshotChoice,
+    replayer: &Replayer<'_, M>,
+    journal_snapshot_op: u64,
+    refallen: bool,
+) -> Result<(), EngineError> {
+    let snapshot_op = snapshots.chosen_op;
+    // Replayed by reads after a fallback, which reach only the index (above the watermark).
+    let held_through = if refallen || replayer.invalidated {
+        snapshot_op
+    } else {
+        replayer.applied_op
+    };
+    if held_through >= journal_snapshot_op {
+        tracing::warn!(
+            snapshot_op,
+            journal_snapshot_op,
+            "falling back below the journal's watermark: its files still hold the ops between"
+        );
+        return Ok(());
+    }
+    let newer: Vec<String> = snapshots
+        .damaged
+        .iter()
+        .map(|d| format!("the snapshot at op {} ({})", d.op, d.damage.kind()))
+        .collect();
+    let why = if newer.is_empty() {
+        "no snapshot reaches the journal's watermark".to_string()
+    } else {
+        format!("{} cannot be used", newer.join(", "))
+    };
+    let reason = format!(
+        "{why}; the journal's watermark is op {journal_snapshot_op} and its files no longer \
+         hold ops {}-{journal_snapshot_op} (compacted)",
+        held_through + 1
+    );
+    Err(missing(held_through + 1, journal_snapshot_op, reason))
 }
 
 /// What the snapshots directory holds and which snapshot the state was restored from.
@@ -190,14 +322,19 @@ struct SnapshotChoice {
     ops: Vec<u64>,
     damaged: Vec<DamagedSnapshot>,
     temps: Vec<String>,
+    /// The identity of each snapshot that loaded whole and is this directory's, by op.
+    identities: std::collections::BTreeMap<u64, SnapshotIdentity>,
+    /// The snapshots directory's path.
+    dir_path: String,
 }
 
 /// Lists the snapshots (without creating the directory) and restores the newest one that is
-/// whole and restores, recording the damaged ones above it.
+/// whole, this directory's and restores, recording the ones above it it falls back from.
 async fn plan_snapshots<D: Directory, M: StateMachine>(
     root: &D,
     config: &EngineConfig,
     mode: RecoveryMode,
+    evidence: DirEvidence,
     state_machine: &mut M,
 ) -> Result<SnapshotChoice, EngineError> {
     let mut choice = SnapshotChoice {
@@ -206,20 +343,16 @@ async fn plan_snapshots<D: Directory, M: StateMachine>(
         ops: Vec::new(),
         damaged: Vec::new(),
         temps: Vec::new(),
+        identities: Default::default(),
+        dir_path: String::new(),
     };
     let Some(store) = SnapshotStore::open_read_only(root, config.max_snapshot_bytes).await? else {
         return Ok(choice);
     };
+    choice.dir_path = store.path_of("").trim_end_matches('/').to_string();
     choice.ops = store.list().await?;
     choice.temps = store.temp_names().await?;
-    let chosen = choose_snapshot(
-        &store,
-        &choice.ops,
-        mode,
-        state_machine,
-        &mut choice.damaged,
-    )
-    .await?;
+    let chosen = choose_snapshot(&store, mode, evidence, state_machine, &mut choice).await?;
     if let Some(op) = chosen {
         choice.chosen_op = op;
         choice.chosen_file = Some(store.path_of(&snapshot_file_name(op)));
@@ -307,44 +440,57 @@ fn first_gap(
     })
 }
 
-/// Newest first: the first snapshot whose checksums hold and whose state restores. Damaged ones
-/// are recorded; in `Absolute` mode the first damage is refused.
+/// Newest first: the first snapshot whose checksums hold, that is this directory's, and whose
+/// state restores. The ones fallen back from are recorded; in `Absolute` mode the first is
+/// refused. The identities of the older whole ones are kept for a later fallback.
 async fn choose_snapshot<D: Directory, M: StateMachine>(
     store: &SnapshotStore<D>,
-    snapshot_ops: &[u64],
     mode: RecoveryMode,
+    evidence: DirEvidence,
     state_machine: &mut M,
-    damaged: &mut Vec<DamagedSnapshot>,
+    choice: &mut SnapshotChoice,
 ) -> Result<Option<u64>, EngineError> {
-    for &op in snapshot_ops.iter().rev() {
+    let mut chosen = None;
+    for &op in choice.ops.clone().iter().rev() {
         let file = store.path_of(&snapshot_file_name(op));
-        let (damage, reason, error) = match store.load(op).await {
-            Ok(bytes) => match state_machine.restore(&bytes) {
-                Ok(()) => return Ok(Some(op)),
-                Err(RestoreError { reason }) => {
-                    let error = SnapshotError::Decode {
-                        file: file.clone(),
-                        op,
-                        reason: reason.clone(),
-                    };
-                    (SnapshotDamage::Restore, reason, error)
-                }
-            },
-            Err(SnapshotError::Checksum { file, reason }) => {
-                let error = SnapshotError::Checksum {
-                    file: file.clone(),
-                    reason: reason.clone(),
-                };
-                (SnapshotDamage::Checksum, reason, error)
-            }
+        let loaded = match store.load_with_identity(op).await {
+            Ok(loaded) => Ok(loaded),
+            Err(SnapshotError::Checksum { file, reason }) => Err((
+                SnapshotDamage::Checksum,
+                reason.clone(),
+                SnapshotError::Checksum { file, reason },
+            )),
             Err(other) => return Err(other.into()),
         };
+        let judged = loaded.and_then(|(identity, bytes)| {
+            judge(
+                &file,
+                op,
+                identity,
+                evidence,
+                chosen.is_some(),
+                &bytes,
+                state_machine,
+            )
+            .map(|()| identity)
+        });
+        let (damage, reason, error) = match judged {
+            Ok(identity) => {
+                choice.identities.insert(op, identity);
+                chosen = chosen.or(Some(op));
+                continue;
+            }
+            Err(fault) => fault,
+        };
+        if chosen.is_some() {
+            continue; // an older file: judged only if it is ever needed
+        }
         if mode == RecoveryMode::Absolute {
             return Err(error.into());
         }
-        tracing::warn!(%file, op, %reason, kind = damage.kind(), "damaged snapshot; falling back to an older one");
+        tracing::warn!(%file, op, %reason, kind = damage.kind(), "snapshot not used; falling back to an older one");
         let len_bytes = store.file_len(op).await.unwrap_or(0);
-        damaged.push(DamagedSnapshot {
+        choice.damaged.push(DamagedSnapshot {
             op,
             file,
             len_bytes,
@@ -352,7 +498,45 @@ async fn choose_snapshot<D: Directory, M: StateMachine>(
             reason,
         });
     }
-    Ok(None)
+    Ok(chosen)
+}
+
+type Fault = (SnapshotDamage, String, SnapshotError);
+
+/// Whether a whole snapshot file may be used: this directory's, and (for the one chosen) its
+/// state restores into `state_machine`.
+fn judge<M: StateMachine>(
+    file: &str,
+    op: u64,
+    identity: SnapshotIdentity,
+    evidence: DirEvidence,
+    older: bool,
+    bytes: &[u8],
+    state_machine: &mut M,
+) -> Result<(), Fault> {
+    let theirs = identity.directory_id;
+    let ours = evidence.directory_id;
+    if !theirs.is_none() && !ours.is_none() && theirs != ours {
+        let reason = format!("it belongs to directory {theirs}, this directory is {ours}");
+        let error = SnapshotError::Foreign {
+            file: file.to_string(),
+            reason: reason.clone(),
+        };
+        return Err((SnapshotDamage::Foreign, reason, error));
+    }
+    if older {
+        return Ok(());
+    }
+    state_machine
+        .restore(bytes)
+        .map_err(|RestoreError { reason }| {
+            let error = SnapshotError::Decode {
+                file: file.to_string(),
+                op,
+                reason: reason.clone(),
+            };
+            (SnapshotDamage::Restore, reason, error)
+        })
 }
 
 /// Names of snapshot temp files as keel writes them (`<20 digits>.snap.tmp`); other names in

@@ -252,7 +252,8 @@ impl<M: StateMachine + 'static> ShardSet<M> {
             let (tx, rx) = flume::bounded(config.queue_depth);
             let (ready_tx, ready_rx) = flume::bounded(1);
             let dir = root.join(shard_dir_name(shard));
-            let engine_config = config.engine.clone();
+            let mut engine_config = config.engine.clone();
+            engine_config.shard_index = Some(shard as u64);
             let make = make_state_machine.clone();
             let cpu = config.pin_cores.then_some(shard % cpus);
             let spawned = thread::Builder::new()

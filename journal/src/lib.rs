@@ -62,6 +62,7 @@ pub mod format;
 pub mod fuzzing;
 mod live;
 mod open;
+mod position;
 mod recovery;
 mod scan;
 mod segment;
@@ -82,6 +83,7 @@ pub use error::JournalError;
 pub use format::{EntryKind, FORMAT_VERSION};
 pub use live::LiveMap;
 pub use open::{OpenPlan, PlannedCut};
+pub use position::EntryPosition;
 pub use recovery::{
     Action, Case, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
     TABLE as RECOVERY_TABLE,

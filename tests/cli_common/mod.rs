@@ -33,8 +33,8 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Runs `keel args…`, expects exit `expected`, returns stdout parsed as JSON.
-pub fn run_json(args: &[&str], expected: i32) -> Value {
+/// Runs `keel args…` and expects exit `expected`.
+pub fn run_expect(args: &[&str], expected: i32) -> Output {
     let output = run(args);
     assert_eq!(
         code(&output),
@@ -43,6 +43,12 @@ pub fn run_json(args: &[&str], expected: i32) -> Value {
         stdout(&output),
         stderr(&output)
     );
+    output
+}
+
+/// Runs `keel args…`, expects exit `expected`, returns stdout parsed as JSON.
+pub fn run_json(args: &[&str], expected: i32) -> Value {
+    let output = run_expect(args, expected);
     serde_json::from_str(&stdout(&output))
         .unwrap_or_else(|e| panic!("keel {args:?}: not JSON ({e}): {}", stdout(&output)))
 }
@@ -143,4 +149,28 @@ pub fn entries(segment: &[u8]) -> Vec<RawEntry> {
         offset += len;
     }
     out
+}
+
+/// Makes `engine_dir` look as it would after a crash instead of its clean close: its MANIFEST no
+/// longer records the close's commit watermark (a torn tail can only follow a crash; after a
+/// clean close, damage to the tail is damage to acknowledged data).
+pub fn as_if_killed(engine_dir: &Path) {
+    let path = engine_dir.join(keel::engine::MANIFEST_FILE);
+    let bytes = fs::read(&path).expect("a MANIFEST");
+    let mut manifest =
+        keel::engine::Manifest::decode("MANIFEST", &bytes).expect("a valid MANIFEST");
+    manifest.closed_commit_op = 0;
+    fs::write(&path, manifest.encode()).expect("rewrite MANIFEST");
+}
+
+/// Runs `keel args…`, expects exit `expected`, returns each stdout line parsed as JSON.
+pub fn run_json_lines(args: &[&str], expected: i32) -> Vec<Value> {
+    let output = run_expect(args, expected);
+    stdout(&output)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("keel {args:?}: not JSON ({e}): {line}"))
+        })
+        .collect()
 }
