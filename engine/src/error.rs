@@ -159,7 +159,7 @@ pub enum EngineError {
 
     /// Committed ops that neither a snapshot nor the journal holds: the consensus layer must fetch
     /// them from peers (or the directory is damaged beyond this replica's repair).
-    #[error("ops {first_op}..={last_op} are needed but missing: {reason}")]
+    #[error("ops {first_op}-{last_op} are needed but missing: {reason}")]
     MissingOps {
         first_op: u64,
         last_op: u64,

@@ -307,12 +307,17 @@ fn held_below_watermark<M: StateMachine>(
     } else {
         format!("{} cannot be used", newer.join(", "))
     };
+    // Exactly the ops gone: up to the first one the files still hold.
+    let last_missing = replayer
+        .first_pending()
+        .filter(|&op| !refallen && op > held_through + 1)
+        .map_or(journal_snapshot_op, |op| (op - 1).min(journal_snapshot_op));
     let reason = format!(
         "{why}; the journal's watermark is op {journal_snapshot_op} and its files no longer \
-         hold ops {}-{journal_snapshot_op} (compacted)",
+         hold ops {}-{last_missing} (compacted)",
         held_through + 1
     );
-    Err(missing(held_through + 1, journal_snapshot_op, reason))
+    Err(missing(held_through + 1, last_missing, reason))
 }
 
 /// What the snapshots directory holds and which snapshot the state was restored from.

@@ -719,8 +719,6 @@ pub async fn repair<D: Directory>(
     Ok(report)
 }
 
-const DOES_NOT_RESTORE: &str = "does not restore";
-
 /// What the recovery plan says beyond the journal scan's own problems: snapshots whose state does
 /// not restore, committed ops missing, any other refusal that is corruption. True when corrupt;
 /// an error that is not corruption (an I/O error) is returned as such, never given a verdict.
@@ -729,17 +727,21 @@ fn plan_problems<D: Directory>(
     root: &D,
     snapshots: &mut [SnapshotInfo],
     problems: &mut Vec<ProblemRecord>,
+    judged: &mut Vec<(u64, SnapshotDamage)>,
 ) -> Result<bool, EngineError> {
     match plan {
         Ok(plan) => {
-            let restore = plan
+            // Whole files the plan falls back from: their checksums hold, the plan's judgement
+            // (does not restore, not this directory's) is what makes them unusable.
+            let beyond_checksums = plan
                 .damaged
                 .iter()
-                .filter(|d| d.damage == SnapshotDamage::Restore);
-            for damaged in restore {
+                .filter(|d| d.damage != SnapshotDamage::Checksum);
+            for damaged in beyond_checksums {
                 if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
                     info.valid = false;
-                    info.problem = Some(format!("{DOES_NOT_RESTORE}: {}", damaged.reason));
+                    info.problem = Some(format!("{}: {}", damaged.damage.kind(), damaged.reason));
+                    judged.push((damaged.op, damaged.damage));
                 }
             }
             Ok(false)
@@ -787,18 +789,14 @@ pub async fn verify<D: Directory, M: StateMachine>(
         &mut state_machine,
     )
     .await;
-    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems)?;
+    let mut judged = Vec::new();
+    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems, &mut judged)?;
     for s in snapshots.iter().filter(|s| !s.valid) {
         corrupt = true;
-        let restore = s
-            .problem
-            .as_deref()
-            .is_some_and(|p| p.starts_with(DOES_NOT_RESTORE));
-        let damage = if restore {
-            SnapshotDamage::Restore
-        } else {
-            SnapshotDamage::Checksum
-        };
+        let damage = judged
+            .iter()
+            .find(|(op, _)| *op == s.op)
+            .map_or(SnapshotDamage::Checksum, |(_, damage)| *damage);
         problems.push(ProblemRecord {
             kind: damage.kind().into(),
             file: s.file.clone(),

@@ -127,6 +127,11 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
         self.apply_through(self.commit_known);
     }
 
+    /// The lowest op pending (seen, not yet applied), if any.
+    pub(crate) fn first_pending(&self) -> Option<u64> {
+        self.pending.ops().next()
+    }
+
     /// Applies pending ops `applied_op+1..` in order while they are present and at most `through`.
     pub(crate) fn apply_through(&mut self, through: u64) {
         while self.applied_op < through {

@@ -399,7 +399,7 @@ fn run_shard<M, F>(
         .await;
         let engine = match opened {
             Ok((engine, report)) => {
-                tracing::info!(shard, cpu = ?cpu, dir = %dir.display(), "shard started");
+                tracing::info!(shard, cpu = cpu.map(|c| c as u64), dir = %dir.display(), "shard started");
                 let _ = ready.send(Ok(report));
                 Rc::new(engine)
             }

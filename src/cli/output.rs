@@ -188,7 +188,13 @@ where
     let mut outcomes = Vec::new();
     for dir in target.engines() {
         spinner.show(&format!("{verb} {}", dir.path.display()));
-        let outcome = one(dir.clone()).await;
+        // Every log line of this member carries its shard (and path).
+        let span =
+            tracing::warn_span!("keel", shard = tracing::field::Empty, path = %dir.path.display());
+        if let Some(shard) = dir.shard {
+            span.record("shard", shard as u64);
+        }
+        let outcome = tracing::Instrument::instrument(one(dir.clone()), span).await;
         outcomes.push((dir, outcome));
     }
     spinner.finish();
