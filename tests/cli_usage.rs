@@ -7,8 +7,7 @@ mod cli_common;
 use std::fs;
 use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Child;
 
 use cli_common::*;
 
@@ -68,34 +67,13 @@ fn not_a_keel_directory_exits_1_and_creates_nothing() {
 
 /// Starts a long `--sync every` bench on one shard of `dir` and waits for its first ack.
 fn start_long_bench(dir: &Path, acks: &Path) -> Child {
-    let child = keel()
-        .args([
-            "bench",
-            "--dir",
-            path_str(dir),
-            "--shards",
-            "1",
-            "--ops",
-            "100000000",
-        ])
-        .args([
-            "--sync",
-            "every",
-            "--segment-mib",
-            "1",
-            "--no-pin",
-            "--ack-file",
-            path_str(acks),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .spawn()
-        .expect("spawn keel bench");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::metadata(acks).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "no ack within 60 s");
-        std::thread::sleep(Duration::from_millis(10));
-    }
+    let child = long_bench(
+        acks,
+        &["--dir", path_str(dir), "--shards", "1", "--sync", "every"],
+    )
+    .spawn()
+    .expect("spawn keel bench");
+    wait_for_first_ack(acks);
     child
 }
 

@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use keel::journal::format::{EntryHeader, EntryKind, SEGMENT_HEADER_BYTES};
 use serde_json::Value;
@@ -173,4 +174,33 @@ pub fn run_json_lines(args: &[&str], expected: i32) -> Vec<Value> {
                 .unwrap_or_else(|e| panic!("keel {args:?}: not JSON ({e}): {line}"))
         })
         .collect()
+}
+
+/// A `keel bench` that runs until stopped (10^8 ops, 1 MiB segments, no pinning), appending each
+/// durable op to `acks`; `extra` adds flags (`--dir`, `--shards`, `--sync`, …).
+pub fn long_bench(acks: &Path, extra: &[&str]) -> Command {
+    let mut command = keel();
+    command
+        .args([
+            "bench",
+            "--ops",
+            "100000000",
+            "--segment-mib",
+            "1",
+            "--no-pin",
+        ])
+        .args(["--ack-file", path_str(acks)])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Waits (up to 60 s) until `ack_file` holds its first line.
+pub fn wait_for_first_ack(ack_file: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::metadata(ack_file).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "no ack within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }
