@@ -1,6 +1,6 @@
 //! The `keel` command's contract at its edges: usage errors exit 2 with usage, a path that is not
 //! a keel directory exits 1 with a message and is left untouched, a locked directory is refused,
-//! `bench --json` carries DESIGN §6's keys, and Ctrl-C leaves a directory that verifies clean.
+//! `bench --json` carries the keys docs/cli.md lists, and Ctrl-C leaves a directory that verifies clean.
 
 mod cli_common;
 

@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! DIR/LOCK                               flock held while an engine has DIR open
+//! DIR/MANIFEST                           what the directory is: id, ring, segment size, shard
 //! DIR/journal/NNNNNNNNNNNNNNNNNNNN.wal   the journal's segments (keel-journal)
 //! DIR/snapshots/NNNNNNNNNNNNNNNNNNNN.snap  snapshots, 20-digit op in the name (the two newest)
 //! DIR/quarantine/                        bytes recovery cut or set aside, never deleted by keel
@@ -88,7 +89,7 @@ pub const MAX_SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
 pub struct EngineConfig {
     /// The journal's configuration (slot count, segment size, group-commit bounds, …).
     pub journal: JournalConfig,
-    /// What recovery may repair (DESIGN §4).
+    /// What recovery may repair (docs/durability.md).
     pub recovery_mode: RecoveryMode,
     /// Checkpoint automatically (at the end of `commit`) when the journal's remaining capacity
     /// falls below this many ops. 0 disables the automatic trigger.
@@ -102,7 +103,7 @@ pub struct EngineConfig {
     /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
     /// can then always fall back to the older one. Costs journal capacity (the ring holds up to
     /// two checkpoint intervals) and checkpoints about twice as often under the automatic
-    /// trigger. Off by default: DESIGN §5 moves the watermark to the new snapshot.
+    /// trigger. Off by default: the watermark moves to the new snapshot.
     pub journal_covers_previous_snapshot: bool,
     /// This engine's index in a shard set (`ShardSet` sets it; default `None`). Recorded in the
     /// directory's manifest at creation; an open with a different index is refused.

@@ -108,7 +108,7 @@ pub enum Command {
     Dump(dump::DumpArgs),
 }
 
-/// `--mode`: what recovery may repair (DESIGN §4).
+/// `--mode`: what recovery may repair (docs/durability.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Mode {
     /// Repair a torn tail (quarantine + truncate); refuse corruption of acknowledged data.

@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 
-/// The journal's directory under an engine directory (DESIGN §3).
+/// The journal's directory under an engine directory.
 pub const JOURNAL_DIR: &str = "journal";
 
 /// One entry found in a segment.
