@@ -186,6 +186,44 @@ fn a_snapshot_from_another_shard_is_never_applied() {
     assert_eq!(again["status"], "clean", "{again}");
 }
 
+/// Item 2: a snapshot of this directory whose op sits at another place in the journal's chain
+/// (another history, here the older state under the newer op) is fallen back from, never applied.
+#[test]
+fn a_snapshot_of_another_history_is_never_applied() {
+    let temp = tempfile::tempdir().unwrap();
+    let set = temp.path().join("set");
+    bench_one_segment(&set, 1, 3000, 1000);
+    let engine = set.join("shard-0");
+    let manifest = fs::read(engine.join(keel::engine::MANIFEST_FILE)).unwrap();
+    let manifest = keel::engine::Manifest::decode("MANIFEST", &manifest).unwrap();
+    let snapshots = snapshot_files(&engine);
+    let older = fs::read(&snapshots[0]).unwrap();
+    let state = keel::engine::decode_snapshot_file(op_of(&snapshots[0]), &older).unwrap();
+    let identity = keel::engine::SnapshotIdentity {
+        directory_id: manifest.directory_id,
+        journal_seq: 7,
+        chain_crc: 0xdead_beef,
+    };
+    let newest = snapshots.last().unwrap();
+    let forged = keel::engine::encode_snapshot_file_with(op_of(newest), &identity, state);
+    fs::write(newest, forged).unwrap();
+
+    let verify = run_json(&["verify", path_str(&set), "--json"], 4);
+    let problems = verify["shards"][0]["problems"].as_array().unwrap();
+    assert!(
+        problems.iter().any(|p| p["kind"] == "snapshot_misplaced"),
+        "{verify}"
+    );
+    let recover = run_json(&["recover", path_str(&set), "--json"], 0);
+    let shard = &recover["shards"][0];
+    assert_eq!(
+        shard["repairs"][0]["kind"], "snapshot_misplaced",
+        "{recover}"
+    );
+    assert_eq!(shard["snapshot_op"], op_of(&snapshots[0]), "{recover}");
+    assert_eq!(shard["applied_op"], 3000, "{recover}");
+}
+
 /// Item 3: a damaged newest snapshot falls back to the previous one when the journal's files
 /// still hold the ops between (before: "ops … are needed but missing").
 #[test]

@@ -154,6 +154,11 @@ impl<D: Directory> RecoveryPlan<D> {
 
 /// Decides recovery of `root` in `mode`, restoring the chosen snapshot into `state_machine`.
 /// Creates, writes and removes nothing; every refusal is returned from here.
+///
+/// A snapshot found to belong to another history only once the journal was scanned (its op's
+/// chain position differs) is excluded and the plan made again from the initial state: one more
+/// scan, in a case that only a misplaced file causes, so the fallback replays exactly as the
+/// fallback from a damaged file does.
 pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
     root: &D,
     config: &EngineConfig,
@@ -161,18 +166,79 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
     evidence: DirEvidence,
     state_machine: &mut M,
 ) -> Result<RecoveryPlan<D>, EngineError> {
-    // The state machine is in its initial state: keep it, a later fallback may need it.
+    // The state machine is in its initial state: keep it for the case above.
     let initial_state = state_machine.snapshot();
-    let mut snapshots = plan_snapshots(root, config, mode, evidence, state_machine).await?;
+    let mut excluded: Vec<DamagedSnapshot> = Vec::new();
+    loop {
+        let inputs = PlanInputs {
+            root,
+            config,
+            mode,
+            evidence,
+            excluded: &excluded,
+        };
+        match plan_once(inputs, state_machine, &initial_state).await? {
+            Ok(plan) => return Ok(plan),
+            Err(misplaced) => {
+                assert!(
+                    !excluded.iter().any(|d| d.op == misplaced.op),
+                    "a snapshot excluded twice"
+                );
+                excluded.push(misplaced);
+                state_machine
+                    .restore(&initial_state)
+                    .map_err(|RestoreError { reason }| {
+                        EngineError::Config(format!("the initial state does not restore: {reason}"))
+                    })?;
+            }
+        }
+    }
+}
+
+/// What one planning pass works from.
+#[derive(Clone, Copy)]
+struct PlanInputs<'a, D> {
+    root: &'a D,
+    config: &'a EngineConfig,
+    mode: RecoveryMode,
+    evidence: DirEvidence,
+    /// Snapshots an earlier pass found misplaced.
+    excluded: &'a [DamagedSnapshot],
+}
+
+/// One planning pass: the plan, or the chosen snapshot found misplaced (`Err` inside `Ok`).
+async fn plan_once<D: Directory, M: StateMachine>(
+    inputs: PlanInputs<'_, D>,
+    state_machine: &mut M,
+    initial_state: &[u8],
+) -> Result<Result<RecoveryPlan<D>, DamagedSnapshot>, EngineError> {
+    let PlanInputs {
+        root,
+        config,
+        mode,
+        evidence,
+        ..
+    } = inputs;
+    let snapshots = plan_snapshots(inputs, state_machine).await?;
     // The journal's one streaming pass also replays: each entry is read once.
-    let mut replayer = Replayer::new(state_machine, snapshots.chosen_op, snapshots.ops.clone());
+    let watched = snapshots
+        .identity
+        .map(|_| snapshots.chosen_op)
+        .into_iter()
+        .collect();
+    let mut replayer = Replayer::new(state_machine, snapshots.chosen_op, watched);
     let journal = MetadataJournal::plan_with(root, config.journal.clone(), mode, &mut |event| {
         replayer.consume(event)
     })
     .await?;
-    let refallen = check_position(&mut snapshots, &replayer, mode)?;
+    if let Some(misplaced) = misplaced(&snapshots, &replayer, mode)? {
+        return Ok(Err(misplaced));
+    }
     let snapshot_op = snapshots.chosen_op;
     let journal_snapshot_op = journal.snapshot_op();
+    if snapshot_op < journal_snapshot_op {
+        held_below_watermark(&snapshots, &replayer, journal_snapshot_op)?;
+    }
     let proven_commit = snapshots
         .damaged
         .iter()
@@ -180,34 +246,26 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         .map(|d| d.op)
         .max()
         .unwrap_or(0);
-    if snapshot_op < journal_snapshot_op {
-        held_below_watermark(&snapshots, &replayer, journal_snapshot_op, refallen)?;
-    }
     let commit_op = snapshot_op
         .max(journal.commit_op())
         .max(proven_commit)
         .max(evidence.closed_commit_op);
-    let base = snapshot_op.max(journal_snapshot_op);
-    let gap = first_gap(base, commit_op, journal.live_ops());
+    let gap = first_gap(
+        snapshot_op.max(journal_snapshot_op),
+        commit_op,
+        journal.live_ops(),
+    );
     if let (Some(gap), false) = (gap, mode == RecoveryMode::PointInTime) {
-        let source = if evidence.closed_commit_op == commit_op && commit_op > journal.commit_op() {
-            "the last clean close recorded it in MANIFEST"
-        } else {
-            "the journal's or a snapshot's watermark"
-        };
-        let reason = format!(
-            "committed through op {commit_op} ({source}) but absent from the journal and every \
-             snapshot"
-        );
-        return Err(missing(gap.first_op, gap.last_op, reason));
+        return Err(committed_but_missing(
+            gap,
+            commit_op,
+            journal.commit_op(),
+            evidence,
+        ));
     }
     let through = gap.map_or(commit_op, |g| g.first_op - 1);
-    let replay = if refallen {
-        None
-    } else {
-        finish_replay(replayer, &journal, through, config)?
-    };
-    Ok(RecoveryPlan {
+    let replay = finish_replay(replayer, &journal, through, config)?;
+    Ok(Ok(RecoveryPlan {
         snapshot_op,
         snapshot_file: snapshots.chosen_file,
         snapshot_ops: snapshots.ops,
@@ -217,74 +275,78 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         commit_op,
         gap,
         replay,
-        initial_state: (snapshot_op == 0).then_some(initial_state),
-    })
+        initial_state: (snapshot_op == 0).then(|| initial_state.to_vec()),
+    }))
+}
+
+/// The refusal for committed ops absent from the journal and every snapshot.
+fn committed_but_missing(
+    gap: OpRange,
+    commit_op: u64,
+    journal_commit_op: u64,
+    evidence: DirEvidence,
+) -> EngineError {
+    let source = if evidence.closed_commit_op == commit_op && commit_op > journal_commit_op {
+        "the last clean close recorded it in MANIFEST"
+    } else {
+        "the journal's or a snapshot's watermark"
+    };
+    let reason = format!(
+        "committed through op {commit_op} ({source}) but absent from the journal and every \
+         snapshot"
+    );
+    missing(gap.first_op, gap.last_op, reason)
 }
 
 /// The chosen snapshot's recorded chain position must be where the journal's entry for its op
-/// is (when the journal still holds one): else it is another history's, fallen back from (the
-/// state is then restored again and replayed by reads). Returns whether it fell back.
-fn check_position<M: StateMachine>(
-    snapshots: &mut SnapshotChoice,
+/// is (when the journal still holds that entry outside a rewritten segment): else it is another
+/// history's, returned to be excluded (refused in `Absolute` mode).
+fn misplaced<M: StateMachine>(
+    snapshots: &SnapshotChoice,
     replayer: &Replayer<'_, M>,
     mode: RecoveryMode,
-) -> Result<bool, EngineError> {
-    let mut fell_back = false;
-    loop {
-        let op = snapshots.chosen_op;
-        let Some(identity) = snapshots.identities.get(&op).copied() else {
-            return Ok(fell_back);
-        };
-        let Some(Some(found)) = replayer.positions.get(&op) else {
-            return Ok(fell_back);
-        };
-        if identity.journal_seq == 0
-            || (identity.journal_seq == found.seq && identity.chain_crc == found.chain_crc)
-        {
-            return Ok(fell_back);
-        }
-        let file = snapshots.chosen_file.clone().unwrap_or_default();
-        let reason = format!(
-            "it records op {op} at journal seq {} (chain crc {:#010x}), the journal holds it at \
-             seq {} (chain crc {:#010x})",
-            identity.journal_seq, identity.chain_crc, found.seq, found.chain_crc
-        );
-        if mode == RecoveryMode::Absolute {
-            return Err(SnapshotError::Foreign { file, reason }.into());
-        }
-        tracing::warn!(%file, op, %reason, "snapshot of another history; falling back");
-        snapshots.damaged.push(DamagedSnapshot {
-            op,
-            file,
-            len_bytes: 0,
-            damage: SnapshotDamage::Misplaced,
-            reason,
-        });
-        // The next older one that loaded whole and is this directory's.
-        let older = snapshots
-            .identities
-            .range(..op)
-            .next_back()
-            .map(|(&op, _)| op);
-        snapshots.chosen_op = older.unwrap_or(0);
-        snapshots.chosen_file =
-            older.map(|op| format!("{}/{}", snapshots.dir_path, snapshot_file_name(op)));
-        fell_back = true;
+) -> Result<Option<DamagedSnapshot>, EngineError> {
+    let op = snapshots.chosen_op;
+    let (Some(identity), Some(Some(found))) = (snapshots.identity, replayer.positions.get(&op))
+    else {
+        return Ok(None);
+    };
+    if identity.journal_seq == 0
+        || (identity.journal_seq == found.seq && identity.chain_crc == found.chain_crc)
+    {
+        return Ok(None);
     }
+    let file = snapshots.chosen_file.clone().unwrap_or_default();
+    let reason = format!(
+        "it records op {op} at journal seq {} (chain crc {:#010x}), the journal holds it at \
+         seq {} (chain crc {:#010x})",
+        identity.journal_seq, identity.chain_crc, found.seq, found.chain_crc
+    );
+    if mode == RecoveryMode::Absolute {
+        return Err(SnapshotError::Foreign { file, reason }.into());
+    }
+    tracing::warn!(%file, op, %reason, "snapshot of another history; falling back");
+    Ok(Some(DamagedSnapshot {
+        op,
+        file,
+        len_bytes: snapshots.chosen_len_bytes,
+        damage: SnapshotDamage::Misplaced,
+        reason,
+    }))
 }
 
 /// A snapshot below the journal's watermark: the ops between them must still be in the journal's
-/// files (a checkpoint moves the watermark before compaction removes them), else they are named
-/// as missing, with why.
+/// files (a checkpoint moves the watermark before compaction removes them), else exactly the ops
+/// gone are named as missing, with why.
 fn held_below_watermark<M: StateMachine>(
     snapshots: &SnapshotChoice,
     replayer: &Replayer<'_, M>,
     journal_snapshot_op: u64,
-    refallen: bool,
 ) -> Result<(), EngineError> {
     let snapshot_op = snapshots.chosen_op;
-    // Replayed by reads after a fallback, which reach only the index (above the watermark).
-    let held_through = if refallen || replayer.invalidated {
+    // A replay by reads (after a superseded applied op) reaches only the index, above the
+    // watermark.
+    let held_through = if replayer.invalidated {
         snapshot_op
     } else {
         replayer.applied_op
@@ -307,14 +369,20 @@ fn held_below_watermark<M: StateMachine>(
     } else {
         format!("{} cannot be used", newer.join(", "))
     };
-    // Exactly the ops gone: up to the first one the files still hold.
-    let last_missing = replayer
-        .first_pending()
-        .filter(|&op| !refallen && op > held_through + 1)
-        .map_or(journal_snapshot_op, |op| (op - 1).min(journal_snapshot_op));
+    let (last_missing, how) = if replayer.invalidated {
+        let how = "an applied op is superseded later in the log, and a replay by reads reaches \
+                   only ops above the watermark";
+        (journal_snapshot_op, how)
+    } else {
+        // Exactly the ops gone: up to the first one the files still hold.
+        let last = replayer
+            .first_pending()
+            .map_or(journal_snapshot_op, |op| (op - 1).min(journal_snapshot_op));
+        (last, "compacted")
+    };
     let reason = format!(
         "{why}; the journal's watermark is op {journal_snapshot_op} and its files no longer \
-         hold ops {}-{last_missing} (compacted)",
+         hold ops {}-{last_missing} ({how})",
         held_through + 1
     );
     Err(missing(held_through + 1, last_missing, reason))
@@ -324,44 +392,36 @@ fn held_below_watermark<M: StateMachine>(
 struct SnapshotChoice {
     chosen_op: u64,
     chosen_file: Option<String>,
+    chosen_len_bytes: u64,
+    /// Whose the chosen snapshot says it is.
+    identity: Option<SnapshotIdentity>,
     ops: Vec<u64>,
     damaged: Vec<DamagedSnapshot>,
     temps: Vec<String>,
-    /// The identity of each snapshot that loaded whole and is this directory's, by op.
-    identities: std::collections::BTreeMap<u64, SnapshotIdentity>,
-    /// The snapshots directory's path.
-    dir_path: String,
 }
 
 /// Lists the snapshots (without creating the directory) and restores the newest one that is
-/// whole, this directory's and restores, recording the ones above it it falls back from.
+/// whole, this directory's, not excluded, and restores; records the ones it falls back from.
 async fn plan_snapshots<D: Directory, M: StateMachine>(
-    root: &D,
-    config: &EngineConfig,
-    mode: RecoveryMode,
-    evidence: DirEvidence,
+    inputs: PlanInputs<'_, D>,
     state_machine: &mut M,
 ) -> Result<SnapshotChoice, EngineError> {
     let mut choice = SnapshotChoice {
         chosen_op: 0,
         chosen_file: None,
+        chosen_len_bytes: 0,
+        identity: None,
         ops: Vec::new(),
-        damaged: Vec::new(),
+        damaged: inputs.excluded.to_vec(),
         temps: Vec::new(),
-        identities: Default::default(),
-        dir_path: String::new(),
     };
-    let Some(store) = SnapshotStore::open_read_only(root, config.max_snapshot_bytes).await? else {
+    let max_bytes = inputs.config.max_snapshot_bytes;
+    let Some(store) = SnapshotStore::open_read_only(inputs.root, max_bytes).await? else {
         return Ok(choice);
     };
-    choice.dir_path = store.path_of("").trim_end_matches('/').to_string();
     choice.ops = store.list().await?;
     choice.temps = store.temp_names().await?;
-    let chosen = choose_snapshot(&store, mode, evidence, state_machine, &mut choice).await?;
-    if let Some(op) = chosen {
-        choice.chosen_op = op;
-        choice.chosen_file = Some(store.path_of(&snapshot_file_name(op)));
-    }
+    choose_snapshot(&store, inputs, state_machine, &mut choice).await?;
     Ok(choice)
 }
 
@@ -445,52 +505,56 @@ fn first_gap(
     })
 }
 
-/// Newest first: the first snapshot whose checksums hold, that is this directory's, and whose
-/// state restores. The ones fallen back from are recorded; in `Absolute` mode the first is
-/// refused. The identities of the older whole ones are kept for a later fallback.
+/// Newest first: the first snapshot whose checksums hold, that is this directory's, was not
+/// excluded, and whose state restores. The ones fallen back from are recorded, and so are older
+/// files of another directory (never a fallback); in `Absolute` mode either is refused.
 async fn choose_snapshot<D: Directory, M: StateMachine>(
     store: &SnapshotStore<D>,
-    mode: RecoveryMode,
-    evidence: DirEvidence,
+    inputs: PlanInputs<'_, D>,
     state_machine: &mut M,
     choice: &mut SnapshotChoice,
-) -> Result<Option<u64>, EngineError> {
-    let mut chosen = None;
+) -> Result<(), EngineError> {
     for &op in choice.ops.clone().iter().rev() {
+        if inputs.excluded.iter().any(|d| d.op == op) {
+            continue;
+        }
         let file = store.path_of(&snapshot_file_name(op));
-        let loaded = match store.load_with_identity(op).await {
+        let older = choice.identity.is_some();
+        let read = if older {
+            // An older file is judged only by whose it is (its header).
+            store.header(op).await.map(|h| (h.identity, Vec::new()))
+        } else {
+            store.load_with_identity(op).await
+        };
+        let loaded = match read {
             Ok(loaded) => Ok(loaded),
-            Err(SnapshotError::Checksum { file, reason }) => Err((
+            Err(SnapshotError::Checksum { file, reason }) if !older => Err((
                 SnapshotDamage::Checksum,
                 reason.clone(),
                 SnapshotError::Checksum { file, reason },
             )),
+            // An older file's damage shows if it is ever needed.
+            Err(SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }) if older => {
+                continue
+            }
             Err(other) => return Err(other.into()),
         };
         let judged = loaded.and_then(|(identity, bytes)| {
-            judge(
-                &file,
-                op,
-                identity,
-                evidence,
-                chosen.is_some(),
-                &bytes,
-                state_machine,
-            )
-            .map(|()| identity)
+            let restore = (!older).then_some(&mut *state_machine);
+            judge(&file, op, identity, inputs.evidence, &bytes, restore).map(|()| identity)
         });
         let (damage, reason, error) = match judged {
+            Ok(_) if older => continue,
             Ok(identity) => {
-                choice.identities.insert(op, identity);
-                chosen = chosen.or(Some(op));
+                choice.chosen_op = op;
+                choice.chosen_file = Some(file);
+                choice.chosen_len_bytes = store.file_len(op).await.unwrap_or(0);
+                choice.identity = Some(identity);
                 continue;
             }
             Err(fault) => fault,
         };
-        if chosen.is_some() {
-            continue; // an older file: judged only if it is ever needed
-        }
-        if mode == RecoveryMode::Absolute {
+        if inputs.mode == RecoveryMode::Absolute {
             return Err(error.into());
         }
         tracing::warn!(%file, op, %reason, kind = damage.kind(), "snapshot not used; falling back to an older one");
@@ -503,21 +567,20 @@ async fn choose_snapshot<D: Directory, M: StateMachine>(
             reason,
         });
     }
-    Ok(chosen)
+    Ok(())
 }
 
 type Fault = (SnapshotDamage, String, SnapshotError);
 
-/// Whether a whole snapshot file may be used: this directory's, and (for the one chosen) its
-/// state restores into `state_machine`.
+/// Whether a whole snapshot file may be used: this directory's, and (when `restore` is given,
+/// for the one chosen) its state restores into that state machine.
 fn judge<M: StateMachine>(
     file: &str,
     op: u64,
     identity: SnapshotIdentity,
     evidence: DirEvidence,
-    older: bool,
     bytes: &[u8],
-    state_machine: &mut M,
+    restore: Option<&mut M>,
 ) -> Result<(), Fault> {
     let theirs = identity.directory_id;
     let ours = evidence.directory_id;
@@ -529,9 +592,9 @@ fn judge<M: StateMachine>(
         };
         return Err((SnapshotDamage::Foreign, reason, error));
     }
-    if older {
+    let Some(state_machine) = restore else {
         return Ok(());
-    }
+    };
     state_machine
         .restore(bytes)
         .map_err(|RestoreError { reason }| {

@@ -282,21 +282,52 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     settle(&journal, &snapshots, &config, &outcome).await?;
     let manifest = settle_manifest(&root, manifest, outcome.replay.applied_op).await?;
     let report = outcome.report(&journal, config.recovery_mode, started);
+    let parts = EngineParts {
+        root,
+        config,
+        journal,
+        snapshots,
+        manifest,
+        lock,
+    };
+    Ok((
+        build_engine(parts, state_machine, outcome.replay, &report),
+        report,
+    ))
+}
+
+/// What an opened engine is made of, besides its state.
+struct EngineParts<D: Directory> {
+    root: D,
+    config: EngineConfig,
+    journal: MetadataJournal<D>,
+    snapshots: SnapshotStore<D>,
+    manifest: Manifest,
+    lock: crate::lock::DirLock<D>,
+}
+
+/// The engine recovery established: the replayed state, its prepares, its counters.
+fn build_engine<D: Directory, M: StateMachine>(
+    parts: EngineParts<D>,
+    state_machine: M,
+    replay: Replay,
+    report: &RecoveryReport,
+) -> Engine<D, M> {
     let Replay {
         applied_op,
         pending,
         mut stats,
         ..
-    } = outcome.replay;
+    } = replay;
     stats.replayed_ops = report.replayed;
     stats.repairs = report.repairs.len() as u64;
     stats.recovery_duration_us = report.duration_us;
     stats.snapshot_op = report.snapshot_op;
-    let engine = Engine {
-        root,
-        config,
-        journal,
-        snapshots,
+    Engine {
+        root: parts.root,
+        config: parts.config,
+        journal: parts.journal,
+        snapshots: parts.snapshots,
         inner: std::cell::RefCell::new(Inner {
             state_machine,
             applied_op,
@@ -311,10 +342,9 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         }),
         checkpointing: std::cell::Cell::new(false),
         truncating: std::cell::Cell::new(None),
-        manifest,
-        _lock: lock,
-    };
-    Ok((engine, report))
+        manifest: parts.manifest,
+        _lock: parts.lock,
+    }
 }
 
 /// What the manifest lets the plan judge.

@@ -483,15 +483,7 @@ impl<D: Directory> SnapshotStore<D> {
             file: path.clone(),
             reason,
         };
-        let head_len = file_len.min(SNAPSHOT_HEADER_BYTES as u64) as usize;
-        let header_bytes = file.read_exact_at(0, head_len).await.map_err(read_err)?;
-        let header = decode_header(&header_bytes).map_err(|fault| match fault {
-            HeaderFault::Damaged(reason) => damaged(reason),
-            HeaderFault::Version(version) => SnapshotError::UnknownVersion {
-                file: path.clone(),
-                version,
-            },
-        })?;
+        let header = self.read_header(&file, &path).await?;
         if header.op != op {
             return Err(damaged(format!(
                 "header says op {}, name says {op}",
@@ -523,6 +515,41 @@ impl<D: Directory> SnapshotStore<D> {
             )));
         }
         Ok((header.identity, payload))
+    }
+
+    /// Reads and checks only the header of the snapshot at `op` (whose it is, without reading
+    /// its state).
+    pub(crate) async fn header(&self, op: u64) -> Result<SnapshotHeader, SnapshotError> {
+        let name = snapshot_file_name(op);
+        let path = self.path_of(&name);
+        let file = self
+            .dir
+            .open_file(&name, OpenMode::ReadOnly)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+        self.read_header(&file, &path).await
+    }
+
+    async fn read_header(
+        &self,
+        file: &D::File,
+        path: &str,
+    ) -> Result<SnapshotHeader, SnapshotError> {
+        let head_len = file.len().min(SNAPSHOT_HEADER_BYTES as u64) as usize;
+        let header_bytes = file
+            .read_exact_at(0, head_len)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, path, 0, e))?;
+        decode_header(&header_bytes).map_err(|fault| match fault {
+            HeaderFault::Damaged(reason) => SnapshotError::Checksum {
+                file: path.to_string(),
+                reason,
+            },
+            HeaderFault::Version(version) => SnapshotError::UnknownVersion {
+                file: path.to_string(),
+                version,
+            },
+        })
     }
 
     /// Moves the snapshot at `op` into `DIR/quarantine/` (copy, fsync, directory fsyncs, then
