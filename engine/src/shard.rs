@@ -374,6 +374,8 @@ fn run_shard<M, F>(
     M: StateMachine + 'static,
     F: Fn(usize) -> M + Send + Sync + 'static,
 {
+    // Every log line of this shard's thread (its runtime runs here) carries the shard.
+    let _span = tracing::warn_span!("keel", shard = shard as u64).entered();
     let mut builder = compio::runtime::RuntimeBuilder::new();
     if let Some(cpu) = cpu {
         builder.thread_affinity(HashSet::from([cpu]));
