@@ -321,8 +321,10 @@ fn committed_ops_cut_by_a_truncation_are_named_as_lost() {
 
     let verify = run_json(&["verify", path_str(&set), "--json"], 4);
     let problems = verify["shards"][0]["problems"].as_array().unwrap();
-    assert!(
-        problems.iter().any(|p| p["kind"] == "missing_ops"),
+    let missing = problems.iter().find(|p| p["kind"] == "missing_ops");
+    assert_eq!(
+        missing.map(|p| p["ops"].clone()),
+        Some(serde_json::json!({"first": 1, "last": 2000})),
         "{verify}"
     );
     let recover = run_json(&["recover", path_str(&set), "--json"], 4);

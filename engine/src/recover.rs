@@ -154,6 +154,8 @@ pub struct ProblemRecord {
     pub file: String,
     pub offset: u64,
     pub op: Option<u64>,
+    /// The ops concerned, when the problem is a range (`missing_ops`); null otherwise.
+    pub ops: Option<OpRange>,
 }
 
 impl From<&keel_journal::Problem> for ProblemRecord {
@@ -163,6 +165,7 @@ impl From<&keel_journal::Problem> for ProblemRecord {
             file: p.file.clone(),
             offset: p.offset_bytes,
             op: p.op,
+            ops: None,
         }
     }
 }
@@ -785,6 +788,7 @@ fn plan_problems<D: Directory>(
                 file: root.display_path(),
                 offset: 0,
                 op: Some(*range.start()),
+                ops: Some(OpRange::from(&range)),
             });
             Ok(true)
         }
@@ -832,6 +836,7 @@ pub async fn verify<D: Directory, M: StateMachine>(
             file: s.file.clone(),
             offset: 0,
             op: Some(s.op),
+            ops: None,
         });
     }
     Ok(VerifyReport::new(&scan, corrupt, problems, snapshots))

@@ -638,9 +638,9 @@ impl<D: Directory> SnapshotStore<D> {
                 {
                     continue
                 }
-                Err(
-                    e @ (SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }),
-                ) => (false, Some(e.to_string())),
+                // The file is named beside it: the reason alone.
+                Err(SnapshotError::Checksum { reason, .. }) => (false, Some(reason)),
+                Err(e @ SnapshotError::UnknownVersion { .. }) => (false, Some(e.to_string())),
                 Err(e) => return Err(e),
             };
             out.push(SnapshotInfo {

@@ -66,6 +66,7 @@ async fn verify_raft(
             file: meta.file,
             offset: 0,
             op: None,
+            ops: None,
         });
     }
     let snapshots = raft::check_snapshots(path)?;
@@ -76,6 +77,7 @@ async fn verify_raft(
             file: snapshot.file.clone(),
             offset: 0,
             op: Some(snapshot.op),
+            ops: None,
         });
     }
     Ok(VerifyReport::new(&scan, corrupt, problems, snapshots))
@@ -105,18 +107,37 @@ fn report_text(status: &str, report: &VerifyReport) -> String {
         report.snapshots.len(),
     );
     for problem in &report.problems {
-        text.push_str(&format!(
-            "\nproblem: {} in {} at offset {} (op {})",
+        text.push_str(&format!("\nproblem: {}", problem_text(problem, report)));
+    }
+    text
+}
+
+/// One problem as a line: where it is, and what is wrong.
+fn problem_text(problem: &ProblemRecord, report: &VerifyReport) -> String {
+    if let Some(ops) = problem.ops {
+        return format!(
+            "{} in {}: ops {ops} are committed but in no snapshot and no journal file",
+            problem.kind, problem.file
+        );
+    }
+    let why = report
+        .snapshots
+        .iter()
+        .find(|s| s.file == problem.file)
+        .and_then(|s| s.problem.clone());
+    match why {
+        Some(why) => format!(
+            "{} in {} (op {}): {why}",
+            problem.kind,
+            problem.file,
+            text::op(problem.op)
+        ),
+        None => format!(
+            "{} in {} at offset {} (op {})",
             problem.kind,
             problem.file,
             problem.offset,
             text::op(problem.op)
-        ));
+        ),
     }
-    for snapshot in report.snapshots.iter().filter(|s| !s.valid) {
-        if let Some(problem) = &snapshot.problem {
-            text.push_str(&format!("\nsnapshot {}: {problem}", snapshot.file));
-        }
-    }
-    text
 }
