@@ -725,6 +725,32 @@ mod tests {
         assert!(decode_header(&h[..10]).is_err());
     }
 
+    /// A version 1 file (40-byte header, no identity) still reads, its identity unknown.
+    #[test]
+    fn version_1_files_still_read() {
+        let payload = b"old state";
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(SNAPSHOT_MAGIC);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&[0u8; 4]);
+        v1.extend_from_slice(&12u64.to_le_bytes());
+        v1.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        let crc = crc32fast::hash(&v1[0..36]);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        v1.extend_from_slice(payload);
+        assert_eq!(decode_snapshot_file(12, &v1).unwrap(), payload);
+        let header = decode_snapshot_header(&v1).unwrap();
+        assert_eq!(
+            (header.version, header.header_bytes),
+            (1, SNAPSHOT_V1_HEADER_BYTES)
+        );
+        assert_eq!(header.identity, SnapshotIdentity::default());
+        let mut bad = v1.clone();
+        bad[20] ^= 1;
+        assert!(decode_snapshot_file(12, &bad).is_err());
+    }
+
     #[compio::test]
     async fn persist_load_round_trip_survives_crash() {
         let fs = MemFs::new(1);
