@@ -126,6 +126,33 @@ fn bench_slot_count_and_a_contradicting_shard_count() {
     assert_same_tree(&before, &tree(&set));
 }
 
+/// Item 7: a bench error names its shard.
+#[test]
+fn a_bench_error_names_its_shard() {
+    let temp = tempfile::tempdir().unwrap();
+    let set = temp.path().join("set");
+    let args = [
+        "bench",
+        "--dir",
+        path_str(&set),
+        "--shards",
+        "2",
+        "--ops",
+        "20",
+        "--no-pin",
+    ];
+    run_expect(&args, 0);
+    let manifest = set.join("shard-1").join("MANIFEST");
+    let mut bytes = fs::read(&manifest).unwrap();
+    bytes[30] ^= 0x01;
+    fs::write(&manifest, bytes).unwrap();
+    let output = run(&args);
+    assert_eq!(code(&output), 4, "{}", stderr(&output));
+    let message = stderr(&output);
+    assert!(message.contains("shard 1: manifest"), "{message}");
+    assert!(message.contains("shard-1/MANIFEST"), "{message}");
+}
+
 /// Item 7: SIGINT, SIGTERM and SIGHUP each stop a bench in a temporary directory cleanly: exit
 /// 130, and the directory is gone.
 #[test]

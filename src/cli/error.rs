@@ -32,6 +32,14 @@ pub enum CliError {
     #[error("{0}")]
     Usage(String),
 
+    /// An error of one shard of a shard set, named with it.
+    #[error("shard {shard}: {source}")]
+    InShard {
+        shard: usize,
+        #[source]
+        source: Box<CliError>,
+    },
+
     /// A shard's thread or task died (a panic or a cancellation).
     #[error("shard {shard}: {reason}")]
     ShardDied { shard: usize, reason: String },
@@ -55,13 +63,31 @@ impl CliError {
 
     /// True when the error is corruption that recovery refused (exit 4).
     pub fn is_corruption(&self) -> bool {
-        matches!(self, CliError::Engine(error) if error.is_corruption())
+        match self {
+            CliError::Engine(error) => error.is_corruption(),
+            CliError::InShard { source, .. } => source.is_corruption(),
+            _ => false,
+        }
+    }
+
+    /// `error` named with its shard, unless it names one already.
+    pub fn in_shard(shard: usize, error: CliError) -> CliError {
+        match error {
+            CliError::ShardDied { .. }
+            | CliError::StateMismatch { .. }
+            | CliError::InShard { .. } => error,
+            error => CliError::InShard {
+                shard,
+                source: Box::new(error),
+            },
+        }
     }
 
     /// The `kind` of the JSON error object: a stable snake_case name.
     pub fn kind(&self) -> &'static str {
         use keel_engine::{JournalError, ManifestError, SnapshotError};
         match self {
+            CliError::InShard { source, .. } => source.kind(),
             CliError::Engine(error) => match error {
                 EngineError::Journal(JournalError::Corrupt { .. }) => "corrupt_journal",
                 EngineError::Journal(_) => "journal",
@@ -88,6 +114,7 @@ impl CliError {
     pub fn path(&self) -> Option<String> {
         use keel_engine::{JournalError, ManifestError, SnapshotError};
         match self {
+            CliError::InShard { source, .. } => source.path(),
             CliError::NotKeel { path, .. } => Some(path.clone()),
             CliError::Engine(error) => match error {
                 EngineError::Journal(JournalError::Corrupt { file, .. }) => Some(file.clone()),
@@ -123,6 +150,7 @@ impl CliError {
 
     pub fn exit_code(&self) -> u8 {
         match self {
+            CliError::InShard { source, .. } => source.exit_code(),
             CliError::Usage(_) => 2,
             _ if self.is_corruption() => EXIT_CORRUPT,
             _ => EXIT_ERROR,

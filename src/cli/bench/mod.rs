@@ -348,7 +348,7 @@ fn wait_for_shards(
         match thread.join() {
             Ok(Ok(result)) => results.push(result),
             Ok(Err(error)) => {
-                first_error.get_or_insert(error);
+                first_error.get_or_insert(CliError::in_shard(shard, error));
             }
             Err(_) => {
                 first_error.get_or_insert(CliError::ShardDied {
