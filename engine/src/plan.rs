@@ -1,11 +1,13 @@
 //! plan: the one recovery decision, made before anything is touched, that both `open` and
 //! `verify` use.
 //!
-//! Owns the choice of snapshot (newest first; a file whose checksums fail *or whose state does not
-//! restore* is damage and is fallen back from, a newer format version is refused), the journal's
-//! plan, and the checks between them (the snapshot reaches the journal's watermark; every
-//! committed op above the snapshot is in the journal). It must never create, write or remove a file:
-//! a refused recovery changes nothing, and `verify` says exactly what `recover` would do.
+//! Owns the choice of snapshot (newest first; a file whose checksums fail, whose state does not
+//! restore, that is another directory's or another history's is fallen back from, a newer format
+//! version is refused), the journal's plan, and the checks between them (the snapshot reaches the
+//! journal's watermark, or the journal's files still hold the ops between; every committed op
+//! above the snapshot is in the journal, committed meaning any watermark: the journal's, a
+//! damaged snapshot's, the manifest's last clean close). It must never create, write or remove a
+//! file: a refused recovery changes nothing, and `verify` says exactly what `recover` would do.
 
 use keel_journal::{MetadataJournal, OpenPlan, RecoveryMode};
 use keel_storage::Directory;

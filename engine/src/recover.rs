@@ -2,17 +2,21 @@
 //! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the read-only
 //! [`verify`] and the no-replay [`repair`] the CLI uses.
 //!
-//! The decisions, in order:
-//! 1. Snapshots newest first: the first whose checksums hold is used; a damaged one is moved to
-//!    quarantine (refused in `Absolute` mode), and its op still proves that every op up to it was
+//! The decisions, in order (`plan.rs` makes them, read-only):
+//! 0. `DIR/MANIFEST` gives the ring, the segment size and the directory id (a directory without
+//!    one gets one once its open is decided).
+//! 1. Snapshots newest first: the first whose checksums hold, that is this directory's and of this
+//!    history, and that restores is used; the others above it are moved to quarantine (refused in
+//!    `Absolute` mode), and a damaged one of this directory still proves that every op up to it was
 //!    committed. An I/O error reading a snapshot is returned, never taken for damage.
 //! 2. The journal holds live ops above its own watermark `J`. If the chosen snapshot `S` is below
-//!    `J`, ops `S+1..=J` exist nowhere: refuse with [`EngineError::MissingOps`] naming them.
-//! 3. The durable commit watermark is `C = max(S, journal's durable commit, quarantined snapshot
-//!    ops)`. Ops `S+1..=C` are applied in order; they must all be present. Ops above `C` are
-//!    prepared-but-uncommitted: kept pending (a later `commit` applies them) and reported.
+//!    `J`, ops `S+1..=J` must still be in the journal's files (replayed from there); else refuse
+//!    with [`EngineError::MissingOps`] naming exactly the ones gone.
+//! 3. The durable commit watermark is `C = max(S, journal's durable commit, damaged snapshots'
+//!    ops, the last clean close's)`. Ops `S+1..=C` are applied in order; they must all be present.
+//!    Ops above `C` are prepared-but-uncommitted: kept pending and reported.
 //! 4. A committed op missing from the journal is refused, except in `PointInTime` mode, where the
-//!    state stops before the gap and the gap is reported as unrecoverable.
+//!    state stops before the gap and the gap is reported as lost committed ops.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
