@@ -62,8 +62,8 @@ pub use manifest::{
     MANIFEST_VERSION,
 };
 pub use recover::{
-    journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair, verify,
-    OpRange, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan,
+    journal_file, journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair,
+    verify, OpRange, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan,
     RepairRecord, VerifyReport, VerifyStatus,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};

@@ -33,7 +33,7 @@ use crate::plan::{
     plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
 };
 use crate::replay::{replay_by_reads, Replay};
-use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore};
+use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
 use crate::QUARANTINE_DIR;
 use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
@@ -162,11 +162,18 @@ pub struct ProblemRecord {
     pub ops: Option<OpRange>,
 }
 
-impl From<&keel_journal::Problem> for ProblemRecord {
-    fn from(p: &keel_journal::Problem) -> Self {
+/// The path of the journal's segment `name` in the engine directory at `root_path`: every report
+/// names files by path.
+pub fn journal_file(root_path: &str, name: &str) -> String {
+    format!("{root_path}/journal/{name}")
+}
+
+impl ProblemRecord {
+    /// A journal scan's problem in the engine directory at `root_path`.
+    pub fn from_journal(root_path: &str, p: &keel_journal::Problem) -> Self {
         ProblemRecord {
             kind: p.kind.to_string(),
-            file: p.file.clone(),
+            file: journal_file(root_path, &p.file),
             offset: p.offset_bytes,
             op: p.op,
             ops: None,
@@ -226,7 +233,7 @@ pub fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> 
         .iter()
         .map(|r| RepairRecord {
             kind: r.kind.to_string(),
-            file: r.file.clone(),
+            file: journal_file(root_path, &r.file),
             offset: r.offset_bytes,
             bytes: r.bytes,
             quarantine: format!("{root_path}/{QUARANTINE_DIR}/{}", r.quarantine_file),
@@ -531,6 +538,7 @@ pub async fn plan_repair<D: Directory>(
         .journal
         .as_ref()
         .expect("an accepted plan holds the journal's");
+    let root_path = root.display_path();
     let mut repairs: Vec<PlannedRepair> = plan
         .damaged
         .iter()
@@ -545,18 +553,18 @@ pub async fn plan_repair<D: Directory>(
     if let (Some(cut), Some(stop)) = (journal.cut(), journal.report().problems.first()) {
         repairs.push(PlannedRepair {
             kind: cut.kind().into(),
-            file: stop.file.clone(),
+            file: journal_file(&root_path, &stop.file),
             offset: stop.offset_bytes,
             bytes: 0,
             op: stop.op,
         });
     }
-    let temps = |kind: &str, names: &[String]| -> Vec<PlannedRepair> {
+    let temps = |kind: &str, dir: &str, names: &[String]| -> Vec<PlannedRepair> {
         names
             .iter()
             .map(|name| PlannedRepair {
                 kind: kind.into(),
-                file: name.clone(),
+                file: format!("{root_path}/{dir}/{name}"),
                 offset: 0,
                 bytes: 0,
                 op: None,
@@ -564,9 +572,9 @@ pub async fn plan_repair<D: Directory>(
             .collect()
     };
     if mode != RecoveryMode::Absolute {
-        repairs.extend(temps("snapshot_temp", &plan.snapshot_temps));
+        repairs.extend(temps("snapshot_temp", SNAPSHOTS_DIR, &plan.snapshot_temps));
     }
-    repairs.extend(temps("compaction_temp", journal.temp_files()));
+    repairs.extend(temps("compaction_temp", "journal", journal.temp_files()));
     let (lost_committed, cut_uncommitted) =
         lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, journal.report());
     Ok(RepairPlan {
@@ -816,7 +824,11 @@ pub async fn verify<D: Directory, M: StateMachine>(
     let config = &config;
     let scan = MetadataJournal::verify(root, config.journal.clone()).await?;
     let mut snapshots = list_snapshots(root, config.max_snapshot_bytes).await?;
-    let mut problems: Vec<ProblemRecord> = scan.problems.iter().map(ProblemRecord::from).collect();
+    let root_path = root.display_path();
+    let problems = scan.problems.iter();
+    let mut problems: Vec<ProblemRecord> = problems
+        .map(|p| ProblemRecord::from_journal(&root_path, p))
+        .collect();
     // The journal's table decides what is corruption: a torn segment header is a torn tail too.
     let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
     let plan = plan_recovery(

@@ -105,6 +105,7 @@ async fn inspect_one(dir: &EngineDir) -> Result<InspectReport, CliError> {
     };
     let quarantine = files_in(&root, QUARANTINE_DIR).await?;
     let watermark = scan.snapshot_op.unwrap_or(0);
+    let root_path = root.display_path();
     Ok(InspectReport {
         kind: dir.kind.name(),
         manifest: geometry.manifest().map(manifest_info),
@@ -119,7 +120,11 @@ async fn inspect_one(dir: &EngineDir) -> Result<InspectReport, CliError> {
             .last_op
             .map_or(0, |last| last.saturating_sub(watermark)),
         slot_count: config.journal.slot_count,
-        problems: scan.problems.iter().map(ProblemRecord::from).collect(),
+        problems: scan
+            .problems
+            .iter()
+            .map(|p| ProblemRecord::from_journal(&root_path, p))
+            .collect(),
         snapshots,
         raft_meta,
         quarantine,

@@ -3,6 +3,8 @@
 //! into a kept state. `--dry-run` prints what would be cut and quarantined and changes nothing.
 //! Exit 0, 4 (refused: corruption), 1.
 
+use std::path::Path;
+
 use keel_engine::{RecoveryReport, RepairPlan};
 use keel_journal::MetadataJournal;
 
@@ -56,7 +58,7 @@ async fn plan_one(dir: &EngineDir, mode: Mode) -> Result<RepairPlan, CliError> {
         if let (Some(cut), Some(stop)) = (plan.cut(), plan.report().problems.first()) {
             repairs.push(keel_engine::PlannedRepair {
                 kind: cut.kind().into(),
-                file: stop.file.clone(),
+                file: keel_engine::journal_file(&root.path().display().to_string(), &stop.file),
                 offset: stop.offset_bytes,
                 bytes: 0,
                 op: stop.op,
@@ -81,7 +83,7 @@ async fn plan_one(dir: &EngineDir, mode: Mode) -> Result<RepairPlan, CliError> {
 }
 
 /// Fills in a journal cut's bytes: the rest of its segment and every later segment.
-fn count_cuts(path: &std::path::Path, mut plan: RepairPlan) -> RepairPlan {
+fn count_cuts(path: &Path, mut plan: RepairPlan) -> RepairPlan {
     let journal = path.join(super::walk::JOURNAL_DIR);
     let len = |name: &str| std::fs::metadata(journal.join(name)).map_or(0, |m| m.len());
     let mut segments: Vec<String> = std::fs::read_dir(&journal)
@@ -95,15 +97,18 @@ fn count_cuts(path: &std::path::Path, mut plan: RepairPlan) -> RepairPlan {
         .unwrap_or_default();
     segments.sort();
     for repair in plan.repairs.iter_mut() {
+        let name = Path::new(&repair.file)
+            .file_name()
+            .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
         if repair.kind == "torn_tail" || repair.kind == "point_in_time_cut" {
             let later: u64 = segments
                 .iter()
-                .filter(|n| n.as_str() > repair.file.as_str())
+                .filter(|n| n.as_str() > name.as_str())
                 .map(|n| len(n))
                 .sum();
-            repair.bytes = len(&repair.file).saturating_sub(repair.offset) + later;
+            repair.bytes = len(&name).saturating_sub(repair.offset) + later;
         } else if repair.bytes == 0 && repair.kind == "compaction_temp" {
-            repair.bytes = len(&repair.file);
+            repair.bytes = len(&name);
         }
     }
     plan

@@ -3,7 +3,7 @@
 
 use keel_engine::{KvStateMachine, ProblemRecord, VerifyReport, VerifyStatus};
 use keel_journal::MetadataJournal;
-use keel_storage::FsDirectory;
+use keel_storage::{Directory, FsDirectory};
 use serde_json::Value;
 
 use super::error::{CliError, EXIT_CORRUPT, EXIT_TORN_TAIL};
@@ -58,7 +58,12 @@ async fn verify_raft(
         .await
         .map_err(keel_engine::EngineError::from)?;
     let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
-    let mut problems: Vec<ProblemRecord> = scan.problems.iter().map(ProblemRecord::from).collect();
+    let root_path = root.display_path();
+    let mut problems: Vec<ProblemRecord> = scan
+        .problems
+        .iter()
+        .map(|p| ProblemRecord::from_journal(&root_path, p))
+        .collect();
     if let Some(meta) = raft::check_meta(path)?.filter(|m| !m.valid) {
         corrupt = true;
         problems.push(ProblemRecord {
