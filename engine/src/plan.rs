@@ -241,16 +241,9 @@ async fn plan_once<D: Directory, M: StateMachine>(
     if snapshot_op < journal_snapshot_op {
         held_below_watermark(&snapshots, &replayer, journal_snapshot_op)?;
     }
-    let proven_commit = snapshots
-        .damaged
-        .iter()
-        .filter(|d| d.damage.proves_commit())
-        .map(|d| d.op)
-        .max()
-        .unwrap_or(0);
     let commit_op = snapshot_op
         .max(journal.commit_op())
-        .max(proven_commit)
+        .max(snapshots.proven_commit())
         .max(evidence.closed_commit_op);
     let gap = first_gap(
         snapshot_op.max(journal_snapshot_op),
@@ -400,6 +393,15 @@ struct SnapshotChoice {
     ops: Vec<u64>,
     damaged: Vec<DamagedSnapshot>,
     temps: Vec<String>,
+}
+
+impl SnapshotChoice {
+    /// The highest op a file fallen back from still proves committed (this directory's damaged
+    /// snapshots do; another directory's or history's do not).
+    fn proven_commit(&self) -> u64 {
+        let proving = self.damaged.iter().filter(|d| d.damage.proves_commit());
+        proving.map(|d| d.op).max().unwrap_or(0)
+    }
 }
 
 /// Lists the snapshots (without creating the directory) and restores the newest one that is
