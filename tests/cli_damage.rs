@@ -50,6 +50,7 @@ fn torn_tail_is_quarantined_exactly_and_repair_is_idempotent() {
         cut_at += 1;
     }
     fs::write(&segment, &bytes[..cut_at]).unwrap();
+    as_if_killed(&engine);
     let cut_bytes = bytes[last.offset..cut_at].to_vec();
 
     let verify = run_json(&["verify", path_str(&set), "--json"], 3);
@@ -159,7 +160,7 @@ fn verify_inspect_and_dump_change_nothing() {
 fn dump_lists_the_entries_in_range() {
     let temp = tempfile::tempdir().unwrap();
     let (set, _engine, segment) = bench_dir(temp.path(), 50);
-    let dump = run_json(
+    let lines = run_json_lines(
         &[
             "dump",
             path_str(&set),
@@ -171,31 +172,34 @@ fn dump_lists_the_entries_in_range() {
         ],
         0,
     );
-    let entries = dump["shards"][0]["entries"].as_array().expect("entries");
-    let data: Vec<&Value> = entries.iter().filter(|e| e["kind"] == "data").collect();
+    assert!(lines.iter().all(|l| l["schema_version"] == 1), "{lines:?}");
+    let entries: Vec<&Value> = lines.iter().filter(|l| l["type"] == "entry").collect();
+    let data: Vec<&&Value> = entries.iter().filter(|e| e["kind"] == "data").collect();
     let ops: Vec<u64> = data.iter().map(|e| e["op"].as_u64().unwrap()).collect();
-    assert_eq!(ops, vec![10, 11, 12, 13, 14], "{dump}");
+    assert_eq!(ops, vec![10, 11, 12, 13, 14], "{lines:?}");
     assert!(data
         .iter()
-        .all(|e| e["len"] == 128 && e["checksum_ok"] == true));
+        .all(|e| e["len"] == 128 && e["checksum_ok"] == true && e["shard"] == 0));
     assert!(entries
         .iter()
         .all(|e| (10..=14).contains(&e["op"].as_u64().unwrap())));
-    assert_eq!(dump["shards"][0]["stops"], Value::Array(vec![]));
+    assert!(lines.iter().all(|l| l["type"] != "stop"), "{lines:?}");
+    let summary = lines.last().unwrap();
+    assert_eq!(summary["type"], "summary");
+    assert_eq!(summary["count"], entries.len() as u64);
 
     // A flipped payload byte shows as a checksum mismatch on that entry.
     let mut bytes = fs::read(&segment).unwrap();
     let victim = *entries_of_kind(&bytes, EntryKind::Data).get(11).unwrap();
     bytes[victim.offset + 64 + 20] ^= 1;
     fs::write(&segment, &bytes).unwrap();
-    let dump = run_json(&["dump", path_str(&set), "--json"], 0);
-    let entries = dump["shards"][0]["entries"].as_array().unwrap();
-    let bad: Vec<u64> = entries
+    let lines = run_json_lines(&["dump", path_str(&set), "--json"], 0);
+    let bad: Vec<u64> = lines
         .iter()
-        .filter(|e| e["checksum_ok"] == false)
+        .filter(|e| e["type"] == "entry" && e["checksum_ok"] == false)
         .map(|e| e["op"].as_u64().unwrap())
         .collect();
-    assert_eq!(bad, vec![victim.op], "{dump}");
+    assert_eq!(bad, vec![victim.op], "{lines:?}");
 }
 
 fn entries_of_kind(bytes: &[u8], kind: EntryKind) -> Vec<RawEntry> {
@@ -236,7 +240,21 @@ fn a_shard_set_reports_each_shard_and_its_worst_status() {
     assert_eq!(recover["shards"][0]["status"], "clean", "{recover}");
     assert_eq!(recover["shards"][0]["last_op"], 200, "{recover}");
     assert_eq!(recover["shards"][1]["status"], "refused", "{recover}");
-    assert!(recover["shards"][1]["error"].is_string(), "{recover}");
+    assert!(
+        recover["shards"][1]["error"]["message"].is_string(),
+        "{recover}"
+    );
+    assert_eq!(
+        recover["shards"][1]["error"]["kind"], "corrupt_journal",
+        "{recover}"
+    );
+    assert!(
+        recover["shards"][1]["path"]
+            .as_str()
+            .unwrap()
+            .ends_with("shard-1"),
+        "{recover}"
+    );
 }
 
 /// Like `bench_into` but with the shard count in `extra`.
@@ -303,6 +321,7 @@ fn a_second_repair_at_the_same_offset_keeps_the_first_copy() {
     let last = last_data_entry(&bytes);
     let first_cut = last.offset + last.len - 4;
     fs::write(&segment, &bytes[..first_cut]).unwrap();
+    as_if_killed(&engine);
     let first = run_json(&["recover", path_str(&set), "--json"], 0);
     let first_repair = &first["shards"][0]["repairs"][0];
     let first_copy = quarantine_path(&engine, first_repair["quarantine"].as_str().unwrap());

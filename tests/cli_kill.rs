@@ -10,8 +10,7 @@ mod cli_common;
 use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
-use std::process::Stdio;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use cli_common::*;
 use rand::{Rng, SeedableRng};
@@ -40,38 +39,21 @@ fn acked(ack_file: &Path) -> BTreeMap<u64, u64> {
     max
 }
 
-fn wait_for_first_ack(ack_file: &Path) {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while fs::metadata(ack_file).map_or(0, |m| m.len()) == 0 {
-        assert!(Instant::now() < deadline, "no ack within 60 s");
-        std::thread::sleep(Duration::from_millis(5));
-    }
-}
-
 /// One round: bench, kill after `delay`, recover, compare, verify.
 fn round(temp: &Path, round: u64, shards: u64, sync: &str, delay: Duration) {
     let dir = temp.join(format!("round-{round}"));
     let acks = temp.join(format!("acks-{round}"));
     let shards_arg = shards.to_string();
-    let mut child = keel()
-        .args(["bench", "--dir", path_str(&dir), "--ops", "100000000"])
-        .args([
-            "--shards",
-            &shards_arg,
-            "--sync",
-            sync,
-            "--checkpoint-every",
-            "300",
-        ])
-        .args([
-            "--segment-mib",
-            "1",
-            "--no-pin",
-            "--ack-file",
-            path_str(&acks),
-        ])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
+    let every = [
+        "--checkpoint-every",
+        "300",
+        "--sync",
+        sync,
+        "--shards",
+        &shards_arg,
+    ];
+    let mut child = long_bench(&acks, &every)
+        .args(["--dir", path_str(&dir)])
         .spawn()
         .expect("spawn keel bench");
     wait_for_first_ack(&acks);

@@ -152,10 +152,12 @@ async fn run_steps<D: Directory, M: StateMachine>(
     step(CheckpointStep::SnapshotTaken)?;
 
     // 2. Persist (temp written piece by piece with paced write-back, fsync, rename, directory
-    //    fsync).
+    //    fsync), recording whose snapshot it is.
+    let position = engine.journal.entry_position(snapshot_op).await?;
+    let identity = engine.snapshots.identity(position);
     let snapshot_bytes = engine
         .snapshots
-        .persist_source(snapshot_op, &mut *state, &step)
+        .persist_source(snapshot_op, &identity, &mut *state, &step)
         .await?;
     drop(state);
     engine.inner.borrow_mut().snapshot_op = snapshot_op;

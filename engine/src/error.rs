@@ -10,6 +10,7 @@ use std::sync::Arc;
 use keel_journal::JournalError;
 
 use crate::checkpoint::CheckpointStep;
+use crate::manifest::ManifestError;
 
 /// The stage of persisting or loading a snapshot that failed.
 ///
@@ -90,6 +91,10 @@ pub enum SnapshotError {
         op: u64,
         reason: String,
     },
+    /// Whole, but not this directory's (another directory's id, or another history's place in
+    /// the journal's chain): never applied.
+    #[error("snapshot {file} is not this directory's: {reason}")]
+    Foreign { file: String, reason: String },
     /// The snapshot was written by a newer keel: not damage, this build cannot read it. Refused,
     /// never quarantined or fallen back from.
     #[error("snapshot {file} has format version {version}, newer than this build reads")]
@@ -108,9 +113,9 @@ impl SnapshotError {
     pub fn stage(&self) -> SnapshotStage {
         match self {
             SnapshotError::Io { stage, .. } => *stage,
-            SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. } => {
-                SnapshotStage::Checksum
-            }
+            SnapshotError::Checksum { .. }
+            | SnapshotError::Foreign { .. }
+            | SnapshotError::UnknownVersion { .. } => SnapshotStage::Checksum,
             SnapshotError::Decode { .. } => SnapshotStage::Decode,
             SnapshotError::TooLarge { .. } => SnapshotStage::Write,
         }
@@ -131,6 +136,10 @@ pub enum EngineError {
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
 
+    /// The directory's manifest cannot be used (damaged, newer, or contradicting the caller).
+    #[error(transparent)]
+    Manifest(#[from] ManifestError),
+
     /// Another holder (this process or another) has the engine directory.
     #[error("engine directory {dir} is locked by another holder: {source}")]
     Locked {
@@ -150,7 +159,7 @@ pub enum EngineError {
 
     /// Committed ops that neither a snapshot nor the journal holds: the consensus layer must fetch
     /// them from peers (or the directory is damaged beyond this replica's repair).
-    #[error("ops {first_op}..={last_op} are needed but missing: {reason}")]
+    #[error("ops {first_op}-{last_op} are needed but missing: {reason}")]
     MissingOps {
         first_op: u64,
         last_op: u64,
@@ -246,6 +255,8 @@ impl EngineError {
         match self {
             EngineError::Journal(JournalError::Corrupt { .. }) => true,
             EngineError::Snapshot(SnapshotError::Checksum { .. }) => true,
+            EngineError::Snapshot(SnapshotError::Foreign { .. }) => true,
+            EngineError::Manifest(ManifestError::Damaged { .. }) => true,
             EngineError::Snapshot(SnapshotError::Decode { .. }) => true,
             EngineError::Snapshot(SnapshotError::UnknownVersion { .. }) => true,
             EngineError::MissingOps { .. } => true,

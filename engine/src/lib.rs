@@ -9,6 +9,7 @@
 //!
 //! ```text
 //! DIR/LOCK                               flock held while an engine has DIR open
+//! DIR/MANIFEST                           what the directory is: id, ring, segment size, shard
 //! DIR/journal/NNNNNNNNNNNNNNNNNNNN.wal   the journal's segments (keel-journal)
 //! DIR/snapshots/NNNNNNNNNNNNNNNNNNNN.snap  snapshots, 20-digit op in the name (the two newest)
 //! DIR/quarantine/                        bytes recovery cut or set aside, never deleted by keel
@@ -30,6 +31,7 @@ mod checkpoint;
 mod error;
 mod kv;
 mod lock;
+mod manifest;
 mod plan;
 mod recover;
 mod replay;
@@ -55,14 +57,20 @@ pub use kv::{
     MAX_VALUE_BYTES,
 };
 pub use lock::LOCK_FILE;
+pub use manifest::{
+    adopt_manifest, read_manifest, DirectoryId, Manifest, ManifestError, MANIFEST_FILE,
+    MANIFEST_VERSION,
+};
 pub use recover::{
-    recovery_mode_from_str, recovery_mode_name, repair, verify, OpRange, ProblemRecord,
-    RecoveryReport, RecoveryStatus, RepairRecord, VerifyReport, VerifyStatus,
+    journal_file, journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair,
+    verify, OpRange, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan,
+    RepairRecord, VerifyReport, VerifyStatus,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{
-    decode_snapshot_file, encode_snapshot_file, list_snapshots, parse_snapshot_file_name,
-    snapshot_file_name, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    decode_snapshot_file, decode_snapshot_header, encode_snapshot_file, encode_snapshot_file_with,
+    list_snapshots, parse_snapshot_file_name, snapshot_file_name, SnapshotHeader, SnapshotIdentity,
+    SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_V1_HEADER_BYTES,
     SNAPSHOT_VERSION,
 };
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
@@ -81,7 +89,7 @@ pub const MAX_SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
 pub struct EngineConfig {
     /// The journal's configuration (slot count, segment size, group-commit bounds, …).
     pub journal: JournalConfig,
-    /// What recovery may repair (DESIGN §4).
+    /// What recovery may repair (docs/durability.md).
     pub recovery_mode: RecoveryMode,
     /// Checkpoint automatically (at the end of `commit`) when the journal's remaining capacity
     /// falls below this many ops. 0 disables the automatic trigger.
@@ -95,8 +103,11 @@ pub struct EngineConfig {
     /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
     /// can then always fall back to the older one. Costs journal capacity (the ring holds up to
     /// two checkpoint intervals) and checkpoints about twice as often under the automatic
-    /// trigger. Off by default: DESIGN §5 moves the watermark to the new snapshot.
+    /// trigger. Off by default: the watermark moves to the new snapshot.
     pub journal_covers_previous_snapshot: bool,
+    /// This engine's index in a shard set (`ShardSet` sets it; default `None`). Recorded in the
+    /// directory's manifest at creation; an open with a different index is refused.
+    pub shard_index: Option<u64>,
 }
 
 impl Default for EngineConfig {
@@ -116,6 +127,7 @@ impl Default for EngineConfig {
             max_snapshot_bytes: 1 << 30,
             step_hook: None,
             journal_covers_previous_snapshot: false,
+            shard_index: None,
         }
     }
 }
@@ -132,6 +144,7 @@ impl fmt::Debug for EngineConfig {
                 "journal_covers_previous_snapshot",
                 &self.journal_covers_previous_snapshot,
             )
+            .field("shard_index", &self.shard_index)
             .finish()
     }
 }
@@ -222,6 +235,8 @@ pub struct Engine<D: Directory, M: StateMachine> {
     /// one issued during the marker's write would land after it on disk yet be dropped from
     /// memory when the truncation finishes.
     truncating: Cell<Option<u64>>,
+    /// What `DIR/MANIFEST` records; a clean close records its commit watermark there.
+    manifest: manifest::Manifest,
     _lock: lock::DirLock<D>,
 }
 
@@ -578,13 +593,23 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         if commit_op > self.journal.commit_op().unwrap_or(0) {
             self.journal.persist_commit().await?;
         }
+        let journal_commit = self.journal.commit_op().unwrap_or(0);
         let Engine {
+            root,
             journal,
             inner,
+            mut manifest,
             _lock,
             ..
         } = self;
         journal.close().await?;
+        // After the journal's own close: the manifest's watermark is evidence only once the
+        // journal holds it durably too.
+        let closed_commit_op = journal_commit.max(commit_op);
+        if closed_commit_op != manifest.closed_commit_op {
+            manifest.closed_commit_op = closed_commit_op;
+            manifest::write_manifest(&root, &manifest).await?;
+        }
         drop(_lock);
         Ok(inner.into_inner().state_machine)
     }

@@ -1,19 +1,24 @@
 //! plan: the one recovery decision, made before anything is touched, that both `open` and
 //! `verify` use.
 //!
-//! Owns the choice of snapshot (newest first; a file whose checksums fail *or whose state does not
-//! restore* is damage and is fallen back from, a newer format version is refused), the journal's
-//! plan, and the checks between them (the snapshot reaches the journal's watermark; every
-//! committed op above the snapshot is in the journal). It must never create, write or remove a file:
-//! a refused recovery changes nothing, and `verify` says exactly what `recover` would do.
+//! Owns the choice of snapshot (newest first; a file whose checksums fail, whose state does not
+//! restore, that is another directory's or another history's is fallen back from, a newer format
+//! version is refused), the journal's plan, and the checks between them (the snapshot reaches the
+//! journal's watermark, or the journal's files still hold the ops between; every committed op
+//! above the snapshot is in the journal, committed meaning any watermark: the journal's, a
+//! damaged snapshot's, the manifest's last clean close). It must never create, write or remove a
+//! file: a refused recovery changes nothing, and `verify` says exactly what `recover` would do.
 
 use keel_journal::{MetadataJournal, OpenPlan, RecoveryMode};
 use keel_storage::Directory;
 
 use crate::error::{EngineError, SnapshotError};
+use crate::manifest::DirectoryId;
 use crate::recover::OpRange;
 use crate::replay::{Replay, Replayer};
-use crate::snapshot::{parse_snapshot_temp_name, snapshot_file_name, SnapshotStore};
+use crate::snapshot::{
+    parse_snapshot_temp_name, snapshot_file_name, SnapshotIdentity, SnapshotStore,
+};
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::EngineConfig;
 
@@ -24,6 +29,11 @@ pub enum SnapshotDamage {
     Checksum,
     /// Its checksums hold but the state machine cannot restore the bytes.
     Restore,
+    /// Whole, but another directory's (its directory id is not this directory's).
+    Foreign,
+    /// Whole and this directory's, but its op sits at another place in the journal's chain
+    /// than the journal's entry for that op: a snapshot of another history.
+    Misplaced,
 }
 
 impl SnapshotDamage {
@@ -32,8 +42,25 @@ impl SnapshotDamage {
         match self {
             SnapshotDamage::Checksum => "snapshot_checksum",
             SnapshotDamage::Restore => "snapshot_restore",
+            SnapshotDamage::Foreign => "snapshot_foreign",
+            SnapshotDamage::Misplaced => "snapshot_misplaced",
         }
     }
+
+    /// Whether the file still proves its op committed here: damage to this directory's own
+    /// snapshot does, another directory's or another history's snapshot does not.
+    pub fn proves_commit(self) -> bool {
+        matches!(self, SnapshotDamage::Checksum | SnapshotDamage::Restore)
+    }
+}
+
+/// What the directory knows about itself beyond its journal and snapshots (its manifest).
+#[derive(Debug, Clone, Copy, Default)]
+pub(crate) struct DirEvidence {
+    /// The directory's id (zero: unknown, no snapshot is judged foreign).
+    pub directory_id: DirectoryId,
+    /// Every op up to it was committed (the last clean close recorded it).
+    pub closed_commit_op: u64,
 }
 
 /// A snapshot the plan falls back from.
@@ -129,47 +156,111 @@ impl<D: Directory> RecoveryPlan<D> {
 
 /// Decides recovery of `root` in `mode`, restoring the chosen snapshot into `state_machine`.
 /// Creates, writes and removes nothing; every refusal is returned from here.
+///
+/// A snapshot found to belong to another history only once the journal was scanned (its op's
+/// chain position differs) is excluded and the plan made again from the initial state: one more
+/// scan, in a case that only a misplaced file causes, so the fallback replays exactly as the
+/// fallback from a damaged file does.
 pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
     root: &D,
     config: &EngineConfig,
     mode: RecoveryMode,
+    evidence: DirEvidence,
     state_machine: &mut M,
 ) -> Result<RecoveryPlan<D>, EngineError> {
-    let snapshots = plan_snapshots(root, config, mode, state_machine).await?;
-    let snapshot_op = snapshots.chosen_op;
-    let damaged_max_op = snapshots.damaged.iter().map(|d| d.op).max().unwrap_or(0);
-    let initial_state = (snapshot_op == 0).then(|| state_machine.snapshot());
+    // The state machine is in its initial state: keep it for the case above.
+    let initial_state = state_machine.snapshot();
+    let mut excluded: Vec<DamagedSnapshot> = Vec::new();
+    loop {
+        let inputs = PlanInputs {
+            root,
+            config,
+            mode,
+            evidence,
+            excluded: &excluded,
+        };
+        match plan_once(inputs, state_machine, &initial_state).await? {
+            Ok(plan) => return Ok(plan),
+            Err(misplaced) => {
+                assert!(
+                    !excluded.iter().any(|d| d.op == misplaced.op),
+                    "a snapshot excluded twice"
+                );
+                excluded.push(misplaced);
+                state_machine
+                    .restore(&initial_state)
+                    .map_err(|RestoreError { reason }| {
+                        EngineError::Config(format!("the initial state does not restore: {reason}"))
+                    })?;
+            }
+        }
+    }
+}
+
+/// What one planning pass works from.
+#[derive(Clone, Copy)]
+struct PlanInputs<'a, D> {
+    root: &'a D,
+    config: &'a EngineConfig,
+    mode: RecoveryMode,
+    evidence: DirEvidence,
+    /// Snapshots an earlier pass found misplaced.
+    excluded: &'a [DamagedSnapshot],
+}
+
+/// One planning pass: the plan, or the chosen snapshot found misplaced (`Err` inside `Ok`).
+async fn plan_once<D: Directory, M: StateMachine>(
+    inputs: PlanInputs<'_, D>,
+    state_machine: &mut M,
+    initial_state: &[u8],
+) -> Result<Result<RecoveryPlan<D>, DamagedSnapshot>, EngineError> {
+    let PlanInputs {
+        root,
+        config,
+        mode,
+        evidence,
+        ..
+    } = inputs;
+    let snapshots = plan_snapshots(inputs, state_machine).await?;
     // The journal's one streaming pass also replays: each entry is read once.
-    let mut replayer = Replayer::new(state_machine, snapshot_op);
+    let watched = snapshots
+        .identity
+        .map(|_| snapshots.chosen_op)
+        .into_iter()
+        .collect();
+    let mut replayer = Replayer::new(state_machine, snapshots.chosen_op, watched);
     let journal = MetadataJournal::plan_with(root, config.journal.clone(), mode, &mut |event| {
         replayer.consume(event)
     })
     .await?;
+    if let Some(misplaced) = misplaced(&snapshots, &replayer, mode)? {
+        return Ok(Err(misplaced));
+    }
+    let snapshot_op = snapshots.chosen_op;
     let journal_snapshot_op = journal.snapshot_op();
     if snapshot_op < journal_snapshot_op {
-        let reason = if damaged_max_op > 0 {
-            format!(
-                "the snapshot at op {damaged_max_op} is damaged and the journal was compacted \
-                 through op {journal_snapshot_op}"
-            )
-        } else {
-            format!(
-                "no valid snapshot at or above op {journal_snapshot_op}, the journal's watermark"
-            )
-        };
-        return Err(missing(snapshot_op + 1, journal_snapshot_op, reason));
+        held_below_watermark(&snapshots, &replayer, journal_snapshot_op)?;
     }
-    let commit_op = snapshot_op.max(journal.commit_op()).max(damaged_max_op);
-    let gap = first_gap(snapshot_op, commit_op, journal.live_ops());
+    let commit_op = snapshot_op
+        .max(journal.commit_op())
+        .max(snapshots.proven_commit())
+        .max(evidence.closed_commit_op);
+    let gap = first_gap(
+        snapshot_op.max(journal_snapshot_op),
+        commit_op,
+        journal.live_ops(),
+    );
     if let (Some(gap), false) = (gap, mode == RecoveryMode::PointInTime) {
-        let reason = format!(
-            "committed through op {commit_op} but absent from the journal and every snapshot"
-        );
-        return Err(missing(gap.first_op, gap.last_op, reason));
+        return Err(committed_but_missing(
+            gap,
+            commit_op,
+            journal.commit_op(),
+            evidence,
+        ));
     }
     let through = gap.map_or(commit_op, |g| g.first_op - 1);
     let replay = finish_replay(replayer, &journal, through, config)?;
-    Ok(RecoveryPlan {
+    Ok(Ok(RecoveryPlan {
         snapshot_op,
         snapshot_file: snapshots.chosen_file,
         snapshot_ops: snapshots.ops,
@@ -179,51 +270,162 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
         commit_op,
         gap,
         replay,
-        initial_state,
-    })
+        initial_state: (snapshot_op == 0).then(|| initial_state.to_vec()),
+    }))
+}
+
+/// The refusal for committed ops absent from the journal and every snapshot.
+fn committed_but_missing(
+    gap: OpRange,
+    commit_op: u64,
+    journal_commit_op: u64,
+    evidence: DirEvidence,
+) -> EngineError {
+    let source = if evidence.closed_commit_op == commit_op && commit_op > journal_commit_op {
+        "the last clean close recorded it in MANIFEST"
+    } else {
+        "the journal's or a snapshot's watermark"
+    };
+    let reason = format!(
+        "committed through op {commit_op} ({source}) but absent from the journal and every \
+         snapshot"
+    );
+    missing(gap.first_op, gap.last_op, reason)
+}
+
+/// The chosen snapshot's recorded chain position must be where the journal's entry for its op
+/// is (when the journal still holds that entry outside a rewritten segment): else it is another
+/// history's, returned to be excluded (refused in `Absolute` mode).
+fn misplaced<M: StateMachine>(
+    snapshots: &SnapshotChoice,
+    replayer: &Replayer<'_, M>,
+    mode: RecoveryMode,
+) -> Result<Option<DamagedSnapshot>, EngineError> {
+    let op = snapshots.chosen_op;
+    let (Some(identity), Some(Some(found))) = (snapshots.identity, replayer.positions.get(&op))
+    else {
+        return Ok(None);
+    };
+    if identity.journal_seq == 0
+        || (identity.journal_seq == found.seq && identity.chain_crc == found.chain_crc)
+    {
+        return Ok(None);
+    }
+    let file = snapshots.chosen_file.clone().unwrap_or_default();
+    let reason = format!(
+        "it records op {op} at journal seq {} (chain crc {:#010x}), the journal holds it at \
+         seq {} (chain crc {:#010x})",
+        identity.journal_seq, identity.chain_crc, found.seq, found.chain_crc
+    );
+    if mode == RecoveryMode::Absolute {
+        return Err(SnapshotError::Foreign { file, reason }.into());
+    }
+    tracing::warn!(%file, op, %reason, "snapshot of another history; falling back");
+    Ok(Some(DamagedSnapshot {
+        op,
+        file,
+        len_bytes: snapshots.chosen_len_bytes,
+        damage: SnapshotDamage::Misplaced,
+        reason,
+    }))
+}
+
+/// A snapshot below the journal's watermark: the ops between them must still be in the journal's
+/// files (a checkpoint moves the watermark before compaction removes them), else exactly the ops
+/// gone are named as missing, with why.
+fn held_below_watermark<M: StateMachine>(
+    snapshots: &SnapshotChoice,
+    replayer: &Replayer<'_, M>,
+    journal_snapshot_op: u64,
+) -> Result<(), EngineError> {
+    let snapshot_op = snapshots.chosen_op;
+    // A replay by reads (after a superseded applied op) reaches only the index, above the
+    // watermark.
+    let held_through = if replayer.invalidated {
+        snapshot_op
+    } else {
+        replayer.applied_op
+    };
+    if held_through >= journal_snapshot_op {
+        tracing::warn!(
+            snapshot_op,
+            journal_snapshot_op,
+            "falling back below the journal's watermark: its files still hold the ops between"
+        );
+        return Ok(());
+    }
+    let newer: Vec<String> = snapshots
+        .damaged
+        .iter()
+        .map(|d| format!("the snapshot at op {} ({})", d.op, d.damage.kind()))
+        .collect();
+    let why = if newer.is_empty() {
+        "no snapshot reaches the journal's watermark".to_string()
+    } else {
+        format!("{} cannot be used", newer.join(", "))
+    };
+    let (last_missing, how) = if replayer.invalidated {
+        let how = "an applied op is superseded later in the log, and a replay by reads reaches \
+                   only ops above the watermark";
+        (journal_snapshot_op, how)
+    } else {
+        // Exactly the ops gone: up to the first one the files still hold.
+        let last = replayer
+            .first_pending()
+            .map_or(journal_snapshot_op, |op| (op - 1).min(journal_snapshot_op));
+        (last, "compacted")
+    };
+    let reason = format!(
+        "{why}; the journal's watermark is op {journal_snapshot_op} and its files no longer \
+         hold ops {}-{last_missing} ({how})",
+        held_through + 1
+    );
+    Err(missing(held_through + 1, last_missing, reason))
 }
 
 /// What the snapshots directory holds and which snapshot the state was restored from.
 struct SnapshotChoice {
     chosen_op: u64,
     chosen_file: Option<String>,
+    chosen_len_bytes: u64,
+    /// Whose the chosen snapshot says it is.
+    identity: Option<SnapshotIdentity>,
     ops: Vec<u64>,
     damaged: Vec<DamagedSnapshot>,
     temps: Vec<String>,
 }
 
+impl SnapshotChoice {
+    /// The highest op a file fallen back from still proves committed (this directory's damaged
+    /// snapshots do; another directory's or history's do not).
+    fn proven_commit(&self) -> u64 {
+        let proving = self.damaged.iter().filter(|d| d.damage.proves_commit());
+        proving.map(|d| d.op).max().unwrap_or(0)
+    }
+}
+
 /// Lists the snapshots (without creating the directory) and restores the newest one that is
-/// whole and restores, recording the damaged ones above it.
+/// whole, this directory's, not excluded, and restores; records the ones it falls back from.
 async fn plan_snapshots<D: Directory, M: StateMachine>(
-    root: &D,
-    config: &EngineConfig,
-    mode: RecoveryMode,
+    inputs: PlanInputs<'_, D>,
     state_machine: &mut M,
 ) -> Result<SnapshotChoice, EngineError> {
     let mut choice = SnapshotChoice {
         chosen_op: 0,
         chosen_file: None,
+        chosen_len_bytes: 0,
+        identity: None,
         ops: Vec::new(),
-        damaged: Vec::new(),
+        damaged: inputs.excluded.to_vec(),
         temps: Vec::new(),
     };
-    let Some(store) = SnapshotStore::open_read_only(root, config.max_snapshot_bytes).await? else {
+    let max_bytes = inputs.config.max_snapshot_bytes;
+    let Some(store) = SnapshotStore::open_read_only(inputs.root, max_bytes).await? else {
         return Ok(choice);
     };
     choice.ops = store.list().await?;
     choice.temps = store.temp_names().await?;
-    let chosen = choose_snapshot(
-        &store,
-        &choice.ops,
-        mode,
-        state_machine,
-        &mut choice.damaged,
-    )
-    .await?;
-    if let Some(op) = chosen {
-        choice.chosen_op = op;
-        choice.chosen_file = Some(store.path_of(&snapshot_file_name(op)));
-    }
+    choose_snapshot(&store, inputs, state_machine, &mut choice).await?;
     Ok(choice)
 }
 
@@ -307,44 +509,61 @@ fn first_gap(
     })
 }
 
-/// Newest first: the first snapshot whose checksums hold and whose state restores. Damaged ones
-/// are recorded; in `Absolute` mode the first damage is refused.
+/// Newest first: the first snapshot whose checksums hold, that is this directory's, was not
+/// excluded, and whose state restores. The ones fallen back from are recorded, and so are older
+/// files of another directory (never a fallback); in `Absolute` mode either is refused.
 async fn choose_snapshot<D: Directory, M: StateMachine>(
     store: &SnapshotStore<D>,
-    snapshot_ops: &[u64],
-    mode: RecoveryMode,
+    inputs: PlanInputs<'_, D>,
     state_machine: &mut M,
-    damaged: &mut Vec<DamagedSnapshot>,
-) -> Result<Option<u64>, EngineError> {
-    for &op in snapshot_ops.iter().rev() {
+    choice: &mut SnapshotChoice,
+) -> Result<(), EngineError> {
+    for &op in choice.ops.clone().iter().rev() {
+        if inputs.excluded.iter().any(|d| d.op == op) {
+            continue;
+        }
         let file = store.path_of(&snapshot_file_name(op));
-        let (damage, reason, error) = match store.load(op).await {
-            Ok(bytes) => match state_machine.restore(&bytes) {
-                Ok(()) => return Ok(Some(op)),
-                Err(RestoreError { reason }) => {
-                    let error = SnapshotError::Decode {
-                        file: file.clone(),
-                        op,
-                        reason: reason.clone(),
-                    };
-                    (SnapshotDamage::Restore, reason, error)
-                }
-            },
-            Err(SnapshotError::Checksum { file, reason }) => {
-                let error = SnapshotError::Checksum {
-                    file: file.clone(),
-                    reason: reason.clone(),
-                };
-                (SnapshotDamage::Checksum, reason, error)
+        let older = choice.identity.is_some();
+        let read = if older {
+            // An older file is judged only by whose it is (its header).
+            store.header(op).await.map(|h| (h.identity, Vec::new()))
+        } else {
+            store.load_with_identity(op).await
+        };
+        let loaded = match read {
+            Ok(loaded) => Ok(loaded),
+            Err(SnapshotError::Checksum { file, reason }) if !older => Err((
+                SnapshotDamage::Checksum,
+                reason.clone(),
+                SnapshotError::Checksum { file, reason },
+            )),
+            // An older file's damage shows if it is ever needed.
+            Err(SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }) if older => {
+                continue
             }
             Err(other) => return Err(other.into()),
         };
-        if mode == RecoveryMode::Absolute {
+        let judged = loaded.and_then(|(identity, bytes)| {
+            let restore = (!older).then_some(&mut *state_machine);
+            judge(&file, op, identity, inputs.evidence, &bytes, restore).map(|()| identity)
+        });
+        let (damage, reason, error) = match judged {
+            Ok(_) if older => continue,
+            Ok(identity) => {
+                choice.chosen_op = op;
+                choice.chosen_file = Some(file);
+                choice.chosen_len_bytes = store.file_len(op).await.unwrap_or(0);
+                choice.identity = Some(identity);
+                continue;
+            }
+            Err(fault) => fault,
+        };
+        if inputs.mode == RecoveryMode::Absolute {
             return Err(error.into());
         }
-        tracing::warn!(%file, op, %reason, kind = damage.kind(), "damaged snapshot; falling back to an older one");
+        tracing::warn!(%file, op, %reason, kind = damage.kind(), "snapshot not used; falling back to an older one");
         let len_bytes = store.file_len(op).await.unwrap_or(0);
-        damaged.push(DamagedSnapshot {
+        choice.damaged.push(DamagedSnapshot {
             op,
             file,
             len_bytes,
@@ -352,7 +571,44 @@ async fn choose_snapshot<D: Directory, M: StateMachine>(
             reason,
         });
     }
-    Ok(None)
+    Ok(())
+}
+
+type Fault = (SnapshotDamage, String, SnapshotError);
+
+/// Whether a whole snapshot file may be used: this directory's, and (when `restore` is given,
+/// for the one chosen) its state restores into that state machine.
+fn judge<M: StateMachine>(
+    file: &str,
+    op: u64,
+    identity: SnapshotIdentity,
+    evidence: DirEvidence,
+    bytes: &[u8],
+    restore: Option<&mut M>,
+) -> Result<(), Fault> {
+    let theirs = identity.directory_id;
+    let ours = evidence.directory_id;
+    if !theirs.is_none() && !ours.is_none() && theirs != ours {
+        let reason = format!("it belongs to directory {theirs}, this directory is {ours}");
+        let error = SnapshotError::Foreign {
+            file: file.to_string(),
+            reason: reason.clone(),
+        };
+        return Err((SnapshotDamage::Foreign, reason, error));
+    }
+    let Some(state_machine) = restore else {
+        return Ok(());
+    };
+    state_machine
+        .restore(bytes)
+        .map_err(|RestoreError { reason }| {
+            let error = SnapshotError::Decode {
+                file: file.to_string(),
+                op,
+                reason: reason.clone(),
+            };
+            (SnapshotDamage::Restore, reason, error)
+        })
 }
 
 /// Names of snapshot temp files as keel writes them (`<20 digits>.snap.tmp`); other names in

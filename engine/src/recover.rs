@@ -2,17 +2,21 @@
 //! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the read-only
 //! [`verify`] and the no-replay [`repair`] the CLI uses.
 //!
-//! The decisions, in order:
-//! 1. Snapshots newest first: the first whose checksums hold is used; a damaged one is moved to
-//!    quarantine (refused in `Absolute` mode), and its op still proves that every op up to it was
+//! The decisions, in order (`plan.rs` makes them, read-only):
+//! 0. `DIR/MANIFEST` gives the ring, the segment size and the directory id (a directory without
+//!    one gets one once its open is decided).
+//! 1. Snapshots newest first: the first whose checksums hold, that is this directory's and of this
+//!    history, and that restores is used; the others above it are moved to quarantine (refused in
+//!    `Absolute` mode), and a damaged one of this directory still proves that every op up to it was
 //!    committed. An I/O error reading a snapshot is returned, never taken for damage.
 //! 2. The journal holds live ops above its own watermark `J`. If the chosen snapshot `S` is below
-//!    `J`, ops `S+1..=J` exist nowhere: refuse with [`EngineError::MissingOps`] naming them.
-//! 3. The durable commit watermark is `C = max(S, journal's durable commit, quarantined snapshot
-//!    ops)`. Ops `S+1..=C` are applied in order; they must all be present. Ops above `C` are
-//!    prepared-but-uncommitted: kept pending (a later `commit` applies them) and reported.
+//!    `J`, ops `S+1..=J` must still be in the journal's files (replayed from there); else refuse
+//!    with [`EngineError::MissingOps`] naming exactly the ones gone.
+//! 3. The durable commit watermark is `C = max(S, journal's durable commit, damaged snapshots'
+//!    ops, the last clean close's)`. Ops `S+1..=C` are applied in order; they must all be present.
+//!    Ops above `C` are prepared-but-uncommitted: kept pending and reported.
 //! 4. A committed op missing from the journal is refused, except in `PointInTime` mode, where the
-//!    state stops before the gap and the gap is reported as unrecoverable.
+//!    state stops before the gap and the gap is reported as lost committed ops.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -24,9 +28,12 @@ use serde::{Deserialize, Serialize};
 use crate::error::EngineError;
 use crate::error::SnapshotError;
 use crate::lock::lock_dir;
-use crate::plan::{plan_recovery, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage};
+use crate::manifest::{adopt_manifest, write_manifest, Manifest};
+use crate::plan::{
+    plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
+};
 use crate::replay::{replay_by_reads, Replay};
-use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore};
+use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
 use crate::QUARANTINE_DIR;
 use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
@@ -43,11 +50,34 @@ pub enum RecoveryStatus {
     Refused,
 }
 
-/// An inclusive range of ops.
+/// An inclusive range of ops: `{"first": 100, "last": 24576}` in JSON, `100-24576` as text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpRange {
+    #[serde(rename = "first")]
     pub first_op: u64,
+    #[serde(rename = "last")]
     pub last_op: u64,
+}
+
+impl std::fmt::Display for OpRange {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        if self.first_op == self.last_op {
+            write!(f, "{}", self.first_op)
+        } else {
+            write!(f, "{}-{}", self.first_op, self.last_op)
+        }
+    }
+}
+
+impl OpRange {
+    /// The part of the range inside `first..=last`, if any.
+    pub fn clip(self, first: u64, last: u64) -> Option<OpRange> {
+        let clipped = OpRange {
+            first_op: self.first_op.max(first),
+            last_op: self.last_op.min(last),
+        };
+        (clipped.first_op <= clipped.last_op).then_some(clipped)
+    }
 }
 
 impl From<&std::ops::RangeInclusive<u64>> for OpRange {
@@ -96,11 +126,16 @@ pub struct RecoveryReport {
     pub repairs: Vec<RepairRecord>,
     /// Prepares above the commit watermark: durable but not applied; the consensus layer decides.
     pub prepared_uncommitted: Vec<OpRange>,
-    /// Ops that were committed (or cut by a repair) and are not here: fetch them from peers.
+    /// Committed ops (above the snapshot restored, at or below the commit watermark) that a
+    /// repair cut or that are missing: fetch them from peers. JSON `lost_committed_ops`.
+    #[serde(rename = "lost_committed_ops")]
     pub unrecoverable: Vec<OpRange>,
-    /// Ops of readable entries a torn-tail repair cut: never acknowledged here, but a consensus
-    /// layer may have sent them to peers before the crash. A torn entry whose header is
-    /// unreadable has no op to name; its repair record still gives the offset and bytes cut.
+    /// Ops of readable entries a repair cut that were never committed (a torn tail's, or a
+    /// point-in-time cut's above the commit watermark): never acknowledged as committed here,
+    /// but a consensus layer may have sent them to peers before the crash. A torn entry whose
+    /// header is unreadable has no op to name; its repair record still gives the offset and
+    /// bytes cut. JSON `cut_uncommitted_ops`.
+    #[serde(rename = "cut_uncommitted_ops")]
     pub torn_ops: Vec<OpRange>,
     /// Interrupted snapshot temp files removed.
     pub temp_files_removed: u64,
@@ -123,6 +158,27 @@ pub struct ProblemRecord {
     pub file: String,
     pub offset: u64,
     pub op: Option<u64>,
+    /// The ops concerned, when the problem is a range (`missing_ops`); null otherwise.
+    pub ops: Option<OpRange>,
+}
+
+/// The path of the journal's segment `name` in the engine directory at `root_path`: every report
+/// names files by path.
+pub fn journal_file(root_path: &str, name: &str) -> String {
+    format!("{root_path}/journal/{name}")
+}
+
+impl ProblemRecord {
+    /// A journal scan's problem in the engine directory at `root_path`.
+    pub fn from_journal(root_path: &str, p: &keel_journal::Problem) -> Self {
+        ProblemRecord {
+            kind: p.kind.to_string(),
+            file: journal_file(root_path, &p.file),
+            offset: p.offset_bytes,
+            op: p.op,
+            ops: None,
+        }
+    }
 }
 
 /// The read-only check of a whole engine directory.
@@ -172,12 +228,12 @@ pub(crate) fn to_ranges(ops: impl IntoIterator<Item = u64>) -> Vec<OpRange> {
 
 /// The journal names its quarantine file relative to `DIR/quarantine/`; the report gives full
 /// paths for both journal and snapshot repairs, so an operator can open them as printed.
-fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> {
+pub fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> {
     scan.repairs
         .iter()
         .map(|r| RepairRecord {
             kind: r.kind.to_string(),
-            file: r.file.clone(),
+            file: journal_file(root_path, &r.file),
             offset: r.offset_bytes,
             bytes: r.bytes,
             quarantine: format!("{root_path}/{QUARANTINE_DIR}/{}", r.quarantine_file),
@@ -187,7 +243,7 @@ fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> {
 
 pub(crate) async fn open<D: Directory, M: StateMachine>(
     root: D,
-    config: EngineConfig,
+    mut config: EngineConfig,
     mut state_machine: M,
 ) -> Result<(Engine<D, M>, RecoveryReport), EngineError> {
     let started = Instant::now();
@@ -200,8 +256,23 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     }
     let lock = lock_dir(&root).await?;
     // Decide first (read-only: a refusal changes nothing), touch after.
-    let mut plan = plan_recovery(&root, &config, config.recovery_mode, &mut state_machine).await?;
-    let snapshots = SnapshotStore::open(&root, config.max_snapshot_bytes).await?;
+    let recorded = adopt_manifest(&root, &mut config).await?;
+    let evidence = evidence_of(recorded.as_ref());
+    let mut plan = plan_recovery(
+        &root,
+        &config,
+        config.recovery_mode,
+        evidence,
+        &mut state_machine,
+    )
+    .await?;
+    let manifest = match recorded {
+        Some(manifest) => manifest,
+        None => create_manifest(&root, &config).await?,
+    };
+    let snapshots = SnapshotStore::open(&root, config.max_snapshot_bytes)
+        .await?
+        .with_directory_id(manifest.directory_id);
     let (mut repairs, temp_files_removed) =
         quarantine_snapshots(&snapshots, &plan, config.recovery_mode).await?;
     let (journal, scan, replay) = open_and_replay(
@@ -223,22 +294,54 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     };
     outcome.check(config.recovery_mode);
     settle(&journal, &snapshots, &config, &outcome).await?;
+    let manifest = settle_manifest(&root, manifest, outcome.replay.applied_op).await?;
     let report = outcome.report(&journal, config.recovery_mode, started);
+    let parts = EngineParts {
+        root,
+        config,
+        journal,
+        snapshots,
+        manifest,
+        lock,
+    };
+    Ok((
+        build_engine(parts, state_machine, outcome.replay, &report),
+        report,
+    ))
+}
+
+/// What an opened engine is made of, besides its state.
+struct EngineParts<D: Directory> {
+    root: D,
+    config: EngineConfig,
+    journal: MetadataJournal<D>,
+    snapshots: SnapshotStore<D>,
+    manifest: Manifest,
+    lock: crate::lock::DirLock<D>,
+}
+
+/// The engine recovery established: the replayed state, its prepares, its counters.
+fn build_engine<D: Directory, M: StateMachine>(
+    parts: EngineParts<D>,
+    state_machine: M,
+    replay: Replay,
+    report: &RecoveryReport,
+) -> Engine<D, M> {
     let Replay {
         applied_op,
         pending,
         mut stats,
         ..
-    } = outcome.replay;
+    } = replay;
     stats.replayed_ops = report.replayed;
     stats.repairs = report.repairs.len() as u64;
     stats.recovery_duration_us = report.duration_us;
     stats.snapshot_op = report.snapshot_op;
-    let engine = Engine {
-        root,
-        config,
-        journal,
-        snapshots,
+    Engine {
+        root: parts.root,
+        config: parts.config,
+        journal: parts.journal,
+        snapshots: parts.snapshots,
         inner: std::cell::RefCell::new(Inner {
             state_machine,
             applied_op,
@@ -253,9 +356,48 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         }),
         checkpointing: std::cell::Cell::new(false),
         truncating: std::cell::Cell::new(None),
-        _lock: lock,
-    };
-    Ok((engine, report))
+        manifest: parts.manifest,
+        _lock: parts.lock,
+    }
+}
+
+/// What the manifest lets the plan judge.
+fn evidence_of(manifest: Option<&Manifest>) -> DirEvidence {
+    manifest.map_or_else(DirEvidence::default, |m| DirEvidence {
+        directory_id: m.directory_id,
+        closed_commit_op: m.closed_commit_op,
+    })
+}
+
+/// A directory without a manifest gets one once its open is decided (never on a refusal).
+async fn create_manifest<D: Directory>(
+    root: &D,
+    config: &EngineConfig,
+) -> Result<Manifest, EngineError> {
+    let manifest = Manifest::new(
+        config.journal.slot_count,
+        config.journal.segment_bytes,
+        config.shard_index,
+    )?;
+    write_manifest(root, &manifest).await?;
+    tracing::info!(dir = %root.display_path(), directory_id = %manifest.directory_id,
+        "wrote the directory's manifest");
+    Ok(manifest)
+}
+
+/// After a point-in-time recovery resumed below the last clean close's watermark, that watermark
+/// is no longer this directory's state: the manifest records where it resumed, or the next open
+/// would refuse for ops the consensus layer has not sent again yet.
+async fn settle_manifest<D: Directory>(
+    root: &D,
+    mut manifest: Manifest,
+    applied_op: u64,
+) -> Result<Manifest, EngineError> {
+    if manifest.closed_commit_op > applied_op {
+        manifest.closed_commit_op = applied_op;
+        write_manifest(root, &manifest).await?;
+    }
+    Ok(manifest)
 }
 
 /// Copies the damaged snapshots the plan falls back from into quarantine (the originals go only
@@ -321,6 +463,129 @@ async fn open_and_replay<D: Directory, M: StateMachine>(
     Ok((journal, scan, replay))
 }
 
+/// What a cut loses: the committed ops (above the snapshot, which still holds what is at or below
+/// it, through the commit watermark) it removed plus the plan's gap, and the ops it removed that
+/// were never committed.
+fn lost_ops(
+    snapshot_op: u64,
+    commit_op: u64,
+    gap: Option<OpRange>,
+    scan: &ScanReport,
+) -> (Vec<OpRange>, Vec<OpRange>) {
+    let cut = || {
+        scan.lost_ops
+            .iter()
+            .chain(&scan.torn_ops)
+            .map(OpRange::from)
+    };
+    let mut committed: Vec<OpRange> = cut()
+        .filter_map(|range| range.clip(snapshot_op + 1, commit_op))
+        .collect();
+    committed.extend(gap);
+    committed.sort_by_key(|range| range.first_op);
+    committed.dedup();
+    let high = commit_op.max(snapshot_op);
+    let uncommitted = cut()
+        .filter_map(|range| range.clip(high + 1, u64::MAX))
+        .collect();
+    (committed, uncommitted)
+}
+
+/// One repair a dry run says `repair` would make.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct PlannedRepair {
+    /// `torn_tail`, `point_in_time_cut`, `snapshot_checksum`, `snapshot_restore`,
+    /// `snapshot_foreign`, `snapshot_misplaced`, `compaction_temp`, `snapshot_temp`.
+    pub kind: String,
+    /// The file cut or moved (a journal cut also removes every later segment).
+    pub file: String,
+    /// Where a cut starts (0: the whole file).
+    pub offset: u64,
+    /// Bytes cut or moved (a journal cut's are the caller's to count from the files: 0 here).
+    pub bytes: u64,
+    /// The op of the first entry cut, or of the snapshot.
+    pub op: Option<u64>,
+}
+
+/// What `repair` (or `recover`) in the configured mode would do, decided read-only.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
+pub struct RepairPlan {
+    /// The snapshot the state would come from (0: none).
+    pub snapshot_op: u64,
+    pub commit_op: u64,
+    /// Cuts and quarantines, in the order they would happen.
+    pub repairs: Vec<PlannedRepair>,
+    /// Committed ops that would be gone (fetch them from peers). JSON `lost_committed_ops`.
+    #[serde(rename = "lost_committed_ops")]
+    pub lost_committed: Vec<OpRange>,
+    /// Ops of entries that would be cut and were never committed. JSON `cut_uncommitted_ops`.
+    #[serde(rename = "cut_uncommitted_ops")]
+    pub cut_uncommitted: Vec<OpRange>,
+}
+
+/// `keel repair --dry-run`: the plan `repair` would carry out, without the lock and without
+/// creating, writing or removing anything. A refusal is returned as the error `repair` would give.
+pub async fn plan_repair<D: Directory>(
+    root: &D,
+    config: &EngineConfig,
+) -> Result<RepairPlan, EngineError> {
+    let mut config = config.clone();
+    let manifest = adopt_manifest(root, &mut config).await?;
+    let evidence = evidence_of(manifest.as_ref());
+    let mode = config.recovery_mode;
+    let plan = plan_recovery(root, &config, mode, evidence, &mut Discard).await?;
+    let journal = plan
+        .journal
+        .as_ref()
+        .expect("an accepted plan holds the journal's");
+    let root_path = root.display_path();
+    let mut repairs: Vec<PlannedRepair> = plan
+        .damaged
+        .iter()
+        .map(|d| PlannedRepair {
+            kind: d.damage.kind().into(),
+            file: d.file.clone(),
+            offset: 0,
+            bytes: d.len_bytes,
+            op: Some(d.op),
+        })
+        .collect();
+    if let (Some(cut), Some(stop)) = (journal.cut(), journal.report().problems.first()) {
+        repairs.push(PlannedRepair {
+            kind: cut.kind().into(),
+            file: journal_file(&root_path, &stop.file),
+            offset: stop.offset_bytes,
+            bytes: 0,
+            op: stop.op,
+        });
+    }
+    let temps = |kind: &str, dir: &str, names: &[String]| -> Vec<PlannedRepair> {
+        names
+            .iter()
+            .map(|name| PlannedRepair {
+                kind: kind.into(),
+                file: format!("{root_path}/{dir}/{name}"),
+                offset: 0,
+                bytes: 0,
+                op: None,
+            })
+            .collect()
+    };
+    if mode != RecoveryMode::Absolute {
+        repairs.extend(temps("snapshot_temp", SNAPSHOTS_DIR, &plan.snapshot_temps));
+    }
+    repairs.extend(temps("compaction_temp", "journal", journal.temp_files()));
+    let (lost_committed, cut_uncommitted) =
+        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, journal.report());
+    Ok(RepairPlan {
+        snapshot_op: plan.snapshot_op,
+        commit_op: plan.commit_op,
+        repairs,
+        lost_committed,
+        cut_uncommitted,
+    })
+}
+
 /// What recovery established, before the engine is built.
 struct Outcome {
     plan: PlanSummary,
@@ -334,9 +599,13 @@ struct Outcome {
 
 impl Outcome {
     fn unrecoverable(&self) -> Vec<OpRange> {
-        let mut out: Vec<OpRange> = self.scan.lost_ops.iter().map(OpRange::from).collect();
-        out.extend(self.plan.gap);
-        out
+        let plan = &self.plan;
+        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, &self.scan).0
+    }
+
+    fn cut_uncommitted(&self) -> Vec<OpRange> {
+        let plan = &self.plan;
+        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, &self.scan).1
     }
 
     /// The recovery decisions, checked: the state is exactly the snapshot plus contiguous
@@ -402,7 +671,7 @@ impl Outcome {
             repairs: self.repairs.clone(),
             prepared_uncommitted,
             unrecoverable,
-            torn_ops: self.scan.torn_ops.iter().map(OpRange::from).collect(),
+            torn_ops: self.cut_uncommitted(),
             temp_files_removed: self.temp_files_removed,
             duration_us: started.elapsed().as_micros() as u64,
         };
@@ -495,8 +764,6 @@ pub async fn repair<D: Directory>(
     Ok(report)
 }
 
-const DOES_NOT_RESTORE: &str = "does not restore";
-
 /// What the recovery plan says beyond the journal scan's own problems: snapshots whose state does
 /// not restore, committed ops missing, any other refusal that is corruption. True when corrupt;
 /// an error that is not corruption (an I/O error) is returned as such, never given a verdict.
@@ -505,17 +772,21 @@ fn plan_problems<D: Directory>(
     root: &D,
     snapshots: &mut [SnapshotInfo],
     problems: &mut Vec<ProblemRecord>,
+    judged: &mut Vec<(u64, SnapshotDamage)>,
 ) -> Result<bool, EngineError> {
     match plan {
         Ok(plan) => {
-            let restore = plan
+            // Whole files the plan falls back from: their checksums hold, the plan's judgement
+            // (does not restore, not this directory's) is what makes them unusable.
+            let beyond_checksums = plan
                 .damaged
                 .iter()
-                .filter(|d| d.damage == SnapshotDamage::Restore);
-            for damaged in restore {
+                .filter(|d| d.damage != SnapshotDamage::Checksum);
+            for damaged in beyond_checksums {
                 if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
                     info.valid = false;
-                    info.problem = Some(format!("{DOES_NOT_RESTORE}: {}", damaged.reason));
+                    info.problem = Some(format!("{}: {}", damaged.damage.kind(), damaged.reason));
+                    judged.push((damaged.op, damaged.damage));
                 }
             }
             Ok(false)
@@ -529,6 +800,7 @@ fn plan_problems<D: Directory>(
                 file: root.display_path(),
                 offset: 0,
                 op: Some(*range.start()),
+                ops: Some(OpRange::from(&range)),
             });
             Ok(true)
         }
@@ -547,17 +819,15 @@ pub async fn verify<D: Directory, M: StateMachine>(
     config: &EngineConfig,
     mut state_machine: M,
 ) -> Result<VerifyReport, EngineError> {
+    let mut config = config.clone();
+    let manifest = adopt_manifest(root, &mut config).await?;
+    let config = &config;
     let scan = MetadataJournal::verify(root, config.journal.clone()).await?;
     let mut snapshots = list_snapshots(root, config.max_snapshot_bytes).await?;
-    let mut problems: Vec<ProblemRecord> = scan
-        .problems
-        .iter()
-        .map(|p| ProblemRecord {
-            kind: p.kind.to_string(),
-            file: p.file.clone(),
-            offset: p.offset_bytes,
-            op: p.op,
-        })
+    let root_path = root.display_path();
+    let problems = scan.problems.iter();
+    let mut problems: Vec<ProblemRecord> = problems
+        .map(|p| ProblemRecord::from_journal(&root_path, p))
         .collect();
     // The journal's table decides what is corruption: a torn segment header is a torn tail too.
     let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
@@ -565,44 +835,55 @@ pub async fn verify<D: Directory, M: StateMachine>(
         root,
         config,
         RecoveryMode::TolerateTornTail,
+        evidence_of(manifest.as_ref()),
         &mut state_machine,
     )
     .await;
-    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems)?;
+    let mut judged = Vec::new();
+    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems, &mut judged)?;
     for s in snapshots.iter().filter(|s| !s.valid) {
         corrupt = true;
-        let restore = s
-            .problem
-            .as_deref()
-            .is_some_and(|p| p.starts_with(DOES_NOT_RESTORE));
-        let damage = if restore {
-            SnapshotDamage::Restore
-        } else {
-            SnapshotDamage::Checksum
-        };
+        let damage = judged
+            .iter()
+            .find(|(op, _)| *op == s.op)
+            .map_or(SnapshotDamage::Checksum, |(_, damage)| *damage);
         problems.push(ProblemRecord {
             kind: damage.kind().into(),
             file: s.file.clone(),
             offset: 0,
             op: Some(s.op),
+            ops: None,
         });
     }
-    let status = if corrupt {
-        VerifyStatus::Corrupt
-    } else if problems.is_empty() {
-        VerifyStatus::Clean
-    } else {
-        VerifyStatus::TornTail
-    };
-    Ok(VerifyReport {
-        status,
-        first_op: scan.first_op,
-        last_op: scan.last_op,
-        commit_op: scan.commit_op,
-        journal_snapshot_op: scan.snapshot_op,
-        problems,
-        snapshots,
-    })
+    Ok(VerifyReport::new(&scan, corrupt, problems, snapshots))
+}
+
+impl VerifyReport {
+    /// The verdict on a scan and the problems found: corrupt when `corrupt`, else clean when
+    /// nothing was found, else a torn tail.
+    pub fn new(
+        scan: &ScanReport,
+        corrupt: bool,
+        problems: Vec<ProblemRecord>,
+        snapshots: Vec<SnapshotInfo>,
+    ) -> Self {
+        let status = if corrupt {
+            VerifyStatus::Corrupt
+        } else if problems.is_empty() {
+            VerifyStatus::Clean
+        } else {
+            VerifyStatus::TornTail
+        };
+        VerifyReport {
+            status,
+            first_op: scan.first_op,
+            last_op: scan.last_op,
+            commit_op: scan.commit_op,
+            journal_snapshot_op: scan.snapshot_op,
+            problems,
+            snapshots,
+        }
+    }
 }
 
 #[cfg(test)]

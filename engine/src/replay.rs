@@ -15,7 +15,7 @@
 use std::collections::BTreeMap;
 
 use bytes::Bytes;
-use keel_journal::{EntryKind, LiveMap, MetadataJournal, ScanEvent};
+use keel_journal::{EntryKind, EntryPosition, LiveMap, MetadataJournal, ScanEvent};
 use keel_storage::Directory;
 
 use crate::error::EngineError;
@@ -36,6 +36,11 @@ pub(crate) struct Replayer<'m, M: StateMachine> {
     snapshot_op: u64,
     /// An applied op was superseded (rewritten or truncated) later in the log.
     pub(crate) invalidated: bool,
+    /// The chain position of the newest data entry of each watched op (the snapshots' ops).
+    /// `None` for an entry in a segment compaction rewrote.
+    pub(crate) positions: BTreeMap<u64, Option<EntryPosition>>,
+    watched: Vec<u64>,
+    in_rewritten: bool,
 }
 
 /// What a replay did.
@@ -50,7 +55,13 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
     /// A replay on top of the snapshot at `snapshot_op` (ops at or below it are never applied).
     /// What recovery knows is committed from elsewhere (damaged snapshots' ops) is final-state
     /// knowledge, not a position in the log, so it is applied only by [`Replayer::finish`].
-    pub(crate) fn new(state_machine: &'m mut M, snapshot_op: u64) -> Self {
+    ///
+    /// Entries above `snapshot_op` are kept even when the journal's watermark is above it: a
+    /// checkpoint moves the watermark before compaction removes them, so after a damaged newest
+    /// snapshot the entries still in the files carry the state from the previous one (ops above
+    /// a watermark can only have been written before it, and every op at or below it was
+    /// committed). `watched` are the ops whose chain positions are recorded.
+    pub(crate) fn new(state_machine: &'m mut M, snapshot_op: u64, watched: Vec<u64>) -> Self {
         Self {
             state_machine,
             commit_known: 0,
@@ -60,6 +71,9 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
             stats: EngineStats::default(),
             snapshot_op,
             invalidated: false,
+            positions: BTreeMap::new(),
+            watched,
+            in_rewritten: false,
         }
     }
 
@@ -69,21 +83,31 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
             ScanEvent::Segment {
                 snapshot_op,
                 commit_op,
+                rewritten,
                 ..
             } => {
-                self.pending.set_snapshot(snapshot_op);
+                self.in_rewritten = rewritten;
+                self.pending.set_snapshot(snapshot_op.min(self.snapshot_op));
                 self.commit_known = self.commit_known.max(commit_op);
             }
             ScanEvent::Entry {
                 kind,
+                seq,
                 op,
                 commit_op,
+                chain_crc,
                 payload,
-                ..
             } => {
                 self.commit_known = self.commit_known.max(commit_op);
                 match kind {
                     EntryKind::Data => {
+                        if self.watched.contains(&op) {
+                            // A compaction rewrite gives its entries fresh seqs and a chain of
+                            // their own: no position to compare with there.
+                            let position =
+                                (!self.in_rewritten).then_some(EntryPosition { seq, chain_crc });
+                            self.positions.insert(op, position);
+                        }
                         if op > self.snapshot_op && op <= self.applied_op {
                             self.invalidated = true;
                         }
@@ -95,12 +119,17 @@ impl<'m, M: StateMachine> Replayer<'m, M> {
                         self.invalidated |= op < self.applied_op;
                         self.pending.truncate_after(op);
                     }
-                    EntryKind::Snapshot => self.pending.set_snapshot(op),
+                    EntryKind::Snapshot => self.pending.set_snapshot(op.min(self.snapshot_op)),
                     EntryKind::Commit => self.commit_known = self.commit_known.max(op),
                 }
             }
         }
         self.apply_through(self.commit_known);
+    }
+
+    /// The lowest op pending (seen, not yet applied), if any.
+    pub(crate) fn first_pending(&self) -> Option<u64> {
+        self.pending.ops().next()
     }
 
     /// Applies pending ops `applied_op+1..` in order while they are present and at most `through`.

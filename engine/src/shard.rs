@@ -252,7 +252,8 @@ impl<M: StateMachine + 'static> ShardSet<M> {
             let (tx, rx) = flume::bounded(config.queue_depth);
             let (ready_tx, ready_rx) = flume::bounded(1);
             let dir = root.join(shard_dir_name(shard));
-            let engine_config = config.engine.clone();
+            let mut engine_config = config.engine.clone();
+            engine_config.shard_index = Some(shard as u64);
             let make = make_state_machine.clone();
             let cpu = config.pin_cores.then_some(shard % cpus);
             let spawned = thread::Builder::new()
@@ -373,6 +374,8 @@ fn run_shard<M, F>(
     M: StateMachine + 'static,
     F: Fn(usize) -> M + Send + Sync + 'static,
 {
+    // Every log line of this shard's thread (its runtime runs here) carries the shard.
+    let _span = tracing::warn_span!("keel", shard = shard as u64).entered();
     let mut builder = compio::runtime::RuntimeBuilder::new();
     if let Some(cpu) = cpu {
         builder.thread_affinity(HashSet::from([cpu]));
@@ -398,7 +401,7 @@ fn run_shard<M, F>(
         .await;
         let engine = match opened {
             Ok((engine, report)) => {
-                tracing::info!(shard, cpu = ?cpu, dir = %dir.display(), "shard started");
+                tracing::info!(shard, cpu = cpu.map(|c| c as u64), dir = %dir.display(), "shard started");
                 let _ = ready.send(Ok(report));
                 Rc::new(engine)
             }

@@ -1,17 +1,25 @@
 //! Snapshot files: `DIR/snapshots/NNNNNNNNNNNNNNNNNNNN.snap`, the 20-digit op in the name.
 //!
-//! Format (little-endian), a 40-byte header then the state machine's bytes:
+//! Format (little-endian), a 72-byte header then the state machine's bytes:
 //!
 //! ```text
 //! offset  size  field
 //!      0     8  magic "KEELSNAP"
-//!      8     4  format version (1)
+//!      8     4  format version (2; version 1 files, a 40-byte header without bytes 40..72, are read)
 //!     12     4  reserved, zero
 //!     16     8  op: every op up to it is in the state
 //!     24     8  payload length in bytes
 //!     32     4  crc32 of the payload
-//!     36     4  crc32 of bytes 0..36
+//!     36     4  crc32 of bytes 0..36 and 40..72 (version 1: of bytes 0..36)
+//!     40     8  journal seq of the op's entry when the snapshot was taken (0: unknown)
+//!     48     4  that entry's header crc, the chain checksum (0: unknown)
+//!     52     4  reserved, zero
+//!     56    16  the directory id of the engine directory it belongs to (zero: unknown)
 //! ```
+//!
+//! The identity (bytes 40..72) makes a snapshot know whose it is: recovery falls back from one
+//! whose directory id is not its directory's, or whose op sits at another place in the journal's
+//! chain than the journal says (a snapshot of another history), and never applies it.
 //!
 //! Persisting goes through the [`Directory`] seam only: write `NAME.tmp`, fsync it, rename it to
 //! `NAME`, fsync the directory. Until the directory fsync a crash may lose the rename, so nothing
@@ -24,13 +32,17 @@ use serde::Serialize;
 
 use crate::checkpoint::CheckpointStep;
 use crate::error::{EngineError, SnapshotError, SnapshotStage};
+use crate::manifest::DirectoryId;
 use crate::state_machine::SnapshotSource;
 use crate::QUARANTINE_DIR;
 
 pub const SNAPSHOTS_DIR: &str = "snapshots";
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNAP";
-pub const SNAPSHOT_VERSION: u32 = 1;
-pub const SNAPSHOT_HEADER_BYTES: usize = 40;
+pub const SNAPSHOT_VERSION: u32 = 2;
+/// The header's length in the current version.
+pub const SNAPSHOT_HEADER_BYTES: usize = 72;
+/// The header's length in version 1 (no identity).
+pub const SNAPSHOT_V1_HEADER_BYTES: usize = 40;
 const SNAPSHOT_SUFFIX: &str = ".snap";
 const TEMP_SUFFIX: &str = ".tmp";
 /// Bound on the `.N` suffixes tried when a quarantine name is taken.
@@ -66,6 +78,27 @@ pub struct SnapshotInfo {
     pub problem: Option<String>,
 }
 
+/// Whose snapshot a file is (all zero: unknown, as in version 1 files and stores without a
+/// manifest).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct SnapshotIdentity {
+    /// The engine directory's id (its manifest's).
+    pub directory_id: DirectoryId,
+    /// The seq of the snapshot op's entry in the journal (0: unknown).
+    pub journal_seq: u64,
+    /// That entry's header crc (the chain checksum).
+    pub chain_crc: u32,
+}
+
+fn header_crc(h: &[u8]) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&h[0..36]);
+    if h.len() >= SNAPSHOT_HEADER_BYTES {
+        hasher.update(&h[40..SNAPSHOT_HEADER_BYTES]);
+    }
+    hasher.finalize()
+}
+
 /// Bytes of state serialized per piece of a streamed persist: small enough that serializing one
 /// holds the core for about a millisecond, large enough that the writes stay few.
 const PERSIST_PIECE_BYTES: usize = 256 << 10;
@@ -87,6 +120,7 @@ impl SnapshotSource for SliceSource<'_> {
 /// A snapshot file's body from a [`SnapshotSource`], its header computed as it goes.
 struct SnapshotPieces<'a> {
     op: u64,
+    identity: SnapshotIdentity,
     source: &'a mut dyn SnapshotSource,
     hasher: crc32fast::Hasher,
     len_bytes: u64,
@@ -120,33 +154,55 @@ impl ReplaceSource for SnapshotPieces<'_> {
 
     fn head(&mut self) -> Vec<u8> {
         let crc = std::mem::take(&mut self.hasher).finalize();
-        encode_header_parts(self.op, self.len_bytes, crc).to_vec()
+        encode_header_parts(self.op, &self.identity, self.len_bytes, crc).to_vec()
     }
 }
 
-fn encode_header(op: u64, payload: &[u8]) -> [u8; SNAPSHOT_HEADER_BYTES] {
-    encode_header_parts(op, payload.len() as u64, crc32fast::hash(payload))
+fn encode_header(
+    op: u64,
+    identity: &SnapshotIdentity,
+    payload: &[u8],
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
+    encode_header_parts(op, identity, payload.len() as u64, crc32fast::hash(payload))
 }
 
 /// The header of a payload of `len_bytes` whose crc32 is `payload_crc` (a streamed persist knows
 /// both only once the payload is written).
-fn encode_header_parts(op: u64, len_bytes: u64, payload_crc: u32) -> [u8; SNAPSHOT_HEADER_BYTES] {
+fn encode_header_parts(
+    op: u64,
+    identity: &SnapshotIdentity,
+    len_bytes: u64,
+    payload_crc: u32,
+) -> [u8; SNAPSHOT_HEADER_BYTES] {
     let mut h = [0u8; SNAPSHOT_HEADER_BYTES];
     h[0..8].copy_from_slice(SNAPSHOT_MAGIC);
     h[8..12].copy_from_slice(&SNAPSHOT_VERSION.to_le_bytes());
     h[16..24].copy_from_slice(&op.to_le_bytes());
     h[24..32].copy_from_slice(&len_bytes.to_le_bytes());
     h[32..36].copy_from_slice(&payload_crc.to_le_bytes());
-    let header_crc = crc32fast::hash(&h[0..36]);
-    h[36..40].copy_from_slice(&header_crc.to_le_bytes());
+    h[40..48].copy_from_slice(&identity.journal_seq.to_le_bytes());
+    h[48..52].copy_from_slice(&identity.chain_crc.to_le_bytes());
+    h[56..72].copy_from_slice(&identity.directory_id.0);
+    let crc = header_crc(&h);
+    h[36..40].copy_from_slice(&crc.to_le_bytes());
     h
 }
 
 /// A validated header.
-struct Header {
-    op: u64,
-    len_bytes: u64,
-    payload_crc: u32,
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// The format version it was written in.
+    pub version: u32,
+    /// The header's length in bytes (40 in version 1, 72 in version 2).
+    pub header_bytes: usize,
+    /// The snapshot's op.
+    pub op: u64,
+    /// The payload's length.
+    pub len_bytes: u64,
+    /// The payload's crc32.
+    pub payload_crc: u32,
+    /// Whose snapshot it is.
+    pub identity: SnapshotIdentity,
 }
 
 fn le_u32(b: &[u8]) -> u32 {
@@ -170,46 +226,81 @@ enum HeaderFault {
     Version(u32),
 }
 
-fn decode_header(h: &[u8]) -> Result<Header, HeaderFault> {
-    if h.len() < SNAPSHOT_HEADER_BYTES {
+/// Decodes the header at the start of `h` (the first [`SNAPSHOT_HEADER_BYTES`] of a file, or all
+/// of a shorter one).
+fn decode_header(h: &[u8]) -> Result<SnapshotHeader, HeaderFault> {
+    if h.len() < SNAPSHOT_V1_HEADER_BYTES {
         return Err(HeaderFault::Damaged(format!(
-            "file shorter than the {SNAPSHOT_HEADER_BYTES}-byte header"
+            "file shorter than the {SNAPSHOT_V1_HEADER_BYTES}-byte header"
         )));
     }
     if &h[0..8] != SNAPSHOT_MAGIC {
         return Err(HeaderFault::Damaged("bad magic".into()));
     }
+    // The version is read before the checksum it selects; a flipped version bit then fails that
+    // checksum and reads as damage (fallen back from), while an intact newer header is refused,
+    // never quarantined. Every version keeps the magic, the version and this checksum where they are.
+    let version = le_u32(&h[8..12]);
+    let header_bytes = match version {
+        1 => SNAPSHOT_V1_HEADER_BYTES,
+        _ => SNAPSHOT_HEADER_BYTES,
+    };
+    if h.len() < header_bytes {
+        return Err(HeaderFault::Damaged(format!(
+            "file shorter than the {header_bytes}-byte header"
+        )));
+    }
     let stored = le_u32(&h[36..40]);
-    let computed = crc32fast::hash(&h[0..36]);
+    let computed = header_crc(&h[..header_bytes]);
     if stored != computed {
         return Err(HeaderFault::Damaged(format!(
             "header checksum mismatch (stored {stored:#010x}, computed {computed:#010x})"
         )));
     }
-    // After the checksum, so a flipped version bit reads as damage (and is fallen back from),
-    // while an intact header of a newer version is refused, never quarantined. Every version
-    // keeps the magic, the version and this checksum where they are.
-    let version = le_u32(&h[8..12]);
     if version > SNAPSHOT_VERSION {
         return Err(HeaderFault::Version(version));
     }
-    if version != SNAPSHOT_VERSION {
-        return Err(HeaderFault::Damaged(format!(
-            "unsupported format version {version}"
-        )));
+    if version == 0 {
+        return Err(HeaderFault::Damaged("unsupported format version 0".into()));
     }
-    Ok(Header {
+    let mut identity = SnapshotIdentity::default();
+    if version >= 2 {
+        identity.journal_seq = le_u64(&h[40..48]);
+        identity.chain_crc = le_u32(&h[48..52]);
+        identity.directory_id.0.copy_from_slice(&h[56..72]);
+    }
+    Ok(SnapshotHeader {
+        version,
+        header_bytes,
         op: le_u64(&h[16..24]),
         len_bytes: le_u64(&h[24..32]),
         payload_crc: le_u32(&h[32..36]),
+        identity,
     })
 }
 
-/// A whole snapshot file (header + `payload`) for `op`: the bytes keel persists. Public so other
-/// stores on keel (the openraft adapter) write the same format rather than a copy of it.
+/// Decodes a snapshot file's header (from its first bytes) without checking the payload: what
+/// the tools show of a snapshot whose payload they do not interpret.
+pub fn decode_snapshot_header(bytes: &[u8]) -> Result<SnapshotHeader, String> {
+    decode_header(bytes).map_err(|fault| match fault {
+        HeaderFault::Damaged(reason) => reason,
+        HeaderFault::Version(version) => {
+            format!("format version {version} is newer than this build reads")
+        }
+    })
+}
+
+/// A whole snapshot file (header + `payload`) for `op`, its identity unknown: the bytes a store
+/// without a manifest persists (the openraft adapter). Public so other stores on keel write the
+/// same format rather than a copy of it.
 pub fn encode_snapshot_file(op: u64, payload: &[u8]) -> Vec<u8> {
+    encode_snapshot_file_with(op, &SnapshotIdentity::default(), payload)
+}
+
+/// A whole snapshot file for `op` that records whose it is.
+pub fn encode_snapshot_file_with(op: u64, identity: &SnapshotIdentity, payload: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(SNAPSHOT_HEADER_BYTES + payload.len());
-    out.extend_from_slice(&encode_header(op, payload));
+    out.extend_from_slice(&encode_header(op, identity, payload));
     out.extend_from_slice(payload);
     out
 }
@@ -217,16 +308,11 @@ pub fn encode_snapshot_file(op: u64, payload: &[u8]) -> Vec<u8> {
 /// Checks a whole snapshot file read back for `op` (header, op, length, payload checksum) and
 /// returns its payload, or why it is damaged.
 pub fn decode_snapshot_file(op: u64, bytes: &[u8]) -> Result<&[u8], String> {
-    let header = decode_header(bytes).map_err(|fault| match fault {
-        HeaderFault::Damaged(reason) => reason,
-        HeaderFault::Version(version) => {
-            format!("format version {version} is newer than this build reads")
-        }
-    })?;
+    let header = decode_snapshot_header(bytes)?;
     if header.op != op {
         return Err(format!("header says op {}, name says {op}", header.op));
     }
-    let payload = &bytes[SNAPSHOT_HEADER_BYTES..];
+    let payload = &bytes[header.header_bytes..];
     if header.len_bytes != payload.len() as u64 {
         return Err(format!(
             "header says {} payload bytes, file holds {}",
@@ -245,6 +331,8 @@ pub(crate) struct SnapshotStore<D: Directory> {
     root: D,
     dir: D,
     max_bytes: u64,
+    /// The directory's id, written into every snapshot persisted (zero: unknown).
+    directory_id: DirectoryId,
 }
 
 fn io_err(stage: SnapshotStage, file: &str, op: u64, source: std::io::Error) -> SnapshotError {
@@ -268,6 +356,7 @@ impl<D: Directory> SnapshotStore<D> {
             root: root.clone(),
             dir,
             max_bytes,
+            directory_id: DirectoryId::default(),
         })
     }
 
@@ -291,7 +380,27 @@ impl<D: Directory> SnapshotStore<D> {
             root: root.clone(),
             dir,
             max_bytes,
+            directory_id: DirectoryId::default(),
         }))
+    }
+
+    /// The store of a directory whose id is `directory_id`.
+    pub(crate) fn with_directory_id(mut self, directory_id: DirectoryId) -> Self {
+        self.directory_id = directory_id;
+        self
+    }
+
+    /// The identity of a snapshot of this directory whose op's entry is at `position`.
+    pub(crate) fn identity(
+        &self,
+        position: Option<keel_journal::EntryPosition>,
+    ) -> SnapshotIdentity {
+        let position = position.unwrap_or_default();
+        SnapshotIdentity {
+            directory_id: self.directory_id,
+            journal_seq: position.seq,
+            chain_crc: position.chain_crc,
+        }
     }
 
     pub(crate) fn path_of(&self, name: &str) -> String {
@@ -387,10 +496,11 @@ impl<D: Directory> SnapshotStore<D> {
     pub(crate) async fn persist(
         &self,
         op: u64,
+        identity: &SnapshotIdentity,
         state: &[u8],
         step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
     ) -> Result<u64, EngineError> {
-        self.persist_source(op, &mut SliceSource(Some(state)), step)
+        self.persist_source(op, identity, &mut SliceSource(Some(state)), step)
             .await
     }
 
@@ -402,12 +512,14 @@ impl<D: Directory> SnapshotStore<D> {
     pub(crate) async fn persist_source(
         &self,
         op: u64,
+        identity: &SnapshotIdentity,
         source: &mut dyn SnapshotSource,
         step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
     ) -> Result<u64, EngineError> {
         let name = snapshot_file_name(op);
         let mut pieces = SnapshotPieces {
             op,
+            identity: *identity,
             source,
             hasher: crc32fast::Hasher::new(),
             len_bytes: 0,
@@ -446,34 +558,29 @@ impl<D: Directory> SnapshotStore<D> {
 
     /// Reads and checks the snapshot at `op`; returns the state machine's bytes.
     pub(crate) async fn load(&self, op: u64) -> Result<Vec<u8>, SnapshotError> {
+        Ok(self.load_with_identity(op).await?.1)
+    }
+
+    /// Reads and checks the snapshot at `op`; returns whose it says it is and the state machine's
+    /// bytes.
+    pub(crate) async fn load_with_identity(
+        &self,
+        op: u64,
+    ) -> Result<(SnapshotIdentity, Vec<u8>), SnapshotError> {
         let name = snapshot_file_name(op);
         let path = self.path_of(&name);
+        let read_err = |e| io_err(SnapshotStage::Read, &path, op, e);
         let file = self
             .dir
             .open_file(&name, OpenMode::ReadOnly)
             .await
-            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+            .map_err(read_err)?;
         let file_len = file.len();
         let damaged = |reason: String| SnapshotError::Checksum {
             file: path.clone(),
             reason,
         };
-        if file_len < SNAPSHOT_HEADER_BYTES as u64 {
-            return Err(damaged(format!(
-                "{file_len} bytes, shorter than the {SNAPSHOT_HEADER_BYTES}-byte header"
-            )));
-        }
-        let header_bytes = file
-            .read_exact_at(0, SNAPSHOT_HEADER_BYTES)
-            .await
-            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
-        let header = decode_header(&header_bytes).map_err(|fault| match fault {
-            HeaderFault::Damaged(reason) => damaged(reason),
-            HeaderFault::Version(version) => SnapshotError::UnknownVersion {
-                file: path.clone(),
-                version,
-            },
-        })?;
+        let header = self.read_header(&file, &path).await?;
         if header.op != op {
             return Err(damaged(format!(
                 "header says op {}, name says {op}",
@@ -487,16 +594,16 @@ impl<D: Directory> SnapshotStore<D> {
                 max_bytes: self.max_bytes,
             });
         }
-        let expected_len = SNAPSHOT_HEADER_BYTES as u64 + header.len_bytes;
+        let expected_len = header.header_bytes as u64 + header.len_bytes;
         if file_len != expected_len {
             return Err(damaged(format!(
                 "file is {file_len} bytes, header says {expected_len}"
             )));
         }
         let payload = file
-            .read_exact_at(SNAPSHOT_HEADER_BYTES as u64, header.len_bytes as usize)
+            .read_exact_at(header.header_bytes as u64, header.len_bytes as usize)
             .await
-            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+            .map_err(read_err)?;
         let computed = crc32fast::hash(&payload);
         if computed != header.payload_crc {
             return Err(damaged(format!(
@@ -504,7 +611,42 @@ impl<D: Directory> SnapshotStore<D> {
                 header.payload_crc
             )));
         }
-        Ok(payload)
+        Ok((header.identity, payload))
+    }
+
+    /// Reads and checks only the header of the snapshot at `op` (whose it is, without reading
+    /// its state).
+    pub(crate) async fn header(&self, op: u64) -> Result<SnapshotHeader, SnapshotError> {
+        let name = snapshot_file_name(op);
+        let path = self.path_of(&name);
+        let file = self
+            .dir
+            .open_file(&name, OpenMode::ReadOnly)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, &path, op, e))?;
+        self.read_header(&file, &path).await
+    }
+
+    async fn read_header(
+        &self,
+        file: &D::File,
+        path: &str,
+    ) -> Result<SnapshotHeader, SnapshotError> {
+        let head_len = file.len().min(SNAPSHOT_HEADER_BYTES as u64) as usize;
+        let header_bytes = file
+            .read_exact_at(0, head_len)
+            .await
+            .map_err(|e| io_err(SnapshotStage::Read, path, 0, e))?;
+        decode_header(&header_bytes).map_err(|fault| match fault {
+            HeaderFault::Damaged(reason) => SnapshotError::Checksum {
+                file: path.to_string(),
+                reason,
+            },
+            HeaderFault::Version(version) => SnapshotError::UnknownVersion {
+                file: path.to_string(),
+                version,
+            },
+        })
     }
 
     /// Moves the snapshot at `op` into `DIR/quarantine/` (copy, fsync, directory fsyncs, then
@@ -593,9 +735,9 @@ impl<D: Directory> SnapshotStore<D> {
                 {
                     continue
                 }
-                Err(
-                    e @ (SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }),
-                ) => (false, Some(e.to_string())),
+                // The file is named beside it: the reason alone.
+                Err(SnapshotError::Checksum { reason, .. }) => (false, Some(reason)),
+                Err(e @ SnapshotError::UnknownVersion { .. }) => (false, Some(e.to_string())),
                 Err(e) => return Err(e),
             };
             out.push(SnapshotInfo {
@@ -628,6 +770,11 @@ mod tests {
     use keel_storage::{FaultConfig, FaultKind, FaultOp, MemFs};
 
     const MAX: u64 = 1 << 20;
+    const ID: SnapshotIdentity = SnapshotIdentity {
+        directory_id: DirectoryId([9; 16]),
+        journal_seq: 17,
+        chain_crc: 0xabcd,
+    };
 
     fn no_halt(_: CheckpointStep) -> Result<(), EngineError> {
         Ok(())
@@ -662,10 +809,11 @@ mod tests {
     #[test]
     fn header_round_trips_and_detects_flips() {
         let payload = b"state bytes";
-        let h = encode_header(7, payload);
+        let h = encode_header(7, &ID, payload);
         let d = decode_header(&h).unwrap();
         assert_eq!((d.op, d.len_bytes), (7, payload.len() as u64));
         assert_eq!(d.payload_crc, crc32fast::hash(payload));
+        assert_eq!(d.identity, ID);
         for bit in 0..SNAPSHOT_HEADER_BYTES * 8 {
             let mut bad = h;
             bad[bit / 8] ^= 1 << (bit % 8);
@@ -674,12 +822,39 @@ mod tests {
         assert!(decode_header(&h[..10]).is_err());
     }
 
+    /// A version 1 file (40-byte header, no identity) still reads, its identity unknown.
+    #[test]
+    fn version_1_files_still_read() {
+        let payload = b"old state";
+        let mut v1 = Vec::new();
+        v1.extend_from_slice(SNAPSHOT_MAGIC);
+        v1.extend_from_slice(&1u32.to_le_bytes());
+        v1.extend_from_slice(&[0u8; 4]);
+        v1.extend_from_slice(&12u64.to_le_bytes());
+        v1.extend_from_slice(&(payload.len() as u64).to_le_bytes());
+        v1.extend_from_slice(&crc32fast::hash(payload).to_le_bytes());
+        let crc = crc32fast::hash(&v1[0..36]);
+        v1.extend_from_slice(&crc.to_le_bytes());
+        v1.extend_from_slice(payload);
+        assert_eq!(decode_snapshot_file(12, &v1).unwrap(), payload);
+        let header = decode_snapshot_header(&v1).unwrap();
+        assert_eq!(
+            (header.version, header.header_bytes),
+            (1, SNAPSHOT_V1_HEADER_BYTES)
+        );
+        assert_eq!(header.identity, SnapshotIdentity::default());
+        let mut bad = v1.clone();
+        bad[20] ^= 1;
+        assert!(decode_snapshot_file(12, &bad).is_err());
+    }
+
     #[compio::test]
     async fn persist_load_round_trip_survives_crash() {
         let fs = MemFs::new(1);
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-        let len = store.persist(9, b"hello", &no_halt).await.unwrap();
+        let len = store.persist(9, &ID, b"hello", &no_halt).await.unwrap();
         assert_eq!(len, SNAPSHOT_HEADER_BYTES as u64 + 5);
+        assert_eq!(store.load_with_identity(9).await.unwrap().0, ID);
         fs.crash();
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
         assert_eq!(store.list().await.unwrap(), vec![9]);
@@ -698,7 +873,7 @@ mod tests {
             for seed in 0..40 {
                 let fs = MemFs::new(seed);
                 let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-                store.persist(3, b"older", &no_halt).await.unwrap();
+                store.persist(3, &ID, b"older", &no_halt).await.unwrap();
                 let halt = |s: CheckpointStep| {
                     if s == halt_at {
                         Err(EngineError::Halted { step: s })
@@ -707,7 +882,7 @@ mod tests {
                     }
                 };
                 let big = vec![7u8; 5000];
-                let err = store.persist(8, &big, &halt).await.unwrap_err();
+                let err = store.persist(8, &ID, &big, &halt).await.unwrap_err();
                 assert!(matches!(err, EngineError::Halted { step } if step == halt_at));
                 drop(store);
                 fs.crash();
@@ -742,7 +917,7 @@ mod tests {
     async fn damaged_snapshot_is_detected_and_quarantined() {
         let fs = MemFs::new(2);
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-        store.persist(5, b"payload!", &no_halt).await.unwrap();
+        store.persist(5, &ID, b"payload!", &no_halt).await.unwrap();
         let original = fs.read_raw(&snap_path(5)).unwrap();
         for offset in [0u64, 20, 39, 40, 47] {
             fs.flip_bit(&snap_path(5), offset, 3).unwrap();
@@ -771,7 +946,7 @@ mod tests {
         );
         // A second quarantine of the same op gets its own name.
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-        store.persist(5, b"again", &no_halt).await.unwrap();
+        store.persist(5, &ID, b"again", &no_halt).await.unwrap();
         let q = store.quarantine(5).await.unwrap();
         assert!(q.ends_with(".snap.1"), "{q}");
     }
@@ -780,7 +955,7 @@ mod tests {
     async fn header_op_must_match_the_name() {
         let fs = MemFs::new(3);
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-        store.persist(5, b"x", &no_halt).await.unwrap();
+        store.persist(5, &ID, b"x", &no_halt).await.unwrap();
         let bytes = fs.read_raw(&snap_path(5)).unwrap();
         fs.write_raw(&snap_path(6), 0, &bytes).unwrap();
         let err = store.load(6).await.unwrap_err();
@@ -792,7 +967,7 @@ mod tests {
         let fs = MemFs::new(4);
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
         for op in [1, 2, 3, 4] {
-            store.persist(op, &[op as u8], &no_halt).await.unwrap();
+            store.persist(op, &ID, &[op as u8], &no_halt).await.unwrap();
         }
         assert_eq!(store.remove_older(2).await.unwrap(), 2);
         fs.crash();
@@ -812,7 +987,7 @@ mod tests {
             let fs = MemFs::new(5);
             let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
             fs.set_faults(FaultConfig::new().fail_nth(op, 1, FaultKind::Io));
-            let err = store.persist(7, b"state", &no_halt).await.unwrap_err();
+            let err = store.persist(7, &ID, b"state", &no_halt).await.unwrap_err();
             let EngineError::Snapshot(err) = err else {
                 panic!("{op:?}: {err}")
             };
@@ -820,7 +995,7 @@ mod tests {
             assert_eq!(err.retry_safe(), retry_safe);
             fs.clear_faults();
             // After any failure, persisting again succeeds and the snapshot is whole.
-            store.persist(7, b"state", &no_halt).await.unwrap();
+            store.persist(7, &ID, b"state", &no_halt).await.unwrap();
             assert_eq!(store.load(7).await.unwrap(), b"state");
         }
     }
@@ -830,11 +1005,11 @@ mod tests {
         let fs = MemFs::new(6);
         let store = SnapshotStore::open(&fs.root(), 4).await.unwrap();
         assert!(matches!(
-            store.persist(1, b"12345", &no_halt).await,
+            store.persist(1, &ID, b"12345", &no_halt).await,
             Err(EngineError::Snapshot(SnapshotError::TooLarge { .. }))
         ));
         let big = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-        big.persist(1, b"12345", &no_halt).await.unwrap();
+        big.persist(1, &ID, b"12345", &no_halt).await.unwrap();
         assert!(matches!(
             store.load(1).await,
             Err(SnapshotError::TooLarge { .. })
@@ -849,8 +1024,8 @@ mod tests {
             .unwrap()
             .is_empty());
         let store = SnapshotStore::open(&fs.root(), MAX).await.unwrap();
-        store.persist(1, b"a", &no_halt).await.unwrap();
-        store.persist(2, b"b", &no_halt).await.unwrap();
+        store.persist(1, &ID, b"a", &no_halt).await.unwrap();
+        store.persist(2, &ID, b"b", &no_halt).await.unwrap();
         fs.flip_bit(&snap_path(2), 40, 1).unwrap();
         let infos = list_snapshots(&fs.root_read_only(), MAX).await.unwrap();
         assert_eq!(infos.len(), 2);

@@ -188,16 +188,18 @@ async fn a_newer_snapshot_version_is_refused_not_quarantined() {
     let fs = MemFs::new(206);
     two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
     let mut bytes = fs.read_raw(&snap(25)).unwrap();
-    bytes[8..12].copy_from_slice(&2u32.to_le_bytes());
-    let crc = crc32fast::hash(&bytes[0..36]);
-    bytes[36..40].copy_from_slice(&crc.to_le_bytes());
+    bytes[8..12].copy_from_slice(&3u32.to_le_bytes());
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..36]);
+    hasher.update(&bytes[40..72]);
+    bytes[36..40].copy_from_slice(&hasher.finalize().to_le_bytes());
     fs.write_raw(&snap(25), 0, &bytes).unwrap();
     let before = tree(&fs).await;
     let error = refused(&fs, small_config()).await;
     assert!(
         matches!(
             error,
-            EngineError::Snapshot(SnapshotError::UnknownVersion { version: 2, .. })
+            EngineError::Snapshot(SnapshotError::UnknownVersion { version: 3, .. })
         ),
         "{error}"
     );

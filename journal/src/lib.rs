@@ -64,6 +64,7 @@ pub mod fuzzing;
 mod group;
 mod live;
 mod open;
+mod position;
 mod recovery;
 mod scan;
 mod segment;
@@ -84,6 +85,7 @@ pub use error::JournalError;
 pub use format::{EntryKind, FORMAT_VERSION};
 pub use live::LiveMap;
 pub use open::{OpenPlan, PlannedCut};
+pub use position::EntryPosition;
 pub use recovery::{
     Action, Case, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
     TABLE as RECOVERY_TABLE,

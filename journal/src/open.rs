@@ -144,6 +144,15 @@ fn replay_index(scan: &LogScan, slot_count: u64) -> Index {
     index
 }
 
+/// Op ranges as an operator reads them: `1-3, 5`.
+fn ranges_text(ranges: &[std::ops::RangeInclusive<u64>]) -> String {
+    let text: Vec<String> = ranges
+        .iter()
+        .map(|r| format!("{}-{}", r.start(), r.end()))
+        .collect();
+    text.join(", ")
+}
+
 impl<D: Directory> MetadataJournal<D> {
     /// Opens (creating if absent) the journal under `root`, scanning every segment and applying
     /// `mode`'s repairs: [`MetadataJournal::plan`] then [`MetadataJournal::open_planned`].
@@ -205,9 +214,10 @@ impl<D: Directory> MetadataJournal<D> {
                     tracing::warn!(
                         segment = %stop.file,
                         offset_bytes = stop.stop.offset_bytes,
-                        op = ?stop.stop.op,
+                        op = stop.stop.op,
                         case = info(stop.case).name,
-                        proofs = ?stop.proofs,
+                        proof_watermark = stop.proofs.watermark,
+                        proof_segment_header = stop.proofs.segment_header,
                         ?mode,
                         "journal: refusing to open"
                     );
@@ -270,7 +280,7 @@ impl<D: Directory> MetadataJournal<D> {
             report.repairs = recovery::cut(root, &dir, &scan, cut.kind()).await?;
             if cut == PlannedCut::PointInTime {
                 tracing::warn!(segment = %stop.file, offset_bytes = stop.stop.offset_bytes,
-                    op = ?stop.stop.op, lost_ops = ?report.lost_ops,
+                    op = stop.stop.op, lost_ops = %ranges_text(&report.lost_ops),
                     "journal: point-in-time cut lost acknowledged ops");
             }
             // The files after the stop are gone; the stop's segment now ends there (or is gone

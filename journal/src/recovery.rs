@@ -485,7 +485,7 @@ pub async fn cut<D: Directory>(
         tracing::warn!(
             segment = %file.name,
             offset_bytes = from,
-            op = ?stop.stop.op,
+            op = stop.stop.op,
             bytes = removed_len,
             quarantine = %qname,
             case = kind,

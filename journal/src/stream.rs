@@ -40,6 +40,8 @@ pub enum ScanEvent<'a> {
         snapshot_op: u64,
         /// Commit watermark recorded in the header.
         commit_op: u64,
+        /// Rewritten by compaction: its entries have fresh seqs and a chain of their own.
+        rewritten: bool,
     },
     /// One valid entry the log keeps.
     Entry {
@@ -51,6 +53,8 @@ pub enum ScanEvent<'a> {
         op: u64,
         /// The commit watermark known when it was written.
         commit_op: u64,
+        /// Its header crc: the chain checksum the next entry carries.
+        chain_crc: u32,
         /// The payload (empty for markers); valid only during the call.
         payload: &'a [u8],
     },
@@ -391,6 +395,7 @@ async fn scan_entries<F: Storage>(
                 seq: meta.seq,
                 op: meta.op,
                 commit_op: meta.commit_op,
+                chain_crc: meta.header_crc,
                 payload,
             })
         };
@@ -459,6 +464,7 @@ async fn scan_segment<F: Storage>(
         number: file.number,
         snapshot_op: header.snapshot_op,
         commit_op: header.commit_op,
+        rewritten: header.is_rewritten(),
     });
     let mut entries = Vec::new();
     let start = Link {

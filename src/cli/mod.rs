@@ -1,48 +1,84 @@
 //! The `keel` command line: argument types (clap derive), dispatch, logging.
 //!
 //! One file per command (`bench/` is a directory: driver, workload, report, progress). Around
-//! them: `target.rs` decides whether a path is an engine directory or a shard set (looking only),
-//! `readonly.rs` opens one read-only, `walk.rs` walks segment bytes for `inspect` and `dump`,
-//! `output.rs` runs a tool on every engine and prints the outcomes alone or as a shard set,
-//! `signal.rs` turns Ctrl-C into a clean stop, `error.rs` maps errors to exit codes.
+//! them: `target.rs` decides what a path is (engine directory, keel-raft store, shard set,
+//! cluster; looking only), `geometry.rs` the configuration a directory is read with (its
+//! manifest), `readonly.rs` opens one read-only, `live.rs` tells whether a live writer holds it,
+//! `walk.rs` walks segment bytes for `inspect` and `dump`, `raft.rs` reads a keel-raft store's
+//! own files, `output.rs` runs a tool on every member and prints the outcomes (the JSON contract
+//! of `docs/cli.md`), `style.rs` and `logging.rs` the text and logs, `signal.rs` turns signals
+//! into a clean stop, `error.rs` maps errors to exit codes and JSON error objects.
 
 mod bench;
 mod dump;
 mod error;
+mod geometry;
 mod inspect;
+mod live;
+mod logging;
 mod output;
+mod raft;
 mod readonly;
 mod recover;
 mod repair;
 mod signal;
+mod style;
 mod target;
+mod text;
 mod verify;
 mod walk;
 
-use std::io::IsTerminal;
 use std::path::PathBuf;
+use std::sync::LazyLock;
 
 use clap::error::ErrorKind;
 use clap::{CommandFactory, Parser, Subcommand, ValueEnum};
-use keel_engine::{EngineConfig, RecoveryMode};
-use tracing_subscriber::EnvFilter;
+use keel_engine::RecoveryMode;
 
 pub use error::{error_chain, CliError};
+pub use geometry::base_config as tool_config;
 
-/// Slots in every journal the CLI opens. The bench's journals and the tools' must agree (a ring
-/// smaller than the live ops in a directory could not hold them), so there is one figure.
-pub const SLOT_COUNT: u64 = 1 << 16;
+/// `keel --version`: the build and every on-disk format it reads and writes.
+static VERSION: LazyLock<String> = LazyLock::new(|| {
+    format!(
+        "{} (journal format {}, snapshot format {}, manifest format {})",
+        env!("CARGO_PKG_VERSION"),
+        keel_journal::FORMAT_VERSION,
+        keel_engine::SNAPSHOT_VERSION,
+        keel_engine::MANIFEST_VERSION
+    )
+});
 
 #[derive(Debug, Parser)]
 #[command(
     name = "keel",
-    version,
+    version = VERSION.as_str(),
     about = "keel: the persistence layer of a per-core metadata replica",
+    after_help = "The commands, exit codes and JSON keys: docs/cli.md in the keel repository.",
     propagate_version = true
 )]
 pub struct Cli {
+    /// More log lines on stderr (-v info, -vv debug, -vvv trace); RUST_LOG, when set, wins.
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Only errors on stderr.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
     #[command(subcommand)]
     pub command: Command,
+}
+
+impl Cli {
+    /// Whether the command prints JSON (errors then go to stdout as a JSON object too).
+    pub fn json(&self) -> bool {
+        match &self.command {
+            Command::Bench(args) => args.json,
+            Command::Recover(args) | Command::Repair(args) => args.json,
+            Command::Verify(args) => args.json,
+            Command::Inspect(args) => args.json,
+            Command::Dump(args) => args.json,
+        }
+    }
 }
 
 #[derive(Debug, Subcommand)]
@@ -67,12 +103,12 @@ pub enum Command {
     /// Segments, op ranges, sizes, snapshots, watermarks and slot use (read-only).
     #[command(after_help = "Exit: 0 ok, 1 error. Never writes.")]
     Inspect(inspect::InspectArgs),
-    /// One line per live entry: op, kind, length, checksum (read-only).
+    /// One line per entry: op, kind, length, checksum (read-only; a single .wal file works too).
     #[command(after_help = "Exit: 0 ok, 1 error. Never writes.")]
     Dump(dump::DumpArgs),
 }
 
-/// `--mode`: what recovery may repair (DESIGN §4).
+/// `--mode`: what recovery may repair (docs/durability.md).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default, ValueEnum)]
 pub enum Mode {
     /// Repair a torn tail (quarantine + truncate); refuse corruption of acknowledged data.
@@ -102,17 +138,6 @@ pub struct DirArg {
     pub dir: PathBuf,
 }
 
-/// The engine configuration every tool opens a directory with.
-pub fn tool_config(mode: Mode) -> EngineConfig {
-    let mut config = EngineConfig::default();
-    config.journal.slot_count = SLOT_COUNT;
-    // The tools append nothing: opening a directory must not grow its active segment.
-    config.journal.preallocate = false;
-    config.checkpoint_margin_ops = SLOT_COUNT / 4;
-    config.recovery_mode = mode.into();
-    config
-}
-
 /// Prints a usage error with the usage of the command it concerns and exits 2 (help and version
 /// requests print and exit as clap does).
 pub fn usage_error(error: clap::Error) -> ! {
@@ -123,6 +148,10 @@ pub fn usage_error(error: clap::Error) -> ! {
         error.exit();
     }
     let rendered = error.render().to_string();
+    if std::env::args().any(|arg| arg == "--json") {
+        let usage = CliError::Usage(rendered.lines().next().unwrap_or_default().to_string());
+        println!("{}", output::error_json(&usage));
+    }
     eprint!("{rendered}");
     if !rendered.contains("Usage:") {
         let mut command = Cli::command();
@@ -137,15 +166,17 @@ pub fn usage_error(error: clap::Error) -> ! {
     std::process::exit(2)
 }
 
-/// Logs to stderr; `RUST_LOG` filters (default `warn`: repairs and refusals show, nothing else).
-pub fn init_logging() {
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("warn"));
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::stderr().is_terminal())
-        .with_target(false)
-        .init();
+/// Logs to stderr (see `logging.rs`).
+pub fn init_logging(cli: &Cli) {
+    logging::init(cli.verbose, cli.quiet);
+}
+
+/// Prints a failed command's error: on stderr, and with `--json` also as a JSON object on stdout.
+pub fn print_error(error: &CliError, json: bool) {
+    if json {
+        println!("{}", output::error_json(error));
+    }
+    eprintln!("keel: {}", error_chain(error));
 }
 
 /// Runs one command; returns the process exit code.

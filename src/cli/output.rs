@@ -1,5 +1,6 @@
 //! Printing what a tool found on each engine: alone for an engine directory, or as a shard set
-//! (`{"status": <worst>, "shards": [{"shard": i, ...}]}`), as text or one JSON object.
+//! (`{"schema_version": 1, "status": <worst>, "path": …, "shards": [{"shard": i, "path": …, …}]}`),
+//! as text or one JSON object. The JSON contract is documented in `docs/cli.md`.
 
 use std::future::Future;
 use std::io::IsTerminal;
@@ -10,6 +11,7 @@ use serde::Serialize;
 use serde_json::{Map, Value};
 
 use super::error::{error_chain, CliError, EXIT_CORRUPT, EXIT_ERROR};
+use super::style;
 use super::target::{EngineDir, Target};
 
 /// What a tool found on one engine directory.
@@ -58,12 +60,13 @@ impl Outcome {
             ("error", 100, EXIT_ERROR)
         };
         let mut json = Map::new();
-        json.insert("error".into(), message.clone().into());
+        json.insert("error".into(), error.to_json());
+        json.insert("problems".into(), Value::Array(Vec::new()));
         if let CliError::Engine(engine_error) = error {
             if let Some(range) = engine_error.missing_range() {
                 json.insert(
                     "missing_ops".into(),
-                    serde_json::json!({"first_op": range.start(), "last_op": range.end()}),
+                    serde_json::json!({"first": range.start(), "last": range.end()}),
                 );
             }
         }
@@ -76,14 +79,24 @@ impl Outcome {
         }
     }
 
-    fn into_json(self, shard: Option<usize>) -> Value {
+    /// Records whether a live writer holds the directory (`live_writer`: the note, or null).
+    pub fn add_live_writer(&mut self, note: Option<String>) {
+        if let Some(note) = &note {
+            self.text = format!("note: {note}\n{}", self.text);
+        }
+        self.json
+            .insert("live_writer".into(), note.map_or(Value::Null, Value::from));
+    }
+
+    fn into_json(self, dir: &EngineDir) -> Map<String, Value> {
         let mut map = Map::new();
-        if let Some(shard) = shard {
+        if let Some(shard) = dir.shard {
             map.insert("shard".into(), shard.into());
         }
+        map.insert("path".into(), dir.path.display().to_string().into());
         map.insert("status".into(), self.status.into());
         map.extend(self.json);
-        Value::Object(map)
+        map
     }
 }
 
@@ -104,25 +117,46 @@ pub fn print(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, json: bool) -
     worst.1
 }
 
+/// The version of the JSON contract every `--json` output carries (`docs/cli.md`).
+pub const SCHEMA_VERSION: u64 = 1;
+
+/// `map` with `schema_version` first.
+pub fn versioned(map: Map<String, Value>) -> Value {
+    let mut out = Map::new();
+    out.insert("schema_version".into(), SCHEMA_VERSION.into());
+    out.extend(map);
+    Value::Object(out)
+}
+
+/// The error object a `--json` command prints on stdout when it fails before any outcome.
+pub fn error_json(error: &CliError) -> Value {
+    versioned(Map::from_iter([("error".to_string(), error.to_json())]))
+}
+
 fn to_json(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, worst: &str) -> Value {
     if !target.is_shard_set() {
         if let Some((dir, outcome)) = outcomes.into_iter().next() {
-            return outcome.into_json(dir.shard);
+            return versioned(outcome.into_json(&dir));
         }
-        return serde_json::json!({ "status": worst });
+        return versioned(Map::from_iter([("status".to_string(), worst.into())]));
     }
     let shards: Vec<Value> = outcomes
         .into_iter()
-        .map(|(dir, outcome)| outcome.into_json(dir.shard))
+        .map(|(dir, outcome)| Value::Object(outcome.into_json(&dir)))
         .collect();
-    serde_json::json!({ "status": worst, "shards": shards })
+    let mut map = Map::new();
+    map.insert("status".into(), worst.into());
+    map.insert("path".into(), target.path().display().to_string().into());
+    map.insert("kind".into(), target.kind_name().into());
+    map.insert("shards".into(), Value::Array(shards));
+    versioned(map)
 }
 
 fn print_text(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, worst: &str) {
     let set = target.is_shard_set();
     for (dir, outcome) in &outcomes {
         if set {
-            println!("{}:", dir.path.display());
+            println!("{}:", style::bold(&dir.path.display().to_string()));
             for line in outcome.text.lines() {
                 println!("  {line}");
             }
@@ -131,7 +165,11 @@ fn print_text(target: &Target, outcomes: Vec<(EngineDir, Outcome)>, worst: &str)
         }
     }
     if set {
-        println!("shard set: {} shard(s), status {worst}", outcomes.len());
+        println!(
+            "{}: {} member(s), status {worst}",
+            target.kind_name().replace('_', " "),
+            outcomes.len()
+        );
     }
 }
 
@@ -150,7 +188,13 @@ where
     let mut outcomes = Vec::new();
     for dir in target.engines() {
         spinner.show(&format!("{verb} {}", dir.path.display()));
-        let outcome = one(dir.clone()).await;
+        // Every log line of this member carries its shard (and path).
+        let span =
+            tracing::warn_span!("keel", shard = tracing::field::Empty, path = %dir.path.display());
+        if let Some(shard) = dir.shard {
+            span.record("shard", shard as u64);
+        }
+        let outcome = tracing::Instrument::instrument(one(dir.clone()), span).await;
         outcomes.push((dir, outcome));
     }
     spinner.finish();
@@ -170,6 +214,7 @@ impl Spinner {
                 bar.set_style(style);
             }
             bar.enable_steady_tick(Duration::from_millis(100));
+            super::logging::set_active_bar(Some(bar.clone()));
             bar
         });
         Spinner { bar }
@@ -183,6 +228,7 @@ impl Spinner {
 
     fn finish(self) {
         if let Some(bar) = self.bar {
+            super::logging::set_active_bar(None);
             bar.finish_and_clear();
         }
     }
@@ -193,6 +239,7 @@ mod tests {
     use std::path::PathBuf;
 
     use super::*;
+    use crate::cli::target::DirKind;
 
     fn outcome(status: &'static str, rank: u8, exit: u8) -> Outcome {
         Outcome {
@@ -208,12 +255,13 @@ mod tests {
         EngineDir {
             shard: Some(shard),
             path: PathBuf::from(format!("set/shard-{shard}")),
+            kind: DirKind::Engine,
         }
     }
 
     #[test]
     fn a_shard_set_reports_its_worst_shard() {
-        let target = Target::ShardSet(vec![dir(0), dir(1), dir(2)]);
+        let target = Target::ShardSet(PathBuf::from("set"), vec![dir(0), dir(1), dir(2)]);
         let outcomes = vec![
             (dir(0), outcome("clean", 0, 0)),
             (dir(1), outcome("corrupt", 200, 4)),
@@ -221,7 +269,9 @@ mod tests {
         ];
         let json = to_json(&target, outcomes, "corrupt");
         assert_eq!(json["status"], "corrupt");
+        assert_eq!(json["schema_version"], 1);
         assert_eq!(json["shards"][1]["shard"], 1);
+        assert_eq!(json["shards"][1]["path"], "set/shard-1");
         assert_eq!(json["shards"][1]["status"], "corrupt");
         assert_eq!(json["shards"][2]["last_op"], 7);
         let outcomes = vec![
@@ -236,6 +286,7 @@ mod tests {
         let engine = EngineDir {
             shard: None,
             path: PathBuf::from("engine"),
+            kind: DirKind::Engine,
         };
         let target = Target::Engine(engine.clone());
         let json = to_json(

@@ -1,7 +1,8 @@
-//! Ctrl-C (SIGINT) and SIGTERM during `keel bench`: the first one asks the drivers to stop
-//! issuing ops; they drain what is in flight, persist the commit watermark, close, recover and
-//! report (and a temporary directory is removed). A second one kills the process at once — which
-//! is also safe, the directory is a write-ahead log and recovers like after `kill -9`.
+//! Ctrl-C (SIGINT), SIGTERM and SIGHUP during `keel bench`: the first one asks the drivers to
+//! stop issuing ops; they drain what is in flight, persist the commit watermark, close, recover
+//! and report, a temporary directory is removed, and the process exits 130. A second one kills
+//! the process at once — which is also safe, the directory is a write-ahead log and recovers like
+//! after `kill -9` (a temporary directory is then left behind).
 //!
 //! The handler only stores to an atomic and restores the default disposition: both are
 //! async-signal-safe.
@@ -23,17 +24,21 @@ pub fn stop_requested() -> bool {
     STOP.load(Ordering::Relaxed)
 }
 
-/// Installs the handler for SIGINT and SIGTERM.
+/// The signals that ask for a clean stop.
+const SIGNALS: [libc::c_int; 3] = [libc::SIGINT, libc::SIGTERM, libc::SIGHUP];
+
+/// Installs the handler for SIGINT, SIGTERM and SIGHUP.
 pub fn install() {
     let handler = on_signal as extern "C" fn(libc::c_int) as libc::sighandler_t;
     // SAFETY: the handler is async-signal-safe (an atomic store and `signal`).
     unsafe {
-        libc::signal(libc::SIGINT, handler);
-        libc::signal(libc::SIGTERM, handler);
+        for signal in SIGNALS {
+            libc::signal(signal, handler);
+        }
     }
 }
 
-/// Runs `f` with SIGINT and SIGTERM blocked on this thread, so threads it spawns inherit the mask
+/// Runs `f` with the stop signals blocked on this thread, so threads it spawns inherit the mask
 /// and the signals are delivered to the calling (main) thread, never inside a shard's io_uring
 /// wait.
 pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
@@ -43,8 +48,9 @@ pub fn with_signals_blocked<T>(f: impl FnOnce() -> T) -> T {
         let mut set: libc::sigset_t = std::mem::zeroed();
         let mut old: libc::sigset_t = std::mem::zeroed();
         libc::sigemptyset(&mut set);
-        libc::sigaddset(&mut set, libc::SIGINT);
-        libc::sigaddset(&mut set, libc::SIGTERM);
+        for signal in SIGNALS {
+            libc::sigaddset(&mut set, signal);
+        }
         libc::pthread_sigmask(libc::SIG_BLOCK, &set, &mut old);
         let result = f();
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, std::ptr::null_mut());

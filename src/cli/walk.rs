@@ -12,7 +12,7 @@ use serde::Serialize;
 
 use super::error::CliError;
 
-/// The journal's directory under an engine directory (DESIGN §3).
+/// The journal's directory under an engine directory.
 pub const JOURNAL_DIR: &str = "journal";
 
 /// One entry found in a segment.
@@ -52,6 +52,8 @@ pub struct SegmentSummary {
     /// Lowest and highest op of its data entries.
     pub first_op: Option<u64>,
     pub last_op: Option<u64>,
+    /// The snapshot watermark its header records (`None`: the header does not decode).
+    pub header_snapshot_op: Option<u64>,
     pub stop: Option<WalkStop>,
 }
 
@@ -59,7 +61,7 @@ pub struct SegmentSummary {
 /// An engine directory without a journal has no segments.
 pub async fn walk_journal(
     root: &FsDirectory,
-    mut visit: impl FnMut(&EntryInfo),
+    mut visit: impl FnMut(&EntryInfo, &[u8]),
 ) -> Result<Vec<SegmentSummary>, CliError> {
     let io_error = |source| {
         CliError::io(
@@ -90,7 +92,11 @@ pub async fn walk_journal(
 }
 
 /// Walks one segment's bytes.
-fn walk_segment(name: &str, bytes: &[u8], visit: &mut impl FnMut(&EntryInfo)) -> SegmentSummary {
+fn walk_segment(
+    name: &str,
+    bytes: &[u8],
+    visit: &mut impl FnMut(&EntryInfo, &[u8]),
+) -> SegmentSummary {
     let mut summary = SegmentSummary {
         file: name.to_string(),
         len_bytes: bytes.len() as u64,
@@ -98,11 +104,16 @@ fn walk_segment(name: &str, bytes: &[u8], visit: &mut impl FnMut(&EntryInfo)) ->
         entries: 0,
         first_op: None,
         last_op: None,
+        header_snapshot_op: None,
         stop: None,
     };
-    if let Err(fault) = SegmentHeader::decode(bytes) {
-        summary.stop = Some(stop(name, 0, format!("segment header: {fault:?}")));
-        return summary;
+    match SegmentHeader::decode(bytes) {
+        Ok(header) => summary.header_snapshot_op = Some(header.snapshot_op),
+        Err(fault) => {
+            let reason = format!("segment header: {}", fault_text(&format!("{fault:?}")));
+            summary.stop = Some(stop(name, 0, reason));
+            return summary;
+        }
     }
     let mut offset = SEGMENT_HEADER_BYTES;
     while offset < bytes.len() {
@@ -110,7 +121,8 @@ fn walk_segment(name: &str, bytes: &[u8], visit: &mut impl FnMut(&EntryInfo)) ->
             Ok((header, _)) => header,
             Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(&bytes[offset..]) => break,
             Err(fault) => {
-                summary.stop = Some(stop(name, offset, format!("entry header: {fault:?}")));
+                let reason = format!("entry header: {}", fault_text(&format!("{fault:?}")));
+                summary.stop = Some(stop(name, offset, reason));
                 break;
             }
         };
@@ -121,12 +133,14 @@ fn walk_segment(name: &str, bytes: &[u8], visit: &mut impl FnMut(&EntryInfo)) ->
             break;
         }
         let entry = entry_info(name, offset, &header, &bytes[offset..end]);
+        let payload_end = offset + ENTRY_HEADER_BYTES + header.payload_len as usize;
+        let payload = &bytes[offset + ENTRY_HEADER_BYTES..payload_end];
         summary.entries += 1;
         if entry.kind == "data" {
             summary.first_op = Some(summary.first_op.map_or(entry.op, |op| op.min(entry.op)));
             summary.last_op = Some(summary.last_op.map_or(entry.op, |op| op.max(entry.op)));
         }
-        visit(&entry);
+        visit(&entry, payload);
         offset = end;
     }
     summary.used_bytes = offset.min(bytes.len()) as u64;
@@ -139,6 +153,56 @@ fn stop(name: &str, offset: usize, reason: String) -> WalkStop {
         offset: offset as u64,
         reason,
     }
+}
+
+/// A fault's name as words (`BadChecksum` -> `bad checksum`, `BadField("kind")` -> `bad field
+/// kind`): no Rust `Debug` syntax in what an operator reads.
+fn fault_text(debug: &str) -> String {
+    let mut out = String::new();
+    for c in debug.chars() {
+        match c {
+            '(' | ')' | '"' => {
+                if c == '(' {
+                    out.push(' ');
+                }
+            }
+            c if c.is_ascii_uppercase() => {
+                if !out.is_empty() && !out.ends_with(' ') {
+                    out.push(' ');
+                }
+                out.push(c.to_ascii_lowercase());
+            }
+            c => out.push(c),
+        }
+    }
+    out
+}
+
+/// Walks one segment file given by path (`dump FILE.wal`), read-only.
+pub fn walk_file(
+    path: &std::path::Path,
+    visit: &mut impl FnMut(&EntryInfo, &[u8]),
+) -> Result<SegmentSummary, CliError> {
+    let bytes = std::fs::read(path)
+        .map_err(|source| CliError::io(format!("reading {}", path.display()), source))?;
+    let name = path.file_name().map_or_else(
+        || path.display().to_string(),
+        |n| n.to_string_lossy().into_owned(),
+    );
+    Ok(walk_segment(&name, &bytes, visit))
+}
+
+/// What the walk tells about the ring a directory needs: its highest data op and the highest
+/// snapshot watermark (segment headers and markers).
+pub fn ring_need(segments: &[SegmentSummary], max_marker_op: u64) -> u64 {
+    let watermark = segments
+        .iter()
+        .filter_map(|s| s.header_snapshot_op)
+        .max()
+        .unwrap_or(0)
+        .max(max_marker_op);
+    let last = segments.iter().filter_map(|s| s.last_op).max().unwrap_or(0);
+    last.saturating_sub(watermark)
 }
 
 fn all_zero(bytes: &[u8]) -> bool {

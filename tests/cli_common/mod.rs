@@ -5,6 +5,7 @@ use std::collections::BTreeMap;
 use std::fs;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
+use std::time::{Duration, Instant};
 
 use keel::journal::format::{EntryHeader, EntryKind, SEGMENT_HEADER_BYTES};
 use serde_json::Value;
@@ -33,8 +34,8 @@ pub fn stderr(output: &Output) -> String {
     String::from_utf8_lossy(&output.stderr).into_owned()
 }
 
-/// Runs `keel args…`, expects exit `expected`, returns stdout parsed as JSON.
-pub fn run_json(args: &[&str], expected: i32) -> Value {
+/// Runs `keel args…` and expects exit `expected`.
+pub fn run_expect(args: &[&str], expected: i32) -> Output {
     let output = run(args);
     assert_eq!(
         code(&output),
@@ -43,6 +44,12 @@ pub fn run_json(args: &[&str], expected: i32) -> Value {
         stdout(&output),
         stderr(&output)
     );
+    output
+}
+
+/// Runs `keel args…`, expects exit `expected`, returns stdout parsed as JSON.
+pub fn run_json(args: &[&str], expected: i32) -> Value {
+    let output = run_expect(args, expected);
     serde_json::from_str(&stdout(&output))
         .unwrap_or_else(|e| panic!("keel {args:?}: not JSON ({e}): {}", stdout(&output)))
 }
@@ -143,4 +150,57 @@ pub fn entries(segment: &[u8]) -> Vec<RawEntry> {
         offset += len;
     }
     out
+}
+
+/// Makes `engine_dir` look as it would after a crash instead of its clean close: its MANIFEST no
+/// longer records the close's commit watermark (a torn tail can only follow a crash; after a
+/// clean close, damage to the tail is damage to acknowledged data).
+pub fn as_if_killed(engine_dir: &Path) {
+    let path = engine_dir.join(keel::engine::MANIFEST_FILE);
+    let bytes = fs::read(&path).expect("a MANIFEST");
+    let mut manifest =
+        keel::engine::Manifest::decode("MANIFEST", &bytes).expect("a valid MANIFEST");
+    manifest.closed_commit_op = 0;
+    fs::write(&path, manifest.encode()).expect("rewrite MANIFEST");
+}
+
+/// Runs `keel args…`, expects exit `expected`, returns each stdout line parsed as JSON.
+pub fn run_json_lines(args: &[&str], expected: i32) -> Vec<Value> {
+    let output = run_expect(args, expected);
+    stdout(&output)
+        .lines()
+        .map(|line| {
+            serde_json::from_str(line)
+                .unwrap_or_else(|e| panic!("keel {args:?}: not JSON ({e}): {line}"))
+        })
+        .collect()
+}
+
+/// A `keel bench` that runs until stopped (10^8 ops, 1 MiB segments, no pinning), appending each
+/// durable op to `acks`; `extra` adds flags (`--dir`, `--shards`, `--sync`, …).
+pub fn long_bench(acks: &Path, extra: &[&str]) -> Command {
+    let mut command = keel();
+    command
+        .args([
+            "bench",
+            "--ops",
+            "100000000",
+            "--segment-mib",
+            "1",
+            "--no-pin",
+        ])
+        .args(["--ack-file", path_str(acks)])
+        .args(extra)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    command
+}
+
+/// Waits (up to 60 s) until `ack_file` holds its first line.
+pub fn wait_for_first_ack(ack_file: &Path) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while fs::metadata(ack_file).map_or(0, |m| m.len()) == 0 {
+        assert!(Instant::now() < deadline, "no ack within 60 s");
+        std::thread::sleep(Duration::from_millis(5));
+    }
 }

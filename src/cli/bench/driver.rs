@@ -87,6 +87,8 @@ pub struct ShardResult {
 
 /// Runs the plan on this thread (a new compio runtime, pinned when `plan.cpu` is set).
 pub fn run_shard(plan: ShardPlan) -> Result<ShardResult, CliError> {
+    // Every log line of this thread (its runtime runs here) carries the shard.
+    let _span = tracing::warn_span!("keel", shard = plan.shard as u64).entered();
     let mut builder = compio::runtime::RuntimeBuilder::new();
     if let Some(cpu) = plan.cpu {
         builder.thread_affinity(std::collections::HashSet::from([cpu]));

@@ -19,7 +19,7 @@ use clap::ValueEnum;
 use keel_engine::{shard_dir_name, EngineConfig};
 
 use super::error::EXIT_ERROR;
-use super::{signal, tool_config, CliError, Mode, SLOT_COUNT};
+use super::{signal, tool_config, CliError, Mode};
 use driver::{ShardPlan, ShardResult};
 use progress::Progress;
 use report::BenchReport;
@@ -29,6 +29,10 @@ use workload::{Workload, SET_OVERHEAD_BYTES};
 const MAX_SHARDS: usize = 256;
 /// Most appends in flight per shard.
 const MAX_INFLIGHT: usize = 4096;
+/// The ring's default size (`--slot-count`).
+const DEFAULT_SLOT_COUNT: u64 = 1 << 16;
+/// Exit code of a run a signal stopped (128 + SIGINT, as shells report it).
+pub const EXIT_INTERRUPTED: u8 = 130;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
 pub enum SyncMode {
@@ -70,9 +74,14 @@ pub struct BenchArgs {
     /// Appends in flight per shard with `--sync batch` or `none`.
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
     pub inflight: u64,
-    /// Checkpoint every N ops per shard (0: only the engine's automatic ones).
-    #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(0..=SLOT_COUNT / 2))]
+    /// Checkpoint every N ops per shard (0: only the engine's automatic ones); at most half the
+    /// slot count.
+    #[arg(long, default_value_t = 4096)]
     pub checkpoint_every: u64,
+    /// Journal ring slots per shard (a power of two, 1024..=16777216): how many ops may be live
+    /// past the last checkpoint. Recorded in each shard's MANIFEST.
+    #[arg(long, default_value_t = DEFAULT_SLOT_COUNT, value_parser = parse_slot_count)]
+    pub slot_count: u64,
     /// Append `<shard> <op>` for each op once durable (after its fsync).
     #[arg(long, value_name = "FILE")]
     pub ack_file: Option<PathBuf>,
@@ -122,8 +131,21 @@ impl Settings {
     }
 }
 
+/// `--slot-count`: a power of two the journal accepts.
+fn parse_slot_count(text: &str) -> Result<u64, String> {
+    let count: u64 = text
+        .parse()
+        .map_err(|_| format!("{text} is not a number"))?;
+    if !count.is_power_of_two() || !(1024..=1 << 24).contains(&count) {
+        return Err(format!("{count} is not a power of two in 1024..=16777216"));
+    }
+    Ok(count)
+}
+
 fn engine_config(args: &BenchArgs) -> EngineConfig {
     let mut config = tool_config(Mode::TolerateTornTail);
+    config.journal.slot_count = args.slot_count;
+    config.checkpoint_margin_ops = args.slot_count / 4;
     config.journal.segment_bytes = args.segment_mib << 20;
     config.journal.preallocate = true;
     config.journal.sync_on_append = args.sync != SyncMode::None;
@@ -137,7 +159,7 @@ enum WorkDir {
 }
 
 impl WorkDir {
-    fn prepare(dir: Option<&Path>) -> Result<Self, CliError> {
+    fn prepare(dir: Option<&Path>, shards: usize) -> Result<Self, CliError> {
         let Some(dir) = dir else {
             let temp = tempfile::Builder::new()
                 .prefix("keel-bench-")
@@ -145,7 +167,7 @@ impl WorkDir {
                 .map_err(|source| CliError::io("creating a temporary directory", source))?;
             return Ok(WorkDir::Temp(temp));
         };
-        check_bench_dir(dir)?;
+        check_bench_dir(dir, shards)?;
         Ok(WorkDir::Given(dir.to_path_buf()))
     }
 
@@ -157,18 +179,20 @@ impl WorkDir {
     }
 }
 
-/// A bench writes into a missing or empty directory, or into an earlier bench's shard set; never
-/// among someone else's files.
-fn check_bench_dir(dir: &Path) -> Result<(), CliError> {
+/// A bench writes into a missing or empty directory, or into an earlier bench's shard set of the
+/// same shard count; never among someone else's files.
+fn check_bench_dir(dir: &Path, shards: usize) -> Result<(), CliError> {
     let entries = match std::fs::read_dir(dir) {
         Ok(entries) => entries,
         Err(error) if error.kind() == std::io::ErrorKind::NotFound => return Ok(()),
         Err(source) => return Err(CliError::io(format!("reading {}", dir.display()), source)),
     };
+    let mut existing = 0;
     for entry in entries {
         let entry =
             entry.map_err(|source| CliError::io(format!("reading {}", dir.display()), source))?;
         let name = entry.file_name();
+        existing += 1;
         if !name.to_str().is_some_and(|n| n.starts_with("shard-")) {
             return Err(CliError::NotKeel {
                 path: dir.display().to_string(),
@@ -178,13 +202,31 @@ fn check_bench_dir(dir: &Path) -> Result<(), CliError> {
             });
         }
     }
+    if existing > 0 && existing != shards {
+        return Err(CliError::Usage(format!(
+            "{} is a shard set of {existing} shard(s); --shards {shards} would leave it \
+             inconsistent (use the same count, or another directory)",
+            dir.display()
+        )));
+    }
+    Ok(())
+}
+
+fn check_args(args: &BenchArgs) -> Result<(), CliError> {
+    if args.checkpoint_every > args.slot_count / 2 {
+        return Err(CliError::Usage(format!(
+            "--checkpoint-every {} exceeds half of --slot-count {}",
+            args.checkpoint_every, args.slot_count
+        )));
+    }
     Ok(())
 }
 
 pub fn run(args: BenchArgs) -> Result<u8, CliError> {
+    check_args(&args)?;
     let settings = Settings::from_args(&args);
-    let workdir = WorkDir::prepare(args.dir.as_deref())?;
     signal::install();
+    let workdir = WorkDir::prepare(args.dir.as_deref(), settings.shards)?;
     let progress = Arc::new(AtomicU64::new(0));
     let threads =
         signal::with_signals_blocked(|| spawn_shards(&args, &settings, workdir.path(), &progress))?;
@@ -198,6 +240,9 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     }
     print_report(&report, args.json);
     drop(workdir);
+    if signal::stop_requested() {
+        return Ok(EXIT_INTERRUPTED);
+    }
     match results.iter().find(|r| !r.verified) {
         None => Ok(0),
         Some(unverified) => {
@@ -216,9 +261,13 @@ fn print_report(report: &BenchReport, json: bool) {
         print!("{}", report.table());
         return;
     }
-    match serde_json::to_string(report) {
-        Ok(text) => println!("{text}"),
-        Err(error) => println!("{}", serde_json::json!({ "error": error.to_string() })),
+    match serde_json::to_value(report) {
+        Ok(serde_json::Value::Object(map)) => println!("{}", super::output::versioned(map)),
+        Ok(other) => println!("{other}"),
+        Err(error) => {
+            let error = CliError::Internal(error.to_string());
+            println!("{}", super::output::error_json(&error));
+        }
     }
 }
 
@@ -242,7 +291,11 @@ fn spawn_shards(
             defer_acks: settings.sync == SyncMode::None,
             checkpoint_every: settings.checkpoint_every,
             workload,
-            config: config.clone(),
+            config: {
+                let mut config = config.clone();
+                config.shard_index = Some(shard as u64);
+                config
+            },
             cpu: (!args.no_pin).then_some(shard % cores),
             ack_file: args.ack_file.clone(),
             progress: progress.clone(),
@@ -295,7 +348,7 @@ fn wait_for_shards(
         match thread.join() {
             Ok(Ok(result)) => results.push(result),
             Ok(Err(error)) => {
-                first_error.get_or_insert(error);
+                first_error.get_or_insert(CliError::in_shard(shard, error));
             }
             Err(_) => {
                 first_error.get_or_insert(CliError::ShardDied {

@@ -34,6 +34,7 @@ impl Progress {
     pub fn update(&mut self, done_ops: u64) {
         if self.enabled && !self.shown && self.started.elapsed() >= SHOW_AFTER {
             self.bar.set_draw_target(ProgressDrawTarget::stderr());
+            crate::cli::logging::set_active_bar(Some(self.bar.clone()));
             self.shown = true;
         }
         self.bar.set_position(done_ops);
@@ -44,6 +45,7 @@ impl Progress {
     }
 
     pub fn finish(self) {
+        crate::cli::logging::set_active_bar(None);
         self.bar.finish_and_clear();
     }
 }

@@ -1,5 +1,5 @@
 //! The bench's figures, aggregated over shards: the readable table and the `--json` object
-//! (DESIGN §6 keys `ops`, `ops_per_sec`, `mb_per_sec`, `fsyncs`, `latency_us` {`p50`,`p99`,
+//! (docs/cli.md's keys `ops`, `ops_per_sec`, `mb_per_sec`, `fsyncs`, `latency_us` {`p50`,`p99`,
 //! `p999`}, `checkpoints`, `recovery_ms`, `state_verified`, plus more).
 
 use std::time::Duration;
