@@ -22,7 +22,7 @@ use crate::kv::KvRequest;
 use crate::network::{
     serve, ClientWriteReply, Connection, NetworkFactory, NodeContext, NodeStatus,
 };
-use crate::store::{open, OpenReport, StoreConfig};
+use crate::store::{open_kv, OpenReport, StoreConfig};
 use crate::{Raft, TypeConfig};
 
 /// How long a node runs at most if nobody stops it (a safety bound for tests and the example).
@@ -114,7 +114,7 @@ pub fn run_node(
         let root = FsDirectory::open(&config.dir, true, false)
             .await
             .map_err(io_error("open store directory"))?;
-        let (log, sm, open_report) = open(root, config.store.clone()).await?;
+        let (log, sm, open_report) = open_kv(root, config.store.clone()).await?;
         let raft = Raft::new(
             id,
             Arc::new(config.raft.clone()),

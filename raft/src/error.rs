@@ -9,6 +9,8 @@ use std::io;
 use keel_journal::JournalError;
 use keel_storage::DurableError;
 
+use crate::codec::CodecError;
+
 /// Errors of the keel-backed raft storage.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftStoreError {
@@ -31,7 +33,7 @@ pub enum RaftStoreError {
         action: &'static str,
         what: &'static str,
         #[source]
-        source: serde_json::Error,
+        source: CodecError,
     },
 
     /// A file failed its checksum or framing checks.
@@ -59,7 +61,7 @@ pub enum RaftStoreError {
     Poisoned(String),
 
     /// The state machine could not restore a snapshot's bytes.
-    #[error("cannot restore the key-value state from snapshot {file}: {reason}")]
+    #[error("cannot restore the state machine from snapshot {file}: {reason}")]
     Restore { file: String, reason: String },
 
     /// A configuration bound was violated.
@@ -76,19 +78,19 @@ impl RaftStoreError {
         }
     }
 
-    pub(crate) fn encode(what: &'static str, source: serde_json::Error) -> Self {
+    pub(crate) fn encode(what: &'static str, source: impl Into<CodecError>) -> Self {
         RaftStoreError::Codec {
             action: "encode",
             what,
-            source,
+            source: source.into(),
         }
     }
 
-    pub(crate) fn decode(what: &'static str, source: serde_json::Error) -> Self {
+    pub(crate) fn decode(what: &'static str, source: impl Into<CodecError>) -> Self {
         RaftStoreError::Codec {
             action: "decode",
             what,
-            source,
+            source: source.into(),
         }
     }
 

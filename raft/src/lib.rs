@@ -71,10 +71,12 @@
 #![allow(async_fn_in_trait)]
 
 pub mod cluster;
+pub mod codec;
 mod durable;
 pub mod error;
 pub mod kv;
 pub mod log_store;
+pub mod machine;
 pub mod meta;
 pub mod network;
 pub mod snapshot;
@@ -82,11 +84,27 @@ pub mod state_machine;
 pub mod store;
 pub mod typ;
 
+/// The compio runtime keel-raft runs on (the same copy openraft's compio runtime uses).
+pub use compio;
+/// openraft, at the exact version and features keel-raft is built with. Use it from here (never a
+/// direct dependency of your own): a second copy of openraft or compio in one binary does not
+/// interoperate, and two compio runtimes panic at run time.
+pub use openraft;
+/// openraft's compio runtime: the `AsyncRuntime` of every [`KeelConfig`].
+pub use openraft_rt_compio::CompioRuntime;
+
 pub use error::RaftStoreError;
 pub use kv::{KvRequest, KvResponse};
 pub use log_store::LogStore;
-pub use state_machine::StateMachineStore;
-pub use store::{open, OpenReport, StoreConfig};
+pub use machine::{AppStateMachine, EntryCommand};
+pub use state_machine::{KvStateMachineStore, SnapshotData, StateMachineStore};
+pub use store::{open, open_kv, OpenReport, StoreConfig};
+
+/// An openraft type configuration keel-raft can store: any `RaftTypeConfig` on the compio
+/// runtime. Implemented for every such configuration; nothing to implement by hand.
+pub trait KeelConfig: openraft::RaftTypeConfig<AsyncRuntime = CompioRuntime> {}
+
+impl<C: openraft::RaftTypeConfig<AsyncRuntime = CompioRuntime>> KeelConfig for C {}
 
 openraft::declare_raft_types!(
     /// openraft's type configuration for a keel-backed key-value replica.
@@ -98,8 +116,8 @@ openraft::declare_raft_types!(
         AsyncRuntime = openraft_rt_compio::CompioRuntime,
 );
 
-/// A raft node on the real file system.
-pub type Raft = openraft::Raft<TypeConfig, StateMachineStore<keel_storage::FsDirectory>>;
+/// A key-value raft node on the real file system.
+pub type Raft = openraft::Raft<TypeConfig, KvStateMachineStore<keel_storage::FsDirectory>>;
 
 /// The journal op that holds raft log index `index` (see the crate docs).
 pub fn op_of(index: u64) -> u64 {
@@ -112,6 +130,9 @@ pub fn index_of(op: u64) -> u64 {
 }
 
 /// The op (file name) of a snapshot whose last log id is `last`: [`op_of`] its index, 0 for none.
-pub fn snapshot_op_of(last: Option<&typ::LogId>) -> u64 {
+pub fn snapshot_op_of<CLID>(last: Option<&openraft::LogId<CLID>>) -> u64
+where
+    CLID: openraft::vote::RaftCommittedLeaderId,
+{
     last.map(|l| op_of(l.index)).unwrap_or(0)
 }

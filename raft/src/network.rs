@@ -30,7 +30,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::kv::KvRequest;
 use crate::typ::{LogId, Snapshot, SnapshotData, SnapshotMeta, Vote};
-use crate::{LogStore, Raft, StateMachineStore, TypeConfig};
+use crate::{KvStateMachineStore, LogStore, Raft, TypeConfig};
 use keel_storage::FsDirectory;
 
 /// Largest frame accepted either way (a snapshot travels as one frame).
@@ -303,8 +303,8 @@ impl RaftNetworkV2<TypeConfig> for Connection {
 pub struct NodeContext {
     pub id: u64,
     pub raft: Raft,
-    pub sm: StateMachineStore<FsDirectory>,
-    pub log: LogStore<FsDirectory>,
+    pub sm: KvStateMachineStore<FsDirectory>,
+    pub log: LogStore<TypeConfig, FsDirectory>,
 }
 
 /// Accepts connections until the runtime stops; one task per connection.

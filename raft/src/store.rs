@@ -2,17 +2,19 @@
 
 use std::rc::Rc;
 
-use keel_engine::LOCK_FILE;
+use keel_engine::{KvStateMachine, LOCK_FILE};
 use keel_journal::{JournalConfig, LiveEntries, MetadataJournal, RecoveryMode, ScanReport};
 use keel_storage::Directory;
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
 
 use crate::error::RaftStoreError;
 use crate::log_store::{load_entries, LogMem, LogStore};
+use crate::machine::{AppStateMachine, EntryCommand};
 use crate::meta;
 use crate::snapshot::SnapshotFiles;
 use crate::state_machine::{load_newest, StateMachineStore};
-use crate::typ::{LogId, Vote};
-use crate::{index_of, op_of};
+use crate::{index_of, op_of, KeelConfig, TypeConfig};
 
 /// Largest `slot_count` accepted: the ring is allocated up front.
 pub const MAX_SLOT_COUNT: u64 = 1 << 22;
@@ -62,10 +64,10 @@ impl StoreConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), RaftStoreError> {
-        // A log entry is the command plus openraft's envelope (log id, enum tags): well under
-        // 4 KiB more than the command itself.
-        let needed = crate::kv::MAX_COMMAND_BYTES + (4 << 10);
+    /// Refuses a config whose journal cannot hold a log entry of `max_command_bytes` (plus
+    /// openraft's envelope: log id and enum tags, well under 4 KiB).
+    pub fn validate_for_commands(&self, max_command_bytes: usize) -> Result<(), RaftStoreError> {
+        let needed = max_command_bytes.saturating_add(4 << 10);
         if self.journal.max_payload_bytes < needed {
             return Err(RaftStoreError::Config(format!(
                 "journal max_payload_bytes {} cannot hold a log entry of the largest accepted \
@@ -73,6 +75,10 @@ impl StoreConfig {
                 self.journal.max_payload_bytes
             )));
         }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), RaftStoreError> {
         let slots = self.journal.slot_count;
         if slots == 0 || !slots.is_power_of_two() || slots > MAX_SLOT_COUNT {
             return Err(RaftStoreError::Config(format!(
@@ -85,20 +91,22 @@ impl StoreConfig {
 
 /// What opening a store found and repaired.
 #[derive(Debug, Clone)]
-pub struct OpenReport {
+pub struct OpenReport<C: KeelConfig = TypeConfig> {
     /// The journal's scan (repairs, quarantined bytes, lost ops).
     pub journal: ScanReport,
-    pub vote: Option<Vote>,
-    pub last_purged: Option<LogId>,
+    /// The vote recovered from the meta file.
+    pub vote: Option<VoteOf<C>>,
+    /// The last purged log id recovered from the meta file.
+    pub last_purged: Option<LogIdOf<C>>,
     /// First and last log index recovered (None: empty log).
     pub first_index: Option<u64>,
     pub last_index: Option<u64>,
     /// Entries found past a gap and discarded (never acknowledged; see `load_entries`).
     pub discarded_after_gap: Option<u64>,
     /// The committed log id recovered from the journal's durable commit watermark.
-    pub committed: Option<LogId>,
+    pub committed: Option<LogIdOf<C>>,
     /// The snapshot loaded (its last log id), if any.
-    pub snapshot: Option<LogId>,
+    pub snapshot: Option<LogIdOf<C>>,
     /// Entries re-applied above the snapshot, up to `committed`.
     pub replayed: u64,
 }
@@ -111,16 +119,23 @@ pub struct OpenReport {
 /// log id comes from the journal's durable commit watermark, clamped to the recovered log; the
 /// state machine is the newest valid snapshot plus the log replayed up to that committed id. So
 /// after a restart `applied_state` is exactly what was durable, and openraft resumes from there.
-pub async fn open<D: Directory + 'static>(
+#[allow(clippy::type_complexity)]
+pub async fn open<C, M, D>(
     root: D,
     config: StoreConfig,
-) -> Result<(LogStore<D>, StateMachineStore<D>, OpenReport), RaftStoreError> {
+) -> Result<(LogStore<C, D>, StateMachineStore<C, M, D>, OpenReport<C>), RaftStoreError>
+where
+    C: KeelConfig,
+    C::Entry: EntryCommand<C::D>,
+    M: AppStateMachine<C>,
+    D: Directory + 'static,
+{
     config.validate()?;
     let lock = root.lock(LOCK_FILE).await.map_err(|e| {
         RaftStoreError::io("lock", format!("{}/{LOCK_FILE}", root.display_path()), e)
     })?;
     let lock = Rc::new(lock);
-    let meta = meta::load(&root).await?;
+    let meta = meta::load::<C, D>(&root).await?;
     let slot_count = config.journal.slot_count;
     // One streaming pass: the scan hands over every live entry, so the log is loaded without a
     // read per entry.
@@ -141,7 +156,7 @@ pub async fn open<D: Directory + 'static>(
 
     // A purge writes the meta file before it moves the journal's watermark; if the crash came
     // between the two, finish the move now so the ring's capacity is right.
-    if let Some(purged) = meta.last_purged {
+    if let Some(purged) = &meta.last_purged {
         if op_of(purged.index) > journal.snapshot_op() {
             journal.set_snapshot_op(op_of(purged.index)).await?;
         }
@@ -150,7 +165,8 @@ pub async fn open<D: Directory + 'static>(
     let mut live = live.into_entries();
     // Ops the journal no longer holds: a purge finished just above, or beyond its ring.
     live.retain(|op, _| journal.holds(*op));
-    let (entries, gap) = load_entries(&live, meta.last_purged, slot_count)?;
+    let last_purged_index = meta.last_purged.as_ref().map(|l| l.index);
+    let (entries, gap) = load_entries::<C>(&live, last_purged_index, slot_count)?;
     let mut discarded_after_gap = None;
     if let Some(first_missing) = gap {
         // Entries above the gap were written (batches may reach the disk out of order) but never
@@ -166,24 +182,24 @@ pub async fn open<D: Directory + 'static>(
         discarded_after_gap = Some(first_missing);
     }
 
-    let last_entry = entries.values().next_back().map(|e| e.log_id);
+    let last_entry = entries.values().next_back().map(|e| e.log_id());
     let committed = journal.commit_op().and_then(|commit_op| {
         // Committedness is a prefix property: everything in the recovered log up to the durable
         // watermark is committed, and the recovered log is contiguous.
         let index = index_of(commit_op);
         match entries.range(..=index).next_back() {
-            Some((_, entry)) => Some(entry.log_id),
-            None => meta.last_purged.filter(|p| p.index <= index),
+            Some((_, entry)) => Some(entry.log_id()),
+            None => meta.last_purged.clone().filter(|p| p.index <= index),
         }
     });
-    let committed = committed.max(meta.last_purged);
+    let committed = committed.max(meta.last_purged.clone());
 
     let files = SnapshotFiles::open(&root).await?;
-    let mut sm_state = load_newest(&files).await?;
-    let snapshot = sm_state.last_applied;
+    let mut sm_state = load_newest::<C, M, D>(&files).await?;
+    let snapshot = sm_state.last_applied.clone();
     let mut replayed = 0;
-    if let Some(committed) = committed {
-        let from = snapshot.map(|s| s.index + 1).unwrap_or(0);
+    if let Some(committed) = &committed {
+        let from = snapshot.as_ref().map(|s| s.index + 1).unwrap_or(0);
         if from <= committed.index {
             if entries.contains_key(&from) {
                 for entry in entries.range(from..=committed.index).map(|(_, e)| e) {
@@ -202,14 +218,14 @@ pub async fn open<D: Directory + 'static>(
         }
     }
 
-    let report = OpenReport {
+    let report = OpenReport::<C> {
         journal: scan,
-        vote: meta.vote,
-        last_purged: meta.last_purged,
+        vote: meta.vote.clone(),
+        last_purged: meta.last_purged.clone(),
         first_index: entries.keys().next().copied(),
         last_index: last_entry.map(|l| l.index),
         discarded_after_gap,
-        committed,
+        committed: committed.clone(),
         snapshot,
         replayed,
     };
@@ -223,7 +239,7 @@ pub async fn open<D: Directory + 'static>(
         replayed,
         "opened raft store"
     );
-    let mem = LogMem {
+    let mem = LogMem::<C> {
         entries,
         vote: meta.vote,
         committed,
@@ -232,4 +248,22 @@ pub async fn open<D: Directory + 'static>(
     let log = LogStore::new(root, journal, slot_count, mem, lock.clone());
     let sm = StateMachineStore::new(files, sm_state, lock);
     Ok((log, sm, report))
+}
+
+/// A keel key-value store: [`open`] with keel's [`TypeConfig`] and `KvStateMachine`, refusing a
+/// journal that could not hold the largest command [`crate::KvRequest::validate`] accepts.
+#[allow(clippy::type_complexity)]
+pub async fn open_kv<D: Directory + 'static>(
+    root: D,
+    config: StoreConfig,
+) -> Result<
+    (
+        LogStore<TypeConfig, D>,
+        StateMachineStore<TypeConfig, KvStateMachine, D>,
+        OpenReport<TypeConfig>,
+    ),
+    RaftStoreError,
+> {
+    config.validate_for_commands(crate::kv::MAX_COMMAND_BYTES)?;
+    open(root, config).await
 }

@@ -1,4 +1,5 @@
-//! Short names for openraft's generic types instantiated with [`crate::TypeConfig`].
+//! Short names for openraft's generic types instantiated with keel's key-value
+//! [`crate::TypeConfig`]. Generic code uses `openraft::alias::*Of<C>` instead.
 
 use crate::TypeConfig;
 
@@ -11,7 +12,7 @@ pub type StoredMembership = openraft::alias::StoredMembershipOf<TypeConfig>;
 pub type Node = <TypeConfig as openraft::RaftTypeConfig>::Node;
 pub type LogState = openraft::storage::LogState<TypeConfig>;
 pub type SnapshotMeta = openraft::alias::SnapshotMetaOf<TypeConfig>;
-pub type SnapshotData = std::io::Cursor<Vec<u8>>;
+pub type SnapshotData = crate::SnapshotData;
 pub type Snapshot = openraft::alias::SnapshotOf<TypeConfig, SnapshotData>;
 pub type IOFlushed = openraft::storage::IOFlushed<TypeConfig>;
 pub type StorageError = openraft::StorageError<TypeConfig>;

@@ -162,8 +162,8 @@ impl Restart {
 }
 
 type Stores = (
-    keel_raft::LogStore<MemDirectory>,
-    keel_raft::StateMachineStore<MemDirectory>,
+    keel_raft::LogStore<TypeConfig, MemDirectory>,
+    keel_raft::KvStateMachineStore<MemDirectory>,
 );
 
 /// Reopens the store, checks it against the model, and adopts what it recovered.
@@ -175,7 +175,7 @@ async fn reopen_and_check(
     term: &mut u64,
     totals: &mut Totals,
 ) -> Stores {
-    let (mut log, mut sm, report) = keel_raft::open(fs.root(), small_config())
+    let (mut log, mut sm, report) = keel_raft::open_kv(fs.root(), small_config())
         .await
         .unwrap_or_else(|e| panic!("seed {seed} life {life}: reopen failed: {e}"));
     let frozen = model.borrow().clone();
@@ -261,8 +261,8 @@ async fn one_seed(seed: u64) -> Totals {
 async fn step(
     rng: &mut SmallRng,
     model: &Rc<RefCell<Model>>,
-    log: &mut keel_raft::LogStore<MemDirectory>,
-    sm: &mut keel_raft::StateMachineStore<MemDirectory>,
+    log: &mut keel_raft::LogStore<TypeConfig, MemDirectory>,
+    sm: &mut keel_raft::KvStateMachineStore<MemDirectory>,
     term: &mut u64,
 ) {
     let next = {
@@ -404,8 +404,8 @@ async fn check(
     seed: u64,
     life: u32,
     model: &Model,
-    log: &mut keel_raft::LogStore<MemDirectory>,
-    sm: &mut keel_raft::StateMachineStore<MemDirectory>,
+    log: &mut keel_raft::LogStore<TypeConfig, MemDirectory>,
+    sm: &mut keel_raft::KvStateMachineStore<MemDirectory>,
     report: &keel_raft::OpenReport,
 ) -> u64 {
     let ctx = format!("seed {seed} life {life}");
@@ -511,7 +511,7 @@ fn adopt_recovered(model: &mut Model, entries: Vec<Entry>, committed: Option<Log
 fn start_interrupted(
     rng: &mut SmallRng,
     model: &Rc<RefCell<Model>>,
-    log: &keel_raft::LogStore<MemDirectory>,
+    log: &keel_raft::LogStore<TypeConfig, MemDirectory>,
     term: &mut u64,
 ) -> bool {
     let mut store = log.clone();
@@ -575,7 +575,7 @@ fn start_interrupted(
 /// Whether the interrupted operation's effect is what the reopened store shows.
 async fn interrupted_took_effect(
     model: &Model,
-    log: &mut keel_raft::LogStore<MemDirectory>,
+    log: &mut keel_raft::LogStore<TypeConfig, MemDirectory>,
 ) -> bool {
     match &model.interrupted {
         None => false,

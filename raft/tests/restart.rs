@@ -11,7 +11,7 @@ use common::{
 };
 use futures::stream;
 use keel_raft::typ::{Entry, LogId, LogState, SnapshotMeta, StoredMembership, Vote};
-use keel_raft::{LogStore, StateMachineStore, StoreConfig, TypeConfig};
+use keel_raft::{KvStateMachineStore, LogStore, StoreConfig, TypeConfig};
 use keel_storage::FsDirectory;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
@@ -31,8 +31,8 @@ struct Observed {
 }
 
 async fn observe(
-    log: &mut LogStore<FsDirectory>,
-    sm: &mut StateMachineStore<FsDirectory>,
+    log: &mut LogStore<TypeConfig, FsDirectory>,
+    sm: &mut KvStateMachineStore<FsDirectory>,
 ) -> Observed {
     Observed {
         log_state: log.get_log_state().await.unwrap(),
@@ -46,7 +46,7 @@ async fn observe(
     }
 }
 
-async fn apply(sm: &mut StateMachineStore<FsDirectory>, entries: Vec<Entry>) {
+async fn apply(sm: &mut KvStateMachineStore<FsDirectory>, entries: Vec<Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));
     sm.apply(stream::iter(items)).await.unwrap();
 }
@@ -55,8 +55,8 @@ async fn apply(sm: &mut StateMachineStore<FsDirectory>, entries: Vec<Entry>) {
 /// purge below it, a truncation of an uncommitted suffix, and a commit point; returns the
 /// committed index.
 async fn write_history(
-    log: &mut LogStore<FsDirectory>,
-    sm: &mut StateMachineStore<FsDirectory>,
+    log: &mut LogStore<TypeConfig, FsDirectory>,
+    sm: &mut KvStateMachineStore<FsDirectory>,
 ) -> u64 {
     let mut entries = vec![membership_entry(1, 0, &[1, 2, 3])];
     for i in 1..=120u64 {
@@ -179,11 +179,13 @@ fn a_second_open_of_the_same_directory_is_refused() {
     TypeConfig::run(async {
         let first = open_store(dir.path(), StoreConfig::default()).await;
         let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
-        let second = keel_raft::open(root, StoreConfig::default()).await;
+        let second = keel_raft::open_kv(root, StoreConfig::default()).await;
         assert!(second.is_err(), "two stores on one directory");
         drop(first);
         let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
-        assert!(keel_raft::open(root, StoreConfig::default()).await.is_ok());
+        assert!(keel_raft::open_kv(root, StoreConfig::default())
+            .await
+            .is_ok());
     });
 }
 

@@ -5,7 +5,7 @@ use std::collections::BTreeSet;
 use std::path::Path;
 
 use keel_raft::typ::{Entry, EntryPayload, LeaderId, LogId};
-use keel_raft::{KvRequest, LogStore, OpenReport, StateMachineStore, StoreConfig};
+use keel_raft::{KvRequest, KvStateMachineStore, LogStore, OpenReport, StoreConfig, TypeConfig};
 use keel_storage::FsDirectory;
 use openraft::vote::RaftLeaderIdExt;
 use openraft::Membership;
@@ -40,8 +40,8 @@ pub fn membership_entry(term: u64, index: u64, voters: &[u64]) -> Entry {
 }
 
 pub type Store = (
-    LogStore<FsDirectory>,
-    StateMachineStore<FsDirectory>,
+    LogStore<TypeConfig, FsDirectory>,
+    KvStateMachineStore<FsDirectory>,
     OpenReport,
 );
 
@@ -49,7 +49,7 @@ pub async fn open_store(path: &Path, config: StoreConfig) -> Store {
     let root = FsDirectory::open(path, true, false)
         .await
         .expect("open store directory");
-    keel_raft::open(root, config).await.expect("open store")
+    keel_raft::open_kv(root, config).await.expect("open store")
 }
 
 /// Opens the store, waiting (bounded) for the directory lock: after `Raft::shutdown` openraft's
@@ -60,7 +60,7 @@ pub async fn open_store_after_shutdown(path: &Path, config: StoreConfig) -> Stor
         let root = FsDirectory::open(path, true, false)
             .await
             .expect("open store directory");
-        match keel_raft::open(root, config.clone()).await {
+        match keel_raft::open_kv(root, config.clone()).await {
             Ok(store) => return store,
             Err(keel_raft::RaftStoreError::Io { stage: "lock", .. }) => {
                 keel_raft::TypeConfig::sleep(std::time::Duration::from_millis(10)).await
