@@ -31,6 +31,12 @@ pub trait AppStateMachine<C: RaftTypeConfig>: Default + 'static {
     /// Replaces the whole state with the one `bytes` encodes ([`AppStateMachine::snapshot`]'s
     /// output). On `Err` the state must be unchanged.
     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError>;
+
+    /// A digest of the state: equal states give equal digests (replicas compare them to check
+    /// they converged). The default hashes [`AppStateMachine::snapshot`]'s bytes.
+    fn digest(&self) -> u64 {
+        u64::from(crc32fast::hash(&self.snapshot()))
+    }
 }
 
 /// How the store finds the application's command in a log entry. Implemented for openraft's own
@@ -87,5 +93,9 @@ impl AppStateMachine<TypeConfig> for KvStateMachine {
 
     fn restore(&mut self, bytes: &[u8]) -> Result<(), RestoreError> {
         StateMachine::restore(self, bytes)
+    }
+
+    fn digest(&self) -> u64 {
+        KvStateMachine::digest(self)
     }
 }

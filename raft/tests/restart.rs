@@ -208,7 +208,7 @@ fn single_node_raft_restarts_with_the_same_state() {
         let raft = keel_raft::Raft::new(
             1,
             raft_config.clone(),
-            NetworkFactory,
+            NetworkFactory::new(0),
             log.clone(),
             sm.clone(),
         )
@@ -247,7 +247,7 @@ fn single_node_raft_restarts_with_the_same_state() {
             "applied state back before raft starts"
         );
         assert_eq!(sm.digest(), digest);
-        let raft = keel_raft::Raft::new(1, raft_config, NetworkFactory, log, sm.clone())
+        let raft = keel_raft::Raft::new(1, raft_config, NetworkFactory::new(0), log, sm.clone())
             .await
             .unwrap();
         let metrics = raft
