@@ -176,7 +176,7 @@ fn run_cluster(
         "3 nodes x {shards} shards, {medium:?}, stores under {}",
         base.display()
     );
-    let runtime = compio::runtime::Runtime::new()?;
+    let runtime = keel_raft::compio::runtime::Runtime::new()?;
     let load = |keys: std::ops::Range<u64>, concurrency| Load {
         groups: shards,
         keys,
@@ -212,7 +212,7 @@ fn run_cluster(
 
 /// Fsyncs, journal bytes and appends summed over every node and group.
 fn totals(
-    runtime: &compio::runtime::Runtime,
+    runtime: &keel_raft::compio::runtime::Runtime,
     members: &BTreeMap<u64, keel_raft::openraft::BasicNode>,
     shards: u32,
 ) -> Result<(u64, u64, u64), Box<dyn std::error::Error>> {

@@ -7,16 +7,13 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::init_tracing;
+use common::{disk_node, init_tracing, start_cluster, TestCluster};
 use keel_engine::{KvCommand, KvStateMachine};
 use keel_raft::cluster::ClusterError;
-use keel_raft::cluster::{
-    bind_listeners, key_name, raft_config, rebind, write_keys, Client, Medium, NodeConfig,
-    NodeHandle,
-};
+use keel_raft::cluster::{key_name, rebind, write_keys, Client, NodeConfig, NodeHandle};
 use keel_raft::kv::MAX_COMMAND_BYTES;
 use keel_raft::openraft::{self, BasicNode};
-use keel_raft::{KvRequest, StoreConfig};
+use keel_raft::KvRequest;
 
 /// Snapshot every 300 entries and keep 50 behind: the run snapshots and purges several times,
 /// so the restarted node may need a snapshot sent over the network.
@@ -39,36 +36,26 @@ fn node_config(
     members: &BTreeMap<u64, BasicNode>,
     initialize: bool,
 ) -> NodeConfig {
+    let policy = (LOGS_SINCE_SNAPSHOT, LOGS_KEPT);
+    let config = disk_node(id, dir, members, initialize, 1, policy);
     NodeConfig {
-        id,
-        dir: dir.to_path_buf(),
-        members: members.clone(),
-        initialize,
-        shards: 1,
-        medium: Medium::Disk,
         raft: openraft::Config {
             // Small chunks: a snapshot sent to the restarted node takes several.
             snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
-            ..raft_config(LOGS_SINCE_SNAPSHOT, LOGS_KEPT).unwrap()
+            ..config.raft
         },
-        store: StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT),
+        ..config
     }
 }
 
 #[test]
 fn three_nodes_elect_replicate_fail_over_and_converge() {
     init_tracing();
-    let dirs: BTreeMap<u64, tempfile::TempDir> = (1..=3)
-        .map(|id| (id, tempfile::tempdir().unwrap()))
-        .collect();
-    let (listeners, members) = bind_listeners(1..=3).unwrap();
-    let mut nodes: BTreeMap<u64, NodeHandle> = listeners
-        .into_iter()
-        .map(|(id, listener)| {
-            let config = node_config(id, dirs[&id].path(), &members, id == 1);
-            (id, NodeHandle::spawn_kv(config, listener).unwrap())
-        })
-        .collect();
+    let TestCluster {
+        dirs,
+        members,
+        mut nodes,
+    } = start_cluster(node_config);
 
     // The expected states, computed independently with keel's own state machine.
     let mut expected = KvStateMachine::new();
