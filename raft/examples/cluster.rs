@@ -15,6 +15,8 @@
 //!
 //! Without `--dir` the stores go to a temporary directory that is removed afterwards.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
@@ -102,13 +104,7 @@ fn value_of(k: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                // openraft logs every failed heartbeat as nodes stop one by one at the end.
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
-        )
-        .try_init();
+    common::init_tracing();
     let args = parse_args();
     VALUE_BYTES.store(args.value_bytes, std::sync::atomic::Ordering::Relaxed);
     match run(&args) {

@@ -14,6 +14,8 @@
 //!    `N` more keys, so group 1 serves while group 0 elects a new leader;
 //! 3. restarts the killed shard on its directory; both groups converge on all three nodes.
 
+mod common;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -32,12 +34,7 @@ fn value_of(k: u64) -> String {
 }
 
 fn main() -> ExitCode {
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn,openraft=off")),
-        )
-        .try_init();
+    common::init_tracing();
     let mut writes = 2_000u64;
     let mut dir = None;
     let mut args = std::env::args().skip(1);

@@ -27,7 +27,7 @@ use crate::kv::KvRequest;
 use crate::machine::{AppStateMachine, EntryCommand};
 use crate::network::{
     read_hello, serve_connection, ClientWriteReply, Connection, GroupContext, GroupId,
-    NetworkFactory, NodeAddr, NodeStatus, HELLO_TIMEOUT,
+    NetworkFactory, NodeAddr, NodeStatus, RpcRequest, HELLO_TIMEOUT,
 };
 use crate::store::{open, StoreConfig};
 use crate::{KeelConfig, TypeConfig};
@@ -703,6 +703,30 @@ where
     where
         C::D: Clone,
     {
+        self.call_leader(|| RpcRequest::ClientWrite(request.clone()))
+            .await
+    }
+
+    /// Adds node `id` at `node` to this client's group as a voter (a learner first, until it
+    /// caught up); returns once the membership change is committed.
+    pub async fn add_voter(
+        &mut self,
+        id: C::NodeId,
+        node: C::Node,
+    ) -> Result<ClientWriteResponse<C>, ClusterError<C>> {
+        self.call_leader(|| RpcRequest::AddVoter {
+            id: id.clone(),
+            node: node.clone(),
+        })
+        .await
+    }
+
+    /// Sends `request()` to the leader, following `ForwardToLeader` and skipping nodes that do
+    /// not answer, within the client's bounds.
+    async fn call_leader(
+        &mut self,
+        request: impl Fn() -> RpcRequest<C>,
+    ) -> Result<ClientWriteResponse<C>, ClusterError<C>> {
         let started = Instant::now();
         let mut last = String::from("no attempt");
         for attempt in 1..=self.max_attempts {
@@ -719,7 +743,7 @@ where
                 continue;
             };
             match connection
-                .client_write(request.clone(), self.rpc_timeout)
+                .leader_request(&request(), self.rpc_timeout)
                 .await
             {
                 Ok(ClientWriteReply::Rejected(reason)) => {

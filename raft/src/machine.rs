@@ -8,7 +8,8 @@
 //! deterministic (every replica applies the same entries to the same state) and must never fail
 //! an apply: a command it refuses is answered as refused and leaves the state unchanged.
 
-use keel_engine::{KvStateMachine, RestoreError, StateMachine};
+pub use keel_engine::RestoreError;
+use keel_engine::{KvStateMachine, StateMachine};
 use openraft::alias::LogIdOf;
 use openraft::{EntryPayload, RaftTypeConfig};
 

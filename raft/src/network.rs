@@ -123,6 +123,14 @@ pub enum RpcRequest<C: KeelConfig> {
     SnapshotChunk(SnapshotChunk<C>),
     /// Not a raft RPC: a client write (answered by the leader, or `ForwardToLeader`).
     ClientWrite(C::D),
+    /// Not a raft RPC: adds node `id` at `node` to the group as a voter (answered by the leader,
+    /// or `ForwardToLeader`): a learner first, once it caught up a voter.
+    AddVoter {
+        /// The new member.
+        id: C::NodeId,
+        /// Its node (address).
+        node: C::Node,
+    },
     /// Not a raft RPC: the group's applied state, for tests and the examples.
     Status,
 }
@@ -135,6 +143,7 @@ impl<C: KeelConfig> RpcRequest<C> {
             RpcRequest::PreVote(_) => "pre_vote",
             RpcRequest::SnapshotChunk(_) => "snapshot_chunk",
             RpcRequest::ClientWrite(_) => "client_write",
+            RpcRequest::AddVoter { .. } => "add_voter",
             RpcRequest::Status => "status",
         }
     }
@@ -419,15 +428,14 @@ impl<C: KeelConfig> Connection<C> {
         }
     }
 
-    /// A client write through this node's group (not part of openraft's traits).
-    pub async fn client_write(
+    /// A request a leader answers ([`RpcRequest::ClientWrite`], [`RpcRequest::AddVoter`])
+    /// through this node's group (not part of openraft's traits).
+    pub async fn leader_request(
         &mut self,
-        request: C::D,
+        request: &RpcRequest<C>,
         timeout: Duration,
     ) -> io::Result<ClientWriteReply<C>> {
-        let bytes = self
-            .round_trip(&RpcRequest::ClientWrite(request), Some(timeout))
-            .await?;
+        let bytes = self.round_trip(request, Some(timeout)).await?;
         decode(&bytes)
     }
 
@@ -615,6 +623,9 @@ where
                 encode(&receive_chunk(&group, &mut incoming, chunk).await)?
             }
             RpcRequest::ClientWrite(request) => encode(&client_write(&group, request).await)?,
+            RpcRequest::AddVoter { id, node } => {
+                encode(&ClientWriteReply::Raft(add_voter(&group, id, node).await))?
+            }
             RpcRequest::Status => encode(&status(&group))?,
         };
         write_frame(&mut stream, &response).await?;
@@ -639,6 +650,26 @@ where
         )),
         Err(error) => ClientWriteReply::Rejected(format!("command does not encode: {error}")),
     }
+}
+
+async fn add_voter<C, M, D>(
+    group: &GroupContext<C, M, D>,
+    id: C::NodeId,
+    node: C::Node,
+) -> ClientWriteResult<C>
+where
+    C: KeelConfig,
+    C::Entry: Clone + EntryCommand<C::D>,
+    M: AppStateMachine<C>,
+    D: Directory + 'static,
+{
+    // Blocking: the learner has caught up before it can vote, so adding it does not stall commits.
+    group.raft.add_learner(id.clone(), node, true).await?;
+    let voters = std::collections::BTreeSet::from([id]);
+    group
+        .raft
+        .change_membership(openraft::ChangeMembers::AddVoterIds(voters), false)
+        .await
 }
 
 fn status<C, M, D>(group: &GroupContext<C, M, D>) -> NodeStatus<C>

@@ -27,7 +27,7 @@ pub struct StoreConfig {
     /// fail with [`RaftStoreError::LogFull`]. Pair it with openraft's `SnapshotPolicy` and
     /// `max_in_snapshot_log_to_keep` (see [`StoreConfig::for_snapshot_policy`]).
     pub journal: JournalConfig,
-    /// What the journal's recovery may repair (DESIGN §4).
+    /// What the journal's recovery may repair (`docs/durability.md`).
     pub recovery_mode: RecoveryMode,
 }
 
