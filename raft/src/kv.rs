@@ -16,8 +16,18 @@ pub const MAX_COMMAND_BYTES: usize = 256 << 10;
 /// examples and tools); the state machine stores their bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvRequest {
-    Set { key: String, value: String },
-    Delete { key: String },
+    /// Sets `key` to `value`.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Deletes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
 }
 
 impl KvRequest {

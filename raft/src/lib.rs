@@ -208,6 +208,7 @@
 //!   noise of a 2-core machine, so it was not moved to the background.
 
 #![allow(async_fn_in_trait)]
+#![deny(missing_docs)]
 
 pub mod cluster;
 pub mod codec;

@@ -98,8 +98,9 @@ pub struct OpenReport<C: KeelConfig = TypeConfig> {
     pub vote: Option<VoteOf<C>>,
     /// The last purged log id recovered from the meta file.
     pub last_purged: Option<LogIdOf<C>>,
-    /// First and last log index recovered (None: empty log).
+    /// First log index recovered (None: empty log).
     pub first_index: Option<u64>,
+    /// Last log index recovered (None: empty log).
     pub last_index: Option<u64>,
     /// Entries found past a gap and discarded (never acknowledged; see `load_entries`).
     pub discarded_after_gap: Option<u64>,
