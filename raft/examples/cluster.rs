@@ -144,7 +144,30 @@ fn run(args: &Args) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     print_table(&rows);
+    print_entry_bytes(args.value_bytes);
     Ok(())
+}
+
+/// The log payload of one benchmark write, in the binary encoding this build writes and in the
+/// JSON earlier builds wrote (the journal adds its own entry header to either).
+fn print_entry_bytes(value_bytes: usize) {
+    use keel_raft::openraft::vote::RaftLeaderIdExt;
+    use keel_raft::typ::{Entry, EntryPayload, LeaderId, LogId};
+    let entry = Entry {
+        log_id: LogId::new(LeaderId::new_committed(3, 1), 1_000_123),
+        payload: EntryPayload::Normal(keel_raft::KvRequest::Set {
+            key: keel_raft::cluster::key_name(1_000_123),
+            value: value_of(1_000_123),
+        }),
+    };
+    let binary = keel_raft::codec::encode(&entry).map(|b| b.len());
+    let json = serde_json::to_vec(&entry).map(|b| b.len());
+    if let (Ok(binary), Ok(json)) = (binary, json) {
+        println!(
+            "log payload of one write ({value_bytes}-byte value): binary {binary} bytes, \
+             json {json} bytes"
+        );
+    }
 }
 
 fn run_cluster(
