@@ -600,6 +600,60 @@ struct Incoming<C: KeelConfig> {
     data: Vec<u8>,
 }
 
+/// What a chunk did to the transfer in progress.
+enum Gathered<C: KeelConfig> {
+    /// Stored; more to come.
+    More,
+    /// The last chunk: the whole snapshot.
+    Complete(Incoming<C>),
+    /// Refused (the transfer is dropped): see [`ChunkReply::OutOfOrder`].
+    OutOfOrder { expected_offset_bytes: u64 },
+    /// Refused (the transfer is dropped): larger than [`MAX_SNAPSHOT_BYTES`].
+    TooLarge,
+}
+
+/// Adds `chunk` to the transfer in `incoming`: a chunk at offset 0 starts a new one; any other
+/// must continue it exactly (same vote, meta and length, at the offset reached).
+fn gather<C: KeelConfig>(
+    incoming: &mut Option<Incoming<C>>,
+    chunk: SnapshotChunk<C>,
+) -> Gathered<C> {
+    if chunk.total_bytes > MAX_SNAPSHOT_BYTES {
+        *incoming = None;
+        return Gathered::TooLarge;
+    }
+    if chunk.offset_bytes == 0 {
+        *incoming = Some(Incoming {
+            vote: chunk.vote.clone(),
+            meta: chunk.meta.clone(),
+            total_bytes: chunk.total_bytes,
+            data: Vec::with_capacity(chunk.total_bytes as usize),
+        });
+    }
+    let continues = incoming.as_ref().is_some_and(|i| {
+        i.vote == chunk.vote
+            && i.meta == chunk.meta
+            && i.total_bytes == chunk.total_bytes
+            && i.data.len() as u64 == chunk.offset_bytes
+            && chunk.offset_bytes + chunk.data.len() as u64 <= chunk.total_bytes
+    });
+    let Some(transfer) = incoming.as_mut().filter(|_| continues) else {
+        let expected_offset_bytes = incoming.as_ref().map_or(0, |i| i.data.len() as u64);
+        *incoming = None;
+        return Gathered::OutOfOrder {
+            expected_offset_bytes,
+        };
+    };
+    transfer.data.extend_from_slice(&chunk.data);
+    if (transfer.data.len() as u64) < transfer.total_bytes {
+        return Gathered::More;
+    }
+    match incoming.take() {
+        Some(done) => Gathered::Complete(done),
+        None => unreachable!("checked above"),
+    }
+}
+
 /// Serves one connection (after its [`Hello`]) until it closes.
 pub async fn serve_connection<C, M, D>(
     mut stream: TcpStream,
@@ -711,38 +765,17 @@ where
 {
     let received = &group.snapshot_chunks_received;
     received.set(received.get() + 1);
-    if chunk.total_bytes > MAX_SNAPSHOT_BYTES {
-        *incoming = None;
-        return ChunkReply::TooLarge;
-    }
-    if chunk.offset_bytes == 0 {
-        *incoming = Some(Incoming {
-            vote: chunk.vote.clone(),
-            meta: chunk.meta.clone(),
-            total_bytes: chunk.total_bytes,
-            data: Vec::with_capacity(chunk.total_bytes as usize),
-        });
-    }
-    let continues = incoming.as_ref().is_some_and(|i| {
-        i.vote == chunk.vote
-            && i.meta == chunk.meta
-            && i.total_bytes == chunk.total_bytes
-            && i.data.len() as u64 == chunk.offset_bytes
-            && chunk.offset_bytes + chunk.data.len() as u64 <= chunk.total_bytes
-    });
-    let Some(transfer) = incoming.as_mut().filter(|_| continues) else {
-        let expected_offset_bytes = incoming.as_ref().map_or(0, |i| i.data.len() as u64);
-        *incoming = None;
-        return ChunkReply::OutOfOrder {
+    let done = match gather(incoming, chunk) {
+        Gathered::More => return ChunkReply::Accepted,
+        Gathered::OutOfOrder {
             expected_offset_bytes,
-        };
-    };
-    transfer.data.extend_from_slice(&chunk.data);
-    if (transfer.data.len() as u64) < transfer.total_bytes {
-        return ChunkReply::Accepted;
-    }
-    let Some(done) = incoming.take() else {
-        unreachable!("checked above");
+        } => {
+            return ChunkReply::OutOfOrder {
+                expected_offset_bytes,
+            }
+        }
+        Gathered::TooLarge => return ChunkReply::TooLarge,
+        Gathered::Complete(done) => done,
     };
     let snapshot = SnapshotOf::<C, SnapshotData> {
         meta: done.meta,
@@ -752,5 +785,93 @@ where
     match group.raft.install_full_snapshot(done.vote, snapshot).await {
         Ok(response) => ChunkReply::Installed(response),
         Err(fatal) => ChunkReply::Fatal(fatal),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::typ::{SnapshotMeta, Vote};
+    use crate::TypeConfig;
+
+    fn chunk(offset: u64, total: u64, data: &[u8], term: u64) -> SnapshotChunk<TypeConfig> {
+        SnapshotChunk {
+            vote: Vote::new(term, 1),
+            meta: SnapshotMeta::default(),
+            offset_bytes: offset,
+            total_bytes: total,
+            data: data.to_vec(),
+        }
+    }
+
+    #[test]
+    fn chunks_gather_in_order_only() {
+        let mut incoming = None;
+        assert!(matches!(
+            gather(&mut incoming, chunk(0, 6, b"ab", 1)),
+            Gathered::More
+        ));
+        assert!(matches!(
+            gather(&mut incoming, chunk(2, 6, b"cd", 1)),
+            Gathered::More
+        ));
+        match gather(&mut incoming, chunk(4, 6, b"ef", 1)) {
+            Gathered::Complete(done) => assert_eq!(done.data, b"abcdef"),
+            _ => panic!("the last chunk completes the snapshot"),
+        }
+        assert!(incoming.is_none());
+
+        // A gap, another vote or length mid-transfer, or an overrun drop the transfer.
+        for bad in [
+            chunk(4, 6, b"ef", 1),
+            chunk(2, 6, b"cd", 2),
+            chunk(2, 7, b"cd", 1),
+            chunk(2, 6, b"cdefg", 1),
+        ] {
+            let mut incoming = None;
+            assert!(matches!(
+                gather(&mut incoming, chunk(0, 6, b"ab", 1)),
+                Gathered::More
+            ));
+            assert!(matches!(
+                gather(&mut incoming, bad),
+                Gathered::OutOfOrder { .. }
+            ));
+            assert!(incoming.is_none(), "a refused chunk drops the transfer");
+        }
+        // A chunk at offset 0 starts the transfer over (the sender's retry).
+        let mut incoming = None;
+        assert!(matches!(
+            gather(&mut incoming, chunk(0, 6, b"ab", 1)),
+            Gathered::More
+        ));
+        assert!(matches!(
+            gather(&mut incoming, chunk(0, 4, b"wx", 2)),
+            Gathered::More
+        ));
+        match gather(&mut incoming, chunk(2, 4, b"yz", 2)) {
+            Gathered::Complete(done) => assert_eq!(done.data, b"wxyz"),
+            _ => panic!("the restarted transfer completes"),
+        }
+        let mut incoming = None;
+        assert!(matches!(
+            gather(&mut incoming, chunk(0, 6, b"ab", 1)),
+            Gathered::More
+        ));
+        assert!(matches!(
+            gather(&mut incoming, chunk(4, 6, b"ef", 1)),
+            Gathered::OutOfOrder {
+                expected_offset_bytes: 2
+            }
+        ));
+        assert!(matches!(
+            gather(&mut incoming, chunk(0, MAX_SNAPSHOT_BYTES + 1, b"", 1)),
+            Gathered::TooLarge
+        ));
+        // An empty snapshot is one empty chunk.
+        assert!(matches!(
+            gather(&mut incoming, chunk(0, 0, b"", 1)),
+            Gathered::Complete(_)
+        ));
     }
 }

@@ -13,7 +13,7 @@ use keel_raft::cluster::ClusterError;
 use keel_raft::cluster::{key_name, rebind, write_keys, Client, NodeConfig, NodeHandle};
 use keel_raft::kv::MAX_COMMAND_BYTES;
 use keel_raft::openraft::{self, BasicNode};
-use keel_raft::KvRequest;
+use keel_raft::{KvRequest, StoreConfig};
 
 /// Snapshot every 300 entries and keep 50 behind: the run snapshots and purges several times,
 /// so the restarted node may need a snapshot sent over the network.
@@ -150,4 +150,13 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
         let exit = node.shutdown().unwrap();
         assert!(exit.shards[0].journal.fsyncs > 0);
     }
+
+    // The snapshot the old leader installed is durable: its store, reopened, holds the whole
+    // state, though its own log never held the entries the snapshot covers.
+    runtime.block_on(async {
+        let policy = StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT);
+        let (_log, sm, report) = common::open_store(dirs[&leader].path(), policy).await;
+        assert!(report.snapshot.is_some(), "{report:?}");
+        assert_eq!(sm.digest(), expected.digest());
+    });
 }
