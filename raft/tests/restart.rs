@@ -315,3 +315,90 @@ fn open_cuts_the_log_at_a_gap_and_the_cut_sticks() {
         assert!(entries[6..].iter().all(|e| e.log_id.leader_id.term == 2));
     });
 }
+
+/// The same durability with an application's own type configuration (its own command enum,
+/// node type and openraft's standard leader id) and state machine: a vote, appends, a snapshot,
+/// a purge, a truncation and a commit point survive a clean restart, and the machine is the
+/// snapshot plus the log replayed up to the committed id.
+#[test]
+fn reopen_with_an_application_config_is_identical() {
+    use common::counter::{CounterCommand, CounterConfig, Counters};
+    use keel_raft::openraft::alias::{EntryOf, LeaderIdOf, LogIdOf, VoteOf};
+    use keel_raft::openraft::entry::RaftEntry;
+    use keel_raft::openraft::vote::RaftLeaderIdExt;
+    use keel_raft::openraft::Membership;
+
+    type Store = (
+        LogStore<CounterConfig, FsDirectory>,
+        keel_raft::StateMachineStore<CounterConfig, Counters, FsDirectory>,
+        keel_raft::OpenReport<CounterConfig>,
+    );
+    async fn open(path: &std::path::Path) -> Store {
+        let root = FsDirectory::open(path, true, false).await.unwrap();
+        keel_raft::open::<CounterConfig, Counters, _>(root, StoreConfig::default())
+            .await
+            .unwrap()
+    }
+    let log_id = |term: u64, index: u64| {
+        LogIdOf::<CounterConfig>::new(LeaderIdOf::<CounterConfig>::new_committed(term, 1), index)
+    };
+    let add = |index: u64| CounterCommand::Add {
+        counter: (index % 3) as u32,
+        by: index as i64,
+    };
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    CounterConfig::run(async {
+        let (mut log, mut sm, _) = open(dir.path()).await;
+        let voters = std::collections::BTreeSet::from([1u64, 2, 3]);
+        let mut entries: Vec<EntryOf<CounterConfig>> = vec![RaftEntry::new_membership(
+            log_id(1, 0),
+            Membership::new_with_defaults(vec![voters], []),
+        )];
+        entries.extend((1..=60).map(|i| RaftEntry::new_normal(log_id(1, i), add(i))));
+        log.blocking_append(entries.clone()).await.unwrap();
+        let vote = VoteOf::<CounterConfig>::new(1, 1);
+        log.save_vote(&vote).await.unwrap();
+        let items = entries[..=30].iter().cloned().map(|e| Ok((e, None)));
+        sm.apply(stream::iter(items)).await.unwrap();
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await;
+        assert_eq!(snapshot.unwrap().meta.last_log_id, Some(log_id(1, 30)));
+        log.purge(log_id(1, 20)).await.unwrap();
+        log.truncate_after(Some(log_id(1, 50))).await.unwrap();
+        log.save_committed(Some(log_id(1, 45))).await.unwrap();
+        let items = entries[31..=45].iter().cloned().map(|e| Ok((e, None)));
+        sm.apply(stream::iter(items)).await.unwrap();
+        let before = (
+            log.get_log_state().await.unwrap(),
+            log.try_get_log_entries(..).await.unwrap(),
+            sm.applied_state().await.unwrap(),
+            sm.read(|c| c.0.clone()),
+        );
+        log.sync().await.unwrap();
+        drop((log, sm));
+
+        let (mut log, mut sm, report) = open(dir.path()).await;
+        let after = (
+            log.get_log_state().await.unwrap(),
+            log.try_get_log_entries(..).await.unwrap(),
+            sm.applied_state().await.unwrap(),
+            sm.read(|c| c.0.clone()),
+        );
+        assert_eq!(after.0, before.0);
+        assert_eq!(after.1.len(), 30, "21..=50");
+        assert_eq!(format!("{:?}", after.1), format!("{:?}", before.1));
+        assert_eq!(after.2, before.2);
+        assert_eq!(after.3, before.3);
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 45)));
+        assert_eq!(report.snapshot, Some(log_id(1, 30)));
+        assert_eq!(report.replayed, 15, "31..=45 replayed onto the snapshot");
+        // The counters, computed independently: counter c holds the sum of i ≡ c (mod 3).
+        let mut expected = std::collections::BTreeMap::new();
+        for i in 1..=45u64 {
+            *expected.entry((i % 3) as u32).or_insert(0i64) += i as i64;
+        }
+        assert_eq!(after.3, expected);
+    });
+}

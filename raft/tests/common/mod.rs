@@ -1,6 +1,8 @@
 //! Helpers shared by keel-raft's integration tests.
 #![allow(dead_code)]
 
+pub mod counter;
+
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
