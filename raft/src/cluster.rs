@@ -124,7 +124,9 @@ pub struct NodeConfig<C: KeelConfig = TypeConfig> {
     /// The node's directory (created if missing): the store itself with one shard, shard `i`'s
     /// store in `DIR/shard-i` with more ([`shard_dir`]).
     pub dir: PathBuf,
-    /// Every member's id and node (whose [`NodeAddr`] is its listener's address).
+    /// The members every group is initialized with (when `initialize`), this node among them;
+    /// a node's [`NodeAddr`] is its listener's address. A node that joins later (through
+    /// [`Client::add_voter`]) lists itself.
     pub members: BTreeMap<C::NodeId, C::Node>,
     /// Initialize every group with `members` (exactly one node, on its first start).
     pub initialize: bool,
@@ -537,8 +539,15 @@ where
         Ok(())
     }
 
-    /// Restarts shard `group` on its directory (after [`NodeHandle::kill_shard`]).
+    /// Restarts shard `group` on its directory (after [`NodeHandle::kill_shard`]). Refused on
+    /// [`Medium::Memory`]: the killed shard's store (and its vote) is gone, and a member that
+    /// forgot its vote could vote twice in one term.
     pub fn restart_shard(&self, group: GroupId) -> Result<(), ClusterError<C>> {
+        if self.config.medium == Medium::Memory {
+            return Err(ClusterError::Node(format!(
+                "shard {group} ran on memory: its store is gone, it cannot rejoin as the same member"
+            )));
+        }
         let slot = (self.start_shard)(&self.config, group, &self.stop, false)?;
         let mut slots = self.shards.slots.lock().unwrap_or_else(|e| e.into_inner());
         let old = slots

@@ -402,3 +402,52 @@ fn reopen_with_an_application_config_is_identical() {
         assert_eq!(after.3, expected);
     });
 }
+
+/// A store whose log an earlier build wrote as JSON opens unchanged: its JSON entries decode,
+/// the state replays from them, and new entries (binary) follow them.
+#[test]
+fn a_log_written_as_json_by_an_earlier_build_still_opens() {
+    use keel_journal::MetadataJournal;
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::default();
+    let legacy: Vec<Entry> = (0..20u64)
+        .map(|i| set_entry(1, i, &format!("k{i}"), &format!("v{i}")))
+        .collect();
+    TypeConfig::run(async {
+        // What an earlier build left: the whole entry as JSON at op index + 1, committed to 14.
+        let root = FsDirectory::open(dir.path(), true, false).await.unwrap();
+        let (journal, _) =
+            MetadataJournal::open(&root, config.journal.clone(), config.recovery_mode)
+                .await
+                .unwrap();
+        for entry in &legacy {
+            let json = serde_json::to_vec(entry).unwrap();
+            assert_eq!(json[0], b'{');
+            journal
+                .append(keel_raft::op_of(entry.log_id.index), &json)
+                .await
+                .unwrap();
+        }
+        journal.set_commit_op(keel_raft::op_of(14));
+        journal.persist_commit().await.unwrap();
+        journal.flush().await.unwrap();
+        drop(journal);
+
+        let (mut log, sm, report) = open_store(dir.path(), config.clone()).await;
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), legacy);
+        assert_eq!(report.replayed, 15, "0..=14 replayed from the JSON entries");
+        assert_eq!(sm.get("k14").as_deref(), Some("v14"));
+        assert_eq!(sm.get("k15"), None, "above the commit watermark");
+        let newer = vec![set_entry(1, 20, "k20", "v20")];
+        log.blocking_append(newer.clone()).await.unwrap();
+        log.sync().await.unwrap();
+        drop((log, sm));
+
+        let (mut log, _sm, _) = open_store(dir.path(), config).await;
+        let mut expected = legacy.clone();
+        expected.extend(newer);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected);
+    });
+}
