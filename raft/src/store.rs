@@ -1,5 +1,6 @@
 //! Opening a keel raft store: lock, meta, journal, log index, snapshot, replay.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
 use keel_engine::{KvStateMachine, LOCK_FILE};
@@ -13,7 +14,7 @@ use crate::log_store::{load_entries, LogMem, LogStore};
 use crate::machine::{AppStateMachine, EntryCommand};
 use crate::meta;
 use crate::snapshot::SnapshotFiles;
-use crate::state_machine::{load_newest, StateMachineStore};
+use crate::state_machine::{load_newest, SmState, StateMachineStore};
 use crate::{index_of, op_of, KeelConfig, TypeConfig};
 
 /// Largest `slot_count` accepted: the ring is allocated up front.
@@ -138,86 +139,16 @@ where
     let lock = Rc::new(lock);
     let meta = meta::load::<C, D>(&root).await?;
     let slot_count = config.journal.slot_count;
-    // One streaming pass: the scan hands over every live entry, so the log is loaded without a
-    // read per entry.
-    let mut live = LiveEntries::default();
-    let plan = MetadataJournal::plan_with(
-        &root,
-        config.journal.clone(),
-        config.recovery_mode,
-        &mut |event| live.consume(event),
-    )
-    .await?;
-    let (journal, scan) = MetadataJournal::open_planned(&root, plan).await?;
-    if scan.repairs.is_empty() {
-        tracing::debug!(dir = %root.display_path(), entries = scan.entries_read, "opened raft journal");
-    } else {
-        tracing::warn!(dir = %root.display_path(), repairs = ?scan.repairs, "raft journal repaired at open");
-    }
-
-    // A purge writes the meta file before it moves the journal's watermark; if the crash came
-    // between the two, finish the move now so the ring's capacity is right.
-    if let Some(purged) = &meta.last_purged {
-        if op_of(purged.index) > journal.snapshot_op() {
-            journal.set_snapshot_op(op_of(purged.index)).await?;
-        }
-    }
-
-    let mut live = live.into_entries();
-    // Ops the journal no longer holds: a purge finished just above, or beyond its ring.
-    live.retain(|op, _| journal.holds(*op));
-    let last_purged_index = meta.last_purged.as_ref().map(|l| l.index);
-    let (entries, gap) = load_entries::<C>(&live, last_purged_index, slot_count)?;
-    let mut discarded_after_gap = None;
-    if let Some(first_missing) = gap {
-        // Entries above the gap were written (batches may reach the disk out of order) but never
-        // acknowledged; cut them durably so they cannot reappear above a later append.
-        let keep_op = op_of(first_missing)
-            .saturating_sub(1)
-            .max(journal.snapshot_op());
-        journal.truncate_after(keep_op).await?;
-        tracing::warn!(
-            first_missing,
-            "raft log had a gap; discarded the unacknowledged entries above it"
-        );
-        discarded_after_gap = Some(first_missing);
-    }
-
+    let (journal, scan, live) = open_journal(&root, &config).await?;
+    let (entries, discarded_after_gap) =
+        recover_log::<C, D>(&journal, live, meta.last_purged.as_ref(), slot_count).await?;
     let last_entry = entries.values().next_back().map(|e| e.log_id());
-    let committed = journal.commit_op().and_then(|commit_op| {
-        // Committedness is a prefix property: everything in the recovered log up to the durable
-        // watermark is committed, and the recovered log is contiguous.
-        let index = index_of(commit_op);
-        match entries.range(..=index).next_back() {
-            Some((_, entry)) => Some(entry.log_id()),
-            None => meta.last_purged.clone().filter(|p| p.index <= index),
-        }
-    });
-    let committed = committed.max(meta.last_purged.clone());
+    let committed = recovered_committed::<C, D>(&journal, &entries, meta.last_purged.clone());
 
     let files = SnapshotFiles::open(&root).await?;
     let mut sm_state = load_newest::<C, M, D>(&files).await?;
     let snapshot = sm_state.last_applied.clone();
-    let mut replayed = 0;
-    if let Some(committed) = &committed {
-        let from = snapshot.as_ref().map(|s| s.index + 1).unwrap_or(0);
-        if from <= committed.index {
-            if entries.contains_key(&from) {
-                for entry in entries.range(from..=committed.index).map(|(_, e)| e) {
-                    sm_state.apply_entry(entry);
-                    replayed += 1;
-                }
-            } else {
-                // Replaying past a hole would apply entries out of order; leave the state at the
-                // snapshot and let openraft bring it forward (from peers if need be).
-                tracing::warn!(
-                    from,
-                    committed = %committed,
-                    "log does not reach back to the snapshot; not replaying"
-                );
-            }
-        }
-    }
+    let replayed = replay(&mut sm_state, &entries, committed.as_ref());
 
     let report = OpenReport::<C> {
         journal: scan,
@@ -249,6 +180,118 @@ where
     let log = LogStore::new(root, journal, slot_count, mem, lock.clone());
     let sm = StateMachineStore::new(files, sm_state, lock);
     Ok((log, sm, report))
+}
+
+/// Opens the journal in one streaming pass: the scan hands over every live entry, so the log is
+/// loaded without a read per entry.
+async fn open_journal<D: Directory>(
+    root: &D,
+    config: &StoreConfig,
+) -> Result<(MetadataJournal<D>, ScanReport, LiveEntries), RaftStoreError> {
+    let mut live = LiveEntries::default();
+    let plan = MetadataJournal::plan_with(
+        root,
+        config.journal.clone(),
+        config.recovery_mode,
+        &mut |event| live.consume(event),
+    )
+    .await?;
+    let (journal, scan) = MetadataJournal::open_planned(root, plan).await?;
+    if scan.repairs.is_empty() {
+        tracing::debug!(dir = %root.display_path(), entries = scan.entries_read, "opened raft journal");
+    } else {
+        tracing::warn!(dir = %root.display_path(), repairs = ?scan.repairs, "raft journal repaired at open");
+    }
+    Ok((journal, scan, live))
+}
+
+/// The log above the last purge, contiguous: finishes an interrupted purge and durably cuts the
+/// entries past a gap (returned: the first missing index).
+#[allow(clippy::type_complexity)]
+async fn recover_log<C: KeelConfig, D: Directory>(
+    journal: &MetadataJournal<D>,
+    live: LiveEntries,
+    last_purged: Option<&LogIdOf<C>>,
+    slot_count: u64,
+) -> Result<(BTreeMap<u64, C::Entry>, Option<u64>), RaftStoreError> {
+    // A purge writes the meta file before it moves the journal's watermark; if the crash came
+    // between the two, finish the move now so the ring's capacity is right.
+    if let Some(purged) = last_purged {
+        if op_of(purged.index) > journal.snapshot_op() {
+            journal.set_snapshot_op(op_of(purged.index)).await?;
+        }
+    }
+    let mut live = live.into_entries();
+    // Ops the journal no longer holds: a purge finished just above, or beyond its ring.
+    live.retain(|op, _| journal.holds(*op));
+    let (entries, gap) = load_entries::<C>(&live, last_purged.map(|l| l.index), slot_count)?;
+    if let Some(first_missing) = gap {
+        // Entries above the gap were written (batches may reach the disk out of order) but never
+        // acknowledged; cut them durably so they cannot reappear above a later append.
+        let keep_op = op_of(first_missing)
+            .saturating_sub(1)
+            .max(journal.snapshot_op());
+        journal.truncate_after(keep_op).await?;
+        tracing::warn!(
+            first_missing,
+            "raft log had a gap; discarded the unacknowledged entries above it"
+        );
+    }
+    Ok((entries, gap))
+}
+
+/// The committed log id: the journal's durable commit watermark, clamped to the recovered log.
+fn recovered_committed<C: KeelConfig, D: Directory>(
+    journal: &MetadataJournal<D>,
+    entries: &BTreeMap<u64, C::Entry>,
+    last_purged: Option<LogIdOf<C>>,
+) -> Option<LogIdOf<C>> {
+    let committed = journal.commit_op().and_then(|commit_op| {
+        // Committedness is a prefix property: everything in the recovered log up to the durable
+        // watermark is committed, and the recovered log is contiguous.
+        let index = index_of(commit_op);
+        match entries.range(..=index).next_back() {
+            Some((_, entry)) => Some(entry.log_id()),
+            None => last_purged.clone().filter(|p| p.index <= index),
+        }
+    });
+    committed.max(last_purged)
+}
+
+/// Applies the entries above the snapshot up to `committed` to the state; returns how many.
+fn replay<C, M>(
+    sm_state: &mut SmState<C, M>,
+    entries: &BTreeMap<u64, C::Entry>,
+    committed: Option<&LogIdOf<C>>,
+) -> u64
+where
+    C: KeelConfig,
+    C::Entry: EntryCommand<C::D>,
+    M: AppStateMachine<C>,
+{
+    let Some(committed) = committed else {
+        return 0;
+    };
+    let from = sm_state.last_applied.as_ref().map_or(0, |s| s.index + 1);
+    if from > committed.index {
+        return 0;
+    }
+    if !entries.contains_key(&from) {
+        // Replaying past a hole would apply entries out of order; leave the state at the
+        // snapshot and let openraft bring it forward (from peers if need be).
+        tracing::warn!(
+            from,
+            committed = %committed,
+            "log does not reach back to the snapshot; not replaying"
+        );
+        return 0;
+    }
+    let mut replayed = 0;
+    for entry in entries.range(from..=committed.index).map(|(_, e)| e) {
+        sm_state.apply_entry(entry);
+        replayed += 1;
+    }
+    replayed
 }
 
 /// A keel key-value store: [`open`] with keel's [`TypeConfig`] and `KvStateMachine`, refusing a
