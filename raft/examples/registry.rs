@@ -230,18 +230,21 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
         handle.shutdown()?;
     }
 
-    // The store is keel's, opened offline with the application's own types.
-    let dir = temp.path().join("node-2");
+    print_store(&runtime, &temp.path().join("node-2"))
+}
+
+/// Opens a node's store offline with the application's own types and lists its registry.
+fn print_store(runtime: &Runtime, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let services = runtime.block_on(async {
-        let root = keel_raft::storage::FsDirectory::open(&dir, false, false).await?;
-        let (_log, sm, report) = keel_raft::open::<RegistryConfig, Registry, _>(
-            root,
-            StoreConfig::for_snapshot_policy(500, 100),
-        )
-        .await?;
+        let root = keel_raft::storage::FsDirectory::open(dir, false, false).await?;
+        let config = StoreConfig::for_snapshot_policy(500, 100);
+        let (_log, sm, report) =
+            keel_raft::open::<RegistryConfig, Registry, _>(root, config).await?;
         println!(
-            "node 2's store: snapshot {:?}, {} entries replayed",
-            report.snapshot, report.replayed
+            "{}: snapshot {:?}, {} entries replayed",
+            dir.display(),
+            report.snapshot,
+            report.replayed
         );
         Ok::<_, Box<dyn std::error::Error>>(sm.read(|r| r.services.clone()))
     })?;

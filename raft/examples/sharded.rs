@@ -97,10 +97,6 @@ fn run(writes: u64, dir: Option<PathBuf>) -> Result<(), Box<dyn std::error::Erro
         report.writes_per_sec()
     );
     let leaders = find_leaders(&runtime, &mut clients)?;
-    println!(
-        "leaders: group 0 on node {}, group 1 on node {}",
-        leaders[0], leaders[1]
-    );
 
     nodes[&leaders[0]].kill_shard(0)?;
     println!("killed group 0's shard on node {}", leaders[0]);
@@ -112,11 +108,7 @@ fn run(writes: u64, dir: Option<PathBuf>) -> Result<(), Box<dyn std::error::Erro
         started.elapsed(),
         report.percentile_us(99.0)
     );
-    let after = find_leaders(&runtime, &mut clients)?;
-    println!(
-        "leaders: group 0 on node {}, group 1 on node {}",
-        after[0], after[1]
-    );
+    find_leaders(&runtime, &mut clients)?;
 
     nodes[&leaders[0]].restart_shard(0)?;
     println!("restarted group 0's shard on node {}", leaders[0]);
@@ -133,20 +125,26 @@ fn run(writes: u64, dir: Option<PathBuf>) -> Result<(), Box<dyn std::error::Erro
     Ok(())
 }
 
+/// Each group's leader (as its nodes report it), printed.
 fn find_leaders(
     runtime: &keel_raft::compio::runtime::Runtime,
     clients: &mut [Client],
 ) -> Result<Vec<u64>, Box<dyn std::error::Error>> {
     let mut leaders = Vec::new();
     for client in clients {
-        let ids: Vec<u64> = vec![1, 2, 3];
         let mut leader = None;
-        for id in &ids {
-            if let Ok(status) = runtime.block_on(client.status(id)) {
+        for id in [1, 2, 3] {
+            if let Ok(status) = runtime.block_on(client.status(&id)) {
                 leader = leader.or(status.current_leader);
             }
         }
         leaders.push(leader.ok_or("a group has no leader")?);
     }
+    let listed: Vec<String> = leaders
+        .iter()
+        .enumerate()
+        .map(|(group, node)| format!("group {group} on node {node}"))
+        .collect();
+    println!("leaders: {}", listed.join(", "));
     Ok(leaders)
 }

@@ -213,6 +213,25 @@ async fn reopen_and_check(
     (log, sm)
 }
 
+/// Cuts power or crashes the process (see [`Restart`]); returns whether a power cut is due at
+/// the end of the next life.
+fn crash(fs: &MemFs, rng: &mut SmallRng, power_cut_due: bool, totals: &mut Totals) -> bool {
+    let restart = if power_cut_due {
+        totals.process_crash_then_power_cut += 1;
+        Restart::PowerCut
+    } else {
+        Restart::choose(rng)
+    };
+    if restart == Restart::PowerCut {
+        totals.power_cuts += 1;
+        fs.crash();
+    } else {
+        totals.process_crashes += 1;
+        fs.process_crash();
+    }
+    restart == Restart::ProcessCrashThenPowerCut
+}
+
 /// One raft group of the simulated node: its model, term and open store.
 struct Group {
     model: Rc<RefCell<Model>>,
@@ -274,20 +293,7 @@ async fn one_seed(seed: u64) -> Totals {
                 .is_some_and(|(log, _)| log.pending_appends() > 0);
         }
         totals.crashes_in_flight += u64::from(in_flight);
-        let restart = if power_cut_due {
-            totals.process_crash_then_power_cut += 1;
-            Restart::PowerCut
-        } else {
-            Restart::choose(&mut rng)
-        };
-        power_cut_due = restart == Restart::ProcessCrashThenPowerCut;
-        if restart == Restart::PowerCut {
-            totals.power_cuts += 1;
-            fs.crash();
-        } else {
-            totals.process_crashes += 1;
-            fs.process_crash();
-        }
+        power_cut_due = crash(&fs, &mut rng, power_cut_due, &mut totals);
         for g in &mut groups {
             drop(g.stores.take());
         }

@@ -316,32 +316,43 @@ fn open_cuts_the_log_at_a_gap_and_the_cut_sticks() {
     });
 }
 
+type CounterStore = (
+    LogStore<common::counter::CounterConfig, FsDirectory>,
+    keel_raft::StateMachineStore<
+        common::counter::CounterConfig,
+        common::counter::Counters,
+        FsDirectory,
+    >,
+    keel_raft::OpenReport<common::counter::CounterConfig>,
+);
+
+async fn open_counter_store(path: &std::path::Path) -> CounterStore {
+    let root = FsDirectory::open(path, true, false).await.unwrap();
+    keel_raft::open(root, StoreConfig::default()).await.unwrap()
+}
+
+fn counter_log_id(
+    term: u64,
+    index: u64,
+) -> keel_raft::openraft::alias::LogIdOf<common::counter::CounterConfig> {
+    use keel_raft::openraft::alias::{LeaderIdOf, LogIdOf};
+    use keel_raft::openraft::vote::RaftLeaderIdExt;
+    type C = common::counter::CounterConfig;
+    LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index)
+}
+
 /// The same durability with an application's own type configuration (its own command enum,
 /// node type and openraft's standard leader id) and state machine: a vote, appends, a snapshot,
 /// a purge, a truncation and a commit point survive a clean restart, and the machine is the
 /// snapshot plus the log replayed up to the committed id.
 #[test]
 fn reopen_with_an_application_config_is_identical() {
-    use common::counter::{CounterCommand, CounterConfig, Counters};
-    use keel_raft::openraft::alias::{EntryOf, LeaderIdOf, LogIdOf, VoteOf};
+    use common::counter::{CounterCommand, CounterConfig};
+    use keel_raft::openraft::alias::{EntryOf, VoteOf};
     use keel_raft::openraft::entry::RaftEntry;
-    use keel_raft::openraft::vote::RaftLeaderIdExt;
     use keel_raft::openraft::Membership;
 
-    type Store = (
-        LogStore<CounterConfig, FsDirectory>,
-        keel_raft::StateMachineStore<CounterConfig, Counters, FsDirectory>,
-        keel_raft::OpenReport<CounterConfig>,
-    );
-    async fn open(path: &std::path::Path) -> Store {
-        let root = FsDirectory::open(path, true, false).await.unwrap();
-        keel_raft::open::<CounterConfig, Counters, _>(root, StoreConfig::default())
-            .await
-            .unwrap()
-    }
-    let log_id = |term: u64, index: u64| {
-        LogIdOf::<CounterConfig>::new(LeaderIdOf::<CounterConfig>::new_committed(term, 1), index)
-    };
+    let (open, log_id) = (open_counter_store, counter_log_id);
     let add = |index: u64| CounterCommand::Add {
         counter: (index % 3) as u32,
         by: index as i64,

@@ -94,13 +94,29 @@ fn expected_digests(keys: std::ops::Range<u64>) -> Vec<u64> {
     machines.iter().map(KvStateMachine::digest).collect()
 }
 
+/// Asserts that every `k` acknowledged is held by at least 2 of the 3 stores of its group.
+fn assert_on_majorities(dirs: &BTreeMap<u64, tempfile::TempDir>, acknowledged: &[u64]) {
+    for group in 0..SHARDS {
+        let ks: Vec<u64> = acknowledged
+            .iter()
+            .copied()
+            .filter(|k| group_of_key(key_name(*k).as_bytes(), SHARDS) == group)
+            .collect();
+        assert!(!ks.is_empty());
+        let counts = holders(dirs, group, &ks);
+        for (k, count) in ks.iter().zip(&counts) {
+            assert!(*count >= 2, "group {group}: key {k} on {count} of 3 nodes");
+        }
+    }
+}
+
 #[test]
 fn a_leader_kill_in_one_group_loses_no_acknowledged_write() {
     init_tracing();
     let TestCluster {
         dirs,
         members,
-        mut nodes,
+        nodes,
     } = start_cluster(node_config);
     let runtime = compio::runtime::Runtime::new().unwrap();
     let mut clients: Vec<Client> = (0..SHARDS)
@@ -144,7 +160,7 @@ fn a_leader_kill_in_one_group_loses_no_acknowledged_write() {
     );
 
     // Every acknowledged write is on a majority of its group, read back from the stores.
-    for (_, node) in std::mem::take(&mut nodes) {
+    for (_, node) in nodes {
         node.shutdown().unwrap();
     }
     let acknowledged: Vec<u64> = first
@@ -154,26 +170,26 @@ fn a_leader_kill_in_one_group_loses_no_acknowledged_write() {
         .copied()
         .collect();
     assert_eq!(acknowledged.len(), 1_200);
-    for group in 0..SHARDS {
-        let ks: Vec<u64> = acknowledged
-            .iter()
-            .copied()
-            .filter(|k| group_of_key(key_name(*k).as_bytes(), SHARDS) == group)
-            .collect();
-        assert!(!ks.is_empty());
-        let counts = holders(&dirs, group, &ks);
-        for (k, count) in ks.iter().zip(&counts) {
-            assert!(*count >= 2, "group {group}: key {k} on {count} of 3 nodes");
-        }
-    }
+    assert_on_majorities(&dirs, &acknowledged);
 
     // Every node restarts on its directories; both groups converge to the expected state.
-    let expected = expected_digests(0..1_200);
+    restart_and_converge(&dirs, &members, &mut clients, &expected_digests(0..1_200));
+}
+
+/// Restarts nodes 1..=3 on `dirs`; asserts every group converges to its `expected` digest.
+fn restart_and_converge(
+    dirs: &BTreeMap<u64, tempfile::TempDir>,
+    members: &BTreeMap<u64, BasicNode>,
+    clients: &mut [Client],
+    expected: &[u64],
+) {
+    let mut nodes = Vec::new();
     for id in 1..=3 {
         let listener = rebind(&members[&id]).unwrap();
-        let config = node_config(id, dirs[&id].path(), &members, false);
-        nodes.insert(id, NodeHandle::spawn_kv(config, listener).unwrap());
+        let config = node_config(id, dirs[&id].path(), members, false);
+        nodes.push(NodeHandle::spawn_kv(config, listener).unwrap());
     }
+    let runtime = compio::runtime::Runtime::new().unwrap();
     for (group, client) in clients.iter_mut().enumerate() {
         let statuses = runtime
             .block_on(client.wait_converged(&[1, 2, 3], 1, CONVERGE))
@@ -183,7 +199,7 @@ fn a_leader_kill_in_one_group_loses_no_acknowledged_write() {
             "group {group} converged to the expected state: {statuses:?}"
         );
     }
-    for (_, node) in nodes {
+    for node in nodes {
         let exit = node.shutdown().unwrap();
         assert_eq!(exit.shards.len(), SHARDS as usize);
     }
