@@ -200,6 +200,9 @@
 //!   gathers them in memory (at most [`network::MAX_SNAPSHOT_BYTES`]) before openraft installs
 //!   the whole snapshot, which is then persisted (atomic replace) before the state changes. A
 //!   transfer cut mid-way starts over from its first chunk.
+//! - A node's listener reads each new connection's hello on its own thread, one at a time, for
+//!   at most [`network::HELLO_TIMEOUT`]: a peer that connects and sends nothing delays other new
+//!   connections (never established ones) by up to that long.
 //! - The meta file's body and the snapshot envelope's meta stay JSON: written once per election,
 //!   purge or snapshot (never per entry), and readable by the `keel` tool without the
 //!   application's types.
