@@ -204,3 +204,66 @@ fn restart_and_converge(
         assert_eq!(exit.shards.len(), SHARDS as usize);
     }
 }
+
+/// One shard of a node is killed and restarted on its directory while the node's other shard
+/// keeps serving; the restarted group catches up on all three nodes.
+#[test]
+fn a_killed_shard_restarts_on_its_directory_and_catches_up() {
+    init_tracing();
+    let TestCluster {
+        dirs: _dirs,
+        members,
+        nodes,
+    } = start_cluster(node_config);
+    let runtime = compio::runtime::Runtime::new().unwrap();
+    let mut clients: Vec<Client> = (0..SHARDS)
+        .map(|g| Client::for_group(&members, g))
+        .collect();
+    runtime.block_on(load(0..300).run(&members, None)).unwrap();
+    nodes[&2].kill_shard(1).unwrap();
+    let before = runtime.block_on(clients[0].status(&2)).unwrap();
+    runtime
+        .block_on(load(300..600).run(&members, None))
+        .unwrap();
+    // Node 2's group 0 kept serving while its group 1 was down.
+    let during = runtime.block_on(clients[0].status(&2)).unwrap();
+    assert!(during.last_applied > before.last_applied, "{during:?}");
+    assert!(runtime.block_on(clients[1].status(&2)).is_err());
+    assert!(matches!(
+        nodes[&2].restart_shard(0),
+        Err(keel_raft::cluster::ClusterError::Node(_))
+    ));
+
+    nodes[&2].restart_shard(1).unwrap();
+    let expected = expected_digests(0..600);
+    for (group, client) in clients.iter_mut().enumerate() {
+        let statuses = runtime
+            .block_on(client.wait_converged(&[1, 2, 3], 1, CONVERGE))
+            .unwrap();
+        assert!(
+            statuses.iter().all(|s| s.digest == expected[group]),
+            "group {group}: {statuses:?}"
+        );
+    }
+    for (_, node) in nodes {
+        assert_eq!(node.shutdown().unwrap().shards.len(), SHARDS as usize);
+    }
+}
+
+/// A shard on the in-memory medium is not restarted: its store and vote are gone.
+#[test]
+fn a_memory_shard_is_not_restarted() {
+    let (mut listeners, members) = keel_raft::cluster::bind_listeners([1]).unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let config = NodeConfig {
+        medium: keel_raft::cluster::Medium::Memory,
+        ..node_config(1, dir.path(), &members, true)
+    };
+    let node = NodeHandle::spawn_kv(config, listeners.remove(&1).unwrap()).unwrap();
+    node.kill_shard(0).unwrap();
+    assert!(matches!(
+        node.restart_shard(0),
+        Err(keel_raft::cluster::ClusterError::Node(_))
+    ));
+    node.shutdown().unwrap();
+}
