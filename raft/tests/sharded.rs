@@ -119,9 +119,7 @@ fn a_leader_kill_in_one_group_loses_no_acknowledged_write() {
         nodes,
     } = start_cluster(node_config);
     let runtime = compio::runtime::Runtime::new().unwrap();
-    let mut clients: Vec<Client> = (0..SHARDS)
-        .map(|g| Client::for_group(&members, g))
-        .collect();
+    let mut clients = group_clients(&members);
 
     // Phase 1: both groups elect and take 600 writes, routed by key.
     let first: LoadReport = runtime.block_on(load(0..600).run(&members, None)).unwrap();
@@ -190,6 +188,14 @@ fn restart_and_converge(
         nodes.push(NodeHandle::spawn_kv(config, listener).unwrap());
     }
     let runtime = compio::runtime::Runtime::new().unwrap();
+    assert_converged(&runtime, clients, expected);
+    for node in nodes {
+        assert_eq!(node.shutdown().unwrap().shards.len(), SHARDS as usize);
+    }
+}
+
+/// Waits until all 3 nodes agree in every group; asserts each group's `expected` digest.
+fn assert_converged(runtime: &compio::runtime::Runtime, clients: &mut [Client], expected: &[u64]) {
     for (group, client) in clients.iter_mut().enumerate() {
         let statuses = runtime
             .block_on(client.wait_converged(&[1, 2, 3], 1, CONVERGE))
@@ -199,10 +205,11 @@ fn restart_and_converge(
             "group {group} converged to the expected state: {statuses:?}"
         );
     }
-    for node in nodes {
-        let exit = node.shutdown().unwrap();
-        assert_eq!(exit.shards.len(), SHARDS as usize);
-    }
+}
+
+/// A client of each group.
+fn group_clients(members: &BTreeMap<u64, BasicNode>) -> Vec<Client> {
+    (0..SHARDS).map(|g| Client::for_group(members, g)).collect()
 }
 
 /// One shard of a node is killed and restarted on its directory while the node's other shard
@@ -216,9 +223,7 @@ fn a_killed_shard_restarts_on_its_directory_and_catches_up() {
         nodes,
     } = start_cluster(node_config);
     let runtime = compio::runtime::Runtime::new().unwrap();
-    let mut clients: Vec<Client> = (0..SHARDS)
-        .map(|g| Client::for_group(&members, g))
-        .collect();
+    let mut clients = group_clients(&members);
     runtime.block_on(load(0..300).run(&members, None)).unwrap();
     nodes[&2].kill_shard(1).unwrap();
     let before = runtime.block_on(clients[0].status(&2)).unwrap();
@@ -235,16 +240,7 @@ fn a_killed_shard_restarts_on_its_directory_and_catches_up() {
     ));
 
     nodes[&2].restart_shard(1).unwrap();
-    let expected = expected_digests(0..600);
-    for (group, client) in clients.iter_mut().enumerate() {
-        let statuses = runtime
-            .block_on(client.wait_converged(&[1, 2, 3], 1, CONVERGE))
-            .unwrap();
-        assert!(
-            statuses.iter().all(|s| s.digest == expected[group]),
-            "group {group}: {statuses:?}"
-        );
-    }
+    assert_converged(&runtime, &mut clients, &expected_digests(0..600));
     for (_, node) in nodes {
         assert_eq!(node.shutdown().unwrap().shards.len(), SHARDS as usize);
     }
