@@ -13,8 +13,8 @@ use crate::{KeelConfig, TypeConfig};
 /// skipping nodes that do not answer. Runs on a compio runtime.
 pub struct Client<C: KeelConfig = TypeConfig> {
     connections: BTreeMap<C::NodeId, Connection<C>>,
-    /// The node believed to lead.
-    target: C::NodeId,
+    /// The node believed to lead (`None` only without members: every write then gives up).
+    target: Option<C::NodeId>,
     /// Bound on one attempt.
     pub rpc_timeout: Duration,
     /// Bound on one write, retries included.
@@ -41,7 +41,7 @@ where
                 (id.clone(), connection)
             })
             .collect();
-        let target = members.keys().next().cloned().expect("at least one member");
+        let target = members.keys().next().cloned();
         Self {
             connections,
             target,
@@ -53,28 +53,27 @@ where
 
     /// Sets the node tried first.
     pub fn with_target(mut self, id: C::NodeId) -> Self {
-        self.target = id;
+        self.target = Some(id);
         self
     }
 
     /// The node the next write goes to first.
-    pub fn target(&self) -> &C::NodeId {
-        &self.target
+    pub fn target(&self) -> Option<&C::NodeId> {
+        self.target.as_ref()
     }
 
     fn next_target(&mut self) {
+        let after = self
+            .target
+            .clone()
+            .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
         let next = self
             .connections
-            .range((
-                std::ops::Bound::Excluded(self.target.clone()),
-                std::ops::Bound::Unbounded,
-            ))
+            .range((after, std::ops::Bound::Unbounded))
             .next()
             .or_else(|| self.connections.iter().next())
             .map(|(id, _)| id.clone());
-        if let Some(next) = next {
-            self.target = next;
-        }
+        self.target = next;
     }
 
     /// Writes `request` through the leader; returns once it is applied there.
@@ -119,7 +118,13 @@ where
                     last,
                 });
             }
-            let target = self.target.clone();
+            let Some(target) = self.target.clone() else {
+                return Err(ClusterError::GaveUp {
+                    attempts: attempt - 1,
+                    elapsed: started.elapsed(),
+                    last: "the client has no members".into(),
+                });
+            };
             let Some(connection) = self.connections.get_mut(&target) else {
                 self.next_target();
                 continue;
@@ -138,7 +143,7 @@ where
                     };
                     last = format!("node {target}: {error}");
                     match forward.leader_id.clone() {
-                        Some(leader) if leader != target => self.target = leader,
+                        Some(leader) if leader != target => self.target = Some(leader),
                         // No leader known yet (election, or a new leader without its lease).
                         _ => compio::time::sleep(Duration::from_millis(20)).await,
                     }
@@ -214,8 +219,8 @@ where
 /// The group of `key` among `groups` groups: a stable hash (crc32), so every client and node
 /// routes a key alike.
 pub fn group_of_key(key: &[u8], groups: u32) -> GroupId {
-    assert!(groups > 0, "at least one group");
-    crc32fast::hash(key) % groups
+    // No groups routes like one: everything to group 0.
+    crc32fast::hash(key) % groups.max(1)
 }
 
 /// A client of every group of a sharded cluster: each request goes to the group of its key.
@@ -239,7 +244,7 @@ where
     /// Sets the node tried first in every group.
     pub fn with_target(mut self, id: C::NodeId) -> Self {
         for client in &mut self.groups {
-            client.target = id.clone();
+            client.target = Some(id.clone());
         }
         self
     }
@@ -249,9 +254,9 @@ where
         self.groups.len() as u32
     }
 
-    /// The client of group `group`.
-    pub fn group(&mut self, group: GroupId) -> &mut Client<C> {
-        &mut self.groups[group as usize]
+    /// The client of group `group`, if there is such a group.
+    pub fn group(&mut self, group: GroupId) -> Option<&mut Client<C>> {
+        self.groups.get_mut(group as usize)
     }
 
     /// Writes `request` to the group of `key` ([`group_of_key`]).
@@ -263,8 +268,9 @@ where
     where
         C::D: Clone,
     {
-        let group = group_of_key(key, self.groups());
-        self.groups[group as usize].write(request).await
+        let group = group_of_key(key, self.groups()) as usize;
+        // `group_of_key` is below the group count, which `new` made at least 1.
+        self.groups[group].write(request).await
     }
 }
 
@@ -276,5 +282,38 @@ impl ShardedClient<TypeConfig> {
     ) -> Result<ClientWriteResponse<TypeConfig>, ClusterError<TypeConfig>> {
         let key = request.key().as_bytes().to_vec();
         self.write_to(&key, request).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_client_without_members_gives_up_instead_of_panicking() {
+        let mut client: Client = Client::new(&BTreeMap::new());
+        assert!(client.target().is_none());
+        let request = KvRequest::Delete { key: "k".into() };
+        let runtime = compio::runtime::Runtime::new().unwrap();
+        let result = runtime.block_on(client.write(request));
+        assert!(
+            matches!(&result, Err(ClusterError::GaveUp { attempts: 0, last, .. }) if last.contains("no members")),
+            "{result:?}"
+        );
+    }
+
+    #[test]
+    fn keys_route_to_a_group_below_the_count() {
+        assert_eq!(group_of_key(b"anything", 0), 0);
+        assert_eq!(group_of_key(b"anything", 1), 0);
+        let groups: std::collections::BTreeSet<GroupId> = (0..64)
+            .map(|k| group_of_key(format!("key-{k}").as_bytes(), 4))
+            .collect();
+        assert_eq!(
+            groups,
+            (0..4).collect(),
+            "64 keys reach every one of 4 groups"
+        );
+        assert_eq!(group_of_key(b"k", 4), group_of_key(b"k", 4), "stable");
     }
 }
