@@ -9,6 +9,8 @@ use std::io;
 use keel_journal::JournalError;
 use keel_storage::DurableError;
 
+use crate::codec::CodecError;
+
 /// Errors of the keel-backed raft storage.
 #[derive(Debug, thiserror::Error)]
 pub enum RaftStoreError {
@@ -19,8 +21,11 @@ pub enum RaftStoreError {
     /// A directory or file operation failed at a named stage.
     #[error("{stage} failed on {file}: {source}")]
     Io {
+        /// The operation (`open`, `fsync directory`, …).
         stage: &'static str,
+        /// The file or directory it was on.
         file: String,
+        /// The I/O error.
         #[source]
         source: io::Error,
     },
@@ -28,19 +33,34 @@ pub enum RaftStoreError {
     /// A raft value could not be encoded or decoded (log entry, snapshot envelope, meta body).
     #[error("cannot {action} {what}: {source}")]
     Codec {
+        /// `encode` or `decode`.
         action: &'static str,
+        /// The value (`log entry`, `snapshot meta`, …).
         what: &'static str,
+        /// The codec's error.
         #[source]
-        source: serde_json::Error,
+        source: CodecError,
     },
 
     /// A file failed its checksum or framing checks.
     #[error("{file} is damaged: {reason}")]
-    Damaged { file: String, reason: String },
+    Damaged {
+        /// The file.
+        file: String,
+        /// What check failed.
+        reason: String,
+    },
 
     /// A journal entry decoded to a log entry whose index does not match its op.
     #[error("journal op {op} holds the log entry of index {index} (expected index {expected})")]
-    Misplaced { op: u64, index: u64, expected: u64 },
+    Misplaced {
+        /// The journal op.
+        op: u64,
+        /// The index the entry holds.
+        index: u64,
+        /// The index the op maps to.
+        expected: u64,
+    },
 
     /// An append would pass the journal's slot ring: the log grew `slot_count` entries past the
     /// last purge. Snapshot (and so purge) more often, or raise `slot_count`.
@@ -49,8 +69,11 @@ pub enum RaftStoreError {
          last purged index {last_purged:?}"
     )]
     LogFull {
+        /// The index that did not fit.
         index: u64,
+        /// The last purged index.
         last_purged: Option<u64>,
+        /// The journal's ring size.
         slot_count: u64,
     },
 
@@ -59,8 +82,13 @@ pub enum RaftStoreError {
     Poisoned(String),
 
     /// The state machine could not restore a snapshot's bytes.
-    #[error("cannot restore the key-value state from snapshot {file}: {reason}")]
-    Restore { file: String, reason: String },
+    #[error("cannot restore the state machine from snapshot {file}: {reason}")]
+    Restore {
+        /// The snapshot (file, or the one received).
+        file: String,
+        /// The machine's reason.
+        reason: String,
+    },
 
     /// A configuration bound was violated.
     #[error("invalid raft store configuration: {0}")]
@@ -76,19 +104,19 @@ impl RaftStoreError {
         }
     }
 
-    pub(crate) fn encode(what: &'static str, source: serde_json::Error) -> Self {
+    pub(crate) fn encode(what: &'static str, source: impl Into<CodecError>) -> Self {
         RaftStoreError::Codec {
             action: "encode",
             what,
-            source,
+            source: source.into(),
         }
     }
 
-    pub(crate) fn decode(what: &'static str, source: serde_json::Error) -> Self {
+    pub(crate) fn decode(what: &'static str, source: impl Into<CodecError>) -> Self {
         RaftStoreError::Codec {
             action: "decode",
             what,
-            source,
+            source: source.into(),
         }
     }
 

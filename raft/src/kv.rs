@@ -5,31 +5,49 @@ use std::fmt;
 use keel_engine::{KvCodecError, KvCommand};
 use serde::{Deserialize, Serialize};
 
-/// Largest client command accepted, as the JSON that goes into a log entry. Checked where a
-/// command enters the cluster ([`KvRequest::validate`]), because past that point a log entry the
-/// journal refuses (larger than its `max_payload_bytes`) is a storage error, which openraft
-/// treats as fatal for the node.
+/// Largest client command accepted, in the binary encoding that goes into a log entry
+/// ([`crate::codec`]), for any application. Checked where a command enters the cluster (the node
+/// servers of [`crate::network`], and [`KvRequest::validate`]), because past that point a log
+/// entry the journal refuses (larger than its `max_payload_bytes`) is a storage error, which
+/// openraft treats as fatal for the node.
 pub const MAX_COMMAND_BYTES: usize = 256 << 10;
 
-/// A client command (openraft's `D`). Keys and values are UTF-8 here because the log and the
-/// network frames are JSON; the state machine stores their bytes.
+/// A client command (openraft's `D`). Keys and values are UTF-8 strings (the commands of the
+/// examples and tools); the state machine stores their bytes.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum KvRequest {
-    Set { key: String, value: String },
-    Delete { key: String },
+    /// Sets `key` to `value`.
+    Set {
+        /// The key.
+        key: String,
+        /// The value.
+        value: String,
+    },
+    /// Deletes `key`.
+    Delete {
+        /// The key.
+        key: String,
+    },
 }
 
 impl KvRequest {
     /// Refuses a command keel's codec would reject or that is larger than [`MAX_COMMAND_BYTES`].
     pub fn validate(&self) -> Result<(), String> {
         self.to_command_bytes().map_err(|e| e.to_string())?;
-        let json_bytes = serde_json::to_vec(self).map_err(|e| e.to_string())?.len();
-        if json_bytes > MAX_COMMAND_BYTES {
+        let encoded_bytes = crate::codec::encode(self).map_err(|e| e.to_string())?.len();
+        if encoded_bytes > MAX_COMMAND_BYTES {
             return Err(format!(
-                "command of {json_bytes} bytes exceeds the {MAX_COMMAND_BYTES}-byte limit"
+                "command of {encoded_bytes} bytes exceeds the {MAX_COMMAND_BYTES}-byte limit"
             ));
         }
         Ok(())
+    }
+
+    /// The key this request sets or deletes (what a sharded cluster routes by).
+    pub fn key(&self) -> &str {
+        match self {
+            KvRequest::Set { key, .. } | KvRequest::Delete { key } => key,
+        }
     }
 
     /// keel's command bytes for this request (checks keel's key and value size limits).

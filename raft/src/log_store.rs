@@ -26,13 +26,15 @@ use futures::channel::oneshot;
 use futures::future::{join_all, FutureExt, Shared};
 use keel_journal::{JournalStats, MetadataJournal};
 use keel_storage::Directory;
-use openraft::storage::RaftLogStorage;
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
+use openraft::storage::{IOFlushed, LogState, RaftLogStorage};
 use openraft::{OptionalSend, RaftLogReader};
 
+use crate::codec;
 use crate::error::RaftStoreError;
 use crate::meta::{self, Meta};
-use crate::typ::{Entry, IOFlushed, LogId, LogState, Vote};
-use crate::{index_of, op_of};
+use crate::{index_of, op_of, KeelConfig};
 
 /// How long the log must be idle before the commit watermark is written with an explicit marker.
 /// Under load every later entry carries it for free; the marker only matters once the log goes
@@ -96,22 +98,21 @@ impl IoChain {
 }
 
 /// The log's state as kept in memory, mirroring what is durable (or in flight to the journal).
-#[derive(Debug, Default)]
-pub(crate) struct LogMem {
+pub(crate) struct LogMem<C: KeelConfig> {
     /// Live entries by raft index. The journal's slot ring bounds them to `slot_count` past the
     /// last purge, so holding them decoded costs a bounded amount of memory and lets every read
     /// be served without a disk read or a decode.
-    pub entries: BTreeMap<u64, Entry>,
-    pub vote: Option<Vote>,
-    pub committed: Option<LogId>,
-    pub last_purged: Option<LogId>,
+    pub entries: BTreeMap<u64, C::Entry>,
+    pub vote: Option<VoteOf<C>>,
+    pub committed: Option<LogIdOf<C>>,
+    pub last_purged: Option<LogIdOf<C>>,
 }
 
-pub(crate) struct LogInner<D: Directory> {
+pub(crate) struct LogInner<C: KeelConfig, D: Directory> {
     pub root: D,
     pub journal: MetadataJournal<D>,
     pub slot_count: u64,
-    pub mem: RefCell<LogMem>,
+    pub mem: RefCell<LogMem<C>>,
     chain: IoChain,
     /// A delayed commit-marker task is scheduled and has not run yet.
     commit_marker_scheduled: Cell<bool>,
@@ -119,13 +120,14 @@ pub(crate) struct LogInner<D: Directory> {
     pub _lock: Rc<D::Lock>,
 }
 
-/// openraft's log storage on keel's journal. A cheap handle: clones share one log (the clone
-/// openraft asks for as its `LogReader` reads the same in-memory index).
-pub struct LogStore<D: Directory + 'static> {
-    inner: Rc<LogInner<D>>,
+/// openraft's log storage on keel's journal, for any [`KeelConfig`] (the application's type
+/// configuration `C`) on any keel [`Directory`] `D`. A cheap handle: clones share one log (the
+/// clone openraft asks for as its `LogReader` reads the same in-memory index).
+pub struct LogStore<C: KeelConfig, D: Directory + 'static> {
+    inner: Rc<LogInner<C, D>>,
 }
 
-impl<D: Directory + 'static> Clone for LogStore<D> {
+impl<C: KeelConfig, D: Directory + 'static> Clone for LogStore<C, D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -133,12 +135,12 @@ impl<D: Directory + 'static> Clone for LogStore<D> {
     }
 }
 
-impl<D: Directory + 'static> LogStore<D> {
+impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
     pub(crate) fn new(
         root: D,
         journal: MetadataJournal<D>,
         slot_count: u64,
-        mem: LogMem,
+        mem: LogMem<C>,
         lock: Rc<D::Lock>,
     ) -> Self {
         Self {
@@ -177,15 +179,15 @@ impl<D: Directory + 'static> LogStore<D> {
     }
 
     /// The committed log id as last saved (in memory; durable once an entry or marker carries it).
-    pub fn committed(&self) -> Option<LogId> {
-        self.inner.mem.borrow().committed
+    pub fn committed(&self) -> Option<LogIdOf<C>> {
+        self.inner.mem.borrow().committed.clone()
     }
 
     fn commit_not_durable(&self) -> bool {
-        let committed = self.inner.mem.borrow().committed;
+        let committed = self.inner.mem.borrow().committed.as_ref().map(|c| c.index);
         match committed {
             None => false,
-            Some(c) => self.inner.journal.commit_op() < Some(op_of(c.index)),
+            Some(index) => self.inner.journal.commit_op() < Some(op_of(index)),
         }
     }
 
@@ -210,7 +212,7 @@ impl<D: Directory + 'static> LogStore<D> {
                     seen_appends = appends;
                     continue;
                 }
-                let store = LogStore { inner };
+                let store = LogStore::<C, D> { inner };
                 store.inner.commit_marker_scheduled.set(false);
                 if store.inner.chain.check().is_err() || !store.commit_not_durable() {
                     return;
@@ -224,42 +226,48 @@ impl<D: Directory + 'static> LogStore<D> {
         .detach();
     }
 
-    fn log_state(&self) -> LogState {
+    fn log_state(&self) -> LogState<C> {
         let mem = self.inner.mem.borrow();
-        let last = mem.entries.values().next_back().map(|e| e.log_id);
+        let last = mem.entries.values().next_back().map(|e| e.log_id());
         LogState {
-            last_purged_log_id: mem.last_purged,
-            last_log_id: last.or(mem.last_purged),
+            last_purged_log_id: mem.last_purged.clone(),
+            last_log_id: last.or_else(|| mem.last_purged.clone()),
         }
     }
 
     async fn append_entries(
         &self,
-        entries: Vec<Entry>,
-        callback: IOFlushed,
+        entries: Vec<C::Entry>,
+        callback: IOFlushed<C>,
     ) -> Result<(), RaftStoreError> {
         self.inner.chain.check()?;
         // Check the slot ring before touching anything, so a refused append changes nothing.
         let snapshot_op = self.inner.journal.snapshot_op();
         let mut batch = Vec::with_capacity(entries.len());
         for entry in &entries {
-            let op = op_of(entry.log_id.index);
+            let op = op_of(entry.index());
             if op.saturating_sub(snapshot_op) > self.inner.slot_count {
-                let last_purged = self.inner.mem.borrow().last_purged.map(|l| l.index);
+                let last_purged = self
+                    .inner
+                    .mem
+                    .borrow()
+                    .last_purged
+                    .as_ref()
+                    .map(|l| l.index);
                 return Err(RaftStoreError::LogFull {
-                    index: entry.log_id.index,
+                    index: entry.index(),
                     last_purged,
                     slot_count: self.inner.slot_count,
                 });
             }
             let payload =
-                serde_json::to_vec(entry).map_err(|e| RaftStoreError::encode("log entry", e))?;
+                codec::encode(entry).map_err(|e| RaftStoreError::encode("log entry", e))?;
             batch.push((op, payload));
         }
         {
             let mut mem = self.inner.mem.borrow_mut();
             for entry in entries {
-                mem.entries.insert(entry.log_id.index, entry);
+                mem.entries.insert(entry.index(), entry);
             }
         }
         let (prev, done) = self.inner.chain.link();
@@ -294,23 +302,24 @@ impl<D: Directory + 'static> LogStore<D> {
 
     async fn write_meta(
         &self,
-        vote: Option<Vote>,
-        last_purged: Option<LogId>,
+        vote: Option<VoteOf<C>>,
+        last_purged: Option<LogIdOf<C>>,
     ) -> Result<(), RaftStoreError> {
-        meta::store(&self.inner.root, &Meta { vote, last_purged }).await
+        meta::store::<C, D>(&self.inner.root, &Meta { vote, last_purged }).await
     }
 
-    async fn save_vote_inner(&self, vote: &Vote) -> Result<(), RaftStoreError> {
+    async fn save_vote_inner(&self, vote: &VoteOf<C>) -> Result<(), RaftStoreError> {
         self.inner.chain.barrier().await?;
-        let last_purged = self.inner.mem.borrow().last_purged;
-        self.write_meta(Some(*vote), last_purged).await?;
-        self.inner.mem.borrow_mut().vote = Some(*vote);
+        let last_purged = self.inner.mem.borrow().last_purged.clone();
+        self.write_meta(Some(vote.clone()), last_purged).await?;
+        self.inner.mem.borrow_mut().vote = Some(vote.clone());
         Ok(())
     }
 
-    async fn truncate_after_inner(&self, last: Option<LogId>) -> Result<(), RaftStoreError> {
+    async fn truncate_after_inner(&self, last: Option<LogIdOf<C>>) -> Result<(), RaftStoreError> {
         self.inner.chain.barrier().await?;
-        let first_gone = last.map(|l| l.index + 1).unwrap_or(0);
+        let last = last.map(|l| l.index);
+        let first_gone = last.map(|index| index + 1).unwrap_or(0);
         let any_gone = self
             .inner
             .mem
@@ -323,7 +332,7 @@ impl<D: Directory + 'static> LogStore<D> {
             // Ops at or below the journal's snapshot watermark are gone already; the journal
             // refuses a marker below it.
             let keep_op = last
-                .map(|l| op_of(l.index))
+                .map(op_of)
                 .unwrap_or(0)
                 .max(self.inner.journal.snapshot_op());
             self.inner.journal.truncate_after(keep_op).await?;
@@ -332,23 +341,23 @@ impl<D: Directory + 'static> LogStore<D> {
         Ok(())
     }
 
-    async fn purge_inner(&self, upto: LogId) -> Result<(), RaftStoreError> {
+    async fn purge_inner(&self, upto: LogIdOf<C>) -> Result<(), RaftStoreError> {
         // After the barrier no append at or below `upto` is in flight, so moving the journal's
         // watermark cannot make one of them fail as below the snapshot.
         self.inner.chain.barrier().await?;
         let (vote, previous) = {
             let mem = self.inner.mem.borrow();
-            (mem.vote, mem.last_purged)
+            (mem.vote.clone(), mem.last_purged.as_ref().map(|p| p.index))
         };
-        if previous.is_some_and(|p| p.index >= upto.index) {
+        if previous.is_some_and(|p| p >= upto.index) {
             return Ok(());
         }
         // The meta file first: once the journal's watermark moves, the entries (and with them
         // the term of the last purged one) are gone, and `get_log_state` must still report it.
-        self.write_meta(vote, Some(upto)).await?;
+        self.write_meta(vote, Some(upto.clone())).await?;
         {
             let mut mem = self.inner.mem.borrow_mut();
-            mem.last_purged = Some(upto);
+            mem.last_purged = Some(upto.clone());
             mem.entries = mem.entries.split_off(&(upto.index + 1));
         }
         let op = op_of(upto.index);
@@ -366,35 +375,42 @@ impl<D: Directory + 'static> LogStore<D> {
         Ok(())
     }
 
-    fn save_committed_inner(&self, committed: Option<LogId>) {
+    fn save_committed_inner(&self, committed: Option<LogIdOf<C>>) {
+        let index = committed.as_ref().map(|c| c.index);
         self.inner.mem.borrow_mut().committed = committed;
-        if let Some(c) = committed {
+        if let Some(index) = index {
             // The watermark rides in the header of every later journal entry (no extra write);
             // the delayed marker covers the case where no later entry comes.
-            self.inner.journal.set_commit_op(op_of(c.index));
+            self.inner.journal.set_commit_op(op_of(index));
             self.schedule_commit_marker();
         }
     }
 }
 
-impl<D: Directory + 'static> RaftLogReader<crate::TypeConfig> for LogStore<D> {
+impl<C: KeelConfig, D: Directory + 'static> RaftLogReader<C> for LogStore<C, D>
+where
+    C::Entry: Clone,
+{
     async fn try_get_log_entries<RB: RangeBounds<u64> + Clone + Debug + OptionalSend>(
         &mut self,
         range: RB,
-    ) -> Result<Vec<Entry>, io::Error> {
+    ) -> Result<Vec<C::Entry>, io::Error> {
         let mem = self.inner.mem.borrow();
         Ok(mem.entries.range(range).map(|(_, e)| e.clone()).collect())
     }
 
-    async fn read_vote(&mut self) -> Result<Option<Vote>, io::Error> {
-        Ok(self.inner.mem.borrow().vote)
+    async fn read_vote(&mut self) -> Result<Option<VoteOf<C>>, io::Error> {
+        Ok(self.inner.mem.borrow().vote.clone())
     }
 }
 
-impl<D: Directory + 'static> RaftLogStorage<crate::TypeConfig> for LogStore<D> {
+impl<C: KeelConfig, D: Directory + 'static> RaftLogStorage<C> for LogStore<C, D>
+where
+    C::Entry: Clone,
+{
     type LogReader = Self;
 
-    async fn get_log_state(&mut self) -> Result<LogState, io::Error> {
+    async fn get_log_state(&mut self) -> Result<LogState<C>, io::Error> {
         self.inner.chain.check()?;
         Ok(self.log_state())
     }
@@ -403,34 +419,34 @@ impl<D: Directory + 'static> RaftLogStorage<crate::TypeConfig> for LogStore<D> {
         self.clone()
     }
 
-    async fn save_vote(&mut self, vote: &Vote) -> Result<(), io::Error> {
+    async fn save_vote(&mut self, vote: &VoteOf<C>) -> Result<(), io::Error> {
         Ok(self.save_vote_inner(vote).await?)
     }
 
-    async fn save_committed(&mut self, committed: Option<LogId>) -> Result<(), io::Error> {
+    async fn save_committed(&mut self, committed: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         self.inner.chain.check()?;
         self.save_committed_inner(committed);
         Ok(())
     }
 
-    async fn read_committed(&mut self) -> Result<Option<LogId>, io::Error> {
-        Ok(self.inner.mem.borrow().committed)
+    async fn read_committed(&mut self) -> Result<Option<LogIdOf<C>>, io::Error> {
+        Ok(self.inner.mem.borrow().committed.clone())
     }
 
-    async fn append<I>(&mut self, entries: I, callback: IOFlushed) -> Result<(), io::Error>
+    async fn append<I>(&mut self, entries: I, callback: IOFlushed<C>) -> Result<(), io::Error>
     where
-        I: IntoIterator<Item = Entry> + OptionalSend,
+        I: IntoIterator<Item = C::Entry> + OptionalSend,
         I::IntoIter: OptionalSend,
     {
-        let entries: Vec<Entry> = entries.into_iter().collect();
+        let entries: Vec<C::Entry> = entries.into_iter().collect();
         Ok(self.append_entries(entries, callback).await?)
     }
 
-    async fn truncate_after(&mut self, last_log_id: Option<LogId>) -> Result<(), io::Error> {
+    async fn truncate_after(&mut self, last_log_id: Option<LogIdOf<C>>) -> Result<(), io::Error> {
         Ok(self.truncate_after_inner(last_log_id).await?)
     }
 
-    async fn purge(&mut self, log_id: LogId) -> Result<(), io::Error> {
+    async fn purge(&mut self, log_id: LogIdOf<C>) -> Result<(), io::Error> {
         Ok(self.purge_inner(log_id).await?)
     }
 }
@@ -440,12 +456,13 @@ impl<D: Directory + 'static> RaftLogStorage<crate::TypeConfig> for LogStore<D> {
 /// Returns the contiguous entries from the first index after `last_purged`, and the first index
 /// where the log stopped early (a gap), if any. Entries past a gap were never acknowledged:
 /// callbacks fire in order, and the one of the missing entry never fired.
-pub(crate) fn load_entries(
+#[allow(clippy::type_complexity)]
+pub(crate) fn load_entries<C: KeelConfig>(
     live: &BTreeMap<u64, keel_journal::Bytes>,
-    last_purged: Option<LogId>,
+    last_purged: Option<u64>,
     slot_count: u64,
-) -> Result<(BTreeMap<u64, Entry>, Option<u64>), RaftStoreError> {
-    let first_index = last_purged.map(|l| l.index + 1).unwrap_or(0);
+) -> Result<(BTreeMap<u64, C::Entry>, Option<u64>), RaftStoreError> {
+    let first_index = last_purged.map(|index| index + 1).unwrap_or(0);
     let mut reader = live.range(op_of(first_index)..);
     let mut entries = BTreeMap::new();
     // The ring holds at most `slot_count` live ops above the watermark; more is a bug.
@@ -457,12 +474,12 @@ pub(crate) fn load_entries(
         if index != expected {
             return Ok((entries, Some(expected)));
         }
-        let entry: Entry =
-            serde_json::from_slice(payload).map_err(|e| RaftStoreError::decode("log entry", e))?;
-        if entry.log_id.index != index {
+        let entry: C::Entry = codec::decode_log_payload(payload)
+            .map_err(|e| RaftStoreError::decode("log entry", e))?;
+        if entry.index() != index {
             return Err(RaftStoreError::Misplaced {
                 op,
-                index: entry.log_id.index,
+                index: entry.index(),
                 expected: index,
             });
         }

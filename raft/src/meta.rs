@@ -22,7 +22,8 @@ use serde::{Deserialize, Serialize};
 
 use crate::durable::{le_u32, read_all};
 use crate::error::RaftStoreError;
-use crate::typ::{LogId, Vote};
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::RaftTypeConfig;
 
 /// Name of the meta file in the store's root directory.
 pub const META_FILE: &str = "raft-meta";
@@ -32,14 +33,25 @@ const META_HEADER_BYTES: usize = 24;
 /// The body holds two small values; anything bigger is damage, not data.
 const MAX_META_BODY_BYTES: usize = 64 << 10;
 
-/// What the meta file holds.
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Meta {
-    pub vote: Option<Vote>,
-    pub last_purged: Option<LogId>,
+/// What the meta file holds. The body stays JSON (any application's vote and log id types,
+/// readable by the `keel` tool); it is written once per election or purge, never per entry.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(bound = "")]
+pub(crate) struct Meta<C: RaftTypeConfig> {
+    pub vote: Option<VoteOf<C>>,
+    pub last_purged: Option<LogIdOf<C>>,
 }
 
-pub(crate) fn encode(meta: &Meta) -> Result<Vec<u8>, RaftStoreError> {
+impl<C: RaftTypeConfig> Default for Meta<C> {
+    fn default() -> Self {
+        Self {
+            vote: None,
+            last_purged: None,
+        }
+    }
+}
+
+pub(crate) fn encode<C: RaftTypeConfig>(meta: &Meta<C>) -> Result<Vec<u8>, RaftStoreError> {
     let body = serde_json::to_vec(meta).map_err(|e| RaftStoreError::encode("raft meta", e))?;
     let mut out = Vec::with_capacity(META_HEADER_BYTES + body.len());
     out.extend_from_slice(META_MAGIC);
@@ -52,7 +64,10 @@ pub(crate) fn encode(meta: &Meta) -> Result<Vec<u8>, RaftStoreError> {
     Ok(out)
 }
 
-pub(crate) fn decode(file: &str, bytes: &[u8]) -> Result<Meta, RaftStoreError> {
+pub(crate) fn decode<C: RaftTypeConfig>(
+    file: &str,
+    bytes: &[u8],
+) -> Result<Meta<C>, RaftStoreError> {
     let damaged = |reason: String| RaftStoreError::Damaged {
         file: file.to_string(),
         reason,
@@ -91,7 +106,9 @@ pub(crate) fn decode(file: &str, bytes: &[u8]) -> Result<Meta, RaftStoreError> {
 ///
 /// A damaged file is an error, not a reset: it is only ever replaced by an atomic rename, so
 /// damage means the disk lost acknowledged bytes, and forgetting a vote could elect two leaders.
-pub(crate) async fn load<D: Directory>(root: &D) -> Result<Meta, RaftStoreError> {
+pub(crate) async fn load<C: RaftTypeConfig, D: Directory>(
+    root: &D,
+) -> Result<Meta<C>, RaftStoreError> {
     match read_all(root, META_FILE).await? {
         None => Ok(Meta::default()),
         Some(bytes) => decode(&format!("{}/{META_FILE}", root.display_path()), &bytes),
@@ -99,27 +116,35 @@ pub(crate) async fn load<D: Directory>(root: &D) -> Result<Meta, RaftStoreError>
 }
 
 /// Replaces the meta file atomically; durable on return.
-pub(crate) async fn store<D: Directory>(root: &D, meta: &Meta) -> Result<(), RaftStoreError> {
+pub(crate) async fn store<C: RaftTypeConfig, D: Directory>(
+    root: &D,
+    meta: &Meta<C>,
+) -> Result<(), RaftStoreError> {
     Ok(atomic_replace(root, META_FILE, encode(meta)?).await?)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::typ::Vote;
+    use crate::TypeConfig;
 
     #[test]
     fn round_trip_and_damage() {
-        let meta = Meta {
+        let meta = Meta::<TypeConfig> {
             vote: Some(Vote::new(3, 2)),
             last_purged: None,
         };
         let bytes = encode(&meta).unwrap();
-        assert_eq!(decode("m", &bytes).unwrap(), meta);
+        assert_eq!(decode::<TypeConfig>("m", &bytes).unwrap(), meta);
         for i in 0..bytes.len() {
             let mut bad = bytes.clone();
             bad[i] ^= 0x40;
-            assert!(decode("m", &bad).is_err(), "flip at byte {i} accepted");
+            assert!(
+                decode::<TypeConfig>("m", &bad).is_err(),
+                "flip at byte {i} accepted"
+            );
         }
-        assert!(decode("m", &bytes[..bytes.len() - 1]).is_err());
+        assert!(decode::<TypeConfig>("m", &bytes[..bytes.len() - 1]).is_err());
     }
 }

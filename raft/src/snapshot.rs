@@ -1,6 +1,6 @@
 //! Raft snapshot files: `DIR/raft-snapshots/NNNNNNNNNNNNNNNNNNNN.snap`.
 //!
-//! Each file uses keel's snapshot header (DESIGN §5: magic `KEELSNAP`, version, op, length,
+//! Each file uses keel's snapshot header (`docs/durability.md`; magic `KEELSNAP`, version, op, length,
 //! payload crc, header crc; 40 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
 //! op in the name and header is the raft index of the snapshot's last log id plus one, the same
 //! op numbering as the journal ([`crate::op_of`]); 0 for a snapshot of nothing.
@@ -11,7 +11,9 @@
 //! followers. The engine's tools would try to restore the envelope as a `KvStateMachine` and
 //! quarantine it as damaged; a separate directory keeps them away.
 //!
-//! Envelope (little-endian): `meta_len:u32  meta (JSON SnapshotMeta)  state (KvStateMachine bytes)`.
+//! Envelope (little-endian): `meta_len:u32  meta (JSON SnapshotMeta)  state (the application
+//! machine's [`crate::AppStateMachine::snapshot`] bytes)`. The meta stays JSON: it is written once
+//! per snapshot, and the `keel` tool reads it without knowing the application's types.
 //!
 //! The two newest files are kept, so a snapshot damaged on disk falls back to the previous one
 //! (the journal still covers the gap as long as purges keep enough log behind the newest).
@@ -23,7 +25,8 @@ use keel_storage::{atomic_replace, open_dir_durable, Directory};
 
 use crate::durable::{le_u32, read_all, remove_temps};
 use crate::error::RaftStoreError;
-use crate::typ::SnapshotMeta;
+use openraft::alias::SnapshotMetaOf;
+use openraft::RaftTypeConfig;
 
 /// Directory of the raft snapshots under the store's root.
 pub const RAFT_SNAPSHOTS_DIR: &str = "raft-snapshots";
@@ -35,7 +38,10 @@ const KEEP_SNAPSHOTS: usize = 2;
 const DAMAGED_SUFFIX: &str = ".damaged";
 
 /// Packs `meta` and the state machine's bytes into one snapshot payload.
-pub fn encode_envelope(meta: &SnapshotMeta, state: &[u8]) -> Result<Vec<u8>, RaftStoreError> {
+pub fn encode_envelope<C: RaftTypeConfig>(
+    meta: &SnapshotMetaOf<C>,
+    state: &[u8],
+) -> Result<Vec<u8>, RaftStoreError> {
     let meta_bytes =
         serde_json::to_vec(meta).map_err(|e| RaftStoreError::encode("snapshot meta", e))?;
     let mut out = Vec::with_capacity(4 + meta_bytes.len() + state.len());
@@ -46,10 +52,10 @@ pub fn encode_envelope(meta: &SnapshotMeta, state: &[u8]) -> Result<Vec<u8>, Raf
 }
 
 /// Splits a snapshot payload into its meta and the state machine's bytes.
-pub fn decode_envelope<'a>(
+pub fn decode_envelope<'a, C: RaftTypeConfig>(
     what: &str,
     bytes: &'a [u8],
-) -> Result<(SnapshotMeta, &'a [u8]), RaftStoreError> {
+) -> Result<(SnapshotMetaOf<C>, &'a [u8]), RaftStoreError> {
     let damaged = |reason: String| RaftStoreError::Damaged {
         file: what.to_string(),
         reason,
@@ -177,6 +183,8 @@ impl<D: Directory> SnapshotFiles<D> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::typ::SnapshotMeta;
+    use crate::TypeConfig;
 
     #[test]
     fn file_round_trip_and_damage() {
@@ -201,10 +209,10 @@ mod tests {
     #[test]
     fn envelope_round_trip() {
         let meta = SnapshotMeta::default();
-        let env = encode_envelope(&meta, b"state").unwrap();
-        let (back, state) = decode_envelope("e", &env).unwrap();
+        let env = encode_envelope::<TypeConfig>(&meta, b"state").unwrap();
+        let (back, state) = decode_envelope::<TypeConfig>("e", &env).unwrap();
         assert_eq!(back, meta);
         assert_eq!(state, b"state");
-        assert!(decode_envelope("e", &env[..3]).is_err());
+        assert!(decode_envelope::<TypeConfig>("e", &env[..3]).is_err());
     }
 }

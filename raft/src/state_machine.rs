@@ -1,5 +1,5 @@
-//! [`StateMachineStore`]: openraft's `RaftStateMachine` and `RaftSnapshotBuilder` on keel's
-//! `KvStateMachine`, with snapshots in keel-format files ([`crate::snapshot`]).
+//! [`StateMachineStore`]: openraft's `RaftStateMachine` and `RaftSnapshotBuilder` over an
+//! application's [`AppStateMachine`], with snapshots in keel-format files ([`crate::snapshot`]).
 //!
 //! The state machine itself is not written on apply: it is rebuilt at open from the newest
 //! snapshot plus the journal's entries up to the durable commit watermark (see `store::open`).
@@ -13,84 +13,77 @@ use std::rc::Rc;
 
 use futures::lock::Mutex;
 use futures::{Stream, TryStreamExt};
-use keel_engine::{KvStateMachine, StateMachine};
+use keel_engine::KvStateMachine;
 use keel_storage::Directory;
+use openraft::alias::{LogIdOf, SnapshotMetaOf, SnapshotOf, StoredMembershipOf};
+use openraft::entry::RaftEntry;
 use openraft::storage::{EntryResponder, RaftStateMachine};
-use openraft::{OptionalSend, RaftSnapshotBuilder};
+use openraft::{OptionalSend, RaftSnapshotBuilder, StoredMembership};
 
 use crate::error::RaftStoreError;
-use crate::kv::{KvRequest, KvResponse};
+use crate::machine::{AppStateMachine, EntryCommand};
 use crate::snapshot::{decode_envelope, encode_envelope, SnapshotFiles};
-use crate::typ::{
-    Entry, EntryPayload, LogId, Snapshot, SnapshotData, SnapshotMeta, StoredMembership,
-};
-use crate::{snapshot_op_of, TypeConfig};
+use crate::{snapshot_op_of, KeelConfig, TypeConfig};
+
+/// The bytes of a snapshot as openraft hands them around: the envelope ([`crate::snapshot`]).
+pub type SnapshotData = Cursor<Vec<u8>>;
 
 /// The applied state, in memory.
-#[derive(Debug, Default)]
-pub(crate) struct SmState {
-    pub kv: KvStateMachine,
-    pub last_applied: Option<LogId>,
-    pub last_membership: StoredMembership,
+pub(crate) struct SmState<C: KeelConfig, M> {
+    pub machine: M,
+    pub last_applied: Option<LogIdOf<C>>,
+    pub last_membership: StoredMembershipOf<C>,
     /// The snapshot `get_current_snapshot` returns: its file's op and its meta.
-    pub current: Option<(u64, SnapshotMeta)>,
+    pub current: Option<(u64, SnapshotMetaOf<C>)>,
 }
 
-impl SmState {
+impl<C: KeelConfig, M: AppStateMachine<C>> Default for SmState<C, M> {
+    fn default() -> Self {
+        Self {
+            machine: M::default(),
+            last_applied: None,
+            last_membership: StoredMembership::default(),
+            current: None,
+        }
+    }
+}
+
+impl<C: KeelConfig, M: AppStateMachine<C>> SmState<C, M>
+where
+    C::Entry: EntryCommand<C::D>,
+{
     /// Applies one entry; the response goes to the client that proposed it (if on this node).
-    pub(crate) fn apply_entry(&mut self, entry: &Entry) -> KvResponse {
-        self.last_applied = Some(entry.log_id);
-        match &entry.payload {
-            EntryPayload::Blank => KvResponse::default(),
-            EntryPayload::Normal(request) => {
-                apply_request(&mut self.kv, entry.log_id.index, request)
-            }
-            EntryPayload::Membership(membership) => {
-                self.last_membership =
-                    StoredMembership::new(Some(entry.log_id), membership.clone());
-                KvResponse::default()
-            }
+    pub(crate) fn apply_entry(&mut self, entry: &C::Entry) -> C::R {
+        let log_id = entry.log_id();
+        if let Some(membership) = entry.get_membership() {
+            self.last_membership = StoredMembership::new(Some(log_id.clone()), membership);
         }
+        let response = self.machine.apply(&log_id, entry.command());
+        self.last_applied = Some(log_id);
+        response
     }
 }
 
-/// Applies a command through keel's codec; a command keel refuses (oversized key or value) is
-/// applied as a no-op on every replica alike, as keel's engine does.
-fn apply_request(kv: &mut KvStateMachine, index: u64, request: &KvRequest) -> KvResponse {
-    let result = request
-        .to_command_bytes()
-        .map_err(|e| e.to_string())
-        .and_then(|bytes| {
-            kv.apply(crate::op_of(index), &bytes)
-                .map_err(|e| e.to_string())
-        });
-    match result {
-        Ok(()) => KvResponse::default(),
-        Err(reason) => {
-            tracing::warn!(index, %reason, "state machine rejected a committed command; applied as a no-op");
-            KvResponse {
-                rejected: Some(reason),
-            }
-        }
-    }
-}
-
-pub(crate) struct SmInner<D: Directory> {
+pub(crate) struct SmInner<C: KeelConfig, M, D: Directory> {
     files: SnapshotFiles<D>,
-    state: RefCell<SmState>,
+    state: RefCell<SmState<C, M>>,
     /// Serializes snapshot persists (a build running while a snapshot is installed would
     /// otherwise race on files and on which one is current).
     persist_lock: Mutex<()>,
     _lock: Rc<D::Lock>,
 }
 
-/// openraft's state machine on keel's `KvStateMachine`. A cheap handle: clones share one state
-/// (the clone openraft asks for as its snapshot builder snapshots the same state).
-pub struct StateMachineStore<D: Directory + 'static> {
-    inner: Rc<SmInner<D>>,
+/// openraft's state machine over the application's machine `M`, for the type configuration `C`,
+/// with snapshot files in the keel [`Directory`] `D`. A cheap handle: clones share one state (the
+/// clone openraft asks for as its snapshot builder snapshots the same state).
+pub struct StateMachineStore<C: KeelConfig, M, D: Directory + 'static> {
+    inner: Rc<SmInner<C, M, D>>,
 }
 
-impl<D: Directory + 'static> Clone for StateMachineStore<D> {
+/// The state machine store of keel's key-value replica.
+pub type KvStateMachineStore<D> = StateMachineStore<TypeConfig, KvStateMachine, D>;
+
+impl<C: KeelConfig, M, D: Directory + 'static> Clone for StateMachineStore<C, M, D> {
     fn clone(&self) -> Self {
         Self {
             inner: self.inner.clone(),
@@ -98,8 +91,33 @@ impl<D: Directory + 'static> Clone for StateMachineStore<D> {
     }
 }
 
-impl<D: Directory + 'static> StateMachineStore<D> {
-    pub(crate) fn new(files: SnapshotFiles<D>, state: SmState, lock: Rc<D::Lock>) -> Self {
+impl<D: Directory + 'static> StateMachineStore<TypeConfig, KvStateMachine, D> {
+    /// The value of `key`, if set.
+    pub fn get(&self, key: &str) -> Option<String> {
+        self.read(|kv| {
+            kv.get(key.as_bytes())
+                .map(|v| String::from_utf8_lossy(v).into_owned())
+        })
+    }
+
+    /// Number of keys.
+    pub fn len(&self) -> usize {
+        self.read(KvStateMachine::len)
+    }
+
+    /// True when no key is set.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// keel's digest of the whole key-value state (equal states, equal digests).
+    pub fn digest(&self) -> u64 {
+        self.read(KvStateMachine::digest)
+    }
+}
+
+impl<C: KeelConfig, M: AppStateMachine<C>, D: Directory + 'static> StateMachineStore<C, M, D> {
+    pub(crate) fn new(files: SnapshotFiles<D>, state: SmState<C, M>, lock: Rc<D::Lock>) -> Self {
         Self {
             inner: Rc::new(SmInner {
                 files,
@@ -110,48 +128,33 @@ impl<D: Directory + 'static> StateMachineStore<D> {
         }
     }
 
-    /// The value of `key`, if set.
-    pub fn get(&self, key: &str) -> Option<String> {
-        let state = self.inner.state.borrow();
-        state
-            .kv
-            .get(key.as_bytes())
-            .map(|v| String::from_utf8_lossy(v).into_owned())
-    }
-
-    /// Number of keys.
-    pub fn len(&self) -> usize {
-        self.inner.state.borrow().kv.len()
-    }
-
-    /// True when no key is set.
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
-    /// keel's digest of the whole key-value state (equal states, equal digests).
-    pub fn digest(&self) -> u64 {
-        self.inner.state.borrow().kv.digest()
+    /// Reads the application's machine (queries, digests). `f` must not call back into the store.
+    pub fn read<R>(&self, f: impl FnOnce(&M) -> R) -> R {
+        f(&self.inner.state.borrow().machine)
     }
 
     /// The last applied log id.
-    pub fn last_applied(&self) -> Option<LogId> {
-        self.inner.state.borrow().last_applied
+    pub fn last_applied(&self) -> Option<LogIdOf<C>> {
+        self.inner.state.borrow().last_applied.clone()
     }
 
     /// The last membership applied (with its log id).
-    pub fn last_membership(&self) -> StoredMembership {
+    pub fn last_membership(&self) -> StoredMembershipOf<C> {
         self.inner.state.borrow().last_membership.clone()
     }
 
     /// The op (file name) and meta of the current snapshot, if any.
-    pub fn current_snapshot_meta(&self) -> Option<(u64, SnapshotMeta)> {
+    pub fn current_snapshot_meta(&self) -> Option<(u64, SnapshotMetaOf<C>)> {
         self.inner.state.borrow().current.clone()
     }
 
     /// Persists `payload` as the snapshot described by `meta` and makes it current, unless a newer
     /// snapshot became current meanwhile (then the older one is not worth a file).
-    async fn persist(&self, meta: &SnapshotMeta, payload: &[u8]) -> Result<bool, RaftStoreError> {
+    async fn persist(
+        &self,
+        meta: &SnapshotMetaOf<C>,
+        payload: &[u8],
+    ) -> Result<bool, RaftStoreError> {
         let _guard = self.inner.persist_lock.lock().await;
         let op = snapshot_op_of(meta.last_log_id.as_ref());
         let newer_current = self
@@ -169,31 +172,36 @@ impl<D: Directory + 'static> StateMachineStore<D> {
         Ok(true)
     }
 
-    async fn build(&self) -> Result<Snapshot, RaftStoreError> {
+    async fn build(&self) -> Result<SnapshotOf<C, SnapshotData>, RaftStoreError> {
         // Copy the state before the first await: the snapshot is of exactly one applied point.
         let (meta, payload) = {
             let state = self.inner.state.borrow();
-            let meta = SnapshotMeta {
-                last_log_id: state.last_applied,
+            let meta = SnapshotMetaOf::<C> {
+                last_log_id: state.last_applied.clone(),
                 last_membership: state.last_membership.clone(),
             };
-            let payload = encode_envelope(&meta, &state.kv.snapshot())?;
+            let payload = encode_envelope::<C>(&meta, &state.machine.snapshot())?;
             (meta, payload)
         };
         self.persist(&meta, &payload).await?;
         tracing::debug!(last_log_id = ?meta.last_log_id, bytes = payload.len(), "built raft snapshot");
-        Ok(Snapshot {
+        Ok(SnapshotOf::<C, SnapshotData> {
             meta,
             snapshot: Cursor::new(payload),
         })
     }
 
-    async fn install(&self, meta: &SnapshotMeta, data: SnapshotData) -> Result<(), RaftStoreError> {
+    async fn install(
+        &self,
+        meta: &SnapshotMetaOf<C>,
+        data: SnapshotData,
+    ) -> Result<(), RaftStoreError> {
         let bytes = data.into_inner();
         let what = format!("snapshot {:?} received", meta.last_log_id);
-        let (embedded, state_bytes) = decode_envelope(&what, &bytes)?;
-        let mut kv = KvStateMachine::new();
-        kv.restore(state_bytes)
+        let (embedded, state_bytes) = decode_envelope::<C>(&what, &bytes)?;
+        let mut machine = M::default();
+        machine
+            .restore(state_bytes)
             .map_err(|e| RaftStoreError::Restore {
                 file: what.clone(),
                 reason: e.reason,
@@ -202,51 +210,64 @@ impl<D: Directory + 'static> StateMachineStore<D> {
         let payload = if embedded == *meta {
             bytes
         } else {
-            encode_envelope(meta, state_bytes)?
+            encode_envelope::<C>(meta, state_bytes)?
         };
         // Durable before the state changes: a crash right after still finds this snapshot.
         self.persist(meta, &payload).await?;
         let mut state = self.inner.state.borrow_mut();
-        state.kv = kv;
-        state.last_applied = meta.last_log_id;
+        state.machine = machine;
+        state.last_applied = meta.last_log_id.clone();
         state.last_membership = meta.last_membership.clone();
         tracing::info!(last_log_id = ?meta.last_log_id, "installed raft snapshot");
         Ok(())
     }
 
-    async fn current(&self) -> Result<Option<Snapshot>, RaftStoreError> {
+    async fn current(&self) -> Result<Option<SnapshotOf<C, SnapshotData>>, RaftStoreError> {
         let current = self.inner.state.borrow().current.clone();
         let Some((op, meta)) = current else {
             return Ok(None);
         };
         let payload = self.inner.files.load(op).await?;
-        Ok(Some(Snapshot {
+        Ok(Some(SnapshotOf::<C, SnapshotData> {
             meta,
             snapshot: Cursor::new(payload),
         }))
     }
 }
 
-impl<D: Directory + 'static> RaftSnapshotBuilder<TypeConfig> for StateMachineStore<D> {
+impl<C, M, D> RaftSnapshotBuilder<C> for StateMachineStore<C, M, D>
+where
+    C: KeelConfig,
+    M: AppStateMachine<C>,
+    D: Directory + 'static,
+{
     type SnapshotData = SnapshotData;
 
-    async fn build_snapshot(&mut self) -> Result<Snapshot, io::Error> {
+    async fn build_snapshot(&mut self) -> Result<SnapshotOf<C, SnapshotData>, io::Error> {
         Ok(self.build().await?)
     }
 }
 
-impl<D: Directory + 'static> RaftStateMachine<TypeConfig> for StateMachineStore<D> {
+impl<C, M, D> RaftStateMachine<C> for StateMachineStore<C, M, D>
+where
+    C: KeelConfig,
+    C::Entry: EntryCommand<C::D>,
+    M: AppStateMachine<C>,
+    D: Directory + 'static,
+{
     type SnapshotData = SnapshotData;
     type SnapshotBuilder = Self;
 
-    async fn applied_state(&mut self) -> Result<(Option<LogId>, StoredMembership), io::Error> {
+    async fn applied_state(
+        &mut self,
+    ) -> Result<(Option<LogIdOf<C>>, StoredMembershipOf<C>), io::Error> {
         let state = self.inner.state.borrow();
-        Ok((state.last_applied, state.last_membership.clone()))
+        Ok((state.last_applied.clone(), state.last_membership.clone()))
     }
 
     async fn apply<Strm>(&mut self, mut entries: Strm) -> Result<(), io::Error>
     where
-        Strm: Stream<Item = Result<EntryResponder<TypeConfig>, io::Error>> + Unpin + OptionalSend,
+        Strm: Stream<Item = Result<EntryResponder<C>, io::Error>> + Unpin + OptionalSend,
     {
         while let Some((entry, responder)) = entries.try_next().await? {
             // The borrow ends before the next await (the stream may yield to other tasks).
@@ -264,40 +285,43 @@ impl<D: Directory + 'static> RaftStateMachine<TypeConfig> for StateMachineStore<
 
     async fn install_snapshot(
         &mut self,
-        meta: &SnapshotMeta,
+        meta: &SnapshotMetaOf<C>,
         snapshot: SnapshotData,
     ) -> Result<(), io::Error> {
         Ok(self.install(meta, snapshot).await?)
     }
 
-    async fn get_current_snapshot(&mut self) -> Result<Option<Snapshot>, io::Error> {
+    async fn get_current_snapshot(
+        &mut self,
+    ) -> Result<Option<SnapshotOf<C, SnapshotData>>, io::Error> {
         Ok(self.current().await?)
     }
 }
 
 /// Loads the newest valid snapshot into a fresh state; damaged ones are set aside and the next
 /// older one is tried.
-pub(crate) async fn load_newest<D: Directory>(
+pub(crate) async fn load_newest<C: KeelConfig, M: AppStateMachine<C>, D: Directory>(
     files: &SnapshotFiles<D>,
-) -> Result<SmState, RaftStoreError> {
-    let mut state = SmState::default();
+) -> Result<SmState<C, M>, RaftStoreError> {
+    let mut state = SmState::<C, M>::default();
     let ops = files.list().await?;
     for op in ops.into_iter().rev() {
         let loaded = files.load(op).await.and_then(|payload| {
             let what = format!("raft snapshot op {op}");
-            let (meta, state_bytes) = decode_envelope(&what, &payload)?;
-            let mut kv = KvStateMachine::new();
-            kv.restore(state_bytes)
+            let (meta, state_bytes) = decode_envelope::<C>(&what, &payload)?;
+            let mut machine = M::default();
+            machine
+                .restore(state_bytes)
                 .map_err(|e| RaftStoreError::Restore {
                     file: what,
                     reason: e.reason,
                 })?;
-            Ok((meta, kv))
+            Ok((meta, machine))
         });
         match loaded {
-            Ok((meta, kv)) => {
-                state.kv = kv;
-                state.last_applied = meta.last_log_id;
+            Ok((meta, machine)) => {
+                state.machine = machine;
+                state.last_applied = meta.last_log_id.clone();
                 state.last_membership = meta.last_membership.clone();
                 state.current = Some((op, meta));
                 return Ok(state);

@@ -1,18 +1,21 @@
 //! Opening a keel raft store: lock, meta, journal, log index, snapshot, replay.
 
+use std::collections::BTreeMap;
 use std::rc::Rc;
 
-use keel_engine::LOCK_FILE;
+use keel_engine::{KvStateMachine, LOCK_FILE};
 use keel_journal::{JournalConfig, LiveEntries, MetadataJournal, RecoveryMode, ScanReport};
 use keel_storage::Directory;
+use openraft::alias::{LogIdOf, VoteOf};
+use openraft::entry::RaftEntry;
 
 use crate::error::RaftStoreError;
 use crate::log_store::{load_entries, LogMem, LogStore};
+use crate::machine::{AppStateMachine, EntryCommand};
 use crate::meta;
 use crate::snapshot::SnapshotFiles;
-use crate::state_machine::{load_newest, StateMachineStore};
-use crate::typ::{LogId, Vote};
-use crate::{index_of, op_of};
+use crate::state_machine::{load_newest, SmState, StateMachineStore};
+use crate::{index_of, op_of, KeelConfig, TypeConfig};
 
 /// Largest `slot_count` accepted: the ring is allocated up front.
 pub const MAX_SLOT_COUNT: u64 = 1 << 22;
@@ -25,7 +28,7 @@ pub struct StoreConfig {
     /// fail with [`RaftStoreError::LogFull`]. Pair it with openraft's `SnapshotPolicy` and
     /// `max_in_snapshot_log_to_keep` (see [`StoreConfig::for_snapshot_policy`]).
     pub journal: JournalConfig,
-    /// What the journal's recovery may repair (DESIGN §4).
+    /// What the journal's recovery may repair (`docs/durability.md`).
     pub recovery_mode: RecoveryMode,
 }
 
@@ -62,10 +65,10 @@ impl StoreConfig {
         }
     }
 
-    fn validate(&self) -> Result<(), RaftStoreError> {
-        // A log entry is the command plus openraft's envelope (log id, enum tags): well under
-        // 4 KiB more than the command itself.
-        let needed = crate::kv::MAX_COMMAND_BYTES + (4 << 10);
+    /// Refuses a config whose journal cannot hold a log entry of `max_command_bytes` (plus
+    /// openraft's envelope: log id and enum tags, well under 4 KiB).
+    pub fn validate_for_commands(&self, max_command_bytes: usize) -> Result<(), RaftStoreError> {
+        let needed = max_command_bytes.saturating_add(4 << 10);
         if self.journal.max_payload_bytes < needed {
             return Err(RaftStoreError::Config(format!(
                 "journal max_payload_bytes {} cannot hold a log entry of the largest accepted \
@@ -73,6 +76,10 @@ impl StoreConfig {
                 self.journal.max_payload_bytes
             )));
         }
+        Ok(())
+    }
+
+    fn validate(&self) -> Result<(), RaftStoreError> {
         let slots = self.journal.slot_count;
         if slots == 0 || !slots.is_power_of_two() || slots > MAX_SLOT_COUNT {
             return Err(RaftStoreError::Config(format!(
@@ -85,20 +92,23 @@ impl StoreConfig {
 
 /// What opening a store found and repaired.
 #[derive(Debug, Clone)]
-pub struct OpenReport {
+pub struct OpenReport<C: KeelConfig = TypeConfig> {
     /// The journal's scan (repairs, quarantined bytes, lost ops).
     pub journal: ScanReport,
-    pub vote: Option<Vote>,
-    pub last_purged: Option<LogId>,
-    /// First and last log index recovered (None: empty log).
+    /// The vote recovered from the meta file.
+    pub vote: Option<VoteOf<C>>,
+    /// The last purged log id recovered from the meta file.
+    pub last_purged: Option<LogIdOf<C>>,
+    /// First log index recovered (None: empty log).
     pub first_index: Option<u64>,
+    /// Last log index recovered (None: empty log).
     pub last_index: Option<u64>,
     /// Entries found past a gap and discarded (never acknowledged; see `load_entries`).
     pub discarded_after_gap: Option<u64>,
     /// The committed log id recovered from the journal's durable commit watermark.
-    pub committed: Option<LogId>,
+    pub committed: Option<LogIdOf<C>>,
     /// The snapshot loaded (its last log id), if any.
-    pub snapshot: Option<LogId>,
+    pub snapshot: Option<LogIdOf<C>>,
     /// Entries re-applied above the snapshot, up to `committed`.
     pub replayed: u64,
 }
@@ -111,105 +121,43 @@ pub struct OpenReport {
 /// log id comes from the journal's durable commit watermark, clamped to the recovered log; the
 /// state machine is the newest valid snapshot plus the log replayed up to that committed id. So
 /// after a restart `applied_state` is exactly what was durable, and openraft resumes from there.
-pub async fn open<D: Directory + 'static>(
+#[allow(clippy::type_complexity)]
+pub async fn open<C, M, D>(
     root: D,
     config: StoreConfig,
-) -> Result<(LogStore<D>, StateMachineStore<D>, OpenReport), RaftStoreError> {
+) -> Result<(LogStore<C, D>, StateMachineStore<C, M, D>, OpenReport<C>), RaftStoreError>
+where
+    C: KeelConfig,
+    C::Entry: EntryCommand<C::D>,
+    M: AppStateMachine<C>,
+    D: Directory + 'static,
+{
     config.validate()?;
     let lock = root.lock(LOCK_FILE).await.map_err(|e| {
         RaftStoreError::io("lock", format!("{}/{LOCK_FILE}", root.display_path()), e)
     })?;
     let lock = Rc::new(lock);
-    let meta = meta::load(&root).await?;
+    let meta = meta::load::<C, D>(&root).await?;
     let slot_count = config.journal.slot_count;
-    // One streaming pass: the scan hands over every live entry, so the log is loaded without a
-    // read per entry.
-    let mut live = LiveEntries::default();
-    let plan = MetadataJournal::plan_with(
-        &root,
-        config.journal.clone(),
-        config.recovery_mode,
-        &mut |event| live.consume(event),
-    )
-    .await?;
-    let (journal, scan) = MetadataJournal::open_planned(&root, plan).await?;
-    if scan.repairs.is_empty() {
-        tracing::debug!(dir = %root.display_path(), entries = scan.entries_read, "opened raft journal");
-    } else {
-        tracing::warn!(dir = %root.display_path(), repairs = ?scan.repairs, "raft journal repaired at open");
-    }
-
-    // A purge writes the meta file before it moves the journal's watermark; if the crash came
-    // between the two, finish the move now so the ring's capacity is right.
-    if let Some(purged) = meta.last_purged {
-        if op_of(purged.index) > journal.snapshot_op() {
-            journal.set_snapshot_op(op_of(purged.index)).await?;
-        }
-    }
-
-    let mut live = live.into_entries();
-    // Ops the journal no longer holds: a purge finished just above, or beyond its ring.
-    live.retain(|op, _| journal.holds(*op));
-    let (entries, gap) = load_entries(&live, meta.last_purged, slot_count)?;
-    let mut discarded_after_gap = None;
-    if let Some(first_missing) = gap {
-        // Entries above the gap were written (batches may reach the disk out of order) but never
-        // acknowledged; cut them durably so they cannot reappear above a later append.
-        let keep_op = op_of(first_missing)
-            .saturating_sub(1)
-            .max(journal.snapshot_op());
-        journal.truncate_after(keep_op).await?;
-        tracing::warn!(
-            first_missing,
-            "raft log had a gap; discarded the unacknowledged entries above it"
-        );
-        discarded_after_gap = Some(first_missing);
-    }
-
-    let last_entry = entries.values().next_back().map(|e| e.log_id);
-    let committed = journal.commit_op().and_then(|commit_op| {
-        // Committedness is a prefix property: everything in the recovered log up to the durable
-        // watermark is committed, and the recovered log is contiguous.
-        let index = index_of(commit_op);
-        match entries.range(..=index).next_back() {
-            Some((_, entry)) => Some(entry.log_id),
-            None => meta.last_purged.filter(|p| p.index <= index),
-        }
-    });
-    let committed = committed.max(meta.last_purged);
+    let (journal, scan, live) = open_journal(&root, &config).await?;
+    let (entries, discarded_after_gap) =
+        recover_log::<C, D>(&journal, live, meta.last_purged.as_ref(), slot_count).await?;
+    let last_entry = entries.values().next_back().map(|e| e.log_id());
+    let committed = recovered_committed::<C, D>(&journal, &entries, meta.last_purged.clone());
 
     let files = SnapshotFiles::open(&root).await?;
-    let mut sm_state = load_newest(&files).await?;
-    let snapshot = sm_state.last_applied;
-    let mut replayed = 0;
-    if let Some(committed) = committed {
-        let from = snapshot.map(|s| s.index + 1).unwrap_or(0);
-        if from <= committed.index {
-            if entries.contains_key(&from) {
-                for entry in entries.range(from..=committed.index).map(|(_, e)| e) {
-                    sm_state.apply_entry(entry);
-                    replayed += 1;
-                }
-            } else {
-                // Replaying past a hole would apply entries out of order; leave the state at the
-                // snapshot and let openraft bring it forward (from peers if need be).
-                tracing::warn!(
-                    from,
-                    committed = %committed,
-                    "log does not reach back to the snapshot; not replaying"
-                );
-            }
-        }
-    }
+    let mut sm_state = load_newest::<C, M, D>(&files).await?;
+    let snapshot = sm_state.last_applied.clone();
+    let replayed = replay(&mut sm_state, &entries, committed.as_ref());
 
-    let report = OpenReport {
+    let report = OpenReport::<C> {
         journal: scan,
-        vote: meta.vote,
-        last_purged: meta.last_purged,
+        vote: meta.vote.clone(),
+        last_purged: meta.last_purged.clone(),
         first_index: entries.keys().next().copied(),
         last_index: last_entry.map(|l| l.index),
         discarded_after_gap,
-        committed,
+        committed: committed.clone(),
         snapshot,
         replayed,
     };
@@ -223,7 +171,7 @@ pub async fn open<D: Directory + 'static>(
         replayed,
         "opened raft store"
     );
-    let mem = LogMem {
+    let mem = LogMem::<C> {
         entries,
         vote: meta.vote,
         committed,
@@ -232,4 +180,134 @@ pub async fn open<D: Directory + 'static>(
     let log = LogStore::new(root, journal, slot_count, mem, lock.clone());
     let sm = StateMachineStore::new(files, sm_state, lock);
     Ok((log, sm, report))
+}
+
+/// Opens the journal in one streaming pass: the scan hands over every live entry, so the log is
+/// loaded without a read per entry.
+async fn open_journal<D: Directory>(
+    root: &D,
+    config: &StoreConfig,
+) -> Result<(MetadataJournal<D>, ScanReport, LiveEntries), RaftStoreError> {
+    let mut live = LiveEntries::default();
+    let plan = MetadataJournal::plan_with(
+        root,
+        config.journal.clone(),
+        config.recovery_mode,
+        &mut |event| live.consume(event),
+    )
+    .await?;
+    let (journal, scan) = MetadataJournal::open_planned(root, plan).await?;
+    if scan.repairs.is_empty() {
+        tracing::debug!(dir = %root.display_path(), entries = scan.entries_read, "opened raft journal");
+    } else {
+        tracing::warn!(dir = %root.display_path(), repairs = ?scan.repairs, "raft journal repaired at open");
+    }
+    Ok((journal, scan, live))
+}
+
+/// The log above the last purge, contiguous: finishes an interrupted purge and durably cuts the
+/// entries past a gap (returned: the first missing index).
+#[allow(clippy::type_complexity)]
+async fn recover_log<C: KeelConfig, D: Directory>(
+    journal: &MetadataJournal<D>,
+    live: LiveEntries,
+    last_purged: Option<&LogIdOf<C>>,
+    slot_count: u64,
+) -> Result<(BTreeMap<u64, C::Entry>, Option<u64>), RaftStoreError> {
+    // A purge writes the meta file before it moves the journal's watermark; if the crash came
+    // between the two, finish the move now so the ring's capacity is right.
+    if let Some(purged) = last_purged {
+        if op_of(purged.index) > journal.snapshot_op() {
+            journal.set_snapshot_op(op_of(purged.index)).await?;
+        }
+    }
+    let mut live = live.into_entries();
+    // Ops the journal no longer holds: a purge finished just above, or beyond its ring.
+    live.retain(|op, _| journal.holds(*op));
+    let (entries, gap) = load_entries::<C>(&live, last_purged.map(|l| l.index), slot_count)?;
+    if let Some(first_missing) = gap {
+        // Entries above the gap were written (batches may reach the disk out of order) but never
+        // acknowledged; cut them durably so they cannot reappear above a later append.
+        let keep_op = op_of(first_missing)
+            .saturating_sub(1)
+            .max(journal.snapshot_op());
+        journal.truncate_after(keep_op).await?;
+        tracing::warn!(
+            first_missing,
+            "raft log had a gap; discarded the unacknowledged entries above it"
+        );
+    }
+    Ok((entries, gap))
+}
+
+/// The committed log id: the journal's durable commit watermark, clamped to the recovered log.
+fn recovered_committed<C: KeelConfig, D: Directory>(
+    journal: &MetadataJournal<D>,
+    entries: &BTreeMap<u64, C::Entry>,
+    last_purged: Option<LogIdOf<C>>,
+) -> Option<LogIdOf<C>> {
+    let committed = journal.commit_op().and_then(|commit_op| {
+        // Committedness is a prefix property: everything in the recovered log up to the durable
+        // watermark is committed, and the recovered log is contiguous.
+        let index = index_of(commit_op);
+        match entries.range(..=index).next_back() {
+            Some((_, entry)) => Some(entry.log_id()),
+            None => last_purged.clone().filter(|p| p.index <= index),
+        }
+    });
+    committed.max(last_purged)
+}
+
+/// Applies the entries above the snapshot up to `committed` to the state; returns how many.
+fn replay<C, M>(
+    sm_state: &mut SmState<C, M>,
+    entries: &BTreeMap<u64, C::Entry>,
+    committed: Option<&LogIdOf<C>>,
+) -> u64
+where
+    C: KeelConfig,
+    C::Entry: EntryCommand<C::D>,
+    M: AppStateMachine<C>,
+{
+    let Some(committed) = committed else {
+        return 0;
+    };
+    let from = sm_state.last_applied.as_ref().map_or(0, |s| s.index + 1);
+    if from > committed.index {
+        return 0;
+    }
+    if !entries.contains_key(&from) {
+        // Replaying past a hole would apply entries out of order; leave the state at the
+        // snapshot and let openraft bring it forward (from peers if need be).
+        tracing::warn!(
+            from,
+            committed = %committed,
+            "log does not reach back to the snapshot; not replaying"
+        );
+        return 0;
+    }
+    let mut replayed = 0;
+    for entry in entries.range(from..=committed.index).map(|(_, e)| e) {
+        sm_state.apply_entry(entry);
+        replayed += 1;
+    }
+    replayed
+}
+
+/// A keel key-value store: [`open`] with keel's [`TypeConfig`] and `KvStateMachine`, refusing a
+/// journal that could not hold the largest command [`crate::KvRequest::validate`] accepts.
+#[allow(clippy::type_complexity)]
+pub async fn open_kv<D: Directory + 'static>(
+    root: D,
+    config: StoreConfig,
+) -> Result<
+    (
+        LogStore<TypeConfig, D>,
+        StateMachineStore<TypeConfig, KvStateMachine, D>,
+        OpenReport<TypeConfig>,
+    ),
+    RaftStoreError,
+> {
+    config.validate_for_commands(crate::kv::MAX_COMMAND_BYTES)?;
+    open(root, config).await
 }

@@ -7,13 +7,12 @@ mod common;
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use common::init_tracing;
+use common::{disk_node, init_tracing, start_cluster, TestCluster};
 use keel_engine::{KvCommand, KvStateMachine};
 use keel_raft::cluster::ClusterError;
-use keel_raft::cluster::{
-    bind_listeners, key_name, raft_config, rebind, write_keys, Client, NodeConfig, NodeHandle,
-};
+use keel_raft::cluster::{key_name, rebind, write_keys, Client, NodeConfig, NodeHandle};
 use keel_raft::kv::MAX_COMMAND_BYTES;
+use keel_raft::openraft::{self, BasicNode};
 use keel_raft::{KvRequest, StoreConfig};
 
 /// Snapshot every 300 entries and keep 50 behind: the run snapshots and purges several times,
@@ -21,6 +20,7 @@ use keel_raft::{KvRequest, StoreConfig};
 const LOGS_SINCE_SNAPSHOT: u64 = 300;
 const LOGS_KEPT: u64 = 50;
 const CONVERGE: Duration = Duration::from_secs(30);
+const SNAPSHOT_CHUNK_BYTES: u64 = 2048;
 
 fn value_a(k: u64) -> String {
     format!("a-{k}")
@@ -33,35 +33,31 @@ fn value_b(k: u64) -> String {
 fn node_config(
     id: u64,
     dir: &std::path::Path,
-    members: &BTreeMap<u64, String>,
+    members: &BTreeMap<u64, BasicNode>,
     initialize: bool,
 ) -> NodeConfig {
+    let policy = (LOGS_SINCE_SNAPSHOT, LOGS_KEPT);
+    let config = disk_node(id, dir, members, initialize, 1, policy);
     NodeConfig {
-        id,
-        dir: dir.to_path_buf(),
-        members: members.clone(),
-        initialize,
-        raft: raft_config(LOGS_SINCE_SNAPSHOT, LOGS_KEPT).unwrap(),
-        store: StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT),
+        raft: openraft::Config {
+            // Small chunks: a snapshot sent to the restarted node takes several.
+            snapshot_max_chunk_size: SNAPSHOT_CHUNK_BYTES,
+            ..config.raft
+        },
+        ..config
     }
 }
 
 #[test]
 fn three_nodes_elect_replicate_fail_over_and_converge() {
     init_tracing();
-    let dirs: BTreeMap<u64, tempfile::TempDir> = (1..=3)
-        .map(|id| (id, tempfile::tempdir().unwrap()))
-        .collect();
-    let (listeners, members) = bind_listeners(1..=3).unwrap();
-    let mut nodes: BTreeMap<u64, NodeHandle> = listeners
-        .into_iter()
-        .map(|(id, listener)| {
-            let config = node_config(id, dirs[&id].path(), &members, id == 1);
-            (id, NodeHandle::spawn(config, listener))
-        })
-        .collect();
+    let TestCluster {
+        dirs,
+        members,
+        mut nodes,
+    } = start_cluster(node_config);
 
-    // The expected state, computed independently with keel's own state machine.
+    // The expected states, computed independently with keel's own state machine.
     let mut expected = KvStateMachine::new();
     for k in 0..1_000 {
         expected.apply_command(&KvCommand::Set {
@@ -69,6 +65,7 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
             value: value_a(k).into_bytes(),
         });
     }
+    let after_phase_1 = expected.digest();
     for k in 800..1_400 {
         expected.apply_command(&KvCommand::Set {
             key: key_name(k).into_bytes(),
@@ -77,7 +74,7 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
     }
 
     let runtime = compio::runtime::Runtime::new().unwrap();
-    let mut client = Client::new(&members);
+    let mut client: Client = Client::new(&members);
 
     // Phase 1: elect (the client retries until a leader takes writes) and write 1,000 keys.
     let first = runtime
@@ -96,7 +93,7 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
         .block_on(client.wait_converged(&[1, 2, 3], 1_000, CONVERGE))
         .unwrap();
     let leader = statuses[0].current_leader.expect("a leader");
-    assert!(statuses.iter().all(|s| s.keys == 1_000));
+    assert!(statuses.iter().all(|s| s.digest == after_phase_1));
 
     // A command the journal could not hold is refused at the door, not fatal to the leader.
     let oversized = KvRequest::Set {
@@ -111,7 +108,10 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
 
     // Phase 2: shut the leader down, write 600 more (200 overwrite), the others converge.
     let exit = nodes.remove(&leader).unwrap().shutdown().unwrap();
-    eprintln!("leader {leader} stopped; journal {:?}", exit.journal);
+    eprintln!(
+        "leader {leader} stopped; journal {:?}",
+        exit.shards[0].journal
+    );
     let survivors: Vec<u64> = members.keys().copied().filter(|id| *id != leader).collect();
     let second = runtime
         .block_on(write_keys(&members, survivors[0], 800..1_400, 8, value_b))
@@ -121,9 +121,7 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
         .block_on(client.wait_converged(&survivors, 1_600, CONVERGE))
         .unwrap();
     assert!(
-        statuses
-            .iter()
-            .all(|s| s.digest == expected.digest() && s.keys == 1_400),
+        statuses.iter().all(|s| s.digest == expected.digest()),
         "survivors hold the expected state: {statuses:?}"
     );
     let new_leader = statuses[0].current_leader.expect("a new leader");
@@ -132,19 +130,33 @@ fn three_nodes_elect_replicate_fail_over_and_converge() {
     // Phase 3: the old leader restarts on its directory and catches up.
     let listener = rebind(&members[&leader]).unwrap();
     let config = node_config(leader, dirs[&leader].path(), &members, false);
-    nodes.insert(leader, NodeHandle::spawn(config, listener));
+    nodes.insert(leader, NodeHandle::spawn_kv(config, listener).unwrap());
     let statuses = runtime
         .block_on(client.wait_converged(&[1, 2, 3], 1_600, CONVERGE))
         .unwrap();
     assert!(
-        statuses
-            .iter()
-            .all(|s| s.digest == expected.digest() && s.keys == 1_400),
+        statuses.iter().all(|s| s.digest == expected.digest()),
         "all three hold the expected state: {statuses:?}"
+    );
+    let restarted = statuses.iter().find(|s| s.id == leader).unwrap();
+    // It was down for 600 entries, with snapshots every 300 and 50 kept: its log was purged
+    // away on the leader, so it caught up from a snapshot (keys of ~15 bytes: well over 2 KiB).
+    assert!(
+        restarted.snapshot_chunks_received > 1,
+        "the restarted node received its snapshot in chunks: {restarted:?}"
     );
 
     for (_, node) in nodes {
         let exit = node.shutdown().unwrap();
-        assert!(exit.journal.fsyncs > 0);
+        assert!(exit.shards[0].journal.fsyncs > 0);
     }
+
+    // The snapshot the old leader installed is durable: its store, reopened, holds the whole
+    // state, though its own log never held the entries the snapshot covers.
+    runtime.block_on(async {
+        let policy = StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT);
+        let (_log, sm, report) = common::open_store(dirs[&leader].path(), policy).await;
+        assert!(report.snapshot.is_some(), "{report:?}");
+        assert_eq!(sm.digest(), expected.digest());
+    });
 }

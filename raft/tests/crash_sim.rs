@@ -1,9 +1,11 @@
-//! The store under keel's crash model: random raft-shaped workloads on `MemFs`, a crash at a
-//! random moment (appends still in flight, and half the time in the middle of a vote, a purge or a
-//! truncation), reopen, and check against a model. A crash is a power cut, a process crash (the
+//! The store under keel's crash model, per raft group: two groups' stores (as two shards of a
+//! node) in their own directories of one `MemFs`, random raft-shaped workloads interleaved
+//! between them, a crash of the whole file system at a random moment (appends still in flight,
+//! and half the time in the middle of a vote, a purge or a truncation), reopen, and check each
+//! group against its model. A crash is a power cut, a process crash (the
 //! page cache survives), or a process crash followed, one life later, by a power cut.
 //!
-//! Invariants after every crash + reopen:
+//! Invariants after every crash + reopen, for each group against its own model:
 //! - every entry whose `IOFlushed` callback fired is present, byte for byte (unless purged, or
 //!   truncated by a `truncate_after` that returned);
 //! - every entry present is the newest one written at its index (a truncated or overwritten
@@ -27,7 +29,7 @@ use futures::stream;
 use keel_engine::KvStateMachine;
 use keel_raft::typ::{Entry, LogId, Vote};
 use keel_raft::{StoreConfig, TypeConfig};
-use keel_storage::{MemDirectory, MemFs};
+use keel_storage::{open_dir_durable, MemDirectory, MemFs};
 use openraft::storage::{IOFlushed, RaftLogStorage, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
 use openraft::{RaftLogReader, RaftSnapshotBuilder};
@@ -35,6 +37,8 @@ use rand::rngs::SmallRng;
 use rand::{Rng, SeedableRng};
 
 const LIVES_PER_SEED: u32 = 3;
+/// Raft groups (shards) of the simulated node, each its own store on the one crashing disk.
+const GROUPS: usize = 2;
 const MAX_STEPS_PER_LIFE: u32 = 120;
 
 fn rounds() -> u64 {
@@ -162,8 +166,8 @@ impl Restart {
 }
 
 type Stores = (
-    keel_raft::LogStore<MemDirectory>,
-    keel_raft::StateMachineStore<MemDirectory>,
+    keel_raft::LogStore<TypeConfig, MemDirectory>,
+    keel_raft::KvStateMachineStore<MemDirectory>,
 );
 
 /// Reopens the store, checks it against the model, and adopts what it recovered.
@@ -171,13 +175,18 @@ async fn reopen_and_check(
     seed: u64,
     life: u32,
     fs: &MemFs,
+    group: usize,
     model: &Rc<RefCell<Model>>,
     term: &mut u64,
     totals: &mut Totals,
 ) -> Stores {
-    let (mut log, mut sm, report) = keel_raft::open(fs.root(), small_config())
+    // Each group's store in its own directory of the one file system: a crash hits all at once.
+    let root = open_dir_durable(&fs.root(), &format!("shard-{group}"))
         .await
-        .unwrap_or_else(|e| panic!("seed {seed} life {life}: reopen failed: {e}"));
+        .unwrap_or_else(|e| panic!("seed {seed} life {life} group {group}: open dir: {e}"));
+    let (mut log, mut sm, report) = keel_raft::open_kv(root, small_config())
+        .await
+        .unwrap_or_else(|e| panic!("seed {seed} life {life} group {group}: reopen failed: {e}"));
     let frozen = model.borrow().clone();
     totals.interrupted_durable += u64::from(interrupted_took_effect(&frozen, &mut log).await);
     totals.acked_checked += check(seed, life, &frozen, &mut log, &mut sm, &report).await;
@@ -204,65 +213,105 @@ async fn reopen_and_check(
     (log, sm)
 }
 
+/// Cuts power or crashes the process (see [`Restart`]); returns whether a power cut is due at
+/// the end of the next life.
+fn crash(fs: &MemFs, rng: &mut SmallRng, power_cut_due: bool, totals: &mut Totals) -> bool {
+    let restart = if power_cut_due {
+        totals.process_crash_then_power_cut += 1;
+        Restart::PowerCut
+    } else {
+        Restart::choose(rng)
+    };
+    if restart == Restart::PowerCut {
+        totals.power_cuts += 1;
+        fs.crash();
+    } else {
+        totals.process_crashes += 1;
+        fs.process_crash();
+    }
+    restart == Restart::ProcessCrashThenPowerCut
+}
+
+/// One raft group of the simulated node: its model, term and open store.
+struct Group {
+    model: Rc<RefCell<Model>>,
+    term: u64,
+    stores: Option<Stores>,
+}
+
 async fn one_seed(seed: u64) -> Totals {
     let mut totals = Totals::default();
     let fs = MemFs::new(seed);
     let mut rng = SmallRng::seed_from_u64(seed);
-    let model = Rc::new(RefCell::new(Model::default()));
-    let mut term = 1;
+    let mut groups: Vec<Group> = (0..GROUPS)
+        .map(|_| Group {
+            model: Rc::new(RefCell::new(Model::default())),
+            term: 1,
+            stores: None,
+        })
+        .collect();
     // Set by a process crash that a power cut must follow at the end of the next life.
     let mut power_cut_due = false;
     let mut life = 0;
     while life < LIVES_PER_SEED || power_cut_due {
-        let (mut log, mut sm) =
-            reopen_and_check(seed, life, &fs, &model, &mut term, &mut totals).await;
+        for (index, g) in groups.iter_mut().enumerate() {
+            let stores =
+                reopen_and_check(seed, life, &fs, index, &g.model, &mut g.term, &mut totals).await;
+            g.stores = Some(stores);
+        }
+        // The groups' steps interleave, as shards' writes do on one disk.
         let crash_at = rng.gen_range(1..=MAX_STEPS_PER_LIFE);
         for _ in 0..crash_at {
-            step(&mut rng, &model, &mut log, &mut sm, &mut term).await;
+            let g = &mut groups[rng.gen_range(0..GROUPS)];
+            let Some((log, sm)) = g.stores.as_mut() else {
+                unreachable!("opened above");
+            };
+            step(&mut rng, &g.model, log, sm, &mut g.term).await;
         }
         // Half the time the crash comes in the middle of a vote, a purge or a truncation.
         let mut yields = rng.gen_range(0..6);
-        if rng.gen_bool(0.5) && start_interrupted(&mut rng, &model, &log, &mut term) {
-            totals.interrupted += 1;
-            yields = rng.gen_range(0..16);
+        let g = &mut groups[rng.gen_range(0..GROUPS)];
+        if let Some((log, _)) = g.stores.as_ref() {
+            if rng.gen_bool(0.5) && start_interrupted(&mut rng, &g.model, log, &mut g.term) {
+                totals.interrupted += 1;
+                yields = rng.gen_range(0..16);
+            }
         }
-        // The crash, with appends possibly in flight; the old store's tasks now hit stale
-        // handles and fail, which poisons it. Let the in-flight I/O get partway first: a random
-        // number of polls of the other tasks.
+        // The crash, with appends possibly in flight; the old stores' tasks now hit stale
+        // handles and fail, which poisons them. Let the in-flight I/O get partway first: a
+        // random number of polls of the other tasks.
         for _ in 0..yields {
             YieldOnce(false).await;
         }
         totals.crashes += 1;
-        model.borrow_mut().life += 1;
-        totals.crashes_in_flight += u64::from(log.pending_appends() > 0);
-        let restart = if power_cut_due {
-            totals.process_crash_then_power_cut += 1;
-            Restart::PowerCut
-        } else {
-            Restart::choose(&mut rng)
-        };
-        power_cut_due = restart == Restart::ProcessCrashThenPowerCut;
-        if restart == Restart::PowerCut {
-            totals.power_cuts += 1;
-            fs.crash();
-        } else {
-            totals.process_crashes += 1;
-            fs.process_crash();
+        let mut in_flight = false;
+        for g in &groups {
+            g.model.borrow_mut().life += 1;
+            in_flight |= g
+                .stores
+                .as_ref()
+                .is_some_and(|(log, _)| log.pending_appends() > 0);
         }
-        drop((log, sm));
+        totals.crashes_in_flight += u64::from(in_flight);
+        power_cut_due = crash(&fs, &mut rng, power_cut_due, &mut totals);
+        for g in &mut groups {
+            drop(g.stores.take());
+        }
         TypeConfig::sleep(std::time::Duration::from_millis(1)).await;
         life += 1;
     }
     // The last crash is checked too.
-    drop(reopen_and_check(seed, life, &fs, &model, &mut term, &mut totals).await);
+    for (index, g) in groups.iter_mut().enumerate() {
+        drop(reopen_and_check(seed, life, &fs, index, &g.model, &mut g.term, &mut totals).await);
+    }
     totals
 }
 
 async fn step(
     rng: &mut SmallRng,
     model: &Rc<RefCell<Model>>,
-    log: &mut keel_raft::LogStore<MemDirectory>,
-    sm: &mut keel_raft::StateMachineStore<MemDirectory>,
+    log: &mut keel_raft::LogStore<TypeConfig, MemDirectory>,
+    sm: &mut keel_raft::KvStateMachineStore<MemDirectory>,
     term: &mut u64,
 ) {
     let next = {
@@ -404,8 +453,8 @@ async fn check(
     seed: u64,
     life: u32,
     model: &Model,
-    log: &mut keel_raft::LogStore<MemDirectory>,
-    sm: &mut keel_raft::StateMachineStore<MemDirectory>,
+    log: &mut keel_raft::LogStore<TypeConfig, MemDirectory>,
+    sm: &mut keel_raft::KvStateMachineStore<MemDirectory>,
     report: &keel_raft::OpenReport,
 ) -> u64 {
     let ctx = format!("seed {seed} life {life}");
@@ -511,7 +560,7 @@ fn adopt_recovered(model: &mut Model, entries: Vec<Entry>, committed: Option<Log
 fn start_interrupted(
     rng: &mut SmallRng,
     model: &Rc<RefCell<Model>>,
-    log: &keel_raft::LogStore<MemDirectory>,
+    log: &keel_raft::LogStore<TypeConfig, MemDirectory>,
     term: &mut u64,
 ) -> bool {
     let mut store = log.clone();
@@ -575,7 +624,7 @@ fn start_interrupted(
 /// Whether the interrupted operation's effect is what the reopened store shows.
 async fn interrupted_took_effect(
     model: &Model,
-    log: &mut keel_raft::LogStore<MemDirectory>,
+    log: &mut keel_raft::LogStore<TypeConfig, MemDirectory>,
 ) -> bool {
     match &model.interrupted {
         None => false,

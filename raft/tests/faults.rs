@@ -24,7 +24,7 @@ fn failed_journal_fsync_fails_the_callback_and_poisons_the_store() {
     init_tracing();
     TypeConfig::run(async {
         let fs = MemFs::new(7);
-        let (mut log, sm, _) = keel_raft::open(fs.root(), StoreConfig::default())
+        let (mut log, sm, _) = keel_raft::open_kv(fs.root(), StoreConfig::default())
             .await
             .unwrap();
         log.blocking_append(entries(0, 10)).await.unwrap();
@@ -49,7 +49,7 @@ fn failed_journal_fsync_fails_the_callback_and_poisons_the_store() {
         fs.clear_faults();
         fs.crash();
         drop((log, sm));
-        let (mut log, _sm, report) = keel_raft::open(fs.root(), StoreConfig::default())
+        let (mut log, _sm, report) = keel_raft::open_kv(fs.root(), StoreConfig::default())
             .await
             .unwrap();
         let recovered = log.try_get_log_entries(..).await.unwrap();
@@ -77,7 +77,7 @@ fn failed_vote_write_keeps_the_previous_vote() {
     ] {
         TypeConfig::run(async {
             let fs = MemFs::new(11);
-            let (mut log, sm, _) = keel_raft::open(fs.root(), StoreConfig::default())
+            let (mut log, sm, _) = keel_raft::open_kv(fs.root(), StoreConfig::default())
                 .await
                 .unwrap();
             log.save_vote(&Vote::new(1, 1)).await.unwrap();
@@ -99,7 +99,7 @@ fn failed_vote_write_keeps_the_previous_vote() {
             fs.clear_faults();
             fs.crash();
             drop((log, sm));
-            let (mut log, _sm, _) = keel_raft::open(fs.root(), StoreConfig::default())
+            let (mut log, _sm, _) = keel_raft::open_kv(fs.root(), StoreConfig::default())
                 .await
                 .unwrap();
             let vote = log.read_vote().await.unwrap();
@@ -119,10 +119,10 @@ fn failed_snapshot_persist_keeps_the_current_snapshot() {
     init_tracing();
     TypeConfig::run(async {
         let fs = MemFs::new(13);
-        let (_log, mut sm, _) = keel_raft::open(fs.root(), StoreConfig::default())
+        let (_log, mut sm, _) = keel_raft::open_kv(fs.root(), StoreConfig::default())
             .await
             .unwrap();
-        let apply = |sm: &mut keel_raft::StateMachineStore<_>, es: Vec<Entry>| {
+        let apply = |sm: &mut keel_raft::KvStateMachineStore<_>, es: Vec<Entry>| {
             let items: Vec<_> = es.into_iter().map(|e| Ok((e, None))).collect();
             let mut sm = sm.clone();
             async move { sm.apply(stream::iter(items)).await.unwrap() }

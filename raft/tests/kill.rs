@@ -5,9 +5,10 @@
 //!   batch after its `IOFlushed` callback fired (and each vote after `save_vote` returned); after
 //!   every kill the parent reopens the store and finds every recorded entry, byte for byte, and
 //!   a vote at least as new as the last recorded one. Three kills on one directory.
-//! - `killed_node_restarts_rejoins_and_converges`: node 3 of a 3-node cluster is a child process;
-//!   it is killed while the cluster takes writes, restarted on its directory, and converges to
-//!   the same state as the two nodes that stayed up.
+//! - `killed_node_restarts_rejoins_and_converges`: node 3 of a 3-node cluster of 2 raft groups
+//!   (2 shards per node) is a child process; it is killed while both groups take writes (every
+//!   group of the node dies at once), restarted on its directories, and each group converges to
+//!   the state computed independently for it.
 
 mod common;
 
@@ -22,16 +23,19 @@ use std::time::{Duration, Instant};
 use common::{init_tracing, open_store};
 use keel_engine::{KvCommand, KvStateMachine};
 use keel_raft::cluster::{
-    bind_listeners, key_name, raft_config, run_node, write_keys, Client, NodeConfig, NodeHandle,
+    bind_listeners, group_of_key, key_name, raft_config, run_node, Client, Load, Medium,
+    NodeConfig, NodeHandle,
 };
 use keel_raft::typ::{Entry, EntryPayload, LogId, Vote};
 use keel_raft::{KvRequest, StoreConfig, TypeConfig};
 use openraft::storage::RaftLogStorage;
 use openraft::type_config::TypeConfigExt;
 use openraft::vote::RaftLeaderIdExt;
-use openraft::RaftLogReader;
+use openraft::{BasicNode, RaftLogReader};
 
 const CHILD_MODE: &str = "KEEL_RAFT_CHILD_MODE";
+/// Raft groups per node in the cluster test: the SIGKILL takes down every group of the node.
+const NODE_SHARDS: u32 = 2;
 const CHILD_DIR: &str = "KEEL_RAFT_CHILD_DIR";
 const CHILD_ACKS: &str = "KEEL_RAFT_CHILD_ACKS";
 const CHILD_MEMBERS: &str = "KEEL_RAFT_CHILD_MEMBERS";
@@ -110,15 +114,17 @@ fn child_process_entry() {
     match mode.as_str() {
         "store" => store_child(&dir, Path::new(&std::env::var(CHILD_ACKS).unwrap()), stop),
         "node" => {
-            let members: BTreeMap<u64, String> =
+            let members: BTreeMap<u64, BasicNode> =
                 serde_json::from_str(&std::env::var(CHILD_MEMBERS).unwrap()).unwrap();
             let id: u64 = std::env::var(CHILD_ID).unwrap().parse().unwrap();
-            let listener = std::net::TcpListener::bind(&members[&id]).unwrap();
+            let listener = std::net::TcpListener::bind(&members[&id].addr).unwrap();
             let config = NodeConfig {
                 id,
                 dir,
                 members,
                 initialize: false,
+                shards: NODE_SHARDS,
+                medium: Medium::Disk,
                 raft: raft_config(LOGS_SINCE_SNAPSHOT, LOGS_KEPT).unwrap(),
                 store: StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT),
             };
@@ -331,18 +337,24 @@ fn killed_node_restarts_rejoins_and_converges() {
                 dir: dirs[&id].path().to_path_buf(),
                 members: members.clone(),
                 initialize: id == 1,
+                shards: NODE_SHARDS,
+                medium: Medium::Disk,
                 raft: raft_config(LOGS_SINCE_SNAPSHOT, LOGS_KEPT).unwrap(),
                 store: StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT),
             };
-            NodeHandle::spawn(config, listener)
+            NodeHandle::spawn_kv(config, listener).unwrap()
         })
         .collect();
 
     const KEYS: u64 = 1_500;
-    let mut expected = KvStateMachine::new();
+    // The expected state of each group, computed independently with keel's own state machine.
+    let mut expected: Vec<KvStateMachine> =
+        (0..NODE_SHARDS).map(|_| KvStateMachine::new()).collect();
     for k in 0..KEYS {
-        expected.apply_command(&KvCommand::Set {
-            key: key_name(k).into_bytes(),
+        let key = key_name(k);
+        let group = group_of_key(key.as_bytes(), NODE_SHARDS) as usize;
+        expected[group].apply_command(&KvCommand::Set {
+            key: key.into_bytes(),
             value: value_of(k).into_bytes(),
         });
     }
@@ -351,44 +363,57 @@ fn killed_node_restarts_rejoins_and_converges() {
     let load = {
         let members = members.clone();
         std::thread::spawn(move || {
+            let load = Load {
+                groups: NODE_SHARDS,
+                keys: 0..KEYS,
+                concurrency: 8,
+                value: value_of,
+                stop_on_error: true,
+            };
             compio::runtime::Runtime::new()
                 .unwrap()
-                .block_on(write_keys(&members, 1, 0..KEYS, 8, value_of))
+                .block_on(load.run(&members, Some(1)))
         })
     };
     let runtime = compio::runtime::Runtime::new().unwrap();
-    let mut client = Client::new(&members);
+    let mut clients: Vec<Client> = (0..NODE_SHARDS)
+        .map(|g| Client::for_group(&members, g))
+        .collect();
     let started = Instant::now();
     loop {
         assert!(
             started.elapsed() < Duration::from_secs(60),
-            "node 3 never applied 300 entries"
+            "node 3 never applied 150 entries in every group"
         );
-        let applied = runtime
-            .block_on(client.status(3))
-            .ok()
-            .and_then(|s| s.last_applied)
-            .map(|l| l.index)
-            .unwrap_or(0);
-        if applied >= 300 {
+        let applied = clients.iter_mut().all(|client| {
+            runtime
+                .block_on(client.status(&3))
+                .ok()
+                .and_then(|s| s.last_applied)
+                .is_some_and(|l| l.index >= 150)
+        });
+        if applied {
             break;
         }
         std::thread::sleep(Duration::from_millis(10));
     }
+    // SIGKILL: every group of node 3 dies at once, mid-write.
     child.kill9();
     let report = load.join().unwrap().unwrap();
     assert_eq!(report.writes, KEYS);
 
     let mut child = ChildGuard::spawn(&child_envs);
-    let statuses = runtime
-        .block_on(client.wait_converged(&[1, 2, 3], KEYS, Duration::from_secs(60)))
-        .unwrap();
-    assert!(
-        statuses
-            .iter()
-            .all(|s| s.digest == expected.digest() && s.keys == KEYS),
-        "every node holds the expected state: {statuses:?}"
-    );
+    for (group, client) in clients.iter_mut().enumerate() {
+        let statuses = runtime
+            .block_on(client.wait_converged(&[1, 2, 3], 1, Duration::from_secs(60)))
+            .unwrap();
+        assert!(
+            statuses
+                .iter()
+                .all(|s| s.digest == expected[group].digest()),
+            "every node holds group {group}'s expected state: {statuses:?}"
+        );
+    }
     child.kill9();
     for node in nodes {
         node.shutdown().unwrap();

@@ -11,7 +11,7 @@ use common::{
 };
 use futures::stream;
 use keel_raft::typ::{Entry, LogId, LogState, SnapshotMeta, StoredMembership, Vote};
-use keel_raft::{LogStore, StateMachineStore, StoreConfig, TypeConfig};
+use keel_raft::{KvStateMachineStore, LogStore, StoreConfig, TypeConfig};
 use keel_storage::FsDirectory;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
@@ -31,8 +31,8 @@ struct Observed {
 }
 
 async fn observe(
-    log: &mut LogStore<FsDirectory>,
-    sm: &mut StateMachineStore<FsDirectory>,
+    log: &mut LogStore<TypeConfig, FsDirectory>,
+    sm: &mut KvStateMachineStore<FsDirectory>,
 ) -> Observed {
     Observed {
         log_state: log.get_log_state().await.unwrap(),
@@ -46,7 +46,7 @@ async fn observe(
     }
 }
 
-async fn apply(sm: &mut StateMachineStore<FsDirectory>, entries: Vec<Entry>) {
+async fn apply(sm: &mut KvStateMachineStore<FsDirectory>, entries: Vec<Entry>) {
     let items = entries.into_iter().map(|e| Ok((e, None)));
     sm.apply(stream::iter(items)).await.unwrap();
 }
@@ -55,8 +55,8 @@ async fn apply(sm: &mut StateMachineStore<FsDirectory>, entries: Vec<Entry>) {
 /// purge below it, a truncation of an uncommitted suffix, and a commit point; returns the
 /// committed index.
 async fn write_history(
-    log: &mut LogStore<FsDirectory>,
-    sm: &mut StateMachineStore<FsDirectory>,
+    log: &mut LogStore<TypeConfig, FsDirectory>,
+    sm: &mut KvStateMachineStore<FsDirectory>,
 ) -> u64 {
     let mut entries = vec![membership_entry(1, 0, &[1, 2, 3])];
     for i in 1..=120u64 {
@@ -179,11 +179,13 @@ fn a_second_open_of_the_same_directory_is_refused() {
     TypeConfig::run(async {
         let first = open_store(dir.path(), StoreConfig::default()).await;
         let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
-        let second = keel_raft::open(root, StoreConfig::default()).await;
+        let second = keel_raft::open_kv(root, StoreConfig::default()).await;
         assert!(second.is_err(), "two stores on one directory");
         drop(first);
         let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
-        assert!(keel_raft::open(root, StoreConfig::default()).await.is_ok());
+        assert!(keel_raft::open_kv(root, StoreConfig::default())
+            .await
+            .is_ok());
     });
 }
 
@@ -206,7 +208,7 @@ fn single_node_raft_restarts_with_the_same_state() {
         let raft = keel_raft::Raft::new(
             1,
             raft_config.clone(),
-            NetworkFactory,
+            NetworkFactory::new(0),
             log.clone(),
             sm.clone(),
         )
@@ -245,7 +247,7 @@ fn single_node_raft_restarts_with_the_same_state() {
             "applied state back before raft starts"
         );
         assert_eq!(sm.digest(), digest);
-        let raft = keel_raft::Raft::new(1, raft_config, NetworkFactory, log, sm.clone())
+        let raft = keel_raft::Raft::new(1, raft_config, NetworkFactory::new(0), log, sm.clone())
             .await
             .unwrap();
         let metrics = raft
@@ -311,5 +313,152 @@ fn open_cuts_the_log_at_a_gap_and_the_cut_sticks() {
         let entries = log.try_get_log_entries(..).await.unwrap();
         assert_eq!(entries.len(), 8);
         assert!(entries[6..].iter().all(|e| e.log_id.leader_id.term == 2));
+    });
+}
+
+type CounterStore = (
+    LogStore<common::counter::CounterConfig, FsDirectory>,
+    keel_raft::StateMachineStore<
+        common::counter::CounterConfig,
+        common::counter::Counters,
+        FsDirectory,
+    >,
+    keel_raft::OpenReport<common::counter::CounterConfig>,
+);
+
+async fn open_counter_store(path: &std::path::Path) -> CounterStore {
+    let root = FsDirectory::open(path, true, false).await.unwrap();
+    keel_raft::open(root, StoreConfig::default()).await.unwrap()
+}
+
+fn counter_log_id(
+    term: u64,
+    index: u64,
+) -> keel_raft::openraft::alias::LogIdOf<common::counter::CounterConfig> {
+    use keel_raft::openraft::alias::{LeaderIdOf, LogIdOf};
+    use keel_raft::openraft::vote::RaftLeaderIdExt;
+    type C = common::counter::CounterConfig;
+    LogIdOf::<C>::new(LeaderIdOf::<C>::new_committed(term, 1), index)
+}
+
+/// The same durability with an application's own type configuration (its own command enum,
+/// node type and openraft's standard leader id) and state machine: a vote, appends, a snapshot,
+/// a purge, a truncation and a commit point survive a clean restart, and the machine is the
+/// snapshot plus the log replayed up to the committed id.
+#[test]
+fn reopen_with_an_application_config_is_identical() {
+    use common::counter::{CounterCommand, CounterConfig};
+    use keel_raft::openraft::alias::{EntryOf, VoteOf};
+    use keel_raft::openraft::entry::RaftEntry;
+    use keel_raft::openraft::Membership;
+
+    let (open, log_id) = (open_counter_store, counter_log_id);
+    let add = |index: u64| CounterCommand::Add {
+        counter: (index % 3) as u32,
+        by: index as i64,
+    };
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    CounterConfig::run(async {
+        let (mut log, mut sm, _) = open(dir.path()).await;
+        let voters = std::collections::BTreeSet::from([1u64, 2, 3]);
+        let mut entries: Vec<EntryOf<CounterConfig>> = vec![RaftEntry::new_membership(
+            log_id(1, 0),
+            Membership::new_with_defaults(vec![voters], []),
+        )];
+        entries.extend((1..=60).map(|i| RaftEntry::new_normal(log_id(1, i), add(i))));
+        log.blocking_append(entries.clone()).await.unwrap();
+        let vote = VoteOf::<CounterConfig>::new(1, 1);
+        log.save_vote(&vote).await.unwrap();
+        let items = entries[..=30].iter().cloned().map(|e| Ok((e, None)));
+        sm.apply(stream::iter(items)).await.unwrap();
+        let snapshot = sm.get_snapshot_builder().await.build_snapshot().await;
+        assert_eq!(snapshot.unwrap().meta.last_log_id, Some(log_id(1, 30)));
+        log.purge(log_id(1, 20)).await.unwrap();
+        log.truncate_after(Some(log_id(1, 50))).await.unwrap();
+        log.save_committed(Some(log_id(1, 45))).await.unwrap();
+        let items = entries[31..=45].iter().cloned().map(|e| Ok((e, None)));
+        sm.apply(stream::iter(items)).await.unwrap();
+        let before = (
+            log.get_log_state().await.unwrap(),
+            log.try_get_log_entries(..).await.unwrap(),
+            sm.applied_state().await.unwrap(),
+            sm.read(|c| c.0.clone()),
+        );
+        log.sync().await.unwrap();
+        drop((log, sm));
+
+        let (mut log, mut sm, report) = open(dir.path()).await;
+        let after = (
+            log.get_log_state().await.unwrap(),
+            log.try_get_log_entries(..).await.unwrap(),
+            sm.applied_state().await.unwrap(),
+            sm.read(|c| c.0.clone()),
+        );
+        assert_eq!(after.0, before.0);
+        assert_eq!(after.1.len(), 30, "21..=50");
+        assert_eq!(format!("{:?}", after.1), format!("{:?}", before.1));
+        assert_eq!(after.2, before.2);
+        assert_eq!(after.3, before.3);
+        assert_eq!(log.read_vote().await.unwrap(), Some(vote));
+        assert_eq!(log.read_committed().await.unwrap(), Some(log_id(1, 45)));
+        assert_eq!(report.snapshot, Some(log_id(1, 30)));
+        assert_eq!(report.replayed, 15, "31..=45 replayed onto the snapshot");
+        // The counters, computed independently: counter c holds the sum of i ≡ c (mod 3).
+        let mut expected = std::collections::BTreeMap::new();
+        for i in 1..=45u64 {
+            *expected.entry((i % 3) as u32).or_insert(0i64) += i as i64;
+        }
+        assert_eq!(after.3, expected);
+    });
+}
+
+/// A store whose log an earlier build wrote as JSON opens unchanged: its JSON entries decode,
+/// the state replays from them, and new entries (binary) follow them.
+#[test]
+fn a_log_written_as_json_by_an_earlier_build_still_opens() {
+    use keel_journal::MetadataJournal;
+
+    init_tracing();
+    let dir = tempfile::tempdir().unwrap();
+    let config = StoreConfig::default();
+    let legacy: Vec<Entry> = (0..20u64)
+        .map(|i| set_entry(1, i, &format!("k{i}"), &format!("v{i}")))
+        .collect();
+    TypeConfig::run(async {
+        // What an earlier build left: the whole entry as JSON at op index + 1, committed to 14.
+        let root = FsDirectory::open(dir.path(), true, false).await.unwrap();
+        let (journal, _) =
+            MetadataJournal::open(&root, config.journal.clone(), config.recovery_mode)
+                .await
+                .unwrap();
+        for entry in &legacy {
+            let json = serde_json::to_vec(entry).unwrap();
+            assert_eq!(json[0], b'{');
+            journal
+                .append(keel_raft::op_of(entry.log_id.index), &json)
+                .await
+                .unwrap();
+        }
+        journal.set_commit_op(keel_raft::op_of(14));
+        journal.persist_commit().await.unwrap();
+        journal.flush().await.unwrap();
+        drop(journal);
+
+        let (mut log, sm, report) = open_store(dir.path(), config.clone()).await;
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), legacy);
+        assert_eq!(report.replayed, 15, "0..=14 replayed from the JSON entries");
+        assert_eq!(sm.get("k14").as_deref(), Some("v14"));
+        assert_eq!(sm.get("k15"), None, "above the commit watermark");
+        let newer = vec![set_entry(1, 20, "k20", "v20")];
+        log.blocking_append(newer.clone()).await.unwrap();
+        log.sync().await.unwrap();
+        drop((log, sm));
+
+        let (mut log, _sm, _) = open_store(dir.path(), config).await;
+        let mut expected = legacy.clone();
+        expected.extend(newer);
+        assert_eq!(log.try_get_log_entries(..).await.unwrap(), expected);
     });
 }

@@ -1,11 +1,15 @@
 //! Helpers shared by keel-raft's integration tests.
 #![allow(dead_code)]
 
-use std::collections::BTreeSet;
+pub mod counter;
+
+use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
 
+use keel_raft::cluster::{bind_listeners, NodeConfig, NodeHandle};
+use keel_raft::openraft::BasicNode;
 use keel_raft::typ::{Entry, EntryPayload, LeaderId, LogId};
-use keel_raft::{KvRequest, LogStore, OpenReport, StateMachineStore, StoreConfig};
+use keel_raft::{KvRequest, KvStateMachineStore, LogStore, OpenReport, StoreConfig, TypeConfig};
 use keel_storage::FsDirectory;
 use openraft::vote::RaftLeaderIdExt;
 use openraft::Membership;
@@ -40,8 +44,8 @@ pub fn membership_entry(term: u64, index: u64, voters: &[u64]) -> Entry {
 }
 
 pub type Store = (
-    LogStore<FsDirectory>,
-    StateMachineStore<FsDirectory>,
+    LogStore<TypeConfig, FsDirectory>,
+    KvStateMachineStore<FsDirectory>,
     OpenReport,
 );
 
@@ -49,7 +53,7 @@ pub async fn open_store(path: &Path, config: StoreConfig) -> Store {
     let root = FsDirectory::open(path, true, false)
         .await
         .expect("open store directory");
-    keel_raft::open(root, config).await.expect("open store")
+    keel_raft::open_kv(root, config).await.expect("open store")
 }
 
 /// Opens the store, waiting (bounded) for the directory lock: after `Raft::shutdown` openraft's
@@ -60,7 +64,7 @@ pub async fn open_store_after_shutdown(path: &Path, config: StoreConfig) -> Stor
         let root = FsDirectory::open(path, true, false)
             .await
             .expect("open store directory");
-        match keel_raft::open(root, config.clone()).await {
+        match keel_raft::open_kv(root, config.clone()).await {
             Ok(store) => return store,
             Err(keel_raft::RaftStoreError::Io { stage: "lock", .. }) => {
                 keel_raft::TypeConfig::sleep(std::time::Duration::from_millis(10)).await
@@ -69,4 +73,56 @@ pub async fn open_store_after_shutdown(path: &Path, config: StoreConfig) -> Stor
         }
     }
     panic!("the old store still holds the lock after 2 s");
+}
+
+/// A 3-node cluster's directories, members and running nodes (node 1 initializes).
+pub struct TestCluster {
+    pub dirs: BTreeMap<u64, tempfile::TempDir>,
+    pub members: BTreeMap<u64, BasicNode>,
+    pub nodes: BTreeMap<u64, NodeHandle>,
+}
+
+/// Starts nodes 1..=3 on fresh temporary directories, each with `config(id, dir, members,
+/// initialize)`.
+pub fn start_cluster(
+    config: impl Fn(u64, &Path, &BTreeMap<u64, BasicNode>, bool) -> NodeConfig,
+) -> TestCluster {
+    let dirs: BTreeMap<u64, tempfile::TempDir> = (1..=3)
+        .map(|id| (id, tempfile::tempdir().unwrap()))
+        .collect();
+    let (listeners, members) = bind_listeners(1..=3).unwrap();
+    let nodes = listeners
+        .into_iter()
+        .map(|(id, listener)| {
+            let node_config = config(id, dirs[&id].path(), &members, id == 1);
+            (id, NodeHandle::spawn_kv(node_config, listener).unwrap())
+        })
+        .collect();
+    TestCluster {
+        dirs,
+        members,
+        nodes,
+    }
+}
+
+/// A node on disk with `shards` groups, snapshotting every `policy.0` entries and keeping
+/// `policy.1` behind (openraft's loopback timing, the store sized from the same policy).
+pub fn disk_node(
+    id: u64,
+    dir: &Path,
+    members: &BTreeMap<u64, BasicNode>,
+    initialize: bool,
+    shards: u32,
+    policy: (u64, u64),
+) -> NodeConfig {
+    NodeConfig {
+        id,
+        dir: dir.to_path_buf(),
+        members: members.clone(),
+        initialize,
+        shards,
+        medium: keel_raft::cluster::Medium::Disk,
+        raft: keel_raft::cluster::raft_config(policy.0, policy.1).unwrap(),
+        store: StoreConfig::for_snapshot_policy(policy.0, policy.1),
+    }
 }
