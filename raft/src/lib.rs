@@ -159,9 +159,9 @@
 //!   with it and a reopened log is the one written; entries an older build wrote as JSON still
 //!   decode. The journal's checksums, chain and recovery table protect it
 //!   (`docs/durability.md`).
-//! - **`append` → concurrent `journal.append`s** whose `IOFlushed` callback fires only once keel's
-//!   group commit made them durable, in append order (see [`log_store`]'s `IoChain`). Batches
-//!   openraft issues back to back share fsyncs.
+//! - **`append` → one `journal.append_batch`** whose `IOFlushed` callback fires only once keel's
+//!   group commit made it durable, in append order (see [`log_store`]'s `IoChain`). Batches
+//!   openraft issues back to back share group commits.
 //! - **Vote and last purged id → `DIR/raft-meta`**, replaced with temp + fsync + rename + directory
 //!   fsync ([`meta`]). A vote is not a log entry (it must survive truncating the whole log) and
 //!   changes rarely; the last purged id needs a term the journal's watermark cannot hold.

@@ -3,9 +3,10 @@
 //! See the crate docs for the mapping; this module holds the write pipeline:
 //!
 //! - `append` decodes nothing and waits for nothing: it puts the entries in the in-memory index
-//!   (readable at once, as openraft requires) and spawns one task that issues every entry's
-//!   `journal.append` concurrently, so they join the journal's group commit together with
-//!   whatever else is in flight (one `write_at` + one fdatasync per batch).
+//!   (readable at once, as openraft requires) and spawns one task that hands all of them to the
+//!   journal as one `append_batch`, which joins the journal's group commit together with
+//!   whatever else is in flight (one write-through write, or a write and an fdatasync, per
+//!   group).
 //! - Each such task is a link of an `IoChain`: it fires its `IOFlushed` callback only after its
 //!   own entries are durable **and** the previous link has fired. Callbacks therefore fire in
 //!   append order, and an acknowledged entry never has an unacknowledged one below it.
@@ -23,7 +24,7 @@ use std::rc::Rc;
 use std::time::Duration;
 
 use futures::channel::oneshot;
-use futures::future::{join_all, FutureExt, Shared};
+use futures::future::{FutureExt, Shared};
 use keel_journal::{JournalStats, MetadataJournal};
 use keel_storage::Directory;
 use openraft::alias::{LogIdOf, VoteOf};
@@ -273,15 +274,9 @@ impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
         let (prev, done) = self.inner.chain.link();
         let inner = self.inner.clone();
         compio::runtime::spawn(async move {
-            // Every entry's append is in flight at once: they share group commits with each other
-            // and with other batches. Each resolves only once an fsync covered it.
-            let results = join_all(
-                batch
-                    .iter()
-                    .map(|(op, payload)| inner.journal.append(*op, payload)),
-            )
-            .await;
-            let error = results.into_iter().find_map(Result::err);
+            // One journal batch: checked whole, written contiguously, shared with whatever other
+            // batch is in flight in the same group commit; resolved once durable.
+            let error = inner.journal.append_batch(&batch).await.err();
             if let Some(prev) = prev {
                 let _ = prev.await;
             }

@@ -20,7 +20,10 @@ fn entries(from: u64, to: u64) -> Vec<Entry> {
 }
 
 #[test]
-fn failed_journal_fsync_fails_the_callback_and_poisons_the_store() {
+/// The journal writes through (`O_DSYNC`), so its durability point is the write itself: a
+/// failed write is what a failed fsync was (keel-journal's tests cover the fsync of the
+/// write + fdatasync path).
+fn failed_journal_write_fails_the_callback_and_poisons_the_store() {
     init_tracing();
     TypeConfig::run(async {
         let fs = MemFs::new(7);
@@ -29,7 +32,7 @@ fn failed_journal_fsync_fails_the_callback_and_poisons_the_store() {
             .unwrap();
         log.blocking_append(entries(0, 10)).await.unwrap();
 
-        fs.set_faults(FaultConfig::new().fail_from(FaultOp::Sync, 1, FaultKind::Io));
+        fs.set_faults(FaultConfig::new().fail_from(FaultOp::Write, 1, FaultKind::Io));
         let (tx, rx) = TypeConfig::oneshot();
         log.append(entries(10, 15), IOFlushed::signal(tx))
             .await
@@ -37,7 +40,7 @@ fn failed_journal_fsync_fails_the_callback_and_poisons_the_store() {
         let flushed = rx.await.unwrap();
         assert!(
             flushed.is_err(),
-            "an append whose fsync failed was acknowledged"
+            "an append whose durable write failed was acknowledged"
         );
         // Every later operation reports the failure rather than pretending.
         assert!(log.get_log_state().await.is_err());
