@@ -10,7 +10,6 @@
 //! resolve an entry before the writes (and, when synced, the fsync) covering it and every earlier
 //! entry completed, and never hold a `RefCell` borrow across an await.
 
-use std::collections::BTreeSet;
 use std::future::Future;
 use std::pin::Pin;
 use std::rc::Rc;
@@ -20,7 +19,6 @@ use std::time::Instant;
 use keel_storage::{BufResult, Directory, IoBuf, Storage};
 
 use crate::error::JournalError;
-use crate::format::EntryKind;
 use crate::scan::Link;
 use crate::segment;
 use crate::slots::Location;
@@ -194,13 +192,13 @@ impl<D: Directory> MetadataJournal<D> {
             } else {
                 st.w.dirty_segments.insert(run.segment);
             }
-            if let Some(last) = run.entries.last() {
-                // Runs are written in log order by the one flusher: every earlier seq is written.
+            if run.totals.entry_count > 0 {
+                // Runs are written in log order by the one writer: every earlier seq is written.
                 assert!(
-                    last.seq > st.w.write_done_seq,
+                    run.totals.last_seq > st.w.write_done_seq,
                     "runs written out of log order"
                 );
-                st.w.write_done_seq = last.seq;
+                st.w.write_done_seq = run.totals.last_seq;
             }
         }
         if must_sync {
@@ -260,11 +258,10 @@ impl<D: Directory> MetadataJournal<D> {
     pub(crate) fn release_idle_handles(&self) {
         let mut guard = self.state.borrow_mut();
         let st = &mut *guard;
-        let referenced: BTreeSet<u64> = st.slots.live().iter().map(|(_, l)| l.segment).collect();
         let active = st.w.cursor_segment;
         for (number, handle) in st.segments.iter_mut() {
             if *number == active
-                || referenced.contains(number)
+                || st.slots.references(*number)
                 || st.w.dirty_segments.contains(number)
             {
                 continue;
@@ -320,24 +317,30 @@ impl<D: Directory> MetadataJournal<D> {
                     };
                     index_entry(st, e.kind, e.op, location);
                 }
-                if e.kind == EntryKind::Data {
-                    st.stats.appends += 1;
-                    st.stats.bytes_appended += u64::from(e.len_bytes);
-                }
-                st.commit_written = st.commit_written.max(e.commit_op);
-                assert_eq!(e.seq, st.w.written_seq + 1, "groups apply in log order");
-                st.w.written_seq = e.seq;
-                if let Some(handle) = st.segments.get_mut(&run.segment) {
-                    handle.end_link = Link {
-                        next_seq: e.seq + 1,
-                        chain_crc: e.header_crc,
-                    };
-                    handle.entry_count += 1;
-                }
-                st.w.inflight_bytes -= e.len_bytes as usize;
                 if let Some(completion) = &e.completion {
                     completion.resolve(Ok(()));
                 }
+            }
+            let totals = run.totals;
+            if totals.entry_count == 0 {
+                continue;
+            }
+            assert_eq!(
+                totals.first_seq,
+                st.w.written_seq + 1,
+                "groups apply in log order"
+            );
+            st.w.written_seq = totals.last_seq;
+            st.stats.appends += totals.data_entries;
+            st.stats.bytes_appended += totals.data_bytes;
+            st.commit_written = st.commit_written.max(totals.commit_op);
+            st.w.inflight_bytes -= totals.bytes as usize;
+            if let Some(handle) = st.segments.get_mut(&run.segment) {
+                handle.end_link = Link {
+                    next_seq: totals.last_seq + 1,
+                    chain_crc: totals.last_header_crc,
+                };
+                handle.entry_count += totals.entry_count;
             }
         }
         for written in std::mem::take(&mut st.w.writing) {

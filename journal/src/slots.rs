@@ -34,6 +34,9 @@ pub struct SlotRing {
     slot_count: u64,
     snapshot_op: u64,
     last_op: Option<u64>,
+    /// Occupied slots per segment, so "does anything live point into segment N" is a lookup,
+    /// not a walk over the ring (the writer asks at every rotation).
+    per_segment: std::collections::BTreeMap<u64, u64>,
 }
 
 impl SlotRing {
@@ -45,7 +48,31 @@ impl SlotRing {
             slot_count,
             snapshot_op,
             last_op: None,
+            per_segment: std::collections::BTreeMap::new(),
         }
+    }
+
+    /// Puts `slot` at `index`, keeping the per-segment counts.
+    fn set(&mut self, index: usize, slot: Option<Slot>) {
+        if let Some(old) = self.slots[index] {
+            let count = self
+                .per_segment
+                .get_mut(&old.location.segment)
+                .expect("an occupied slot is counted");
+            *count -= 1;
+            if *count == 0 {
+                self.per_segment.remove(&old.location.segment);
+            }
+        }
+        if let Some(new) = slot {
+            *self.per_segment.entry(new.location.segment).or_insert(0) += 1;
+        }
+        self.slots[index] = slot;
+    }
+
+    /// Whether any occupied slot points into `segment`.
+    pub fn references(&self, segment: u64) -> bool {
+        self.per_segment.contains_key(&segment)
     }
 
     fn index(&self, op: u64) -> usize {
@@ -74,7 +101,7 @@ impl SlotRing {
             self.slots[index].is_none_or(|s| s.op == op || s.op <= self.snapshot_op),
             "slot {index} holds a live op other than {op}"
         );
-        self.slots[index] = Some(Slot { op, location });
+        self.set(index, Some(Slot { op, location }));
         self.last_op = Some(self.last_op.map_or(op, |last| last.max(op)));
         Ok(())
     }
@@ -101,7 +128,7 @@ impl SlotRing {
         for x in from..=last {
             let index = self.index(x);
             if self.slots[index].is_some_and(|s| s.op == x) {
-                self.slots[index] = None;
+                self.set(index, None);
             }
         }
         self.last_op = self.highest_live_at_or_below(op);
@@ -117,7 +144,7 @@ impl SlotRing {
         for x in old + 1..=clear_to {
             let index = self.index(x);
             if self.slots[index].is_some_and(|s| s.op == x) {
-                self.slots[index] = None;
+                self.set(index, None);
             }
         }
         self.snapshot_op = op;
@@ -165,9 +192,9 @@ impl SlotRing {
     /// rewrite that landed meanwhile must win).
     pub fn relocate(&mut self, op: u64, from: Location, to: Location) -> bool {
         let index = self.index(op);
-        match &mut self.slots[index] {
+        match self.slots[index] {
             Some(slot) if slot.op == op && slot.location == from => {
-                slot.location = to;
+                self.set(index, Some(Slot { op, location: to }));
                 true
             }
             _ => false,
@@ -258,6 +285,10 @@ mod tests {
                 prop_assert_eq!(ring.last_op(), model.keys().next_back().copied());
                 let live: Vec<(u64, Location)> = model.iter().map(|(k, v)| (*k, *v)).collect();
                 prop_assert_eq!(ring.live(), live);
+                for segment in 0..actions.len() as u64 {
+                    let referenced = model.values().any(|l| l.segment == segment);
+                    prop_assert_eq!(ring.references(segment), referenced, "segment {}", segment);
+                }
                 let top = model.keys().next_back().copied().unwrap_or(0).max(snapshot);
                 prop_assert_eq!(ring.remaining_capacity(), snapshot + slot_count - top);
             }

@@ -113,12 +113,9 @@ impl Completion {
 /// One entry waiting in a run.
 pub(crate) struct PendingEntry {
     pub kind: EntryKind,
-    pub seq: u64,
     pub op: u64,
     pub offset_bytes: u64,
     pub len_bytes: u32,
-    pub header_crc: u32,
-    pub commit_op: u64,
     /// Who waits for this entry: the last entry of a durable call; none for buffered appends
     /// and for the other entries of a batch (the writer resolves in log order).
     pub completion: Option<Rc<Completion>>,
@@ -131,7 +128,41 @@ pub(crate) struct Run {
     pub create: Option<SegmentHeader>,
     pub offset_bytes: u64,
     pub buf: Vec<u8>,
+    /// Entries applied one by one: every entry with `sync_on_append` (indexed when applied),
+    /// else only those someone waits for. Buffered appends are counted in `totals` alone, so
+    /// accepting one costs no per-entry record.
     pub entries: Vec<PendingEntry>,
+    pub totals: RunTotals,
+}
+
+/// What applying a run needs to know of all its entries.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct RunTotals {
+    /// Seq of its first entry (0 while it holds none).
+    pub first_seq: u64,
+    pub last_seq: u64,
+    /// Header crc of its last entry: the chain's state after it.
+    pub last_header_crc: u32,
+    pub entry_count: u64,
+    /// Bytes of all its entries (its share of the in-flight bound).
+    pub bytes: u64,
+    pub data_entries: u64,
+    pub data_bytes: u64,
+    /// Highest commit watermark its entries carry.
+    pub commit_op: u64,
+}
+
+impl Run {
+    fn new(segment: u64, create: Option<SegmentHeader>, offset_bytes: u64, buf: Vec<u8>) -> Self {
+        Self {
+            segment,
+            create,
+            offset_bytes,
+            buf,
+            entries: Vec::new(),
+            totals: RunTotals::default(),
+        }
+    }
 }
 
 /// A run the writer took from the queue and has not applied yet. Its bytes stay readable here
@@ -430,13 +461,12 @@ impl<D: Directory> MetadataJournal<D> {
         let mut header = SegmentHeader::new(number, w.next_seq, w.chain_crc);
         header.snapshot_op = st.snapshot_encoded;
         header.commit_op = st.commit_set;
-        w.queue.push_back(Run {
-            segment: number,
-            create: Some(header),
-            offset_bytes: SEGMENT_HEADER_BYTES as u64,
-            buf: Vec::new(),
-            entries: Vec::new(),
-        });
+        w.queue.push_back(Run::new(
+            number,
+            Some(header),
+            SEGMENT_HEADER_BYTES as u64,
+            Vec::new(),
+        ));
         w.cursor_segment = number;
         w.cursor_offset_bytes = SEGMENT_HEADER_BYTES as u64;
         w.needs_rotation = false;
@@ -467,13 +497,8 @@ impl<D: Directory> MetadataJournal<D> {
                 self.config.max_batch_bytes
             };
             let buf = w.run_buffer(capacity.max(len));
-            w.queue.push_back(Run {
-                segment: w.cursor_segment,
-                create: None,
-                offset_bytes: w.cursor_offset_bytes,
-                buf,
-                entries: Vec::new(),
-            });
+            w.queue
+                .push_back(Run::new(w.cursor_segment, None, w.cursor_offset_bytes, buf));
         }
         let run = w.queue.back_mut().expect("a run was just ensured");
         let seq = w.next_seq;
@@ -494,16 +519,28 @@ impl<D: Directory> MetadataJournal<D> {
             offset_bytes: w.cursor_offset_bytes,
             len_bytes: len as u32,
         };
-        run.entries.push(PendingEntry {
-            kind,
-            seq,
-            op,
-            offset_bytes: location.offset_bytes,
-            len_bytes: location.len_bytes,
-            header_crc,
-            commit_op: st.commit_set,
-            completion,
-        });
+        let totals = &mut run.totals;
+        if totals.entry_count == 0 {
+            totals.first_seq = seq;
+        }
+        totals.last_seq = seq;
+        totals.last_header_crc = header_crc;
+        totals.entry_count += 1;
+        totals.bytes += len as u64;
+        if kind == EntryKind::Data {
+            totals.data_entries += 1;
+            totals.data_bytes += len as u64;
+        }
+        totals.commit_op = totals.commit_op.max(st.commit_set);
+        if self.config.sync_on_append || completion.is_some() {
+            run.entries.push(PendingEntry {
+                kind,
+                op,
+                offset_bytes: location.offset_bytes,
+                len_bytes: location.len_bytes,
+                completion,
+            });
+        }
         w.next_seq += 1;
         w.chain_crc = header_crc;
         w.cursor_offset_bytes += len as u64;
