@@ -131,9 +131,7 @@ impl<D: Directory> MetadataJournal<D> {
                 let file = segment::create(
                     &self.dir,
                     &header,
-                    self.config
-                        .preallocate
-                        .then(|| self.preallocation_target(0, 0)),
+                    self.preallocates().then(|| self.preallocation_target(0, 0)),
                     self.writes_through(),
                 )
                 .await?;
@@ -162,7 +160,7 @@ impl<D: Directory> MetadataJournal<D> {
                 .await?
                 .expect("a run's segment exists before its bytes are written");
             let run_end = run.offset_bytes + run.buf.len() as u64;
-            if self.config.preallocate
+            if self.preallocates()
                 && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
             {
                 // Keep zero-written space ahead of the cursor in steps, so a durable write
@@ -213,6 +211,13 @@ impl<D: Directory> MetadataJournal<D> {
     pub(crate) fn preallocation_target(&self, current_end: u64, needed_end: u64) -> u64 {
         let step_end = current_end.max(needed_end) + self.preallocation_step();
         step_end.min(self.config.segment_bytes.max(needed_end))
+    }
+
+    /// Zero-filled space pays only where writes are durable one group at a time (an overwrite's
+    /// fdatasync is cheaper than an extending one's); buffered appends would write every byte
+    /// twice for nothing, so they never preallocate.
+    fn preallocates(&self) -> bool {
+        self.config.preallocate && self.config.sync_on_append
     }
 
     fn preallocation_step(&self) -> u64 {
