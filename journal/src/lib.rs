@@ -649,19 +649,11 @@ impl<D: Directory> MetadataJournal<D> {
         let Some(location) = location else {
             return Ok(None);
         };
-        let unwritten = self.state.borrow().w.unwritten_entry(&location);
-        let (bytes, name) = match unwritten {
-            Some(bytes) => (bytes, format::segment_file_name(location.segment)),
-            None => {
-                let Some((file, name)) = self.segment_file(location.segment).await? else {
-                    return Ok(None);
-                };
-                let bytes = file
-                    .read_exact_at(location.offset_bytes, location.len_bytes as usize)
-                    .await
-                    .map_err(|e| JournalError::io("read entry", self.file_path(&name), e))?;
-                (bytes, name)
-            }
+        let Some((bytes, name)) = self
+            .entry_bytes(&location, location.len_bytes as usize, "read entry")
+            .await?
+        else {
+            return Ok(None);
         };
         let corrupt = || JournalError::Corrupt {
             kind: "corrupt_entry",
@@ -684,6 +676,33 @@ impl<D: Directory> MetadataJournal<D> {
             op,
             payload: Bytes::from(bytes).slice(ENTRY_HEADER_BYTES..end),
         }))
+    }
+
+    /// The first `len_bytes` of the entry at `location`, with its segment's name: from the
+    /// writer's queue while the entry is not written yet (buffered appends are indexed when
+    /// accepted), else from its segment. `None` when the segment is gone.
+    pub(crate) async fn entry_bytes(
+        &self,
+        location: &Location,
+        len_bytes: usize,
+        stage: &'static str,
+    ) -> Result<Option<(Vec<u8>, String)>, JournalError> {
+        assert!(
+            len_bytes <= location.len_bytes as usize,
+            "a read within the entry"
+        );
+        if let Some(mut bytes) = self.state.borrow().w.unwritten_entry(location) {
+            bytes.truncate(len_bytes);
+            return Ok(Some((bytes, format::segment_file_name(location.segment))));
+        }
+        let Some((file, name)) = self.segment_file(location.segment).await? else {
+            return Ok(None);
+        };
+        let bytes = file
+            .read_exact_at(location.offset_bytes, len_bytes)
+            .await
+            .map_err(|e| JournalError::io(stage, self.file_path(&name), e))?;
+        Ok(Some((bytes, name)))
     }
 
     /// True when the journal's index holds a live entry for `op` (no read).

@@ -4,7 +4,7 @@
 //!
 //! Owns only the read of one entry header through the index; it must never write.
 
-use keel_storage::{Directory, Storage};
+use keel_storage::Directory;
 
 use crate::error::JournalError;
 use crate::format::{EntryHeader, ENTRY_HEADER_BYTES};
@@ -26,13 +26,12 @@ impl<D: Directory> MetadataJournal<D> {
         let Some(location) = location else {
             return Ok(None);
         };
-        let Some((file, name)) = self.segment_file(location.segment).await? else {
+        let Some((bytes, name)) = self
+            .entry_bytes(&location, ENTRY_HEADER_BYTES, "read entry header")
+            .await?
+        else {
             return Ok(None);
         };
-        let bytes = file
-            .read_exact_at(location.offset_bytes, ENTRY_HEADER_BYTES)
-            .await
-            .map_err(|e| JournalError::io("read entry header", self.file_path(&name), e))?;
         let corrupt = || JournalError::Corrupt {
             kind: "corrupt_entry",
             file: name.clone(),

@@ -210,3 +210,25 @@ fn unflushed_buffered_appends_may_be_lost_but_flushed_ones_never() {
         }
     });
 }
+
+/// An unwritten buffered entry has its chain position already (a checkpoint records it in the
+/// snapshot it takes before any flush), and it is the position the entry has on disk after.
+#[test]
+fn a_buffered_entry_has_its_position_before_it_is_written() {
+    let config = JournalConfig {
+        sync_on_append: false,
+        ..small_config()
+    };
+    run(async {
+        let fs = MemFs::new(13);
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=5 {
+            j.append(op, &payload(op, 4)).await.unwrap();
+        }
+        let before = j.entry_position(5).await.unwrap().expect("live");
+        assert_eq!(j.stats().fsyncs, 0, "nothing was written yet");
+        j.close().await.unwrap();
+        let (j, _) = open(&fs, &config).await;
+        assert_eq!(j.entry_position(5).await.unwrap(), Some(before));
+    });
+}
