@@ -227,9 +227,9 @@ fn raw_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
 fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &[(&str, f64)]) {
     let rounds = sizes.rounds * 5;
     let payload: Rc<[u8]> = payload(shape.payload_bytes).into();
-    let mut variants = vec![WRITE_THROUGH, FDATASYNC];
+    let mut variants = vec![WRITE_THROUGH, FDATASYNC, FALLOCATE];
     if shape.fresh {
-        variants.extend([FALLOCATE, NO_PREALLOC]);
+        variants.push(NO_PREALLOC);
     }
     let mut closures: Vec<(&str, Run<'_>)> = variants
         .iter()
