@@ -137,8 +137,8 @@ pub struct JournalConfig {
     /// round trip instead of two; docs/performance.md). False keeps write + fdatasync. Ignored
     /// without `sync_on_append`. Default true.
     pub write_through: bool,
-    /// Bytes the open's scan reads at a time; it holds two such buffers (the window it parses
-    /// and the next one being read), and the window grows to hold one entry larger than this,
+    /// Bytes the open's scan reads at a time; it holds three such buffers (the window it parses
+    /// and the two next ones being read), and the window grows to hold one entry larger than this,
     /// so recovery's memory is this or the largest entry, plus the index. Default 2 MiB (the
     /// best measured, BENCHMARKS.md); 512 B to 64 MiB.
     pub scan_window_bytes: usize,
