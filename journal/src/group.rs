@@ -19,6 +19,7 @@ use std::time::Instant;
 use keel_storage::{BufResult, Directory, IoBuf, Storage};
 
 use crate::error::JournalError;
+use crate::format::SegmentHeader;
 use crate::scan::Link;
 use crate::segment;
 use crate::slots::Location;
@@ -32,6 +33,9 @@ const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
 
 /// An open segment file and its name.
 type OpenSegment<D> = (Rc<<D as Directory>::File>, String);
+
+/// One run's write in flight; resolves to the seq of its last entry (none for an empty run).
+type RunWrite<'a> = Pin<Box<dyn Future<Output = Result<Option<u64>, JournalError>> + 'a>>;
 
 /// A run's bytes, shared between the write in flight and readers of unwritten entries.
 struct SharedBuf(Rc<Vec<u8>>);
@@ -120,67 +124,99 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// One group: create segments, one write per run, then (if `must_sync`) one fsync per dirty
-    /// segment.
+    /// segment. A durable group writes its runs in order (with write-through, each write is a
+    /// durability point); a buffered one keeps every run of a segment in flight at once, so the
+    /// kernel's workers copy them into the page cache in parallel.
     async fn write_group(&self, runs: &mut [Run], must_sync: bool) -> Result<(), JournalError> {
+        let concurrent = !self.config.sync_on_append;
+        let mut in_flight: Vec<RunWrite<'_>> = Vec::new();
         for run in runs.iter_mut() {
             if let Some(header) = run.create {
-                // A durable segment header claims every seq before its `first_seq` exists: make
-                // the older segments' bytes durable first, or a crash could leave the new header
-                // but lose the old tail, which would read as a broken chain (corruption).
-                self.sync_dirty().await?;
-                let file = segment::create(
-                    &self.dir,
-                    &header,
-                    self.preallocates().then(|| self.preallocation_target(0, 0)),
-                    self.writes_through(),
-                )
-                .await?;
-                let name = crate::format::segment_file_name(header.segment_no);
-                self.state.borrow_mut().segments.insert(
-                    header.segment_no,
-                    SegmentHandle {
-                        file: Some(Rc::new(file)),
-                        len_bytes: 0,
-                        name,
-                        end_link: Link {
-                            next_seq: header.first_seq,
-                            chain_crc: header.prev_crc,
-                        },
-                        entry_count: 0,
-                    },
-                );
-                // The older segments are synced now: let go of handles nothing live needs.
-                self.release_idle_handles();
+                // Every older write completes before the rotation's fsync covers it.
+                self.finish_writes(std::mem::take(&mut in_flight)).await?;
+                self.create_segment(&header).await?;
             }
             if run.buf.is_empty() {
                 continue;
             }
-            let (file, name) = self
-                .segment_file(run.segment)
-                .await?
-                .expect("a run's segment exists before its bytes are written");
-            let run_end = run.offset_bytes + run.buf.len() as u64;
-            if self.preallocates()
-                && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
-            {
-                // Keep zero-written space ahead of the cursor in steps, so a durable write
-                // overwrites instead of extending, without one large zero-fill stalling a group
-                // at rotation. The group's fsync below covers these zeroes too.
-                let target = self.preallocation_target(file.len(), run_end);
-                if target > file.len() {
-                    file.preallocate(target)
-                        .await
-                        .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
-                }
+            let write = self.start_run(run).await?;
+            if concurrent {
+                in_flight.push(write);
+            } else {
+                self.finish_writes(vec![write]).await?;
             }
-            let buf = Rc::new(std::mem::take(&mut run.buf));
-            self.state.borrow_mut().w.writing.push(WritingRun {
-                segment: run.segment,
-                offset_bytes: run.offset_bytes,
-                buf: buf.clone(),
-            });
+        }
+        self.finish_writes(in_flight).await?;
+        if must_sync {
+            self.sync_dirty().await?;
+        }
+        Ok(())
+    }
+
+    /// A rotation's new segment: created (header, first preallocation step, fsync, directory
+    /// fsync) only after every older segment's bytes are durable.
+    async fn create_segment(&self, header: &SegmentHeader) -> Result<(), JournalError> {
+        // A durable segment header claims every seq before its `first_seq` exists: make the
+        // older segments' bytes durable first, or a crash could leave the new header but lose the
+        // old tail, which would read as a broken chain (corruption).
+        self.sync_dirty().await?;
+        let file = segment::create(
+            &self.dir,
+            header,
+            self.preallocates().then(|| self.preallocation_target(0, 0)),
+            self.writes_through(),
+        )
+        .await?;
+        let name = crate::format::segment_file_name(header.segment_no);
+        self.state.borrow_mut().segments.insert(
+            header.segment_no,
+            SegmentHandle {
+                file: Some(Rc::new(file)),
+                len_bytes: 0,
+                name,
+                end_link: Link {
+                    next_seq: header.first_seq,
+                    chain_crc: header.prev_crc,
+                },
+                entry_count: 0,
+            },
+        );
+        // The older segments are synced now: let go of handles nothing live needs.
+        self.release_idle_handles();
+        Ok(())
+    }
+
+    /// Grows the zeroed space a run needs, then starts its write (its bytes stay readable in
+    /// `writing` meanwhile); the returned future completes it.
+    async fn start_run(&self, run: &mut Run) -> Result<RunWrite<'_>, JournalError> {
+        let (file, name) = self
+            .segment_file(run.segment)
+            .await?
+            .expect("a run's segment exists before its bytes are written");
+        let run_end = run.offset_bytes + run.buf.len() as u64;
+        if self.preallocates() && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
+        {
+            // Keep zero-written space ahead of the cursor in steps, so a durable write
+            // overwrites instead of extending, without one large zero-fill stalling a group at
+            // rotation. The group's durability point covers these zeroes too.
+            let target = self.preallocation_target(file.len(), run_end);
+            if target > file.len() {
+                file.preallocate(target)
+                    .await
+                    .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
+            }
+        }
+        let buf = Rc::new(std::mem::take(&mut run.buf));
+        self.state.borrow_mut().w.writing.push(WritingRun {
+            segment: run.segment,
+            offset_bytes: run.offset_bytes,
+            buf: buf.clone(),
+        });
+        let (segment, offset_bytes) = (run.segment, run.offset_bytes);
+        let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);
+        Ok(Box::pin(async move {
             let started = Instant::now();
-            let BufResult(result, _) = file.write_all_at(run.offset_bytes, SharedBuf(buf)).await;
+            let BufResult(result, _) = file.write_all_at(offset_bytes, SharedBuf(buf)).await;
             result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
             let mut st = self.state.borrow_mut();
             if file.writes_are_durable() {
@@ -188,19 +224,47 @@ impl<D: Directory> MetadataJournal<D> {
                 st.stats.fsyncs += 1;
                 st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
             } else {
-                st.w.dirty_segments.insert(run.segment);
+                st.w.dirty_segments.insert(segment);
             }
-            if run.totals.entry_count > 0 {
-                // Runs are written in log order by the one writer: every earlier seq is written.
-                assert!(
-                    run.totals.last_seq > st.w.write_done_seq,
-                    "runs written out of log order"
-                );
-                st.w.write_done_seq = run.totals.last_seq;
-            }
+            Ok(last_seq)
+        }))
+    }
+
+    /// Waits for every write in `writes` (all of them, even after a failure), then records the
+    /// highest seq written: every earlier one is written too, as the runs are in log order.
+    async fn finish_writes(&self, writes: Vec<RunWrite<'_>>) -> Result<(), JournalError> {
+        if writes.is_empty() {
+            return Ok(());
         }
-        if must_sync {
-            self.sync_dirty().await?;
+        let mut pending: Vec<Option<RunWrite<'_>>> = writes.into_iter().map(Some).collect();
+        let mut results: Vec<Result<Option<u64>, JournalError>> = Vec::new();
+        std::future::poll_fn(|cx| {
+            for slot in pending.iter_mut() {
+                if let Some(write) = slot {
+                    if let Poll::Ready(result) = write.as_mut().poll(cx) {
+                        results.push(result);
+                        *slot = None;
+                    }
+                }
+            }
+            if pending.iter().all(Option::is_none) {
+                Poll::Ready(())
+            } else {
+                Poll::Pending
+            }
+        })
+        .await;
+        let mut last_seq = None;
+        for result in results {
+            last_seq = last_seq.max(result?);
+        }
+        if let Some(last_seq) = last_seq {
+            let mut st = self.state.borrow_mut();
+            assert!(
+                last_seq > st.w.write_done_seq,
+                "runs written out of log order"
+            );
+            st.w.write_done_seq = last_seq;
         }
         Ok(())
     }
