@@ -152,6 +152,24 @@ pub(crate) struct RunTotals {
     pub commit_op: u64,
 }
 
+impl RunTotals {
+    /// Counts one more entry (in log order).
+    fn add(&mut self, kind: EntryKind, seq: u64, header_crc: u32, len_bytes: u64, commit_op: u64) {
+        if self.entry_count == 0 {
+            self.first_seq = seq;
+        }
+        self.last_seq = seq;
+        self.last_header_crc = header_crc;
+        self.entry_count += 1;
+        self.bytes += len_bytes;
+        if kind == EntryKind::Data {
+            self.data_entries += 1;
+            self.data_bytes += len_bytes;
+        }
+        self.commit_op = self.commit_op.max(commit_op);
+    }
+}
+
 impl Run {
     fn new(segment: u64, create: Option<SegmentHeader>, offset_bytes: u64, buf: Vec<u8>) -> Self {
         Self {
@@ -472,19 +490,9 @@ impl<D: Directory> MetadataJournal<D> {
         w.needs_rotation = false;
     }
 
-    /// Encodes one entry into the queue, assigning seq, chain, segment and offset. Synchronous:
-    /// the log order is the order of these calls.
-    fn encode(
-        &self,
-        st: &mut State<D>,
-        kind: EntryKind,
-        op: u64,
-        payload: &[u8],
-        completion: Option<Rc<Completion>>,
-    ) {
-        let len = entry_len_bytes(payload.len());
-        self.rotate_if_needed(st, len);
-        let w = &mut st.w;
+    /// Makes the queue's last run the one the next entry of `len` bytes goes to: the cursor's
+    /// segment and offset, with room under `max_batch_bytes` (one larger entry gets a run alone).
+    fn ensure_run(&self, w: &mut WriterState, len: usize) {
         let fits_last = w.queue.back().is_some_and(|run| {
             run.segment == w.cursor_segment
                 && run.offset_bytes + run.buf.len() as u64 == w.cursor_offset_bytes
@@ -500,6 +508,22 @@ impl<D: Directory> MetadataJournal<D> {
             w.queue
                 .push_back(Run::new(w.cursor_segment, None, w.cursor_offset_bytes, buf));
         }
+    }
+
+    /// Encodes one entry into the queue, assigning seq, chain, segment and offset. Synchronous:
+    /// the log order is the order of these calls.
+    fn encode(
+        &self,
+        st: &mut State<D>,
+        kind: EntryKind,
+        op: u64,
+        payload: &[u8],
+        completion: Option<Rc<Completion>>,
+    ) {
+        let len = entry_len_bytes(payload.len());
+        self.rotate_if_needed(st, len);
+        self.ensure_run(&mut st.w, len);
+        let w = &mut st.w;
         let run = w.queue.back_mut().expect("a run was just ensured");
         let seq = w.next_seq;
         let header_crc = encode_entry(
@@ -519,19 +543,8 @@ impl<D: Directory> MetadataJournal<D> {
             offset_bytes: w.cursor_offset_bytes,
             len_bytes: len as u32,
         };
-        let totals = &mut run.totals;
-        if totals.entry_count == 0 {
-            totals.first_seq = seq;
-        }
-        totals.last_seq = seq;
-        totals.last_header_crc = header_crc;
-        totals.entry_count += 1;
-        totals.bytes += len as u64;
-        if kind == EntryKind::Data {
-            totals.data_entries += 1;
-            totals.data_bytes += len as u64;
-        }
-        totals.commit_op = totals.commit_op.max(st.commit_set);
+        run.totals
+            .add(kind, seq, header_crc, len as u64, st.commit_set);
         if self.config.sync_on_append || completion.is_some() {
             run.entries.push(PendingEntry {
                 kind,
