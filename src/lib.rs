@@ -9,6 +9,8 @@
 //! The `keel` binary (`src/main.rs`, one file per command under `src/cli/`) drives them: the
 //! `bench` workload and the `recover`, `verify`, `repair`, `inspect` and `dump` tools.
 
+#![deny(missing_docs)]
+
 pub use keel_engine as engine;
 pub use keel_journal as journal;
 pub use keel_storage as storage;

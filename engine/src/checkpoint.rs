@@ -61,6 +61,7 @@ impl CheckpointStep {
 /// What the step hook tells the coordinator.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum StepAction {
+    /// Go on to the next step.
     Continue,
     /// Stop here and return [`EngineError::Halted`], leaving the disk as a crash at this point
     /// would (the caller then crashes its `MemFs` and reopens).
@@ -73,13 +74,21 @@ pub type StepHook = Arc<dyn Fn(CheckpointStep) -> StepAction + Send + Sync>;
 /// What one checkpoint did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointReport {
+    /// The op the snapshot covers (the commit watermark it was taken at).
     pub snapshot_op: u64,
+    /// The snapshot file's length.
     pub snapshot_bytes: u64,
+    /// Wall time of the whole checkpoint.
     pub duration_us: u64,
+    /// Journal segments compaction deleted.
     pub segments_deleted: u64,
+    /// Journal segments compaction rewrote.
     pub segments_rewritten: u64,
+    /// Journal bytes on disk before compaction.
     pub journal_bytes_before: u64,
+    /// Journal bytes on disk after compaction.
     pub journal_bytes_after: u64,
+    /// Older snapshot files removed.
     pub snapshots_removed: u64,
 }
 

@@ -26,6 +26,7 @@
 //! the journal's group commits). No `RefCell` borrow is ever held across an await.
 
 #![allow(async_fn_in_trait)]
+#![deny(missing_docs)]
 
 mod checkpoint;
 mod error;
@@ -87,26 +88,32 @@ pub const MAX_SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
 /// Tunables of one engine. Every quantity has a limit (checked by [`EngineConfig::validate`]).
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// The journal's configuration (slot count, segment size, group-commit bounds, …).
+    /// The journal's configuration (slot count, segment size, group-commit bounds, …). Default
+    /// [`JournalConfig::default`] with `max_batch_bytes` raised to twice `max_payload_bytes` (2 MiB),
+    /// so one maximal entry fits a batch; limits as [`JournalConfig`] documents them.
     pub journal: JournalConfig,
-    /// What recovery may repair (docs/durability.md).
+    /// What recovery may repair (docs/durability.md). Default
+    /// [`RecoveryMode::TolerateTornTail`].
     pub recovery_mode: RecoveryMode,
     /// Checkpoint automatically (at the end of `commit`) when the journal's remaining capacity
-    /// falls below this many ops. 0 disables the automatic trigger.
+    /// falls below this many ops. 0 disables the automatic trigger. Default a quarter of
+    /// `journal.slot_count` (256); at most `journal.slot_count`.
     pub checkpoint_margin_ops: u64,
-    /// Largest snapshot accepted on write and on read.
+    /// Largest snapshot accepted on write and on read. Default 1 GiB; 1 B to
+    /// [`MAX_SNAPSHOT_BYTES_LIMIT`] (4 GiB).
     pub max_snapshot_bytes: u64,
     /// Test-only seam: called at every step boundary of the checkpoint coordinator; returning
-    /// [`StepAction::Halt`] stops the checkpoint there, as a crash would.
+    /// [`StepAction::Halt`] stops the checkpoint there, as a crash would. Default `None`.
     pub step_hook: Option<StepHook>,
     /// Move the journal's watermark only to the *previous* snapshot at each checkpoint, so the
     /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
     /// can then always fall back to the older one. Costs journal capacity (the ring holds up to
     /// two checkpoint intervals) and checkpoints about twice as often under the automatic
-    /// trigger. Off by default: the watermark moves to the new snapshot.
+    /// trigger. Default false: the watermark moves to the new snapshot.
     pub journal_covers_previous_snapshot: bool,
-    /// This engine's index in a shard set (`ShardSet` sets it; default `None`). Recorded in the
-    /// directory's manifest at creation; an open with a different index is refused.
+    /// This engine's index in a shard set (`ShardSet` sets it; default `None`; below
+    /// [`MAX_SHARDS`]). Recorded in the directory's manifest at creation; an open with a
+    /// different index is refused.
     pub shard_index: Option<u64>,
 }
 
@@ -562,6 +569,7 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         &self.root
     }
 
+    /// The configuration it was opened with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }

@@ -82,11 +82,17 @@ impl fmt::Display for DirectoryId {
 /// What `DIR/MANIFEST` records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The manifest's format version (at most [`MANIFEST_VERSION`] to be read).
     pub format_version: u32,
+    /// The directory's random id, given at creation; every snapshot carries it.
     pub directory_id: DirectoryId,
+    /// The journal's slot count at creation (the slot rule depends on it).
     pub slot_count: u64,
+    /// The journal's segment size at creation.
     pub segment_bytes: u64,
+    /// The shard index in a shard set (`None`: not a shard).
     pub shard_index: Option<u64>,
+    /// The keel version that wrote the manifest last.
     pub keel_version: String,
     /// The commit watermark the last clean close made durable (0: none yet): every op up to it
     /// was committed, whatever a later cut leaves in the journal.
@@ -95,19 +101,34 @@ pub struct Manifest {
 
 /// Why a manifest cannot be used.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ManifestError {
     /// The file fails its checksum or does not parse.
     #[error("manifest {file} is damaged: {reason}")]
-    Damaged { file: String, reason: String },
+    Damaged {
+        /// The manifest's path.
+        file: String,
+        /// What failed.
+        reason: String,
+    },
     /// Written by a newer keel: refused, never rewritten.
     #[error("manifest {file} has format version {version}, newer than this build reads ({MANIFEST_VERSION})")]
-    NewerVersion { file: String, version: u32 },
+    NewerVersion {
+        /// The manifest's path.
+        file: String,
+        /// The version it records.
+        version: u32,
+    },
     /// The directory records one value and the caller asked for another that cannot work.
     #[error("{file} records {field} {recorded}, but the configuration asks for {configured}")]
     Mismatch {
+        /// The manifest's path.
         file: String,
+        /// The field (e.g. `slot_count`, `shard_index`).
         field: &'static str,
+        /// The value the manifest records.
         recorded: String,
+        /// The value the configuration asks for.
         configured: String,
     },
 }

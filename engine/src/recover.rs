@@ -53,8 +53,10 @@ pub enum RecoveryStatus {
 /// An inclusive range of ops: `{"first": 100, "last": 24576}` in JSON, `100-24576` as text.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct OpRange {
+    /// The first op (JSON `first`).
     #[serde(rename = "first")]
     pub first_op: u64,
+    /// The last op, at least `first_op` (JSON `last`).
     #[serde(rename = "last")]
     pub last_op: u64,
 }
@@ -94,8 +96,11 @@ impl From<&std::ops::RangeInclusive<u64>> for OpRange {
 pub struct RepairRecord {
     /// `torn_tail`, `point_in_time_cut` (journal) or `snapshot_checksum`.
     pub kind: String,
+    /// The file cut or set aside (a path under the engine directory).
     pub file: String,
+    /// Where the cut starts in it (bytes).
     pub offset: u64,
+    /// Bytes removed.
     pub bytes: u64,
     /// Where the removed bytes were kept.
     pub quarantine: String,
@@ -104,11 +109,13 @@ pub struct RepairRecord {
 /// What `Engine::open` found and did. Serializable for `keel recover --json`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RecoveryReport {
+    /// Whether the open found the directory clean, repaired it, or refused.
     pub status: RecoveryStatus,
     /// `tolerate-torn-tail`, `absolute` or `point-in-time`.
     pub mode: String,
     /// Op of the snapshot the state was restored from (0: none).
     pub snapshot_op: u64,
+    /// The snapshot file restored from (`None`: none).
     pub snapshot_file: Option<String>,
     /// Highest op found anywhere (journal, snapshot).
     pub last_op: u64,
@@ -120,9 +127,13 @@ pub struct RecoveryReport {
     pub replayed: u64,
     /// The journal's own snapshot watermark.
     pub journal_snapshot_op: u64,
+    /// Lowest op of a data entry in the journal (`None`: none).
     pub journal_first_op: Option<u64>,
+    /// Journal segments the open read.
     pub segments_read: u64,
+    /// Journal entries the open read.
     pub entries_read: u64,
+    /// Every repair, in the order performed.
     pub repairs: Vec<RepairRecord>,
     /// Prepares above the commit watermark: durable but not applied; the consensus layer decides.
     pub prepared_uncommitted: Vec<OpRange>,
@@ -139,6 +150,7 @@ pub struct RecoveryReport {
     pub torn_ops: Vec<OpRange>,
     /// Interrupted snapshot temp files removed.
     pub temp_files_removed: u64,
+    /// Wall time of the open.
     pub duration_us: u64,
 }
 
@@ -146,17 +158,24 @@ pub struct RecoveryReport {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum VerifyStatus {
+    /// No problem (exit 0).
     Clean,
+    /// Only torn tails, which a normal open repairs (exit 3).
     TornTail,
+    /// Acknowledged data is damaged or unreadable (exit 4).
     Corrupt,
 }
 
 /// One problem `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProblemRecord {
+    /// The case's name (the journal's table, or a snapshot's `snapshot_*`, `missing_ops`).
     pub kind: String,
+    /// The file (a path under the engine directory).
     pub file: String,
+    /// Where in it the problem starts (bytes).
     pub offset: u64,
+    /// The op concerned, when one op is.
     pub op: Option<u64>,
     /// The ops concerned, when the problem is a range (`missing_ops`); null otherwise.
     pub ops: Option<OpRange>,
@@ -184,12 +203,19 @@ impl ProblemRecord {
 /// The read-only check of a whole engine directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
+    /// The worst of the problems.
     pub status: VerifyStatus,
+    /// Lowest op of a readable journal data entry.
     pub first_op: Option<u64>,
+    /// Highest op of a readable journal data entry.
     pub last_op: Option<u64>,
+    /// Highest durable commit watermark found.
     pub commit_op: Option<u64>,
+    /// The journal's snapshot watermark.
     pub journal_snapshot_op: Option<u64>,
+    /// Every problem found.
     pub problems: Vec<ProblemRecord>,
+    /// Every snapshot file, newest first, with its verdict.
     pub snapshots: Vec<SnapshotInfo>,
 }
 
@@ -203,6 +229,7 @@ pub fn recovery_mode_from_str(s: &str) -> Option<RecoveryMode> {
     }
 }
 
+/// The CLI's `--mode` name of `mode` (the inverse of [`recovery_mode_from_str`]).
 pub fn recovery_mode_name(mode: RecoveryMode) -> &'static str {
     match mode {
         RecoveryMode::TolerateTornTail => "tolerate-torn-tail",
@@ -512,6 +539,7 @@ pub struct PlannedRepair {
 pub struct RepairPlan {
     /// The snapshot the state would come from (0: none).
     pub snapshot_op: u64,
+    /// The commit watermark the open would establish.
     pub commit_op: u64,
     /// Cuts and quarantines, in the order they would happen.
     pub repairs: Vec<PlannedRepair>,

@@ -43,13 +43,17 @@ pub fn shard_dir_name(shard: usize) -> String {
 /// Tunables of a shard set.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    /// Number of shards (threads, engines), 1..=MAX_SHARDS.
+    /// Number of shards (threads, engines). Default the available parallelism (1 when unknown);
+    /// 1 to [`MAX_SHARDS`].
     pub shards: usize,
-    /// Pin shard `i` to CPU `i % available CPUs` (through compio's runtime builder).
+    /// Pin shard `i` to CPU `i % available CPUs` (through compio's runtime builder). Default
+    /// true.
     pub pin_cores: bool,
-    /// Requests queued per shard before senders wait.
+    /// Requests queued per shard before senders wait. Default 1,024; at least 1 (each queued
+    /// request holds its payload, so memory bounds it from above).
     pub queue_depth: usize,
-    /// Every shard's engine configuration.
+    /// Every shard's engine configuration (its `shard_index` is set per shard). Default
+    /// [`EngineConfig::default`]; limits as it documents them.
     pub engine: EngineConfig,
 }
 
@@ -115,6 +119,7 @@ impl<M> Clone for ShardHandle<M> {
 }
 
 impl<M: StateMachine + 'static> ShardHandle<M> {
+    /// Shards in the set.
     pub fn shard_count(&self) -> usize {
         self.senders.len()
     }
@@ -306,6 +311,7 @@ impl<M: StateMachine + 'static> ShardSet<M> {
         self.handle.clone()
     }
 
+    /// Shards in the set.
     pub fn shard_count(&self) -> usize {
         self.handle.shard_count()
     }

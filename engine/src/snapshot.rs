@@ -36,8 +36,11 @@ use crate::manifest::DirectoryId;
 use crate::state_machine::SnapshotSource;
 use crate::QUARANTINE_DIR;
 
+/// The snapshots' directory under the engine directory.
 pub const SNAPSHOTS_DIR: &str = "snapshots";
+/// The first 8 bytes of every snapshot file.
 pub const SNAPSHOT_MAGIC: &[u8; 8] = b"KEELSNAP";
+/// The format version this build writes (it reads 1 and 2; docs/format.md).
 pub const SNAPSHOT_VERSION: u32 = 2;
 /// The header's length in the current version.
 pub const SNAPSHOT_HEADER_BYTES: usize = 72;
@@ -70,9 +73,13 @@ pub fn parse_snapshot_temp_name(name: &str) -> Option<u64> {
 /// What a check of one snapshot file found (for `keel verify` / `inspect`).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct SnapshotInfo {
+    /// The op in its name.
     pub op: u64,
+    /// Its path under the engine directory.
     pub file: String,
+    /// The file's length.
     pub len_bytes: u64,
+    /// Whether its header and payload pass every check.
     pub valid: bool,
     /// Why it is not valid.
     pub problem: Option<String>,

@@ -30,13 +30,25 @@ use crate::{CompactionReport, MetadataJournal, SegmentHandle};
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompactionStep {
     /// One fully dead segment was removed and the directory fsynced.
-    Deleted { segment: u64 },
+    Deleted {
+        /// The segment's number.
+        segment: u64,
+    },
     /// The temp file holding a rewrite is written and fsynced (not yet renamed).
-    TempWritten { segment: u64 },
+    TempWritten {
+        /// The segment's number.
+        segment: u64,
+    },
     /// The temp file was renamed over the segment (directory not yet fsynced).
-    Renamed { segment: u64 },
+    Renamed {
+        /// The segment's number.
+        segment: u64,
+    },
     /// The directory was fsynced after the rename.
-    DirSynced { segment: u64 },
+    DirSynced {
+        /// The segment's number.
+        segment: u64,
+    },
 }
 
 /// Clears the `compacting` flag however compaction ends.

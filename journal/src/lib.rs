@@ -55,6 +55,7 @@
 //!   before later entries claim it durable.
 
 #![allow(async_fn_in_trait)]
+#![deny(missing_docs)]
 
 mod compaction;
 mod error;
@@ -159,7 +160,7 @@ impl Default for JournalConfig {
     }
 }
 
-/// What recovery may do with damage it finds (DESIGN §4).
+/// What recovery may do with damage it finds (docs/durability.md, the recovery table).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum RecoveryMode {
     /// Repair a torn tail (quarantine + truncate); refuse corruption of acknowledged data.
@@ -175,7 +176,9 @@ pub enum RecoveryMode {
 /// One entry as read back.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Entry {
+    /// The op.
     pub op: u64,
+    /// Its payload as appended.
     pub payload: Bytes,
 }
 
@@ -186,7 +189,9 @@ pub struct Repair {
     pub kind: &'static str,
     /// Segment file name.
     pub file: String,
+    /// Where the cut starts in that file.
     pub offset_bytes: u64,
+    /// Bytes cut (this file's rest and every later segment's).
     pub bytes: u64,
     /// Quarantine file name under `DIR/quarantine/`.
     pub quarantine_file: String,
@@ -197,7 +202,9 @@ pub struct Repair {
 pub struct Problem {
     /// The recovery table's case name, e.g. `torn_tail`, `corrupt_entry`, `chain_break`.
     pub kind: &'static str,
+    /// The segment file.
     pub file: String,
+    /// Where in the file the damage starts.
     pub offset_bytes: u64,
     /// The op of the damaged entry when it can be told (the expected one otherwise).
     pub op: Option<u64>,
@@ -206,16 +213,23 @@ pub struct Problem {
 /// What opening (or verifying) a journal found.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct ScanReport {
+    /// Segment files read.
     pub segments_read: u64,
+    /// Entries (data and markers) read.
     pub entries_read: u64,
+    /// Bytes read from segment files.
     pub bytes_read: u64,
+    /// Lowest op of a readable data entry (`None`: no data entry).
     pub first_op: Option<u64>,
+    /// Highest op of a readable data entry (`None`: no data entry).
     pub last_op: Option<u64>,
     /// Highest commit watermark found in a durable entry.
     pub commit_op: Option<u64>,
     /// The snapshot watermark persisted in the journal.
     pub snapshot_op: Option<u64>,
+    /// Repairs the open performed (none for verify).
     pub repairs: Vec<Repair>,
+    /// Problems found (verify lists all; an open lists the ones it repaired).
     pub problems: Vec<Problem>,
     /// Ops whose entries were cut (point-in-time) and must come from peers.
     pub lost_ops: Vec<RangeInclusive<u64>>,
@@ -244,15 +258,20 @@ pub struct JournalStats {
 /// Summary of one compaction.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct CompactionReport {
+    /// Wholly dead segments deleted.
     pub segments_deleted: u64,
+    /// Straddling segments rewritten without their dead entries.
     pub segments_rewritten: u64,
+    /// Segment bytes on disk before.
     pub bytes_before: u64,
+    /// Segment bytes on disk after.
     pub bytes_after: u64,
 }
 
-/// Verify's verdict over a report's problems (DESIGN §6: exit 0 / 3 / 4).
+/// Verify's verdict over a report's problems (docs/cli.md: exit 0 / 3 / 4).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum VerifyStatus {
+    /// No problem.
     Clean,
     /// Only torn tails: unacknowledged writes a crash cut; a normal open repairs them.
     TornTail,
@@ -300,30 +319,46 @@ impl ScanReport {
 /// One segment as `keel inspect` shows it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct SegmentSummary {
+    /// The segment's file name.
     pub file: String,
+    /// Its number.
     pub number: u64,
+    /// The file's length (preallocated space included).
     pub len_bytes: u64,
     /// End of the last valid entry (the rest is preallocated zeroes or damage).
     pub data_end_bytes: u64,
+    /// Whether compaction rewrote it.
     pub rewritten: bool,
+    /// Seq of its first entry.
     pub first_seq: u64,
+    /// Valid entries (data and markers) in it.
     pub entries: u64,
-    /// Lowest and highest op among its data entries.
+    /// Lowest op among its data entries.
     pub first_op: Option<u64>,
+    /// Highest op among its data entries.
     pub last_op: Option<u64>,
 }
 
 /// One entry as `keel dump` shows it (header fields, no payload).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RawEntry {
+    /// The segment file.
     pub file: String,
+    /// Where the entry's header starts.
     pub offset_bytes: u64,
+    /// Its seq.
     pub seq: u64,
+    /// Its op (data) or watermark (markers).
     pub op: u64,
+    /// What the entry is.
     pub kind: EntryKind,
+    /// Payload length (padding not counted).
     pub payload_len_bytes: u32,
+    /// crc32 of the payload.
     pub payload_crc: u32,
+    /// Highest seq an fsync had covered when it was written.
     pub durable_seq: u64,
+    /// Commit watermark it carries (0 = none).
     pub commit_op: u64,
 }
 
@@ -739,6 +774,7 @@ impl<D: Directory> MetadataJournal<D> {
         self.state.borrow().slots.last_op()
     }
 
+    /// The snapshot watermark (0 before the first checkpoint).
     pub fn snapshot_op(&self) -> u64 {
         self.state.borrow().slots.snapshot_op()
     }
@@ -749,6 +785,7 @@ impl<D: Directory> MetadataJournal<D> {
         (commit > 0).then_some(commit)
     }
 
+    /// The counters so far.
     pub fn stats(&self) -> JournalStats {
         let st = self.state.borrow();
         JournalStats {

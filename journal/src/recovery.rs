@@ -1,4 +1,4 @@
-//! recovery: the decision table (DESIGN §4) as data, and the repairs it orders.
+//! recovery: the decision table (docs/durability.md) as data, and the repairs it orders.
 //!
 //! Owns the mapping "where the scan stopped" → named case → action per mode, and quarantine:
 //! copying the exact bytes a repair removes to `DIR/quarantine/` and fsyncing them *before* any
@@ -36,6 +36,7 @@ pub enum StopFact {
 }
 
 impl StopFact {
+    /// Every value, for tests that enumerate the table's inputs.
     pub const ALL: [StopFact; 7] = [
         StopFact::CleanEnd,
         StopFact::BadEntryHeader,
@@ -50,13 +51,21 @@ impl StopFact {
 /// The named cases of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Case {
+    /// The log ends at an entry boundary.
     CleanEnd,
+    /// A partial last batch nothing vouches for.
     TornTail,
+    /// A partial header of the newest segment nothing vouches for.
     TornSegmentHeader,
+    /// A damaged entry that was durable.
     CorruptEntry,
+    /// A damaged segment header that was durable.
     CorruptSegmentHeader,
+    /// A valid entry that does not follow its predecessor.
     ChainBreak,
+    /// A valid segment that is not the next one.
     SegmentMismatch,
+    /// A segment of a newer format version.
     UnknownVersion,
 }
 
@@ -76,6 +85,7 @@ pub enum Action {
 
 /// One row of the table.
 pub struct CaseInfo {
+    /// The case this row describes.
     pub case: Case,
     /// Name used in `Problem::kind` and in errors.
     pub name: &'static str,
@@ -83,8 +93,11 @@ pub struct CaseInfo {
     pub cause: &'static str,
     /// Whether it means acknowledged data is damaged (verify's exit 4) rather than a torn tail (3).
     pub corruption: bool,
+    /// The action under [`RecoveryMode::TolerateTornTail`].
     pub tolerate_torn_tail: Action,
+    /// The action under [`RecoveryMode::Absolute`].
     pub absolute: Action,
+    /// The action under [`RecoveryMode::PointInTime`].
     pub point_in_time: Action,
 }
 
