@@ -23,6 +23,7 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 
 use bytes::Bytes;
+use keel_storage::DirAccess;
 use keel_storage::{Directory, FsDirectory};
 
 use crate::checkpoint::CheckpointReport;
@@ -489,11 +490,11 @@ async fn create_dir_durably(dir: &Path) -> std::io::Result<FsDirectory> {
         missing.push(path);
         cursor = path.parent();
     }
-    let opened = FsDirectory::open(dir, true, false).await?;
+    let opened = FsDirectory::open_with(dir, DirAccess::Create).await?;
     // Parents first: each new entry is durable before anything below it counts on it.
     for created in missing.iter().rev() {
         if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            FsDirectory::open(parent, false, false)
+            FsDirectory::open_with(parent, DirAccess::Existing)
                 .await?
                 .sync()
                 .await?;

@@ -12,6 +12,38 @@
 //! mutability, never a `RefCell` borrow held across an await), so several appends can be in flight
 //! from tasks on one core and share one group commit.
 //!
+//! # Example
+//!
+//! Appends are durable when they return: a power cut right after keeps them, and the next open
+//! finds the commit watermark that was persisted.
+//!
+//! ```
+//! use keel_journal::{JournalConfig, MetadataJournal, RecoveryMode};
+//! use keel_storage::MemFs;
+//!
+//! compio::runtime::Runtime::new().unwrap().block_on(async {
+//!     let fs = MemFs::new(1);
+//!     let config = JournalConfig { segment_bytes: 1 << 20, ..JournalConfig::default() };
+//!     let mode = RecoveryMode::TolerateTornTail;
+//!     let (journal, _report) = MetadataJournal::open(&fs.root(), config.clone(), mode)
+//!         .await
+//!         .unwrap();
+//!     journal.append(1, b"first").await.unwrap();
+//!     journal.append(2, b"second").await.unwrap();
+//!     journal.set_commit_op(2);
+//!     journal.persist_commit().await.unwrap();
+//!     drop(journal); // no clean close: the power cut comes first
+//!     fs.crash();
+//!
+//!     let (journal, report) = MetadataJournal::open(&fs.root(), config, mode).await.unwrap();
+//!     assert_eq!(report.commit_op, Some(2));
+//!     assert_eq!(report.last_op, Some(2));
+//!     let entry = journal.entry(1).await.unwrap().expect("op 1 is live");
+//!     assert_eq!(&entry.payload[..], b"first");
+//!     journal.close().await.unwrap();
+//! });
+//! ```
+//!
 //! # Modules
 //! - [`format`]: the bytes on disk, byte by byte (segment header, entry header, alignment).
 //! - `slots`: the ring index op → newest entry; `Full` back-pressure.
