@@ -9,7 +9,6 @@
 //! compaction only deletes entries at or below a durable watermark; older snapshots are deleted
 //! last, and recovery ignores them when a newer valid one exists.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use keel_storage::Directory;
@@ -17,59 +16,11 @@ use serde::Serialize;
 
 use crate::error::EngineError;
 use crate::state_machine::StateMachine;
+use crate::step::{CheckpointStep, StepAction};
 use crate::Engine;
 
 /// Snapshots kept after a checkpoint: the newest, and one to fall back to if it is damaged.
 pub(crate) const SNAPSHOTS_KEPT: usize = 2;
-
-/// A boundary inside the checkpoint coordinator, reported to the step hook after the step named
-/// has completed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum CheckpointStep {
-    /// The state machine's bytes were taken at `S` (nothing written yet).
-    SnapshotTaken,
-    /// The temp file was written, not yet fsynced.
-    TempWritten,
-    /// The temp file was fsynced, not yet renamed.
-    TempSynced,
-    /// The temp file was renamed to its final name; the directory is not fsynced yet.
-    Renamed,
-    /// The snapshot is durable (directory fsynced); the journal's watermark is unchanged.
-    Persisted,
-    /// The journal's watermark is `S`; not compacted yet.
-    WatermarkSet,
-    /// The journal was compacted; the older snapshots still exist.
-    Compacted,
-    /// Older snapshots were removed: the checkpoint is complete.
-    OldSnapshotsDropped,
-}
-
-impl CheckpointStep {
-    /// Every step, in order (the crash tests iterate over it).
-    pub const ALL: [CheckpointStep; 8] = [
-        CheckpointStep::SnapshotTaken,
-        CheckpointStep::TempWritten,
-        CheckpointStep::TempSynced,
-        CheckpointStep::Renamed,
-        CheckpointStep::Persisted,
-        CheckpointStep::WatermarkSet,
-        CheckpointStep::Compacted,
-        CheckpointStep::OldSnapshotsDropped,
-    ];
-}
-
-/// What the step hook tells the coordinator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepAction {
-    /// Go on to the next step.
-    Continue,
-    /// Stop here and return [`EngineError::Halted`], leaving the disk as a crash at this point
-    /// would (the caller then crashes its `MemFs` and reopens).
-    Halt,
-}
-
-/// Called at every [`CheckpointStep`]; a test seam (`None` in production).
-pub type StepHook = Arc<dyn Fn(CheckpointStep) -> StepAction + Send + Sync>;
 
 /// What one checkpoint did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]

@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use keel_journal::JournalError;
 
-use crate::checkpoint::CheckpointStep;
-use crate::manifest::ManifestError;
+use crate::step::CheckpointStep;
 
 /// The stage of persisting or loading a snapshot that failed.
 ///
@@ -153,6 +152,44 @@ impl SnapshotError {
     pub fn retry_safe(&self) -> bool {
         self.stage().retry_safe()
     }
+}
+
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file fails its checksum or does not parse.
+    #[error("manifest {file} is damaged: {reason}")]
+    Damaged {
+        /// The manifest's path.
+        file: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Written by a newer keel: refused, never rewritten.
+    #[error(
+        "manifest {file} has format version {version}, newer than this build reads ({supported})"
+    )]
+    NewerVersion {
+        /// The manifest's path.
+        file: String,
+        /// The version it records.
+        version: u32,
+        /// The newest version this build reads (`MANIFEST_VERSION`).
+        supported: u32,
+    },
+    /// The directory records one value and the caller asked for another that cannot work.
+    #[error("{file} records {field} {recorded}, but the configuration asks for {configured}")]
+    Mismatch {
+        /// The manifest's path.
+        file: String,
+        /// The field (e.g. `slot_count`, `shard_index`).
+        field: &'static str,
+        /// The value the manifest records.
+        recorded: String,
+        /// The value the configuration asks for.
+        configured: String,
+    },
 }
 
 /// Every error the engine returns.

@@ -72,12 +72,14 @@ mod kv;
 mod lock;
 mod manifest;
 mod plan;
+mod range;
 mod recover;
 mod replay;
 mod shard;
 mod snapshot;
 mod state_machine;
 mod stats;
+mod step;
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::BTreeMap;
@@ -88,8 +90,8 @@ pub use bytes::Bytes;
 use keel_journal::MetadataJournal;
 use keel_storage::Directory;
 
-pub use checkpoint::{CheckpointReport, CheckpointStep, StepAction, StepHook};
-pub use error::{EngineError, SnapshotError, SnapshotStage};
+pub use checkpoint::CheckpointReport;
+pub use error::{EngineError, ManifestError, SnapshotError, SnapshotStage};
 pub use keel_journal::{JournalConfig, JournalError, RecoveryMode};
 pub use kv::{
     encode_delete, encode_set, KvCodecError, KvCommand, KvStateMachine, MAX_KEY_BYTES,
@@ -97,13 +99,13 @@ pub use kv::{
 };
 pub use lock::LOCK_FILE;
 pub use manifest::{
-    adopt_manifest, read_manifest, DirectoryId, Manifest, ManifestError, MANIFEST_FILE,
-    MANIFEST_VERSION,
+    adopt_manifest, read_manifest, DirectoryId, Manifest, MANIFEST_FILE, MANIFEST_VERSION,
 };
+pub use range::OpRange;
 pub use recover::{
     journal_file, journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair,
-    verify, OpRange, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan,
-    RepairRecord, VerifyReport, VerifyStatus,
+    verify, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord,
+    VerifyReport, VerifyStatus,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{
@@ -114,6 +116,7 @@ pub use snapshot::{
 };
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 pub use stats::{EngineStats, Histogram};
+pub use step::{CheckpointStep, StepAction, StepHook};
 
 use snapshot::SnapshotStore;
 

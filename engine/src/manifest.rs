@@ -28,7 +28,7 @@ use std::fmt;
 
 use keel_storage::{Directory, OpenMode, Storage};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, ManifestError};
 
 /// The manifest's file name in an engine directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
@@ -99,40 +99,6 @@ pub struct Manifest {
     pub closed_commit_op: u64,
 }
 
-/// Why a manifest cannot be used.
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum ManifestError {
-    /// The file fails its checksum or does not parse.
-    #[error("manifest {file} is damaged: {reason}")]
-    Damaged {
-        /// The manifest's path.
-        file: String,
-        /// What failed.
-        reason: String,
-    },
-    /// Written by a newer keel: refused, never rewritten.
-    #[error("manifest {file} has format version {version}, newer than this build reads ({MANIFEST_VERSION})")]
-    NewerVersion {
-        /// The manifest's path.
-        file: String,
-        /// The version it records.
-        version: u32,
-    },
-    /// The directory records one value and the caller asked for another that cannot work.
-    #[error("{file} records {field} {recorded}, but the configuration asks for {configured}")]
-    Mismatch {
-        /// The manifest's path.
-        file: String,
-        /// The field (e.g. `slot_count`, `shard_index`).
-        field: &'static str,
-        /// The value the manifest records.
-        recorded: String,
-        /// The value the configuration asks for.
-        configured: String,
-    },
-}
-
 impl Manifest {
     /// A manifest for a new directory.
     pub fn new(
@@ -150,7 +116,6 @@ impl Manifest {
             closed_commit_op: 0,
         })
     }
-
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut text = format!(
@@ -208,6 +173,7 @@ impl Manifest {
             return Err(ManifestError::NewerVersion {
                 file: file.to_string(),
                 version: format_version,
+                supported: MANIFEST_VERSION,
             });
         }
         let directory_id = get("directory_id")

@@ -32,6 +32,7 @@ use crate::manifest::{adopt_manifest, write_manifest, Manifest};
 use crate::plan::{
     plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
 };
+use crate::range::OpRange;
 use crate::replay::{replay_by_reads, Replay};
 use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
@@ -48,47 +49,6 @@ pub enum RecoveryStatus {
     Repaired,
     /// Recovery refused (never in a returned report from `open`; for tools reporting an error).
     Refused,
-}
-
-/// An inclusive range of ops: `{"first": 100, "last": 24576}` in JSON, `100-24576` as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpRange {
-    /// The first op (JSON `first`).
-    #[serde(rename = "first")]
-    pub first_op: u64,
-    /// The last op, at least `first_op` (JSON `last`).
-    #[serde(rename = "last")]
-    pub last_op: u64,
-}
-
-impl std::fmt::Display for OpRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.first_op == self.last_op {
-            write!(f, "{}", self.first_op)
-        } else {
-            write!(f, "{}-{}", self.first_op, self.last_op)
-        }
-    }
-}
-
-impl OpRange {
-    /// The part of the range inside `first..=last`, if any.
-    pub fn clip(self, first: u64, last: u64) -> Option<OpRange> {
-        let clipped = OpRange {
-            first_op: self.first_op.max(first),
-            last_op: self.last_op.min(last),
-        };
-        (clipped.first_op <= clipped.last_op).then_some(clipped)
-    }
-}
-
-impl From<&std::ops::RangeInclusive<u64>> for OpRange {
-    fn from(range: &std::ops::RangeInclusive<u64>) -> Self {
-        OpRange {
-            first_op: *range.start(),
-            last_op: *range.end(),
-        }
-    }
 }
 
 /// One repair: the CLI prints these keys as they are.

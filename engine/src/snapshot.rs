@@ -30,10 +30,10 @@ use keel_storage::{
 };
 use serde::Serialize;
 
-use crate::checkpoint::CheckpointStep;
 use crate::error::{EngineError, SnapshotError, SnapshotStage};
 use crate::manifest::DirectoryId;
 use crate::state_machine::SnapshotSource;
+use crate::step::CheckpointStep;
 use crate::QUARANTINE_DIR;
 
 /// The snapshots' directory under the engine directory.
@@ -68,6 +68,16 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
 /// The op of a snapshot temp file name as keel writes it (`<20 digits>.snap.tmp`).
 pub fn parse_snapshot_temp_name(name: &str) -> Option<u64> {
     parse_snapshot_file_name(name.strip_suffix(TEMP_SUFFIX)?)
+}
+
+/// Names of snapshot temp files as keel writes them (`<20 digits>.snap.tmp`); other names in
+/// `snapshots/` are not keel's and are left alone.
+pub(crate) fn keel_snapshot_temps(names: &[String]) -> Vec<String> {
+    names
+        .iter()
+        .filter(|name| parse_snapshot_temp_name(name).is_some())
+        .cloned()
+        .collect()
 }
 
 /// What a check of one snapshot file found (for `keel verify` / `inspect`).
@@ -437,7 +447,7 @@ impl<D: Directory> SnapshotStore<D> {
             .list()
             .await
             .map_err(|e| io_err(SnapshotStage::List, &self.dir.display_path(), 0, e))?;
-        Ok(crate::plan::keel_snapshot_temps(&names))
+        Ok(keel_snapshot_temps(&names))
     }
 
     /// Copies each of `temps` (keel's own interrupted persists) to quarantine, then removes it;

@@ -1,7 +1,7 @@
 //! Raft snapshot files: `DIR/raft-snapshots/NNNNNNNNNNNNNNNNNNNN.snap`.
 //!
-//! Each file uses keel's snapshot header (`docs/durability.md`; magic `KEELSNAP`, version, op, length,
-//! payload crc, header crc; 40 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
+//! Each file uses keel's snapshot header (`docs/format.md`: magic `KEELSNAP`, format 2, op, length,
+//! payload crc, header crc, the identity left zero; 72 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
 //! op in the name and header is the raft index of the snapshot's last log id plus one, the same
 //! op numbering as the journal ([`crate::op_of`]); 0 for a snapshot of nothing.
 //!
