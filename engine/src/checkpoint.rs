@@ -16,7 +16,7 @@ use serde::Serialize;
 
 use crate::error::EngineError;
 use crate::state_machine::StateMachine;
-use crate::step::{CheckpointStep, StepAction};
+use crate::step::{CheckpointStep, StepAction, StepHook};
 use crate::Engine;
 
 /// Snapshots kept after a checkpoint: the newest, and one to fall back to if it is damaged.
@@ -84,16 +84,10 @@ async fn run_steps<D: Directory, M: StateMachine>(
     engine: &Engine<D, M>,
     started: Instant,
 ) -> Result<Option<CheckpointReport>, EngineError> {
-    let hook = engine.config.step_hook.clone();
-    let step = move |s: CheckpointStep| -> Result<(), EngineError> {
-        match hook.as_ref().map(|h| h(s)) {
-            Some(StepAction::Halt) => {
-                tracing::debug!(step = ?s, "checkpoint halted by the step hook");
-                Err(EngineError::Halted { step: s })
-            }
-            _ => Ok(()),
-        }
-    };
+    #[cfg(any(test, feature = "testing"))]
+    let step = step_reporter(engine.config.step_hook.clone());
+    #[cfg(not(any(test, feature = "testing")))]
+    let step = step_reporter(None);
 
     // 1. Snapshot at the applied op. Only committed ops are ever applied, so S <= commit.
     //    The state machine hands a frozen copy (O(1) for a persistent map), serialized piece by
@@ -134,7 +128,17 @@ async fn run_steps<D: Directory, M: StateMachine>(
         engine.journal.set_snapshot_op(watermark).await?;
     }
     step(CheckpointStep::WatermarkSet)?;
+    finish_steps(engine, &step, started, snapshot_op, snapshot_bytes).await
+}
 
+/// Steps 4 and 5 (compact the journal, drop older snapshots) and the report.
+async fn finish_steps<D: Directory, M: StateMachine>(
+    engine: &Engine<D, M>,
+    step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
+    started: Instant,
+    snapshot_op: u64,
+    snapshot_bytes: u64,
+) -> Result<Option<CheckpointReport>, EngineError> {
     // 4. Compact.
     let compaction = engine.journal.compact().await?;
     step(CheckpointStep::Compacted)?;
@@ -160,4 +164,16 @@ async fn run_steps<D: Directory, M: StateMachine>(
         "checkpoint complete"
     );
     Ok(Some(report))
+}
+
+/// What the coordinator calls after each step: the step hook's verdict, as `Halted` when it says
+/// stop (no hook: always go on).
+fn step_reporter(hook: Option<StepHook>) -> impl Fn(CheckpointStep) -> Result<(), EngineError> {
+    move |s: CheckpointStep| match hook.as_ref().map(|h| h(s)) {
+        Some(StepAction::Halt) => {
+            tracing::debug!(step = ?s, "checkpoint halted by the step hook");
+            Err(EngineError::Halted { step: s })
+        }
+        _ => Ok(()),
+    }
 }

@@ -92,7 +92,7 @@ use keel_storage::Directory;
 
 pub use checkpoint::CheckpointReport;
 pub use error::{EngineError, ManifestError, SnapshotError, SnapshotStage};
-pub use keel_journal::{JournalConfig, JournalError, RecoveryMode};
+pub use keel_journal::{JournalConfig, JournalError, RecoveryMode, VerifyStatus};
 pub use kv::{
     encode_delete, encode_set, KvCodecError, KvCommand, KvStateMachine, MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
@@ -105,14 +105,14 @@ pub use range::OpRange;
 pub use recover::{
     journal_file, journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair,
     verify, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord,
-    VerifyReport, VerifyStatus,
+    VerifyReport,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{
     decode_snapshot_file, decode_snapshot_header, encode_snapshot_file, encode_snapshot_file_with,
-    list_snapshots, parse_snapshot_file_name, snapshot_file_name, SnapshotHeader, SnapshotIdentity,
-    SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_V1_HEADER_BYTES,
-    SNAPSHOT_VERSION,
+    list_snapshots, parse_snapshot_file_name, snapshot_file_name, snapshot_ops, SnapshotHeader,
+    SnapshotIdentity, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    SNAPSHOT_V1_HEADER_BYTES, SNAPSHOT_VERSION,
 };
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 pub use stats::{EngineStats, Histogram};
@@ -143,8 +143,10 @@ pub struct EngineConfig {
     /// Largest snapshot accepted on write and on read. Default 1 GiB; 1 B to
     /// [`MAX_SNAPSHOT_BYTES_LIMIT`] (4 GiB).
     pub max_snapshot_bytes: u64,
-    /// Test-only seam: called at every step boundary of the checkpoint coordinator; returning
-    /// [`StepAction::Halt`] stops the checkpoint there, as a crash would. Default `None`.
+    /// Test-only seam (the `testing` feature): called at every step boundary of the checkpoint
+    /// coordinator; returning [`StepAction::Halt`] stops the checkpoint there, as a crash would.
+    /// Default `None`.
+    #[cfg(any(test, feature = "testing"))]
     pub step_hook: Option<StepHook>,
     /// Move the journal's watermark only to the *previous* snapshot at each checkpoint, so the
     /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
@@ -173,6 +175,7 @@ impl Default for EngineConfig {
             journal,
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_snapshot_bytes: 1 << 30,
+            #[cfg(any(test, feature = "testing"))]
             step_hook: None,
             journal_covers_previous_snapshot: false,
             shard_index: None,
@@ -182,18 +185,19 @@ impl Default for EngineConfig {
 
 impl fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EngineConfig")
-            .field("journal", &self.journal)
+        let mut f = f.debug_struct("EngineConfig");
+        f.field("journal", &self.journal)
             .field("recovery_mode", &self.recovery_mode)
             .field("checkpoint_margin_ops", &self.checkpoint_margin_ops)
-            .field("max_snapshot_bytes", &self.max_snapshot_bytes)
-            .field("step_hook", &self.step_hook.as_ref().map(|_| "set"))
-            .field(
-                "journal_covers_previous_snapshot",
-                &self.journal_covers_previous_snapshot,
-            )
-            .field("shard_index", &self.shard_index)
-            .finish()
+            .field("max_snapshot_bytes", &self.max_snapshot_bytes);
+        #[cfg(any(test, feature = "testing"))]
+        f.field("step_hook", &self.step_hook.as_ref().map(|_| "set"));
+        f.field(
+            "journal_covers_previous_snapshot",
+            &self.journal_covers_previous_snapshot,
+        )
+        .field("shard_index", &self.shard_index)
+        .finish()
     }
 }
 

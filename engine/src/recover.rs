@@ -21,7 +21,7 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use keel_journal::{MetadataJournal, RecoveryMode, ScanReport};
+use keel_journal::{MetadataJournal, RecoveryMode, ScanReport, VerifyStatus};
 use keel_storage::Directory;
 use serde::{Deserialize, Serialize};
 
@@ -114,16 +114,12 @@ pub struct RecoveryReport {
     pub duration_us: u64,
 }
 
-/// `keel verify`'s verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerifyStatus {
-    /// No problem (exit 0).
-    Clean,
-    /// Only torn tails, which a normal open repairs (exit 3).
-    TornTail,
-    /// Acknowledged data is damaged or unreadable (exit 4).
-    Corrupt,
+/// JSON `status`: the verdict's name (`clean`, `torn_tail`, `corrupt`).
+fn serialize_status<S: serde::Serializer>(
+    status: &VerifyStatus,
+    serializer: S,
+) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(status.name())
 }
 
 /// One problem `verify` found.
@@ -163,7 +159,8 @@ impl ProblemRecord {
 /// The read-only check of a whole engine directory.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct VerifyReport {
-    /// The worst of the problems.
+    /// The worst of the problems (the journal's verdict type, one for every layer).
+    #[serde(serialize_with = "serialize_status")]
     pub status: VerifyStatus,
     /// Lowest op of a readable journal data entry.
     pub first_op: Option<u64>,

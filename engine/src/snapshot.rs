@@ -65,6 +65,17 @@ pub fn parse_snapshot_file_name(name: &str) -> Option<u64> {
     digits.parse().ok()
 }
 
+/// The ops of the snapshot files among `names` (a directory listing), ascending; other names
+/// are not snapshots.
+pub fn snapshot_ops(names: &[String]) -> Vec<u64> {
+    let mut ops: Vec<u64> = names
+        .iter()
+        .filter_map(|n| parse_snapshot_file_name(n))
+        .collect();
+    ops.sort_unstable();
+    ops
+}
+
 /// The op of a snapshot temp file name as keel writes it (`<20 digits>.snap.tmp`).
 pub fn parse_snapshot_temp_name(name: &str) -> Option<u64> {
     parse_snapshot_file_name(name.strip_suffix(TEMP_SUFFIX)?)
@@ -431,12 +442,7 @@ impl<D: Directory> SnapshotStore<D> {
             .list()
             .await
             .map_err(|e| io_err(SnapshotStage::List, &self.dir.display_path(), 0, e))?;
-        let mut ops: Vec<u64> = names
-            .iter()
-            .filter_map(|n| parse_snapshot_file_name(n))
-            .collect();
-        ops.sort_unstable();
-        Ok(ops)
+        Ok(snapshot_ops(&names))
     }
 
     /// Names of leftover temp files of interrupted persists, as keel names them (any other

@@ -64,7 +64,9 @@ impl<D: Directory> Drop for CompactingGuard<'_, D> {
 
 impl<D: Directory> MetadataJournal<D> {
     /// Compaction with a hook called after each durable step; an error from the hook stops it
-    /// there (the crash tests crash the simulated disk at that point).
+    /// there (the crash tests crash the simulated disk at that point). A test seam: only with the
+    /// `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn compact_with_hook(
         &self,
         hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,

@@ -98,7 +98,7 @@ mod compaction;
 mod config;
 mod error;
 pub mod format;
-#[doc(hidden)]
+#[cfg(any(test, feature = "testing"))]
 pub mod fuzzing;
 mod group;
 mod live;
@@ -326,7 +326,7 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// Segment files with an open handle (tests: sealed segments nothing live points into are
     /// released).
-    #[doc(hidden)]
+    #[cfg(any(test, feature = "testing"))]
     pub fn open_segment_handles(&self) -> usize {
         self.state
             .borrow()
