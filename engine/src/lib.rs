@@ -75,6 +75,7 @@ mod plan;
 mod range;
 mod recover;
 mod replay;
+mod report;
 mod shard;
 mod snapshot;
 mod state_machine;
@@ -102,10 +103,10 @@ pub use manifest::{
     adopt_manifest, read_manifest, DirectoryId, Manifest, MANIFEST_FILE, MANIFEST_VERSION,
 };
 pub use range::OpRange;
-pub use recover::{
-    journal_file, journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair,
-    verify, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord,
-    VerifyReport,
+pub use recover::{plan_repair, repair, verify};
+pub use report::{
+    journal_file, journal_repairs, recovery_mode_from_str, recovery_mode_name, PlannedRepair,
+    ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{

@@ -46,3 +46,18 @@ impl From<&std::ops::RangeInclusive<u64>> for OpRange {
         }
     }
 }
+
+/// Ascending ops → inclusive ranges.
+pub(crate) fn to_ranges(ops: impl IntoIterator<Item = u64>) -> Vec<OpRange> {
+    let mut out: Vec<OpRange> = Vec::new();
+    for op in ops {
+        match out.last_mut() {
+            Some(r) if r.last_op.checked_add(1) == Some(op) => r.last_op = op,
+            _ => out.push(OpRange {
+                first_op: op,
+                last_op: op,
+            }),
+        }
+    }
+    out
+}

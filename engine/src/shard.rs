@@ -28,7 +28,7 @@ use keel_storage::{DirAccess, Directory, FsDirectory};
 
 use crate::checkpoint::CheckpointReport;
 use crate::error::EngineError;
-use crate::recover::RecoveryReport;
+use crate::report::RecoveryReport;
 use crate::state_machine::StateMachine;
 use crate::stats::EngineStats;
 use crate::{Engine, EngineConfig};
