@@ -574,7 +574,10 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     /// Highest commit watermark known durable (journal or snapshot).
     pub fn durable_commit_op(&self) -> u64 {
         let snapshot_op = self.inner.borrow().snapshot_op;
-        self.journal.commit_op().unwrap_or(0).max(snapshot_op)
+        self.journal
+            .durable_commit_op()
+            .unwrap_or(0)
+            .max(snapshot_op)
     }
 
     /// Op of the newest durable snapshot (0: none).
@@ -644,10 +647,10 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     pub async fn close(self) -> Result<M, EngineError> {
         // A clean close leaves nothing to re-decide: the commit watermark goes to disk too.
         let commit_op = self.inner.borrow().commit_op;
-        if commit_op > self.journal.commit_op().unwrap_or(0) {
+        if commit_op > self.journal.durable_commit_op().unwrap_or(0) {
             self.journal.persist_commit().await?;
         }
-        let journal_commit = self.journal.commit_op().unwrap_or(0);
+        let journal_commit = self.journal.durable_commit_op().unwrap_or(0);
         let Engine {
             root,
             journal,

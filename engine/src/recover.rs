@@ -462,7 +462,7 @@ async fn settle<D: Directory>(
     outcome: &Outcome,
 ) -> Result<(), EngineError> {
     let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
-    if applied_op > journal.commit_op().unwrap_or(0) {
+    if applied_op > journal.durable_commit_op().unwrap_or(0) {
         journal.set_commit_op(applied_op);
         journal.persist_commit().await?;
     }

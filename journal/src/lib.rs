@@ -279,8 +279,9 @@ impl<D: Directory> MetadataJournal<D> {
         self.state.borrow().slots.snapshot_op()
     }
 
-    /// Highest commit watermark made durable.
-    pub fn commit_op(&self) -> Option<u64> {
+    /// Highest commit watermark made durable (`None`: none yet). Named like
+    /// `Engine::durable_commit_op`: the watermark *set* is not durable until an entry carries it.
+    pub fn durable_commit_op(&self) -> Option<u64> {
         let commit = self.state.borrow().commit_durable;
         (commit > 0).then_some(commit)
     }

@@ -250,7 +250,7 @@ fn recovered_committed<C: KeelConfig, D: Directory>(
     entries: &BTreeMap<u64, C::Entry>,
     last_purged: Option<LogIdOf<C>>,
 ) -> Option<LogIdOf<C>> {
-    let committed = journal.commit_op().and_then(|commit_op| {
+    let committed = journal.durable_commit_op().and_then(|commit_op| {
         // Committedness is a prefix property: everything in the recovered log up to the durable
         // watermark is committed, and the recovered log is contiguous.
         let index = index_of(commit_op);

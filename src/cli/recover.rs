@@ -104,7 +104,7 @@ pub async fn recover_raft_journal(
         snapshot_op: 0,
         snapshot_file: None,
         last_op: journal.last_op().unwrap_or(0),
-        commit_op: journal.commit_op().unwrap_or(0),
+        commit_op: journal.durable_commit_op().unwrap_or(0),
         applied_op: 0,
         replayed: 0,
         journal_snapshot_op: journal.snapshot_op(),
