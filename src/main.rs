@@ -5,6 +5,8 @@
 //! Exit codes: 0 ok; 1 error; 2 usage (clap); 3 torn tail only (verify); 4 corruption refused.
 //! Logs go to stderr through `tracing` (`-v`/`-q`, `RUST_LOG`; default `warn`: repairs and refusals).
 
+#![deny(missing_docs)]
+
 mod cli;
 
 use std::process::ExitCode;

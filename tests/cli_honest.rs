@@ -9,6 +9,7 @@ use std::path::{Path, PathBuf};
 
 use cli_common::*;
 use keel::engine::{encode_set, Engine, EngineConfig, KvStateMachine};
+use keel::storage::DirAccess;
 use keel::storage::FsDirectory;
 use serde_json::Value;
 
@@ -17,7 +18,9 @@ use serde_json::Value;
 fn write_with_library(dir: &Path, slot_count: u64, ops: u64) {
     let runtime = compio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let root = FsDirectory::open(dir, true, false).await.unwrap();
+        let root = FsDirectory::open_with(dir, DirAccess::Create)
+            .await
+            .unwrap();
         let mut config = EngineConfig::default();
         config.journal.slot_count = slot_count;
         config.journal.segment_bytes = 1 << 20;
@@ -41,7 +44,9 @@ fn write_with_library(dir: &Path, slot_count: u64, ops: u64) {
 fn library_open(dir: &Path, config: EngineConfig) -> Result<u64, String> {
     let runtime = compio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let root = FsDirectory::open(dir, false, false).await.unwrap();
+        let root = FsDirectory::open_with(dir, DirAccess::Existing)
+            .await
+            .unwrap();
         match Engine::open(root, config, KvStateMachine::new()).await {
             Ok((engine, report)) => {
                 engine.close().await.unwrap();
@@ -385,7 +390,9 @@ fn point_in_time_does_not_report_what_the_snapshot_covers() {
 fn raft_store(dir: &Path, ops: u64, purged: u64) {
     let runtime = compio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let root = FsDirectory::open(dir, true, false).await.unwrap();
+        let root = FsDirectory::open_with(dir, DirAccess::Create)
+            .await
+            .unwrap();
         let config = keel::journal::JournalConfig::default();
         let (journal, _) = keel::journal::MetadataJournal::open(
             &root,

@@ -9,7 +9,6 @@
 //! compaction only deletes entries at or below a durable watermark; older snapshots are deleted
 //! last, and recovery ignores them when a newer valid one exists.
 
-use std::sync::Arc;
 use std::time::Instant;
 
 use keel_storage::Directory;
@@ -17,69 +16,30 @@ use serde::Serialize;
 
 use crate::error::EngineError;
 use crate::state_machine::StateMachine;
+use crate::step::{CheckpointStep, StepAction, StepHook};
 use crate::Engine;
 
 /// Snapshots kept after a checkpoint: the newest, and one to fall back to if it is damaged.
 pub(crate) const SNAPSHOTS_KEPT: usize = 2;
 
-/// A boundary inside the checkpoint coordinator, reported to the step hook after the step named
-/// has completed.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize)]
-pub enum CheckpointStep {
-    /// The state machine's bytes were taken at `S` (nothing written yet).
-    SnapshotTaken,
-    /// The temp file was written, not yet fsynced.
-    TempWritten,
-    /// The temp file was fsynced, not yet renamed.
-    TempSynced,
-    /// The temp file was renamed to its final name; the directory is not fsynced yet.
-    Renamed,
-    /// The snapshot is durable (directory fsynced); the journal's watermark is unchanged.
-    Persisted,
-    /// The journal's watermark is `S`; not compacted yet.
-    WatermarkSet,
-    /// The journal was compacted; the older snapshots still exist.
-    Compacted,
-    /// Older snapshots were removed: the checkpoint is complete.
-    OldSnapshotsDropped,
-}
-
-impl CheckpointStep {
-    /// Every step, in order (the crash tests iterate over it).
-    pub const ALL: [CheckpointStep; 8] = [
-        CheckpointStep::SnapshotTaken,
-        CheckpointStep::TempWritten,
-        CheckpointStep::TempSynced,
-        CheckpointStep::Renamed,
-        CheckpointStep::Persisted,
-        CheckpointStep::WatermarkSet,
-        CheckpointStep::Compacted,
-        CheckpointStep::OldSnapshotsDropped,
-    ];
-}
-
-/// What the step hook tells the coordinator.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum StepAction {
-    Continue,
-    /// Stop here and return [`EngineError::Halted`], leaving the disk as a crash at this point
-    /// would (the caller then crashes its `MemFs` and reopens).
-    Halt,
-}
-
-/// Called at every [`CheckpointStep`]; a test seam (`None` in production).
-pub type StepHook = Arc<dyn Fn(CheckpointStep) -> StepAction + Send + Sync>;
-
 /// What one checkpoint did.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct CheckpointReport {
+    /// The op the snapshot covers (the commit watermark it was taken at).
     pub snapshot_op: u64,
+    /// The snapshot file's length.
     pub snapshot_bytes: u64,
+    /// Wall time of the whole checkpoint.
     pub duration_us: u64,
+    /// Journal segments compaction deleted.
     pub segments_deleted: u64,
+    /// Journal segments compaction rewrote.
     pub segments_rewritten: u64,
+    /// Journal bytes on disk before compaction.
     pub journal_bytes_before: u64,
+    /// Journal bytes on disk after compaction.
     pub journal_bytes_after: u64,
+    /// Older snapshot files removed.
     pub snapshots_removed: u64,
 }
 
@@ -124,16 +84,10 @@ async fn run_steps<D: Directory, M: StateMachine>(
     engine: &Engine<D, M>,
     started: Instant,
 ) -> Result<Option<CheckpointReport>, EngineError> {
-    let hook = engine.config.step_hook.clone();
-    let step = move |s: CheckpointStep| -> Result<(), EngineError> {
-        match hook.as_ref().map(|h| h(s)) {
-            Some(StepAction::Halt) => {
-                tracing::debug!(step = ?s, "checkpoint halted by the step hook");
-                Err(EngineError::Halted { step: s })
-            }
-            _ => Ok(()),
-        }
-    };
+    #[cfg(any(test, feature = "testing"))]
+    let step = step_reporter(engine.config.step_hook.clone());
+    #[cfg(not(any(test, feature = "testing")))]
+    let step = step_reporter(None);
 
     // 1. Snapshot at the applied op. Only committed ops are ever applied, so S <= commit.
     //    The state machine hands a frozen copy (O(1) for a persistent map), serialized piece by
@@ -174,7 +128,17 @@ async fn run_steps<D: Directory, M: StateMachine>(
         engine.journal.set_snapshot_op(watermark).await?;
     }
     step(CheckpointStep::WatermarkSet)?;
+    finish_steps(engine, &step, started, snapshot_op, snapshot_bytes).await
+}
 
+/// Steps 4 and 5 (compact the journal, drop older snapshots) and the report.
+async fn finish_steps<D: Directory, M: StateMachine>(
+    engine: &Engine<D, M>,
+    step: &dyn Fn(CheckpointStep) -> Result<(), EngineError>,
+    started: Instant,
+    snapshot_op: u64,
+    snapshot_bytes: u64,
+) -> Result<Option<CheckpointReport>, EngineError> {
     // 4. Compact.
     let compaction = engine.journal.compact().await?;
     step(CheckpointStep::Compacted)?;
@@ -200,4 +164,16 @@ async fn run_steps<D: Directory, M: StateMachine>(
         "checkpoint complete"
     );
     Ok(Some(report))
+}
+
+/// What the coordinator calls after each step: the step hook's verdict, as `Halted` when it says
+/// stop (no hook: always go on).
+fn step_reporter(hook: Option<StepHook>) -> impl Fn(CheckpointStep) -> Result<(), EngineError> {
+    move |s: CheckpointStep| match hook.as_ref().map(|h| h(s)) {
+        Some(StepAction::Halt) => {
+            tracing::debug!(step = ?s, "checkpoint halted by the step hook");
+            Err(EngineError::Halted { step: s })
+        }
+        _ => Ok(()),
+    }
 }

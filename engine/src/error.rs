@@ -9,8 +9,7 @@ use std::sync::Arc;
 
 use keel_journal::JournalError;
 
-use crate::checkpoint::CheckpointStep;
-use crate::manifest::ManifestError;
+use crate::step::CheckpointStep;
 
 /// The stage of persisting or loading a snapshot that failed.
 ///
@@ -18,6 +17,7 @@ use crate::manifest::ManifestError;
 /// (the temp file's bytes are unknown), a failed rename or directory fsync can be retried as is
 /// (the temp file is complete and durable).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SnapshotStage {
     /// Creating or writing the temp file.
     Write,
@@ -47,6 +47,7 @@ impl SnapshotStage {
         matches!(self, SnapshotStage::Rename | SnapshotStage::DirectorySync)
     }
 
+    /// The stage's name in errors and JSON (`write`, `directory_sync`, …).
     pub fn as_str(self) -> &'static str {
         match self {
             SnapshotStage::Write => "write",
@@ -71,39 +72,65 @@ impl std::fmt::Display for SnapshotStage {
 
 /// A snapshot could not be persisted or loaded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum SnapshotError {
     /// An I/O error at a named stage.
     #[error("snapshot {stage} failed for {file} (op {op}; retry safe: {}): {source}", stage.retry_safe())]
     Io {
+        /// The stage that failed.
         stage: SnapshotStage,
+        /// The snapshot file (a path under the engine directory).
         file: String,
+        /// The snapshot's op.
         op: u64,
+        /// The storage layer's error.
         #[source]
         source: io::Error,
     },
     /// The file's header or payload does not match its checksums, or the header is malformed.
     #[error("snapshot {file} is damaged: {reason}")]
-    Checksum { file: String, reason: String },
+    Checksum {
+        /// The snapshot file (a path under the engine directory).
+        file: String,
+        /// Which check failed.
+        reason: String,
+    },
     /// The checksummed bytes could not be restored by the state machine.
     #[error("snapshot {file} (op {op}) could not be decoded: {reason}")]
     Decode {
+        /// The snapshot file (a path under the engine directory).
         file: String,
+        /// The snapshot's op.
         op: u64,
+        /// The state machine's error.
         reason: String,
     },
     /// Whole, but not this directory's (another directory's id, or another history's place in
     /// the journal's chain): never applied.
     #[error("snapshot {file} is not this directory's: {reason}")]
-    Foreign { file: String, reason: String },
+    Foreign {
+        /// The snapshot file (a path under the engine directory).
+        file: String,
+        /// What does not match.
+        reason: String,
+    },
     /// The snapshot was written by a newer keel: not damage, this build cannot read it. Refused,
     /// never quarantined or fallen back from.
     #[error("snapshot {file} has format version {version}, newer than this build reads")]
-    UnknownVersion { file: String, version: u32 },
+    UnknownVersion {
+        /// The snapshot file (a path under the engine directory).
+        file: String,
+        /// The version its header claims.
+        version: u32,
+    },
     /// The snapshot is larger than the configured limit.
     #[error("snapshot of {len_bytes} bytes exceeds the limit of {max_bytes} ({file})")]
     TooLarge {
+        /// The snapshot file (a path under the engine directory).
         file: String,
+        /// Its length.
         len_bytes: u64,
+        /// [`crate::EngineConfig::max_snapshot_bytes`].
         max_bytes: u64,
     },
 }
@@ -127,12 +154,53 @@ impl SnapshotError {
     }
 }
 
+/// Why a manifest cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum ManifestError {
+    /// The file fails its checksum or does not parse.
+    #[error("manifest {file} is damaged: {reason}")]
+    Damaged {
+        /// The manifest's path.
+        file: String,
+        /// What failed.
+        reason: String,
+    },
+    /// Written by a newer keel: refused, never rewritten.
+    #[error(
+        "manifest {file} has format version {version}, newer than this build reads ({supported})"
+    )]
+    NewerVersion {
+        /// The manifest's path.
+        file: String,
+        /// The version it records.
+        version: u32,
+        /// The newest version this build reads (`MANIFEST_VERSION`).
+        supported: u32,
+    },
+    /// The directory records one value and the caller asked for another that cannot work.
+    #[error("{file} records {field} {recorded}, but the configuration asks for {configured}")]
+    Mismatch {
+        /// The manifest's path.
+        file: String,
+        /// The field (e.g. `slot_count`, `shard_index`).
+        field: &'static str,
+        /// The value the manifest records.
+        recorded: String,
+        /// The value the configuration asks for.
+        configured: String,
+    },
+}
+
 /// Every error the engine returns.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum EngineError {
+    /// The journal's error, as it returned it.
     #[error(transparent)]
     Journal(#[from] JournalError),
 
+    /// A snapshot could not be persisted or loaded.
     #[error(transparent)]
     Snapshot(#[from] SnapshotError),
 
@@ -143,7 +211,9 @@ pub enum EngineError {
     /// Another holder (this process or another) has the engine directory.
     #[error("engine directory {dir} is locked by another holder: {source}")]
     Locked {
+        /// The engine directory.
         dir: String,
+        /// The lock call's error.
         #[source]
         source: io::Error,
     },
@@ -151,8 +221,11 @@ pub enum EngineError {
     /// An I/O error outside the journal and the snapshot persist (opening directories, quarantine).
     #[error("engine I/O error during {stage} on {path}: {source}")]
     Io {
+        /// What the engine was doing.
         stage: &'static str,
+        /// The file or directory.
         path: String,
+        /// The storage layer's error.
         #[source]
         source: io::Error,
     },
@@ -161,29 +234,50 @@ pub enum EngineError {
     /// them from peers (or the directory is damaged beyond this replica's repair).
     #[error("ops {first_op}-{last_op} are needed but missing: {reason}")]
     MissingOps {
+        /// First op missing.
         first_op: u64,
+        /// Last op missing.
         last_op: u64,
+        /// Why they are missing (compacted, cut, never written).
         reason: String,
     },
 
     /// `commit(op)` named an op that (or an op before which) was never durably prepared here.
     #[error("cannot commit op {op}: op {missing_op} was not prepared on this replica")]
-    NotPrepared { op: u64, missing_op: u64 },
+    NotPrepared {
+        /// The op to commit.
+        op: u64,
+        /// The first op at or below it not prepared.
+        missing_op: u64,
+    },
 
     /// A commit or truncation would cover a prepare whose journal append has not returned.
     #[error(
         "op {op} has a prepare in flight; wait for it before committing or truncating over it"
     )]
-    PrepareInFlight { op: u64 },
+    PrepareInFlight {
+        /// The op whose prepare is in flight.
+        op: u64,
+    },
 
     /// A prepare above an op whose `truncate_after` is still running, or a second truncation
     /// while one runs: retry once it has returned.
     #[error("op {op} conflicts with truncate_after({truncate_op}), still in progress")]
-    TruncateInProgress { op: u64, truncate_op: u64 },
+    TruncateInProgress {
+        /// The op refused.
+        op: u64,
+        /// The running truncation's op.
+        truncate_op: u64,
+    },
 
     /// An op at or below the commit watermark cannot be prepared again or truncated.
     #[error("op {op} is at or below the commit watermark {commit_op}")]
-    AlreadyCommitted { op: u64, commit_op: u64 },
+    AlreadyCommitted {
+        /// The op refused.
+        op: u64,
+        /// The commit watermark.
+        commit_op: u64,
+    },
 
     /// Op 0 is reserved for "nothing" (the empty snapshot).
     #[error("op 0 is reserved; ops start at 1")]
@@ -195,7 +289,10 @@ pub enum EngineError {
 
     /// A test hook stopped the checkpoint coordinator at a step, as a crash would.
     #[error("halted by the step hook at {step:?}")]
-    Halted { step: CheckpointStep },
+    Halted {
+        /// The step after which the hook halted.
+        step: CheckpointStep,
+    },
 
     /// A configuration value is out of its bounds.
     #[error("invalid engine configuration: {0}")]
@@ -208,18 +305,30 @@ pub enum EngineError {
     /// A shard failed earlier; every later request to it gets this error with the cause.
     #[error("shard {shard} failed: {source}")]
     ShardFailed {
+        /// The shard's index.
         shard: usize,
+        /// The error that failed it.
         #[source]
         source: Arc<EngineError>,
     },
 
     /// The shard's thread is gone (it panicked or was never started) before answering.
     #[error("shard {shard} is unavailable: {reason}")]
-    ShardUnavailable { shard: usize, reason: &'static str },
+    ShardUnavailable {
+        /// The shard's index.
+        shard: usize,
+        /// What happened to its thread.
+        reason: &'static str,
+    },
 
     /// The shard index is past the shard count.
     #[error("no shard {shard} (shard count {shard_count})")]
-    NoSuchShard { shard: usize, shard_count: usize },
+    NoSuchShard {
+        /// The index asked for.
+        shard: usize,
+        /// The set's shard count.
+        shard_count: usize,
+    },
 }
 
 impl EngineError {

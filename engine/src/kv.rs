@@ -34,26 +34,51 @@ const SNAPSHOT_MAGIC: &[u8; 4] = b"KVS1";
 /// One key-value command.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum KvCommand {
-    Set { key: Vec<u8>, value: Vec<u8> },
-    Delete { key: Vec<u8> },
+    /// Sets `key` to `value`.
+    Set {
+        /// At most [`MAX_KEY_BYTES`].
+        key: Vec<u8>,
+        /// At most [`MAX_VALUE_BYTES`].
+        value: Vec<u8>,
+    },
+    /// Removes `key` (a missing key is no error).
+    Delete {
+        /// At most [`MAX_KEY_BYTES`].
+        key: Vec<u8>,
+    },
 }
 
 /// A command could not be encoded or decoded.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
 pub enum KvCodecError {
+    /// A key above [`MAX_KEY_BYTES`].
     #[error("key of {len_bytes} bytes exceeds {MAX_KEY_BYTES}")]
-    KeyTooLarge { len_bytes: usize },
+    KeyTooLarge {
+        /// The key's length.
+        len_bytes: usize,
+    },
+    /// A value above [`MAX_VALUE_BYTES`].
     #[error("value of {len_bytes} bytes exceeds {MAX_VALUE_BYTES}")]
-    ValueTooLarge { len_bytes: usize },
+    ValueTooLarge {
+        /// The value's length.
+        len_bytes: usize,
+    },
+    /// The first byte names no command.
     #[error("unknown command tag {0:#04x}")]
     UnknownTag(u8),
+    /// The bytes end inside a field.
     #[error("command truncated: needed {needed_bytes} bytes at offset {offset_bytes}")]
     Truncated {
+        /// Where the field starts.
         offset_bytes: usize,
+        /// Bytes the field needs.
         needed_bytes: usize,
     },
+    /// Bytes left after a whole command (holds their count).
     #[error("{0} trailing bytes after the command")]
     Trailing(usize),
+    /// No bytes at all.
     #[error("empty command")]
     Empty,
 }
@@ -225,18 +250,22 @@ pub struct KvStateMachine {
 }
 
 impl KvStateMachine {
+    /// An empty map.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// The value of `key`, if set.
     pub fn get(&self, key: &[u8]) -> Option<&[u8]> {
         self.map.get(key).map(|v| &v[..])
     }
 
+    /// Keys held.
     pub fn len(&self) -> usize {
         self.map.len()
     }
 
+    /// Whether no key is held.
     pub fn is_empty(&self) -> bool {
         self.map.is_empty()
     }
@@ -246,6 +275,7 @@ impl KvStateMachine {
         self.data_bytes
     }
 
+    /// Every `(key, value)`, ascending by key.
     pub fn iter(&self) -> impl Iterator<Item = (&[u8], &[u8])> {
         self.map.iter().map(|(k, v)| (&k[..], &v[..]))
     }

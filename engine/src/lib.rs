@@ -24,8 +24,47 @@
 //!
 //! Concurrency: every method takes `&self`, so a core can have many prepares in flight (they share
 //! the journal's group commits). No `RefCell` borrow is ever held across an await.
+//!
+//! # Example
+//!
+//! Prepare, commit and checkpoint on a key-value state machine, then a power cut: the reopened
+//! engine is back at exactly the state it acknowledged.
+//!
+//! ```
+//! use keel_engine::{encode_set, Engine, EngineConfig, KvStateMachine};
+//! use keel_storage::MemFs;
+//!
+//! compio::runtime::Runtime::new().unwrap().block_on(async {
+//!     let fs = MemFs::new(3);
+//!     let mut config = EngineConfig::default();
+//!     config.journal.segment_bytes = 1 << 20;
+//!     let (engine, _report) = Engine::open(fs.root(), config.clone(), KvStateMachine::new())
+//!         .await
+//!         .unwrap();
+//!     for (op, value) in [(1, "a"), (2, "b"), (3, "c")] {
+//!         let mut command = Vec::new();
+//!         encode_set(b"key", value.as_bytes(), &mut command).unwrap();
+//!         engine.append(op, &command).await.unwrap(); // durable prepare
+//!     }
+//!     engine.commit(2).await.unwrap(); // applies ops 1 and 2
+//!     engine.checkpoint().await.unwrap(); // a snapshot at op 2
+//!     engine.commit(3).await.unwrap();
+//!     engine.persist_commit().await.unwrap();
+//!     drop(engine);
+//!     fs.crash();
+//!
+//!     let (engine, report) = Engine::open(fs.root(), config, KvStateMachine::new())
+//!         .await
+//!         .unwrap();
+//!     assert_eq!(report.snapshot_op, 2);
+//!     assert_eq!(report.commit_op, 3);
+//!     assert_eq!(engine.state_machine().get(b"key"), Some(&b"c"[..]));
+//!     engine.close().await.unwrap();
+//! });
+//! ```
 
 #![allow(async_fn_in_trait)]
+#![deny(missing_docs)]
 
 mod checkpoint;
 mod error;
@@ -33,12 +72,15 @@ mod kv;
 mod lock;
 mod manifest;
 mod plan;
+mod range;
 mod recover;
 mod replay;
+mod report;
 mod shard;
 mod snapshot;
 mod state_machine;
 mod stats;
+mod step;
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::BTreeMap;
@@ -49,32 +91,33 @@ pub use bytes::Bytes;
 use keel_journal::MetadataJournal;
 use keel_storage::Directory;
 
-pub use checkpoint::{CheckpointReport, CheckpointStep, StepAction, StepHook};
-pub use error::{EngineError, SnapshotError, SnapshotStage};
-pub use keel_journal::{JournalConfig, JournalError, RecoveryMode};
+pub use checkpoint::CheckpointReport;
+pub use error::{EngineError, ManifestError, SnapshotError, SnapshotStage};
+pub use keel_journal::{JournalConfig, JournalError, RecoveryMode, VerifyStatus};
 pub use kv::{
     encode_delete, encode_set, KvCodecError, KvCommand, KvStateMachine, MAX_KEY_BYTES,
     MAX_VALUE_BYTES,
 };
 pub use lock::LOCK_FILE;
 pub use manifest::{
-    adopt_manifest, read_manifest, DirectoryId, Manifest, ManifestError, MANIFEST_FILE,
-    MANIFEST_VERSION,
+    adopt_manifest, read_manifest, DirectoryId, Manifest, MANIFEST_FILE, MANIFEST_VERSION,
 };
-pub use recover::{
-    journal_file, journal_repairs, plan_repair, recovery_mode_from_str, recovery_mode_name, repair,
-    verify, OpRange, PlannedRepair, ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan,
-    RepairRecord, VerifyReport, VerifyStatus,
+pub use range::OpRange;
+pub use recover::{plan_repair, repair, verify};
+pub use report::{
+    journal_file, journal_repairs, recovery_mode_from_str, recovery_mode_name, PlannedRepair,
+    ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{
     decode_snapshot_file, decode_snapshot_header, encode_snapshot_file, encode_snapshot_file_with,
-    list_snapshots, parse_snapshot_file_name, snapshot_file_name, SnapshotHeader, SnapshotIdentity,
-    SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC, SNAPSHOT_V1_HEADER_BYTES,
-    SNAPSHOT_VERSION,
+    list_snapshots, parse_snapshot_file_name, snapshot_file_name, snapshot_ops, SnapshotHeader,
+    SnapshotIdentity, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
+    SNAPSHOT_V1_HEADER_BYTES, SNAPSHOT_VERSION,
 };
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 pub use stats::{EngineStats, Histogram};
+pub use step::{CheckpointStep, StepAction, StepHook};
 
 use snapshot::SnapshotStore;
 
@@ -87,26 +130,34 @@ pub const MAX_SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
 /// Tunables of one engine. Every quantity has a limit (checked by [`EngineConfig::validate`]).
 #[derive(Clone)]
 pub struct EngineConfig {
-    /// The journal's configuration (slot count, segment size, group-commit bounds, …).
+    /// The journal's configuration (slot count, segment size, group-commit bounds, …). Default
+    /// [`JournalConfig::default`] with `max_batch_bytes` raised to twice `max_payload_bytes` (2 MiB),
+    /// so one maximal entry fits a batch; limits as [`JournalConfig`] documents them.
     pub journal: JournalConfig,
-    /// What recovery may repair (docs/durability.md).
+    /// What recovery may repair (docs/durability.md). Default
+    /// [`RecoveryMode::TolerateTornTail`].
     pub recovery_mode: RecoveryMode,
     /// Checkpoint automatically (at the end of `commit`) when the journal's remaining capacity
-    /// falls below this many ops. 0 disables the automatic trigger.
+    /// falls below this many ops. 0 disables the automatic trigger. Default a quarter of
+    /// `journal.slot_count` (256); at most `journal.slot_count`.
     pub checkpoint_margin_ops: u64,
-    /// Largest snapshot accepted on write and on read.
+    /// Largest snapshot accepted on write and on read. Default 1 GiB; 1 B to
+    /// [`MAX_SNAPSHOT_BYTES_LIMIT`] (4 GiB).
     pub max_snapshot_bytes: u64,
-    /// Test-only seam: called at every step boundary of the checkpoint coordinator; returning
-    /// [`StepAction::Halt`] stops the checkpoint there, as a crash would.
+    /// Test-only seam (the `testing` feature): called at every step boundary of the checkpoint
+    /// coordinator; returning [`StepAction::Halt`] stops the checkpoint there, as a crash would.
+    /// Default `None`.
+    #[cfg(any(test, feature = "testing"))]
     pub step_hook: Option<StepHook>,
     /// Move the journal's watermark only to the *previous* snapshot at each checkpoint, so the
     /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
     /// can then always fall back to the older one. Costs journal capacity (the ring holds up to
     /// two checkpoint intervals) and checkpoints about twice as often under the automatic
-    /// trigger. Off by default: the watermark moves to the new snapshot.
+    /// trigger. Default false: the watermark moves to the new snapshot.
     pub journal_covers_previous_snapshot: bool,
-    /// This engine's index in a shard set (`ShardSet` sets it; default `None`). Recorded in the
-    /// directory's manifest at creation; an open with a different index is refused.
+    /// This engine's index in a shard set (`ShardSet` sets it; default `None`; below
+    /// [`MAX_SHARDS`]). Recorded in the directory's manifest at creation; an open with a
+    /// different index is refused.
     pub shard_index: Option<u64>,
 }
 
@@ -125,6 +176,7 @@ impl Default for EngineConfig {
             journal,
             recovery_mode: RecoveryMode::TolerateTornTail,
             max_snapshot_bytes: 1 << 30,
+            #[cfg(any(test, feature = "testing"))]
             step_hook: None,
             journal_covers_previous_snapshot: false,
             shard_index: None,
@@ -134,18 +186,19 @@ impl Default for EngineConfig {
 
 impl fmt::Debug for EngineConfig {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("EngineConfig")
-            .field("journal", &self.journal)
+        let mut f = f.debug_struct("EngineConfig");
+        f.field("journal", &self.journal)
             .field("recovery_mode", &self.recovery_mode)
             .field("checkpoint_margin_ops", &self.checkpoint_margin_ops)
-            .field("max_snapshot_bytes", &self.max_snapshot_bytes)
-            .field("step_hook", &self.step_hook.as_ref().map(|_| "set"))
-            .field(
-                "journal_covers_previous_snapshot",
-                &self.journal_covers_previous_snapshot,
-            )
-            .field("shard_index", &self.shard_index)
-            .finish()
+            .field("max_snapshot_bytes", &self.max_snapshot_bytes);
+        #[cfg(any(test, feature = "testing"))]
+        f.field("step_hook", &self.step_hook.as_ref().map(|_| "set"));
+        f.field(
+            "journal_covers_previous_snapshot",
+            &self.journal_covers_previous_snapshot,
+        )
+        .field("shard_index", &self.shard_index)
+        .finish()
     }
 }
 
@@ -521,7 +574,10 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     /// Highest commit watermark known durable (journal or snapshot).
     pub fn durable_commit_op(&self) -> u64 {
         let snapshot_op = self.inner.borrow().snapshot_op;
-        self.journal.commit_op().unwrap_or(0).max(snapshot_op)
+        self.journal
+            .durable_commit_op()
+            .unwrap_or(0)
+            .max(snapshot_op)
     }
 
     /// Op of the newest durable snapshot (0: none).
@@ -562,6 +618,7 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         &self.root
     }
 
+    /// The configuration it was opened with.
     pub fn config(&self) -> &EngineConfig {
         &self.config
     }
@@ -590,10 +647,10 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
     pub async fn close(self) -> Result<M, EngineError> {
         // A clean close leaves nothing to re-decide: the commit watermark goes to disk too.
         let commit_op = self.inner.borrow().commit_op;
-        if commit_op > self.journal.commit_op().unwrap_or(0) {
+        if commit_op > self.journal.durable_commit_op().unwrap_or(0) {
             self.journal.persist_commit().await?;
         }
-        let journal_commit = self.journal.commit_op().unwrap_or(0);
+        let journal_commit = self.journal.durable_commit_op().unwrap_or(0);
         let Engine {
             root,
             journal,

@@ -28,7 +28,7 @@ use std::fmt;
 
 use keel_storage::{Directory, OpenMode, Storage};
 
-use crate::error::EngineError;
+use crate::error::{EngineError, ManifestError};
 
 /// The manifest's file name in an engine directory.
 pub const MANIFEST_FILE: &str = "MANIFEST";
@@ -82,34 +82,21 @@ impl fmt::Display for DirectoryId {
 /// What `DIR/MANIFEST` records.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Manifest {
+    /// The manifest's format version (at most [`MANIFEST_VERSION`] to be read).
     pub format_version: u32,
+    /// The directory's random id, given at creation; every snapshot carries it.
     pub directory_id: DirectoryId,
+    /// The journal's slot count at creation (the slot rule depends on it).
     pub slot_count: u64,
+    /// The journal's segment size at creation.
     pub segment_bytes: u64,
+    /// The shard index in a shard set (`None`: not a shard).
     pub shard_index: Option<u64>,
+    /// The keel version that wrote the manifest last.
     pub keel_version: String,
     /// The commit watermark the last clean close made durable (0: none yet): every op up to it
     /// was committed, whatever a later cut leaves in the journal.
     pub closed_commit_op: u64,
-}
-
-/// Why a manifest cannot be used.
-#[derive(Debug, thiserror::Error)]
-pub enum ManifestError {
-    /// The file fails its checksum or does not parse.
-    #[error("manifest {file} is damaged: {reason}")]
-    Damaged { file: String, reason: String },
-    /// Written by a newer keel: refused, never rewritten.
-    #[error("manifest {file} has format version {version}, newer than this build reads ({MANIFEST_VERSION})")]
-    NewerVersion { file: String, version: u32 },
-    /// The directory records one value and the caller asked for another that cannot work.
-    #[error("{file} records {field} {recorded}, but the configuration asks for {configured}")]
-    Mismatch {
-        file: String,
-        field: &'static str,
-        recorded: String,
-        configured: String,
-    },
 }
 
 impl Manifest {
@@ -129,7 +116,6 @@ impl Manifest {
             closed_commit_op: 0,
         })
     }
-
     /// The file's bytes.
     pub fn encode(&self) -> Vec<u8> {
         let mut text = format!(
@@ -187,6 +173,7 @@ impl Manifest {
             return Err(ManifestError::NewerVersion {
                 file: file.to_string(),
                 version: format_version,
+                supported: MANIFEST_VERSION,
             });
         }
         let directory_id = get("directory_id")

@@ -14,11 +14,9 @@ use keel_storage::Directory;
 
 use crate::error::{EngineError, SnapshotError};
 use crate::manifest::DirectoryId;
-use crate::recover::OpRange;
+use crate::range::OpRange;
 use crate::replay::{Replay, Replayer};
-use crate::snapshot::{
-    parse_snapshot_temp_name, snapshot_file_name, SnapshotIdentity, SnapshotStore,
-};
+use crate::snapshot::{snapshot_file_name, SnapshotIdentity, SnapshotStore};
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::EngineConfig;
 
@@ -609,16 +607,6 @@ fn judge<M: StateMachine>(
             };
             (SnapshotDamage::Restore, reason, error)
         })
-}
-
-/// Names of snapshot temp files as keel writes them (`<20 digits>.snap.tmp`); other names in
-/// `snapshots/` are not keel's and are left alone.
-pub(crate) fn keel_snapshot_temps(names: &[String]) -> Vec<String> {
-    names
-        .iter()
-        .filter(|name| parse_snapshot_temp_name(name).is_some())
-        .cloned()
-        .collect()
 }
 
 #[cfg(test)]

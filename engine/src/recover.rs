@@ -23,7 +23,6 @@ use std::time::Instant;
 
 use keel_journal::{MetadataJournal, RecoveryMode, ScanReport};
 use keel_storage::Directory;
-use serde::{Deserialize, Serialize};
 
 use crate::error::EngineError;
 use crate::error::SnapshotError;
@@ -32,214 +31,15 @@ use crate::manifest::{adopt_manifest, write_manifest, Manifest};
 use crate::plan::{
     plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
 };
+use crate::range::{to_ranges, OpRange};
 use crate::replay::{replay_by_reads, Replay};
+use crate::report::{
+    journal_file, journal_repairs, recovery_mode_name, PlannedRepair, ProblemRecord,
+    RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
+};
 use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
-use crate::QUARANTINE_DIR;
 use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
-
-/// The outcome of a recovery.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RecoveryStatus {
-    /// Nothing needed repair.
-    Clean,
-    /// Something was repaired, quarantined or reported unrecoverable.
-    Repaired,
-    /// Recovery refused (never in a returned report from `open`; for tools reporting an error).
-    Refused,
-}
-
-/// An inclusive range of ops: `{"first": 100, "last": 24576}` in JSON, `100-24576` as text.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub struct OpRange {
-    #[serde(rename = "first")]
-    pub first_op: u64,
-    #[serde(rename = "last")]
-    pub last_op: u64,
-}
-
-impl std::fmt::Display for OpRange {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        if self.first_op == self.last_op {
-            write!(f, "{}", self.first_op)
-        } else {
-            write!(f, "{}-{}", self.first_op, self.last_op)
-        }
-    }
-}
-
-impl OpRange {
-    /// The part of the range inside `first..=last`, if any.
-    pub fn clip(self, first: u64, last: u64) -> Option<OpRange> {
-        let clipped = OpRange {
-            first_op: self.first_op.max(first),
-            last_op: self.last_op.min(last),
-        };
-        (clipped.first_op <= clipped.last_op).then_some(clipped)
-    }
-}
-
-impl From<&std::ops::RangeInclusive<u64>> for OpRange {
-    fn from(range: &std::ops::RangeInclusive<u64>) -> Self {
-        OpRange {
-            first_op: *range.start(),
-            last_op: *range.end(),
-        }
-    }
-}
-
-/// One repair: the CLI prints these keys as they are.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RepairRecord {
-    /// `torn_tail`, `point_in_time_cut` (journal) or `snapshot_checksum`.
-    pub kind: String,
-    pub file: String,
-    pub offset: u64,
-    pub bytes: u64,
-    /// Where the removed bytes were kept.
-    pub quarantine: String,
-}
-
-/// What `Engine::open` found and did. Serializable for `keel recover --json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct RecoveryReport {
-    pub status: RecoveryStatus,
-    /// `tolerate-torn-tail`, `absolute` or `point-in-time`.
-    pub mode: String,
-    /// Op of the snapshot the state was restored from (0: none).
-    pub snapshot_op: u64,
-    pub snapshot_file: Option<String>,
-    /// Highest op found anywhere (journal, snapshot).
-    pub last_op: u64,
-    /// The durable commit watermark recovery established.
-    pub commit_op: u64,
-    /// Highest op applied to the state machine after recovery.
-    pub applied_op: u64,
-    /// Ops replayed from the journal into the state machine.
-    pub replayed: u64,
-    /// The journal's own snapshot watermark.
-    pub journal_snapshot_op: u64,
-    pub journal_first_op: Option<u64>,
-    pub segments_read: u64,
-    pub entries_read: u64,
-    pub repairs: Vec<RepairRecord>,
-    /// Prepares above the commit watermark: durable but not applied; the consensus layer decides.
-    pub prepared_uncommitted: Vec<OpRange>,
-    /// Committed ops (above the snapshot restored, at or below the commit watermark) that a
-    /// repair cut or that are missing: fetch them from peers. JSON `lost_committed_ops`.
-    #[serde(rename = "lost_committed_ops")]
-    pub unrecoverable: Vec<OpRange>,
-    /// Ops of readable entries a repair cut that were never committed (a torn tail's, or a
-    /// point-in-time cut's above the commit watermark): never acknowledged as committed here,
-    /// but a consensus layer may have sent them to peers before the crash. A torn entry whose
-    /// header is unreadable has no op to name; its repair record still gives the offset and
-    /// bytes cut. JSON `cut_uncommitted_ops`.
-    #[serde(rename = "cut_uncommitted_ops")]
-    pub torn_ops: Vec<OpRange>,
-    /// Interrupted snapshot temp files removed.
-    pub temp_files_removed: u64,
-    pub duration_us: u64,
-}
-
-/// `keel verify`'s verdict.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum VerifyStatus {
-    Clean,
-    TornTail,
-    Corrupt,
-}
-
-/// One problem `verify` found.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct ProblemRecord {
-    pub kind: String,
-    pub file: String,
-    pub offset: u64,
-    pub op: Option<u64>,
-    /// The ops concerned, when the problem is a range (`missing_ops`); null otherwise.
-    pub ops: Option<OpRange>,
-}
-
-/// The path of the journal's segment `name` in the engine directory at `root_path`: every report
-/// names files by path.
-pub fn journal_file(root_path: &str, name: &str) -> String {
-    format!("{root_path}/journal/{name}")
-}
-
-impl ProblemRecord {
-    /// A journal scan's problem in the engine directory at `root_path`.
-    pub fn from_journal(root_path: &str, p: &keel_journal::Problem) -> Self {
-        ProblemRecord {
-            kind: p.kind.to_string(),
-            file: journal_file(root_path, &p.file),
-            offset: p.offset_bytes,
-            op: p.op,
-            ops: None,
-        }
-    }
-}
-
-/// The read-only check of a whole engine directory.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct VerifyReport {
-    pub status: VerifyStatus,
-    pub first_op: Option<u64>,
-    pub last_op: Option<u64>,
-    pub commit_op: Option<u64>,
-    pub journal_snapshot_op: Option<u64>,
-    pub problems: Vec<ProblemRecord>,
-    pub snapshots: Vec<SnapshotInfo>,
-}
-
-/// `tolerate-torn-tail`, `absolute`, `point-in-time` (the CLI's `--mode`).
-pub fn recovery_mode_from_str(s: &str) -> Option<RecoveryMode> {
-    match s {
-        "tolerate-torn-tail" => Some(RecoveryMode::TolerateTornTail),
-        "absolute" => Some(RecoveryMode::Absolute),
-        "point-in-time" => Some(RecoveryMode::PointInTime),
-        _ => None,
-    }
-}
-
-pub fn recovery_mode_name(mode: RecoveryMode) -> &'static str {
-    match mode {
-        RecoveryMode::TolerateTornTail => "tolerate-torn-tail",
-        RecoveryMode::Absolute => "absolute",
-        RecoveryMode::PointInTime => "point-in-time",
-    }
-}
-
-/// Ascending ops → inclusive ranges.
-pub(crate) fn to_ranges(ops: impl IntoIterator<Item = u64>) -> Vec<OpRange> {
-    let mut out: Vec<OpRange> = Vec::new();
-    for op in ops {
-        match out.last_mut() {
-            Some(r) if r.last_op.checked_add(1) == Some(op) => r.last_op = op,
-            _ => out.push(OpRange {
-                first_op: op,
-                last_op: op,
-            }),
-        }
-    }
-    out
-}
-
-/// The journal names its quarantine file relative to `DIR/quarantine/`; the report gives full
-/// paths for both journal and snapshot repairs, so an operator can open them as printed.
-pub fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> {
-    scan.repairs
-        .iter()
-        .map(|r| RepairRecord {
-            kind: r.kind.to_string(),
-            file: journal_file(root_path, &r.file),
-            offset: r.offset_bytes,
-            bytes: r.bytes,
-            quarantine: format!("{root_path}/{QUARANTINE_DIR}/{}", r.quarantine_file),
-        })
-        .collect()
-}
 
 pub(crate) async fn open<D: Directory, M: StateMachine>(
     root: D,
@@ -491,38 +291,6 @@ fn lost_ops(
     (committed, uncommitted)
 }
 
-/// One repair a dry run says `repair` would make.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct PlannedRepair {
-    /// `torn_tail`, `point_in_time_cut`, `snapshot_checksum`, `snapshot_restore`,
-    /// `snapshot_foreign`, `snapshot_misplaced`, `compaction_temp`, `snapshot_temp`.
-    pub kind: String,
-    /// The file cut or moved (a journal cut also removes every later segment).
-    pub file: String,
-    /// Where a cut starts (0: the whole file).
-    pub offset: u64,
-    /// Bytes cut or moved (a journal cut's are the caller's to count from the files: 0 here).
-    pub bytes: u64,
-    /// The op of the first entry cut, or of the snapshot.
-    pub op: Option<u64>,
-}
-
-/// What `repair` (or `recover`) in the configured mode would do, decided read-only.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize)]
-pub struct RepairPlan {
-    /// The snapshot the state would come from (0: none).
-    pub snapshot_op: u64,
-    pub commit_op: u64,
-    /// Cuts and quarantines, in the order they would happen.
-    pub repairs: Vec<PlannedRepair>,
-    /// Committed ops that would be gone (fetch them from peers). JSON `lost_committed_ops`.
-    #[serde(rename = "lost_committed_ops")]
-    pub lost_committed: Vec<OpRange>,
-    /// Ops of entries that would be cut and were never committed. JSON `cut_uncommitted_ops`.
-    #[serde(rename = "cut_uncommitted_ops")]
-    pub cut_uncommitted: Vec<OpRange>,
-}
-
 /// `keel repair --dry-run`: the plan `repair` would carry out, without the lock and without
 /// creating, writing or removing anything. A refusal is returned as the error `repair` would give.
 pub async fn plan_repair<D: Directory>(
@@ -694,7 +462,7 @@ async fn settle<D: Directory>(
     outcome: &Outcome,
 ) -> Result<(), EngineError> {
     let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
-    if applied_op > journal.commit_op().unwrap_or(0) {
+    if applied_op > journal.durable_commit_op().unwrap_or(0) {
         journal.set_commit_op(applied_op);
         journal.persist_commit().await?;
     }
@@ -858,37 +626,10 @@ pub async fn verify<D: Directory, M: StateMachine>(
     Ok(VerifyReport::new(&scan, corrupt, problems, snapshots))
 }
 
-impl VerifyReport {
-    /// The verdict on a scan and the problems found: corrupt when `corrupt`, else clean when
-    /// nothing was found, else a torn tail.
-    pub fn new(
-        scan: &ScanReport,
-        corrupt: bool,
-        problems: Vec<ProblemRecord>,
-        snapshots: Vec<SnapshotInfo>,
-    ) -> Self {
-        let status = if corrupt {
-            VerifyStatus::Corrupt
-        } else if problems.is_empty() {
-            VerifyStatus::Clean
-        } else {
-            VerifyStatus::TornTail
-        };
-        VerifyReport {
-            status,
-            first_op: scan.first_op,
-            last_op: scan.last_op,
-            commit_op: scan.commit_op,
-            journal_snapshot_op: scan.snapshot_op,
-            problems,
-            snapshots,
-        }
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::report::recovery_mode_from_str;
 
     #[test]
     fn ranges_compress_runs() {

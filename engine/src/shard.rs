@@ -23,11 +23,12 @@ use std::task::{Context, Poll, Wake, Waker};
 use std::thread::{self, JoinHandle, Thread};
 
 use bytes::Bytes;
-use keel_storage::{Directory, FsDirectory};
+
+use keel_storage::{DirAccess, Directory, FsDirectory};
 
 use crate::checkpoint::CheckpointReport;
 use crate::error::EngineError;
-use crate::recover::RecoveryReport;
+use crate::report::RecoveryReport;
 use crate::state_machine::StateMachine;
 use crate::stats::EngineStats;
 use crate::{Engine, EngineConfig};
@@ -43,14 +44,55 @@ pub fn shard_dir_name(shard: usize) -> String {
 /// Tunables of a shard set.
 #[derive(Debug, Clone)]
 pub struct ShardConfig {
-    /// Number of shards (threads, engines), 1..=MAX_SHARDS.
+    /// Number of shards (threads, engines). Default the available parallelism (1 when unknown);
+    /// 1 to [`MAX_SHARDS`].
     pub shards: usize,
-    /// Pin shard `i` to CPU `i % available CPUs` (through compio's runtime builder).
+    /// Pin shard `i` to CPU `i % available CPUs` (through compio's runtime builder). Default
+    /// true.
     pub pin_cores: bool,
-    /// Requests queued per shard before senders wait.
+    /// Requests queued per shard before senders wait. Default 1,024; at least 1 (each queued
+    /// request holds its payload, so memory bounds it from above).
     pub queue_depth: usize,
-    /// Every shard's engine configuration.
+    /// Every shard's engine configuration (its `shard_index` is set per shard). Default
+    /// [`EngineConfig::default`]; limits as it documents them.
     pub engine: EngineConfig,
+}
+
+impl ShardConfig {
+    /// Checks every limit (and the engine's); [`ShardSet::start`] refuses a configuration that
+    /// fails.
+    pub fn validate(&self) -> Result<(), EngineError> {
+        if self.shards == 0 || self.shards > MAX_SHARDS {
+            return Err(EngineError::Config(format!(
+                "shards {} not in 1..={MAX_SHARDS}",
+                self.shards
+            )));
+        }
+        if self.queue_depth == 0 {
+            return Err(EngineError::Config("queue_depth must be at least 1".into()));
+        }
+        self.engine.validate()
+    }
+}
+
+/// Every shard's recovery report, in shard order, once each has opened; the first failure.
+fn wait_ready(
+    ready: Vec<flume::Receiver<Result<RecoveryReport, EngineError>>>,
+) -> Result<Vec<RecoveryReport>, EngineError> {
+    let mut reports = Vec::with_capacity(ready.len());
+    for (shard, rx) in ready.into_iter().enumerate() {
+        match rx.recv() {
+            Ok(Ok(report)) => reports.push(report),
+            Ok(Err(error)) => return Err(error),
+            Err(_) => {
+                return Err(EngineError::ShardUnavailable {
+                    shard,
+                    reason: "the shard thread died while opening",
+                })
+            }
+        }
+    }
+    Ok(reports)
 }
 
 impl Default for ShardConfig {
@@ -115,6 +157,7 @@ impl<M> Clone for ShardHandle<M> {
 }
 
 impl<M: StateMachine + 'static> ShardHandle<M> {
+    /// Shards in the set.
     pub fn shard_count(&self) -> usize {
         self.senders.len()
     }
@@ -232,16 +275,7 @@ impl<M: StateMachine + 'static> ShardSet<M> {
     where
         F: Fn(usize) -> M + Send + Sync + 'static,
     {
-        if config.shards == 0 || config.shards > MAX_SHARDS {
-            return Err(EngineError::Config(format!(
-                "shards {} not in 1..={MAX_SHARDS}",
-                config.shards
-            )));
-        }
-        if config.queue_depth == 0 {
-            return Err(EngineError::Config("queue_depth must be at least 1".into()));
-        }
-        config.engine.validate()?;
+        config.validate()?;
         let root = root.as_ref().to_path_buf();
         let make_state_machine = Arc::new(make_state_machine);
         let cpus = thread::available_parallelism().map_or(1, |n| n.get());
@@ -285,19 +319,7 @@ impl<M: StateMachine + 'static> ShardSet<M> {
             },
             threads,
         };
-        let mut reports = Vec::with_capacity(ready.len());
-        for (shard, rx) in ready.into_iter().enumerate() {
-            match rx.recv() {
-                Ok(Ok(report)) => reports.push(report),
-                Ok(Err(error)) => return Err(error), // `set` drops: the others shut down
-                Err(_) => {
-                    return Err(EngineError::ShardUnavailable {
-                        shard,
-                        reason: "the shard thread died while opening",
-                    })
-                }
-            }
-        }
+        let reports = wait_ready(ready)?; // on an error `set` drops: the others shut down
         Ok((set, reports))
     }
 
@@ -306,6 +328,7 @@ impl<M: StateMachine + 'static> ShardSet<M> {
         self.handle.clone()
     }
 
+    /// Shards in the set.
     pub fn shard_count(&self) -> usize {
         self.handle.shard_count()
     }
@@ -399,11 +422,13 @@ fn run_shard<M, F>(
             Engine::open(root, config, make_state_machine(shard)).await
         }
         .await;
-        let engine = match opened {
+        match opened {
             Ok((engine, report)) => {
                 tracing::info!(shard, cpu = cpu.map(|c| c as u64), dir = %dir.display(), "shard started");
                 let _ = ready.send(Ok(report));
-                Rc::new(engine)
+                let engine = Rc::new(engine);
+                let close_reply = serve_until_close(&engine, &requests).await;
+                close_shard(shard, engine, close_reply, &requests).await;
             }
             Err(error) => {
                 tracing::error!(shard, %error, "shard failed to open");
@@ -412,62 +437,87 @@ fn run_shard<M, F>(
                     shard,
                     source: error.clone(),
                 }));
-                // Answer whatever arrives until every sender is gone: never leave a caller hanging.
-                // A close ends the thread (handles may outlive the set); later sends then fail
-                // with `Closed`.
-                while let Ok(request) = requests.recv_async().await {
-                    let closing = matches!(request, Request::Close { .. });
-                    fail(request, || EngineError::ShardFailed {
-                        shard,
-                        source: error.clone(),
-                    });
-                    if closing {
-                        break;
-                    }
-                }
-                return;
+                refuse_until_close(shard, &error, &requests).await;
             }
-        };
-
-        // Each request runs as its own task; every task holds a clone of `in_flight`, so the
-        // receiver below sees "disconnected" exactly when the last one has finished.
-        let (in_flight, all_done) = flume::unbounded::<()>();
-        let close_reply = loop {
-            match requests.recv_async().await {
-                Ok(Request::Close { reply }) => break Some(reply),
-                Ok(request) => {
-                    let engine = engine.clone();
-                    let guard = in_flight.clone();
-                    compio::runtime::spawn(async move {
-                        serve(&engine, request).await;
-                        drop(guard);
-                    })
-                    .detach();
-                }
-                Err(_) => break None, // every handle dropped: close anyway
-            }
-        };
-        drop(in_flight);
-        let _ = all_done.recv_async().await;
-        let engine = match Rc::try_unwrap(engine) {
-            Ok(engine) => engine,
-            Err(_) => unreachable!("every task holding the engine has finished"),
-        };
-        let stats = engine.stats();
-        let result = engine.close().await.map(|_| stats);
-        if let Err(error) = &result {
-            tracing::error!(shard, %error, "shard close failed");
-        } else {
-            tracing::info!(shard, "shard closed");
-        }
-        if let Some(reply) = close_reply {
-            let _ = reply.send(result);
-        }
-        // Requests queued behind the close get an answer too.
-        while let Ok(request) = requests.try_recv() {
-            fail(request, || EngineError::Closed);
         }
     });
+}
+
+/// A shard whose engine failed to open answers whatever arrives with that failure until every
+/// sender is gone: never leave a caller hanging. A close ends the thread (handles may outlive
+/// the set); later sends then fail with `Closed`.
+async fn refuse_until_close<M: StateMachine + 'static>(
+    shard: usize,
+    error: &Arc<EngineError>,
+    requests: &flume::Receiver<Request<M>>,
+) {
+    while let Ok(request) = requests.recv_async().await {
+        let closing = matches!(request, Request::Close { .. });
+        fail(request, || EngineError::ShardFailed {
+            shard,
+            source: error.clone(),
+        });
+        if closing {
+            break;
+        }
+    }
+}
+
+/// Serves requests, each as its own task, until a close arrives (its reply is returned) or every
+/// handle is dropped (`None`); returns once every task has finished.
+async fn serve_until_close<M: StateMachine + 'static>(
+    engine: &Rc<Engine<FsDirectory, M>>,
+    requests: &flume::Receiver<Request<M>>,
+) -> Option<Reply<EngineStats>> {
+    // Every task holds a clone of `in_flight`, so the receiver below sees "disconnected"
+    // exactly when the last one has finished.
+    let (in_flight, all_done) = flume::unbounded::<()>();
+    let close_reply = loop {
+        match requests.recv_async().await {
+            Ok(Request::Close { reply }) => break Some(reply),
+            Ok(request) => {
+                let engine = engine.clone();
+                let guard = in_flight.clone();
+                compio::runtime::spawn(async move {
+                    serve(&engine, request).await;
+                    drop(guard);
+                })
+                .detach();
+            }
+            Err(_) => break None, // every handle dropped: close anyway
+        }
+    };
+    drop(in_flight);
+    let _ = all_done.recv_async().await;
+    close_reply
+}
+
+/// Closes the engine once no task holds it, answers the close, then every request queued
+/// behind it.
+async fn close_shard<M: StateMachine + 'static>(
+    shard: usize,
+    engine: Rc<Engine<FsDirectory, M>>,
+    close_reply: Option<Reply<EngineStats>>,
+    requests: &flume::Receiver<Request<M>>,
+) {
+    let engine = match Rc::try_unwrap(engine) {
+        Ok(engine) => engine,
+        Err(_) => unreachable!("every task holding the engine has finished"),
+    };
+    let stats = engine.stats();
+    let result = engine.close().await.map(|_| stats);
+    if let Err(error) = &result {
+        tracing::error!(shard, %error, "shard close failed");
+    } else {
+        tracing::info!(shard, "shard closed");
+    }
+    if let Some(reply) = close_reply {
+        let _ = reply.send(result);
+    }
+    // Requests queued behind the close get an answer too.
+    while let Ok(request) = requests.try_recv() {
+        fail(request, || EngineError::Closed);
+    }
 }
 
 /// Opens `dir`, creating it and any missing parents; each directory created gets its entry
@@ -483,11 +533,11 @@ async fn create_dir_durably(dir: &Path) -> std::io::Result<FsDirectory> {
         missing.push(path);
         cursor = path.parent();
     }
-    let opened = FsDirectory::open(dir, true, false).await?;
+    let opened = FsDirectory::open_with(dir, DirAccess::Create).await?;
     // Parents first: each new entry is durable before anything below it counts on it.
     for created in missing.iter().rev() {
         if let Some(parent) = created.parent().filter(|p| !p.as_os_str().is_empty()) {
-            FsDirectory::open(parent, false, false)
+            FsDirectory::open_with(parent, DirAccess::Existing)
                 .await?
                 .sync()
                 .await?;

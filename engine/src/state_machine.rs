@@ -9,7 +9,9 @@
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("op {op} rejected: {reason}")]
 pub struct ApplyError {
+    /// The op rejected.
     pub op: u64,
+    /// Why (the state machine's words).
     pub reason: String,
 }
 
@@ -17,6 +19,7 @@ pub struct ApplyError {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("cannot restore state: {reason}")]
 pub struct RestoreError {
+    /// Why (the state machine's words).
     pub reason: String,
 }
 

@@ -60,10 +60,12 @@ fn bucket_upper(index: usize) -> u64 {
 }
 
 impl Histogram {
+    /// An empty histogram.
     pub fn new() -> Self {
         Self::default()
     }
 
+    /// Counts one value.
     pub fn record(&mut self, value: u64) {
         self.buckets[bucket_of(value)] += 1;
         self.count += 1;
@@ -72,10 +74,12 @@ impl Histogram {
         self.max = self.max.max(value);
     }
 
+    /// Values recorded.
     pub fn count(&self) -> u64 {
         self.count
     }
 
+    /// The smallest value (0 when empty).
     pub fn min(&self) -> u64 {
         if self.count == 0 {
             0
@@ -84,14 +88,17 @@ impl Histogram {
         }
     }
 
+    /// The largest value (0 when empty).
     pub fn max(&self) -> u64 {
         self.max
     }
 
+    /// The sum of all values.
     pub fn sum(&self) -> u128 {
         self.sum
     }
 
+    /// The mean (0 when empty).
     pub fn mean(&self) -> f64 {
         if self.count == 0 {
             0.0

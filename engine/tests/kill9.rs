@@ -10,6 +10,7 @@ use std::process::{Command, Stdio};
 
 use common::{model_through, payload};
 use keel_engine::{Engine, EngineConfig, KvStateMachine};
+use keel_storage::DirAccess;
 use keel_storage::FsDirectory;
 
 const CHILD_ENV: &str = "KEEL_ENGINE_KILL_CHILD_DIR";
@@ -32,7 +33,9 @@ fn kill_child_helper() {
     };
     let runtime = compio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let root = FsDirectory::open(&dir, true, false).await.unwrap();
+        let root = FsDirectory::open_with(&dir, DirAccess::Create)
+            .await
+            .unwrap();
         let (engine, _) = Engine::open(root, config(), KvStateMachine::new())
             .await
             .unwrap();
@@ -92,7 +95,9 @@ fn kill_9_mid_stream_loses_no_reported_commit() {
 
         let runtime = compio::runtime::Runtime::new().unwrap();
         runtime.block_on(async {
-            let root = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+            let root = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
+                .await
+                .unwrap();
             let (engine, report) = Engine::open(root, config(), KvStateMachine::new())
                 .await
                 .unwrap();

@@ -7,13 +7,16 @@ use std::io::{BufRead, BufReader};
 use std::process::{Command, Stdio};
 
 use keel_engine::{Engine, EngineError, KvStateMachine};
+use keel_storage::DirAccess;
 use keel_storage::{FsDirectory, MemFs};
 
 /// Set in the child process: the directory it opens and holds.
 const CHILD_ENV: &str = "KEEL_ENGINE_LOCK_CHILD_DIR";
 
 async fn open_fs(path: &std::path::Path) -> Result<(), EngineError> {
-    let root = FsDirectory::open(path, true, false).await.unwrap();
+    let root = FsDirectory::open_with(path, DirAccess::Create)
+        .await
+        .unwrap();
     Engine::open(root, common::small_config(), KvStateMachine::new())
         .await
         .map(|_| ())
@@ -35,7 +38,9 @@ fn assert_locked(error: &EngineError, path: &std::path::Path) {
 #[compio::test]
 async fn second_open_in_process_is_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = FsDirectory::open(tmp.path(), true, false).await.unwrap();
+    let root = FsDirectory::open_with(tmp.path(), DirAccess::Create)
+        .await
+        .unwrap();
     let (engine, _) = Engine::open(root.clone(), common::small_config(), KvStateMachine::new())
         .await
         .unwrap();
@@ -71,7 +76,9 @@ fn lock_child_helper() {
     };
     let runtime = compio::runtime::Runtime::new().unwrap();
     runtime.block_on(async {
-        let root = FsDirectory::open(&dir, true, false).await.unwrap();
+        let root = FsDirectory::open_with(&dir, DirAccess::Create)
+            .await
+            .unwrap();
         let _engine = Engine::open(root, common::small_config(), KvStateMachine::new())
             .await
             .unwrap();

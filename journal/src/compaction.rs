@@ -24,19 +24,31 @@ use crate::format::{
 };
 use crate::scan::Link;
 use crate::slots::Location;
-use crate::{CompactionReport, MetadataJournal, SegmentHandle};
+use crate::{CompactionReport, MetadataJournal, SegmentHandle, State};
 
 /// The durable steps of a compaction, for crash tests: the hook runs *after* each.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum CompactionStep {
     /// One fully dead segment was removed and the directory fsynced.
-    Deleted { segment: u64 },
+    Deleted {
+        /// The segment's number.
+        segment: u64,
+    },
     /// The temp file holding a rewrite is written and fsynced (not yet renamed).
-    TempWritten { segment: u64 },
+    TempWritten {
+        /// The segment's number.
+        segment: u64,
+    },
     /// The temp file was renamed over the segment (directory not yet fsynced).
-    Renamed { segment: u64 },
+    Renamed {
+        /// The segment's number.
+        segment: u64,
+    },
     /// The directory was fsynced after the rename.
-    DirSynced { segment: u64 },
+    DirSynced {
+        /// The segment's number.
+        segment: u64,
+    },
 }
 
 /// Clears the `compacting` flag however compaction ends.
@@ -52,7 +64,9 @@ impl<D: Directory> Drop for CompactingGuard<'_, D> {
 
 impl<D: Directory> MetadataJournal<D> {
     /// Compaction with a hook called after each durable step; an error from the hook stops it
-    /// there (the crash tests crash the simulated disk at that point).
+    /// there (the crash tests crash the simulated disk at that point). A test seam: only with the
+    /// `testing` feature.
+    #[cfg(any(test, feature = "testing"))]
     pub async fn compact_with_hook(
         &self,
         hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
@@ -80,29 +94,33 @@ impl<D: Directory> MetadataJournal<D> {
         self.maybe_seal_active();
         // Everything accepted so far is written and synced: sealed segments will not change.
         self.request_flush().await?;
+        report.segments_deleted = self.delete_dead_prefix(hook).await?;
+        if let Some(candidate) = self.rewrite_candidate() {
+            // Zero live entries happens only for the newest segment (kept above): the rewrite is
+            // then a header carrying the watermarks and the chain.
+            if (candidate.live.len() as u64) < candidate.entry_count {
+                let Candidate {
+                    number,
+                    end_link,
+                    live,
+                    ..
+                } = candidate;
+                self.rewrite(number, end_link, live, hook).await?;
+                report.segments_rewritten += 1;
+            }
+        }
+        report.bytes_after = self.total_bytes();
+        Ok(report)
+    }
 
-        // 1. Delete the dead prefix, oldest first, one directory fsync each, so a crash always
-        //    leaves a prefix deleted (never a gap in the chain).
-        loop {
-            let victim = {
-                let st = self.state.borrow();
-                let sealed_below = if st.w.needs_rotation {
-                    st.w.cursor_segment + 1
-                } else {
-                    st.w.cursor_segment
-                };
-                let live = st.slots.live();
-                // The newest segment always stays: it carries the watermarks (its header or its
-                // markers) and the chain state the next segment links to.
-                st.segments
-                    .iter()
-                    .next()
-                    .filter(|_| st.segments.len() > 1)
-                    .filter(|(number, _)| **number < sealed_below)
-                    .filter(|(number, _)| !live.iter().any(|(_, l)| l.segment == **number))
-                    .map(|(number, handle)| (*number, handle.name.clone()))
-            };
-            let Some((number, name)) = victim else { break };
+    /// Step 1: deletes the dead prefix, oldest first, one directory fsync each, so a crash always
+    /// leaves a prefix deleted (never a gap in the chain). Returns how many it deleted.
+    async fn delete_dead_prefix(
+        &self,
+        hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
+    ) -> Result<u64, JournalError> {
+        let mut deleted = 0;
+        while let Some((number, name)) = self.oldest_dead_segment() {
             // Out of the map before the first await: a compaction dropped at either await below
             // must not leave a segment the next one would remove again (NotFound, poisoned).
             self.state.borrow_mut().segments.remove(&number);
@@ -114,44 +132,53 @@ impl<D: Directory> MetadataJournal<D> {
                 .sync()
                 .await
                 .map_err(|e| self.poison_io("compaction dir fsync", &name, e))?;
-            report.segments_deleted += 1;
+            deleted += 1;
             tracing::info!(segment = %name, "journal compaction: deleted dead segment");
             hook(CompactionStep::Deleted { segment: number })?;
         }
+        Ok(deleted)
+    }
 
-        // 2. Rewrite the first remaining segment if it is sealed and holds dead entries.
-        let candidate = {
-            let st = self.state.borrow();
-            let sealed_below = if st.w.needs_rotation {
-                st.w.cursor_segment + 1
-            } else {
-                st.w.cursor_segment
-            };
-            st.segments
-                .iter()
-                .next()
-                .filter(|(number, _)| **number < sealed_below)
-                .map(|(number, handle)| {
-                    let mut live: Vec<(u64, Location)> = st
-                        .slots
-                        .live()
-                        .into_iter()
-                        .filter(|(_, l)| l.segment == *number)
-                        .collect();
-                    live.sort_by_key(|(_, l)| l.offset_bytes);
-                    (*number, handle.entry_count, handle.end_link, live)
-                })
-        };
-        if let Some((number, entry_count, end_link, live)) = candidate {
-            // Zero live entries happens only for the newest segment (kept above): the rewrite is
-            // then a header carrying the watermarks and the chain.
-            if (live.len() as u64) < entry_count {
-                self.rewrite(number, end_link, live, hook).await?;
-                report.segments_rewritten += 1;
-            }
-        }
-        report.bytes_after = self.total_bytes();
-        Ok(report)
+    /// The oldest segment when it is sealed, not the newest, and no live op points into it.
+    fn oldest_dead_segment(&self) -> Option<(u64, String)> {
+        let st = self.state.borrow();
+        let sealed_below = sealed_below(&st);
+        let live = st.slots.live();
+        // The newest segment always stays: it carries the watermarks (its header or its
+        // markers) and the chain state the next segment links to.
+        st.segments
+            .iter()
+            .next()
+            .filter(|_| st.segments.len() > 1)
+            .filter(|(number, _)| **number < sealed_below)
+            .filter(|(number, _)| !live.iter().any(|(_, l)| l.segment == **number))
+            .map(|(number, handle)| (*number, handle.name.clone()))
+    }
+
+    /// Step 2's candidate: the first remaining segment when it is sealed, with its entry count,
+    /// end link and live entries in file order.
+    fn rewrite_candidate(&self) -> Option<Candidate> {
+        let st = self.state.borrow();
+        let sealed_below = sealed_below(&st);
+        st.segments
+            .iter()
+            .next()
+            .filter(|(number, _)| **number < sealed_below)
+            .map(|(number, handle)| {
+                let mut live: Vec<(u64, Location)> = st
+                    .slots
+                    .live()
+                    .into_iter()
+                    .filter(|(_, l)| l.segment == *number)
+                    .collect();
+                live.sort_by_key(|(_, l)| l.offset_bytes);
+                Candidate {
+                    number: *number,
+                    entry_count: handle.entry_count,
+                    end_link: handle.end_link,
+                    live,
+                }
+            })
     }
 
     /// Seals the active segment when at least half a segment of it is dead, so the next
@@ -175,6 +202,8 @@ impl<D: Directory> MetadataJournal<D> {
         }
     }
 
+    /// Rewrites segment `number` with only its `live` entries: encoded with fresh seqs ending
+    /// at the old last seq, atomically replaced, then installed in the index.
     async fn rewrite(
         &self,
         number: u64,
@@ -185,6 +214,49 @@ impl<D: Directory> MetadataJournal<D> {
         let Some((old_file, name)) = self.segment_file(number).await? else {
             return Ok(());
         };
+        let (buf, moves) = self
+            .encode_rewrite(&old_file, &name, number, end_link, &live)
+            .await?;
+        let bytes_len = buf.len() as u64;
+        let target = segment_file_name(number);
+        self.replace_segment(number, &target, buf, hook).await?;
+        let new_file = self
+            .dir
+            .open_file(&target, OpenMode::Existing)
+            .await
+            .map_err(|e| self.poison_io("compaction reopen", &target, e))?;
+        {
+            let mut st = self.state.borrow_mut();
+            for (op, from, to) in moves {
+                st.slots.relocate(op, from, to);
+            }
+            st.segments.insert(
+                number,
+                SegmentHandle {
+                    file: Some(Rc::new(new_file)),
+                    len_bytes: bytes_len,
+                    name: target.clone(),
+                    end_link,
+                    entry_count: live.len() as u64,
+                },
+            );
+        }
+        tracing::info!(segment = %target, bytes = bytes_len, live = live.len(),
+            "journal compaction: rewrote straddling segment");
+        hook(CompactionStep::DirSynced { segment: number })?;
+        Ok(())
+    }
+
+    /// The rewritten segment's bytes (header carrying the durable watermarks and the chain, then
+    /// every live entry re-read and checked), and each entry's move in the index.
+    async fn encode_rewrite(
+        &self,
+        old_file: &D::File,
+        name: &str,
+        number: u64,
+        end_link: Link,
+        live: &[(u64, Location)],
+    ) -> Result<(Vec<u8>, Vec<(u64, Location, Location)>), JournalError> {
         let (snapshot_op, commit_op) = {
             let st = self.state.borrow();
             (st.slots.snapshot_op(), st.commit_durable)
@@ -203,28 +275,14 @@ impl<D: Directory> MetadataJournal<D> {
             let bytes = old_file
                 .read_exact_at(location.offset_bytes, location.len_bytes as usize)
                 .await
-                .map_err(|e| JournalError::io("compaction read", self.file_path(&name), e))?;
-            let corrupt = || JournalError::Corrupt {
-                kind: "corrupt_entry",
-                file: name.clone(),
-                offset_bytes: location.offset_bytes,
-                op: Some(*op),
-            };
-            let (h, _) = EntryHeader::decode(&bytes).map_err(|_| corrupt())?;
-            if h.op != *op
-                || h.kind != EntryKind::Data
-                || crc32fast::hash(&bytes[ENTRY_HEADER_BYTES..]) != h.payload_crc
-            {
-                return Err(corrupt());
-            }
-            let payload = &bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + h.payload_len as usize];
-            let seq = first_seq + i as u64;
+                .map_err(|e| JournalError::io("compaction read", self.file_path(name), e))?;
+            let (h, payload) = checked_data_entry(&bytes, name, *op, location)?;
             let offset = buf.len() as u64;
             prev_crc = encode_entry(
                 &mut buf,
                 &NewEntry {
                     kind: EntryKind::Data,
-                    seq,
+                    seq: first_seq + i as u64,
                     op: *op,
                     prev_crc,
                     durable_seq: first_seq - 1,
@@ -239,51 +297,31 @@ impl<D: Directory> MetadataJournal<D> {
             };
             moves.push((*op, *location, new_location));
         }
-        let bytes_len = buf.len() as u64;
-        let target = segment_file_name(number);
-        // keel-storage's one atomic replace: `<target>.tmp`, fsync, rename, directory fsync.
+        Ok((buf, moves))
+    }
+
+    /// keel-storage's one atomic replace: `<target>.tmp`, fsync, rename, directory fsync, with
+    /// the compaction hook after the temp's fsync and after the rename.
+    async fn replace_segment(
+        &self,
+        number: u64,
+        target: &str,
+        buf: Vec<u8>,
+        hook: &mut dyn FnMut(CompactionStep) -> Result<(), JournalError>,
+    ) -> Result<(), JournalError> {
         let replace_hook = |stage: ReplaceStage| match stage {
             ReplaceStage::TempWritten => Ok(()),
             ReplaceStage::TempSynced => hook(CompactionStep::TempWritten { segment: number }),
             ReplaceStage::Renamed => hook(CompactionStep::Renamed { segment: number }),
         };
-        match keel_storage::atomic_replace_with(&self.dir, &target, buf, replace_hook).await {
-            Ok(()) => {}
-            Err(ReplaceError::Halted(error)) => return Err(error),
+        match keel_storage::atomic_replace_with(&self.dir, target, buf, replace_hook).await {
+            Ok(()) => Ok(()),
+            Err(ReplaceError::Halted(error)) => Err(error),
             Err(ReplaceError::Io(error)) => {
-                let name = error.path.rsplit('/').next().unwrap_or(&target).to_string();
-                return Err(self.poison_io(error.stage.as_str(), &name, error.source));
+                let name = error.path.rsplit('/').next().unwrap_or(target).to_string();
+                Err(self.poison_io(error.stage.as_str(), &name, error.source))
             }
         }
-        let new_file = self
-            .dir
-            .open_file(&target, OpenMode::Existing)
-            .await
-            .map_err(|e| self.poison_io("compaction reopen", &target, e))?;
-        {
-            let mut st = self.state.borrow_mut();
-            for (op, from, to) in moves {
-                st.slots.relocate(op, from, to);
-            }
-            let entry_count = live.len() as u64;
-            st.segments.insert(
-                number,
-                SegmentHandle {
-                    file: Some(Rc::new(new_file)),
-                    len_bytes: bytes_len,
-                    name: target.clone(),
-                    end_link: Link {
-                        next_seq: end_link.next_seq,
-                        chain_crc: end_link.chain_crc,
-                    },
-                    entry_count,
-                },
-            );
-        }
-        tracing::info!(segment = %target, bytes = bytes_len, live = live.len(),
-            "journal compaction: rewrote straddling segment");
-        hook(CompactionStep::DirSynced { segment: number })?;
-        Ok(())
     }
 
     fn total_bytes(&self) -> u64 {
@@ -311,4 +349,51 @@ impl<D: Directory> MetadataJournal<D> {
         self.poison(&failure, Vec::new());
         error
     }
+}
+
+/// The first remaining segment, as compaction's rewrite step sees it.
+struct Candidate {
+    number: u64,
+    /// Entries it holds, live or dead.
+    entry_count: u64,
+    /// Chain state after its last entry.
+    end_link: Link,
+    /// Its live entries `(op, location)`, in file order.
+    live: Vec<(u64, Location)>,
+}
+
+/// Where new entries go: segments below this number are sealed (nothing more is appended there).
+fn sealed_below<D: Directory>(st: &State<D>) -> u64 {
+    if st.w.needs_rotation {
+        st.w.cursor_segment + 1
+    } else {
+        st.w.cursor_segment
+    }
+}
+
+/// A data entry for `op` read back from `name` at `location`, checked (header, op, kind, payload
+/// checksum): its header and payload, or the corruption it shows.
+fn checked_data_entry<'b>(
+    bytes: &'b [u8],
+    name: &str,
+    op: u64,
+    location: &Location,
+) -> Result<(EntryHeader, &'b [u8]), JournalError> {
+    let corrupt = || JournalError::Corrupt {
+        kind: "corrupt_entry",
+        file: name.to_string(),
+        offset_bytes: location.offset_bytes,
+        op: Some(op),
+    };
+    let (h, _) = EntryHeader::decode(bytes).map_err(|_| corrupt())?;
+    if h.op != op
+        || h.kind != EntryKind::Data
+        || crc32fast::hash(&bytes[ENTRY_HEADER_BYTES..]) != h.payload_crc
+    {
+        return Err(corrupt());
+    }
+    Ok((
+        h,
+        &bytes[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + h.payload_len as usize],
+    ))
 }

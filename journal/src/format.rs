@@ -47,10 +47,15 @@
 
 /// Current on-disk format version. Readers accept every version up to this one.
 pub const FORMAT_VERSION: u16 = 1;
+/// The first 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
+/// Size of a segment header (entries start right after it).
 pub const SEGMENT_HEADER_BYTES: usize = 64;
+/// The first 4 bytes of every entry header.
 pub const ENTRY_MAGIC: [u8; 4] = *b"KJE1";
+/// Size of an entry header (its payload follows).
 pub const ENTRY_HEADER_BYTES: usize = 64;
+/// Every entry starts at a multiple of this (payloads are zero-padded up to it).
 pub const ENTRY_ALIGN_BYTES: usize = 8;
 /// Hard cap on a payload length field, whatever the configuration: a header claiming more is
 /// invalid (it bounds how much a scan will ever try to read for one entry).
@@ -65,13 +70,18 @@ pub const FLAG_REWRITTEN: u32 = 1;
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 #[repr(u8)]
 pub enum EntryKind {
+    /// An op's payload (a prepare).
     Data = 1,
+    /// A marker: every op above this entry's op is discarded.
     Truncate = 2,
+    /// A marker carrying the commit watermark in its op field (also the close marker).
     Commit = 3,
+    /// A marker: the snapshot watermark moved to this entry's op.
     Snapshot = 4,
 }
 
 impl EntryKind {
+    /// The kind a header's kind byte names, `None` for an unknown byte.
     pub fn from_u8(byte: u8) -> Option<Self> {
         match byte {
             1 => Some(Self::Data),
@@ -96,13 +106,21 @@ impl EntryKind {
 /// The decoded fields of an entry header (the header crc is computed, not stored here).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct EntryHeader {
+    /// What the entry is.
     pub kind: EntryKind,
+    /// Position in the log: +1 per entry, across segments.
     pub seq: u64,
+    /// The op (data) or the watermark (markers).
     pub op: u64,
+    /// Payload bytes after the header (padding not counted).
     pub payload_len: u32,
+    /// crc32 of the payload.
     pub payload_crc: u32,
+    /// Header crc of the entry before this one (the segment's link crc for the first).
     pub prev_crc: u32,
+    /// Highest seq an fsync had covered when this entry was written.
     pub durable_seq: u64,
+    /// Commit watermark known when written (0 = none).
     pub commit_op: u64,
 }
 
@@ -113,7 +131,9 @@ pub enum HeaderFault {
     Short,
     /// All 64 bytes are zero (preallocated space, or a zeroed sector).
     Zero,
+    /// The first 4 bytes are not [`ENTRY_MAGIC`].
     BadMagic,
+    /// The header's crc does not match its bytes.
     BadChecksum,
     /// Checksum fine but a field is impossible (unknown kind, reserved bits, lengths).
     BadField(&'static str),
@@ -212,6 +232,7 @@ impl EntryHeader {
         Ok((header, crc))
     }
 
+    /// The whole entry's length on disk: header, payload and padding.
     pub fn entry_len_bytes(&self) -> usize {
         entry_len_bytes(self.payload_len as usize)
     }
@@ -220,11 +241,17 @@ impl EntryHeader {
 /// The fields of an entry a writer chooses (lengths and checksums are computed).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct NewEntry {
+    /// What the entry is.
     pub kind: EntryKind,
+    /// Its seq (the previous entry's + 1).
     pub seq: u64,
+    /// The op (data) or the watermark (markers).
     pub op: u64,
+    /// Header crc of the previous entry.
     pub prev_crc: u32,
+    /// Highest seq an fsync covers so far; below `seq`.
     pub durable_seq: u64,
+    /// Commit watermark to carry (0 = none).
     pub commit_op: u64,
 }
 
@@ -252,28 +279,41 @@ pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8]) -> u32 
 /// The decoded segment header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct SegmentHeader {
+    /// Format version that wrote it (at most [`FORMAT_VERSION`] to be read).
     pub version: u16,
+    /// [`FLAG_REWRITTEN`] or 0.
     pub flags: u32,
+    /// The segment's number (its file name).
     pub segment_no: u64,
+    /// Seq of its first entry.
     pub first_seq: u64,
+    /// Header crc of the previous segment's last entry (0 for the first segment).
     pub prev_crc: u32,
+    /// The crc the first entry's `prev_crc` must carry (a rewrite keeps the original chain).
     pub link_crc: u32,
+    /// Snapshot watermark when written (0 = none).
     pub snapshot_op: u64,
+    /// Commit watermark when written (0 = none).
     pub commit_op: u64,
 }
 
 /// Why segment header bytes are not a valid header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum SegmentHeaderFault {
+    /// Fewer bytes than a header.
     Short,
+    /// The first 8 bytes are not [`SEGMENT_MAGIC`].
     BadMagic,
     /// Written by a newer keel: never cut, always refuse.
     UnknownVersion(u16),
+    /// The header's crc does not match its bytes.
     BadChecksum,
+    /// Checksum fine but a field is impossible (names the field).
     BadField(&'static str),
 }
 
 impl SegmentHeader {
+    /// The header of a new segment at the current format version, linking to `prev_crc`.
     pub fn new(segment_no: u64, first_seq: u64, prev_crc: u32) -> Self {
         Self {
             version: FORMAT_VERSION,
@@ -287,10 +327,12 @@ impl SegmentHeader {
         }
     }
 
+    /// Whether compaction wrote this segment (temp file + rename).
     pub fn is_rewritten(&self) -> bool {
         self.flags & FLAG_REWRITTEN != 0
     }
 
+    /// The header's 64 bytes, crc included.
     pub fn encode(&self) -> [u8; SEGMENT_HEADER_BYTES] {
         let mut b = [0u8; SEGMENT_HEADER_BYTES];
         b[0..8].copy_from_slice(&SEGMENT_MAGIC);
@@ -308,6 +350,7 @@ impl SegmentHeader {
         b
     }
 
+    /// Parses and checks a header from the first 64 bytes of `bytes`.
     pub fn decode(bytes: &[u8]) -> Result<Self, SegmentHeaderFault> {
         if bytes.len() < SEGMENT_HEADER_BYTES {
             return Err(SegmentHeaderFault::Short);

@@ -15,33 +15,7 @@ pub fn open_arbitrary_segments(data: &[u8]) {
     let Some((&selector, rest)) = data.split_first() else {
         return;
     };
-    // Layout: selector byte (segment count = selector % 3 + 1, first segment number =
-    // selector / 3 % 4), then each segment but the last as a u16 LE length + bytes, then the last
-    // segment's bytes.
-    let count = usize::from(selector % 3) + 1;
-    let first_number = u64::from(selector / 3 % 4);
-    let mut rest = rest;
-    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
-    for i in 0..count {
-        let take = if i + 1 == count {
-            rest.len()
-        } else {
-            let Some((len, tail)) = rest.split_first_chunk::<2>() else {
-                break;
-            };
-            rest = tail;
-            usize::from(u16::from_le_bytes(*len)).min(rest.len())
-        };
-        let (bytes, tail) = rest.split_at(take);
-        rest = tail;
-        files.push((
-            format!(
-                "journal/{}",
-                crate::format::segment_file_name(first_number + i as u64)
-            ),
-            bytes.to_vec(),
-        ));
-    }
+    let files = segment_files(selector, rest);
     let config = fuzz_config();
     RUNTIME.with(|runtime| {
         runtime.block_on(async {
@@ -83,6 +57,36 @@ pub fn open_arbitrary_segments(data: &[u8]) {
             }
         })
     });
+}
+
+/// The segment files `rest` encodes. Layout: the selector byte (segment count = selector % 3 + 1,
+/// first segment number = selector / 3 % 4), then each segment but the last as a u16 LE length +
+/// bytes, then the last segment's bytes.
+fn segment_files(selector: u8, mut rest: &[u8]) -> Vec<(String, Vec<u8>)> {
+    let count = usize::from(selector % 3) + 1;
+    let first_number = u64::from(selector / 3 % 4);
+    let mut files = Vec::new();
+    for i in 0..count {
+        let take = if i + 1 == count {
+            rest.len()
+        } else {
+            let Some((len, tail)) = rest.split_first_chunk::<2>() else {
+                break;
+            };
+            rest = tail;
+            usize::from(u16::from_le_bytes(*len)).min(rest.len())
+        };
+        let (bytes, tail) = rest.split_at(take);
+        rest = tail;
+        files.push((
+            format!(
+                "journal/{}",
+                crate::format::segment_file_name(first_number + i as u64)
+            ),
+            bytes.to_vec(),
+        ));
+    }
+    files
 }
 
 thread_local! {

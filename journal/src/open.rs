@@ -13,7 +13,8 @@ use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::format::EntryKind;
 use crate::live::LiveMap;
-use crate::recovery::{self, action, info, op_ranges, Action};
+use crate::recovery::{action, info, op_ranges, Action};
+use crate::repair;
 use crate::scan::{self, LogScan};
 use crate::slots::{Location, SlotRing};
 use crate::stream::{scan_stream, ScanEvent};
@@ -277,7 +278,7 @@ impl<D: Directory> MetadataJournal<D> {
             .await
             .map_err(|e| JournalError::durable("open journal dir", e))?;
         if let (Some(cut), Some(stop)) = (cut, scan.first_stop.clone()) {
-            report.repairs = recovery::cut(root, &dir, &scan, cut.kind()).await?;
+            report.repairs = repair::cut(root, &dir, &scan, cut.kind()).await?;
             if cut == PlannedCut::PointInTime {
                 tracing::warn!(segment = %stop.file, offset_bytes = stop.stop.offset_bytes,
                     op = stop.stop.op, lost_ops = %ranges_text(&report.lost_ops),
@@ -293,7 +294,7 @@ impl<D: Directory> MetadataJournal<D> {
             }
         }
         if !scan.temps.is_empty() {
-            recovery::quarantine_temps(root, &dir, &scan.temps, scan.max_file_bytes).await?;
+            repair::quarantine_temps(root, &dir, &scan.temps, scan.max_file_bytes).await?;
         }
         let mut journal = Self::from_index(dir, config, false, &scan, index);
         journal.open_segments(&scan).await?;

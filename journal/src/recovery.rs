@@ -1,18 +1,14 @@
-//! recovery: the decision table (DESIGN §4) as data, and the repairs it orders.
+//! recovery: the decision table (docs/durability.md) as data: what the scan found where it
+//! stopped → a named case → an action per mode.
 //!
-//! Owns the mapping "where the scan stopped" → named case → action per mode, and quarantine:
-//! copying the exact bytes a repair removes to `DIR/quarantine/` and fsyncing them *before* any
-//! truncation. It must never truncate or delete a byte that the table did not order cut, never
-//! touch a file when the action is a refusal, and never cut a segment of an unknown format version.
+//! Owns the classifier's patterns and the table of cases. It must never do I/O and never depend
+//! on the scan's types (the scan depends on it): `repair.rs` carries out the cuts it orders, and
+//! it must never order a cut the table does not hold (a refusal touches nothing; a segment of an
+//! unknown format version is never cut).
 
 use std::ops::RangeInclusive;
 
-use keel_storage::{Directory, OpenMode, Storage};
-
-use crate::error::JournalError;
-use crate::format::{quarantine_file_name, segment_file_name};
-use crate::scan::LogScan;
-use crate::{RecoveryMode, Repair};
+use crate::RecoveryMode;
 
 /// What the scan found where it stopped reading valid entries (the classifier's first input).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -36,6 +32,7 @@ pub enum StopFact {
 }
 
 impl StopFact {
+    /// Every value, for tests that enumerate the table's inputs.
     pub const ALL: [StopFact; 7] = [
         StopFact::CleanEnd,
         StopFact::BadEntryHeader,
@@ -50,13 +47,21 @@ impl StopFact {
 /// The named cases of the table.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Case {
+    /// The log ends at an entry boundary.
     CleanEnd,
+    /// A partial last batch nothing vouches for.
     TornTail,
+    /// A partial header of the newest segment nothing vouches for.
     TornSegmentHeader,
+    /// A damaged entry that was durable.
     CorruptEntry,
+    /// A damaged segment header that was durable.
     CorruptSegmentHeader,
+    /// A valid entry that does not follow its predecessor.
     ChainBreak,
+    /// A valid segment that is not the next one.
     SegmentMismatch,
+    /// A segment of a newer format version.
     UnknownVersion,
 }
 
@@ -76,6 +81,7 @@ pub enum Action {
 
 /// One row of the table.
 pub struct CaseInfo {
+    /// The case this row describes.
     pub case: Case,
     /// Name used in `Problem::kind` and in errors.
     pub name: &'static str,
@@ -83,8 +89,11 @@ pub struct CaseInfo {
     pub cause: &'static str,
     /// Whether it means acknowledged data is damaged (verify's exit 4) rather than a torn tail (3).
     pub corruption: bool,
+    /// The action under [`RecoveryMode::TolerateTornTail`].
     pub tolerate_torn_tail: Action,
+    /// The action under [`RecoveryMode::Absolute`].
     pub absolute: Action,
+    /// The action under [`RecoveryMode::PointInTime`].
     pub point_in_time: Action,
 }
 
@@ -384,151 +393,6 @@ pub fn op_ranges(mut ops: Vec<u64>) -> Vec<RangeInclusive<u64>> {
         }
     }
     out
-}
-
-/// Most copies of one quarantine name kept side by side (`NAME`, `NAME.1`, …).
-const MAX_QUARANTINE_COPIES: u32 = 1000;
-
-/// Copies `bytes` into `quarantine/` under a name never used before (`name`, or `name.N` when an
-/// earlier repair took it): the file is created new, written, fsynced and its directory fsynced.
-/// A quarantine file is never reopened for writing, so no repair can destroy an earlier one's copy.
-async fn quarantine<D: Directory>(
-    quarantine_dir: &D,
-    name: &str,
-    bytes: Vec<u8>,
-) -> Result<String, JournalError> {
-    keel_storage::create_unique(quarantine_dir, name, bytes, MAX_QUARANTINE_COPIES)
-        .await
-        .map_err(|e| JournalError::durable("quarantine", e))
-}
-
-/// `DIR/quarantine/`, created and made durable (its entry in the root, and its own entries).
-async fn quarantine_dir<D: Directory>(root: &D) -> Result<D, JournalError> {
-    keel_storage::open_dir_durable(root, "quarantine")
-        .await
-        .map_err(|e| JournalError::durable("open quarantine dir", e))
-}
-
-/// Leftover compaction temp files (a crash before their rename; never referenced by the log):
-/// each is copied to quarantine, then removed, then the journal directory is fsynced.
-pub async fn quarantine_temps<D: Directory>(
-    root: &D,
-    journal_dir: &D,
-    temps: &[String],
-    max_file_bytes: u64,
-) -> Result<(), JournalError> {
-    let qdir = quarantine_dir(root).await?;
-    for temp in temps {
-        let bytes = crate::segment::read_whole(journal_dir, temp, max_file_bytes).await?;
-        let len_bytes = bytes.len();
-        let copy = quarantine(&qdir, &format!("journal-{temp}"), bytes).await?;
-        journal_dir
-            .remove_file(temp)
-            .await
-            .map_err(|e| JournalError::io("remove temp", temp.clone(), e))?;
-        tracing::info!(file = %temp, quarantine = %copy, bytes = len_bytes,
-            "journal: quarantined a leftover compaction temp file");
-    }
-    journal_dir
-        .sync()
-        .await
-        .map_err(|e| JournalError::io("fsync journal dir", journal_dir.display_path(), e))
-}
-
-/// Executes a cut ordered by the table: quarantine every removed byte, then remove the later
-/// segments (newest first, each followed by a directory fsync, so a crash leaves a state that
-/// classifies the same way), then truncate the stop's segment and fsync it.
-pub async fn cut<D: Directory>(
-    root: &D,
-    journal_dir: &D,
-    scan: &LogScan,
-    kind: &'static str,
-) -> Result<Vec<Repair>, JournalError> {
-    let stop = scan
-        .first_stop
-        .as_ref()
-        .expect("cut is only ordered at a stop");
-    // Independent of the table: a cut in the default mode is only ever of bytes nothing vouches
-    // for, and a log of an unknown version is never cut.
-    assert!(
-        !stop.proofs.any() || kind == "point_in_time_cut",
-        "recovery table ordered a torn-tail cut of vouched-for bytes at {} offset {}",
-        stop.file,
-        stop.stop.offset_bytes
-    );
-    assert!(
-        stop.case != Case::UnknownVersion,
-        "never cut a log of an unknown version"
-    );
-    let quarantine_dir = quarantine_dir(root).await?;
-    let mut repairs = Vec::new();
-    // 1. Quarantine (the stop's segment from the stop offset, every later segment whole).
-    let mut removals = Vec::new();
-    for (index, file) in scan.files.iter().enumerate().skip(stop.file_index) {
-        let from = if index == stop.file_index {
-            stop.stop.offset_bytes
-        } else {
-            0
-        };
-        let bytes =
-            crate::segment::read_whole(journal_dir, &file.name, scan.max_file_bytes).await?;
-        // Exactly the bytes the cut removes, preallocated zeroes included: what was there is
-        // what an operator finds, and `bytes` in the report is the cut length.
-        let removed = bytes[(from as usize).min(bytes.len())..].to_vec();
-        let removed_len = removed.len() as u64;
-        let qname = quarantine(
-            &quarantine_dir,
-            &quarantine_file_name(file.number, from),
-            removed,
-        )
-        .await?;
-        tracing::warn!(
-            segment = %file.name,
-            offset_bytes = from,
-            op = stop.stop.op,
-            bytes = removed_len,
-            quarantine = %qname,
-            case = kind,
-            "journal repair: quarantined bytes before cutting them"
-        );
-        repairs.push(Repair {
-            kind,
-            file: file.name.clone(),
-            offset_bytes: from,
-            bytes: removed_len,
-            quarantine_file: qname,
-        });
-        removals.push((file.name.clone(), from, index == stop.file_index));
-    }
-    // 2. Remove later segments, newest first.
-    for (name, from, is_stop_segment) in removals.iter().rev() {
-        if *is_stop_segment && *from > 0 {
-            continue;
-        }
-        journal_dir
-            .remove_file(name)
-            .await
-            .map_err(|e| JournalError::io("remove cut segment", name.clone(), e))?;
-        journal_dir
-            .sync()
-            .await
-            .map_err(|e| JournalError::io("journal dir fsync", name.clone(), e))?;
-    }
-    // 3. Truncate the stop's segment at the stop.
-    if stop.stop.offset_bytes > 0 {
-        let name = segment_file_name(scan.files[stop.file_index].number);
-        let file = journal_dir
-            .open_file(&name, OpenMode::Existing)
-            .await
-            .map_err(|e| JournalError::io("open for truncate", name.clone(), e))?;
-        file.truncate(stop.stop.offset_bytes)
-            .await
-            .map_err(|e| JournalError::io("truncate", name.clone(), e))?;
-        file.sync()
-            .await
-            .map_err(|e| JournalError::io("fsync after truncate", name.clone(), e))?;
-    }
-    Ok(repairs)
 }
 
 #[cfg(test)]

@@ -363,69 +363,140 @@ pub async fn scan_log<D: Directory>(
     max_file_bytes: u64,
     keep_going: bool,
 ) -> Result<LogScan, JournalError> {
-    let mut scan = LogScan::listed(dir, max_file_bytes).await?;
+    let scan = LogScan::listed(dir, max_file_bytes).await?;
     let files = scan.files.clone();
+    let mut scanner = Scanner {
+        dir,
+        files: &files,
+        max_file_bytes,
+        keep_going,
+        later_cache: Vec::new(),
+        scan,
+    };
     let mut link: Option<Link> = None;
     let mut prev_number: Option<u64> = None;
     // One buffer for every segment: see `segment::read_whole_into`.
     let mut bytes = Vec::new();
-    let mut later_cache: Vec<Option<Evidence>> = Vec::new();
-    'files: for (index, file) in files.iter().enumerate() {
+    for (index, file) in files.iter().enumerate() {
         segment::read_whole_into(dir, &file.name, max_file_bytes, &mut bytes).await?;
-        scan.bytes_read += bytes.len() as u64;
+        scanner.scan.bytes_read += bytes.len() as u64;
         let gap = prev_number.is_some_and(|p| p.checked_add(1) != Some(file.number));
         prev_number = Some(file.number);
-        let header = segment_header(&bytes, file.number, link, gap);
-        let (mut entry_link, mut from, rewritten, header) = match header {
-            Ok(h) => (
-                Link {
-                    next_seq: h.first_seq,
-                    chain_crc: h.prev_crc,
-                },
-                SEGMENT_HEADER_BYTES as u64,
-                h.is_rewritten(),
-                Some(h),
-            ),
-            Err(mut stop) => {
-                if stop.expected_seq == u64::MAX {
-                    // First segment: its own entries tell which seqs it held.
-                    stop.expected_seq = valid_headers(&bytes, 0)
-                        .iter()
-                        .map(|(_, h)| h.seq)
-                        .min()
-                        .unwrap_or(u64::MAX);
-                }
-                let at = classify_stop(
-                    dir,
-                    &files,
-                    index,
-                    &bytes,
-                    stop,
-                    false,
-                    max_file_bytes,
-                    &mut later_cache,
-                )
-                .await?;
-                if scan.record_stop(at) && !keep_going {
-                    break 'files;
-                }
-                if stop.fact == StopFact::UnknownVersion {
-                    link = None;
-                    continue 'files;
-                }
-                match resync(&bytes, 0) {
-                    Some((offset, l)) => (l, offset, false, None),
-                    None => {
-                        link = None;
-                        continue 'files;
-                    }
-                }
+        match scanner.scan_file(index, &bytes, link, gap).await? {
+            FileEnd::Next(next) => link = next,
+            FileEnd::Done => break,
+        }
+    }
+    Ok(scanner.scan)
+}
+
+/// How one file's scan ends for the rest of the log.
+enum FileEnd {
+    /// Go on with the next file, whose header must link to this chain state (`None`: unknown,
+    /// after damage the scan could not resynchronise past).
+    Next(Option<Link>),
+    /// A stop ended the scan (not `keep_going`).
+    Done,
+}
+
+/// Where a file's entries are parsed from: after its valid header, or after a resync past a
+/// damaged one (no header).
+struct EntryStart {
+    link: Link,
+    from: u64,
+    rewritten: bool,
+    header: Option<SegmentHeader>,
+}
+
+/// The state of one [`scan_log`] across files.
+struct Scanner<'a, D: Directory> {
+    dir: &'a D,
+    files: &'a [SegmentFile],
+    max_file_bytes: u64,
+    keep_going: bool,
+    later_cache: Vec<Option<Evidence>>,
+    scan: LogScan,
+}
+
+impl<D: Directory> Scanner<'_, D> {
+    /// One file: its header, then its entries up to the end or the scan's end.
+    async fn scan_file(
+        &mut self,
+        index: usize,
+        bytes: &[u8],
+        link: Option<Link>,
+        gap: bool,
+    ) -> Result<FileEnd, JournalError> {
+        match self.start_entries(index, bytes, link, gap).await? {
+            Ok(start) => self.scan_entries(index, bytes, start).await,
+            Err(end) => Ok(end),
+        }
+    }
+
+    /// Checks the file's header; where its entries start, or how the file ends right here.
+    async fn start_entries(
+        &mut self,
+        index: usize,
+        bytes: &[u8],
+        link: Option<Link>,
+        gap: bool,
+    ) -> Result<Result<EntryStart, FileEnd>, JournalError> {
+        let mut stop = match segment_header(bytes, self.files[index].number, link, gap) {
+            Ok(h) => {
+                return Ok(Ok(EntryStart {
+                    link: Link {
+                        next_seq: h.first_seq,
+                        chain_crc: h.prev_crc,
+                    },
+                    from: SEGMENT_HEADER_BYTES as u64,
+                    rewritten: h.is_rewritten(),
+                    header: Some(h),
+                }))
             }
+            Err(stop) => stop,
         };
+        if stop.expected_seq == u64::MAX {
+            // First segment: its own entries tell which seqs it held.
+            stop.expected_seq = valid_headers(bytes, 0)
+                .iter()
+                .map(|(_, h)| h.seq)
+                .min()
+                .unwrap_or(u64::MAX);
+        }
+        if self.record(index, bytes, stop, false).await? {
+            return Ok(Err(FileEnd::Done));
+        }
+        if stop.fact == StopFact::UnknownVersion {
+            return Ok(Err(FileEnd::Next(None)));
+        }
+        Ok(match resync(bytes, 0) {
+            Some((from, link)) => Ok(EntryStart {
+                link,
+                from,
+                rewritten: false,
+                header: None,
+            }),
+            None => Err(FileEnd::Next(None)),
+        })
+    }
+
+    /// Parses entries from `start`, resynchronising after each stop, to the file's end.
+    async fn scan_entries(
+        &mut self,
+        index: usize,
+        bytes: &[u8],
+        start: EntryStart,
+    ) -> Result<FileEnd, JournalError> {
+        let EntryStart {
+            link: mut entry_link,
+            mut from,
+            rewritten,
+            header,
+        } = start;
         loop {
             let mut entries = Vec::new();
-            let (end, after) = parse_whole(&bytes, from, entry_link, &mut entries);
-            let stopped = scan.first_stop.is_some();
+            let (end, after) = parse_whole(bytes, from, entry_link, &mut entries);
+            let stopped = self.scan.first_stop.is_some();
             let data_end_bytes = match &end {
                 Ok(end_offset) => *end_offset,
                 Err(stop) => stop.offset_bytes,
@@ -433,7 +504,8 @@ pub async fn scan_log<D: Directory>(
             // Entries of a segment read before any stop belong to the log; after a stop they are
             // only evidence (is the damage covered?) and go to `entries_after_stops`.
             if let (false, Some(h)) = (stopped, header) {
-                scan.segments.push(ScannedSegment {
+                let file = &self.files[index];
+                self.scan.segments.push(ScannedSegment {
                     number: file.number,
                     name: file.name.clone(),
                     header: h,
@@ -443,46 +515,52 @@ pub async fn scan_log<D: Directory>(
                     end_link: end_link(&h, after),
                 });
             } else {
-                scan.entries_after_stops.extend(entries);
+                self.scan.entries_after_stops.extend(entries);
             }
-            match end {
+            let stop = match end {
                 Ok(_) => {
-                    link = Some(match header {
+                    return Ok(FileEnd::Next(Some(match header {
                         Some(h) if !stopped => end_link(&h, after),
                         _ => after,
-                    });
-                    continue 'files;
+                    })))
                 }
-                Err(stop) => {
-                    let at = classify_stop(
-                        dir,
-                        &files,
-                        index,
-                        &bytes,
-                        stop,
-                        rewritten,
-                        max_file_bytes,
-                        &mut later_cache,
-                    )
-                    .await?;
-                    if scan.record_stop(at) && !keep_going {
-                        break 'files;
-                    }
-                    match resync(&bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64) {
-                        Some((offset, l)) => {
-                            from = offset;
-                            entry_link = l;
-                        }
-                        None => {
-                            link = None;
-                            continue 'files;
-                        }
-                    }
+                Err(stop) => stop,
+            };
+            if self.record(index, bytes, stop, rewritten).await? {
+                return Ok(FileEnd::Done);
+            }
+            match resync(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64) {
+                Some((offset, link)) => {
+                    from = offset;
+                    entry_link = link;
                 }
+                None => return Ok(FileEnd::Next(None)),
             }
         }
     }
-    Ok(scan)
+
+    /// Classifies a stop and records it; true when the scan ends here (the first stop, unless
+    /// `keep_going`).
+    async fn record(
+        &mut self,
+        index: usize,
+        bytes: &[u8],
+        stop: Stop,
+        rewritten: bool,
+    ) -> Result<bool, JournalError> {
+        let at = classify_stop(
+            self.dir,
+            self.files,
+            index,
+            bytes,
+            stop,
+            rewritten,
+            self.max_file_bytes,
+            &mut self.later_cache,
+        )
+        .await?;
+        Ok(self.scan.record_stop(at) && !self.keep_going)
+    }
 }
 
 /// The next valid header at or after `from` (at least past the segment header), as a place to

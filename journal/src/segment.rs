@@ -145,7 +145,7 @@ pub async fn create<D: Directory>(
     result.map_err(|e| JournalError::io("write segment header", &path, e))?;
     if let Some(to) = preallocate_to {
         // Zero-written (not sparse) space: an fdatasync after overwriting it measured ~2x cheaper
-        // than after an extending append (MEASUREMENTS.md).
+        // than after an extending append (BENCHMARKS.md).
         file.preallocate(to)
             .await
             .map_err(|e| JournalError::io("preallocate segment", &path, e))?;

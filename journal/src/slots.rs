@@ -7,7 +7,9 @@
 /// Where one entry lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Location {
+    /// The segment's number.
     pub segment: u64,
+    /// Where the entry's header starts in that segment.
     pub offset_bytes: u64,
     /// Whole entry on disk (header + payload + padding).
     pub len_bytes: u32,

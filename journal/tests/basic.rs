@@ -160,18 +160,18 @@ fn commit_watermark_persists() {
         let (j, _) = open(&fs, &config).await;
         j.append(1, b"a").await.unwrap();
         j.set_commit_op(1);
-        assert_eq!(j.commit_op(), None, "not durable until written");
+        assert_eq!(j.durable_commit_op(), None, "not durable until written");
         j.persist_commit().await.unwrap();
-        assert_eq!(j.commit_op(), Some(1));
+        assert_eq!(j.durable_commit_op(), Some(1));
         j.append(2, b"b").await.unwrap();
         j.set_commit_op(2);
         j.append(3, b"c").await.unwrap();
-        assert_eq!(j.commit_op(), Some(2), "carried by the next entry");
+        assert_eq!(j.durable_commit_op(), Some(2), "carried by the next entry");
         drop(j);
         fs.crash();
         let (j, report) = open(&fs, &config).await;
         assert_eq!(report.commit_op, Some(2));
-        assert_eq!(j.commit_op(), Some(2));
+        assert_eq!(j.durable_commit_op(), Some(2));
     });
 }
 

@@ -7,6 +7,7 @@ use std::rc::Rc;
 
 use common::{payload, run};
 use keel_journal::{JournalConfig, MetadataJournal, RecoveryMode};
+use keel_storage::DirAccess;
 use keel_storage::FsDirectory;
 
 fn config() -> JournalConfig {
@@ -22,7 +23,9 @@ fn fs_append_reopen_and_torn_tail() {
     let temp = tempfile::tempdir().unwrap();
     let path = temp.path().to_path_buf();
     run(async {
-        let root = FsDirectory::open(&path, true, false).await.unwrap();
+        let root = FsDirectory::open_with(&path, DirAccess::Create)
+            .await
+            .unwrap();
         let (j, _) = MetadataJournal::open(&root, config(), RecoveryMode::TolerateTornTail)
             .await
             .unwrap();
@@ -42,7 +45,9 @@ fn fs_append_reopen_and_torn_tail() {
         .collect();
     assert!(segs.len() >= 2, "16 KiB segments must rotate: {segs:?}");
     let (last_path, last_end) = run(async {
-        let root = FsDirectory::open(&path, false, true).await.unwrap();
+        let root = FsDirectory::open_with(&path, DirAccess::ReadOnly)
+            .await
+            .unwrap();
         let raw = MetadataJournal::raw_entries(&root, config(), 0, u64::MAX)
             .await
             .unwrap();
@@ -60,7 +65,9 @@ fn fs_append_reopen_and_torn_tail() {
         file.sync_all().unwrap();
     }
     run(async {
-        let root = FsDirectory::open(&path, false, false).await.unwrap();
+        let root = FsDirectory::open_with(&path, DirAccess::Existing)
+            .await
+            .unwrap();
         let (j, report) = MetadataJournal::open(&root, config(), RecoveryMode::TolerateTornTail)
             .await
             .unwrap();
@@ -91,7 +98,9 @@ fn fs_append_reopen_and_torn_tail() {
 fn fs_group_commit() {
     let temp = tempfile::tempdir().unwrap();
     run(async {
-        let root = FsDirectory::open(temp.path(), true, false).await.unwrap();
+        let root = FsDirectory::open_with(temp.path(), DirAccess::Create)
+            .await
+            .unwrap();
         let (j, _) = MetadataJournal::open(&root, config(), RecoveryMode::TolerateTornTail)
             .await
             .unwrap();
@@ -142,7 +151,9 @@ fn fs_throughput_smoke() {
         );
     }
     run(async {
-        let root = FsDirectory::open(temp.path(), true, false).await.unwrap();
+        let root = FsDirectory::open_with(temp.path(), DirAccess::Create)
+            .await
+            .unwrap();
         let (j, _) = MetadataJournal::open(
             &root,
             JournalConfig {

@@ -488,7 +488,7 @@ impl Sim<'_> {
         // worth is queued or a flush: a process crash loses them as a power cut does, so an
         // unflushed written version is never required, only allowed.
         let strict_written = false;
-        let commit = j.commit_op().unwrap_or(0);
+        let commit = j.durable_commit_op().unwrap_or(0);
         let verdict = self
             .model
             .borrow()
@@ -603,7 +603,7 @@ impl Sim<'_> {
             Ok(opened) => opened,
         };
         let live = read_live(&j).await?;
-        let commit = j.commit_op().unwrap_or(0);
+        let commit = j.durable_commit_op().unwrap_or(0);
         let checked = self
             .model
             .borrow()

@@ -236,7 +236,11 @@ fn run() -> Result<(), Box<dyn std::error::Error>> {
 /// Opens a node's store offline with the application's own types and lists its registry.
 fn print_store(runtime: &Runtime, dir: &std::path::Path) -> Result<(), Box<dyn std::error::Error>> {
     let services = runtime.block_on(async {
-        let root = keel_raft::storage::FsDirectory::open(dir, false, false).await?;
+        let root = keel_raft::storage::FsDirectory::open_with(
+            dir,
+            keel_raft::storage::DirAccess::Existing,
+        )
+        .await?;
         let config = StoreConfig::for_snapshot_policy(500, 100);
         let (_log, sm, report) =
             keel_raft::open::<RegistryConfig, Registry, _>(root, config).await?;

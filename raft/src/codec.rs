@@ -23,6 +23,7 @@ const LEGACY_JSON_FIRST_BYTE: u8 = b'{';
 
 /// Why a value could not be encoded or decoded.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum CodecError {
     /// postcard refused the value or the bytes.
     #[error("binary encoding: {0}")]

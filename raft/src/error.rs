@@ -13,6 +13,7 @@ use crate::codec::CodecError;
 
 /// Errors of the keel-backed raft storage.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum RaftStoreError {
     /// The journal refused or failed (its own variants: `Full`, `Corrupt`, `Io`, …).
     #[error("journal: {0}")]

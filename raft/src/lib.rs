@@ -239,7 +239,7 @@ pub use openraft_rt_compio::CompioRuntime;
 /// keel's directory seam a store opens on: the real file system, or the in-memory one with its
 /// crash model (tests, benchmarks' upper bound).
 pub mod storage {
-    pub use keel_storage::{Directory, FsDirectory, MemDirectory, MemFs};
+    pub use keel_storage::{DirAccess, Directory, FsDirectory, MemDirectory, MemFs};
 }
 
 pub use error::RaftStoreError;

@@ -188,7 +188,7 @@ impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
         let committed = self.inner.mem.borrow().committed.as_ref().map(|c| c.index);
         match committed {
             None => false,
-            Some(index) => self.inner.journal.commit_op() < Some(op_of(index)),
+            Some(index) => self.inner.journal.durable_commit_op() < Some(op_of(index)),
         }
     }
 

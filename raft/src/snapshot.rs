@@ -1,7 +1,7 @@
 //! Raft snapshot files: `DIR/raft-snapshots/NNNNNNNNNNNNNNNNNNNN.snap`.
 //!
-//! Each file uses keel's snapshot header (`docs/durability.md`; magic `KEELSNAP`, version, op, length,
-//! payload crc, header crc; 40 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
+//! Each file uses keel's snapshot header (`docs/format.md`: magic `KEELSNAP`, format 2, op, length,
+//! payload crc, header crc, the identity left zero; 72 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
 //! op in the name and header is the raft index of the snapshot's last log id plus one, the same
 //! op numbering as the journal ([`crate::op_of`]); 0 for a snapshot of nothing.
 //!
@@ -18,9 +18,7 @@
 //! The two newest files are kept, so a snapshot damaged on disk falls back to the previous one
 //! (the journal still covers the gap as long as purges keep enough log behind the newest).
 
-use keel_engine::{
-    decode_snapshot_file, encode_snapshot_file, parse_snapshot_file_name, snapshot_file_name,
-};
+use keel_engine::{decode_snapshot_file, encode_snapshot_file, snapshot_file_name, snapshot_ops};
 use keel_storage::{atomic_replace, open_dir_durable, Directory};
 
 use crate::durable::{le_u32, read_all, remove_temps};
@@ -117,12 +115,7 @@ impl<D: Directory> SnapshotFiles<D> {
             .list()
             .await
             .map_err(|e| RaftStoreError::io("list", self.dir.display_path(), e))?;
-        let mut ops: Vec<u64> = names
-            .iter()
-            .filter_map(|n| parse_snapshot_file_name(n))
-            .collect();
-        ops.sort_unstable();
-        Ok(ops)
+        Ok(snapshot_ops(&names))
     }
 
     /// Persists `payload` as the snapshot at `op` (durable on return), then drops older files.

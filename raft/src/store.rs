@@ -26,9 +26,13 @@ pub struct StoreConfig {
     /// The journal's configuration. `slot_count` bounds the live log: openraft must snapshot
     /// (and so purge) before the log grows `slot_count` entries past the last purge, or appends
     /// fail with [`RaftStoreError::LogFull`]. Pair it with openraft's `SnapshotPolicy` and
-    /// `max_in_snapshot_log_to_keep` (see [`StoreConfig::for_snapshot_policy`]).
+    /// `max_in_snapshot_log_to_keep` (see [`StoreConfig::for_snapshot_policy`]). Default: sized
+    /// for openraft's `LogsSinceLast(2000)` and 500 logs kept (16,384 slots, at most
+    /// [`MAX_SLOT_COUNT`]) with 4 MiB segments; other fields and every limit as
+    /// [`JournalConfig`] documents them.
     pub journal: JournalConfig,
-    /// What the journal's recovery may repair (`docs/durability.md`).
+    /// What the journal's recovery may repair (`docs/durability.md`). Default
+    /// [`RecoveryMode::TolerateTornTail`].
     pub recovery_mode: RecoveryMode,
 }
 
@@ -246,7 +250,7 @@ fn recovered_committed<C: KeelConfig, D: Directory>(
     entries: &BTreeMap<u64, C::Entry>,
     last_purged: Option<LogIdOf<C>>,
 ) -> Option<LogIdOf<C>> {
-    let committed = journal.commit_op().and_then(|commit_op| {
+    let committed = journal.durable_commit_op().and_then(|commit_op| {
         // Committedness is a prefix property: everything in the recovered log up to the durable
         // watermark is committed, and the recovered log is contiguous.
         let index = index_of(commit_op);

@@ -12,6 +12,7 @@ use common::{
 use futures::stream;
 use keel_raft::typ::{Entry, LogId, LogState, SnapshotMeta, StoredMembership, Vote};
 use keel_raft::{KvStateMachineStore, LogStore, StoreConfig, TypeConfig};
+use keel_storage::DirAccess;
 use keel_storage::FsDirectory;
 use openraft::storage::{RaftLogStorage, RaftLogStorageExt, RaftStateMachine};
 use openraft::type_config::TypeConfigExt;
@@ -178,11 +179,15 @@ fn a_second_open_of_the_same_directory_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     TypeConfig::run(async {
         let first = open_store(dir.path(), StoreConfig::default()).await;
-        let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
+        let root = FsDirectory::open_with(dir.path(), DirAccess::Existing)
+            .await
+            .unwrap();
         let second = keel_raft::open_kv(root, StoreConfig::default()).await;
         assert!(second.is_err(), "two stores on one directory");
         drop(first);
-        let root = FsDirectory::open(dir.path(), false, false).await.unwrap();
+        let root = FsDirectory::open_with(dir.path(), DirAccess::Existing)
+            .await
+            .unwrap();
         assert!(keel_raft::open_kv(root, StoreConfig::default())
             .await
             .is_ok());
@@ -280,7 +285,9 @@ fn open_cuts_the_log_at_a_gap_and_the_cut_sticks() {
     TypeConfig::run(async {
         {
             // Write the journal directly: indexes 0..=5, then 8..=10 (6 and 7 never made it).
-            let root = FsDirectory::open(dir.path(), true, false).await.unwrap();
+            let root = FsDirectory::open_with(dir.path(), DirAccess::Create)
+                .await
+                .unwrap();
             let (journal, _) = MetadataJournal::open(
                 &root,
                 config.journal.clone(),
@@ -327,7 +334,9 @@ type CounterStore = (
 );
 
 async fn open_counter_store(path: &std::path::Path) -> CounterStore {
-    let root = FsDirectory::open(path, true, false).await.unwrap();
+    let root = FsDirectory::open_with(path, DirAccess::Create)
+        .await
+        .unwrap();
     keel_raft::open(root, StoreConfig::default()).await.unwrap()
 }
 
@@ -428,7 +437,9 @@ fn a_log_written_as_json_by_an_earlier_build_still_opens() {
         .collect();
     TypeConfig::run(async {
         // What an earlier build left: the whole entry as JSON at op index + 1, committed to 14.
-        let root = FsDirectory::open(dir.path(), true, false).await.unwrap();
+        let root = FsDirectory::open_with(dir.path(), DirAccess::Create)
+            .await
+            .unwrap();
         let (journal, _) =
             MetadataJournal::open(&root, config.journal.clone(), config.recovery_mode)
                 .await

@@ -19,6 +19,7 @@ use keel_raft::cluster::{
 };
 use keel_raft::openraft::{BasicNode, EntryPayload, RaftLogReader};
 use keel_raft::{KvRequest, StoreConfig, TypeConfig};
+use keel_storage::DirAccess;
 use keel_storage::FsDirectory;
 use openraft::type_config::TypeConfigExt;
 
@@ -58,7 +59,9 @@ fn holders(dirs: &BTreeMap<u64, tempfile::TempDir>, group: u32, ks: &[u64]) -> V
     for dir in dirs.values() {
         let path = keel_raft::cluster::shard_dir(dir.path(), SHARDS, group);
         TypeConfig::run(async {
-            let root = FsDirectory::open(&path, false, false).await.unwrap();
+            let root = FsDirectory::open_with(&path, DirAccess::Existing)
+                .await
+                .unwrap();
             let config = StoreConfig::for_snapshot_policy(LOGS_SINCE_SNAPSHOT, LOGS_KEPT);
             let (mut log, sm, _) = keel_raft::open_kv(root, config).await.unwrap();
             let logged: BTreeMap<String, String> = log

@@ -26,6 +26,7 @@ use keel_raft::openraft::StorageError;
 use keel_raft::{
     AppStateMachine, KeelConfig, LogStore, StateMachineStore, StoreConfig, TypeConfig,
 };
+use keel_storage::DirAccess;
 use keel_storage::{Directory, FsDirectory, MemDirectory, MemFs};
 use tempfile::TempDir;
 
@@ -42,7 +43,7 @@ impl Place for OnDisk {
     type Guard = TempDir;
     async fn make(_seed: u64) -> (TempDir, FsDirectory) {
         let dir = tempfile::tempdir().expect("temp dir");
-        let root = FsDirectory::open(dir.path(), true, false)
+        let root = FsDirectory::open_with(dir.path(), DirAccess::Create)
             .await
             .expect("open temp dir");
         (dir, root)

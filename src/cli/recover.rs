@@ -7,6 +7,7 @@ use std::path::Path;
 
 use keel_engine::{Engine, KvStateMachine, OpRange, RecoveryReport, RecoveryStatus, LOCK_FILE};
 use keel_journal::MetadataJournal;
+use keel_storage::DirAccess;
 use keel_storage::{Directory, FsDirectory};
 
 use super::error::{CliError, EXIT_CORRUPT};
@@ -59,7 +60,7 @@ where
 
 /// Opens `path` for writing (never creating it).
 pub async fn open_writable(path: &Path) -> Result<FsDirectory, CliError> {
-    FsDirectory::open(path, false, false)
+    FsDirectory::open_with(path, DirAccess::Existing)
         .await
         .map_err(|source| CliError::io(format!("opening {}", path.display()), source))
 }
@@ -103,7 +104,7 @@ pub async fn recover_raft_journal(
         snapshot_op: 0,
         snapshot_file: None,
         last_op: journal.last_op().unwrap_or(0),
-        commit_op: journal.commit_op().unwrap_or(0),
+        commit_op: journal.durable_commit_op().unwrap_or(0),
         applied_op: 0,
         replayed: 0,
         journal_snapshot_op: journal.snapshot_op(),

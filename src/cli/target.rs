@@ -8,6 +8,7 @@
 use std::path::{Path, PathBuf};
 
 use keel_engine::{shard_dir_name, LOCK_FILE, MANIFEST_FILE, SNAPSHOTS_DIR};
+use keel_storage::DirAccess;
 use keel_storage::{Directory, FsDirectory};
 
 use super::walk::JOURNAL_DIR;
@@ -112,7 +113,7 @@ fn parse_shard_name(name: &str) -> Option<usize> {
 }
 
 async fn list_read_only(path: &Path) -> Result<Vec<String>, CliError> {
-    let dir = FsDirectory::open(path, false, true)
+    let dir = FsDirectory::open_with(path, DirAccess::ReadOnly)
         .await
         .map_err(|source| not_keel(path, source.to_string()))?;
     dir.list()

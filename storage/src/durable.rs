@@ -36,6 +36,7 @@ pub fn is_temp_of(name: &str) -> Option<&str> {
 
 /// The step of a durable operation that failed, named in [`DurableError`].
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum DurableStage {
     /// [`atomic_replace`]: opening (creating) `NAME.tmp` or truncating it to empty.
     CreateTemp,

@@ -28,6 +28,7 @@ const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 pub struct FileOptions {
     /// When set, [`Storage::preallocate`] reserves blocks with `fallocate(2)` (falling back to
     /// zero-fill where the file system does not support it). When clear, it always zero-fills.
+    /// Default false.
     pub preallocate: bool,
 }
 

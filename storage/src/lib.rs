@@ -15,6 +15,30 @@
 //! Buffers follow compio's owned-buffer convention: a buffer is moved into the call and handed back
 //! in a [`BufResult`], because io_uring owns the memory while the kernel works on it. A read fills
 //! the buffer from index 0 up to its capacity and sets its length to the bytes read.
+//!
+//! # Example
+//!
+//! What a power cut keeps: a file made with [`create_durable`] survives [`MemFs::crash`], while
+//! a write nobody fsynced may not.
+//!
+//! ```
+//! use keel_storage::{create_durable, BufResult, Directory, MemFs, OpenMode, Storage};
+//!
+//! compio::runtime::Runtime::new().unwrap().block_on(async {
+//!     let fs = MemFs::new(7); // the seed decides what a crash keeps of unsynced writes
+//!     let root = fs.root();
+//!     create_durable(&root, "kept", b"durable".to_vec()).await.unwrap();
+//!     let scratch = root.open_file("kept", OpenMode::Existing).await.unwrap();
+//!     let BufResult(written, _) = scratch.write_all_at(7, b" and more".to_vec()).await;
+//!     written.unwrap(); // not fsynced: the crash may drop, tear or keep it
+//!
+//!     let report = fs.crash();
+//!     assert_eq!(report.writes_kept + report.writes_lost + report.writes_torn, 1);
+//!     // Handles from before the crash are stale; the durable bytes are there.
+//!     let file = fs.root().open_file("kept", OpenMode::Existing).await.unwrap();
+//!     assert_eq!(file.read_exact_at(0, 7).await.unwrap(), b"durable");
+//! });
+//! ```
 
 #![allow(async_fn_in_trait)]
 #![deny(missing_docs)]
@@ -27,7 +51,7 @@ mod memory;
 use std::io;
 
 pub use compio::buf::{BufResult, IoBuf, IoBufMut};
-pub use dir::{FsDirectory, FsLock};
+pub use dir::{DirAccess, FsDirectory, FsLock};
 pub use durable::{
     atomic_replace, atomic_replace_stream, atomic_replace_with, create_durable, create_unique,
     is_temp_of, open_dir_durable, DurableError, DurableStage, ReplaceError, ReplaceSource,

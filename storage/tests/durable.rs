@@ -3,6 +3,7 @@
 
 use std::io;
 
+use keel_storage::DirAccess;
 use keel_storage::{
     atomic_replace, atomic_replace_with, create_durable, create_unique, is_temp_of,
     open_dir_durable, Directory, DurableStage, FaultConfig, FaultKind, FaultOp, FsDirectory, MemFs,
@@ -270,7 +271,9 @@ async fn open_dir_durable_reports_a_failed_sync() {
 #[compio::test]
 async fn the_mechanisms_work_on_the_real_file_system() {
     let tmp = tempfile::tempdir().unwrap();
-    let root = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+    let root = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
+        .await
+        .unwrap();
     let sub = open_dir_durable(&root, "quarantine").await.unwrap();
     assert!(tmp.path().join("quarantine").is_dir());
     assert_eq!(
@@ -291,7 +294,9 @@ async fn the_mechanisms_work_on_the_real_file_system() {
     atomic_replace(&root, "meta", vec![8u8; 10]).await.unwrap();
     assert_eq!(std::fs::read(tmp.path().join("meta")).unwrap(), [8u8; 10]);
     assert!(!tmp.path().join("meta.tmp").exists());
-    let ro = FsDirectory::open(tmp.path(), false, true).await.unwrap();
+    let ro = FsDirectory::open_with(tmp.path(), DirAccess::ReadOnly)
+        .await
+        .unwrap();
     assert_eq!(
         open_dir_durable(&ro, "nope").await.unwrap_err().kind(),
         io::ErrorKind::NotFound

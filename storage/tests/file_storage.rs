@@ -3,13 +3,14 @@
 use std::io;
 use std::rc::Rc;
 
+use keel_storage::DirAccess;
 use keel_storage::{Directory, FileOptions, FsDirectory, OpenMode, Storage};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 async fn temp_dir() -> (tempfile::TempDir, FsDirectory) {
     let tmp = tempfile::tempdir().expect("tempdir");
-    let dir = FsDirectory::open(tmp.path(), false, false)
+    let dir = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
         .await
         .expect("open temp dir");
     (tmp, dir)
@@ -115,7 +116,9 @@ async fn sync_and_reopen_sees_the_same_bytes() {
         // A closed handle refuses further work instead of touching a recycled fd.
         assert!(file.sync().await.is_err());
     }
-    let reopened = FsDirectory::open(tmp.path(), false, true).await.unwrap();
+    let reopened = FsDirectory::open_with(tmp.path(), DirAccess::ReadOnly)
+        .await
+        .unwrap();
     let file = reopened.open_file("seg", OpenMode::ReadOnly).await.unwrap();
     assert_eq!(file.len(), data.len() as u64);
     assert_eq!(file.read_exact_at(0, data.len()).await.unwrap(), data);
@@ -151,7 +154,9 @@ async fn lock_twice_is_refused_until_dropped() {
         "message names the path: {err}"
     );
     // Another FsDirectory on the same path (like another process) is refused too.
-    let other = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+    let other = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
+        .await
+        .unwrap();
     assert!(other.lock("LOCK").await.is_err());
     drop(guard);
     let _again = other.lock("LOCK").await.unwrap();
@@ -164,7 +169,9 @@ async fn the_lock_holds_after_its_file_is_removed() {
     std::fs::remove_file(tmp.path().join("LOCK")).unwrap();
     // A second opener would create a fresh LOCK file and flock that: the directory's flock must
     // still refuse it.
-    let other = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+    let other = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
+        .await
+        .unwrap();
     let err = other.lock("LOCK").await.unwrap_err();
     assert_eq!(err.kind(), io::ErrorKind::WouldBlock);
     assert!(err.to_string().contains("LOCK"), "{err}");
@@ -182,13 +189,17 @@ async fn the_lock_holds_after_its_file_is_removed() {
 #[compio::test]
 async fn a_read_only_lock_without_a_file_locks_the_directory() {
     let (tmp, _dir) = temp_dir().await;
-    let ro = FsDirectory::open(tmp.path(), false, true).await.unwrap();
+    let ro = FsDirectory::open_with(tmp.path(), DirAccess::ReadOnly)
+        .await
+        .unwrap();
     let guard = ro.lock("LOCK").await.unwrap();
     assert!(
         !tmp.path().join("LOCK").exists(),
         "a read-only lock created its file"
     );
-    let writer = FsDirectory::open(tmp.path(), false, false).await.unwrap();
+    let writer = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
+        .await
+        .unwrap();
     assert_eq!(
         writer.lock("LOCK").await.unwrap_err().kind(),
         io::ErrorKind::WouldBlock
@@ -208,28 +219,36 @@ async fn a_read_only_lock_without_a_file_locks_the_directory() {
 async fn open_with_create_makes_nested_missing_directories() {
     let tmp = tempfile::tempdir().unwrap();
     let nested = tmp.path().join("a/b/c");
-    let dir = FsDirectory::open(&nested, true, false).await.unwrap();
+    let dir = FsDirectory::open_with(&nested, DirAccess::Create)
+        .await
+        .unwrap();
     assert!(nested.is_dir());
     dir.open_file("f", OpenMode::Create).await.unwrap();
     // Again, now that everything exists (it still syncs, and must still work).
-    let again = FsDirectory::open(&nested, true, false).await.unwrap();
+    let again = FsDirectory::open_with(&nested, DirAccess::Create)
+        .await
+        .unwrap();
     assert_eq!(again.list().await.unwrap(), ["f"]);
     // A file in the way is an error, not a directory.
     std::fs::write(tmp.path().join("file"), b"x").unwrap();
-    assert!(FsDirectory::open(tmp.path().join("file/sub"), true, false)
-        .await
-        .is_err());
+    assert!(
+        FsDirectory::open_with(tmp.path().join("file/sub"), DirAccess::Create)
+            .await
+            .is_err()
+    );
     assert_eq!(
-        FsDirectory::open(tmp.path().join("file"), true, false)
+        FsDirectory::open_with(tmp.path().join("file"), DirAccess::Create)
             .await
             .unwrap_err()
             .kind(),
         io::ErrorKind::NotADirectory
     );
     // Read-only never creates.
-    assert!(FsDirectory::open(tmp.path().join("x/y"), true, true)
-        .await
-        .is_err());
+    assert!(
+        FsDirectory::open_with(tmp.path().join("x/y"), DirAccess::ReadOnly)
+            .await
+            .is_err()
+    );
     assert!(!tmp.path().join("x").exists());
 }
 
@@ -249,7 +268,9 @@ async fn read_only_handles_and_directories_refuse_mutation() {
         io::ErrorKind::PermissionDenied
     );
 
-    let ro = FsDirectory::open(tmp.path(), false, true).await.unwrap();
+    let ro = FsDirectory::open_with(tmp.path(), DirAccess::ReadOnly)
+        .await
+        .unwrap();
     assert!(ro.is_read_only());
     for result in [
         ro.open_file("f", OpenMode::Existing).await.map(|_| ()),
@@ -304,7 +325,7 @@ async fn directory_namespace_operations() {
     );
     assert_eq!(dir.display_path(), tmp.path().display().to_string());
     // Creating a nested directory from scratch.
-    let nested = FsDirectory::open(tmp.path().join("x/y"), true, false)
+    let nested = FsDirectory::open_with(tmp.path().join("x/y"), DirAccess::Create)
         .await
         .unwrap();
     assert!(nested.list().await.unwrap().is_empty());

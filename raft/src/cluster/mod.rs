@@ -37,6 +37,7 @@ const POLL_INTERVAL: Duration = Duration::from_millis(5);
 
 /// Errors of running a node or a client.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ClusterError<C: KeelConfig = TypeConfig> {
     /// A store failed to open or sync.
     #[error("store: {0}")]

@@ -10,6 +10,7 @@ use std::time::{Duration, Instant};
 
 use keel_engine::KvStateMachine;
 use keel_journal::JournalStats;
+use keel_storage::DirAccess;
 use keel_storage::{Directory, FsDirectory, MemFs};
 use openraft::errors::{InitializeError, RaftError};
 use openraft::{BasicNode, Config};
@@ -181,7 +182,7 @@ where
         match self.config.medium {
             Medium::Disk => {
                 let dir = shard_dir(&self.config.dir, self.config.shards, self.group);
-                let root = FsDirectory::open(&dir, true, false)
+                let root = FsDirectory::open_with(&dir, DirAccess::Create)
                     .await
                     .map_err(io_error("open store directory"))?;
                 self.serve_on::<M, _>(root, connections).await

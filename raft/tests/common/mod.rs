@@ -10,6 +10,7 @@ use keel_raft::cluster::{bind_listeners, NodeConfig, NodeHandle};
 use keel_raft::openraft::BasicNode;
 use keel_raft::typ::{Entry, EntryPayload, LeaderId, LogId};
 use keel_raft::{KvRequest, KvStateMachineStore, LogStore, OpenReport, StoreConfig, TypeConfig};
+use keel_storage::DirAccess;
 use keel_storage::FsDirectory;
 use openraft::vote::RaftLeaderIdExt;
 use openraft::Membership;
@@ -50,7 +51,7 @@ pub type Store = (
 );
 
 pub async fn open_store(path: &Path, config: StoreConfig) -> Store {
-    let root = FsDirectory::open(path, true, false)
+    let root = FsDirectory::open_with(path, DirAccess::Create)
         .await
         .expect("open store directory");
     keel_raft::open_kv(root, config).await.expect("open store")
@@ -61,7 +62,7 @@ pub async fn open_store(path: &Path, config: StoreConfig) -> Store {
 pub async fn open_store_after_shutdown(path: &Path, config: StoreConfig) -> Store {
     use openraft::type_config::TypeConfigExt;
     for _ in 0..200 {
-        let root = FsDirectory::open(path, true, false)
+        let root = FsDirectory::open_with(path, DirAccess::Create)
             .await
             .expect("open store directory");
         match keel_raft::open_kv(root, config.clone()).await {

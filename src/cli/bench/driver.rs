@@ -25,6 +25,7 @@ use keel_engine::{
     CheckpointReport, Engine, EngineConfig, EngineError, EngineStats, KvStateMachine,
     RecoveryReport,
 };
+use keel_storage::DirAccess;
 use keel_storage::FsDirectory;
 
 use super::workload::{AckWriter, Workload};
@@ -104,7 +105,7 @@ pub fn run_shard(plan: ShardPlan) -> Result<ShardResult, CliError> {
 }
 
 async fn drive(plan: &ShardPlan) -> Result<ShardResult, CliError> {
-    let root = FsDirectory::open(&plan.dir, true, false)
+    let root = FsDirectory::open_with(&plan.dir, DirAccess::Create)
         .await
         .map_err(|source| CliError::io(format!("creating {}", plan.dir.display()), source))?;
     let (engine, _) =

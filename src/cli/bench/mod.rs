@@ -25,6 +25,9 @@ use progress::Progress;
 use report::BenchReport;
 use workload::{Workload, SET_OVERHEAD_BYTES};
 
+// `--entry-bytes` help names the range in figures.
+const _: () = assert!(SET_OVERHEAD_BYTES == 17 && MAX_INFLIGHT == 4096);
+
 /// Most shards a bench runs.
 const MAX_SHARDS: usize = 256;
 /// Most appends in flight per shard.
@@ -62,16 +65,16 @@ pub struct BenchArgs {
     /// Shards (threads, engines); default: one per available core.
     #[arg(long, value_parser = clap::value_parser!(u64).range(1..=MAX_SHARDS as u64))]
     pub shards: Option<u64>,
-    /// Total ops over all shards.
+    /// Total ops over all shards (at least 1).
     #[arg(long, default_value_t = 20_000, value_parser = clap::value_parser!(u64).range(1..))]
     pub ops: u64,
-    /// Bytes of each op's command (a key-value `set`).
+    /// Bytes of each op's command (a key-value `set`): 17 to 1,048,576.
     #[arg(long, default_value_t = 128, value_parser = clap::value_parser!(u64).range(SET_OVERHEAD_BYTES as u64..=(1 << 20)))]
     pub entry_bytes: u64,
     /// Durability per op: every (one at a time), batch (pipelined, group commit), none.
     #[arg(long, value_enum, default_value_t = SyncMode::Every)]
     pub sync: SyncMode,
-    /// Appends in flight per shard with `--sync batch` or `none`.
+    /// Appends in flight per shard with `--sync batch` or `none` (1 to 4,096).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=MAX_INFLIGHT as u64))]
     pub inflight: u64,
     /// Checkpoint every N ops per shard (0: only the engine's automatic ones); at most half the
@@ -85,10 +88,10 @@ pub struct BenchArgs {
     /// Append `<shard> <op>` for each op once durable (after its fsync).
     #[arg(long, value_name = "FILE")]
     pub ack_file: Option<PathBuf>,
-    /// Distinct keys per shard (the state machine's size).
+    /// Distinct keys per shard (the state machine's size; at least 1).
     #[arg(long, default_value_t = 4096, value_parser = clap::value_parser!(u64).range(1..))]
     pub keys: u64,
-    /// Journal segment size in MiB.
+    /// Journal segment size in MiB (1 to 4,096).
     #[arg(long, default_value_t = 64, value_parser = clap::value_parser!(u64).range(1..=4096))]
     pub segment_mib: u64,
     /// Also run a plain std::fs write + fdatasync loop with the same ops, for comparison.

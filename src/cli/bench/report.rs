@@ -100,7 +100,6 @@ impl BenchReport {
 
     /// The readable table.
     pub fn table(&self) -> String {
-        let lat = &self.latency_us;
         let mut out = format!(
             "keel bench: {} shard(s), {} ops of {} B, sync {} ({} in flight), checkpoint every {} ops{}\n",
             self.shards,
@@ -111,7 +110,31 @@ impl BenchReport {
             self.checkpoint_every,
             if self.interrupted { " — INTERRUPTED" } else { "" },
         );
-        let rows = [
+        for (name, value) in self.rows() {
+            out.push_str(&format!("  {name:<15} {value}\n"));
+        }
+        if let Some(baseline) = &self.baseline {
+            out.push_str(&format!(
+                "  {:<15} {:.0} ops/s   {:.2} MB/s   p50 {} µs   p99 {} µs   {} fsyncs   (keel at {:.0}%)\n",
+                "plain loop",
+                baseline.ops_per_sec,
+                baseline.mb_per_sec,
+                baseline.p50_us,
+                baseline.p99_us,
+                baseline.fsyncs,
+                100.0 * self.ops_per_sec / baseline.ops_per_sec.max(1e-9),
+            ));
+        }
+        if let Some(dir) = &self.dir {
+            out.push_str(&format!("  {:<15} {dir}\n", "directory"));
+        }
+        out
+    }
+
+    /// The table's named rows, in order.
+    fn rows(&self) -> [(&'static str, String); 7] {
+        let lat = &self.latency_us;
+        [
             (
                 "throughput",
                 format!(
@@ -156,26 +179,7 @@ impl BenchReport {
                     "NO: the recovered state differs".to_string()
                 },
             ),
-        ];
-        for (name, value) in rows {
-            out.push_str(&format!("  {name:<15} {value}\n"));
-        }
-        if let Some(baseline) = &self.baseline {
-            out.push_str(&format!(
-                "  {:<15} {:.0} ops/s   {:.2} MB/s   p50 {} µs   p99 {} µs   {} fsyncs   (keel at {:.0}%)\n",
-                "plain loop",
-                baseline.ops_per_sec,
-                baseline.mb_per_sec,
-                baseline.p50_us,
-                baseline.p99_us,
-                baseline.fsyncs,
-                100.0 * self.ops_per_sec / baseline.ops_per_sec.max(1e-9),
-            ));
-        }
-        if let Some(dir) = &self.dir {
-            out.push_str(&format!("  {:<15} {dir}\n", "directory"));
-        }
-        out
+        ]
     }
 }
 

@@ -14,6 +14,7 @@ use super::{FileId, FsState, SECTOR_BYTES};
 
 /// Operations that fault injection can target.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+#[non_exhaustive]
 pub enum FaultOp {
     /// `Storage::read_at`.
     Read,
@@ -41,6 +42,7 @@ pub enum FaultOp {
 /// [`FaultKind::LostWrite`]) act as [`FaultKind::Io`] on every other operation, and on a write
 /// they cannot take effect on (an empty buffer; a one-byte buffer for a short write).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum FaultKind {
     /// The operation fails with `EIO` and changes nothing.
     Io,
