@@ -295,9 +295,10 @@ async fn open_streaming(input: &RecoveryInput) -> (u64, u64) {
     {
         config.scan_window_bytes = window;
     }
-    let dir = keel_storage::FsDirectory::open(&input.keel_root, true, false)
-        .await
-        .expect("open bench directory");
+    let dir =
+        keel_storage::FsDirectory::open_with(&input.keel_root, keel_storage::DirAccess::Create)
+            .await
+            .expect("open bench directory");
     let (mut entries, mut bytes) = (0u64, 0u64);
     let started = Instant::now();
     let plan = keel_journal::MetadataJournal::plan_with(
@@ -341,9 +342,12 @@ async fn uring_read_crc(paths: &[std::path::PathBuf]) -> u64 {
     let mut buf: Vec<u8> = Vec::with_capacity(1 << 20);
     let mut total = 0u64;
     for path in paths {
-        let dir = keel_storage::FsDirectory::open(path.parent().expect("parent"), false, true)
-            .await
-            .expect("open dir");
+        let dir = keel_storage::FsDirectory::open_with(
+            path.parent().expect("parent"),
+            keel_storage::DirAccess::ReadOnly,
+        )
+        .await
+        .expect("open dir");
         let name = path.file_name().and_then(|n| n.to_str()).expect("name");
         let file = dir.open_file(name, OpenMode::ReadOnly).await.expect("open");
         let mut offset = 0u64;

@@ -13,7 +13,7 @@ use std::time::{Duration, Instant};
 
 use keel_engine::{encode_set, Engine, EngineConfig, KvStateMachine};
 use keel_journal::{JournalConfig, MetadataJournal, RecoveryMode};
-use keel_storage::FsDirectory;
+use keel_storage::{DirAccess, FsDirectory};
 
 pub type Journal = MetadataJournal<FsDirectory>;
 pub type KvEngine = Engine<FsDirectory, KvStateMachine>;
@@ -71,7 +71,7 @@ pub fn base_journal_config() -> JournalConfig {
 /// Opens (creating) a journal under `root` (the engine-root directory; segments go to
 /// `root/journal/`).
 pub async fn open_journal(root: &Path, config: JournalConfig) -> Journal {
-    let dir = FsDirectory::open(root, true, false)
+    let dir = FsDirectory::open_with(root, DirAccess::Create)
         .await
         .expect("open bench directory");
     let (journal, _report) = MetadataJournal::open(&dir, config, RecoveryMode::TolerateTornTail)
@@ -225,7 +225,7 @@ pub fn engine_config(slot_count: u64, sync_on_append: bool) -> EngineConfig {
 }
 
 pub async fn open_engine(root: &Path, config: EngineConfig) -> KvEngine {
-    let dir = FsDirectory::open(root, true, false)
+    let dir = FsDirectory::open_with(root, DirAccess::Create)
         .await
         .expect("open engine directory");
     let (engine, _report) = Engine::open(dir, config, KvStateMachine::new())

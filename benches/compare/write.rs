@@ -7,7 +7,7 @@
 use std::path::Path;
 
 use keel_journal::{MetadataJournal, RecoveryMode};
-use keel_storage::{FileOptions, FsDirectory};
+use keel_storage::{DirAccess, FileOptions, FsDirectory};
 
 use super::*;
 
@@ -55,9 +55,9 @@ const NO_PREALLOC: Variant = Variant {
 
 async fn open_variant(root: &Path, slot_count: u64, variant: Variant) -> Journal {
     let options = FileOptions {
-        preallocate: variant.preallocate == Prealloc::Fallocate,
+        use_fallocate: variant.preallocate == Prealloc::Fallocate,
     };
-    let dir = FsDirectory::open(root, true, false)
+    let dir = FsDirectory::open_with(root, DirAccess::Create)
         .await
         .expect("open bench directory")
         .with_file_options(options);

@@ -195,18 +195,6 @@ impl FsDirectory {
         })
     }
 
-    /// The benches' spelling of [`FsDirectory::open_with`] (`create` + `read_only` flags; a
-    /// read-only open never creates). Kept only until benches/ moves to `open_with`.
-    #[doc(hidden)]
-    pub async fn open(path: impl AsRef<Path>, create: bool, read_only: bool) -> io::Result<Self> {
-        let access = match (create, read_only) {
-            (_, true) => DirAccess::ReadOnly,
-            (true, false) => DirAccess::Create,
-            (false, false) => DirAccess::Existing,
-        };
-        Self::open_with(path, access).await
-    }
-
     /// The same directory, handing `options` to every file it opens from now on (and to the
     /// directories opened from it).
     pub fn with_file_options(mut self, options: FileOptions) -> Self {

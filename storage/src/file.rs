@@ -28,8 +28,9 @@ const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 pub struct FileOptions {
     /// When set, [`Storage::preallocate`] reserves blocks with `fallocate(2)` (falling back to
     /// zero-fill where the file system does not support it). When clear, it always zero-fills.
-    /// Default false.
-    pub preallocate: bool,
+    /// Default false. (Not `JournalConfig::preallocate`, which decides whether the journal
+    /// preallocates at all; this decides how.)
+    pub use_fallocate: bool,
 }
 
 /// A file used by one core: positional reads and writes, fdatasync, a cached length.
@@ -159,7 +160,7 @@ impl FileStorage {
         // the zero-fill below is in flight must land after it, not inside it where a later zero
         // chunk would overwrite it.
         self.len_bytes.set(len_bytes);
-        if self.options.preallocate {
+        if self.options.use_fallocate {
             let file = self.file()?;
             let fd = file.as_raw_fd();
             let grow_bytes = len_bytes - start_bytes;

@@ -336,7 +336,7 @@ async fn preallocate_extends_with_zeroes() {
     let (_tmp, dir) = temp_dir().await;
     for fallocate in [false, true] {
         let dir = dir.clone().with_file_options(FileOptions {
-            preallocate: fallocate,
+            use_fallocate: fallocate,
         });
         let name = format!("pre-{fallocate}");
         let file = dir.open_file(&name, OpenMode::Create).await.unwrap();
