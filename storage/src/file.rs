@@ -146,7 +146,7 @@ impl FileStorage {
     /// Ensures the file is at least `len_bytes` long with every new byte reading as zero, and
     /// (when possible) with its blocks allocated, so later writes overwrite instead of extending.
     ///
-    /// With [`FileOptions::preallocate`] set this uses `fallocate(2)` on compio's blocking pool;
+    /// With [`FileOptions::use_fallocate`] set this uses `fallocate(2)` on compio's blocking pool;
     /// otherwise (or if the file system refuses) it writes zeroes in 1 MiB chunks. The range is
     /// claimed in the cached length before the first await; if preallocation then fails, the cached
     /// length keeps the claim (reopen the file to read its real length).
