@@ -82,7 +82,7 @@ impl Failure {
     }
 }
 
-/// A one-shot completion for one entry (or one flush request), woken by the flusher.
+/// A one-shot completion for one entry (or one flush request), woken by the writer task.
 #[derive(Default)]
 pub(crate) struct Completion {
     result: RefCell<Option<Result<(), (Failure, bool)>>>,
