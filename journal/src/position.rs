@@ -2,12 +2,13 @@
 //! crc (the checksum the next entry chains to). A snapshot records the position of its op, so a
 //! recovery can tell a snapshot of this log from one of another history.
 //!
-//! Owns only the read of one entry header through the index; it must never write.
+//! Owns only what a header read through the index (`read::read_indexed`) says of the chain; it
+//! must never write.
 
 use keel_storage::Directory;
 
 use crate::error::JournalError;
-use crate::format::{EntryHeader, ENTRY_HEADER_BYTES};
+use crate::read::Extent;
 use crate::MetadataJournal;
 
 /// An entry's place in the chain.
@@ -22,29 +23,12 @@ pub struct EntryPosition {
 impl<D: Directory> MetadataJournal<D> {
     /// The chain position of `op`'s newest live entry (one header read), `None` if not live.
     pub async fn entry_position(&self, op: u64) -> Result<Option<EntryPosition>, JournalError> {
-        let location = self.state.borrow().slots.get(op);
-        let Some(location) = location else {
+        let Some(read) = self.read_indexed(op, Extent::Header).await? else {
             return Ok(None);
         };
-        let Some((bytes, name)) = self
-            .entry_bytes(&location, ENTRY_HEADER_BYTES, "read entry header")
-            .await?
-        else {
-            return Ok(None);
-        };
-        let corrupt = || JournalError::Corrupt {
-            kind: "corrupt_entry",
-            file: name.clone(),
-            offset_bytes: location.offset_bytes,
-            op: Some(op),
-        };
-        let (header, chain_crc) = EntryHeader::decode(&bytes).map_err(|_| corrupt())?;
-        if header.op != op {
-            return Err(corrupt());
-        }
         Ok(Some(EntryPosition {
-            seq: header.seq,
-            chain_crc,
+            seq: read.header.seq,
+            chain_crc: read.chain_crc,
         }))
     }
 }

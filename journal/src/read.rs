@@ -19,73 +19,113 @@ pub struct Entry {
     pub payload: Bytes,
 }
 
+/// How much of an entry [`MetadataJournal::read_indexed`] reads.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Extent {
+    /// The header alone.
+    Header,
+    /// Header, payload and padding.
+    Whole,
+}
+
+/// An entry read through the index, its header decoded and checked to be the op's.
+pub(crate) struct IndexedRead {
+    pub header: EntryHeader,
+    /// The header's crc: what the next entry chains to.
+    pub chain_crc: u32,
+    /// The bytes read (see [`Extent`]).
+    pub bytes: Vec<u8>,
+    /// Its segment's file name.
+    pub name: String,
+    pub location: Location,
+}
+
+impl IndexedRead {
+    /// The error for an entry of `op` whose bytes failed a check.
+    pub fn corrupt(&self, op: u64) -> JournalError {
+        corrupt_entry(&self.name, &self.location, op)
+    }
+}
+
+/// The entry of `op` at `location` in segment `name` failed a check on read.
+fn corrupt_entry(name: &str, location: &Location, op: u64) -> JournalError {
+    JournalError::Corrupt {
+        kind: "corrupt_entry",
+        file: name.to_string(),
+        offset_bytes: location.offset_bytes,
+        op: Some(op),
+    }
+}
+
 impl<D: Directory> MetadataJournal<D> {
     /// The newest entry for `op`, if live.
     pub async fn entry(&self, op: u64) -> Result<Option<Entry>, JournalError> {
-        let location = {
-            let st = self.state.borrow();
-            if let Some(reason) = &st.poisoned {
-                return Err(JournalError::Poisoned(reason.clone()));
-            }
-            st.slots.get(op)
-        };
-        let Some(location) = location else {
+        if let Some(reason) = &self.state.borrow().poisoned {
+            return Err(JournalError::Poisoned(reason.clone()));
+        }
+        let Some(read) = self.read_indexed(op, Extent::Whole).await? else {
             return Ok(None);
         };
-        let Some((bytes, name)) = self
-            .entry_bytes(&location, location.len_bytes as usize, "read entry")
-            .await?
-        else {
-            return Ok(None);
-        };
-        let corrupt = || JournalError::Corrupt {
-            kind: "corrupt_entry",
-            file: name.clone(),
-            offset_bytes: location.offset_bytes,
-            op: Some(op),
-        };
-        let (header, _) = EntryHeader::decode(&bytes).map_err(|_| corrupt())?;
-        if header.op != op
-            || header.kind != EntryKind::Data
-            || header.entry_len_bytes() != bytes.len()
-            || crc32fast::hash(&bytes[ENTRY_HEADER_BYTES..]) != header.payload_crc
+        let header = &read.header;
+        if header.kind != EntryKind::Data
+            || header.entry_len_bytes() != read.bytes.len()
+            || crc32fast::hash(&read.bytes[ENTRY_HEADER_BYTES..]) != header.payload_crc
         {
-            tracing::warn!(segment = %name, offset_bytes = location.offset_bytes, op,
+            tracing::warn!(segment = %read.name, offset_bytes = read.location.offset_bytes, op,
                 "journal: entry failed its checksum on read");
-            return Err(corrupt());
+            return Err(read.corrupt(op));
         }
         let end = ENTRY_HEADER_BYTES + header.payload_len as usize;
         Ok(Some(Entry {
             op,
-            payload: Bytes::from(bytes).slice(ENTRY_HEADER_BYTES..end),
+            payload: Bytes::from(read.bytes).slice(ENTRY_HEADER_BYTES..end),
         }))
     }
 
-    /// The first `len_bytes` of the entry at `location`, with its segment's name: from the
-    /// writer's queue while the entry is not written yet (buffered appends are indexed when
-    /// accepted), else from its segment. `None` when the segment is gone.
-    pub(crate) async fn entry_bytes(
+    /// Reads `op`'s newest live entry through the index (its header alone, or all of it) and
+    /// decodes its header, which must be `op`'s: from the writer's queue while the entry is not
+    /// written yet (buffered appends are indexed when accepted), else from its segment. `None`
+    /// when `op` is not live or its segment is gone.
+    pub(crate) async fn read_indexed(
         &self,
-        location: &Location,
-        len_bytes: usize,
-        stage: &'static str,
-    ) -> Result<Option<(Vec<u8>, String)>, JournalError> {
-        assert!(
-            len_bytes <= location.len_bytes as usize,
-            "a read within the entry"
-        );
-        if let Some(mut bytes) = self.state.borrow().w.unwritten_entry(location) {
-            bytes.truncate(len_bytes);
-            return Ok(Some((bytes, format::segment_file_name(location.segment))));
-        }
-        let Some((file, name)) = self.segment_file(location.segment).await? else {
+        op: u64,
+        extent: Extent,
+    ) -> Result<Option<IndexedRead>, JournalError> {
+        let location = self.state.borrow().slots.get(op);
+        let Some(location) = location else {
             return Ok(None);
         };
-        let bytes = file
-            .read_exact_at(location.offset_bytes, len_bytes)
-            .await
-            .map_err(|e| JournalError::io(stage, self.file_path(&name), e))?;
-        Ok(Some((bytes, name)))
+        let (len_bytes, stage) = match extent {
+            Extent::Header => (ENTRY_HEADER_BYTES, "read entry header"),
+            Extent::Whole => (location.len_bytes as usize, "read entry"),
+        };
+        let unwritten = self.state.borrow().w.unwritten_entry(&location);
+        let (bytes, name) = match unwritten {
+            Some(mut bytes) => {
+                bytes.truncate(len_bytes);
+                (bytes, format::segment_file_name(location.segment))
+            }
+            None => {
+                let Some((file, name)) = self.segment_file(location.segment).await? else {
+                    return Ok(None);
+                };
+                let bytes = file
+                    .read_exact_at(location.offset_bytes, len_bytes)
+                    .await
+                    .map_err(|e| JournalError::io(stage, self.file_path(&name), e))?;
+                (bytes, name)
+            }
+        };
+        match EntryHeader::decode(&bytes) {
+            Ok((header, chain_crc)) if header.op == op => Ok(Some(IndexedRead {
+                header,
+                chain_crc,
+                bytes,
+                name,
+                location,
+            })),
+            _ => Err(corrupt_entry(&name, &location, op)),
+        }
     }
 
     /// True when the journal's index holds a live entry for `op` (no read).
