@@ -143,7 +143,8 @@ impl<D: Directory> MetadataJournal<D> {
             if concurrent {
                 in_flight.push(write);
             } else {
-                self.finish_writes(vec![write]).await?;
+                let last_seq = write.await?;
+                self.mark_written(last_seq);
             }
         }
         self.finish_writes(in_flight).await?;
@@ -258,6 +259,13 @@ impl<D: Directory> MetadataJournal<D> {
         for result in results {
             last_seq = last_seq.max(result?);
         }
+        self.mark_written(last_seq);
+        Ok(())
+    }
+
+    /// Every seq up to `last_seq` (when a write carried entries) has been handed to the OS: the
+    /// runs before it were written first, in log order.
+    fn mark_written(&self, last_seq: Option<u64>) {
         if let Some(last_seq) = last_seq {
             let mut st = self.state.borrow_mut();
             assert!(
@@ -266,7 +274,6 @@ impl<D: Directory> MetadataJournal<D> {
             );
             st.w.write_done_seq = last_seq;
         }
-        Ok(())
     }
 
     /// How far to preallocate a segment whose zeroed space ends at `current_end` when a write
