@@ -125,6 +125,15 @@ fn fmt_ratio(ratio: f64) -> String {
     }
 }
 
+/// `keel`'s rate over `other`'s, round by round (neighbours in time).
+fn per_round_ratios(keel: &Series, other: &Series) -> Vec<f64> {
+    keel.rates
+        .iter()
+        .zip(&other.rates)
+        .map(|(k, o)| k / o)
+        .collect()
+}
+
 /// Prints one workload's table. `series[0]` is keel's main figure; ratios are per round against
 /// it (keel / other, so > 1 means keel is faster).
 fn print_table(title: &str, series: &[Series]) {
@@ -135,12 +144,7 @@ fn print_table(title: &str, series: &[Series]) {
     let keel = &series[0];
     for s in series {
         let (lo, hi) = range(&s.rates);
-        let ratios: Vec<f64> = keel
-            .rates
-            .iter()
-            .zip(&s.rates)
-            .map(|(k, o)| k / o)
-            .collect();
+        let ratios = per_round_ratios(keel, s);
         let (rlo, rhi) = range(&ratios);
         println!(
             "| {} | {} | {} – {} | {}× | {} – {} |",

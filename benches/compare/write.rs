@@ -166,61 +166,63 @@ fn keel_contender<'a>(
     })
 }
 
-/// The plain loop (a file that grows, framed entries, one write + fdatasync per batch), kept
-/// open or created inside each timed run.
-fn plain_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
-    let kept = bench_tempdir();
-    let mut log =
-        (!shape.fresh).then(|| PlainLog::create(&kept.path().join("plain.log")).expect("plain"));
+/// A baseline contender: its file kept open across turns, or made by `create` (timed) in a fresh
+/// directory for each turn; a turn runs `batch` once per batch.
+fn baseline<T: 'static>(
+    shape: Shape,
+    create: impl Fn(&Path) -> T + 'static,
+    mut batch: impl FnMut(&mut T) + 'static,
+) -> Run<'static> {
+    let kept_dir = bench_tempdir();
+    let mut kept = (!shape.fresh).then(|| create(kept_dir.path()));
     Box::new(move || {
         let fresh_dir = shape.fresh.then(bench_tempdir);
         let started = Instant::now();
-        let mut fresh_log;
-        let log = match (&mut log, &fresh_dir) {
-            (Some(log), _) => log,
-            (None, Some(dir)) => {
-                fresh_log = PlainLog::create(&dir.path().join("plain.log")).expect("plain");
-                &mut fresh_log
-            }
-            (None, None) => unreachable!("either kept or fresh"),
-        };
+        let mut fresh = fresh_dir.as_ref().map(|dir| create(dir.path()));
+        let file = kept
+            .as_mut()
+            .or(fresh.as_mut())
+            .expect("either kept or fresh");
         for _ in 0..shape.batches {
-            log.append_group_sync(&payload, shape.appenders as usize)
-                .expect("plain append");
+            batch(file);
         }
-        let _keep = &kept;
+        let _keep = &kept_dir;
         shape.rate(started.elapsed())
     })
 }
 
-/// The disk's own loop: overwrite zero-written space + fdatasync. Fresh: the file is created and
-/// zero-filled (as much as one keel preallocation step, 8 MiB, or the run's bytes) in the run.
+/// The plain loop (a file that grows, framed entries, one write + fdatasync per batch).
+fn plain_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
+    let appenders = shape.appenders as usize;
+    baseline(
+        shape,
+        |dir| PlainLog::create(&dir.join("plain.log")).expect("plain"),
+        move |log| {
+            log.append_group_sync(&payload, appenders)
+                .expect("plain append")
+        },
+    )
+}
+
+/// The disk's own loop: overwrite zero-written space + fdatasync. Kept open: 64 MiB zero-filled
+/// up front. Fresh: the file is created and zero-filled (as much as one keel preallocation step,
+/// 8 MiB, or the run's bytes) in the run.
 fn raw_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
     let run_bytes = shape.entries() * (payload.len() as u64 + 8);
-    let len_bytes = run_bytes.max(8 << 20).next_multiple_of(1 << 20);
-    let kept = bench_tempdir();
-    let mut raw = (!shape.fresh)
-        .then(|| RawOverwrite::create(&kept.path().join("raw.dat"), 64 << 20).expect("raw"));
-    Box::new(move || {
-        let fresh_dir = shape.fresh.then(bench_tempdir);
-        let started = Instant::now();
-        let mut fresh_raw;
-        let raw = match (&mut raw, &fresh_dir) {
-            (Some(raw), _) => raw,
-            (None, Some(dir)) => {
-                fresh_raw =
-                    RawOverwrite::create(&dir.path().join("raw.dat"), len_bytes).expect("raw");
-                &mut fresh_raw
-            }
-            (None, None) => unreachable!("either kept or fresh"),
-        };
-        for _ in 0..shape.batches {
-            raw.write_group_sync(&payload, shape.appenders as usize)
-                .expect("raw write");
-        }
-        let _keep = &kept;
-        shape.rate(started.elapsed())
-    })
+    let len_bytes = if shape.fresh {
+        run_bytes.max(8 << 20).next_multiple_of(1 << 20)
+    } else {
+        64 << 20
+    };
+    let appenders = shape.appenders as usize;
+    baseline(
+        shape,
+        move |dir| RawOverwrite::create(&dir.join("raw.dat"), len_bytes).expect("raw"),
+        move |raw| {
+            raw.write_group_sync(&payload, appenders)
+                .expect("raw write")
+        },
+    )
 }
 
 /// Runs one durable workload and prints its table and targets.
@@ -357,12 +359,7 @@ pub(super) fn print_target(series: &[Series], against: &str, target: f64) {
     let Some(other) = series.iter().find(|s| s.name.starts_with(against)) else {
         return;
     };
-    let ratios: Vec<f64> = series[0]
-        .rates
-        .iter()
-        .zip(&other.rates)
-        .map(|(k, o)| k / o)
-        .collect();
+    let ratios = per_round_ratios(&series[0], other);
     let (lo, hi) = range(&ratios);
     let m = median(&ratios);
     println!(
