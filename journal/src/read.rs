@@ -99,12 +99,9 @@ impl<D: Directory> MetadataJournal<D> {
             Extent::Header => (ENTRY_HEADER_BYTES, "read entry header"),
             Extent::Whole => (location.len_bytes as usize, "read entry"),
         };
-        let unwritten = self.state.borrow().w.unwritten_entry(&location);
+        let unwritten = self.state.borrow().w.unwritten_entry(&location, len_bytes);
         let (bytes, name) = match unwritten {
-            Some(mut bytes) => {
-                bytes.truncate(len_bytes);
-                (bytes, format::segment_file_name(location.segment))
-            }
+            Some(bytes) => (bytes, format::segment_file_name(location.segment)),
             None => {
                 let Some((file, name)) = self.segment_file(location.segment).await? else {
                     return Ok(None);

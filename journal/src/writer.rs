@@ -289,13 +289,18 @@ impl WriterState {
         }
     }
 
-    /// The bytes of an accepted entry not yet applied, from the queue or the group in flight.
-    pub fn unwritten_entry(&self, location: &Location) -> Option<Vec<u8>> {
+    /// The first `len_bytes` of an accepted entry not yet applied, from the queue or the group in
+    /// flight.
+    pub fn unwritten_entry(&self, location: &Location, len_bytes: usize) -> Option<Vec<u8>> {
+        assert!(
+            len_bytes <= location.len_bytes as usize,
+            "a read within the entry"
+        );
         let len = location.len_bytes as usize;
         let within = |segment: u64, offset_bytes: u64, buf: &[u8]| {
             let start = location.offset_bytes.checked_sub(offset_bytes)? as usize;
             (segment == location.segment && start + len <= buf.len())
-                .then(|| buf[start..start + len].to_vec())
+                .then(|| buf[start..start + len_bytes].to_vec())
         };
         self.queue
             .iter()
