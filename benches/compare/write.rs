@@ -19,6 +19,8 @@ type Run<'a> = Box<dyn FnMut() -> f64 + 'a>;
 struct Variant {
     name: &'static str,
     write_through: bool,
+    /// `JournalConfig::direct_io`: aligned group writes through an `O_DIRECT` descriptor.
+    direct_io: bool,
     preallocate: Prealloc,
 }
 
@@ -35,21 +37,31 @@ enum Prealloc {
 const WRITE_THROUGH: Variant = Variant {
     name: "keel (O_DSYNC write-through, zero-filled: the default)",
     write_through: true,
+    direct_io: false,
     preallocate: Prealloc::ZeroFill,
 };
 const FDATASYNC: Variant = Variant {
     name: "keel (write + fdatasync, zero-filled)",
     write_through: false,
+    direct_io: false,
+    preallocate: Prealloc::ZeroFill,
+};
+const DIRECT: Variant = Variant {
+    name: "keel (write-through + O_DIRECT aligned writes, zero-filled)",
+    write_through: true,
+    direct_io: true,
     preallocate: Prealloc::ZeroFill,
 };
 const FALLOCATE: Variant = Variant {
     name: "keel (write-through, fallocate)",
     write_through: true,
+    direct_io: false,
     preallocate: Prealloc::Fallocate,
 };
 const NO_PREALLOC: Variant = Variant {
     name: "keel (write-through, no preallocation)",
     write_through: true,
+    direct_io: false,
     preallocate: Prealloc::Off,
 };
 
@@ -63,6 +75,7 @@ async fn open_variant(root: &Path, slot_count: u64, variant: Variant) -> Journal
         .with_file_options(options);
     let config = JournalConfig {
         write_through: variant.write_through,
+        direct_io: variant.direct_io,
         preallocate: variant.preallocate != Prealloc::Off,
         ..journal_config(slot_count, true)
     };
@@ -229,7 +242,7 @@ fn raw_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
 fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &[(&str, f64)]) {
     let rounds = sizes.rounds * 5;
     let payload: Rc<[u8]> = payload(shape.payload_bytes).into();
-    let mut variants = vec![WRITE_THROUGH, FDATASYNC, FALLOCATE];
+    let mut variants = vec![WRITE_THROUGH, DIRECT, FDATASYNC, FALLOCATE];
     if shape.fresh {
         variants.push(NO_PREALLOC);
     }

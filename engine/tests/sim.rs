@@ -71,6 +71,8 @@ fn sim_config(rng: &mut StdRng) -> EngineConfig {
     // Both durable write paths (no RNG draw, so seeds replay as before): write + fdatasync
     // with 16 KiB segments, write-through (O_DSYNC) writes otherwise.
     config.journal.write_through = config.journal.segment_bytes != 16384;
+    // Aligned O_DIRECT group writes with 4 KiB segments (no RNG draw either).
+    config.journal.direct_io = config.journal.segment_bytes == 4096;
     config.journal_covers_previous_snapshot = rng.gen_bool(0.5);
     config.checkpoint_margin_ops = if rng.gen_bool(0.5) {
         0
@@ -738,7 +740,7 @@ fn engine_simulator() {
         assert!(tally.faulty_recoveries > 0);
         let f = &tally.faults;
         assert!(
-            f.process_crash_then_power_cut > 0 && f.dropped_futures > 0,
+            f.process_crash_then_power_cut > 0 && f.dropped_futures > 0 && f.direct_writes > 0,
             "{f}"
         );
     }

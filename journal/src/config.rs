@@ -44,6 +44,14 @@ pub struct JournalConfig {
     /// round trip instead of two; docs/performance.md). False keeps write + fdatasync. Ignored
     /// without `sync_on_append`. Default true.
     pub write_through: bool,
+    /// With `write_through`, segments also get an `O_DIRECT` descriptor, and each group's write
+    /// is aligned to 4 KiB (the partial block before it is written again with its old bytes, the
+    /// block after it padded with the zeroes already there), so it goes to the device without a
+    /// kernel worker copying it into the page cache first (docs/performance.md). Where the file
+    /// system refuses `O_DIRECT` (tmpfs), plain write-through. The cost: reads of entries just
+    /// written come from the device, not the page cache. Ignored without `write_through`.
+    /// Default false.
+    pub direct_io: bool,
     /// Bytes the open's scan reads at a time; it holds three such buffers (the window it parses
     /// and the next two being read), and the window grows to hold one entry larger than this,
     /// so recovery's memory is this or the largest entry, plus the index. Default 2 MiB (the
@@ -62,6 +70,7 @@ impl Default for JournalConfig {
             preallocate: true,
             sync_on_append: true,
             write_through: true,
+            direct_io: false,
             scan_window_bytes: stream::WINDOW_BYTES,
         }
     }

@@ -106,6 +106,7 @@ fn fuzz_config() -> JournalConfig {
         preallocate: false,
         sync_on_append: true,
         write_through: true,
+        direct_io: false,
         scan_window_bytes: crate::stream::WINDOW_BYTES,
     }
 }

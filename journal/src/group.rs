@@ -101,14 +101,29 @@ impl<D: Directory> MetadataJournal<D> {
     /// Takes everything queued (and every flush request) as one group, writes it, and applies it;
     /// a failure poisons the journal.
     async fn write_next_group(&self) {
-        let (mut runs, flush_waiters) = {
+        let (mut runs, bufs, flush_waiters) = {
             let mut st = self.state.borrow_mut();
             st.w.queued_bytes = 0;
-            let runs: Vec<Run> = st.w.queue.drain(..).collect();
-            (runs, std::mem::take(&mut st.w.flush_waiters))
+            let mut runs: Vec<Run> = st.w.queue.drain(..).collect();
+            // Every run taken stays readable in `writing` until applied, from now on: buffered
+            // appends are indexed when accepted, and a run waits here behind a segment's creation
+            // or an earlier run's write before its own starts.
+            let bufs: Vec<Rc<Vec<u8>>> = runs
+                .iter_mut()
+                .map(|run| {
+                    let buf = Rc::new(std::mem::take(&mut run.buf));
+                    st.w.writing.push(WritingRun {
+                        segment: run.segment,
+                        offset_bytes: run.offset_bytes,
+                        buf: buf.clone(),
+                    });
+                    buf
+                })
+                .collect();
+            (runs, bufs, std::mem::take(&mut st.w.flush_waiters))
         };
         let must_sync = self.config.sync_on_append || !flush_waiters.is_empty();
-        match self.write_group(&mut runs, must_sync).await {
+        match self.write_group(&mut runs, bufs, must_sync).await {
             Ok(()) => self.apply(runs, flush_waiters, must_sync),
             Err(error) => {
                 let failure = Failure::from_error(&error);
@@ -127,19 +142,24 @@ impl<D: Directory> MetadataJournal<D> {
     /// segment. A durable group writes its runs in order (with write-through, each write is a
     /// durability point); a buffered one keeps every run of a segment in flight at once, so the
     /// kernel's workers copy them into the page cache in parallel.
-    async fn write_group(&self, runs: &mut [Run], must_sync: bool) -> Result<(), JournalError> {
+    async fn write_group(
+        &self,
+        runs: &mut [Run],
+        bufs: Vec<Rc<Vec<u8>>>,
+        must_sync: bool,
+    ) -> Result<(), JournalError> {
         let concurrent = !self.config.sync_on_append;
         let mut in_flight: Vec<RunWrite<'_>> = Vec::new();
-        for run in runs.iter_mut() {
+        for (run, buf) in runs.iter_mut().zip(bufs) {
             if let Some(header) = run.create {
                 // Every older write completes before the rotation's fsync covers it.
                 self.finish_writes(std::mem::take(&mut in_flight)).await?;
                 self.create_segment(&header).await?;
             }
-            if run.buf.is_empty() {
+            if buf.is_empty() {
                 continue;
             }
-            let write = self.start_run(run).await?;
+            let write = self.start_run(run, buf).await?;
             if concurrent {
                 in_flight.push(write);
             } else {
@@ -165,7 +185,7 @@ impl<D: Directory> MetadataJournal<D> {
             &self.dir,
             header,
             self.preallocates().then(|| self.preallocation_target(0, 0)),
-            self.writes_through(),
+            self.segment_writes(),
         )
         .await?;
         let name = crate::format::segment_file_name(header.segment_no);
@@ -187,14 +207,14 @@ impl<D: Directory> MetadataJournal<D> {
         Ok(())
     }
 
-    /// Grows the zeroed space a run needs, then starts its write (its bytes stay readable in
+    /// Grows the zeroed space a run needs, then starts the write of its bytes `buf` (readable in
     /// `writing` meanwhile); the returned future completes it.
-    async fn start_run(&self, run: &mut Run) -> Result<RunWrite<'_>, JournalError> {
+    async fn start_run(&self, run: &Run, buf: Rc<Vec<u8>>) -> Result<RunWrite<'_>, JournalError> {
         let (file, name) = self
             .segment_file(run.segment)
             .await?
             .expect("a run's segment exists before its bytes are written");
-        let run_end = run.offset_bytes + run.buf.len() as u64;
+        let run_end = run.offset_bytes + buf.len() as u64;
         if self.preallocates() && run_end > file.len().saturating_sub(self.preallocation_step() / 2)
         {
             // Keep zero-written space ahead of the cursor in steps, so a durable write
@@ -207,17 +227,25 @@ impl<D: Directory> MetadataJournal<D> {
                     .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
             }
         }
-        let buf = Rc::new(std::mem::take(&mut run.buf));
-        self.state.borrow_mut().w.writing.push(WritingRun {
-            segment: run.segment,
-            offset_bytes: run.offset_bytes,
-            buf: buf.clone(),
-        });
         let (segment, offset_bytes) = (run.segment, run.offset_bytes);
         let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);
+        let direct = file.direct_alignment().is_some();
+        // Aligned writes rewrite the block before them: only one may be in flight.
+        assert!(
+            !direct || self.config.sync_on_append,
+            "direct writes are durable groups, written one run at a time"
+        );
         Ok(Box::pin(async move {
             let started = Instant::now();
-            let BufResult(result, _) = file.write_all_at(offset_bytes, SharedBuf(buf)).await;
+            let result = if direct {
+                let mut writes = std::mem::take(&mut self.state.borrow_mut().w.direct);
+                let result = writes.write(&*file, segment, offset_bytes, &buf).await;
+                self.state.borrow_mut().w.direct = writes;
+                result
+            } else {
+                let BufResult(result, _) = file.write_all_at(offset_bytes, SharedBuf(buf)).await;
+                result
+            };
             result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
             let mut st = self.state.borrow_mut();
             if file.writes_are_durable() {
@@ -316,11 +344,7 @@ impl<D: Directory> MetadataJournal<D> {
         } else {
             keel_storage::OpenMode::Existing
         };
-        let opened = if self.writes_through() {
-            self.dir.open_file_write_through(&name, mode).await
-        } else {
-            self.dir.open_file(&name, mode).await
-        };
+        let opened = segment::open_for(&self.dir, &name, mode, self.segment_writes()).await;
         let file = Rc::new(
             opened.map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
         );

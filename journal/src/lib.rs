@@ -96,6 +96,7 @@
 
 mod compaction;
 mod config;
+mod direct;
 mod error;
 pub mod format;
 #[cfg(any(test, feature = "testing"))]
@@ -263,10 +264,18 @@ impl<D: Directory> MetadataJournal<D> {
         self.request_flush().await
     }
 
-    /// Whether segments this journal writes are opened write-through (see
-    /// [`JournalConfig::write_through`]).
-    pub(crate) fn writes_through(&self) -> bool {
-        self.config.sync_on_append && self.config.write_through
+    /// How segments this journal writes are opened (see [`JournalConfig::write_through`] and
+    /// [`JournalConfig::direct_io`]).
+    pub(crate) fn segment_writes(&self) -> segment::SegmentWrites {
+        use segment::SegmentWrites;
+        match (
+            self.config.sync_on_append && self.config.write_through,
+            self.config.direct_io,
+        ) {
+            (false, _) => SegmentWrites::Buffered,
+            (true, false) => SegmentWrites::WriteThrough,
+            (true, true) => SegmentWrites::Direct,
+        }
     }
 
     /// Highest live op above the snapshot watermark (`None` when nothing above it is live).

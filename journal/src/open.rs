@@ -353,11 +353,8 @@ impl<D: Directory> MetadataJournal<D> {
             OpenMode::Existing
         };
         for seg in &scan.segments {
-            let opened = if self.writes_through() && mode != OpenMode::ReadOnly {
-                self.dir.open_file_write_through(&seg.name, mode).await
-            } else {
-                self.dir.open_file(&seg.name, mode).await
-            };
+            let opened =
+                crate::segment::open_for(&self.dir, &seg.name, mode, self.segment_writes()).await;
             let file = opened
                 .map_err(|e| JournalError::io("open segment", self.file_path(&seg.name), e))?;
             self.state.borrow_mut().segments.insert(

@@ -541,6 +541,7 @@ mod tests {
             preallocate: rng.gen_bool(0.5),
             sync_on_append: true,
             write_through: true,
+            direct_io: false,
             scan_window_bytes: 512,
         };
         let (j, _) = MetadataJournal::open(&fs.root(), config.clone(), RecoveryMode::default())

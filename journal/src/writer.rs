@@ -224,6 +224,9 @@ pub(crate) struct WriterState {
     pub tail_uncovered: bool,
     /// Written run buffers, reused by the next runs.
     pub spare_buffers: Vec<Vec<u8>>,
+    /// The last partial block and staging buffer of aligned writes (`JournalConfig::direct_io`);
+    /// taken out while a write is in flight.
+    pub direct: crate::direct::DirectWrites,
 }
 
 impl WriterState {
@@ -248,6 +251,7 @@ impl WriterState {
             dirty_segments: BTreeSet::new(),
             tail_uncovered: false,
             spare_buffers: Vec::new(),
+            direct: Default::default(),
         }
     }
 
@@ -429,7 +433,12 @@ impl<D: Directory> MetadataJournal<D> {
                     && st.w.inflight_bytes + total_bytes > self.config.max_inflight_bytes
             };
             if !over {
-                break self.encode_all(kind, entries);
+                let queued_before = self.state.borrow().w.queued_bytes;
+                let completion = self.encode_all(kind, entries);
+                if completion.is_none() && self.batch_just_filled(queued_before) {
+                    keel_storage::yield_now().await;
+                }
+                break completion;
             }
             let register = |waker: Waker| {
                 let mut st = self.state.borrow_mut();
@@ -448,6 +457,16 @@ impl<D: Directory> MetadataJournal<D> {
             Some(completion) => self.wait(completion).await,
             None => Ok(()),
         }
+    }
+
+    /// True when a buffered journal's queue just reached a batch's worth (it held
+    /// `queued_before` before this append): the append then yields once, so the writer task
+    /// starts that batch's write while the caller goes on encoding the next (on another core, the
+    /// kernel copies it meanwhile). Without the yield, a caller that never waits runs until the
+    /// in-flight bound stops it, and the copy starts only then, after all the encoding.
+    fn batch_just_filled(&self, queued_before: usize) -> bool {
+        let batch = self.config.max_batch_bytes;
+        queued_before < batch && self.state.borrow().w.queued_bytes >= batch
     }
 
     /// Encodes every entry in one borrow and wakes the writer; returns the completion of the last

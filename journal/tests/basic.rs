@@ -336,6 +336,7 @@ fn an_fsync_error_poisons_the_journal() {
     // Write + fdatasync: a write-through journal has no fsync to fail (its writes fail instead).
     let config = JournalConfig {
         write_through: false,
+        direct_io: false,
         ..small_config()
     };
     run(async {

@@ -47,6 +47,9 @@ pub struct FileStorage {
     read_only: bool,
     /// Opened with `O_DSYNC`: every completed write is durable.
     write_through: bool,
+    /// A second descriptor, `O_DIRECT | O_DSYNC`, that aligned writes go through (see
+    /// [`crate::Directory::open_file_direct`]); closed when the handle is dropped.
+    direct: Option<File>,
     options: FileOptions,
     /// For error messages.
     path: String,
@@ -78,15 +81,22 @@ impl FileStorage {
             len_bytes: Cell::new(len_bytes),
             read_only,
             write_through: false,
+            direct: None,
             options,
             path,
             _single_thread: PhantomData,
         }
     }
 
-    /// Marks the handle as opened with `O_DSYNC` (see [`Storage::writes_are_durable`]).
-    pub(crate) fn with_write_through(mut self, write_through: bool) -> Self {
+    /// Marks the handle as opened with `O_DSYNC` (see [`Storage::writes_are_durable`]), with its
+    /// `O_DIRECT` descriptor for aligned writes when it has one.
+    pub(crate) fn with_write_through(mut self, write_through: bool, direct: Option<File>) -> Self {
+        assert!(
+            write_through || direct.is_none(),
+            "a direct descriptor is write-through too"
+        );
         self.write_through = write_through;
+        self.direct = direct;
         self
     }
 
@@ -245,6 +255,10 @@ impl Storage for FileStorage {
         self.write_through
     }
 
+    fn direct_alignment(&self) -> Option<usize> {
+        self.direct.as_ref().map(|_| crate::DIRECT_ALIGN_BYTES)
+    }
+
     fn advise_sequential(&self) {
         let Ok(file) = self.file() else { return };
         // SAFETY: posix_fadvise only reads its integer arguments; `file` keeps the fd open for
@@ -269,7 +283,16 @@ impl Storage for FileStorage {
             Ok(file) => file,
             Err(error) => return BufResult(Err(error), buf),
         };
-        let BufResult(result, buf) = (&file).write_at(buf, offset_bytes).await;
+        let direct = self
+            .direct
+            .as_ref()
+            .filter(|_| crate::direct_aligned(offset_bytes, buf.as_init()));
+        // Both descriptors write through (O_DSYNC): whichever takes the write, it is durable
+        // when it completes. The kernel keeps the page cache coherent with the direct write.
+        let BufResult(result, buf) = match direct {
+            Some(mut direct) => direct.write_at(buf, offset_bytes).await,
+            None => (&file).write_at(buf, offset_bytes).await,
+        };
         if let Ok(written_bytes) = result {
             let end_bytes = offset_bytes + written_bytes as u64;
             self.len_bytes.set(self.len_bytes.get().max(end_bytes));

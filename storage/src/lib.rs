@@ -58,6 +58,32 @@ pub use durable::{
     ReplaceStage, TEMP_SUFFIX,
 };
 pub use file::{FileOptions, FileStorage};
+
+/// The alignment of a write that bypasses the page cache ([`Directory::open_file_direct`]): the
+/// device's physical sector size here (4 KiB), the largest logical block size Linux supports for
+/// `O_DIRECT` on common devices, so one value works everywhere.
+pub const DIRECT_ALIGN_BYTES: usize = 4096;
+
+/// True when a write of `data` at `offset_bytes` may bypass the page cache: offset, length and
+/// address are all multiples of [`DIRECT_ALIGN_BYTES`] (what `O_DIRECT` requires).
+pub fn direct_aligned(offset_bytes: u64, data: &[u8]) -> bool {
+    let align = DIRECT_ALIGN_BYTES;
+    !data.is_empty()
+        && offset_bytes.is_multiple_of(align as u64)
+        && data.len().is_multiple_of(align)
+        && (data.as_ptr() as usize).is_multiple_of(align)
+}
+
+/// How a handle's writes reach the device (the three `Directory::open_file*` methods).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum WriteMode {
+    /// Through the page cache; durable at `sync`.
+    Buffered,
+    /// `O_DSYNC`: durable when each write completes.
+    WriteThrough,
+    /// `O_DSYNC`, and aligned writes `O_DIRECT` too.
+    Direct,
+}
 pub use memory::{
     CrashEvent, CrashReport, FaultConfig, FaultCounts, FaultKind, FaultOp, FaultRule, FaultTrigger,
     MemDirectory, MemFs, MemLock, MemStorage, ProcessCrashReport, WriteOutcome, SECTOR_BYTES,
@@ -147,6 +173,14 @@ pub trait Storage {
         false
     }
 
+    /// The alignment (of offset, length and buffer address) at which a write through this handle
+    /// bypasses the page cache (opened with [`Directory::open_file_direct`] where the file system
+    /// supports `O_DIRECT`): a writer that can align its writes gets one device write per call,
+    /// without a kernel worker copying into the page cache first. `None` otherwise (the default).
+    fn direct_alignment(&self) -> Option<usize> {
+        None
+    }
+
     /// Tells the storage that the file will be read from start to end, once (recovery's scan).
     /// A hint: [`FileStorage`] widens the kernel's readahead for the file
     /// (`POSIX_FADV_SEQUENTIAL`), so a cold cache is read ahead of the scan in larger steps; the
@@ -193,6 +227,16 @@ pub trait Directory: Clone + Sized + 'static {
     /// when it completes (`O_DSYNC`: the write and its fdatasync in one operation, one round
     /// trip instead of two). [`Storage::writes_are_durable`] is true on the handle.
     async fn open_file_write_through(&self, name: &str, mode: OpenMode) -> io::Result<Self::File>;
+
+    /// Opens `name` like [`Directory::open_file_write_through`] (every completed write durable),
+    /// where writes aligned to [`DIRECT_ALIGN_BYTES`] (offset, length and buffer address) also
+    /// bypass the page cache (`O_DIRECT | O_DSYNC`); unaligned writes still go through it, with
+    /// `O_DSYNC`. Reads always use the page cache. [`Storage::direct_alignment`] says whether the
+    /// handle got it; where the file system refuses `O_DIRECT` (tmpfs) the handle is plain
+    /// write-through. The default is [`Directory::open_file_write_through`].
+    async fn open_file_direct(&self, name: &str, mode: OpenMode) -> io::Result<Self::File> {
+        self.open_file_write_through(name, mode).await
+    }
 
     /// Opens the subdirectory `name`, creating it when `create` is set.
     async fn open_dir(&self, name: &str, create: bool) -> io::Result<Self>;

@@ -24,6 +24,7 @@ pub fn small_config() -> EngineConfig {
         preallocate: false,
         sync_on_append: true,
         write_through: true,
+        direct_io: false,
         scan_window_bytes: keel_journal::SCAN_WINDOW_BYTES,
     };
     EngineConfig {

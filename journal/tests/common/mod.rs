@@ -26,6 +26,7 @@ pub fn small_config() -> JournalConfig {
         preallocate: false,
         sync_on_append: true,
         write_through: true,
+        direct_io: false,
         scan_window_bytes: keel_journal::SCAN_WINDOW_BYTES,
     }
 }

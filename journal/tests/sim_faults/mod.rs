@@ -261,6 +261,9 @@ pub struct FaultTotals {
     pub io_errors: u64,
     pub no_space: u64,
     pub short_writes: u64,
+    /// Aligned writes through direct handles (`direct_io`): not a fault, the proof the aligned
+    /// path ran.
+    pub direct_writes: u64,
     pub bit_flips: u64,
     pub refused_as_corruption: u64,
     /// Acknowledged ops a recovery lost under the documented limit (their write was faulted).
@@ -278,6 +281,7 @@ impl FaultTotals {
         self.io_errors += counts.io_errors;
         self.no_space += counts.no_space + counts.disk_full;
         self.short_writes += counts.short_writes;
+        self.direct_writes += counts.direct_writes;
         self.bit_flips += counts.bit_flips;
     }
 
@@ -292,6 +296,7 @@ impl FaultTotals {
         self.io_errors += other.io_errors;
         self.no_space += other.no_space;
         self.short_writes += other.short_writes;
+        self.direct_writes += other.direct_writes;
         self.bit_flips += other.bit_flips;
         self.refused_as_corruption += other.refused_as_corruption;
         self.lost_under_limit += other.lost_under_limit;
@@ -306,7 +311,8 @@ impl fmt::Display for FaultTotals {
              dropped futures {} (none may poison: the writer task owns the I/O), misdirected \
              writes {}, \
              lost writes {}, I/O errors {}, no-space {}, short writes {}, bit flips {}, \
-             refused as corruption {}, ops lost under the documented limit {}",
+             refused as corruption {}, ops lost under the documented limit {}, aligned direct \
+             writes {}",
             self.seeds,
             self.power_cuts,
             self.process_crashes,
@@ -319,7 +325,8 @@ impl fmt::Display for FaultTotals {
             self.short_writes,
             self.bit_flips,
             self.refused_as_corruption,
-            self.lost_under_limit
+            self.lost_under_limit,
+            self.direct_writes
         )
     }
 }

@@ -14,7 +14,7 @@ use super::{
     MemStorage, ROOT,
 };
 use crate::dir::check_name;
-use crate::{Directory, FaultOp, OpenMode};
+use crate::{Directory, FaultOp, OpenMode, WriteMode};
 
 /// One directory of a [`MemFs`].
 #[derive(Clone)]
@@ -133,7 +133,7 @@ impl MemDirectory {
         &self,
         name: &str,
         mode: OpenMode,
-        write_through: bool,
+        writes: WriteMode,
     ) -> io::Result<MemStorage> {
         if mode != OpenMode::ReadOnly {
             self.check_writable("open for writing")?;
@@ -170,7 +170,8 @@ impl MemDirectory {
             file: id,
             generation: state.generation,
             read_only: mode == OpenMode::ReadOnly,
-            write_through: write_through && mode != OpenMode::ReadOnly,
+            write_through: writes != WriteMode::Buffered && mode != OpenMode::ReadOnly,
+            direct: writes == WriteMode::Direct && mode != OpenMode::ReadOnly,
             len_bytes: Cell::new(len_bytes),
             path,
         })
@@ -274,13 +275,19 @@ impl Directory for MemDirectory {
     type Lock = MemLock;
 
     async fn open_file(&self, name: &str, mode: OpenMode) -> io::Result<MemStorage> {
-        let result = self.open_file_now(name, mode, false);
+        let result = self.open_file_now(name, mode, WriteMode::Buffered);
         maybe_yield(&self.fs).await;
         result
     }
 
     async fn open_file_write_through(&self, name: &str, mode: OpenMode) -> io::Result<MemStorage> {
-        let result = self.open_file_now(name, mode, true);
+        let result = self.open_file_now(name, mode, WriteMode::WriteThrough);
+        maybe_yield(&self.fs).await;
+        result
+    }
+
+    async fn open_file_direct(&self, name: &str, mode: OpenMode) -> io::Result<MemStorage> {
+        let result = self.open_file_now(name, mode, WriteMode::Direct);
         maybe_yield(&self.fs).await;
         result
     }
@@ -338,7 +345,7 @@ impl Directory for MemDirectory {
         // namespace); a read-only one never creates it and, when it is missing, still takes the
         // lock (there, the directory's flock alone).
         if !exists && !self.read_only {
-            self.open_file_now(name, OpenMode::Create, false)?;
+            self.open_file_now(name, OpenMode::Create, WriteMode::Buffered)?;
         }
         self.lock_now(name)
     }

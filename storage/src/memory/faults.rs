@@ -171,6 +171,9 @@ pub struct FaultCounts {
     pub disk_full: u64,
     /// Writes cut short by [`FaultKind::ShortWrite`].
     pub short_writes: u64,
+    /// Writes through a direct handle that were aligned (they would bypass the page cache; see
+    /// [`crate::Directory::open_file_direct`]). Not a fault: a count for tests.
+    pub direct_writes: u64,
     /// Writes whose bytes landed elsewhere ([`FaultKind::Misdirected`]).
     pub misdirected_writes: u64,
     /// Writes the device dropped ([`FaultKind::LostWrite`]).

@@ -23,6 +23,10 @@ pub struct MemStorage {
     pub(super) read_only: bool,
     /// Opened write-through (`O_DSYNC`): each write is followed by the file's sync, as one op.
     pub(super) write_through: bool,
+    /// Opened with `open_file_direct`: aligned writes would bypass the page cache. The model's
+    /// durability is write-through's either way; it counts the aligned writes
+    /// ([`FaultCounts::direct_writes`](super::FaultCounts)) so tests can see a writer align.
+    pub(super) direct: bool,
     pub(super) len_bytes: Cell<u64>,
     pub(super) path: String,
 }
@@ -123,6 +127,9 @@ impl MemStorage {
             _ => {}
         }
         push_write(&mut state, self.file, offset_bytes, data, lost);
+        if self.direct && crate::direct_aligned(offset_bytes, data) {
+            state.counts.direct_writes += 1;
+        }
         if self.write_through {
             // O_DSYNC: the write returns once it (and what the file held pending before it,
             // which fdatasync would flush too) is durable; a lost write stays lost.
@@ -187,6 +194,10 @@ impl MemStorage {
 impl Storage for MemStorage {
     fn writes_are_durable(&self) -> bool {
         self.write_through
+    }
+
+    fn direct_alignment(&self) -> Option<usize> {
+        self.direct.then_some(crate::DIRECT_ALIGN_BYTES)
     }
 
     async fn read_at<B: IoBufMut>(&self, offset_bytes: u64, mut buf: B) -> BufResult<usize, B> {
