@@ -444,7 +444,7 @@ impl<D: Directory> MetadataJournal<D> {
             }
         }
         for written in std::mem::take(&mut st.w.writing) {
-            st.w.recycle(written.buf);
+            st.w.recycle(written.buf, self.config.max_inflight_bytes);
         }
         if synced {
             st.w.durable_seq = st.w.written_seq;

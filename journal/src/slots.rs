@@ -38,7 +38,56 @@ pub struct SlotRing {
     last_op: Option<u64>,
     /// Occupied slots per segment, so "does anything live point into segment N" is a lookup,
     /// not a walk over the ring (the writer asks at every rotation).
-    per_segment: std::collections::BTreeMap<u64, u64>,
+    per_segment: SegmentCounts,
+}
+
+/// Occupied slots per segment. The segment the last insert went to (the write cursor's, nearly
+/// always) is counted apart, so an append changes its count without a map lookup (the map's
+/// insert was a tenth of a buffered append's cost). Invariant: `hot_segment` is never a key of
+/// `cold`.
+#[derive(Debug, Clone, Default)]
+struct SegmentCounts {
+    hot_segment: u64,
+    hot_count: u64,
+    cold: std::collections::BTreeMap<u64, u64>,
+}
+
+impl SegmentCounts {
+    fn add(&mut self, segment: u64) {
+        if segment != self.hot_segment {
+            if self.hot_count > 0 {
+                let previous = self.cold.insert(self.hot_segment, self.hot_count);
+                assert!(previous.is_none(), "the hot segment is never in the map");
+            }
+            self.hot_segment = segment;
+            self.hot_count = self.cold.remove(&segment).unwrap_or(0);
+        }
+        self.hot_count += 1;
+    }
+
+    fn remove(&mut self, segment: u64) {
+        if segment == self.hot_segment {
+            assert!(self.hot_count > 0, "an occupied slot is counted");
+            self.hot_count -= 1;
+            return;
+        }
+        let count = self
+            .cold
+            .get_mut(&segment)
+            .expect("an occupied slot is counted");
+        *count -= 1;
+        if *count == 0 {
+            self.cold.remove(&segment);
+        }
+    }
+
+    fn contains(&self, segment: u64) -> bool {
+        if segment == self.hot_segment {
+            self.hot_count > 0
+        } else {
+            self.cold.contains_key(&segment)
+        }
+    }
 }
 
 impl SlotRing {
@@ -50,31 +99,24 @@ impl SlotRing {
             slot_count,
             snapshot_op,
             last_op: None,
-            per_segment: std::collections::BTreeMap::new(),
+            per_segment: SegmentCounts::default(),
         }
     }
 
     /// Puts `slot` at `index`, keeping the per-segment counts.
     fn set(&mut self, index: usize, slot: Option<Slot>) {
         if let Some(old) = self.slots[index] {
-            let count = self
-                .per_segment
-                .get_mut(&old.location.segment)
-                .expect("an occupied slot is counted");
-            *count -= 1;
-            if *count == 0 {
-                self.per_segment.remove(&old.location.segment);
-            }
+            self.per_segment.remove(old.location.segment);
         }
         if let Some(new) = slot {
-            *self.per_segment.entry(new.location.segment).or_insert(0) += 1;
+            self.per_segment.add(new.location.segment);
         }
         self.slots[index] = slot;
     }
 
     /// Whether any occupied slot points into `segment`.
     pub fn references(&self, segment: u64) -> bool {
-        self.per_segment.contains_key(&segment)
+        self.per_segment.contains(segment)
     }
 
     fn index(&self, op: u64) -> usize {
@@ -230,6 +272,28 @@ mod tests {
         Append(u64),
         Truncate(u64),
         Snapshot(u64),
+    }
+
+    proptest! {
+        /// The hot-segment counts agree with a plain map after any adds and removes of counted
+        /// segments.
+        #[test]
+        fn segment_counts_match_a_map(steps in proptest::collection::vec((0u64..6, any::<bool>()), 0..300)) {
+            let mut counts = SegmentCounts::default();
+            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
+            for (segment, add) in steps {
+                if add {
+                    counts.add(segment);
+                    *model.entry(segment).or_insert(0) += 1;
+                } else if model.get(&segment).is_some_and(|&c| c > 0) {
+                    counts.remove(segment);
+                    *model.get_mut(&segment).unwrap() -= 1;
+                }
+                for s in 0..6 {
+                    prop_assert_eq!(counts.contains(s), model.get(&s).is_some_and(|&c| c > 0));
+                }
+            }
+        }
     }
 
     fn action() -> impl Strategy<Value = Action> {

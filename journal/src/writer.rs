@@ -26,8 +26,11 @@ use crate::scan::Link;
 use crate::slots::{check_op, Location, SlotRefusal};
 use crate::{MetadataJournal, State};
 
-/// Run buffers kept for reuse once written (each up to `max_batch_bytes`).
-const SPARE_BUFFERS_MAX: usize = 4;
+/// Run buffers kept for reuse once written (each up to `max_batch_bytes`, and all of them together
+/// at most `max_inflight_bytes`): enough for every run the in-flight bound allows (8 with the
+/// defaults), so a stream of buffered appends allocates no run buffer in steady state (with 4,
+/// half the runs took a fresh 1 MiB buffer, page faults and zeroing included).
+const SPARE_BUFFERS_MAX: usize = 16;
 
 /// A run's first capacity with `sync_on_append` (groups are usually small); buffered appends
 /// reserve a whole `max_batch_bytes` run at once, so encoding never reallocates.
@@ -283,10 +286,14 @@ impl WriterState {
             .unwrap_or_else(|| Vec::with_capacity(capacity_bytes))
     }
 
-    /// Takes back a written run's buffer for reuse.
-    pub fn recycle(&mut self, buf: Rc<Vec<u8>>) {
+    /// Takes back a written run's buffer for reuse, while the spares hold at most
+    /// `spare_bytes_max` in all.
+    pub fn recycle(&mut self, buf: Rc<Vec<u8>>, spare_bytes_max: usize) {
         if let Ok(mut buf) = Rc::try_unwrap(buf) {
-            if self.spare_buffers.len() < SPARE_BUFFERS_MAX {
+            let spare_bytes: usize = self.spare_buffers.iter().map(Vec::capacity).sum();
+            if self.spare_buffers.len() < SPARE_BUFFERS_MAX
+                && spare_bytes + buf.capacity() <= spare_bytes_max
+            {
                 buf.clear();
                 self.spare_buffers.push(buf);
             }
