@@ -232,3 +232,47 @@ fn a_buffered_entry_has_its_position_before_it_is_written() {
         assert_eq!(j.entry_position(5).await.unwrap(), Some(before));
     });
 }
+
+/// A fresh journal zero-fills its first segment in small steps that double as it fills (not 8 MiB
+/// before the first append): the zeroed space stays within about twice what was written.
+#[test]
+fn preallocation_grows_with_what_is_written() {
+    use keel_storage::{Directory, OpenMode, Storage};
+    let config = JournalConfig {
+        segment_bytes: 64 << 20,
+        slot_count: 4096,
+        preallocate: true,
+        ..small_config()
+    };
+    run(async {
+        let fs = MemFs::new(5);
+        let (j, _) = open(&fs, &config).await;
+        j.append(1, &payload(1, 100)).await.unwrap();
+        let segment_len = || async {
+            let dir = fs.root().open_dir("journal", false).await.unwrap();
+            let names = dir.list().await.unwrap();
+            let name = names.iter().find(|n| n.ends_with(".wal")).unwrap().clone();
+            dir.open_file(&name, OpenMode::ReadOnly)
+                .await
+                .unwrap()
+                .len()
+        };
+        let first = segment_len().await;
+        assert!(first <= 512 << 10, "the first step is small: {first} bytes");
+        let mut written = 0u64;
+        for op in 2..=3000 {
+            let p = vec![op as u8; 1000];
+            written += p.len() as u64;
+            j.append(op, &p).await.unwrap();
+        }
+        let len = segment_len().await;
+        assert!(
+            len >= written,
+            "the writes lie in zeroed space: {len} < {written}"
+        );
+        assert!(
+            len <= 2 * written + (512 << 10),
+            "zeroed {len} bytes for {written} written"
+        );
+    });
+}
