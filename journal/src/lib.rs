@@ -137,6 +137,8 @@ pub use report::{
     CompactionReport, JournalStats, Problem, RawEntry, Repair, ScanReport, SegmentSummary,
     VerifyStatus,
 };
+/// The forensic walk of segment files (every entry on disk, past chain breaks), for tools.
+pub use scan::forensic;
 pub use slots::Location;
 pub use stream::{LiveEntries, ScanEvent, WINDOW_BYTES as SCAN_WINDOW_BYTES};
 
