@@ -78,6 +78,7 @@ mod replay;
 mod report;
 mod shard;
 mod snapshot;
+mod snapshot_dir;
 mod state_machine;
 mod stats;
 mod step;
@@ -118,6 +119,7 @@ pub use snapshot::{
     SnapshotIdentity, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
     SNAPSHOT_V1_HEADER_BYTES, SNAPSHOT_VERSION,
 };
+pub use snapshot_dir::SnapshotDir;
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 pub use stats::{EngineStats, Histogram, HISTOGRAM_MAX_VALUE};
 pub use step::{CheckpointStep, StepAction, StepHook};
