@@ -23,8 +23,7 @@ use std::cell::Cell;
 use std::rc::Rc;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
-use keel_engine::StateMachine;
+use keel_engine::{Histogram, StateMachine};
 use keel_journal::JournalConfig;
 
 use common::*;
@@ -565,16 +564,13 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
         (Rc::new(engine), next_op)
     });
     let next_op = Rc::new(Cell::new(next_op));
-    let mut histograms = [
-        Histogram::<u64>::new(3).expect("histogram"),
-        Histogram::<u64>::new(3).expect("histogram"),
-    ];
+    let mut histograms = [Histogram::new(), Histogram::new()];
     let mut p99s: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut checkpoints_done = 0u64;
     for round in 0..sizes.rounds * 2 {
         // Alternate steady / checkpointing, starting with a different one every other pair.
         let with_checkpoints = (round + round / 2) % 2 == 1;
-        let mut round_histogram = Histogram::<u64>::new(3).expect("histogram");
+        let mut round_histogram = Histogram::new();
         let done = rt.block_on(async {
             let stop = Rc::new(Cell::new(false));
             let checkpointer = with_checkpoints.then(|| {
@@ -597,9 +593,7 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
                 kv_set(op % keys, VALUE_BYTES, &mut command);
                 let started = Instant::now();
                 engine.append(op, &command).await.expect("append");
-                round_histogram
-                    .record(started.elapsed().as_micros() as u64)
-                    .expect("record");
+                round_histogram.record(started.elapsed().as_micros() as u64);
                 engine.commit(op).await.expect("commit");
                 next_op.set(op + 1);
             }
@@ -611,8 +605,8 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
         });
         checkpoints_done += done;
         let mode = usize::from(with_checkpoints);
-        p99s[mode].push(round_histogram.value_at_quantile(0.99) as f64);
-        histograms[mode].add(&round_histogram).expect("merge");
+        p99s[mode].push(round_histogram.quantile(0.99) as f64);
+        histograms[mode].merge(&round_histogram);
         eprint!(".");
     }
     eprintln!();
@@ -632,9 +626,9 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
         let (lo, hi) = range(&p99s[mode]);
         println!(
             "| {name} | {} | {} | {} | {} | {:.0} ({lo:.0} – {hi:.0}) |",
-            h.value_at_quantile(0.5),
-            h.value_at_quantile(0.99),
-            h.value_at_quantile(0.999),
+            h.quantile(0.5),
+            h.quantile(0.99),
+            h.quantile(0.999),
             h.max(),
             median(&p99s[mode])
         );
@@ -643,8 +637,8 @@ fn checkpoint_latency(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let (rlo, rhi) = range(&ratios);
     println!(
         "\np99 with checkpoints / steady p99: pooled {:.2}×, per round pair median {:.2}× ({rlo:.2} – {rhi:.2})",
-        histograms[1].value_at_quantile(0.99) as f64
-            / histograms[0].value_at_quantile(0.99) as f64,
+        histograms[1].quantile(0.99) as f64
+            / histograms[0].quantile(0.99) as f64,
         median(&ratios)
     );
     let m = median(&ratios);

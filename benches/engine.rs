@@ -13,9 +13,9 @@ use std::rc::Rc;
 use std::time::{Duration, Instant};
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, SamplingMode};
-use hdrhistogram::Histogram;
 
 use common::*;
+use keel_engine::Histogram;
 
 const SLOT_COUNT: u64 = 1 << 16;
 /// Value size of the bench's key-value commands.
@@ -85,7 +85,7 @@ fn append_during_checkpoint(c: &mut Criterion) {
         let (engine, next_op) = preloaded_engine(&rt, dir.path(), KEYS, true);
         let engine = Rc::new(engine);
         let next_op = Rc::new(Cell::new(next_op));
-        let mut histogram = Histogram::<u64>::new(3).expect("histogram");
+        let mut histogram = Histogram::new();
         let name = if with_checkpoints {
             "checkpoints_running"
         } else {
@@ -112,9 +112,7 @@ fn append_during_checkpoint(c: &mut Criterion) {
                         kv_set(op % KEYS, VALUE_BYTES, &mut command);
                         let append_started = Instant::now();
                         engine.append(op, &command).await.expect("append");
-                        histogram
-                            .record(append_started.elapsed().as_micros() as u64)
-                            .expect("record");
+                        histogram.record(append_started.elapsed().as_micros() as u64);
                         engine.commit(op).await.expect("commit");
                         next_op.set(op + 1);
                     }
@@ -129,10 +127,10 @@ fn append_during_checkpoint(c: &mut Criterion) {
         });
         eprintln!(
             "append_fsync_during_checkpoint/{name}: n={} p50={} us p99={} us p999={} us max={} us",
-            histogram.len(),
-            histogram.value_at_quantile(0.5),
-            histogram.value_at_quantile(0.99),
-            histogram.value_at_quantile(0.999),
+            histogram.count(),
+            histogram.quantile(0.5),
+            histogram.quantile(0.99),
+            histogram.quantile(0.999),
             histogram.max()
         );
         let engine = Rc::try_unwrap(engine).unwrap_or_else(|_| panic!("tasks joined"));

@@ -78,6 +78,7 @@ mod replay;
 mod report;
 mod shard;
 mod snapshot;
+mod snapshot_dir;
 mod state_machine;
 mod stats;
 mod step;
@@ -108,15 +109,19 @@ pub use report::{
     journal_file, journal_repairs, recovery_mode_from_str, recovery_mode_name, PlannedRepair,
     ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
 };
-pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
+pub use shard::{
+    block_on, shard_dir_name, ShardConfig, ShardHandle, ShardReopen, ShardSet, ShardTask,
+    MAX_SHARDS,
+};
 pub use snapshot::{
     decode_snapshot_file, decode_snapshot_header, encode_snapshot_file, encode_snapshot_file_with,
     list_snapshots, parse_snapshot_file_name, snapshot_file_name, snapshot_ops, SnapshotHeader,
     SnapshotIdentity, SnapshotInfo, SNAPSHOTS_DIR, SNAPSHOT_HEADER_BYTES, SNAPSHOT_MAGIC,
     SNAPSHOT_V1_HEADER_BYTES, SNAPSHOT_VERSION,
 };
+pub use snapshot_dir::SnapshotDir;
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
-pub use stats::{EngineStats, Histogram};
+pub use stats::{EngineStats, Histogram, HISTOGRAM_MAX_VALUE};
 pub use step::{CheckpointStep, StepAction, StepHook};
 
 use snapshot::SnapshotStore;

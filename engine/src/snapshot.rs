@@ -63,11 +63,9 @@ pub struct SnapshotInfo {
 /// holds the core for about a millisecond, large enough that the writes stay few.
 const PERSIST_PIECE_BYTES: usize = 256 << 10;
 
-/// A state already in one slice, as a [`SnapshotSource`] (the store's own tests).
-#[cfg(test)]
+/// A state already in one slice, as a [`SnapshotSource`] (the store's tests, `SnapshotDir`).
 struct SliceSource<'a>(Option<&'a [u8]>);
 
-#[cfg(test)]
 impl SnapshotSource for SliceSource<'_> {
     fn write_piece(&mut self, _max_bytes: usize, out: &mut Vec<u8>) -> bool {
         if let Some(bytes) = self.0.take() {
@@ -141,7 +139,16 @@ impl<D: Directory> SnapshotStore<D> {
     /// root and its own entries are fsynced (a process that crashed earlier may have left a
     /// renamed snapshot in the page cache only) before anything relies on them.
     pub(crate) async fn open(root: &D, max_bytes: u64) -> Result<Self, EngineError> {
-        let dir = keel_storage::open_dir_durable(root, SNAPSHOTS_DIR)
+        Self::open_in(root, SNAPSHOTS_DIR, max_bytes).await
+    }
+
+    /// [`SnapshotStore::open`] on `root/<dir_name>/` (another layer's snapshots: keel-raft's).
+    pub(crate) async fn open_in(
+        root: &D,
+        dir_name: &str,
+        max_bytes: u64,
+    ) -> Result<Self, EngineError> {
+        let dir = keel_storage::open_dir_durable(root, dir_name)
             .await
             .map_err(|e| EngineError::durable("open snapshots dir", e))?;
         Ok(Self {
@@ -279,7 +286,6 @@ impl<D: Directory> SnapshotStore<D> {
     /// Persists `state` as the snapshot at `op`: temp file, fsync, rename, directory fsync.
     /// `step` is called at the boundaries inside the persist (the crash tests stop there).
     /// Returns the file's size in bytes.
-    #[cfg(test)]
     pub(crate) async fn persist(
         &self,
         op: u64,

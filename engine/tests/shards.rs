@@ -175,3 +175,56 @@ fn the_handle_is_send_sync_and_clone() {
     fn assert_send_sync_clone<T: Send + Sync + Clone>() {}
     assert_send_sync_clone::<keel_engine::ShardHandle<KvStateMachine>>();
 }
+
+/// A shard set on `MemFs` (each shard's file system made on its own thread): a driver task on
+/// each shard's thread writes and commits, `reopen` recovers exactly that state in place (the
+/// `MemFs` lives as long as the shard), and a task on a shard that does not exist is refused.
+#[test]
+fn memfs_shards_run_local_tasks_and_recover_in_place_on_reopen() {
+    let open_dir =
+        |shard: usize| async move { Ok(keel_storage::MemFs::new(90 + shard as u64).root()) };
+    let mut config = config();
+    config.pin_cores = false;
+    let (set, reports) = ShardSet::start_with(open_dir, config, |_| KvStateMachine::new()).unwrap();
+    assert_eq!(reports.len(), 2);
+    let handle = set.handle();
+    let tasks: Vec<_> = (0..2)
+        .map(|shard| {
+            block_on(handle.spawn_local(shard, move |engine| async move {
+                for op in 1..=OPS_PER_SHARD {
+                    engine.append(op, &shard_payload(shard, op)).await?;
+                    engine.commit(op).await?;
+                }
+                Ok::<_, EngineError>(engine.state_machine().digest())
+            }))
+            .unwrap()
+        })
+        .collect();
+    let digests: Vec<u64> = tasks
+        .into_iter()
+        .map(|t| t.wait().unwrap().unwrap())
+        .collect();
+    for (shard, digest) in digests.iter().enumerate() {
+        assert_eq!(
+            *digest,
+            shard_model(shard, OPS_PER_SHARD).digest(),
+            "shard {shard}"
+        );
+        let reopened = block_on(handle.reopen(shard)).unwrap();
+        // Every op is in the snapshot or replayed (an automatic checkpoint may have run).
+        assert!(
+            reopened.report.replayed <= OPS_PER_SHARD,
+            "shard {shard}: {reopened:?}"
+        );
+        let recovered = block_on(handle.query(shard, |kv| kv.digest())).unwrap();
+        assert_eq!(recovered, *digest, "shard {shard}: recovered state");
+    }
+    // The reopened engine serves requests like the first one.
+    block_on(handle.append(0, OPS_PER_SHARD + 1, shard_payload(0, OPS_PER_SHARD + 1))).unwrap();
+    let missing = block_on(handle.run_local(7, |_| async {}));
+    assert!(
+        matches!(missing, Err(EngineError::NoSuchShard { shard: 7, .. })),
+        "{missing:?}"
+    );
+    set.shutdown().unwrap();
+}

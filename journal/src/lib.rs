@@ -138,7 +138,9 @@ pub use report::{
     CompactionReport, JournalStats, Problem, RawEntry, Repair, ScanReport, SegmentSummary,
     VerifyStatus,
 };
-pub use slots::Location;
+/// The forensic walk of segment files (every entry on disk, past chain breaks), for tools.
+pub use scan::forensic;
+pub use slots::{check_op, Location, SlotRefusal};
 pub use stream::{LiveEntries, ScanEvent, WINDOW_BYTES as SCAN_WINDOW_BYTES};
 
 pub(crate) use config::max_file_bytes;

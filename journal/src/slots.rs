@@ -21,11 +21,23 @@ struct Slot {
     location: Location,
 }
 
-/// Why an op cannot take a slot.
+/// Why an op cannot take a slot ([`check_op`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum SlotRefusal {
-    BelowSnapshot { snapshot_op: u64 },
-    Full { snapshot_op: u64, distance: u64 },
+    /// The op is at or below the snapshot watermark: its state is in the snapshot already.
+    BelowSnapshot {
+        /// The watermark.
+        snapshot_op: u64,
+    },
+    /// The op is more than `slot_count` past the watermark: its slot still holds a live op
+    /// (checkpoint, so the watermark moves up, or use a larger ring).
+    Full {
+        /// The watermark.
+        snapshot_op: u64,
+        /// How far past it the op is.
+        distance: u64,
+    },
 }
 
 /// The ring. Invariant: every occupied slot holds an op in `(snapshot_op, snapshot_op + slot_count]`
@@ -246,7 +258,10 @@ impl SlotRing {
     }
 }
 
-/// The append rule, shared by the ring and by the writer's early check.
+/// The journal's append rule: op `op` may take its slot (`op % slot_count`) when it lies in
+/// `(snapshot_op, snapshot_op + slot_count]`. Shared by the ring, the writer's early check and
+/// every layer that must refuse an op before the journal would (keel-raft's log store), so there
+/// is one copy of the rule.
 pub fn check_op(op: u64, snapshot_op: u64, slot_count: u64) -> Result<(), SlotRefusal> {
     if op <= snapshot_op {
         return Err(SlotRefusal::BelowSnapshot { snapshot_op });

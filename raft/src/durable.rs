@@ -1,13 +1,13 @@
-//! Small files read whole through the [`Directory`] seam, the cleanup of interrupted atomic
-//! replaces, and the framing helpers they share.
+//! Small files read whole through the [`Directory`] seam (the raft meta file), and the framing
+//! helper they share.
 //!
-//! Both the raft meta file and the snapshot files are written with
-//! [`keel_storage::atomic_replace`] (write `NAME.tmp`, fsync it, rename it over `NAME`, fsync the
-//! directory): a crash at any point leaves either the old file or the new one under `NAME`, never
-//! a mix, and nothing is reported durable before the directory fsync made the rename survive a
-//! power cut. This module must never write a file any other way.
+//! The meta file is written with [`keel_storage::atomic_replace`] (write `NAME.tmp`, fsync it,
+//! rename it over `NAME`, fsync the directory): a crash at any point leaves either the old file
+//! or the new one under `NAME`, never a mix, and nothing is reported durable before the
+//! directory fsync made the rename survive a power cut. Snapshot files go through the engine's
+//! snapshot store (`snapshot.rs`). This module never writes.
 
-use keel_storage::{is_temp_of, Directory, OpenMode, Storage};
+use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::error::RaftStoreError;
 
@@ -37,27 +37,6 @@ pub(crate) async fn read_all<D: Directory>(
         .await
         .map_err(|e| RaftStoreError::io("read", &path, e))?;
     Ok(Some(bytes))
-}
-
-/// Removes `*.tmp` files an interrupted [`keel_storage::atomic_replace`] left behind; returns how
-/// many.
-pub(crate) async fn remove_temps<D: Directory>(dir: &D) -> Result<u64, RaftStoreError> {
-    let names = dir
-        .list()
-        .await
-        .map_err(|e| RaftStoreError::io("list", dir.display_path(), e))?;
-    let mut removed = 0;
-    for name in names.iter().filter(|n| is_temp_of(n).is_some()) {
-        dir.remove_file(name).await.map_err(|e| {
-            RaftStoreError::io(
-                "remove temp file",
-                format!("{}/{name}", dir.display_path()),
-                e,
-            )
-        })?;
-        removed += 1;
-    }
-    Ok(removed)
 }
 
 /// The little-endian `u32` in the first four bytes of `bytes` (which must hold at least four).

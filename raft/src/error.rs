@@ -6,6 +6,7 @@
 
 use std::io;
 
+use keel_engine::{EngineError, SnapshotError};
 use keel_journal::JournalError;
 use keel_storage::DurableError;
 
@@ -94,6 +95,15 @@ pub enum RaftStoreError {
     /// A configuration bound was violated.
     #[error("invalid raft store configuration: {0}")]
     Config(String),
+
+    /// The engine's snapshot store refused or failed (a damaged, foreign-format or too large
+    /// snapshot file, or an I/O stage of its persist or load).
+    #[error("raft snapshot: {0}")]
+    Snapshot(#[from] SnapshotError),
+
+    /// Another failure of the engine's snapshot store.
+    #[error("raft snapshot store: {0}")]
+    Engine(EngineError),
 }
 
 impl RaftStoreError {
@@ -131,7 +141,11 @@ impl RaftStoreError {
             | RaftStoreError::Restore { .. } => io::ErrorKind::InvalidData,
             RaftStoreError::LogFull { .. } => io::ErrorKind::StorageFull,
             RaftStoreError::Config(_) => io::ErrorKind::InvalidInput,
-            RaftStoreError::Journal(_) | RaftStoreError::Poisoned(_) => io::ErrorKind::Other,
+            RaftStoreError::Snapshot(SnapshotError::Io { source, .. }) => source.kind(),
+            RaftStoreError::Snapshot(_) => io::ErrorKind::InvalidData,
+            RaftStoreError::Journal(_)
+            | RaftStoreError::Poisoned(_)
+            | RaftStoreError::Engine(_) => io::ErrorKind::Other,
         };
         io::Error::new(kind, self)
     }
@@ -145,6 +159,28 @@ impl From<DurableError> for RaftStoreError {
             stage: error.stage.as_str(),
             file: error.path,
             source: error.source,
+        }
+    }
+}
+
+impl From<EngineError> for RaftStoreError {
+    /// The snapshot store's errors keep their own type: a snapshot error as [`Snapshot`], an I/O
+    /// stage as [`Io`](RaftStoreError::Io) with its path.
+    ///
+    /// [`Snapshot`]: RaftStoreError::Snapshot
+    fn from(error: EngineError) -> Self {
+        match error {
+            EngineError::Snapshot(error) => RaftStoreError::Snapshot(error),
+            EngineError::Io {
+                stage,
+                path,
+                source,
+            } => RaftStoreError::Io {
+                stage,
+                file: path,
+                source,
+            },
+            other => RaftStoreError::Engine(other),
         }
     }
 }

@@ -247,7 +247,10 @@ impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
         let mut batch = Vec::with_capacity(entries.len());
         for entry in &entries {
             let op = op_of(entry.index());
-            if op.saturating_sub(snapshot_op) > self.inner.slot_count {
+            // The journal's own rule (one copy); an op at or below the watermark is the
+            // journal's to refuse.
+            let refusal = keel_journal::check_op(op, snapshot_op, self.inner.slot_count);
+            if let Err(keel_journal::SlotRefusal::Full { .. }) = refusal {
                 let last_purged = self
                     .inner
                     .mem

@@ -1,7 +1,9 @@
 //! Raft snapshot files: `DIR/raft-snapshots/NNNNNNNNNNNNNNNNNNNN.snap`.
 //!
-//! Each file uses keel's snapshot header (`docs/format.md`: magic `KEELSNAP`, format 2, op, length,
-//! payload crc, header crc, the identity left zero; 72 bytes) and keel's persist (temp, fsync, rename, directory fsync). The
+//! Each file is written and read by the engine's own snapshot store ([`SnapshotDir`]): keel's
+//! snapshot header (`docs/format.md`: magic `KEELSNAP`, format 2, op, length, payload crc, header
+//! crc, the identity left zero; 72 bytes), keel's persist (temp, fsync, rename, directory fsync)
+//! and its quarantine. The
 //! op in the name and header is the raft index of the snapshot's last log id plus one, the same
 //! op numbering as the journal ([`crate::op_of`]); 0 for a snapshot of nothing.
 //!
@@ -16,12 +18,13 @@
 //! per snapshot, and the `keel` tool reads it without knowing the application's types.
 //!
 //! The two newest files are kept, so a snapshot damaged on disk falls back to the previous one
-//! (the journal still covers the gap as long as purges keep enough log behind the newest).
+//! (the journal still covers the gap as long as purges keep enough log behind the newest); the
+//! damaged one goes to `DIR/quarantine/`.
 
-use keel_engine::{decode_snapshot_file, encode_snapshot_file, snapshot_file_name, snapshot_ops};
-use keel_storage::{atomic_replace, open_dir_durable, Directory};
+use keel_engine::{SnapshotDir, MAX_SNAPSHOT_BYTES_LIMIT};
+use keel_storage::Directory;
 
-use crate::durable::{le_u32, read_all, remove_temps};
+use crate::durable::le_u32;
 use crate::error::RaftStoreError;
 use openraft::alias::SnapshotMetaOf;
 use openraft::RaftTypeConfig;
@@ -31,9 +34,6 @@ pub const RAFT_SNAPSHOTS_DIR: &str = "raft-snapshots";
 
 /// Snapshot files kept: the current one and its predecessor.
 const KEEP_SNAPSHOTS: usize = 2;
-
-/// Suffix a damaged snapshot is renamed to (set aside, never deleted, like keel's quarantine).
-const DAMAGED_SUFFIX: &str = ".damaged";
 
 /// Packs `meta` and the state machine's bytes into one snapshot payload.
 pub fn encode_envelope<C: RaftTypeConfig>(
@@ -73,104 +73,61 @@ pub fn decode_envelope<'a, C: RaftTypeConfig>(
     Ok((meta, &bytes[meta_end..]))
 }
 
-fn encode_file(op: u64, payload: &[u8]) -> Vec<u8> {
-    encode_snapshot_file(op, payload)
-}
-
-fn decode_file(file: &str, op: u64, bytes: Vec<u8>) -> Result<Vec<u8>, RaftStoreError> {
-    decode_snapshot_file(op, &bytes)
-        .map(<[u8]>::to_vec)
-        .map_err(|reason| RaftStoreError::Damaged {
-            file: file.to_string(),
-            reason,
-        })
-}
-
-/// The raft snapshot directory of one store.
+/// The raft snapshot directory of one store: the engine's snapshot store ([`SnapshotDir`]) on
+/// `root/raft-snapshots/`; the policy (which files to keep) is this crate's.
 pub(crate) struct SnapshotFiles<D: Directory> {
-    dir: D,
+    dir: SnapshotDir<D>,
 }
 
 impl<D: Directory> SnapshotFiles<D> {
     /// Opens (creating) `root/raft-snapshots/` durably (its entry in `root` and its own entries
-    /// fsynced, even when an earlier process created it and crashed before syncing) and removes
-    /// temp files an interrupted persist left.
+    /// fsynced, even when an earlier process created it and crashed before syncing); temp files
+    /// an interrupted persist left go to `root/quarantine/`.
     pub(crate) async fn open(root: &D) -> Result<Self, RaftStoreError> {
-        let dir = open_dir_durable(root, RAFT_SNAPSHOTS_DIR).await?;
-        let removed = remove_temps(&dir).await?;
-        if removed > 0 {
-            tracing::info!(removed, dir = %dir.display_path(), "removed interrupted snapshot temp files");
-        }
+        let dir = SnapshotDir::open(root, RAFT_SNAPSHOTS_DIR, MAX_SNAPSHOT_BYTES_LIMIT).await?;
         Ok(Self { dir })
-    }
-
-    fn path_of(&self, op: u64) -> String {
-        format!("{}/{}", self.dir.display_path(), snapshot_file_name(op))
     }
 
     /// Ops of the snapshot files present, ascending.
     pub(crate) async fn list(&self) -> Result<Vec<u64>, RaftStoreError> {
-        let names = self
-            .dir
-            .list()
-            .await
-            .map_err(|e| RaftStoreError::io("list", self.dir.display_path(), e))?;
-        Ok(snapshot_ops(&names))
+        Ok(self.dir.list().await?)
     }
 
     /// Persists `payload` as the snapshot at `op` (durable on return), then drops older files.
     pub(crate) async fn persist(&self, op: u64, payload: &[u8]) -> Result<(), RaftStoreError> {
-        atomic_replace(&self.dir, &snapshot_file_name(op), encode_file(op, payload)).await?;
-        self.remove_others(op).await
-    }
-
-    /// Keeps `current` and the newest file below it; removes the rest (including files above
-    /// `current`: the snapshot just persisted is the authoritative one).
-    async fn remove_others(&self, current: u64) -> Result<(), RaftStoreError> {
+        self.dir.persist(op, payload).await?;
         let ops = self.list().await?;
-        let keep_below: Vec<u64> = ops
-            .iter()
-            .copied()
-            .filter(|op| *op < current)
-            .rev()
-            .take(KEEP_SNAPSHOTS - 1)
-            .collect();
-        for op in ops {
-            if op == current || keep_below.contains(&op) {
-                continue;
-            }
-            self.dir
-                .remove_file(&snapshot_file_name(op))
-                .await
-                .map_err(|e| RaftStoreError::io("remove old snapshot", self.path_of(op), e))?;
-        }
-        Ok(())
+        Ok(self.dir.remove(&replaced(&ops, op)).await?)
     }
 
     /// Reads and checks the snapshot at `op`; returns its payload (the envelope).
     pub(crate) async fn load(&self, op: u64) -> Result<Vec<u8>, RaftStoreError> {
-        let path = self.path_of(op);
-        let bytes = read_all(&self.dir, &snapshot_file_name(op))
-            .await?
-            .ok_or_else(|| RaftStoreError::Damaged {
-                file: path.clone(),
-                reason: "missing".into(),
-            })?;
-        decode_file(&path, op, bytes)
+        Ok(self.dir.load(op).await?)
     }
 
-    /// Sets a damaged snapshot aside (renamed, never deleted) so the previous one is used.
+    /// Sets a damaged snapshot aside (into quarantine, never deleted) so the previous one is used.
     pub(crate) async fn set_aside(&self, op: u64) -> Result<(), RaftStoreError> {
-        let name = snapshot_file_name(op);
-        self.dir
-            .rename(&name, &format!("{name}{DAMAGED_SUFFIX}"))
-            .await
-            .map_err(|e| RaftStoreError::io("set aside damaged snapshot", self.path_of(op), e))?;
-        self.dir
-            .sync()
-            .await
-            .map_err(|e| RaftStoreError::io("fsync directory", self.dir.display_path(), e))
+        let copy = self.dir.set_aside(op).await?;
+        tracing::warn!(op, quarantine = %copy, "damaged raft snapshot set aside");
+        Ok(())
     }
+}
+
+/// Of the snapshot files at `ops`, those a persist of `current` replaces: all but `current` and
+/// the newest below it (files above `current` too: the snapshot just persisted is the
+/// authoritative one).
+fn replaced(ops: &[u64], current: u64) -> Vec<u64> {
+    let keep_below: Vec<u64> = ops
+        .iter()
+        .copied()
+        .filter(|op| *op < current)
+        .rev()
+        .take(KEEP_SNAPSHOTS - 1)
+        .collect();
+    ops.iter()
+        .copied()
+        .filter(|op| *op != current && !keep_below.contains(op))
+        .collect()
 }
 
 #[cfg(test)]
@@ -180,23 +137,11 @@ mod tests {
     use crate::TypeConfig;
 
     #[test]
-    fn file_round_trip_and_damage() {
-        let bytes = encode_file(7, b"hello");
-        assert_eq!(decode_file("f", 7, bytes.clone()).unwrap(), b"hello");
-        assert!(
-            decode_file("f", 8, bytes.clone()).is_err(),
-            "op mismatch accepted"
-        );
-        for i in 0..bytes.len() {
-            let mut bad = bytes.clone();
-            bad[i] ^= 1;
-            // Byte 12..16 is reserved and not checked by the payload crc, but the header crc
-            // covers it.
-            assert!(
-                decode_file("f", 7, bad).is_err(),
-                "flip at byte {i} accepted"
-            );
-        }
+    fn a_persist_replaces_all_but_itself_and_its_predecessor() {
+        assert_eq!(replaced(&[1, 3, 5, 9], 5), [1, 9]);
+        assert_eq!(replaced(&[5], 5), Vec::<u64>::new());
+        assert_eq!(replaced(&[2, 5], 5), Vec::<u64>::new());
+        assert_eq!(replaced(&[7, 8], 5), [7, 8]);
     }
 
     #[test]

@@ -1,13 +1,11 @@
-//! Walking a journal's segment files byte by byte, read-only, for `dump` and `inspect`: every
-//! entry header that decodes (markers and superseded entries included) with its place, up to the
-//! first header that does not decode. Judging what a stop means is `verify`'s job (the journal's
-//! scan); this only shows what is there.
+//! Walking a journal's segment files, read-only, for `dump` and `inspect`: the journal's forensic
+//! walk (`keel_journal::forensic`: every entry header that decodes, markers, superseded entries
+//! and entries past a chain break included, up to the first bytes that are no header), turned
+//! into what the commands print. No segment parsing here; judging what a stop means is
+//! `verify`'s job (the journal's scan); this only shows what is there.
 
-use keel_journal::format::{
-    parse_segment_file_name, payload_crc, EntryHeader, HeaderFault, SegmentHeader,
-    ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
-};
-use keel_storage::{Directory, FsDirectory, OpenMode, Storage};
+use keel_journal::forensic::{self, ForensicEntry, ForensicSegment, ForensicStop};
+use keel_storage::{Directory, FsDirectory};
 use serde::Serialize;
 
 use super::error::CliError;
@@ -57,8 +55,12 @@ pub struct SegmentSummary {
     pub stop: Option<WalkStop>,
 }
 
-/// Walks every segment of the engine directory `root` in order, handing each entry to `visit`.
-/// An engine directory without a journal has no segments.
+/// Largest segment file the walk reads whole (4 GiB: above any segment keel writes, so a bigger
+/// file is refused by the journal's read rather than read into memory).
+const MAX_WALK_FILE_BYTES: u64 = 4 << 30;
+
+/// Walks every segment of the engine directory `root` in order (the journal's forensic walk),
+/// handing each entry to `visit`. An engine directory without a journal has no segments.
 pub async fn walk_journal(
     root: &FsDirectory,
     mut visit: impl FnMut(&EntryInfo, &[u8]),
@@ -73,84 +75,76 @@ pub async fn walk_journal(
         return Ok(Vec::new());
     }
     let journal = root.open_dir(JOURNAL_DIR, false).await.map_err(io_error)?;
-    let mut summaries = Vec::new();
-    for name in journal.list().await.map_err(io_error)? {
-        if parse_segment_file_name(&name).is_none() {
-            continue;
-        }
-        let file = journal
-            .open_file(&name, OpenMode::ReadOnly)
-            .await
-            .map_err(io_error)?;
-        let bytes = file
-            .read_exact_at(0, file.len() as usize)
-            .await
-            .map_err(io_error)?;
-        summaries.push(walk_segment(&name, &bytes, &mut visit));
-    }
-    Ok(summaries)
-}
-
-/// Walks one segment's bytes.
-fn walk_segment(
-    name: &str,
-    bytes: &[u8],
-    visit: &mut impl FnMut(&EntryInfo, &[u8]),
-) -> SegmentSummary {
-    let mut summary = SegmentSummary {
-        file: name.to_string(),
-        len_bytes: bytes.len() as u64,
-        used_bytes: 0,
-        entries: 0,
-        first_op: None,
-        last_op: None,
-        header_snapshot_op: None,
-        stop: None,
+    let mut ops = OpRanges::default();
+    let mut on_entry = |name: &str, entry: &ForensicEntry<'_>| {
+        let info = entry_info(name, entry);
+        ops.add(name, &info);
+        visit(&info, entry.payload);
     };
-    match SegmentHeader::decode(bytes) {
-        Ok(header) => summary.header_snapshot_op = Some(header.snapshot_op),
-        Err(fault) => {
-            let reason = format!("segment header: {}", fault_text(&format!("{fault:?}")));
-            summary.stop = Some(stop(name, 0, reason));
-            return summary;
-        }
-    }
-    let mut offset = SEGMENT_HEADER_BYTES;
-    while offset < bytes.len() {
-        let header = match EntryHeader::decode(&bytes[offset..]) {
-            Ok((header, _)) => header,
-            Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(&bytes[offset..]) => break,
-            Err(fault) => {
-                let reason = format!("entry header: {}", fault_text(&format!("{fault:?}")));
-                summary.stop = Some(stop(name, offset, reason));
-                break;
-            }
-        };
-        let end = offset + header.entry_len_bytes();
-        if end > bytes.len() {
-            let reason = "entry runs past the end of the file".to_string();
-            summary.stop = Some(stop(name, offset, reason));
-            break;
-        }
-        let entry = entry_info(name, offset, &header, &bytes[offset..end]);
-        let payload_end = offset + ENTRY_HEADER_BYTES + header.payload_len as usize;
-        let payload = &bytes[offset + ENTRY_HEADER_BYTES..payload_end];
-        summary.entries += 1;
-        if entry.kind == "data" {
-            summary.first_op = Some(summary.first_op.map_or(entry.op, |op| op.min(entry.op)));
-            summary.last_op = Some(summary.last_op.map_or(entry.op, |op| op.max(entry.op)));
-        }
-        visit(&entry, payload);
-        offset = end;
-    }
-    summary.used_bytes = offset.min(bytes.len()) as u64;
-    summary
+    let files = forensic::walk_journal(&journal, MAX_WALK_FILE_BYTES, &mut on_entry)
+        .await
+        .map_err(|error| CliError::Engine(error.into()))?;
+    Ok(files
+        .into_iter()
+        .map(|file| summary(&file.name, file.len_bytes, &file.segment, &ops))
+        .collect())
 }
 
-fn stop(name: &str, offset: usize, reason: String) -> WalkStop {
+/// Lowest and highest data op per file, as the walk hands entries over.
+#[derive(Default)]
+struct OpRanges(std::collections::BTreeMap<String, (u64, u64)>);
+
+impl OpRanges {
+    fn add(&mut self, name: &str, entry: &EntryInfo) {
+        if entry.kind != "data" {
+            return;
+        }
+        let range = self
+            .0
+            .entry(name.to_string())
+            .or_insert((entry.op, entry.op));
+        *range = (range.0.min(entry.op), range.1.max(entry.op));
+    }
+}
+
+/// A walked segment as `dump` and `inspect` show it.
+fn summary(name: &str, len_bytes: u64, walked: &ForensicSegment, ops: &OpRanges) -> SegmentSummary {
+    let range = ops.0.get(name);
+    SegmentSummary {
+        file: name.to_string(),
+        len_bytes,
+        used_bytes: walked.end_bytes,
+        entries: walked.entries,
+        first_op: range.map(|r| r.0),
+        last_op: range.map(|r| r.1),
+        header_snapshot_op: walked.header.map(|h| h.snapshot_op),
+        stop: walked.stop.map(|stop| walk_stop(name, stop)),
+    }
+}
+
+/// Where and why the walk stopped, in an operator's words.
+fn walk_stop(name: &str, stop: ForensicStop) -> WalkStop {
+    let (offset, reason) = match stop {
+        ForensicStop::SegmentHeader(fault) => (
+            0,
+            format!("segment header: {}", fault_text(&format!("{fault:?}"))),
+        ),
+        ForensicStop::EntryHeader {
+            offset_bytes,
+            fault,
+        } => (
+            offset_bytes,
+            format!("entry header: {}", fault_text(&format!("{fault:?}"))),
+        ),
+        ForensicStop::PastEnd { offset_bytes } => (
+            offset_bytes,
+            "entry runs past the end of the file".to_string(),
+        ),
+        other => (0, format!("{other:?}")),
+    };
     WalkStop {
         file: name.to_string(),
-        offset: offset as u64,
+        offset,
         reason,
     }
 }
@@ -189,7 +183,13 @@ pub fn walk_file(
         || path.display().to_string(),
         |n| n.to_string_lossy().into_owned(),
     );
-    Ok(walk_segment(&name, &bytes, visit))
+    let mut ops = OpRanges::default();
+    let walked = forensic::walk_segment(&bytes, &mut |entry| {
+        let info = entry_info(&name, entry);
+        ops.add(&name, &info);
+        visit(&info, entry.payload);
+    });
+    Ok(summary(&name, bytes.len() as u64, &walked, &ops))
 }
 
 /// What the walk tells about the ring a directory needs: its highest data op and the highest
@@ -205,21 +205,66 @@ pub fn ring_need(segments: &[SegmentSummary], max_marker_op: u64) -> u64 {
     last.saturating_sub(watermark)
 }
 
-fn all_zero(bytes: &[u8]) -> bool {
-    bytes.iter().all(|&b| b == 0)
-}
-
-fn entry_info(name: &str, offset: usize, header: &EntryHeader, entry: &[u8]) -> EntryInfo {
-    let payload = &entry[ENTRY_HEADER_BYTES..ENTRY_HEADER_BYTES + header.payload_len as usize];
+fn entry_info(name: &str, entry: &ForensicEntry<'_>) -> EntryInfo {
+    let header = &entry.header;
     EntryInfo {
         op: header.op,
         kind: header.kind.name(),
         len: header.payload_len,
         checksum: format!("{:#010x}", header.payload_crc),
-        checksum_ok: payload_crc(payload) == header.payload_crc,
+        checksum_ok: entry.payload_ok,
         seq: header.seq,
         commit_op: header.commit_op,
         file: name.to_string(),
-        offset: offset as u64,
+        offset: entry.offset_bytes,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use keel_journal::format::{encode_entry, NewEntry, SegmentHeader};
+    use keel_journal::EntryKind;
+
+    use super::*;
+
+    /// `dump FILE.wal` shows every entry on disk, past a chain break, up to the bytes that are
+    /// no header, and says where and why it stopped.
+    #[test]
+    fn a_file_walk_shows_entries_past_a_chain_break_and_names_its_stop() {
+        let mut bytes = SegmentHeader::new(0, 1, 0).encode().to_vec();
+        let mut prev = 0;
+        // Seqs 1, 2, then 5 (a break the recovery scan would stop at), then 6.
+        for (seq, op) in [(1, 10), (2, 11), (5, 12), (6, 13)] {
+            let entry = NewEntry {
+                kind: EntryKind::Data,
+                seq,
+                op,
+                prev_crc: prev,
+                durable_seq: 0,
+                commit_op: 0,
+            };
+            prev = encode_entry(&mut bytes, &entry, b"payload");
+        }
+        let garbage_at = bytes.len() as u64;
+        bytes.extend_from_slice(&[0xab; 100]);
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("00000000000000000000.wal");
+        std::fs::write(&path, &bytes).unwrap();
+        let mut ops = Vec::new();
+        let summary = walk_file(&path, &mut |entry, payload| {
+            assert!(entry.checksum_ok);
+            assert_eq!(payload, b"payload");
+            ops.push(entry.op);
+        })
+        .unwrap();
+        assert_eq!(ops, [10, 11, 12, 13]);
+        assert_eq!(
+            (summary.entries, summary.first_op, summary.last_op),
+            (4, Some(10), Some(13))
+        );
+        assert_eq!(summary.used_bytes, garbage_at);
+        let stop = summary.stop.expect("a stop at the garbage");
+        assert_eq!(stop.offset, garbage_at);
+        assert_eq!(stop.reason, "entry header: bad magic");
     }
 }

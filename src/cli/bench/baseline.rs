@@ -10,10 +10,9 @@ use std::path::{Path, PathBuf};
 use std::thread;
 use std::time::{Duration, Instant};
 
-use hdrhistogram::Histogram;
+use keel_engine::Histogram;
 use serde::Serialize;
 
-use super::driver::latency_histogram;
 use super::workload::Workload;
 use super::SyncMode;
 use crate::cli::CliError;
@@ -45,7 +44,7 @@ struct Plan {
 struct Measured {
     elapsed: Duration,
     fsyncs: u64,
-    latency_us: Histogram<u64>,
+    latency_us: Histogram,
 }
 
 /// Runs the plain loop on `shards` threads at once in `dir`, `ops` in total; removes its files.
@@ -88,16 +87,16 @@ fn summarize(measured: &[Measured], ops: u64, entry_bytes: usize) -> Baseline {
         .unwrap_or_default()
         .as_secs_f64()
         .max(1e-9);
-    let mut latency: Histogram<u64> = latency_histogram();
+    let mut latency = Histogram::new();
     for m in measured {
-        let _ = latency.add(&m.latency_us);
+        latency.merge(&m.latency_us);
     }
     Baseline {
         ops_per_sec: ops as f64 / elapsed,
         mb_per_sec: (ops * entry_bytes as u64) as f64 / elapsed / 1e6,
         fsyncs: measured.iter().map(|m| m.fsyncs).sum(),
-        p50_us: latency.value_at_quantile(0.5),
-        p99_us: latency.value_at_quantile(0.99),
+        p50_us: latency.quantile(0.5),
+        p99_us: latency.quantile(0.99),
     }
 }
 
@@ -109,7 +108,7 @@ fn io_error(plan: &Plan, what: &str) -> impl Fn(std::io::Error) -> CliError {
 fn run_shard(plan: &Plan) -> Result<Measured, CliError> {
     let frame_bytes = FRAME_HEADER_BYTES + plan.workload.entry_bytes;
     let file = preallocated(plan, plan.ops as usize * frame_bytes)?;
-    let mut latency_us: Histogram<u64> = latency_histogram();
+    let mut latency_us = Histogram::new();
     let mut fsyncs = 0;
     let mut buffer = Vec::with_capacity(plan.group * frame_bytes);
     let started = Instant::now();
@@ -129,7 +128,7 @@ fn run_shard(plan: &Plan) -> Result<Measured, CliError> {
         }
         let micros = group_started.elapsed().as_micros() as u64;
         for _ in 0..count {
-            latency_us.saturating_record(micros.max(1));
+            latency_us.record(micros.max(1));
         }
         op += count;
     }

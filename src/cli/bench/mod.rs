@@ -1,5 +1,6 @@
-//! `keel bench`: the main job. Each shard runs a consensus-like driver on its own thread and
-//! compio runtime (see `driver.rs`), then closes, recovers and checks its state; the figures are
+//! `keel bench`: the main job. It starts a [`ShardSet`] (one engine per thread and core); each
+//! shard runs a consensus-like driver as a task on its own thread (see `driver.rs`), then is
+//! reopened (recovered) and its state checked; the figures are
 //! aggregated into a table or one JSON object (`report.rs`). Exit 0, or 1 on an error (a state
 //! that did not survive the reopen included).
 
@@ -12,11 +13,10 @@ mod workload;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
-use std::thread::{self, JoinHandle};
-use std::time::Duration;
+use std::thread;
 
 use clap::ValueEnum;
-use keel_engine::{shard_dir_name, EngineConfig};
+use keel_engine::{EngineConfig, KvStateMachine, ShardConfig, ShardSet};
 
 use super::error::EXIT_ERROR;
 use super::{signal, tool_config, CliError, Mode};
@@ -230,10 +230,7 @@ pub fn run(args: BenchArgs) -> Result<u8, CliError> {
     let settings = Settings::from_args(&args);
     signal::install();
     let workdir = WorkDir::prepare(args.dir.as_deref(), settings.shards)?;
-    let progress = Arc::new(AtomicU64::new(0));
-    let threads =
-        signal::with_signals_blocked(|| spawn_shards(&args, &settings, workdir.path(), &progress))?;
-    let results = wait_for_shards(threads, &progress, settings.ops)?;
+    let results = run_shards(&args, &settings, workdir.path())?;
     let mut report = BenchReport::new(&settings, &results, signal::stop_requested());
     if args.baseline && !report.interrupted {
         let workload = workload_of(&args, &settings);
@@ -274,51 +271,67 @@ fn print_report(report: &BenchReport, json: bool) {
     }
 }
 
-fn spawn_shards(
+/// Starts the shard set the bench runs on (threads spawned with signals blocked, so only the
+/// main thread sees Ctrl-C), one engine per shard under `root`.
+fn start_shards(
     args: &BenchArgs,
     settings: &Settings,
     root: &Path,
+) -> Result<ShardSet<KvStateMachine>, CliError> {
+    let config = ShardConfig {
+        shards: settings.shards,
+        pin_cores: !args.no_pin,
+        // The driver runs on the shard's thread; only the reopen and the check are requests.
+        queue_depth: 16,
+        engine: engine_config(args),
+    };
+    let started =
+        signal::with_signals_blocked(|| ShardSet::start(root, config, |_| KvStateMachine::new()));
+    let (set, _reports) = started.map_err(driver::shard_error)?;
+    Ok(set)
+}
+
+/// Every shard's plan: its share of the ops and the run's settings.
+fn plans(
+    args: &BenchArgs,
+    settings: &Settings,
     progress: &Arc<AtomicU64>,
-) -> Result<Vec<JoinHandle<Result<ShardResult, CliError>>>, CliError> {
-    let cores = thread::available_parallelism().map_or(1, |n| n.get());
-    let abort = Arc::new(AtomicBool::new(false));
-    let config = engine_config(args);
+    abort: &Arc<AtomicBool>,
+) -> Vec<ShardPlan> {
     let workload = workload_of(args, settings);
-    let mut threads = Vec::with_capacity(settings.shards);
-    for shard in 0..settings.shards {
-        let plan = ShardPlan {
+    (0..settings.shards)
+        .map(|shard| ShardPlan {
             shard,
-            dir: root.join(shard_dir_name(shard)),
             ops: share_of(settings.ops, settings.shards, shard),
             depth: settings.depth,
             defer_acks: settings.sync == SyncMode::None,
             checkpoint_every: settings.checkpoint_every,
             workload,
-            config: {
-                let mut config = config.clone();
-                config.shard_index = Some(shard as u64);
-                config
-            },
-            cpu: (!args.no_pin).then_some(shard % cores),
             ack_file: args.ack_file.clone(),
             progress: progress.clone(),
             abort: abort.clone(),
-        };
-        let spawned = thread::Builder::new()
-            .name(format!("keel-bench-{shard}"))
-            .spawn(move || driver::run_shard(plan));
-        match spawned {
-            Ok(handle) => threads.push(handle),
-            Err(source) => {
-                abort.store(true, Ordering::Relaxed);
-                return Err(CliError::io(
-                    format!("spawning shard {shard}'s thread"),
-                    source,
-                ));
-            }
-        }
-    }
-    Ok(threads)
+        })
+        .collect()
+}
+
+/// Runs the plans on the shard set with a progress bar, then closes every shard.
+fn run_shards(
+    args: &BenchArgs,
+    settings: &Settings,
+    root: &Path,
+) -> Result<Vec<ShardResult>, CliError> {
+    let set = start_shards(args, settings, root)?;
+    let progress = Arc::new(AtomicU64::new(0));
+    let abort = Arc::new(AtomicBool::new(false));
+    let plans = plans(args, settings, &progress, &abort);
+    let mut bar = Progress::new(settings.ops);
+    let results = driver::run_on_set(&set, plans, &abort, &mut || {
+        bar.update(progress.load(Ordering::Relaxed))
+    });
+    bar.finish();
+    let results = results?;
+    set.shutdown().map_err(driver::shard_error)?;
+    Ok(results)
 }
 
 fn workload_of(args: &BenchArgs, settings: &Settings) -> Workload {
@@ -332,39 +345,6 @@ fn workload_of(args: &BenchArgs, settings: &Settings) -> Workload {
 fn share_of(total: u64, shards: usize, shard: usize) -> u64 {
     let shards = shards as u64;
     total / shards + u64::from((shard as u64) < total % shards)
-}
-
-fn wait_for_shards(
-    threads: Vec<JoinHandle<Result<ShardResult, CliError>>>,
-    progress: &AtomicU64,
-    total_ops: u64,
-) -> Result<Vec<ShardResult>, CliError> {
-    let mut bar = Progress::new(total_ops);
-    while !threads.iter().all(|t| t.is_finished()) {
-        bar.update(progress.load(Ordering::Relaxed));
-        thread::sleep(Duration::from_millis(50));
-    }
-    bar.finish();
-    let mut results = Vec::with_capacity(threads.len());
-    let mut first_error = None;
-    for (shard, thread) in threads.into_iter().enumerate() {
-        match thread.join() {
-            Ok(Ok(result)) => results.push(result),
-            Ok(Err(error)) => {
-                first_error.get_or_insert(CliError::in_shard(shard, error));
-            }
-            Err(_) => {
-                first_error.get_or_insert(CliError::ShardDied {
-                    shard,
-                    reason: "its thread panicked".into(),
-                });
-            }
-        }
-    }
-    match first_error {
-        Some(error) => Err(error),
-        None => Ok(results),
-    }
 }
 
 #[cfg(test)]

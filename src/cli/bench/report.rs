@@ -4,12 +4,11 @@
 
 use std::time::Duration;
 
-use hdrhistogram::Histogram;
-use keel_engine::EngineStats;
+use keel_engine::{EngineStats, Histogram};
 use serde::Serialize;
 
 use super::baseline::Baseline;
-use super::driver::{latency_histogram, ShardResult};
+use super::driver::ShardResult;
 use super::Settings;
 
 #[derive(Debug, Clone, Serialize)]
@@ -59,11 +58,10 @@ impl BenchReport {
         let ops: u64 = results.iter().map(|r| r.ops).sum();
         let elapsed = wall_time(results).as_secs_f64().max(1e-9);
         let mut stats = EngineStats::default();
-        let mut latency: Histogram<u64> = latency_histogram();
+        let mut latency = Histogram::new();
         for result in results {
             stats.merge(&result.stats);
-            // An auto-resizing histogram takes every shard's values.
-            let _ = latency.add(&result.latency_us);
+            latency.merge(&result.latency_us);
         }
         let recovery = results.iter().map(|r| r.recovery).max().unwrap_or_default();
         Self {
@@ -193,11 +191,11 @@ fn wall_time(results: &[ShardResult]) -> Duration {
     }
 }
 
-fn latency_of(histogram: &Histogram<u64>) -> Latency {
+fn latency_of(histogram: &Histogram) -> Latency {
     Latency {
-        p50: histogram.value_at_quantile(0.5),
-        p99: histogram.value_at_quantile(0.99),
-        p999: histogram.value_at_quantile(0.999),
+        p50: histogram.quantile(0.5),
+        p99: histogram.quantile(0.99),
+        p999: histogram.quantile(0.999),
         mean: histogram.mean(),
         max: histogram.max(),
     }

@@ -10,11 +10,19 @@ use keel_storage::Directory;
 
 use crate::error::JournalError;
 use crate::format::{
-    EntryHeader, EntryKind, HeaderFault, SegmentHeader, SegmentHeaderFault, ENTRY_ALIGN_BYTES,
+    EntryHeader, EntryKind, SegmentHeader, SegmentHeaderFault, ENTRY_ALIGN_BYTES,
     ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
-use crate::recovery::{classify, Case, Proofs, StopFact};
+use crate::recovery::{Case, Proofs, StopFact};
 use crate::segment::{self, SegmentFile};
+
+mod evidence;
+pub mod forensic;
+mod parse;
+
+use evidence::classify_stop;
+pub use evidence::{classify_with, Evidence};
+pub use parse::{parse_entries, parse_whole, Parsed};
 
 /// One valid entry as found on disk (no payload: it is read on demand).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -117,7 +125,7 @@ impl LogScan {
     }
 }
 
-fn all_zero(bytes: &[u8]) -> bool {
+pub(crate) fn all_zero(bytes: &[u8]) -> bool {
     first_nonzero(bytes).is_none()
 }
 
@@ -203,145 +211,6 @@ pub fn parse_header(bytes: &[u8], number: u64, link: Option<Link>) -> Result<Seg
         }
     }
     Ok(header)
-}
-
-/// Where a parse of (part of) a segment ended.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Parsed {
-    /// A clean end at this offset: end of file, or zeroes from it to the end of the file.
-    End(u64),
-    /// The bytes given end inside the entry at `offset`; at least `len_bytes` from there are
-    /// needed (streaming only: never returned when the bytes reach the end of the file).
-    NeedMore { offset: u64, len_bytes: usize },
-    /// An all-zero header at this offset whose bytes continue past those given: a clean end
-    /// if the file is zero from here to its end, else a bad header here (streaming only).
-    Zeroes(u64),
-    /// Valid entries stop here.
-    Stop(Stop),
-}
-
-/// Parses entries from file offset `from` while they are valid and chained, in `bytes` (the file's
-/// bytes from offset `base`; `at_eof` when they reach the end of the file). Every valid entry is
-/// pushed to `out` and handed with its payload to `on_entry`. Returns where parsing ended and the
-/// chain state after the last valid entry.
-#[allow(clippy::too_many_arguments)]
-pub fn parse_entries(
-    bytes: &[u8],
-    base: u64,
-    from: u64,
-    mut link: Link,
-    at_eof: bool,
-    out: &mut Vec<EntryMeta>,
-    on_entry: &mut dyn FnMut(&EntryMeta, &[u8]),
-) -> (Parsed, Link) {
-    assert!(from >= base, "parse starts before the bytes given");
-    let mut offset = from;
-    loop {
-        let rest = &bytes[((offset - base) as usize).min(bytes.len())..];
-        let (h, crc) = match next_header(rest, offset, link, at_eof) {
-            Ok(decoded) => decoded,
-            Err(parsed) => return (parsed, link),
-        };
-        let len = h.entry_len_bytes();
-        let body = &rest[ENTRY_HEADER_BYTES..len];
-        if crc32fast::hash(body) != h.payload_crc {
-            let stop = Stop {
-                offset_bytes: offset,
-                fact: StopFact::BadPayload,
-                expected_seq: link.next_seq,
-                op: Some(h.op),
-                kind: Some(h.kind),
-            };
-            return (Parsed::Stop(stop), link);
-        }
-        let meta = EntryMeta {
-            kind: h.kind,
-            seq: h.seq,
-            op: h.op,
-            offset_bytes: offset,
-            len_bytes: len as u32,
-            payload_len: h.payload_len,
-            payload_crc: h.payload_crc,
-            header_crc: crc,
-            durable_seq: h.durable_seq,
-            commit_op: h.commit_op,
-        };
-        on_entry(&meta, &body[..h.payload_len as usize]);
-        out.push(meta);
-        link = Link {
-            next_seq: h.seq + 1,
-            chain_crc: crc,
-        };
-        offset += len as u64;
-    }
-}
-
-/// The header of the entry at `offset` (whose bytes from there are `rest`) when it is valid,
-/// chained to `link` and whole within `rest`; otherwise where parsing ends.
-fn next_header(
-    rest: &[u8],
-    offset: u64,
-    link: Link,
-    at_eof: bool,
-) -> Result<(EntryHeader, u32), Parsed> {
-    let stop = |fact, op: Option<u64>, kind: Option<EntryKind>| {
-        Parsed::Stop(Stop {
-            offset_bytes: offset,
-            fact,
-            expected_seq: link.next_seq,
-            op,
-            kind,
-        })
-    };
-    let need_more = |len_bytes| Parsed::NeedMore { offset, len_bytes };
-    if rest.is_empty() {
-        return Err(if at_eof {
-            Parsed::End(offset)
-        } else {
-            need_more(ENTRY_HEADER_BYTES)
-        });
-    }
-    let (h, crc) = match EntryHeader::decode(rest) {
-        Ok(decoded) => decoded,
-        Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(rest) => {
-            return Err(if at_eof {
-                Parsed::End(offset)
-            } else {
-                Parsed::Zeroes(offset)
-            });
-        }
-        Err(HeaderFault::Short) if !at_eof => return Err(need_more(ENTRY_HEADER_BYTES)),
-        Err(_) => return Err(stop(StopFact::BadEntryHeader, None, None)),
-    };
-    if h.seq != link.next_seq || h.prev_crc != link.chain_crc {
-        return Err(stop(StopFact::ChainBreak, Some(h.op), Some(h.kind)));
-    }
-    let len = h.entry_len_bytes();
-    if rest.len() < len {
-        return Err(if at_eof {
-            stop(StopFact::BadPayload, Some(h.op), Some(h.kind))
-        } else {
-            need_more(len)
-        });
-    }
-    Ok((h, crc))
-}
-
-/// `parse_entries` over a whole file (`bytes` from offset 0 to the end), for callers that need
-/// no payloads: the result is never `NeedMore` or `Zeroes`.
-pub fn parse_whole(
-    bytes: &[u8],
-    from: u64,
-    link: Link,
-    out: &mut Vec<EntryMeta>,
-) -> (Result<u64, Stop>, Link) {
-    let (parsed, link) = parse_entries(bytes, 0, from, link, true, out, &mut |_, _| {});
-    let result = match parsed {
-        Parsed::End(end) => Ok(end),
-        Parsed::Stop(stop) => Err(stop),
-        other => unreachable!("a whole-file parse ended with {other:?}"),
-    };
-    (result, link)
 }
 
 /// Chain state after a segment: a rewritten segment hands on its recorded `link_crc`.
@@ -577,136 +446,6 @@ fn resync(bytes: &[u8], from: u64) -> Option<(u64, Link)> {
                 },
             )
         })
-}
-
-/// What one stretch of a segment file proves about the bytes before it: found by looking past a
-/// stop for valid entry headers (8-aligned) and, for a whole later file, its segment header.
-#[derive(Debug, Clone, Default)]
-pub struct Evidence {
-    /// Highest `durable_seq` a valid entry header claims.
-    pub max_durable: u64,
-    /// Lowest seq of a valid entry header (for a first segment whose own header is damaged).
-    pub min_seq: Option<u64>,
-    /// Ops of valid data entry headers (what a cut would remove).
-    pub data_ops: Vec<u64>,
-    /// `first_seq` of the file's valid segment header, when the stretch began at offset 0.
-    pub header_first_seq: Option<u64>,
-}
-
-impl Evidence {
-    /// Adds the valid entry headers in `bytes` (the file's bytes from offset `base`) at or after
-    /// file offset `from`; with `whole_file`, also the segment header at `bytes[0..]`.
-    pub fn add(&mut self, bytes: &[u8], base: u64, from: u64, whole_file: bool) {
-        if whole_file && base == 0 {
-            if let Ok(header) = SegmentHeader::decode(bytes) {
-                self.header_first_seq = Some(header.first_seq);
-            }
-        }
-        for (_, h) in valid_headers(bytes, from.saturating_sub(base)) {
-            self.max_durable = self.max_durable.max(h.durable_seq);
-            self.min_seq = Some(self.min_seq.map_or(h.seq, |m| m.min(h.seq)));
-            if h.kind == EntryKind::Data {
-                self.data_ops.push(h.op);
-            }
-        }
-    }
-
-    /// The evidence of a whole file, read once.
-    pub fn of_file(bytes: &[u8]) -> Self {
-        let mut evidence = Evidence::default();
-        evidence.add(bytes, 0, 0, true);
-        evidence
-    }
-}
-
-/// Classifies a stop in file `index` from what the rest of that file (`own`) and every later file
-/// (`later`, in order) prove, with the proofs of durability they give.
-pub fn classify_with(
-    files: &[SegmentFile],
-    index: usize,
-    stop: Stop,
-    rewritten: bool,
-    own: &Evidence,
-    later: &[&Evidence],
-) -> StopAt {
-    let max_durable = later
-        .iter()
-        .map(|e| e.max_durable)
-        .chain([own.max_durable])
-        .max()
-        .unwrap_or(0);
-    // The highest seq a later segment header proves durable (its `first_seq - 1`).
-    let header_proven_seq = later
-        .iter()
-        .filter_map(|e| e.header_first_seq)
-        .map(|first| first.saturating_sub(1))
-        .max()
-        .unwrap_or(0);
-    let later_segment_header = later.iter().any(|e| e.header_first_seq.is_some());
-    let known = stop.expected_seq != u64::MAX;
-    let proofs = Proofs {
-        watermark: known && max_durable >= stop.expected_seq,
-        // A rotation writes a header only after fsyncing every older segment, so a later valid
-        // header proves the entries before its `first_seq`, and proves a damaged segment header
-        // is not the torn header of the newest segment whatever seq it would have started at.
-        // Entries in the damaged segment's own file prove its header durable too: a segment's
-        // header is fsynced before any entry goes in.
-        segment_header: if stop.fact == StopFact::BadSegmentHeader {
-            later_segment_header || own.min_seq.is_some()
-        } else {
-            known && header_proven_seq >= stop.expected_seq
-        },
-        rewritten,
-    };
-    let case = classify(stop.fact, proofs);
-    let mut later_data_ops: Vec<u64> = own
-        .data_ops
-        .iter()
-        .chain(later.iter().flat_map(|e| e.data_ops.iter()))
-        .copied()
-        .collect();
-    if let (Some(op), Some(EntryKind::Data)) = (stop.op, stop.kind) {
-        later_data_ops.push(op);
-    }
-    StopAt {
-        file_index: index,
-        file: files[index].name.clone(),
-        stop,
-        proofs,
-        case,
-        later_data_ops,
-    }
-}
-
-/// Looks past a stop (rest of this file, every later file) and classifies it. Each later file's
-/// evidence is read once per scan and cached in `later_cache`, whatever the number of stops.
-#[allow(clippy::too_many_arguments)]
-async fn classify_stop<D: Directory>(
-    dir: &D,
-    files: &[SegmentFile],
-    index: usize,
-    bytes: &[u8],
-    stop: Stop,
-    rewritten: bool,
-    max_file_bytes: u64,
-    later_cache: &mut Vec<Option<Evidence>>,
-) -> Result<StopAt, JournalError> {
-    let mut own = Evidence::default();
-    own.add(
-        bytes,
-        0,
-        stop.offset_bytes + ENTRY_ALIGN_BYTES as u64,
-        false,
-    );
-    later_cache.resize(files.len(), None);
-    for later in index + 1..files.len() {
-        if later_cache[later].is_none() {
-            let other = segment::read_whole(dir, &files[later].name, max_file_bytes).await?;
-            later_cache[later] = Some(Evidence::of_file(&other));
-        }
-    }
-    let later: Vec<&Evidence> = later_cache[index + 1..].iter().flatten().collect();
-    Ok(classify_with(files, index, stop, rewritten, &own, &later))
 }
 
 #[cfg(test)]

@@ -1,0 +1,141 @@
+//! evidence: what the bytes past a stop prove (later valid headers, their durable watermarks,
+//! a later segment's header) and the classification of the stop from it. Reads later files
+//! once per scan; never writes.
+
+use keel_storage::Directory;
+
+use super::{valid_headers, Stop, StopAt};
+use crate::error::JournalError;
+use crate::format::{EntryKind, SegmentHeader, ENTRY_ALIGN_BYTES};
+use crate::recovery::{classify, Proofs, StopFact};
+use crate::segment::{self, SegmentFile};
+
+/// What one stretch of a segment file proves about the bytes before it: found by looking past a
+/// stop for valid entry headers (8-aligned) and, for a whole later file, its segment header.
+#[derive(Debug, Clone, Default)]
+pub struct Evidence {
+    /// Highest `durable_seq` a valid entry header claims.
+    pub max_durable: u64,
+    /// Lowest seq of a valid entry header (for a first segment whose own header is damaged).
+    pub min_seq: Option<u64>,
+    /// Ops of valid data entry headers (what a cut would remove).
+    pub data_ops: Vec<u64>,
+    /// `first_seq` of the file's valid segment header, when the stretch began at offset 0.
+    pub header_first_seq: Option<u64>,
+}
+
+impl Evidence {
+    /// Adds the valid entry headers in `bytes` (the file's bytes from offset `base`) at or after
+    /// file offset `from`; with `whole_file`, also the segment header at `bytes[0..]`.
+    pub fn add(&mut self, bytes: &[u8], base: u64, from: u64, whole_file: bool) {
+        if whole_file && base == 0 {
+            if let Ok(header) = SegmentHeader::decode(bytes) {
+                self.header_first_seq = Some(header.first_seq);
+            }
+        }
+        for (_, h) in valid_headers(bytes, from.saturating_sub(base)) {
+            self.max_durable = self.max_durable.max(h.durable_seq);
+            self.min_seq = Some(self.min_seq.map_or(h.seq, |m| m.min(h.seq)));
+            if h.kind == EntryKind::Data {
+                self.data_ops.push(h.op);
+            }
+        }
+    }
+
+    /// The evidence of a whole file, read once.
+    pub fn of_file(bytes: &[u8]) -> Self {
+        let mut evidence = Evidence::default();
+        evidence.add(bytes, 0, 0, true);
+        evidence
+    }
+}
+
+/// Classifies a stop in file `index` from what the rest of that file (`own`) and every later file
+/// (`later`, in order) prove, with the proofs of durability they give.
+pub fn classify_with(
+    files: &[SegmentFile],
+    index: usize,
+    stop: Stop,
+    rewritten: bool,
+    own: &Evidence,
+    later: &[&Evidence],
+) -> StopAt {
+    let max_durable = later
+        .iter()
+        .map(|e| e.max_durable)
+        .chain([own.max_durable])
+        .max()
+        .unwrap_or(0);
+    // The highest seq a later segment header proves durable (its `first_seq - 1`).
+    let header_proven_seq = later
+        .iter()
+        .filter_map(|e| e.header_first_seq)
+        .map(|first| first.saturating_sub(1))
+        .max()
+        .unwrap_or(0);
+    let later_segment_header = later.iter().any(|e| e.header_first_seq.is_some());
+    let known = stop.expected_seq != u64::MAX;
+    let proofs = Proofs {
+        watermark: known && max_durable >= stop.expected_seq,
+        // A rotation writes a header only after fsyncing every older segment, so a later valid
+        // header proves the entries before its `first_seq`, and proves a damaged segment header
+        // is not the torn header of the newest segment whatever seq it would have started at.
+        // Entries in the damaged segment's own file prove its header durable too: a segment's
+        // header is fsynced before any entry goes in.
+        segment_header: if stop.fact == StopFact::BadSegmentHeader {
+            later_segment_header || own.min_seq.is_some()
+        } else {
+            known && header_proven_seq >= stop.expected_seq
+        },
+        rewritten,
+    };
+    let case = classify(stop.fact, proofs);
+    let mut later_data_ops: Vec<u64> = own
+        .data_ops
+        .iter()
+        .chain(later.iter().flat_map(|e| e.data_ops.iter()))
+        .copied()
+        .collect();
+    if let (Some(op), Some(EntryKind::Data)) = (stop.op, stop.kind) {
+        later_data_ops.push(op);
+    }
+    StopAt {
+        file_index: index,
+        file: files[index].name.clone(),
+        stop,
+        proofs,
+        case,
+        later_data_ops,
+    }
+}
+
+/// Looks past a stop (rest of this file, every later file) and classifies it. Each later file's
+/// evidence is read once per scan and cached in `later_cache`, whatever the number of stops.
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn classify_stop<D: Directory>(
+    dir: &D,
+    files: &[SegmentFile],
+    index: usize,
+    bytes: &[u8],
+    stop: Stop,
+    rewritten: bool,
+    max_file_bytes: u64,
+    later_cache: &mut Vec<Option<Evidence>>,
+) -> Result<StopAt, JournalError> {
+    let mut own = Evidence::default();
+    own.add(
+        bytes,
+        0,
+        stop.offset_bytes + ENTRY_ALIGN_BYTES as u64,
+        false,
+    );
+    later_cache.resize(files.len(), None);
+    for later in index + 1..files.len() {
+        if later_cache[later].is_none() {
+            let other = segment::read_whole(dir, &files[later].name, max_file_bytes).await?;
+            later_cache[later] = Some(Evidence::of_file(&other));
+        }
+    }
+    let later: Vec<&Evidence> = later_cache[index + 1..].iter().flatten().collect();
+    Ok(classify_with(files, index, stop, rewritten, &own, &later))
+}
