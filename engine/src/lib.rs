@@ -580,9 +580,12 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
             .max(snapshot_op)
     }
 
-    /// Op of the newest durable snapshot (0: none).
-    pub fn snapshot_op(&self) -> u64 {
-        self.inner.borrow().snapshot_op
+    /// Op of the newest durable snapshot (`None`: none yet). A checkpoint snapshots only an
+    /// applied op above the last snapshot's, and ops start at 1 ([`EngineError::ZeroOp`]), so
+    /// op 0 is never a snapshot's op.
+    pub fn snapshot_op(&self) -> Option<u64> {
+        let op = self.inner.borrow().snapshot_op;
+        (op > 0).then_some(op)
     }
 
     /// Highest op prepared or applied.

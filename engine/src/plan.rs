@@ -235,7 +235,7 @@ async fn plan_once<D: Directory, M: StateMachine>(
         return Ok(Err(misplaced));
     }
     let snapshot_op = snapshots.chosen_op;
-    let journal_snapshot_op = journal.snapshot_op();
+    let journal_snapshot_op = journal.snapshot_op().unwrap_or(0);
     if snapshot_op < journal_snapshot_op {
         held_below_watermark(&snapshots, &replayer, journal_snapshot_op)?;
     }
@@ -443,7 +443,7 @@ fn finish_replay<D: Directory, M: StateMachine>(
         return Ok(None);
     }
     let replay = replayer.finish(through, |op| journal.holds(op));
-    check_replay(&replay, through, config, journal.snapshot_op())?;
+    check_replay(&replay, through, config, journal.snapshot_op().unwrap_or(0))?;
     Ok(Some(replay))
 }
 

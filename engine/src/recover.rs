@@ -86,7 +86,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     repairs.extend(journal_repairs(&root.display_path(), &scan));
     let outcome = Outcome {
         plan: plan.summary(),
-        journal_snapshot_op: journal.snapshot_op(),
+        journal_snapshot_op: journal.snapshot_op().unwrap_or(0),
         replay,
         scan,
         repairs,
@@ -489,7 +489,7 @@ async fn finish_checkpoint<D: Directory>(
     } else {
         snapshot_op
     };
-    let journal_snapshot_op = journal.snapshot_op();
+    let journal_snapshot_op = journal.snapshot_op().unwrap_or(0);
     if watermark > journal_snapshot_op {
         tracing::info!(
             watermark,

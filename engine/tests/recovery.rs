@@ -36,8 +36,14 @@ async fn snapshot_and_journal() {
     let fs = MemFs::new(2);
     let (engine, _) = open(&fs, small_config()).await;
     commit_range(&engine, 1, 20).await;
+    assert_eq!(
+        engine.snapshot_op(),
+        None,
+        "no snapshot before the first checkpoint"
+    );
     let cp = engine.checkpoint().await.unwrap().expect("checkpointed");
     assert_eq!(cp.snapshot_op, 20);
+    assert_eq!(engine.snapshot_op(), Some(20));
     commit_range(&engine, 21, 45).await;
     drop(engine);
     fs.crash();
@@ -272,7 +278,7 @@ async fn automatic_checkpoint_keeps_the_journal_from_filling() {
     commit_range(&engine, 1, 300).await;
     let stats = engine.stats();
     assert!(stats.checkpoints >= 4, "{stats:?}");
-    assert!(engine.snapshot_op() > 200);
+    assert!(engine.snapshot_op().is_some_and(|op| op > 200));
     drop(engine);
     fs.crash();
     let (engine, report) = open(&fs, config).await;

@@ -274,9 +274,11 @@ impl<D: Directory> MetadataJournal<D> {
         self.state.borrow().slots.last_op()
     }
 
-    /// The snapshot watermark (0 before the first checkpoint).
-    pub fn snapshot_op(&self) -> u64 {
-        self.state.borrow().slots.snapshot_op()
+    /// The snapshot watermark (`None` before the first checkpoint). Ops start at 1 (an append at or below the watermark is refused, and the watermark starts at
+    /// 0), so op 0 is never a snapshot's op: `None` is the only way to say "none".
+    pub fn snapshot_op(&self) -> Option<u64> {
+        let op = self.state.borrow().slots.snapshot_op();
+        (op > 0).then_some(op)
     }
 
     /// Highest commit watermark made durable (`None`: none yet). Named like

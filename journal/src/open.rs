@@ -72,9 +72,10 @@ impl<D: Directory> OpenPlan<D> {
         self.cut
     }
 
-    /// The journal's snapshot watermark after the open.
-    pub fn snapshot_op(&self) -> u64 {
-        self.index.snapshot_op
+    /// The journal's snapshot watermark after the open (`None`: no checkpoint yet). Ops start at 1 (an append at or below the watermark is refused, and the watermark starts at
+    /// 0), so op 0 is never a snapshot's op: `None` is the only way to say "none".
+    pub fn snapshot_op(&self) -> Option<u64> {
+        (self.index.snapshot_op > 0).then_some(self.index.snapshot_op)
     }
 
     /// The highest commit watermark the kept entries carry (0: none).
@@ -125,7 +126,7 @@ fn replay_index(scan: &LogScan, slot_count: u64) -> Index {
         }
     }
     let mut index = Index {
-        snapshot_op: live.snapshot_op(),
+        snapshot_op: live.snapshot_op().unwrap_or(0),
         commit_op,
         live: live.into_entries(),
     };

@@ -553,7 +553,7 @@ fn extreme_ops_and_watermarks_do_not_overflow() {
         let fs = clone_fs(1, &[(name, bytes)]).await;
         let (j, report) = open(&fs, &config).await;
         assert!(report.problems.is_empty(), "{report:?}");
-        assert_eq!(j.snapshot_op(), u64::MAX - 3);
+        assert_eq!(j.snapshot_op(), Some(u64::MAX - 3));
         assert_eq!(
             read_all(&j).await.iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![u64::MAX - 1, u64::MAX]

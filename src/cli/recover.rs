@@ -107,7 +107,7 @@ pub async fn recover_raft_journal(
         commit_op: journal.durable_commit_op().unwrap_or(0),
         applied_op: 0,
         replayed: 0,
-        journal_snapshot_op: journal.snapshot_op(),
+        journal_snapshot_op: journal.snapshot_op().unwrap_or(0),
         journal_first_op: scan.first_op,
         segments_read: scan.segments_read,
         entries_read: scan.entries_read,
