@@ -102,11 +102,13 @@ pub use lock::LOCK_FILE;
 pub use manifest::{
     adopt_manifest, read_manifest, DirectoryId, Manifest, MANIFEST_FILE, MANIFEST_VERSION,
 };
+pub use plan::SnapshotDamage;
 pub use range::OpRange;
 pub use recover::{plan_repair, repair, verify};
 pub use report::{
     journal_file, journal_repairs, recovery_mode_from_str, recovery_mode_name, PlannedRepair,
-    ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
+    ProblemKind, ProblemRecord, RecoveryReport, RecoveryStatus, RepairKind, RepairPlan,
+    RepairRecord, VerifyReport,
 };
 pub use shard::{block_on, shard_dir_name, ShardConfig, ShardHandle, ShardSet, MAX_SHARDS};
 pub use snapshot::{

@@ -21,7 +21,8 @@ use crate::state_machine::{RestoreError, StateMachine};
 use crate::EngineConfig;
 
 /// Why a snapshot file is fallen back from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum SnapshotDamage {
     /// Its header or payload fails a checksum, or the header is malformed.
     Checksum,
@@ -34,9 +35,23 @@ pub enum SnapshotDamage {
     Misplaced,
 }
 
+impl std::fmt::Display for SnapshotDamage {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
 impl SnapshotDamage {
-    /// The repair and problem kind reports carry.
-    pub fn kind(self) -> &'static str {
+    /// Every damage.
+    pub const ALL: [SnapshotDamage; 4] = [
+        SnapshotDamage::Checksum,
+        SnapshotDamage::Restore,
+        SnapshotDamage::Foreign,
+        SnapshotDamage::Misplaced,
+    ];
+
+    /// The printed name of the repair and problem it makes (docs/cli.md).
+    pub fn name(self) -> &'static str {
         match self {
             SnapshotDamage::Checksum => "snapshot_checksum",
             SnapshotDamage::Restore => "snapshot_restore",
@@ -355,7 +370,7 @@ fn held_below_watermark<M: StateMachine>(
     let newer: Vec<String> = snapshots
         .damaged
         .iter()
-        .map(|d| format!("the snapshot at op {} ({})", d.op, d.damage.kind()))
+        .map(|d| format!("the snapshot at op {} ({})", d.op, d.damage))
         .collect();
     let why = if newer.is_empty() {
         "no snapshot reaches the journal's watermark".to_string()
@@ -559,7 +574,7 @@ async fn choose_snapshot<D: Directory, M: StateMachine>(
         if inputs.mode == RecoveryMode::Absolute {
             return Err(error.into());
         }
-        tracing::warn!(%file, op, %reason, kind = damage.kind(), "snapshot not used; falling back to an older one");
+        tracing::warn!(%file, op, %reason, kind = damage.name(), "snapshot not used; falling back to an older one");
         let len_bytes = store.file_len(op).await.unwrap_or(0);
         choice.damaged.push(DamagedSnapshot {
             op,

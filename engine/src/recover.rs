@@ -34,8 +34,8 @@ use crate::plan::{
 use crate::range::{to_ranges, OpRange};
 use crate::replay::{replay_by_reads, Replay};
 use crate::report::{
-    journal_file, journal_repairs, recovery_mode_name, PlannedRepair, ProblemRecord,
-    RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
+    journal_file, journal_repairs, PlannedRepair, ProblemKind, ProblemRecord, RecoveryReport,
+    RecoveryStatus, RepairKind, RepairPlan, RepairRecord, VerifyReport,
 };
 use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
@@ -212,7 +212,7 @@ async fn quarantine_snapshots<D: Directory>(
     for damaged in &plan.damaged {
         let quarantine = snapshots.copy_to_quarantine(damaged.op).await?;
         repairs.push(RepairRecord {
-            kind: damaged.damage.kind().into(),
+            kind: RepairKind::Snapshot(damaged.damage),
             file: damaged.file.clone(),
             offset: 0,
             bytes: damaged.len_bytes,
@@ -311,7 +311,7 @@ pub async fn plan_repair<D: Directory>(
         .damaged
         .iter()
         .map(|d| PlannedRepair {
-            kind: d.damage.kind().into(),
+            kind: RepairKind::Snapshot(d.damage),
             file: d.file.clone(),
             offset: 0,
             bytes: d.len_bytes,
@@ -320,18 +320,18 @@ pub async fn plan_repair<D: Directory>(
         .collect();
     if let (Some(cut), Some(stop)) = (journal.cut(), journal.report().problems.first()) {
         repairs.push(PlannedRepair {
-            kind: cut.kind().into(),
+            kind: RepairKind::JournalCut(cut),
             file: journal_file(&root_path, &stop.file),
             offset: stop.offset_bytes,
             bytes: 0,
             op: stop.op,
         });
     }
-    let temps = |kind: &str, dir: &str, names: &[String]| -> Vec<PlannedRepair> {
+    let temps = |kind: RepairKind, dir: &str, names: &[String]| -> Vec<PlannedRepair> {
         names
             .iter()
             .map(|name| PlannedRepair {
-                kind: kind.into(),
+                kind,
                 file: format!("{root_path}/{dir}/{name}"),
                 offset: 0,
                 bytes: 0,
@@ -340,9 +340,17 @@ pub async fn plan_repair<D: Directory>(
             .collect()
     };
     if mode != RecoveryMode::Absolute {
-        repairs.extend(temps("snapshot_temp", SNAPSHOTS_DIR, &plan.snapshot_temps));
+        repairs.extend(temps(
+            RepairKind::SnapshotTemp,
+            SNAPSHOTS_DIR,
+            &plan.snapshot_temps,
+        ));
     }
-    repairs.extend(temps("compaction_temp", "journal", journal.temp_files()));
+    repairs.extend(temps(
+        RepairKind::CompactionTemp,
+        "journal",
+        journal.temp_files(),
+    ));
     let (lost_committed, cut_uncommitted) =
         lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, journal.report());
     Ok(RepairPlan {
@@ -425,7 +433,7 @@ impl Outcome {
         };
         let report = RecoveryReport {
             status,
-            mode: recovery_mode_name(mode).to_string(),
+            mode,
             snapshot_op: plan.snapshot_op,
             snapshot_file: plan.snapshot_file.clone(),
             last_op,
@@ -553,7 +561,7 @@ fn plan_problems<D: Directory>(
             for damaged in beyond_checksums {
                 if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
                     info.valid = false;
-                    info.problem = Some(format!("{}: {}", damaged.damage.kind(), damaged.reason));
+                    info.problem = Some(format!("{}: {}", damaged.damage.name(), damaged.reason));
                     judged.push((damaged.op, damaged.damage));
                 }
             }
@@ -564,7 +572,7 @@ fn plan_problems<D: Directory>(
         Err(error @ EngineError::MissingOps { .. }) => {
             let range = error.missing_range().expect("MissingOps has a range");
             problems.push(ProblemRecord {
-                kind: "missing_ops".into(),
+                kind: ProblemKind::MissingOps,
                 file: root.display_path(),
                 offset: 0,
                 op: Some(*range.start()),
@@ -616,7 +624,7 @@ pub async fn verify<D: Directory, M: StateMachine>(
             .find(|(op, _)| *op == s.op)
             .map_or(SnapshotDamage::Checksum, |(_, damage)| *damage);
         problems.push(ProblemRecord {
-            kind: damage.kind().into(),
+            kind: ProblemKind::Snapshot(damage),
             file: s.file.clone(),
             offset: 0,
             op: Some(s.op),
@@ -629,7 +637,7 @@ pub async fn verify<D: Directory, M: StateMachine>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::report::recovery_mode_from_str;
+    use crate::report::{recovery_mode_from_str, recovery_mode_name};
 
     #[test]
     fn ranges_compress_runs() {

@@ -196,7 +196,7 @@ async fn damaged_newest_snapshot_falls_back_when_the_journal_covers() {
     assert_eq!(report.replayed, 15);
     assert_eq!(report.repairs.len(), 1);
     let repair = &report.repairs[0];
-    assert_eq!(repair.kind, "snapshot_checksum");
+    assert_eq!(repair.kind.name(), "snapshot_checksum");
     assert_eq!(
         repair.quarantine,
         format!("mem:/quarantine/snapshot-{:020}.snap", 25)
@@ -375,7 +375,7 @@ async fn verify_is_read_only_and_names_problems() {
     assert!(damaged
         .problems
         .iter()
-        .any(|p| p.kind == "snapshot_checksum" && p.op == Some(12)));
+        .any(|p| p.kind.name() == "snapshot_checksum" && p.op == Some(12)));
     assert_eq!(
         fs.read_raw(&snap(12)).unwrap(),
         before,
@@ -487,7 +487,7 @@ async fn a_torn_journal_tail_is_repaired_and_reported_with_its_quarantine_file()
     let (engine, report) = open(&fs, small_config()).await;
     assert_eq!(report.status, RecoveryStatus::Repaired, "{report:?}");
     let repair = &report.repairs[0];
-    assert_eq!(repair.kind, "torn_tail");
+    assert_eq!(repair.kind.name(), "torn_tail");
     assert!(!repair.quarantine.is_empty());
     let quarantined = fs
         .root()
@@ -620,7 +620,7 @@ async fn verify_calls_a_torn_segment_header_a_torn_tail_not_corruption() {
         report
             .problems
             .iter()
-            .any(|p| p.kind == "torn_segment_header"),
+            .any(|p| p.kind.name() == "torn_segment_header"),
         "{report:?}"
     );
     assert_eq!(
@@ -661,13 +661,17 @@ async fn a_snapshot_of_another_history_is_fallen_back_from() {
         verify
             .problems
             .iter()
-            .any(|p| p.kind == "snapshot_misplaced"),
+            .any(|p| p.kind.name() == "snapshot_misplaced"),
         "{verify:?}"
     );
     let (engine, report) = open(&fs, small_config()).await;
     assert_eq!(report.snapshot_op, 10, "{report:?}");
     assert_eq!(report.applied_op, 20, "{report:?}");
-    assert_eq!(report.repairs[0].kind, "snapshot_misplaced", "{report:?}");
+    assert_eq!(
+        report.repairs[0].kind.name(),
+        "snapshot_misplaced",
+        "{report:?}"
+    );
     assert_eq!(*engine.state_machine(), model_through(20));
     assert!(!fs.exists(&snap(20)));
 }

@@ -103,6 +103,7 @@ pub mod fuzzing;
 mod group;
 mod live;
 mod open;
+mod outcome;
 mod position;
 mod read;
 mod recovery;
@@ -126,11 +127,12 @@ pub use config::{JournalConfig, RecoveryMode};
 pub use error::JournalError;
 pub use format::{EntryKind, FORMAT_VERSION};
 pub use live::LiveMap;
-pub use open::{OpenPlan, PlannedCut};
+pub use open::OpenPlan;
+pub use outcome::{Case, PlannedCut};
 pub use position::EntryPosition;
 pub use read::{Entry, JournalReader};
 pub use recovery::{
-    Action, Case, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
+    Action, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
     TABLE as RECOVERY_TABLE,
 };
 pub use report::{

@@ -548,7 +548,7 @@ async fn point_in_time_accounts_for_losses(
             Ok(opened) => opened,
             // A newer-version header (a flipped version field) is refused in every mode.
             Err(JournalError::Corrupt {
-                kind: "unknown_version",
+                kind: keel_journal::Case::UnknownVersion,
                 ..
             }) => return Ok(()),
             Err(e) => return Err(format!("point-in-time open failed: {e}")),
