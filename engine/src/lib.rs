@@ -72,6 +72,7 @@ mod kv;
 mod lock;
 mod manifest;
 mod plan;
+pub mod policy;
 mod range;
 mod recover;
 mod replay;

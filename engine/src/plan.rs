@@ -14,6 +14,10 @@ use keel_storage::Directory;
 
 use crate::error::{EngineError, SnapshotError};
 use crate::manifest::DirectoryId;
+use crate::policy::{
+    file_action, open_row_for, Coverage, FileAction, FileFact, OpenDecision, OpenFacts, Place,
+    Refusal, Step,
+};
 use crate::range::OpRange;
 use crate::replay::{Replay, Replayer};
 use crate::snapshot::{snapshot_file_name, SnapshotIdentity, SnapshotStore};
@@ -113,11 +117,14 @@ pub(crate) struct RecoveryPlan<D: Directory> {
     pub replay: Option<Replay>,
     /// The state machine's bytes before the replay, when there was no snapshot to restore it from.
     pub initial_state: Option<Vec<u8>>,
+    /// The steps the open's table names for this plan's facts (`policy.rs`), in order.
+    pub steps: &'static [Step],
 }
 
 /// The plan's journal part, handed to the open (the rest stays for the report).
 pub(crate) struct JournalPart<D: Directory> {
-    pub journal: OpenPlan<D>,
+    /// Taken by `Step::OpenJournal`.
+    pub journal: Option<OpenPlan<D>>,
     pub replay: Option<Replay>,
     pub initial_state: Option<Vec<u8>>,
     pub snapshot_op: u64,
@@ -140,7 +147,7 @@ impl<D: Directory> RecoveryPlan<D> {
     /// Takes the journal's plan and the replay out (the open consumes them).
     pub(crate) fn journal_part(&mut self) -> JournalPart<D> {
         JournalPart {
-            journal: self.journal.take().expect("the journal part is taken once"),
+            journal: Some(self.journal.take().expect("the journal part is taken once")),
             replay: self.replay.take(),
             initial_state: self.initial_state.take(),
             snapshot_op: self.snapshot_op,
@@ -153,13 +160,7 @@ impl<D: Directory> RecoveryPlan<D> {
         PlanSummary {
             snapshot_op: self.snapshot_op,
             snapshot_file: self.snapshot_file.clone(),
-            previous_snapshot_op: self
-                .snapshot_ops
-                .iter()
-                .rev()
-                .find(|&&op| op < self.snapshot_op)
-                .copied()
-                .unwrap_or(0),
+            previous_snapshot_op: previous_snapshot_op(&self.snapshot_ops, self.snapshot_op),
             damaged_ops: self.damaged.iter().map(|d| d.op).collect(),
             commit_op: self.commit_op,
             gap: self.gap,
@@ -211,7 +212,6 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
 }
 
 /// What one planning pass works from.
-#[derive(Clone, Copy)]
 struct PlanInputs<'a, D> {
     root: &'a D,
     config: &'a EngineConfig,
@@ -221,6 +221,15 @@ struct PlanInputs<'a, D> {
     excluded: &'a [DamagedSnapshot],
 }
 
+// By hand: a derive would ask `D: Copy`, and only references to it are held.
+impl<D> Clone for PlanInputs<'_, D> {
+    fn clone(&self) -> Self {
+        *self
+    }
+}
+
+impl<D> Copy for PlanInputs<'_, D> {}
+
 /// One planning pass: the plan, or the chosen snapshot found misplaced (`Err` inside `Ok`).
 async fn plan_once<D: Directory, M: StateMachine>(
     inputs: PlanInputs<'_, D>,
@@ -228,11 +237,7 @@ async fn plan_once<D: Directory, M: StateMachine>(
     initial_state: &[u8],
 ) -> Result<Result<RecoveryPlan<D>, DamagedSnapshot>, EngineError> {
     let PlanInputs {
-        root,
-        config,
-        mode,
-        evidence,
-        ..
+        root, config, mode, ..
     } = inputs;
     let snapshots = plan_snapshots(inputs, state_machine).await?;
     // The journal's one streaming pass also replays: each entry is read once.
@@ -250,27 +255,11 @@ async fn plan_once<D: Directory, M: StateMachine>(
         return Ok(Err(misplaced));
     }
     let snapshot_op = snapshots.chosen_op;
-    let journal_snapshot_op = journal.snapshot_op().unwrap_or(0);
-    if snapshot_op < journal_snapshot_op {
-        held_below_watermark(&snapshots, &replayer, journal_snapshot_op)?;
-    }
-    let commit_op = snapshot_op
-        .max(journal.commit_op())
-        .max(snapshots.proven_commit())
-        .max(evidence.closed_commit_op);
-    let gap = first_gap(
-        snapshot_op.max(journal_snapshot_op),
+    let Decided {
         commit_op,
-        journal.live_ops(),
-    );
-    if let (Some(gap), false) = (gap, mode == RecoveryMode::PointInTime) {
-        return Err(committed_but_missing(
-            gap,
-            commit_op,
-            journal.commit_op(),
-            evidence,
-        ));
-    }
+        gap,
+        steps,
+    } = decide(&snapshots, &replayer, &journal, inputs)?;
     let through = gap.map_or(commit_op, |g| g.first_op - 1);
     let replay = finish_replay(replayer, &journal, through, config)?;
     Ok(Ok(RecoveryPlan {
@@ -284,7 +273,99 @@ async fn plan_once<D: Directory, M: StateMachine>(
         gap,
         replay,
         initial_state: (snapshot_op == 0).then(|| initial_state.to_vec()),
+        steps,
     }))
+}
+
+/// What the open's table decided for a pass, when it opens.
+struct Decided {
+    commit_op: u64,
+    gap: Option<OpRange>,
+    steps: &'static [Step],
+}
+
+/// The open's facts, computed from the snapshot chosen and the journal's plan, and the row of
+/// the open's table they match: its steps, or its refusal as the typed error naming the ops.
+fn decide<D: Directory, M: StateMachine>(
+    snapshots: &SnapshotChoice,
+    replayer: &Replayer<'_, M>,
+    journal: &OpenPlan<D>,
+    inputs: PlanInputs<'_, D>,
+) -> Result<Decided, EngineError> {
+    let PlanInputs {
+        config,
+        mode,
+        evidence,
+        ..
+    } = inputs;
+    let snapshot_op = snapshots.chosen_op;
+    let journal_snapshot_op = journal.snapshot_op().unwrap_or(0);
+    let below = (snapshot_op < journal_snapshot_op)
+        .then(|| held_below_watermark(snapshots, replayer, journal_snapshot_op));
+    let commit_op = snapshot_op
+        .max(journal.commit_op())
+        .max(snapshots.proven_commit())
+        .max(evidence.closed_commit_op);
+    let gap = first_gap(
+        snapshot_op.max(journal_snapshot_op),
+        commit_op,
+        journal.live_ops(),
+    );
+    let facts = OpenFacts {
+        mode,
+        coverage: match &below {
+            None => Coverage::Reaches,
+            Some(Ok(())) => Coverage::HeldBelow,
+            Some(Err(_)) => Coverage::CompactedBelow,
+        },
+        committed_gap: gap.is_some(),
+        checkpoint_interrupted: checkpoint_watermark(snapshots, config) > journal_snapshot_op,
+        superseded: replayer.invalidated,
+    };
+    let steps = match open_row_for(facts).decision {
+        OpenDecision::Open(steps) => steps,
+        OpenDecision::Refuse(Refusal::OpsCompacted) => {
+            return Err(below
+                .and_then(Result::err)
+                .expect("compacted below the watermark"));
+        }
+        OpenDecision::Refuse(Refusal::CommittedMissing) => {
+            let gap = gap.expect("a committed gap");
+            let journal_commit_op = journal.commit_op();
+            return Err(committed_but_missing(
+                gap,
+                commit_op,
+                journal_commit_op,
+                evidence,
+            ));
+        }
+    };
+    Ok(Decided {
+        commit_op,
+        gap,
+        steps,
+    })
+}
+
+/// The journal watermark the chosen snapshot's checkpoint sets (its op, or the previous
+/// snapshot's when the journal keeps a fallback): above the journal's, that checkpoint was
+/// interrupted.
+fn checkpoint_watermark(snapshots: &SnapshotChoice, config: &EngineConfig) -> u64 {
+    let snapshot_op = snapshots.chosen_op;
+    if config.journal_covers_previous_snapshot {
+        previous_snapshot_op(&snapshots.ops, snapshot_op)
+    } else {
+        snapshot_op
+    }
+}
+
+/// The newest snapshot op in `ops` (ascending) below `snapshot_op` (0: none).
+fn previous_snapshot_op(ops: &[u64], snapshot_op: u64) -> u64 {
+    ops.iter()
+        .rev()
+        .find(|&&op| op < snapshot_op)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The refusal for committed ops absent from the journal and every snapshot.
@@ -330,9 +411,15 @@ fn misplaced<M: StateMachine>(
          seq {} (chain crc {:#010x})",
         identity.journal_seq, identity.chain_crc, found.seq, found.chain_crc
     );
-    if mode == RecoveryMode::Absolute {
+    let action = file_action(FileFact::Misplaced, Place::Candidate, mode);
+    if action == FileAction::Refuse {
         return Err(SnapshotError::Foreign { file, reason }.into());
     }
+    assert_eq!(
+        action,
+        FileAction::SetAside,
+        "the file table on a misplaced snapshot"
+    );
     tracing::warn!(%file, op, %reason, "snapshot of another history; falling back");
     Ok(Some(DamagedSnapshot {
         op,
@@ -522,9 +609,10 @@ fn first_gap(
     })
 }
 
-/// Newest first: the first snapshot whose checksums hold, that is this directory's, was not
-/// excluded, and whose state restores. The ones fallen back from are recorded, and so are older
-/// files of another directory (never a fallback); in `Absolute` mode either is refused.
+/// Newest first: each file's facts go to the snapshot-file table (`policy.rs`), which says to
+/// use it (the first whole one: this directory's, of this history, whose state restores), set it
+/// aside (recorded, quarantined by the open), keep it, or refuse. An I/O error reading a file is
+/// returned as it is, never taken for a fact.
 async fn choose_snapshot<D: Directory, M: StateMachine>(
     store: &SnapshotStore<D>,
     inputs: PlanInputs<'_, D>,
@@ -536,55 +624,96 @@ async fn choose_snapshot<D: Directory, M: StateMachine>(
             continue;
         }
         let file = store.path_of(&snapshot_file_name(op));
-        let older = choice.identity.is_some();
-        let read = if older {
-            // An older file is judged only by whose it is (its header).
-            store.header(op).await.map(|h| (h.identity, Vec::new()))
+        let place = if choice.identity.is_some() {
+            Place::Older
         } else {
-            store.load_with_identity(op).await
+            Place::Candidate
         };
-        let loaded = match read {
-            Ok(loaded) => Ok(loaded),
-            Err(SnapshotError::Checksum { file, reason }) if !older => Err((
-                SnapshotDamage::Checksum,
-                reason.clone(),
-                SnapshotError::Checksum { file, reason },
-            )),
-            // An older file's damage shows if it is ever needed.
-            Err(SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }) if older => {
-                continue
-            }
-            Err(other) => return Err(other.into()),
-        };
-        let judged = loaded.and_then(|(identity, bytes)| {
-            let restore = (!older).then_some(&mut *state_machine);
-            judge(&file, op, identity, inputs.evidence, &bytes, restore).map(|()| identity)
-        });
-        let (damage, reason, error) = match judged {
-            Ok(_) if older => continue,
-            Ok(identity) => {
+        let evidence = inputs.evidence;
+        let judged = read_and_judge(store, &file, op, place, evidence, state_machine).await?;
+        match (file_action(judged.fact(), place, inputs.mode), judged) {
+            (FileAction::Use, Judged::Whole(identity)) => {
                 choice.chosen_op = op;
                 choice.chosen_file = Some(file);
                 choice.chosen_len_bytes = store.file_len(op).await.unwrap_or(0);
                 choice.identity = Some(identity);
-                continue;
             }
-            Err(fault) => fault,
-        };
-        if inputs.mode == RecoveryMode::Absolute {
-            return Err(error.into());
+            (FileAction::Keep, _) => {}
+            (FileAction::Refuse, Judged::Damaged((_, _, error)) | Judged::Unreadable(error)) => {
+                return Err(error.into())
+            }
+            (FileAction::SetAside, Judged::Damaged((damage, reason, _))) => {
+                tracing::warn!(%file, op, %reason, kind = damage.name(), "snapshot not used; falling back to an older one");
+                let len_bytes = store.file_len(op).await.unwrap_or(0);
+                choice.damaged.push(DamagedSnapshot {
+                    op,
+                    file,
+                    len_bytes,
+                    damage,
+                    reason,
+                });
+            }
+            (action, judged) => panic!("the snapshot-file table orders {action:?} for {judged:?}"),
         }
-        tracing::warn!(%file, op, %reason, kind = damage.name(), "snapshot not used; falling back to an older one");
-        let len_bytes = store.file_len(op).await.unwrap_or(0);
-        choice.damaged.push(DamagedSnapshot {
-            op,
-            file,
-            len_bytes,
-            damage,
-            reason,
-        });
     }
     Ok(())
+}
+
+/// What reading a snapshot file found.
+#[derive(Debug)]
+enum Judged {
+    /// Usable: whose it is.
+    Whole(SnapshotIdentity),
+    /// Whole bytes or not, damage the plan can fall back from.
+    Damaged(Fault),
+    /// A newer format version: not damage.
+    Unreadable(SnapshotError),
+}
+
+impl Judged {
+    fn fact(&self) -> FileFact {
+        match self {
+            Judged::Whole(_) => FileFact::Whole,
+            Judged::Damaged((SnapshotDamage::Checksum, ..)) => FileFact::Checksum,
+            Judged::Damaged((SnapshotDamage::Restore, ..)) => FileFact::NoRestore,
+            Judged::Damaged((SnapshotDamage::Foreign, ..)) => FileFact::Foreign,
+            Judged::Damaged((SnapshotDamage::Misplaced, ..)) => FileFact::Misplaced,
+            Judged::Unreadable(_) => FileFact::UnknownVersion,
+        }
+    }
+}
+
+/// Reads a snapshot file (an older one's header alone: it is judged only by whose it is) and
+/// judges it; the candidate's state is restored into `state_machine`.
+async fn read_and_judge<D: Directory, M: StateMachine>(
+    store: &SnapshotStore<D>,
+    file: &str,
+    op: u64,
+    place: Place,
+    evidence: DirEvidence,
+    state_machine: &mut M,
+) -> Result<Judged, EngineError> {
+    let read = match place {
+        Place::Older => store.header(op).await.map(|h| (h.identity, Vec::new())),
+        Place::Candidate => store.load_with_identity(op).await,
+    };
+    let (identity, bytes) = match read {
+        Ok(loaded) => loaded,
+        Err(SnapshotError::Checksum { file, reason }) => {
+            let error = SnapshotError::Checksum {
+                file,
+                reason: reason.clone(),
+            };
+            return Ok(Judged::Damaged((SnapshotDamage::Checksum, reason, error)));
+        }
+        Err(error @ SnapshotError::UnknownVersion { .. }) => return Ok(Judged::Unreadable(error)),
+        Err(other) => return Err(other.into()),
+    };
+    let restore = (place == Place::Candidate).then_some(state_machine);
+    Ok(match judge(file, op, identity, evidence, &bytes, restore) {
+        Ok(()) => Judged::Whole(identity),
+        Err(fault) => Judged::Damaged(fault),
+    })
 }
 
 type Fault = (SnapshotDamage, String, SnapshotError);

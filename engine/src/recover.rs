@@ -2,7 +2,8 @@
 //! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the read-only
 //! [`verify`] and the no-replay [`repair`] the CLI uses.
 //!
-//! The decisions, in order (`plan.rs` makes them, read-only):
+//! The decisions, in order (`plan.rs` computes the facts read-only, the tables of `policy.rs`
+//! decide, and `open` runs the steps the open's row names; docs/durability.md):
 //! 0. `DIR/MANIFEST` gives the ring, the segment size and the directory id (a directory without
 //!    one gets one once its open is decided).
 //! 1. Snapshots newest first: the first whose checksums hold, that is this directory's and of this
@@ -17,6 +18,8 @@
 //!    Ops above `C` are prepared-but-uncommitted: kept pending and reported.
 //! 4. A committed op missing from the journal is refused, except in `PointInTime` mode, where the
 //!    state stops before the gap and the gap is reported as lost committed ops.
+//!
+//! It must never decide: a step runs only when the open's row names it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
@@ -31,6 +34,7 @@ use crate::manifest::{adopt_manifest, write_manifest, Manifest};
 use crate::plan::{
     plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
 };
+use crate::policy::Step;
 use crate::range::{to_ranges, OpRange};
 use crate::replay::{replay_by_reads, Replay};
 use crate::report::{
@@ -41,6 +45,8 @@ use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR
 use crate::state_machine::{ApplyError, RestoreError, StateMachine};
 use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
 
+/// Opens `root`: decides read-only (`plan_recovery`, the tables of `policy.rs`), then runs the
+/// steps the open's table names for what the plan found, in order, and nothing else.
 pub(crate) async fn open<D: Directory, M: StateMachine>(
     root: D,
     mut config: EngineConfig,
@@ -58,14 +64,8 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     // Decide first (read-only: a refusal changes nothing), touch after.
     let recorded = adopt_manifest(&root, &mut config).await?;
     let evidence = evidence_of(recorded.as_ref());
-    let mut plan = plan_recovery(
-        &root,
-        &config,
-        config.recovery_mode,
-        evidence,
-        &mut state_machine,
-    )
-    .await?;
+    let mode = config.recovery_mode;
+    let mut plan = plan_recovery(&root, &config, mode, evidence, &mut state_machine).await?;
     let manifest = match recorded {
         Some(manifest) => manifest,
         None => create_manifest(&root, &config).await?,
@@ -73,29 +73,18 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     let snapshots = SnapshotStore::open(&root, config.max_snapshot_bytes)
         .await?
         .with_directory_id(manifest.directory_id);
-    let (mut repairs, temp_files_removed) =
-        quarantine_snapshots(&snapshots, &plan, config.recovery_mode).await?;
-    let (journal, scan, replay) = open_and_replay(
-        &root,
-        &config,
-        &snapshots,
-        plan.journal_part(),
-        &mut state_machine,
-    )
-    .await?;
-    repairs.extend(journal_repairs(&root.display_path(), &scan));
-    let outcome = Outcome {
-        plan: plan.summary(),
-        journal_snapshot_op: journal.snapshot_op().unwrap_or(0),
-        replay,
-        scan,
-        repairs,
-        temp_files_removed,
+    let steps = plan.steps;
+    let opening = Opening {
+        root: &root,
+        config: &config,
+        snapshots: &snapshots,
     };
-    outcome.check(config.recovery_mode);
-    settle(&journal, &snapshots, &config, &outcome).await?;
-    let manifest = settle_manifest(&root, manifest, outcome.replay.applied_op).await?;
-    let report = outcome.report(&journal, config.recovery_mode, started);
+    let (journal, outcome) = opening
+        .establish(&mut plan, steps, &mut state_machine)
+        .await?;
+    outcome.check(mode);
+    let manifest = opening.settle(&journal, &outcome, manifest, steps).await?;
+    let report = outcome.report(&journal, mode, started);
     let parts = EngineParts {
         root,
         config,
@@ -108,6 +97,158 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         build_engine(parts, state_machine, outcome.replay, &report),
         report,
     ))
+}
+
+/// What the open's steps work on.
+struct Opening<'a, D: Directory> {
+    root: &'a D,
+    config: &'a EngineConfig,
+    snapshots: &'a SnapshotStore<D>,
+}
+
+impl<D: Directory> Opening<'_, D> {
+    /// The steps up to the replay: quarantine what the plan sets aside, carry out the journal's
+    /// plan, settle the state. What they establish is checked before anything is settled.
+    async fn establish<M: StateMachine>(
+        &self,
+        plan: &mut RecoveryPlan<D>,
+        steps: &[Step],
+        state_machine: &mut M,
+    ) -> Result<(MetadataJournal<D>, Outcome), EngineError> {
+        let mut repairs = Vec::new();
+        let mut temp_files_removed = 0;
+        let mut part = Some(plan.journal_part());
+        let mut opened = None;
+        let mut replay = None;
+        if !steps.contains(&Step::QuarantineSnapshots) {
+            assert!(
+                plan.damaged.is_empty(),
+                "snapshots set aside but not quarantined"
+            );
+        }
+        for step in steps
+            .iter()
+            .take_while(|&&step| step != Step::PersistCommit)
+        {
+            match step {
+                Step::QuarantineSnapshots => {
+                    repairs.extend(quarantine_snapshots(self.snapshots, plan).await?);
+                }
+                Step::QuarantineSnapshotTemps => {
+                    temp_files_removed = self
+                        .snapshots
+                        .quarantine_temps(&plan.snapshot_temps)
+                        .await?;
+                }
+                Step::OpenJournal => {
+                    let journal_plan = part.as_mut().and_then(|p| p.journal.take());
+                    let journal_plan = journal_plan.expect("the journal is opened once");
+                    let (journal, scan) =
+                        MetadataJournal::open_planned(self.root, journal_plan).await?;
+                    repairs.extend(journal_repairs(&self.root.display_path(), &scan));
+                    opened = Some((journal, scan));
+                }
+                Step::KeepStreamedReplay => {
+                    let streamed = part.as_mut().and_then(|p| p.replay.take());
+                    replay = Some(streamed.expect("the scan's replay was kept"));
+                }
+                Step::ReplayByReads => {
+                    let part = part.take().expect("the journal's part is there");
+                    let (journal, _) = opened.as_ref().expect("the journal is opened first");
+                    replay = Some(self.replay_by_reads(journal, part, state_machine).await?);
+                }
+                other => panic!("{other:?} before the commit is persisted"),
+            }
+        }
+        let (journal, scan) = opened.expect("every open row opens the journal");
+        let outcome = Outcome {
+            plan: plan.summary(),
+            journal_snapshot_op: journal.snapshot_op().unwrap_or(0),
+            replay: replay.expect("every open row replays"),
+            scan,
+            repairs,
+            temp_files_removed,
+        };
+        Ok((journal, outcome))
+    }
+
+    /// The state restored again and replayed by reads (a later entry superseded an op the
+    /// scan's replay had applied).
+    async fn replay_by_reads<M: StateMachine>(
+        &self,
+        journal: &MetadataJournal<D>,
+        part: JournalPart<D>,
+        state_machine: &mut M,
+    ) -> Result<Replay, EngineError> {
+        assert!(
+            part.replay.is_none(),
+            "a replay by reads when the scan's replay stands"
+        );
+        let bytes = match part.initial_state {
+            Some(bytes) => bytes,
+            None => self.snapshots.load(part.snapshot_op).await?,
+        };
+        state_machine
+            .restore(&bytes)
+            .map_err(|RestoreError { reason }| SnapshotError::Decode {
+                file: self
+                    .snapshots
+                    .path_of(&crate::snapshot::snapshot_file_name(part.snapshot_op)),
+                op: part.snapshot_op,
+                reason,
+            })?;
+        let max_pending = self.config.journal.slot_count.saturating_mul(2);
+        replay_by_reads(
+            journal,
+            state_machine,
+            part.snapshot_op,
+            part.through,
+            max_pending,
+        )
+        .await
+    }
+
+    /// The steps from the commit's persist on: make durable what recovery established, then
+    /// tidy. Returns the manifest as it now is.
+    async fn settle(
+        &self,
+        journal: &MetadataJournal<D>,
+        outcome: &Outcome,
+        mut manifest: Manifest,
+        steps: &[Step],
+    ) -> Result<Manifest, EngineError> {
+        let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
+        let settling = steps
+            .iter()
+            .skip_while(|&&step| step != Step::PersistCommit);
+        for step in settling {
+            match step {
+                Step::PersistCommit => persist_commit(journal, applied_op).await?,
+                Step::FinishCheckpoint => {
+                    finish_checkpoint(
+                        journal,
+                        self.config,
+                        plan.snapshot_op,
+                        plan.previous_snapshot_op,
+                    )
+                    .await?;
+                }
+                Step::RemoveSnapshots => {
+                    self.snapshots.remove_snapshots(&plan.damaged_ops).await?;
+                    self.snapshots.remove_older(SNAPSHOTS_KEPT).await?;
+                }
+                Step::RecordResumePoint => {
+                    manifest = settle_manifest(self.root, manifest, applied_op).await?;
+                }
+                other => panic!("{other:?} after the commit is persisted"),
+            }
+        }
+        assert!(
+            manifest.closed_commit_op <= applied_op,
+            "the manifest's clean close is above the state recovered"
+        );
+        Ok(manifest)
+    }
 }
 
 /// What an opened engine is made of, besides its state.
@@ -201,13 +342,11 @@ async fn settle_manifest<D: Directory>(
 }
 
 /// Copies the damaged snapshots the plan falls back from into quarantine (the originals go only
-/// once the commit watermark they prove is durable: `settle`), and quarantines keel's snapshot
-/// temp files (not in absolute mode, which repairs nothing). Returns the repairs and temp count.
+/// once the commit watermark they prove is durable: `Step::RemoveSnapshots`).
 async fn quarantine_snapshots<D: Directory>(
     snapshots: &SnapshotStore<D>,
     plan: &RecoveryPlan<D>,
-    mode: RecoveryMode,
-) -> Result<(Vec<RepairRecord>, u64), EngineError> {
+) -> Result<Vec<RepairRecord>, EngineError> {
     let mut repairs = Vec::new();
     for damaged in &plan.damaged {
         let quarantine = snapshots.copy_to_quarantine(damaged.op).await?;
@@ -219,48 +358,7 @@ async fn quarantine_snapshots<D: Directory>(
             quarantine,
         });
     }
-    let temps = if mode == RecoveryMode::Absolute {
-        0
-    } else {
-        snapshots.quarantine_temps(&plan.snapshot_temps).await?
-    };
-    Ok((repairs, temps))
-}
-
-/// Carries out the journal's plan and settles the replay: the one done during the scan, or (when
-/// a later entry superseded an applied op) the state restored again and replayed by reads.
-async fn open_and_replay<D: Directory, M: StateMachine>(
-    root: &D,
-    config: &EngineConfig,
-    snapshots: &SnapshotStore<D>,
-    part: JournalPart<D>,
-    state_machine: &mut M,
-) -> Result<(MetadataJournal<D>, ScanReport, Replay), EngineError> {
-    let (journal, scan) = MetadataJournal::open_planned(root, part.journal).await?;
-    if let Some(replay) = part.replay {
-        return Ok((journal, scan, replay));
-    }
-    let bytes = match part.initial_state {
-        Some(bytes) => bytes,
-        None => snapshots.load(part.snapshot_op).await?,
-    };
-    state_machine
-        .restore(&bytes)
-        .map_err(|RestoreError { reason }| SnapshotError::Decode {
-            file: snapshots.path_of(&crate::snapshot::snapshot_file_name(part.snapshot_op)),
-            op: part.snapshot_op,
-            reason,
-        })?;
-    let max_pending = config.journal.slot_count.saturating_mul(2);
-    let replay = replay_by_reads(
-        &journal,
-        state_machine,
-        part.snapshot_op,
-        part.through,
-        max_pending,
-    )
-    .await?;
-    Ok((journal, scan, replay))
+    Ok(repairs)
 }
 
 /// What a cut loses: the committed ops (above the snapshot, which still holds what is at or below
@@ -458,28 +556,18 @@ impl Outcome {
     }
 }
 
-/// Makes durable what recovery established, then tidies: the commit watermark (a snapshot proves
-/// its op committed only while it exists, and a quarantined one no longer does — a second crash
-/// must not forget it), an interrupted checkpoint finished, the damaged originals and snapshots
-/// older than the kept ones removed. After a point-in-time gap the engine resumes at what it
-/// applied; the consensus layer prepares the missing ops again.
-async fn settle<D: Directory>(
+/// Makes the commit watermark recovery established durable: a snapshot proves its op committed
+/// only while it exists, and a quarantined one no longer does — a second crash must not forget
+/// it. After a point-in-time gap the engine resumes at what it applied; the consensus layer
+/// prepares the missing ops again.
+async fn persist_commit<D: Directory>(
     journal: &MetadataJournal<D>,
-    snapshots: &SnapshotStore<D>,
-    config: &EngineConfig,
-    outcome: &Outcome,
+    applied_op: u64,
 ) -> Result<(), EngineError> {
-    let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
     if applied_op > journal.durable_commit_op().unwrap_or(0) {
         journal.set_commit_op(applied_op);
         journal.persist_commit().await?;
     }
-    if config.recovery_mode == RecoveryMode::Absolute {
-        return Ok(());
-    }
-    finish_checkpoint(journal, config, plan.snapshot_op, plan.previous_snapshot_op).await?;
-    snapshots.remove_snapshots(&plan.damaged_ops).await?;
-    snapshots.remove_older(SNAPSHOTS_KEPT).await?;
     Ok(())
 }
 

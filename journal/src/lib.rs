@@ -132,8 +132,8 @@ pub use outcome::{Case, PlannedCut};
 pub use position::EntryPosition;
 pub use read::{Entry, JournalReader};
 pub use recovery::{
-    Action, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
-    TABLE as RECOVERY_TABLE,
+    matching_row, one_of, Action, CaseInfo, Pattern, Proofs, StopFact, Want,
+    PATTERNS as RECOVERY_PATTERNS, TABLE as RECOVERY_TABLE,
 };
 pub use report::{
     CompactionReport, JournalStats, Problem, RawEntry, Repair, ScanReport, SegmentSummary,

@@ -186,7 +186,8 @@ pub enum Want {
 }
 
 impl Want {
-    fn matches(self, value: bool) -> bool {
+    /// Whether `value` is one this input accepts.
+    pub fn matches(self, value: bool) -> bool {
         match self {
             Want::Any => true,
             Want::Yes => value,
@@ -213,7 +214,7 @@ pub struct Pattern {
 
 impl Pattern {
     fn matches(&self, fact: StopFact, proofs: Proofs) -> bool {
-        self.facts.contains(&fact)
+        one_of(self.facts, &fact)
             && self.watermark.matches(proofs.watermark)
             && self.segment_header.matches(proofs.segment_header)
             && self.rewritten.matches(proofs.rewritten)
@@ -316,18 +317,34 @@ pub const PATTERNS: [Pattern; 11] = [
     },
 ];
 
+/// The one mechanism of every pattern table (this one, the engine's): the row of `rows` that
+/// `matches`, for the inputs `inputs` names. Panics (a table bug, in release too) unless exactly
+/// one row matches.
+pub fn matching_row<'rows, R>(
+    rows: &'rows [R],
+    inputs: &dyn std::fmt::Debug,
+    matches: impl Fn(&R) -> bool,
+) -> &'rows R {
+    let mut matching = rows.iter().filter(|row| matches(row));
+    let row = matching
+        .next()
+        .unwrap_or_else(|| panic!("no recovery pattern matches {inputs:?}"));
+    assert!(
+        matching.next().is_none(),
+        "two recovery patterns match {inputs:?}"
+    );
+    row
+}
+
+/// Whether `value` is one of `allowed` (an enum-valued input of a pattern row).
+pub fn one_of<T: PartialEq>(allowed: &[T], value: &T) -> bool {
+    allowed.contains(value)
+}
+
 /// The classifier: scan-stop facts and proofs → the row that matches them. Panics (a table bug,
 /// in release too) unless exactly one row matches.
 pub fn classify_row(fact: StopFact, proofs: Proofs) -> &'static Pattern {
-    let mut matching = PATTERNS.iter().filter(|row| row.matches(fact, proofs));
-    let row = matching
-        .next()
-        .unwrap_or_else(|| panic!("no recovery pattern matches {fact:?} {proofs:?}"));
-    assert!(
-        matching.next().is_none(),
-        "two recovery patterns match {fact:?} {proofs:?}"
-    );
-    row
+    matching_row(&PATTERNS, &(fact, proofs), |row| row.matches(fact, proofs))
 }
 
 /// The case of a stop (see [`classify_row`]).
