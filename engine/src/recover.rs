@@ -1,6 +1,6 @@
 //! `recover()`: lock, load the newest valid snapshot, open the journal with the mode's repairs,
-//! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the read-only
-//! [`verify`] and the no-replay [`repair`] the CLI uses.
+//! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the no-replay
+//! [`repair`] the CLI uses (the read-only `verify` and `plan_repair` are in `verify.rs`).
 //!
 //! The decisions, in order (`plan.rs` computes the facts read-only, the tables of `policy.rs`
 //! decide, and `open` runs the steps the open's row names; docs/durability.md):
@@ -24,25 +24,22 @@
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use keel_journal::{MetadataJournal, RecoveryMode, ScanReport};
+use keel_journal::MetadataJournal;
 use keel_storage::Directory;
 
+use crate::choice::DirEvidence;
 use crate::error::EngineError;
 use crate::error::SnapshotError;
 use crate::lock::lock_dir;
 use crate::manifest::{adopt_manifest, write_manifest, Manifest};
-use crate::plan::{
-    plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
-};
+use crate::outcome::Outcome;
+use crate::plan::{plan_recovery, JournalPart, RecoveryPlan};
 use crate::policy::Step;
-use crate::range::{to_ranges, OpRange};
 use crate::replay::{replay_by_reads, Replay};
-use crate::report::{
-    journal_file, journal_repairs, PlannedRepair, ProblemKind, ProblemRecord, RecoveryReport,
-    RecoveryStatus, RepairKind, RepairPlan, RepairRecord, VerifyReport,
-};
-use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
-use crate::state_machine::{ApplyError, RestoreError, StateMachine};
+use crate::report::{journal_repairs, RecoveryReport, RepairKind, RepairRecord};
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::{RestoreError, StateMachine};
+use crate::verify::Discard;
 use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
 
 /// Opens `root`: decides read-only (`plan_recovery`, the tables of `policy.rs`), then runs the
@@ -63,7 +60,7 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     let lock = lock_dir(&root).await?;
     // Decide first (read-only: a refusal changes nothing), touch after.
     let recorded = adopt_manifest(&root, &mut config).await?;
-    let evidence = evidence_of(recorded.as_ref());
+    let evidence = DirEvidence::of(recorded.as_ref());
     let mode = config.recovery_mode;
     let mut plan = plan_recovery(&root, &config, mode, evidence, &mut state_machine).await?;
     let manifest = match recorded {
@@ -302,14 +299,6 @@ fn build_engine<D: Directory, M: StateMachine>(
     }
 }
 
-/// What the manifest lets the plan judge.
-fn evidence_of(manifest: Option<&Manifest>) -> DirEvidence {
-    manifest.map_or_else(DirEvidence::default, |m| DirEvidence {
-        directory_id: m.directory_id,
-        closed_commit_op: m.closed_commit_op,
-    })
-}
-
 /// A directory without a manifest gets one once its open is decided (never on a refusal).
 async fn create_manifest<D: Directory>(
     root: &D,
@@ -361,201 +350,6 @@ async fn quarantine_snapshots<D: Directory>(
     Ok(repairs)
 }
 
-/// What a cut loses: the committed ops (above the snapshot, which still holds what is at or below
-/// it, through the commit watermark) it removed plus the plan's gap, and the ops it removed that
-/// were never committed.
-fn lost_ops(
-    snapshot_op: u64,
-    commit_op: u64,
-    gap: Option<OpRange>,
-    scan: &ScanReport,
-) -> (Vec<OpRange>, Vec<OpRange>) {
-    let cut = || {
-        scan.lost_ops
-            .iter()
-            .chain(&scan.torn_ops)
-            .map(OpRange::from)
-    };
-    let mut committed: Vec<OpRange> = cut()
-        .filter_map(|range| range.clip(snapshot_op + 1, commit_op))
-        .collect();
-    committed.extend(gap);
-    committed.sort_by_key(|range| range.first_op);
-    committed.dedup();
-    let high = commit_op.max(snapshot_op);
-    let uncommitted = cut()
-        .filter_map(|range| range.clip(high + 1, u64::MAX))
-        .collect();
-    (committed, uncommitted)
-}
-
-/// `keel repair --dry-run`: the plan `repair` would carry out, without the lock and without
-/// creating, writing or removing anything. A refusal is returned as the error `repair` would give.
-pub async fn plan_repair<D: Directory>(
-    root: &D,
-    config: &EngineConfig,
-) -> Result<RepairPlan, EngineError> {
-    let mut config = config.clone();
-    let manifest = adopt_manifest(root, &mut config).await?;
-    let evidence = evidence_of(manifest.as_ref());
-    let mode = config.recovery_mode;
-    let plan = plan_recovery(root, &config, mode, evidence, &mut Discard).await?;
-    let journal = plan
-        .journal
-        .as_ref()
-        .expect("an accepted plan holds the journal's");
-    let root_path = root.display_path();
-    let mut repairs: Vec<PlannedRepair> = plan
-        .damaged
-        .iter()
-        .map(|d| PlannedRepair {
-            kind: RepairKind::Snapshot(d.damage),
-            file: d.file.clone(),
-            offset: 0,
-            bytes: d.len_bytes,
-            op: Some(d.op),
-        })
-        .collect();
-    if let (Some(cut), Some(stop)) = (journal.cut(), journal.report().problems.first()) {
-        repairs.push(PlannedRepair {
-            kind: RepairKind::JournalCut(cut),
-            file: journal_file(&root_path, &stop.file),
-            offset: stop.offset_bytes,
-            bytes: 0,
-            op: stop.op,
-        });
-    }
-    let temps = |kind: RepairKind, dir: &str, names: &[String]| -> Vec<PlannedRepair> {
-        names
-            .iter()
-            .map(|name| PlannedRepair {
-                kind,
-                file: format!("{root_path}/{dir}/{name}"),
-                offset: 0,
-                bytes: 0,
-                op: None,
-            })
-            .collect()
-    };
-    if mode != RecoveryMode::Absolute {
-        repairs.extend(temps(
-            RepairKind::SnapshotTemp,
-            SNAPSHOTS_DIR,
-            &plan.snapshot_temps,
-        ));
-    }
-    repairs.extend(temps(
-        RepairKind::CompactionTemp,
-        "journal",
-        journal.temp_files(),
-    ));
-    let (lost_committed, cut_uncommitted) =
-        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, journal.report());
-    Ok(RepairPlan {
-        snapshot_op: plan.snapshot_op,
-        commit_op: plan.commit_op,
-        repairs,
-        lost_committed,
-        cut_uncommitted,
-    })
-}
-
-/// What recovery established, before the engine is built.
-struct Outcome {
-    plan: PlanSummary,
-    /// The journal's snapshot watermark as found (before an interrupted checkpoint is finished).
-    journal_snapshot_op: u64,
-    replay: Replay,
-    scan: ScanReport,
-    repairs: Vec<RepairRecord>,
-    temp_files_removed: u64,
-}
-
-impl Outcome {
-    fn unrecoverable(&self) -> Vec<OpRange> {
-        let plan = &self.plan;
-        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, &self.scan).0
-    }
-
-    fn cut_uncommitted(&self) -> Vec<OpRange> {
-        let plan = &self.plan;
-        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, &self.scan).1
-    }
-
-    /// The recovery decisions, checked: the state is exactly the snapshot plus contiguous
-    /// committed ops, and nothing above the durable commit was applied.
-    fn check(&self, mode: RecoveryMode) {
-        let (applied_op, plan) = (self.replay.applied_op, &self.plan);
-        assert!(
-            applied_op >= plan.snapshot_op,
-            "replay went below the snapshot"
-        );
-        assert!(
-            applied_op <= plan.commit_op,
-            "applied past the durable commit watermark"
-        );
-        assert!(
-            plan.gap.is_none() || mode == RecoveryMode::PointInTime,
-            "a gap was accepted outside point-in-time mode"
-        );
-        assert!(
-            self.replay.pending.keys().all(|&op| op > applied_op),
-            "a pending op at or below the applied op"
-        );
-    }
-
-    fn report(
-        &self,
-        journal: &MetadataJournal<impl Directory>,
-        mode: RecoveryMode,
-        started: Instant,
-    ) -> RecoveryReport {
-        let (plan, replay) = (&self.plan, &self.replay);
-        let unrecoverable = self.unrecoverable();
-        let last_op = journal
-            .last_op()
-            .unwrap_or(0)
-            .max(replay.applied_op)
-            .max(plan.commit_op)
-            .max(replay.pending.keys().next_back().copied().unwrap_or(0));
-        let prepared_uncommitted = to_ranges(
-            replay
-                .pending
-                .range(plan.commit_op + 1..)
-                .map(|(op, _)| *op),
-        );
-        let status = if self.repairs.is_empty() && unrecoverable.is_empty() {
-            RecoveryStatus::Clean
-        } else {
-            RecoveryStatus::Repaired
-        };
-        let report = RecoveryReport {
-            status,
-            mode,
-            snapshot_op: plan.snapshot_op,
-            snapshot_file: plan.snapshot_file.clone(),
-            last_op,
-            commit_op: plan.commit_op,
-            applied_op: replay.applied_op,
-            replayed: replay.replayed,
-            journal_snapshot_op: self.journal_snapshot_op,
-            journal_first_op: self.scan.first_op,
-            segments_read: self.scan.segments_read,
-            entries_read: self.scan.entries_read,
-            repairs: self.repairs.clone(),
-            prepared_uncommitted,
-            unrecoverable,
-            torn_ops: self.cut_uncommitted(),
-            temp_files_removed: self.temp_files_removed,
-            duration_us: started.elapsed().as_micros() as u64,
-        };
-        tracing::info!(snapshot_op = report.snapshot_op, commit_op = report.commit_op,
-            applied_op = report.applied_op, replayed = report.replayed,
-            prepared = replay.pending.len(), status = ?report.status, "engine recovered");
-        report
-    }
-}
-
 /// Makes the commit watermark recovery established durable: a snapshot proves its op committed
 /// only while it exists, and a quarantined one no longer does — a second crash must not forget
 /// it. After a point-in-time gap the engine resumes at what it applied; the consensus layer
@@ -598,23 +392,6 @@ async fn finish_checkpoint<D: Directory>(
     Ok(())
 }
 
-/// A state machine that keeps nothing: [`repair`] recovers through it without keeping state.
-struct Discard;
-
-impl StateMachine for Discard {
-    fn apply(&mut self, _op: u64, _command: &[u8]) -> Result<(), ApplyError> {
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
-    }
-
-    fn restore(&mut self, _bytes: &[u8]) -> Result<(), RestoreError> {
-        Ok(())
-    }
-}
-
 /// What `open` repairs (journal torn tails and cuts, damaged snapshots, temp files), without
 /// building a state: `keel repair`. Takes the lock like `open`.
 pub async fn repair<D: Directory>(
@@ -628,104 +405,11 @@ pub async fn repair<D: Directory>(
     Ok(report)
 }
 
-/// What the recovery plan says beyond the journal scan's own problems: snapshots whose state does
-/// not restore, committed ops missing, any other refusal that is corruption. True when corrupt;
-/// an error that is not corruption (an I/O error) is returned as such, never given a verdict.
-fn plan_problems<D: Directory>(
-    plan: Result<RecoveryPlan<D>, EngineError>,
-    root: &D,
-    snapshots: &mut [SnapshotInfo],
-    problems: &mut Vec<ProblemRecord>,
-    judged: &mut Vec<(u64, SnapshotDamage)>,
-) -> Result<bool, EngineError> {
-    match plan {
-        Ok(plan) => {
-            // Whole files the plan falls back from: their checksums hold, the plan's judgement
-            // (does not restore, not this directory's) is what makes them unusable.
-            let beyond_checksums = plan
-                .damaged
-                .iter()
-                .filter(|d| d.damage != SnapshotDamage::Checksum);
-            for damaged in beyond_checksums {
-                if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
-                    info.valid = false;
-                    info.problem = Some(format!("{}: {}", damaged.damage.name(), damaged.reason));
-                    judged.push((damaged.op, damaged.damage));
-                }
-            }
-            Ok(false)
-        }
-        // The journal's own refusals are in `problems` already (its scan kept going).
-        Err(EngineError::Journal(keel_journal::JournalError::Corrupt { .. })) => Ok(true),
-        Err(error @ EngineError::MissingOps { .. }) => {
-            let range = error.missing_range().expect("MissingOps has a range");
-            problems.push(ProblemRecord {
-                kind: ProblemKind::MissingOps,
-                file: root.display_path(),
-                offset: 0,
-                op: Some(*range.start()),
-                ops: Some(OpRange::from(&range)),
-            });
-            Ok(true)
-        }
-        Err(error) if error.is_corruption() => Ok(true),
-        Err(error) => Err(error),
-    }
-}
-
-/// Read-only full check of the journal and the snapshots: never writes (works on a read-only
-/// directory), takes no lock, reports every problem it sees. Its verdict is the one recovery
-/// would reach: it runs the same plan (`plan_recovery`, default mode) with `state_machine`
-/// restoring the snapshots, so a snapshot that does not restore, or committed ops missing from
-/// the journal, are reported here exactly as `recover` would refuse or repair them.
-pub async fn verify<D: Directory, M: StateMachine>(
-    root: &D,
-    config: &EngineConfig,
-    mut state_machine: M,
-) -> Result<VerifyReport, EngineError> {
-    let mut config = config.clone();
-    let manifest = adopt_manifest(root, &mut config).await?;
-    let config = &config;
-    let scan = MetadataJournal::verify(root, config.journal.clone()).await?;
-    let mut snapshots = list_snapshots(root, config.max_snapshot_bytes).await?;
-    let root_path = root.display_path();
-    let problems = scan.problems.iter();
-    let mut problems: Vec<ProblemRecord> = problems
-        .map(|p| ProblemRecord::from_journal(&root_path, p))
-        .collect();
-    // The journal's table decides what is corruption: a torn segment header is a torn tail too.
-    let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
-    let plan = plan_recovery(
-        root,
-        config,
-        RecoveryMode::TolerateTornTail,
-        evidence_of(manifest.as_ref()),
-        &mut state_machine,
-    )
-    .await;
-    let mut judged = Vec::new();
-    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems, &mut judged)?;
-    for s in snapshots.iter().filter(|s| !s.valid) {
-        corrupt = true;
-        let damage = judged
-            .iter()
-            .find(|(op, _)| *op == s.op)
-            .map_or(SnapshotDamage::Checksum, |(_, damage)| *damage);
-        problems.push(ProblemRecord {
-            kind: ProblemKind::Snapshot(damage),
-            file: s.file.clone(),
-            offset: 0,
-            op: Some(s.op),
-            ops: None,
-        });
-    }
-    Ok(VerifyReport::new(&scan, corrupt, problems, snapshots))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::range::{to_ranges, OpRange};
     use crate::report::{recovery_mode_from_str, recovery_mode_name};
+    use keel_journal::RecoveryMode;
 
     #[test]
     fn ranges_compress_runs() {

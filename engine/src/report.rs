@@ -9,7 +9,7 @@ use std::fmt;
 use keel_journal::{Case, PlannedCut, RecoveryMode, ScanReport, VerifyStatus};
 use serde::{Deserialize, Serialize};
 
-use crate::plan::SnapshotDamage;
+use crate::choice::SnapshotDamage;
 use crate::range::OpRange;
 use crate::snapshot::SnapshotInfo;
 use crate::QUARANTINE_DIR;
