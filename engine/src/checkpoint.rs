@@ -124,7 +124,7 @@ async fn run_steps<D: Directory, M: StateMachine>(
     } else {
         snapshot_op
     };
-    if engine.journal.snapshot_op() < watermark {
+    if engine.journal.snapshot_op().unwrap_or(0) < watermark {
         engine.journal.set_snapshot_op(watermark).await?;
     }
     step(CheckpointStep::WatermarkSet)?;

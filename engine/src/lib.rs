@@ -67,11 +67,15 @@
 #![deny(missing_docs)]
 
 mod checkpoint;
+mod choice;
+mod config;
 mod error;
 mod kv;
 mod lock;
 mod manifest;
+mod outcome;
 mod plan;
+pub mod policy;
 mod range;
 mod recover;
 mod replay;
@@ -82,10 +86,10 @@ mod snapshot_dir;
 mod state_machine;
 mod stats;
 mod step;
+mod verify;
 
 use std::cell::{Cell, Ref, RefCell};
 use std::collections::BTreeMap;
-use std::fmt;
 use std::time::Instant;
 
 pub use bytes::Bytes;
@@ -93,6 +97,8 @@ use keel_journal::MetadataJournal;
 use keel_storage::Directory;
 
 pub use checkpoint::CheckpointReport;
+pub use choice::SnapshotDamage;
+pub use config::{EngineConfig, MAX_SNAPSHOT_BYTES_LIMIT};
 pub use error::{EngineError, ManifestError, SnapshotError, SnapshotStage};
 pub use keel_journal::{JournalConfig, JournalError, RecoveryMode, VerifyStatus};
 pub use kv::{
@@ -104,10 +110,11 @@ pub use manifest::{
     adopt_manifest, read_manifest, DirectoryId, Manifest, MANIFEST_FILE, MANIFEST_VERSION,
 };
 pub use range::OpRange;
-pub use recover::{plan_repair, repair, verify};
+pub use recover::repair;
 pub use report::{
     journal_file, journal_repairs, recovery_mode_from_str, recovery_mode_name, PlannedRepair,
-    ProblemRecord, RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
+    ProblemKind, ProblemRecord, RecoveryReport, RecoveryStatus, RepairKind, RepairPlan,
+    RepairRecord, VerifyReport,
 };
 pub use shard::{
     block_on, shard_dir_name, ShardConfig, ShardHandle, ShardReopen, ShardSet, ShardTask,
@@ -123,109 +130,12 @@ pub use snapshot_dir::SnapshotDir;
 pub use state_machine::{ApplyError, RestoreError, SnapshotSource, StateMachine};
 pub use stats::{EngineStats, Histogram, HISTOGRAM_MAX_VALUE};
 pub use step::{CheckpointStep, StepAction, StepHook};
+pub use verify::{plan_repair, verify};
 
 use snapshot::SnapshotStore;
 
 /// Name of the quarantine directory under an engine directory (shared with the journal).
 pub const QUARANTINE_DIR: &str = "quarantine";
-
-/// Upper bound on `EngineConfig::max_snapshot_bytes`: a snapshot is built in memory.
-pub const MAX_SNAPSHOT_BYTES_LIMIT: u64 = 4 << 30;
-
-/// Tunables of one engine. Every quantity has a limit (checked by [`EngineConfig::validate`]).
-#[derive(Clone)]
-pub struct EngineConfig {
-    /// The journal's configuration (slot count, segment size, group-commit bounds, …). Default
-    /// [`JournalConfig::default`] with `max_batch_bytes` raised to twice `max_payload_bytes` (2 MiB),
-    /// so one maximal entry fits a batch; limits as [`JournalConfig`] documents them.
-    pub journal: JournalConfig,
-    /// What recovery may repair (docs/durability.md). Default
-    /// [`RecoveryMode::TolerateTornTail`].
-    pub recovery_mode: RecoveryMode,
-    /// Checkpoint automatically (at the end of `commit`) when the journal's remaining capacity
-    /// falls below this many ops. 0 disables the automatic trigger. Default a quarter of
-    /// `journal.slot_count` (256); at most `journal.slot_count`.
-    pub checkpoint_margin_ops: u64,
-    /// Largest snapshot accepted on write and on read. Default 1 GiB; 1 B to
-    /// [`MAX_SNAPSHOT_BYTES_LIMIT`] (4 GiB).
-    pub max_snapshot_bytes: u64,
-    /// Test-only seam (the `testing` feature): called at every step boundary of the checkpoint
-    /// coordinator; returning [`StepAction::Halt`] stops the checkpoint there, as a crash would.
-    /// Default `None`.
-    #[cfg(any(test, feature = "testing"))]
-    pub step_hook: Option<StepHook>,
-    /// Move the journal's watermark only to the *previous* snapshot at each checkpoint, so the
-    /// journal always covers the gap between the two snapshots kept: a damaged newest snapshot
-    /// can then always fall back to the older one. Costs journal capacity (the ring holds up to
-    /// two checkpoint intervals) and checkpoints about twice as often under the automatic
-    /// trigger. Default false: the watermark moves to the new snapshot.
-    pub journal_covers_previous_snapshot: bool,
-    /// This engine's index in a shard set (`ShardSet` sets it; default `None`; below
-    /// [`MAX_SHARDS`]). Recorded in the directory's manifest at creation; an open with a
-    /// different index is refused.
-    pub shard_index: Option<u64>,
-}
-
-impl Default for EngineConfig {
-    fn default() -> Self {
-        let mut journal = JournalConfig::default();
-        // The journal's defaults pair a 1 MiB payload limit with a 1 MiB batch, which cannot
-        // hold one maximal entry (header + payload): give the batch room for it.
-        journal.max_batch_bytes = journal
-            .max_batch_bytes
-            .max(journal.max_payload_bytes.saturating_mul(2));
-        Self {
-            // A quarter of the ring: enough headroom that appends in flight while the checkpoint
-            // runs do not hit `Full`.
-            checkpoint_margin_ops: journal.slot_count / 4,
-            journal,
-            recovery_mode: RecoveryMode::TolerateTornTail,
-            max_snapshot_bytes: 1 << 30,
-            #[cfg(any(test, feature = "testing"))]
-            step_hook: None,
-            journal_covers_previous_snapshot: false,
-            shard_index: None,
-        }
-    }
-}
-
-impl fmt::Debug for EngineConfig {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        let mut f = f.debug_struct("EngineConfig");
-        f.field("journal", &self.journal)
-            .field("recovery_mode", &self.recovery_mode)
-            .field("checkpoint_margin_ops", &self.checkpoint_margin_ops)
-            .field("max_snapshot_bytes", &self.max_snapshot_bytes);
-        #[cfg(any(test, feature = "testing"))]
-        f.field("step_hook", &self.step_hook.as_ref().map(|_| "set"));
-        f.field(
-            "journal_covers_previous_snapshot",
-            &self.journal_covers_previous_snapshot,
-        )
-        .field("shard_index", &self.shard_index)
-        .finish()
-    }
-}
-
-impl EngineConfig {
-    /// Checks every bound; `open` calls it.
-    pub fn validate(&self) -> Result<(), EngineError> {
-        self.journal.validate()?;
-        if self.max_snapshot_bytes == 0 || self.max_snapshot_bytes > MAX_SNAPSHOT_BYTES_LIMIT {
-            return Err(EngineError::Config(format!(
-                "max_snapshot_bytes {} not in 1..={MAX_SNAPSHOT_BYTES_LIMIT}",
-                self.max_snapshot_bytes
-            )));
-        }
-        if self.checkpoint_margin_ops > self.journal.slot_count {
-            return Err(EngineError::Config(format!(
-                "checkpoint_margin_ops {} exceeds slot_count {}",
-                self.checkpoint_margin_ops, self.journal.slot_count
-            )));
-        }
-        Ok(())
-    }
-}
 
 /// A durable prepare waiting for its commit.
 pub(crate) struct Prepared {
@@ -585,9 +495,12 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
             .max(snapshot_op)
     }
 
-    /// Op of the newest durable snapshot (0: none).
-    pub fn snapshot_op(&self) -> u64 {
-        self.inner.borrow().snapshot_op
+    /// Op of the newest durable snapshot (`None`: none yet). A checkpoint snapshots only an
+    /// applied op above the last snapshot's, and ops start at 1 ([`EngineError::ZeroOp`]), so
+    /// op 0 is never a snapshot's op.
+    pub fn snapshot_op(&self) -> Option<u64> {
+        let op = self.inner.borrow().snapshot_op;
+        (op > 0).then_some(op)
     }
 
     /// Highest op prepared or applied.
@@ -684,32 +597,5 @@ fn apply_one<M: StateMachine>(sm: &mut M, stats: &mut EngineStats, op: u64, payl
     if let Err(error) = sm.apply(op, payload) {
         stats.apply_rejections += 1;
         tracing::warn!(op, %error, "state machine rejected a committed command; applied as a no-op");
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn default_config_is_valid() {
-        EngineConfig::default().validate().unwrap();
-    }
-
-    #[test]
-    fn out_of_bounds_config_is_refused() {
-        let mut config = EngineConfig {
-            max_snapshot_bytes: 0,
-            ..EngineConfig::default()
-        };
-        assert!(matches!(config.validate(), Err(EngineError::Config(_))));
-        config.max_snapshot_bytes = MAX_SNAPSHOT_BYTES_LIMIT + 1;
-        assert!(config.validate().is_err());
-        config.max_snapshot_bytes = 1 << 20;
-        config.checkpoint_margin_ops = config.journal.slot_count + 1;
-        assert!(config.validate().is_err());
-        config.checkpoint_margin_ops = 0;
-        config.journal.slot_count = 3; // not a power of two: the journal's own check
-        assert!(matches!(config.validate(), Err(EngineError::Journal(_))));
     }
 }

@@ -1,80 +1,28 @@
 //! plan: the one recovery decision, made before anything is touched, that both `open` and
 //! `verify` use.
 //!
-//! Owns the choice of snapshot (newest first; a file whose checksums fail, whose state does not
-//! restore, that is another directory's or another history's is fallen back from, a newer format
-//! version is refused), the journal's plan, and the checks between them (the snapshot reaches the
-//! journal's watermark, or the journal's files still hold the ops between; every committed op
-//! above the snapshot is in the journal, committed meaning any watermark: the journal's, a
-//! damaged snapshot's, the manifest's last clean close). It must never create, write or remove a
+//! Owns the planning passes: the snapshot choice (`choice.rs`), the journal's plan, and the facts
+//! between them that go to the open's table (`policy.rs`): whether the snapshot reaches the
+//! journal's watermark or the journal's files still hold the ops between, and whether every
+//! committed op above the snapshot is in the journal (committed meaning any watermark: the
+//! journal's, a damaged snapshot's, the manifest's last clean close). It must never create, write or remove a
 //! file: a refused recovery changes nothing, and `verify` says exactly what `recover` would do.
 
 use keel_journal::{MetadataJournal, OpenPlan, RecoveryMode};
 use keel_storage::Directory;
 
+use crate::choice::{
+    plan_snapshots, DamagedSnapshot, DirEvidence, PlanInputs, SnapshotChoice, SnapshotDamage,
+};
 use crate::error::{EngineError, SnapshotError};
-use crate::manifest::DirectoryId;
+use crate::policy::{
+    file_action, open_row_for, Coverage, FileAction, FileFact, OpenDecision, OpenFacts, Place,
+    Refusal, Step,
+};
 use crate::range::OpRange;
 use crate::replay::{Replay, Replayer};
-use crate::snapshot::{snapshot_file_name, SnapshotIdentity, SnapshotStore};
 use crate::state_machine::{RestoreError, StateMachine};
 use crate::EngineConfig;
-
-/// Why a snapshot file is fallen back from.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SnapshotDamage {
-    /// Its header or payload fails a checksum, or the header is malformed.
-    Checksum,
-    /// Its checksums hold but the state machine cannot restore the bytes.
-    Restore,
-    /// Whole, but another directory's (its directory id is not this directory's).
-    Foreign,
-    /// Whole and this directory's, but its op sits at another place in the journal's chain
-    /// than the journal's entry for that op: a snapshot of another history.
-    Misplaced,
-}
-
-impl SnapshotDamage {
-    /// The repair and problem kind reports carry.
-    pub fn kind(self) -> &'static str {
-        match self {
-            SnapshotDamage::Checksum => "snapshot_checksum",
-            SnapshotDamage::Restore => "snapshot_restore",
-            SnapshotDamage::Foreign => "snapshot_foreign",
-            SnapshotDamage::Misplaced => "snapshot_misplaced",
-        }
-    }
-
-    /// Whether the file still proves its op committed here: damage to this directory's own
-    /// snapshot does, another directory's or another history's snapshot does not.
-    pub fn proves_commit(self) -> bool {
-        matches!(self, SnapshotDamage::Checksum | SnapshotDamage::Restore)
-    }
-}
-
-/// What the directory knows about itself beyond its journal and snapshots (its manifest).
-#[derive(Debug, Clone, Copy, Default)]
-pub(crate) struct DirEvidence {
-    /// The directory's id (zero: unknown, no snapshot is judged foreign).
-    pub directory_id: DirectoryId,
-    /// Every op up to it was committed (the last clean close recorded it).
-    pub closed_commit_op: u64,
-}
-
-/// A snapshot the plan falls back from.
-#[derive(Debug, Clone)]
-pub struct DamagedSnapshot {
-    /// Its op.
-    pub op: u64,
-    /// Its full path.
-    pub file: String,
-    /// Its size.
-    pub len_bytes: u64,
-    /// What is wrong with it.
-    pub damage: SnapshotDamage,
-    /// The checksum or restore error, as text.
-    pub reason: String,
-}
 
 /// Everything recovery will do, decided read-only.
 pub(crate) struct RecoveryPlan<D: Directory> {
@@ -98,11 +46,14 @@ pub(crate) struct RecoveryPlan<D: Directory> {
     pub replay: Option<Replay>,
     /// The state machine's bytes before the replay, when there was no snapshot to restore it from.
     pub initial_state: Option<Vec<u8>>,
+    /// The steps the open's table names for this plan's facts (`policy.rs`), in order.
+    pub steps: &'static [Step],
 }
 
 /// The plan's journal part, handed to the open (the rest stays for the report).
 pub(crate) struct JournalPart<D: Directory> {
-    pub journal: OpenPlan<D>,
+    /// Taken by `Step::OpenJournal`.
+    pub journal: Option<OpenPlan<D>>,
     pub replay: Option<Replay>,
     pub initial_state: Option<Vec<u8>>,
     pub snapshot_op: u64,
@@ -125,7 +76,7 @@ impl<D: Directory> RecoveryPlan<D> {
     /// Takes the journal's plan and the replay out (the open consumes them).
     pub(crate) fn journal_part(&mut self) -> JournalPart<D> {
         JournalPart {
-            journal: self.journal.take().expect("the journal part is taken once"),
+            journal: Some(self.journal.take().expect("the journal part is taken once")),
             replay: self.replay.take(),
             initial_state: self.initial_state.take(),
             snapshot_op: self.snapshot_op,
@@ -138,13 +89,7 @@ impl<D: Directory> RecoveryPlan<D> {
         PlanSummary {
             snapshot_op: self.snapshot_op,
             snapshot_file: self.snapshot_file.clone(),
-            previous_snapshot_op: self
-                .snapshot_ops
-                .iter()
-                .rev()
-                .find(|&&op| op < self.snapshot_op)
-                .copied()
-                .unwrap_or(0),
+            previous_snapshot_op: previous_snapshot_op(&self.snapshot_ops, self.snapshot_op),
             damaged_ops: self.damaged.iter().map(|d| d.op).collect(),
             commit_op: self.commit_op,
             gap: self.gap,
@@ -195,17 +140,6 @@ pub(crate) async fn plan_recovery<D: Directory, M: StateMachine>(
     }
 }
 
-/// What one planning pass works from.
-#[derive(Clone, Copy)]
-struct PlanInputs<'a, D> {
-    root: &'a D,
-    config: &'a EngineConfig,
-    mode: RecoveryMode,
-    evidence: DirEvidence,
-    /// Snapshots an earlier pass found misplaced.
-    excluded: &'a [DamagedSnapshot],
-}
-
 /// One planning pass: the plan, or the chosen snapshot found misplaced (`Err` inside `Ok`).
 async fn plan_once<D: Directory, M: StateMachine>(
     inputs: PlanInputs<'_, D>,
@@ -213,11 +147,7 @@ async fn plan_once<D: Directory, M: StateMachine>(
     initial_state: &[u8],
 ) -> Result<Result<RecoveryPlan<D>, DamagedSnapshot>, EngineError> {
     let PlanInputs {
-        root,
-        config,
-        mode,
-        evidence,
-        ..
+        root, config, mode, ..
     } = inputs;
     let snapshots = plan_snapshots(inputs, state_machine).await?;
     // The journal's one streaming pass also replays: each entry is read once.
@@ -235,27 +165,11 @@ async fn plan_once<D: Directory, M: StateMachine>(
         return Ok(Err(misplaced));
     }
     let snapshot_op = snapshots.chosen_op;
-    let journal_snapshot_op = journal.snapshot_op();
-    if snapshot_op < journal_snapshot_op {
-        held_below_watermark(&snapshots, &replayer, journal_snapshot_op)?;
-    }
-    let commit_op = snapshot_op
-        .max(journal.commit_op())
-        .max(snapshots.proven_commit())
-        .max(evidence.closed_commit_op);
-    let gap = first_gap(
-        snapshot_op.max(journal_snapshot_op),
+    let Decided {
         commit_op,
-        journal.live_ops(),
-    );
-    if let (Some(gap), false) = (gap, mode == RecoveryMode::PointInTime) {
-        return Err(committed_but_missing(
-            gap,
-            commit_op,
-            journal.commit_op(),
-            evidence,
-        ));
-    }
+        gap,
+        steps,
+    } = decide(&snapshots, &replayer, &journal, inputs)?;
     let through = gap.map_or(commit_op, |g| g.first_op - 1);
     let replay = finish_replay(replayer, &journal, through, config)?;
     Ok(Ok(RecoveryPlan {
@@ -269,7 +183,99 @@ async fn plan_once<D: Directory, M: StateMachine>(
         gap,
         replay,
         initial_state: (snapshot_op == 0).then(|| initial_state.to_vec()),
+        steps,
     }))
+}
+
+/// What the open's table decided for a pass, when it opens.
+struct Decided {
+    commit_op: u64,
+    gap: Option<OpRange>,
+    steps: &'static [Step],
+}
+
+/// The open's facts, computed from the snapshot chosen and the journal's plan, and the row of
+/// the open's table they match: its steps, or its refusal as the typed error naming the ops.
+fn decide<D: Directory, M: StateMachine>(
+    snapshots: &SnapshotChoice,
+    replayer: &Replayer<'_, M>,
+    journal: &OpenPlan<D>,
+    inputs: PlanInputs<'_, D>,
+) -> Result<Decided, EngineError> {
+    let PlanInputs {
+        config,
+        mode,
+        evidence,
+        ..
+    } = inputs;
+    let snapshot_op = snapshots.chosen_op;
+    let journal_snapshot_op = journal.snapshot_op().unwrap_or(0);
+    let below = (snapshot_op < journal_snapshot_op)
+        .then(|| held_below_watermark(snapshots, replayer, journal_snapshot_op));
+    let commit_op = snapshot_op
+        .max(journal.commit_op())
+        .max(snapshots.proven_commit())
+        .max(evidence.closed_commit_op);
+    let gap = first_gap(
+        snapshot_op.max(journal_snapshot_op),
+        commit_op,
+        journal.live_ops(),
+    );
+    let facts = OpenFacts {
+        mode,
+        coverage: match &below {
+            None => Coverage::Reaches,
+            Some(Ok(())) => Coverage::HeldBelow,
+            Some(Err(_)) => Coverage::CompactedBelow,
+        },
+        committed_gap: gap.is_some(),
+        checkpoint_interrupted: checkpoint_watermark(snapshots, config) > journal_snapshot_op,
+        superseded: replayer.invalidated,
+    };
+    let steps = match open_row_for(facts).decision {
+        OpenDecision::Open(steps) => steps,
+        OpenDecision::Refuse(Refusal::OpsCompacted) => {
+            return Err(below
+                .and_then(Result::err)
+                .expect("compacted below the watermark"));
+        }
+        OpenDecision::Refuse(Refusal::CommittedMissing) => {
+            let gap = gap.expect("a committed gap");
+            let journal_commit_op = journal.commit_op();
+            return Err(committed_but_missing(
+                gap,
+                commit_op,
+                journal_commit_op,
+                evidence,
+            ));
+        }
+    };
+    Ok(Decided {
+        commit_op,
+        gap,
+        steps,
+    })
+}
+
+/// The journal watermark the chosen snapshot's checkpoint sets (its op, or the previous
+/// snapshot's when the journal keeps a fallback): above the journal's, that checkpoint was
+/// interrupted.
+fn checkpoint_watermark(snapshots: &SnapshotChoice, config: &EngineConfig) -> u64 {
+    let snapshot_op = snapshots.chosen_op;
+    if config.journal_covers_previous_snapshot {
+        previous_snapshot_op(&snapshots.ops, snapshot_op)
+    } else {
+        snapshot_op
+    }
+}
+
+/// The newest snapshot op in `ops` (ascending) below `snapshot_op` (0: none).
+fn previous_snapshot_op(ops: &[u64], snapshot_op: u64) -> u64 {
+    ops.iter()
+        .rev()
+        .find(|&&op| op < snapshot_op)
+        .copied()
+        .unwrap_or(0)
 }
 
 /// The refusal for committed ops absent from the journal and every snapshot.
@@ -315,9 +321,15 @@ fn misplaced<M: StateMachine>(
          seq {} (chain crc {:#010x})",
         identity.journal_seq, identity.chain_crc, found.seq, found.chain_crc
     );
-    if mode == RecoveryMode::Absolute {
+    let action = file_action(FileFact::Misplaced, Place::Candidate, mode);
+    if action == FileAction::Refuse {
         return Err(SnapshotError::Foreign { file, reason }.into());
     }
+    assert_eq!(
+        action,
+        FileAction::SetAside,
+        "the file table on a misplaced snapshot"
+    );
     tracing::warn!(%file, op, %reason, "snapshot of another history; falling back");
     Ok(Some(DamagedSnapshot {
         op,
@@ -355,7 +367,7 @@ fn held_below_watermark<M: StateMachine>(
     let newer: Vec<String> = snapshots
         .damaged
         .iter()
-        .map(|d| format!("the snapshot at op {} ({})", d.op, d.damage.kind()))
+        .map(|d| format!("the snapshot at op {} ({})", d.op, d.damage))
         .collect();
     let why = if newer.is_empty() {
         "no snapshot reaches the journal's watermark".to_string()
@@ -381,52 +393,6 @@ fn held_below_watermark<M: StateMachine>(
     Err(missing(held_through + 1, last_missing, reason))
 }
 
-/// What the snapshots directory holds and which snapshot the state was restored from.
-struct SnapshotChoice {
-    chosen_op: u64,
-    chosen_file: Option<String>,
-    chosen_len_bytes: u64,
-    /// Whose the chosen snapshot says it is.
-    identity: Option<SnapshotIdentity>,
-    ops: Vec<u64>,
-    damaged: Vec<DamagedSnapshot>,
-    temps: Vec<String>,
-}
-
-impl SnapshotChoice {
-    /// The highest op a file fallen back from still proves committed (this directory's damaged
-    /// snapshots do; another directory's or history's do not).
-    fn proven_commit(&self) -> u64 {
-        let proving = self.damaged.iter().filter(|d| d.damage.proves_commit());
-        proving.map(|d| d.op).max().unwrap_or(0)
-    }
-}
-
-/// Lists the snapshots (without creating the directory) and restores the newest one that is
-/// whole, this directory's, not excluded, and restores; records the ones it falls back from.
-async fn plan_snapshots<D: Directory, M: StateMachine>(
-    inputs: PlanInputs<'_, D>,
-    state_machine: &mut M,
-) -> Result<SnapshotChoice, EngineError> {
-    let mut choice = SnapshotChoice {
-        chosen_op: 0,
-        chosen_file: None,
-        chosen_len_bytes: 0,
-        identity: None,
-        ops: Vec::new(),
-        damaged: inputs.excluded.to_vec(),
-        temps: Vec::new(),
-    };
-    let max_bytes = inputs.config.max_snapshot_bytes;
-    let Some(store) = SnapshotStore::open_read_only(inputs.root, max_bytes).await? else {
-        return Ok(choice);
-    };
-    choice.ops = store.list().await?;
-    choice.temps = store.temp_names().await?;
-    choose_snapshot(&store, inputs, state_machine, &mut choice).await?;
-    Ok(choice)
-}
-
 /// The streaming replay's result, or `None` when a later entry superseded an op it applied
 /// (then the open replays by reads from the final index).
 fn finish_replay<D: Directory, M: StateMachine>(
@@ -443,7 +409,7 @@ fn finish_replay<D: Directory, M: StateMachine>(
         return Ok(None);
     }
     let replay = replayer.finish(through, |op| journal.holds(op));
-    check_replay(&replay, through, config, journal.snapshot_op())?;
+    check_replay(&replay, through, config, journal.snapshot_op().unwrap_or(0))?;
     Ok(Some(replay))
 }
 
@@ -505,108 +471,6 @@ fn first_gap(
         first_op: expected,
         last_op: commit_op,
     })
-}
-
-/// Newest first: the first snapshot whose checksums hold, that is this directory's, was not
-/// excluded, and whose state restores. The ones fallen back from are recorded, and so are older
-/// files of another directory (never a fallback); in `Absolute` mode either is refused.
-async fn choose_snapshot<D: Directory, M: StateMachine>(
-    store: &SnapshotStore<D>,
-    inputs: PlanInputs<'_, D>,
-    state_machine: &mut M,
-    choice: &mut SnapshotChoice,
-) -> Result<(), EngineError> {
-    for &op in choice.ops.clone().iter().rev() {
-        if inputs.excluded.iter().any(|d| d.op == op) {
-            continue;
-        }
-        let file = store.path_of(&snapshot_file_name(op));
-        let older = choice.identity.is_some();
-        let read = if older {
-            // An older file is judged only by whose it is (its header).
-            store.header(op).await.map(|h| (h.identity, Vec::new()))
-        } else {
-            store.load_with_identity(op).await
-        };
-        let loaded = match read {
-            Ok(loaded) => Ok(loaded),
-            Err(SnapshotError::Checksum { file, reason }) if !older => Err((
-                SnapshotDamage::Checksum,
-                reason.clone(),
-                SnapshotError::Checksum { file, reason },
-            )),
-            // An older file's damage shows if it is ever needed.
-            Err(SnapshotError::Checksum { .. } | SnapshotError::UnknownVersion { .. }) if older => {
-                continue
-            }
-            Err(other) => return Err(other.into()),
-        };
-        let judged = loaded.and_then(|(identity, bytes)| {
-            let restore = (!older).then_some(&mut *state_machine);
-            judge(&file, op, identity, inputs.evidence, &bytes, restore).map(|()| identity)
-        });
-        let (damage, reason, error) = match judged {
-            Ok(_) if older => continue,
-            Ok(identity) => {
-                choice.chosen_op = op;
-                choice.chosen_file = Some(file);
-                choice.chosen_len_bytes = store.file_len(op).await.unwrap_or(0);
-                choice.identity = Some(identity);
-                continue;
-            }
-            Err(fault) => fault,
-        };
-        if inputs.mode == RecoveryMode::Absolute {
-            return Err(error.into());
-        }
-        tracing::warn!(%file, op, %reason, kind = damage.kind(), "snapshot not used; falling back to an older one");
-        let len_bytes = store.file_len(op).await.unwrap_or(0);
-        choice.damaged.push(DamagedSnapshot {
-            op,
-            file,
-            len_bytes,
-            damage,
-            reason,
-        });
-    }
-    Ok(())
-}
-
-type Fault = (SnapshotDamage, String, SnapshotError);
-
-/// Whether a whole snapshot file may be used: this directory's, and (when `restore` is given,
-/// for the one chosen) its state restores into that state machine.
-fn judge<M: StateMachine>(
-    file: &str,
-    op: u64,
-    identity: SnapshotIdentity,
-    evidence: DirEvidence,
-    bytes: &[u8],
-    restore: Option<&mut M>,
-) -> Result<(), Fault> {
-    let theirs = identity.directory_id;
-    let ours = evidence.directory_id;
-    if !theirs.is_none() && !ours.is_none() && theirs != ours {
-        let reason = format!("it belongs to directory {theirs}, this directory is {ours}");
-        let error = SnapshotError::Foreign {
-            file: file.to_string(),
-            reason: reason.clone(),
-        };
-        return Err((SnapshotDamage::Foreign, reason, error));
-    }
-    let Some(state_machine) = restore else {
-        return Ok(());
-    };
-    state_machine
-        .restore(bytes)
-        .map_err(|RestoreError { reason }| {
-            let error = SnapshotError::Decode {
-                file: file.to_string(),
-                op,
-                reason: reason.clone(),
-            };
-            (SnapshotDamage::Restore, reason, error)
-        })
 }
 
 #[cfg(test)]

@@ -1,8 +1,9 @@
 //! `recover()`: lock, load the newest valid snapshot, open the journal with the mode's repairs,
-//! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the read-only
-//! [`verify`] and the no-replay [`repair`] the CLI uses.
+//! replay committed ops, and say what happened in a [`RecoveryReport`]. Also the no-replay
+//! [`repair`] the CLI uses (the read-only `verify` and `plan_repair` are in `verify.rs`).
 //!
-//! The decisions, in order (`plan.rs` makes them, read-only):
+//! The decisions, in order (`plan.rs` computes the facts read-only, the tables of `policy.rs`
+//! decide, and `open` runs the steps the open's row names; docs/durability.md):
 //! 0. `DIR/MANIFEST` gives the ring, the segment size and the directory id (a directory without
 //!    one gets one once its open is decided).
 //! 1. Snapshots newest first: the first whose checksums hold, that is this directory's and of this
@@ -17,30 +18,32 @@
 //!    Ops above `C` are prepared-but-uncommitted: kept pending and reported.
 //! 4. A committed op missing from the journal is refused, except in `PointInTime` mode, where the
 //!    state stops before the gap and the gap is reported as lost committed ops.
+//!
+//! It must never decide: a step runs only when the open's row names it.
 
 use std::collections::BTreeMap;
 use std::time::Instant;
 
-use keel_journal::{MetadataJournal, RecoveryMode, ScanReport};
+use keel_journal::MetadataJournal;
 use keel_storage::Directory;
 
+use crate::choice::DirEvidence;
 use crate::error::EngineError;
 use crate::error::SnapshotError;
 use crate::lock::lock_dir;
 use crate::manifest::{adopt_manifest, write_manifest, Manifest};
-use crate::plan::{
-    plan_recovery, DirEvidence, JournalPart, PlanSummary, RecoveryPlan, SnapshotDamage,
-};
-use crate::range::{to_ranges, OpRange};
+use crate::outcome::Outcome;
+use crate::plan::{plan_recovery, JournalPart, RecoveryPlan};
+use crate::policy::Step;
 use crate::replay::{replay_by_reads, Replay};
-use crate::report::{
-    journal_file, journal_repairs, recovery_mode_name, PlannedRepair, ProblemRecord,
-    RecoveryReport, RecoveryStatus, RepairPlan, RepairRecord, VerifyReport,
-};
-use crate::snapshot::{list_snapshots, SnapshotInfo, SnapshotStore, SNAPSHOTS_DIR};
-use crate::state_machine::{ApplyError, RestoreError, StateMachine};
+use crate::report::{journal_repairs, RecoveryReport, RepairKind, RepairRecord};
+use crate::snapshot::SnapshotStore;
+use crate::state_machine::{RestoreError, StateMachine};
+use crate::verify::Discard;
 use crate::{checkpoint::SNAPSHOTS_KEPT, Engine, EngineConfig, Inner};
 
+/// Opens `root`: decides read-only (`plan_recovery`, the tables of `policy.rs`), then runs the
+/// steps the open's table names for what the plan found, in order, and nothing else.
 pub(crate) async fn open<D: Directory, M: StateMachine>(
     root: D,
     mut config: EngineConfig,
@@ -57,15 +60,9 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     let lock = lock_dir(&root).await?;
     // Decide first (read-only: a refusal changes nothing), touch after.
     let recorded = adopt_manifest(&root, &mut config).await?;
-    let evidence = evidence_of(recorded.as_ref());
-    let mut plan = plan_recovery(
-        &root,
-        &config,
-        config.recovery_mode,
-        evidence,
-        &mut state_machine,
-    )
-    .await?;
+    let evidence = DirEvidence::of(recorded.as_ref());
+    let mode = config.recovery_mode;
+    let mut plan = plan_recovery(&root, &config, mode, evidence, &mut state_machine).await?;
     let manifest = match recorded {
         Some(manifest) => manifest,
         None => create_manifest(&root, &config).await?,
@@ -73,29 +70,18 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
     let snapshots = SnapshotStore::open(&root, config.max_snapshot_bytes)
         .await?
         .with_directory_id(manifest.directory_id);
-    let (mut repairs, temp_files_removed) =
-        quarantine_snapshots(&snapshots, &plan, config.recovery_mode).await?;
-    let (journal, scan, replay) = open_and_replay(
-        &root,
-        &config,
-        &snapshots,
-        plan.journal_part(),
-        &mut state_machine,
-    )
-    .await?;
-    repairs.extend(journal_repairs(&root.display_path(), &scan));
-    let outcome = Outcome {
-        plan: plan.summary(),
-        journal_snapshot_op: journal.snapshot_op(),
-        replay,
-        scan,
-        repairs,
-        temp_files_removed,
+    let steps = plan.steps;
+    let opening = Opening {
+        root: &root,
+        config: &config,
+        snapshots: &snapshots,
     };
-    outcome.check(config.recovery_mode);
-    settle(&journal, &snapshots, &config, &outcome).await?;
-    let manifest = settle_manifest(&root, manifest, outcome.replay.applied_op).await?;
-    let report = outcome.report(&journal, config.recovery_mode, started);
+    let (journal, outcome) = opening
+        .establish(&mut plan, steps, &mut state_machine)
+        .await?;
+    outcome.check(mode);
+    let manifest = opening.settle(&journal, &outcome, manifest, steps).await?;
+    let report = outcome.report(&journal, mode, started);
     let parts = EngineParts {
         root,
         config,
@@ -108,6 +94,158 @@ pub(crate) async fn open<D: Directory, M: StateMachine>(
         build_engine(parts, state_machine, outcome.replay, &report),
         report,
     ))
+}
+
+/// What the open's steps work on.
+struct Opening<'a, D: Directory> {
+    root: &'a D,
+    config: &'a EngineConfig,
+    snapshots: &'a SnapshotStore<D>,
+}
+
+impl<D: Directory> Opening<'_, D> {
+    /// The steps up to the replay: quarantine what the plan sets aside, carry out the journal's
+    /// plan, settle the state. What they establish is checked before anything is settled.
+    async fn establish<M: StateMachine>(
+        &self,
+        plan: &mut RecoveryPlan<D>,
+        steps: &[Step],
+        state_machine: &mut M,
+    ) -> Result<(MetadataJournal<D>, Outcome), EngineError> {
+        let mut repairs = Vec::new();
+        let mut temp_files_removed = 0;
+        let mut part = Some(plan.journal_part());
+        let mut opened = None;
+        let mut replay = None;
+        if !steps.contains(&Step::QuarantineSnapshots) {
+            assert!(
+                plan.damaged.is_empty(),
+                "snapshots set aside but not quarantined"
+            );
+        }
+        for step in steps
+            .iter()
+            .take_while(|&&step| step != Step::PersistCommit)
+        {
+            match step {
+                Step::QuarantineSnapshots => {
+                    repairs.extend(quarantine_snapshots(self.snapshots, plan).await?);
+                }
+                Step::QuarantineSnapshotTemps => {
+                    temp_files_removed = self
+                        .snapshots
+                        .quarantine_temps(&plan.snapshot_temps)
+                        .await?;
+                }
+                Step::OpenJournal => {
+                    let journal_plan = part.as_mut().and_then(|p| p.journal.take());
+                    let journal_plan = journal_plan.expect("the journal is opened once");
+                    let (journal, scan) =
+                        MetadataJournal::open_planned(self.root, journal_plan).await?;
+                    repairs.extend(journal_repairs(&self.root.display_path(), &scan));
+                    opened = Some((journal, scan));
+                }
+                Step::KeepStreamedReplay => {
+                    let streamed = part.as_mut().and_then(|p| p.replay.take());
+                    replay = Some(streamed.expect("the scan's replay was kept"));
+                }
+                Step::ReplayByReads => {
+                    let part = part.take().expect("the journal's part is there");
+                    let (journal, _) = opened.as_ref().expect("the journal is opened first");
+                    replay = Some(self.replay_by_reads(journal, part, state_machine).await?);
+                }
+                other => panic!("{other:?} before the commit is persisted"),
+            }
+        }
+        let (journal, scan) = opened.expect("every open row opens the journal");
+        let outcome = Outcome {
+            plan: plan.summary(),
+            journal_snapshot_op: journal.snapshot_op().unwrap_or(0),
+            replay: replay.expect("every open row replays"),
+            scan,
+            repairs,
+            temp_files_removed,
+        };
+        Ok((journal, outcome))
+    }
+
+    /// The state restored again and replayed by reads (a later entry superseded an op the
+    /// scan's replay had applied).
+    async fn replay_by_reads<M: StateMachine>(
+        &self,
+        journal: &MetadataJournal<D>,
+        part: JournalPart<D>,
+        state_machine: &mut M,
+    ) -> Result<Replay, EngineError> {
+        assert!(
+            part.replay.is_none(),
+            "a replay by reads when the scan's replay stands"
+        );
+        let bytes = match part.initial_state {
+            Some(bytes) => bytes,
+            None => self.snapshots.load(part.snapshot_op).await?,
+        };
+        state_machine
+            .restore(&bytes)
+            .map_err(|RestoreError { reason }| SnapshotError::Decode {
+                file: self
+                    .snapshots
+                    .path_of(&crate::snapshot::snapshot_file_name(part.snapshot_op)),
+                op: part.snapshot_op,
+                reason,
+            })?;
+        let max_pending = self.config.journal.slot_count.saturating_mul(2);
+        replay_by_reads(
+            journal,
+            state_machine,
+            part.snapshot_op,
+            part.through,
+            max_pending,
+        )
+        .await
+    }
+
+    /// The steps from the commit's persist on: make durable what recovery established, then
+    /// tidy. Returns the manifest as it now is.
+    async fn settle(
+        &self,
+        journal: &MetadataJournal<D>,
+        outcome: &Outcome,
+        mut manifest: Manifest,
+        steps: &[Step],
+    ) -> Result<Manifest, EngineError> {
+        let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
+        let settling = steps
+            .iter()
+            .skip_while(|&&step| step != Step::PersistCommit);
+        for step in settling {
+            match step {
+                Step::PersistCommit => persist_commit(journal, applied_op).await?,
+                Step::FinishCheckpoint => {
+                    finish_checkpoint(
+                        journal,
+                        self.config,
+                        plan.snapshot_op,
+                        plan.previous_snapshot_op,
+                    )
+                    .await?;
+                }
+                Step::RemoveSnapshots => {
+                    self.snapshots.remove_snapshots(&plan.damaged_ops).await?;
+                    self.snapshots.remove_older(SNAPSHOTS_KEPT).await?;
+                }
+                Step::RecordResumePoint => {
+                    manifest = settle_manifest(self.root, manifest, applied_op).await?;
+                }
+                other => panic!("{other:?} after the commit is persisted"),
+            }
+        }
+        assert!(
+            manifest.closed_commit_op <= applied_op,
+            "the manifest's clean close is above the state recovered"
+        );
+        Ok(manifest)
+    }
 }
 
 /// What an opened engine is made of, besides its state.
@@ -161,14 +299,6 @@ fn build_engine<D: Directory, M: StateMachine>(
     }
 }
 
-/// What the manifest lets the plan judge.
-fn evidence_of(manifest: Option<&Manifest>) -> DirEvidence {
-    manifest.map_or_else(DirEvidence::default, |m| DirEvidence {
-        directory_id: m.directory_id,
-        closed_commit_op: m.closed_commit_op,
-    })
-}
-
 /// A directory without a manifest gets one once its open is decided (never on a refusal).
 async fn create_manifest<D: Directory>(
     root: &D,
@@ -201,277 +331,37 @@ async fn settle_manifest<D: Directory>(
 }
 
 /// Copies the damaged snapshots the plan falls back from into quarantine (the originals go only
-/// once the commit watermark they prove is durable: `settle`), and quarantines keel's snapshot
-/// temp files (not in absolute mode, which repairs nothing). Returns the repairs and temp count.
+/// once the commit watermark they prove is durable: `Step::RemoveSnapshots`).
 async fn quarantine_snapshots<D: Directory>(
     snapshots: &SnapshotStore<D>,
     plan: &RecoveryPlan<D>,
-    mode: RecoveryMode,
-) -> Result<(Vec<RepairRecord>, u64), EngineError> {
+) -> Result<Vec<RepairRecord>, EngineError> {
     let mut repairs = Vec::new();
     for damaged in &plan.damaged {
         let quarantine = snapshots.copy_to_quarantine(damaged.op).await?;
         repairs.push(RepairRecord {
-            kind: damaged.damage.kind().into(),
+            kind: RepairKind::Snapshot(damaged.damage),
             file: damaged.file.clone(),
             offset: 0,
             bytes: damaged.len_bytes,
             quarantine,
         });
     }
-    let temps = if mode == RecoveryMode::Absolute {
-        0
-    } else {
-        snapshots.quarantine_temps(&plan.snapshot_temps).await?
-    };
-    Ok((repairs, temps))
+    Ok(repairs)
 }
 
-/// Carries out the journal's plan and settles the replay: the one done during the scan, or (when
-/// a later entry superseded an applied op) the state restored again and replayed by reads.
-async fn open_and_replay<D: Directory, M: StateMachine>(
-    root: &D,
-    config: &EngineConfig,
-    snapshots: &SnapshotStore<D>,
-    part: JournalPart<D>,
-    state_machine: &mut M,
-) -> Result<(MetadataJournal<D>, ScanReport, Replay), EngineError> {
-    let (journal, scan) = MetadataJournal::open_planned(root, part.journal).await?;
-    if let Some(replay) = part.replay {
-        return Ok((journal, scan, replay));
-    }
-    let bytes = match part.initial_state {
-        Some(bytes) => bytes,
-        None => snapshots.load(part.snapshot_op).await?,
-    };
-    state_machine
-        .restore(&bytes)
-        .map_err(|RestoreError { reason }| SnapshotError::Decode {
-            file: snapshots.path_of(&crate::snapshot::snapshot_file_name(part.snapshot_op)),
-            op: part.snapshot_op,
-            reason,
-        })?;
-    let max_pending = config.journal.slot_count.saturating_mul(2);
-    let replay = replay_by_reads(
-        &journal,
-        state_machine,
-        part.snapshot_op,
-        part.through,
-        max_pending,
-    )
-    .await?;
-    Ok((journal, scan, replay))
-}
-
-/// What a cut loses: the committed ops (above the snapshot, which still holds what is at or below
-/// it, through the commit watermark) it removed plus the plan's gap, and the ops it removed that
-/// were never committed.
-fn lost_ops(
-    snapshot_op: u64,
-    commit_op: u64,
-    gap: Option<OpRange>,
-    scan: &ScanReport,
-) -> (Vec<OpRange>, Vec<OpRange>) {
-    let cut = || {
-        scan.lost_ops
-            .iter()
-            .chain(&scan.torn_ops)
-            .map(OpRange::from)
-    };
-    let mut committed: Vec<OpRange> = cut()
-        .filter_map(|range| range.clip(snapshot_op + 1, commit_op))
-        .collect();
-    committed.extend(gap);
-    committed.sort_by_key(|range| range.first_op);
-    committed.dedup();
-    let high = commit_op.max(snapshot_op);
-    let uncommitted = cut()
-        .filter_map(|range| range.clip(high + 1, u64::MAX))
-        .collect();
-    (committed, uncommitted)
-}
-
-/// `keel repair --dry-run`: the plan `repair` would carry out, without the lock and without
-/// creating, writing or removing anything. A refusal is returned as the error `repair` would give.
-pub async fn plan_repair<D: Directory>(
-    root: &D,
-    config: &EngineConfig,
-) -> Result<RepairPlan, EngineError> {
-    let mut config = config.clone();
-    let manifest = adopt_manifest(root, &mut config).await?;
-    let evidence = evidence_of(manifest.as_ref());
-    let mode = config.recovery_mode;
-    let plan = plan_recovery(root, &config, mode, evidence, &mut Discard).await?;
-    let journal = plan
-        .journal
-        .as_ref()
-        .expect("an accepted plan holds the journal's");
-    let root_path = root.display_path();
-    let mut repairs: Vec<PlannedRepair> = plan
-        .damaged
-        .iter()
-        .map(|d| PlannedRepair {
-            kind: d.damage.kind().into(),
-            file: d.file.clone(),
-            offset: 0,
-            bytes: d.len_bytes,
-            op: Some(d.op),
-        })
-        .collect();
-    if let (Some(cut), Some(stop)) = (journal.cut(), journal.report().problems.first()) {
-        repairs.push(PlannedRepair {
-            kind: cut.kind().into(),
-            file: journal_file(&root_path, &stop.file),
-            offset: stop.offset_bytes,
-            bytes: 0,
-            op: stop.op,
-        });
-    }
-    let temps = |kind: &str, dir: &str, names: &[String]| -> Vec<PlannedRepair> {
-        names
-            .iter()
-            .map(|name| PlannedRepair {
-                kind: kind.into(),
-                file: format!("{root_path}/{dir}/{name}"),
-                offset: 0,
-                bytes: 0,
-                op: None,
-            })
-            .collect()
-    };
-    if mode != RecoveryMode::Absolute {
-        repairs.extend(temps("snapshot_temp", SNAPSHOTS_DIR, &plan.snapshot_temps));
-    }
-    repairs.extend(temps("compaction_temp", "journal", journal.temp_files()));
-    let (lost_committed, cut_uncommitted) =
-        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, journal.report());
-    Ok(RepairPlan {
-        snapshot_op: plan.snapshot_op,
-        commit_op: plan.commit_op,
-        repairs,
-        lost_committed,
-        cut_uncommitted,
-    })
-}
-
-/// What recovery established, before the engine is built.
-struct Outcome {
-    plan: PlanSummary,
-    /// The journal's snapshot watermark as found (before an interrupted checkpoint is finished).
-    journal_snapshot_op: u64,
-    replay: Replay,
-    scan: ScanReport,
-    repairs: Vec<RepairRecord>,
-    temp_files_removed: u64,
-}
-
-impl Outcome {
-    fn unrecoverable(&self) -> Vec<OpRange> {
-        let plan = &self.plan;
-        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, &self.scan).0
-    }
-
-    fn cut_uncommitted(&self) -> Vec<OpRange> {
-        let plan = &self.plan;
-        lost_ops(plan.snapshot_op, plan.commit_op, plan.gap, &self.scan).1
-    }
-
-    /// The recovery decisions, checked: the state is exactly the snapshot plus contiguous
-    /// committed ops, and nothing above the durable commit was applied.
-    fn check(&self, mode: RecoveryMode) {
-        let (applied_op, plan) = (self.replay.applied_op, &self.plan);
-        assert!(
-            applied_op >= plan.snapshot_op,
-            "replay went below the snapshot"
-        );
-        assert!(
-            applied_op <= plan.commit_op,
-            "applied past the durable commit watermark"
-        );
-        assert!(
-            plan.gap.is_none() || mode == RecoveryMode::PointInTime,
-            "a gap was accepted outside point-in-time mode"
-        );
-        assert!(
-            self.replay.pending.keys().all(|&op| op > applied_op),
-            "a pending op at or below the applied op"
-        );
-    }
-
-    fn report(
-        &self,
-        journal: &MetadataJournal<impl Directory>,
-        mode: RecoveryMode,
-        started: Instant,
-    ) -> RecoveryReport {
-        let (plan, replay) = (&self.plan, &self.replay);
-        let unrecoverable = self.unrecoverable();
-        let last_op = journal
-            .last_op()
-            .unwrap_or(0)
-            .max(replay.applied_op)
-            .max(plan.commit_op)
-            .max(replay.pending.keys().next_back().copied().unwrap_or(0));
-        let prepared_uncommitted = to_ranges(
-            replay
-                .pending
-                .range(plan.commit_op + 1..)
-                .map(|(op, _)| *op),
-        );
-        let status = if self.repairs.is_empty() && unrecoverable.is_empty() {
-            RecoveryStatus::Clean
-        } else {
-            RecoveryStatus::Repaired
-        };
-        let report = RecoveryReport {
-            status,
-            mode: recovery_mode_name(mode).to_string(),
-            snapshot_op: plan.snapshot_op,
-            snapshot_file: plan.snapshot_file.clone(),
-            last_op,
-            commit_op: plan.commit_op,
-            applied_op: replay.applied_op,
-            replayed: replay.replayed,
-            journal_snapshot_op: self.journal_snapshot_op,
-            journal_first_op: self.scan.first_op,
-            segments_read: self.scan.segments_read,
-            entries_read: self.scan.entries_read,
-            repairs: self.repairs.clone(),
-            prepared_uncommitted,
-            unrecoverable,
-            torn_ops: self.cut_uncommitted(),
-            temp_files_removed: self.temp_files_removed,
-            duration_us: started.elapsed().as_micros() as u64,
-        };
-        tracing::info!(snapshot_op = report.snapshot_op, commit_op = report.commit_op,
-            applied_op = report.applied_op, replayed = report.replayed,
-            prepared = replay.pending.len(), status = ?report.status, "engine recovered");
-        report
-    }
-}
-
-/// Makes durable what recovery established, then tidies: the commit watermark (a snapshot proves
-/// its op committed only while it exists, and a quarantined one no longer does — a second crash
-/// must not forget it), an interrupted checkpoint finished, the damaged originals and snapshots
-/// older than the kept ones removed. After a point-in-time gap the engine resumes at what it
-/// applied; the consensus layer prepares the missing ops again.
-async fn settle<D: Directory>(
+/// Makes the commit watermark recovery established durable: a snapshot proves its op committed
+/// only while it exists, and a quarantined one no longer does — a second crash must not forget
+/// it. After a point-in-time gap the engine resumes at what it applied; the consensus layer
+/// prepares the missing ops again.
+async fn persist_commit<D: Directory>(
     journal: &MetadataJournal<D>,
-    snapshots: &SnapshotStore<D>,
-    config: &EngineConfig,
-    outcome: &Outcome,
+    applied_op: u64,
 ) -> Result<(), EngineError> {
-    let (applied_op, plan) = (outcome.replay.applied_op, &outcome.plan);
     if applied_op > journal.durable_commit_op().unwrap_or(0) {
         journal.set_commit_op(applied_op);
         journal.persist_commit().await?;
     }
-    if config.recovery_mode == RecoveryMode::Absolute {
-        return Ok(());
-    }
-    finish_checkpoint(journal, config, plan.snapshot_op, plan.previous_snapshot_op).await?;
-    snapshots.remove_snapshots(&plan.damaged_ops).await?;
-    snapshots.remove_older(SNAPSHOTS_KEPT).await?;
     Ok(())
 }
 
@@ -489,7 +379,7 @@ async fn finish_checkpoint<D: Directory>(
     } else {
         snapshot_op
     };
-    let journal_snapshot_op = journal.snapshot_op();
+    let journal_snapshot_op = journal.snapshot_op().unwrap_or(0);
     if watermark > journal_snapshot_op {
         tracing::info!(
             watermark,
@@ -500,23 +390,6 @@ async fn finish_checkpoint<D: Directory>(
         journal.compact().await?;
     }
     Ok(())
-}
-
-/// A state machine that keeps nothing: [`repair`] recovers through it without keeping state.
-struct Discard;
-
-impl StateMachine for Discard {
-    fn apply(&mut self, _op: u64, _command: &[u8]) -> Result<(), ApplyError> {
-        Ok(())
-    }
-
-    fn snapshot(&self) -> Vec<u8> {
-        Vec::new()
-    }
-
-    fn restore(&mut self, _bytes: &[u8]) -> Result<(), RestoreError> {
-        Ok(())
-    }
 }
 
 /// What `open` repairs (journal torn tails and cuts, damaged snapshots, temp files), without
@@ -532,104 +405,11 @@ pub async fn repair<D: Directory>(
     Ok(report)
 }
 
-/// What the recovery plan says beyond the journal scan's own problems: snapshots whose state does
-/// not restore, committed ops missing, any other refusal that is corruption. True when corrupt;
-/// an error that is not corruption (an I/O error) is returned as such, never given a verdict.
-fn plan_problems<D: Directory>(
-    plan: Result<RecoveryPlan<D>, EngineError>,
-    root: &D,
-    snapshots: &mut [SnapshotInfo],
-    problems: &mut Vec<ProblemRecord>,
-    judged: &mut Vec<(u64, SnapshotDamage)>,
-) -> Result<bool, EngineError> {
-    match plan {
-        Ok(plan) => {
-            // Whole files the plan falls back from: their checksums hold, the plan's judgement
-            // (does not restore, not this directory's) is what makes them unusable.
-            let beyond_checksums = plan
-                .damaged
-                .iter()
-                .filter(|d| d.damage != SnapshotDamage::Checksum);
-            for damaged in beyond_checksums {
-                if let Some(info) = snapshots.iter_mut().find(|s| s.op == damaged.op) {
-                    info.valid = false;
-                    info.problem = Some(format!("{}: {}", damaged.damage.kind(), damaged.reason));
-                    judged.push((damaged.op, damaged.damage));
-                }
-            }
-            Ok(false)
-        }
-        // The journal's own refusals are in `problems` already (its scan kept going).
-        Err(EngineError::Journal(keel_journal::JournalError::Corrupt { .. })) => Ok(true),
-        Err(error @ EngineError::MissingOps { .. }) => {
-            let range = error.missing_range().expect("MissingOps has a range");
-            problems.push(ProblemRecord {
-                kind: "missing_ops".into(),
-                file: root.display_path(),
-                offset: 0,
-                op: Some(*range.start()),
-                ops: Some(OpRange::from(&range)),
-            });
-            Ok(true)
-        }
-        Err(error) if error.is_corruption() => Ok(true),
-        Err(error) => Err(error),
-    }
-}
-
-/// Read-only full check of the journal and the snapshots: never writes (works on a read-only
-/// directory), takes no lock, reports every problem it sees. Its verdict is the one recovery
-/// would reach: it runs the same plan (`plan_recovery`, default mode) with `state_machine`
-/// restoring the snapshots, so a snapshot that does not restore, or committed ops missing from
-/// the journal, are reported here exactly as `recover` would refuse or repair them.
-pub async fn verify<D: Directory, M: StateMachine>(
-    root: &D,
-    config: &EngineConfig,
-    mut state_machine: M,
-) -> Result<VerifyReport, EngineError> {
-    let mut config = config.clone();
-    let manifest = adopt_manifest(root, &mut config).await?;
-    let config = &config;
-    let scan = MetadataJournal::verify(root, config.journal.clone()).await?;
-    let mut snapshots = list_snapshots(root, config.max_snapshot_bytes).await?;
-    let root_path = root.display_path();
-    let problems = scan.problems.iter();
-    let mut problems: Vec<ProblemRecord> = problems
-        .map(|p| ProblemRecord::from_journal(&root_path, p))
-        .collect();
-    // The journal's table decides what is corruption: a torn segment header is a torn tail too.
-    let mut corrupt = scan.problems.iter().any(|p| p.is_corruption());
-    let plan = plan_recovery(
-        root,
-        config,
-        RecoveryMode::TolerateTornTail,
-        evidence_of(manifest.as_ref()),
-        &mut state_machine,
-    )
-    .await;
-    let mut judged = Vec::new();
-    corrupt |= plan_problems(plan, root, &mut snapshots, &mut problems, &mut judged)?;
-    for s in snapshots.iter().filter(|s| !s.valid) {
-        corrupt = true;
-        let damage = judged
-            .iter()
-            .find(|(op, _)| *op == s.op)
-            .map_or(SnapshotDamage::Checksum, |(_, damage)| *damage);
-        problems.push(ProblemRecord {
-            kind: damage.kind().into(),
-            file: s.file.clone(),
-            offset: 0,
-            op: Some(s.op),
-            ops: None,
-        });
-    }
-    Ok(VerifyReport::new(&scan, corrupt, problems, snapshots))
-}
-
 #[cfg(test)]
 mod tests {
-    use super::*;
-    use crate::report::recovery_mode_from_str;
+    use crate::range::{to_ranges, OpRange};
+    use crate::report::{recovery_mode_from_str, recovery_mode_name};
+    use keel_journal::RecoveryMode;
 
     #[test]
     fn ranges_compress_runs() {

@@ -4,9 +4,12 @@
 //! Owns the report types and their conversions from the journal's reports. It must never decide
 //! anything: `plan.rs` and `recover.rs` fill these in.
 
-use keel_journal::{RecoveryMode, ScanReport, VerifyStatus};
+use std::fmt;
+
+use keel_journal::{Case, PlannedCut, RecoveryMode, ScanReport, VerifyStatus};
 use serde::{Deserialize, Serialize};
 
+use crate::choice::SnapshotDamage;
 use crate::range::OpRange;
 use crate::snapshot::SnapshotInfo;
 use crate::QUARANTINE_DIR;
@@ -23,11 +26,134 @@ pub enum RecoveryStatus {
     Refused,
 }
 
+/// What a repair did, by case: its `kind` in every report (printed by [`RepairKind::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RepairKind {
+    /// The journal was cut (a torn tail, or a point-in-time cut of acknowledged ops).
+    JournalCut(PlannedCut),
+    /// A snapshot file the recovery fell back from was moved to quarantine.
+    Snapshot(SnapshotDamage),
+    /// A leftover temp file of an interrupted snapshot persist was quarantined.
+    SnapshotTemp,
+    /// A leftover temp file of an interrupted compaction was quarantined.
+    CompactionTemp,
+}
+
+impl RepairKind {
+    /// Every kind (for parsing a name back and for tests).
+    pub fn all() -> impl Iterator<Item = RepairKind> {
+        let cuts = PlannedCut::ALL.into_iter().map(RepairKind::JournalCut);
+        let snapshots = SnapshotDamage::ALL.into_iter().map(RepairKind::Snapshot);
+        cuts.chain(snapshots)
+            .chain([RepairKind::SnapshotTemp, RepairKind::CompactionTemp])
+    }
+
+    /// `torn_tail`, `point_in_time_cut`, `snapshot_checksum`, `snapshot_restore`,
+    /// `snapshot_foreign`, `snapshot_misplaced`, `snapshot_temp`, `compaction_temp` (docs/cli.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            RepairKind::JournalCut(cut) => cut.name(),
+            RepairKind::Snapshot(damage) => damage.name(),
+            RepairKind::SnapshotTemp => "snapshot_temp",
+            RepairKind::CompactionTemp => "compaction_temp",
+        }
+    }
+
+    /// Whether it is a cut of the journal (its bytes are the stop's segment's rest and every
+    /// later segment).
+    pub fn is_journal_cut(self) -> bool {
+        matches!(self, RepairKind::JournalCut(_))
+    }
+}
+
+/// What a problem `verify` found is, by case: its `kind` (printed by [`ProblemKind::name`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum ProblemKind {
+    /// Where the journal's scan stopped (the journal's recovery table's case).
+    Journal(Case),
+    /// A snapshot file that cannot be used.
+    Snapshot(SnapshotDamage),
+    /// Committed ops absent from the journal and every snapshot.
+    MissingOps,
+    /// A keel-raft store's `raft-meta` file fails its checks (the CLI checks it).
+    RaftMeta,
+}
+
+impl ProblemKind {
+    /// Every kind (for parsing a name back and for tests).
+    pub fn all() -> impl Iterator<Item = ProblemKind> {
+        let journal = Case::ALL.into_iter().map(ProblemKind::Journal);
+        let snapshots = SnapshotDamage::ALL.into_iter().map(ProblemKind::Snapshot);
+        journal
+            .chain(snapshots)
+            .chain([ProblemKind::MissingOps, ProblemKind::RaftMeta])
+    }
+
+    /// The journal's case names, `snapshot_*`, `missing_ops`, `raft_meta` (docs/cli.md).
+    pub fn name(self) -> &'static str {
+        match self {
+            ProblemKind::Journal(case) => case.name(),
+            ProblemKind::Snapshot(damage) => damage.name(),
+            ProblemKind::MissingOps => "missing_ops",
+            ProblemKind::RaftMeta => "raft_meta",
+        }
+    }
+}
+
+/// Printed and serialized as their names (the JSON values of docs/cli.md); parsed back from them.
+macro_rules! by_name {
+    ($kind:ty) => {
+        impl fmt::Display for $kind {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.name())
+            }
+        }
+
+        impl Serialize for $kind {
+            fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+                serializer.serialize_str(self.name())
+            }
+        }
+
+        impl<'de> Deserialize<'de> for $kind {
+            fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let name = String::deserialize(deserializer)?;
+                <$kind>::all()
+                    .find(|kind| kind.name() == name)
+                    .ok_or_else(|| serde::de::Error::custom(format!("unknown kind {name:?}")))
+            }
+        }
+    };
+}
+
+by_name!(RepairKind);
+by_name!(ProblemKind);
+
+/// `RecoveryReport::mode` as the CLI's `--mode` name.
+mod mode_by_name {
+    use keel_journal::RecoveryMode;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(mode: &RecoveryMode, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(super::recovery_mode_name(*mode))
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<RecoveryMode, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        super::recovery_mode_from_str(&name)
+            .ok_or_else(|| serde::de::Error::custom(format!("unknown recovery mode {name:?}")))
+    }
+}
+
 /// One repair: the CLI prints these keys as they are.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct RepairRecord {
-    /// `torn_tail`, `point_in_time_cut` (journal) or `snapshot_checksum`.
-    pub kind: String,
+    /// What the repair did.
+    pub kind: RepairKind,
     /// The file cut or set aside (a path under the engine directory).
     pub file: String,
     /// Where the cut starts in it (bytes).
@@ -43,8 +169,9 @@ pub struct RepairRecord {
 pub struct RecoveryReport {
     /// Whether the open found the directory clean, repaired it, or refused.
     pub status: RecoveryStatus,
-    /// `tolerate-torn-tail`, `absolute` or `point-in-time`.
-    pub mode: String,
+    /// The mode recovered in (printed `tolerate-torn-tail`, `absolute` or `point-in-time`).
+    #[serde(with = "mode_by_name")]
+    pub mode: RecoveryMode,
     /// Op of the snapshot the state was restored from (0: none).
     pub snapshot_op: u64,
     /// The snapshot file restored from (`None`: none).
@@ -97,8 +224,8 @@ fn serialize_status<S: serde::Serializer>(
 /// One problem `verify` found.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct ProblemRecord {
-    /// The case's name (the journal's table, or a snapshot's `snapshot_*`, `missing_ops`).
-    pub kind: String,
+    /// What the problem is.
+    pub kind: ProblemKind,
     /// The file (a path under the engine directory).
     pub file: String,
     /// Where in it the problem starts (bytes).
@@ -119,7 +246,7 @@ impl ProblemRecord {
     /// A journal scan's problem in the engine directory at `root_path`.
     pub fn from_journal(root_path: &str, p: &keel_journal::Problem) -> Self {
         ProblemRecord {
-            kind: p.kind.to_string(),
+            kind: ProblemKind::Journal(p.kind),
             file: journal_file(root_path, &p.file),
             offset: p.offset_bytes,
             op: p.op,
@@ -173,7 +300,7 @@ pub fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> 
     scan.repairs
         .iter()
         .map(|r| RepairRecord {
-            kind: r.kind.to_string(),
+            kind: RepairKind::JournalCut(r.kind),
             file: journal_file(root_path, &r.file),
             offset: r.offset_bytes,
             bytes: r.bytes,
@@ -185,9 +312,8 @@ pub fn journal_repairs(root_path: &str, scan: &ScanReport) -> Vec<RepairRecord> 
 /// One repair a dry run says `repair` would make.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
 pub struct PlannedRepair {
-    /// `torn_tail`, `point_in_time_cut`, `snapshot_checksum`, `snapshot_restore`,
-    /// `snapshot_foreign`, `snapshot_misplaced`, `compaction_temp`, `snapshot_temp`.
-    pub kind: String,
+    /// What the repair would do.
+    pub kind: RepairKind,
     /// The file cut or moved (a journal cut also removes every later segment).
     pub file: String,
     /// Where a cut starts (0: the whole file).
@@ -240,5 +366,36 @@ impl VerifyReport {
             problems,
             snapshots,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+
+    /// Every kind prints a distinct name, and the JSON value parses back to the same case.
+    #[test]
+    fn kinds_print_distinct_names_that_parse_back() {
+        let repairs: Vec<RepairKind> = RepairKind::all().collect();
+        let names: HashSet<_> = repairs.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), repairs.len(), "two repair kinds print alike");
+        for kind in repairs {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(json, format!("\"{}\"", kind.name()));
+            assert_eq!(serde_json::from_str::<RepairKind>(&json).unwrap(), kind);
+        }
+        let problems: Vec<ProblemKind> = ProblemKind::all().collect();
+        let names: HashSet<_> = problems.iter().map(|k| k.name()).collect();
+        assert_eq!(names.len(), problems.len(), "two problem kinds print alike");
+        for kind in problems {
+            let json = serde_json::to_string(&kind).unwrap();
+            assert_eq!(serde_json::from_str::<ProblemKind>(&json).unwrap(), kind);
+        }
+        assert!(serde_json::from_str::<RepairKind>("\"bogus\"").is_err());
+        assert_eq!(
+            RepairKind::JournalCut(PlannedCut::PointInTime).to_string(),
+            "point_in_time_cut"
+        );
     }
 }

@@ -150,7 +150,10 @@ async fn verify_and_recover_agree_on_missing_ops() {
         .unwrap();
     assert_eq!(verify.status, VerifyStatus::Corrupt, "{verify:?}");
     assert!(
-        verify.problems.iter().any(|p| p.kind == "missing_ops"),
+        verify
+            .problems
+            .iter()
+            .any(|p| p.kind.name() == "missing_ops"),
         "{verify:?}"
     );
     let error = refused(&fs, small_config()).await;
@@ -174,11 +177,11 @@ async fn a_snapshot_that_does_not_restore_is_fallen_back_from() {
     assert!(verify
         .problems
         .iter()
-        .any(|p| p.kind == "snapshot_restore" && p.op == Some(25)));
+        .any(|p| p.kind.name() == "snapshot_restore" && p.op == Some(25)));
     let (engine, report) = open(&fs, small_config()).await;
     assert_eq!(report.status, RecoveryStatus::Repaired);
     assert_eq!(report.snapshot_op, 10);
-    assert_eq!(report.repairs[0].kind, "snapshot_restore");
+    assert_eq!(report.repairs[0].kind.name(), "snapshot_restore");
     assert_eq!(*engine.state_machine(), model_through(25));
 }
 

@@ -36,8 +36,14 @@ async fn snapshot_and_journal() {
     let fs = MemFs::new(2);
     let (engine, _) = open(&fs, small_config()).await;
     commit_range(&engine, 1, 20).await;
+    assert_eq!(
+        engine.snapshot_op(),
+        None,
+        "no snapshot before the first checkpoint"
+    );
     let cp = engine.checkpoint().await.unwrap().expect("checkpointed");
     assert_eq!(cp.snapshot_op, 20);
+    assert_eq!(engine.snapshot_op(), Some(20));
     commit_range(&engine, 21, 45).await;
     drop(engine);
     fs.crash();
@@ -190,7 +196,7 @@ async fn damaged_newest_snapshot_falls_back_when_the_journal_covers() {
     assert_eq!(report.replayed, 15);
     assert_eq!(report.repairs.len(), 1);
     let repair = &report.repairs[0];
-    assert_eq!(repair.kind, "snapshot_checksum");
+    assert_eq!(repair.kind.name(), "snapshot_checksum");
     assert_eq!(
         repair.quarantine,
         format!("mem:/quarantine/snapshot-{:020}.snap", 25)
@@ -272,7 +278,7 @@ async fn automatic_checkpoint_keeps_the_journal_from_filling() {
     commit_range(&engine, 1, 300).await;
     let stats = engine.stats();
     assert!(stats.checkpoints >= 4, "{stats:?}");
-    assert!(engine.snapshot_op() > 200);
+    assert!(engine.snapshot_op().is_some_and(|op| op > 200));
     drop(engine);
     fs.crash();
     let (engine, report) = open(&fs, config).await;
@@ -344,6 +350,39 @@ async fn recovery_completes_an_interrupted_checkpoint() {
     );
 }
 
+/// The open's table (engine/src/policy.rs): an absolute open's row has no `FinishCheckpoint`
+/// step, so an interrupted checkpoint is left as found, however often it is opened; the next
+/// open in a mode that repairs finishes it.
+#[compio::test]
+async fn an_absolute_open_leaves_an_interrupted_checkpoint_for_a_repairing_one() {
+    let fs = MemFs::new(41);
+    two_snapshots(&fs, 10, 25, Some(CheckpointStep::Persisted)).await;
+    let absolute = EngineConfig {
+        recovery_mode: RecoveryMode::Absolute,
+        ..small_config()
+    };
+    for _ in 0..2 {
+        let (engine, report) = open(&fs, absolute.clone()).await;
+        assert_eq!(report.snapshot_op, 25);
+        assert_eq!(
+            report.journal_snapshot_op, 10,
+            "absolute moved the watermark"
+        );
+        assert_eq!(*engine.state_machine(), model_through(25));
+        drop(engine);
+        fs.crash();
+    }
+    let (engine, report) = open(&fs, small_config()).await;
+    assert_eq!(report.journal_snapshot_op, 10, "as found");
+    drop(engine);
+    fs.crash();
+    let (_engine, report) = open(&fs, small_config()).await;
+    assert_eq!(
+        report.journal_snapshot_op, 25,
+        "finished by the repairing open"
+    );
+}
+
 #[compio::test]
 async fn verify_is_read_only_and_names_problems() {
     let fs = MemFs::new(16);
@@ -369,7 +408,7 @@ async fn verify_is_read_only_and_names_problems() {
     assert!(damaged
         .problems
         .iter()
-        .any(|p| p.kind == "snapshot_checksum" && p.op == Some(12)));
+        .any(|p| p.kind.name() == "snapshot_checksum" && p.op == Some(12)));
     assert_eq!(
         fs.read_raw(&snap(12)).unwrap(),
         before,
@@ -481,7 +520,7 @@ async fn a_torn_journal_tail_is_repaired_and_reported_with_its_quarantine_file()
     let (engine, report) = open(&fs, small_config()).await;
     assert_eq!(report.status, RecoveryStatus::Repaired, "{report:?}");
     let repair = &report.repairs[0];
-    assert_eq!(repair.kind, "torn_tail");
+    assert_eq!(repair.kind.name(), "torn_tail");
     assert!(!repair.quarantine.is_empty());
     let quarantined = fs
         .root()
@@ -614,7 +653,7 @@ async fn verify_calls_a_torn_segment_header_a_torn_tail_not_corruption() {
         report
             .problems
             .iter()
-            .any(|p| p.kind == "torn_segment_header"),
+            .any(|p| p.kind.name() == "torn_segment_header"),
         "{report:?}"
     );
     assert_eq!(
@@ -655,13 +694,17 @@ async fn a_snapshot_of_another_history_is_fallen_back_from() {
         verify
             .problems
             .iter()
-            .any(|p| p.kind == "snapshot_misplaced"),
+            .any(|p| p.kind.name() == "snapshot_misplaced"),
         "{verify:?}"
     );
     let (engine, report) = open(&fs, small_config()).await;
     assert_eq!(report.snapshot_op, 10, "{report:?}");
     assert_eq!(report.applied_op, 20, "{report:?}");
-    assert_eq!(report.repairs[0].kind, "snapshot_misplaced", "{report:?}");
+    assert_eq!(
+        report.repairs[0].kind.name(),
+        "snapshot_misplaced",
+        "{report:?}"
+    );
     assert_eq!(*engine.state_machine(), model_through(20));
     assert!(!fs.exists(&snap(20)));
 }

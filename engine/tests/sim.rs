@@ -444,10 +444,10 @@ impl Sim<'_> {
             self.model.acknowledging();
         }
         self.model.durable_is(durable);
-        self.end_operation(engine.snapshot_op()).await;
+        self.end_operation(engine.snapshot_op().unwrap_or(0)).await;
         if self
             .fallback_used_at
-            .is_some_and(|op| engine.snapshot_op() > op)
+            .is_some_and(|op| engine.snapshot_op().unwrap_or(0) > op)
         {
             self.fallback_used_at = None; // a new snapshot: the journal covers a fallback again
         }
@@ -557,7 +557,7 @@ impl Sim<'_> {
         let engine = self.reopen(damaged).await?;
         self.tally.damaged_recovered += u64::from(damaged);
         if damaged {
-            self.fallback_used_at = Some(engine.snapshot_op());
+            self.fallback_used_at = Some(engine.snapshot_op().unwrap_or(0));
         }
         self.set_work_faults();
         Some(engine)

@@ -380,7 +380,7 @@ fn checked_data_entry<'b>(
     location: &Location,
 ) -> Result<(EntryHeader, &'b [u8]), JournalError> {
     let corrupt = || JournalError::Corrupt {
-        kind: "corrupt_entry",
+        kind: crate::Case::CorruptEntry,
         file: name.to_string(),
         offset_bytes: location.offset_bytes,
         op: Some(op),

@@ -4,6 +4,8 @@
 //! refusing to start and retrying from these). It must never flatten a lower layer's error into a
 //! bare string where the `io::Error` itself can be kept.
 
+use crate::outcome::Case;
+
 /// Errors of the journal layer.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -22,8 +24,8 @@ pub enum JournalError {
     #[error("journal corrupt: {kind} in {file} at offset {offset_bytes} ({})", describe_op(*.op))]
     /// Acknowledged data is damaged, or the log cannot be read: the open is refused.
     Corrupt {
-        /// The recovery table's case name (e.g. `corrupt_entry`, `chain_break`).
-        kind: &'static str,
+        /// The recovery table's case (printed by name, e.g. `corrupt_entry`, `chain_break`).
+        kind: Case,
         /// The segment file.
         file: String,
         /// Where in the file the damage starts.

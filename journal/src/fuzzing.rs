@@ -43,7 +43,10 @@ pub fn open_arbitrary_segments(data: &[u8]) {
                 let mut reader = journal.reader(0);
                 while let Ok(Some(_)) = reader.next().await {}
                 let _ = journal
-                    .append(journal.snapshot_op().saturating_add(1), b"fuzz")
+                    .append(
+                        journal.snapshot_op().unwrap_or(0).saturating_add(1),
+                        b"fuzz",
+                    )
                     .await;
                 drop(journal);
                 if let Ok((_, report)) =

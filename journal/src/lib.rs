@@ -104,6 +104,7 @@ pub mod fuzzing;
 mod group;
 mod live;
 mod open;
+mod outcome;
 mod position;
 mod read;
 mod recovery;
@@ -127,12 +128,13 @@ pub use config::{JournalConfig, RecoveryMode};
 pub use error::JournalError;
 pub use format::{EntryKind, FORMAT_VERSION};
 pub use live::LiveMap;
-pub use open::{OpenPlan, PlannedCut};
+pub use open::OpenPlan;
+pub use outcome::{Case, PlannedCut};
 pub use position::EntryPosition;
 pub use read::{Entry, JournalReader};
 pub use recovery::{
-    Action, Case, CaseInfo, Pattern, Proofs, StopFact, Want, PATTERNS as RECOVERY_PATTERNS,
-    TABLE as RECOVERY_TABLE,
+    matching_row, one_of, Action, CaseInfo, Pattern, Proofs, StopFact, Want,
+    PATTERNS as RECOVERY_PATTERNS, TABLE as RECOVERY_TABLE,
 };
 pub use report::{
     CompactionReport, JournalStats, Problem, RawEntry, Repair, ScanReport, SegmentSummary,
@@ -285,9 +287,11 @@ impl<D: Directory> MetadataJournal<D> {
         self.state.borrow().slots.last_op()
     }
 
-    /// The snapshot watermark (0 before the first checkpoint).
-    pub fn snapshot_op(&self) -> u64 {
-        self.state.borrow().slots.snapshot_op()
+    /// The snapshot watermark (`None` before the first checkpoint). Ops start at 1 (an append at or below the watermark is refused, and the watermark starts at
+    /// 0), so op 0 is never a snapshot's op: `None` is the only way to say "none".
+    pub fn snapshot_op(&self) -> Option<u64> {
+        let op = self.state.borrow().slots.snapshot_op();
+        (op > 0).then_some(op)
     }
 
     /// Highest commit watermark made durable (`None`: none yet). Named like

@@ -26,9 +26,10 @@ impl<V> Default for LiveMap<V> {
 }
 
 impl<V> LiveMap<V> {
-    /// The snapshot watermark so far (0: none).
-    pub fn snapshot_op(&self) -> u64 {
-        self.snapshot_op
+    /// The snapshot watermark so far (`None`: none). Ops start at 1 (an append at or below the watermark is refused, and the watermark starts at
+    /// 0), so op 0 is never a snapshot's op: `None` is the only way to say "none".
+    pub fn snapshot_op(&self) -> Option<u64> {
+        (self.snapshot_op > 0).then_some(self.snapshot_op)
     }
 
     /// A data entry for `op`: it replaces any older one. Ignored at or below the watermark;
@@ -86,7 +87,11 @@ mod tests {
         live.set_snapshot(2);
         assert!(!live.insert(2, 0), "at or below the watermark");
         live.set_snapshot(1);
-        assert_eq!(live.snapshot_op(), 2, "the watermark never moves down");
+        assert_eq!(
+            live.snapshot_op(),
+            Some(2),
+            "the watermark never moves down"
+        );
         assert_eq!(live.remove(4), Some(40));
         assert_eq!(
             live.into_entries().into_iter().collect::<Vec<_>>(),

@@ -13,7 +13,8 @@ use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::format::EntryKind;
 use crate::live::LiveMap;
-use crate::recovery::{action, info, op_ranges, Action};
+use crate::outcome::PlannedCut;
+use crate::recovery::{action, op_ranges, Action};
 use crate::repair;
 use crate::scan::{self, LogScan};
 use crate::slots::{Location, SlotRing};
@@ -23,25 +24,6 @@ use crate::{
     max_file_bytes, problem, refuse, summarize, JournalConfig, JournalError, JournalStats,
     MetadataJournal, RecoveryMode, ScanReport, SegmentHandle, State,
 };
-
-/// The cut a plan will make (the table's order for the first stop).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum PlannedCut {
-    /// A torn tail: bytes no proof vouches for.
-    TornTail,
-    /// Point-in-time: acknowledged ops are lost and reported.
-    PointInTime,
-}
-
-impl PlannedCut {
-    /// The repair kind reports carry.
-    pub fn kind(self) -> &'static str {
-        match self {
-            PlannedCut::TornTail => "torn_tail",
-            PlannedCut::PointInTime => "point_in_time_cut",
-        }
-    }
-}
 
 /// What opening the journal will do, decided by a read-only scan.
 pub struct OpenPlan<D: Directory> {
@@ -72,9 +54,10 @@ impl<D: Directory> OpenPlan<D> {
         self.cut
     }
 
-    /// The journal's snapshot watermark after the open.
-    pub fn snapshot_op(&self) -> u64 {
-        self.index.snapshot_op
+    /// The journal's snapshot watermark after the open (`None`: no checkpoint yet). Ops start at 1 (an append at or below the watermark is refused, and the watermark starts at
+    /// 0), so op 0 is never a snapshot's op: `None` is the only way to say "none".
+    pub fn snapshot_op(&self) -> Option<u64> {
+        (self.index.snapshot_op > 0).then_some(self.index.snapshot_op)
     }
 
     /// The highest commit watermark the kept entries carry (0: none).
@@ -125,7 +108,7 @@ fn replay_index(scan: &LogScan, slot_count: u64) -> Index {
         }
     }
     let mut index = Index {
-        snapshot_op: live.snapshot_op(),
+        snapshot_op: live.snapshot_op().unwrap_or(0),
         commit_op,
         live: live.into_entries(),
     };
@@ -216,7 +199,7 @@ impl<D: Directory> MetadataJournal<D> {
                         segment = %stop.file,
                         offset_bytes = stop.stop.offset_bytes,
                         op = stop.stop.op,
-                        case = info(stop.case).name,
+                        case = stop.case.name(),
                         proof_watermark = stop.proofs.watermark,
                         proof_segment_header = stop.proofs.segment_header,
                         ?mode,
@@ -264,7 +247,7 @@ impl<D: Directory> MetadataJournal<D> {
             if let Some(stop) = &scan.first_stop {
                 if cut.is_some() {
                     tracing::warn!(segment = %stop.file, offset_bytes = stop.stop.offset_bytes,
-                        case = info(stop.case).name, "journal: read-only, not repairing");
+                        case = stop.case.name(), "journal: read-only, not repairing");
                 }
             }
             let dir = dir.unwrap_or_else(|| root.clone());
@@ -278,7 +261,7 @@ impl<D: Directory> MetadataJournal<D> {
             .await
             .map_err(|e| JournalError::durable("open journal dir", e))?;
         if let (Some(cut), Some(stop)) = (cut, scan.first_stop.clone()) {
-            report.repairs = repair::cut(root, &dir, &scan, cut.kind()).await?;
+            report.repairs = repair::cut(root, &dir, &scan, cut).await?;
             if cut == PlannedCut::PointInTime {
                 tracing::warn!(segment = %stop.file, offset_bytes = stop.stop.offset_bytes,
                     op = stop.stop.op, lost_ops = %ranges_text(&report.lost_ops),

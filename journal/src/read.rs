@@ -50,7 +50,7 @@ impl IndexedRead {
 /// The entry of `op` at `location` in segment `name` failed a check on read.
 fn corrupt_entry(name: &str, location: &Location, op: u64) -> JournalError {
     JournalError::Corrupt {
-        kind: "corrupt_entry",
+        kind: crate::Case::CorruptEntry,
         file: name.to_string(),
         offset_bytes: location.offset_bytes,
         op: Some(op),

@@ -8,6 +8,7 @@
 
 use std::ops::RangeInclusive;
 
+pub use crate::outcome::Case;
 use crate::RecoveryMode;
 
 /// What the scan found where it stopped reading valid entries (the classifier's first input).
@@ -44,27 +45,6 @@ impl StopFact {
     ];
 }
 
-/// The named cases of the table.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
-pub enum Case {
-    /// The log ends at an entry boundary.
-    CleanEnd,
-    /// A partial last batch nothing vouches for.
-    TornTail,
-    /// A partial header of the newest segment nothing vouches for.
-    TornSegmentHeader,
-    /// A damaged entry that was durable.
-    CorruptEntry,
-    /// A damaged segment header that was durable.
-    CorruptSegmentHeader,
-    /// A valid entry that does not follow its predecessor.
-    ChainBreak,
-    /// A valid segment that is not the next one.
-    SegmentMismatch,
-    /// A segment of a newer format version.
-    UnknownVersion,
-}
-
 /// What recovery does about a case.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Action {
@@ -83,8 +63,6 @@ pub enum Action {
 pub struct CaseInfo {
     /// The case this row describes.
     pub case: Case,
-    /// Name used in `Problem::kind` and in errors.
-    pub name: &'static str,
     /// Which physical failure produces it.
     pub cause: &'static str,
     /// Whether it means acknowledged data is damaged (verify's exit 4) rather than a torn tail (3).
@@ -101,7 +79,6 @@ pub struct CaseInfo {
 pub const TABLE: [CaseInfo; 8] = [
     CaseInfo {
         case: Case::CleanEnd,
-        name: "clean_end",
         cause: "the log ends at an entry boundary: end of file or preallocated zeroes; a normal shutdown or crash between batches",
         corruption: false,
         tolerate_torn_tail: Action::Nothing,
@@ -110,7 +87,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::TornTail,
-        name: "torn_tail",
         cause: "a crash during a batch write left a partial or reordered-sector entry that no later durable watermark vouches for: never acknowledged",
         corruption: false,
         tolerate_torn_tail: Action::QuarantineAndCut,
@@ -119,7 +95,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::TornSegmentHeader,
-        name: "torn_segment_header",
         cause: "a crash while creating a segment (rotation) left its header partial or missing; nothing in it was acknowledged",
         corruption: false,
         tolerate_torn_tail: Action::QuarantineAndCut,
@@ -128,7 +103,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::CorruptEntry,
-        name: "corrupt_entry",
         cause: "an entry a later durable watermark vouches for (or one in a compacted segment) is damaged: bit rot, a misdirected or lost write, a zeroed sector",
         corruption: true,
         tolerate_torn_tail: Action::Refuse,
@@ -137,7 +111,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::CorruptSegmentHeader,
-        name: "corrupt_segment_header",
         cause: "a segment header is damaged although later entries prove the segment was durable: bit rot or a misdirected write",
         corruption: true,
         tolerate_torn_tail: Action::Refuse,
@@ -146,7 +119,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::ChainBreak,
-        name: "chain_break",
         cause: "a checksum-valid entry that does not follow its predecessor: a stale or misplaced block, a lost write under a later one",
         corruption: true,
         tolerate_torn_tail: Action::Refuse,
@@ -155,7 +127,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::SegmentMismatch,
-        name: "segment_mismatch",
         cause: "a valid segment that is not the next one: a renamed or copied file, a missing segment, a segment whose predecessor lost its tail",
         corruption: true,
         tolerate_torn_tail: Action::Refuse,
@@ -164,7 +135,6 @@ pub const TABLE: [CaseInfo; 8] = [
     },
     CaseInfo {
         case: Case::UnknownVersion,
-        name: "unknown_version",
         cause: "a segment written by a newer keel: it is not damaged, this build cannot read it",
         corruption: true,
         tolerate_torn_tail: Action::Refuse,
@@ -216,7 +186,8 @@ pub enum Want {
 }
 
 impl Want {
-    fn matches(self, value: bool) -> bool {
+    /// Whether `value` is one this input accepts.
+    pub fn matches(self, value: bool) -> bool {
         match self {
             Want::Any => true,
             Want::Yes => value,
@@ -243,7 +214,7 @@ pub struct Pattern {
 
 impl Pattern {
     fn matches(&self, fact: StopFact, proofs: Proofs) -> bool {
-        self.facts.contains(&fact)
+        one_of(self.facts, &fact)
             && self.watermark.matches(proofs.watermark)
             && self.segment_header.matches(proofs.segment_header)
             && self.rewritten.matches(proofs.rewritten)
@@ -346,18 +317,34 @@ pub const PATTERNS: [Pattern; 11] = [
     },
 ];
 
+/// The one mechanism of every pattern table (this one, the engine's): the row of `rows` that
+/// `matches`, for the inputs `inputs` names. Panics (a table bug, in release too) unless exactly
+/// one row matches.
+pub fn matching_row<'rows, R>(
+    rows: &'rows [R],
+    inputs: &dyn std::fmt::Debug,
+    matches: impl Fn(&R) -> bool,
+) -> &'rows R {
+    let mut matching = rows.iter().filter(|row| matches(row));
+    let row = matching
+        .next()
+        .unwrap_or_else(|| panic!("no recovery pattern matches {inputs:?}"));
+    assert!(
+        matching.next().is_none(),
+        "two recovery patterns match {inputs:?}"
+    );
+    row
+}
+
+/// Whether `value` is one of `allowed` (an enum-valued input of a pattern row).
+pub fn one_of<T: PartialEq>(allowed: &[T], value: &T) -> bool {
+    allowed.contains(value)
+}
+
 /// The classifier: scan-stop facts and proofs → the row that matches them. Panics (a table bug,
 /// in release too) unless exactly one row matches.
 pub fn classify_row(fact: StopFact, proofs: Proofs) -> &'static Pattern {
-    let mut matching = PATTERNS.iter().filter(|row| row.matches(fact, proofs));
-    let row = matching
-        .next()
-        .unwrap_or_else(|| panic!("no recovery pattern matches {fact:?} {proofs:?}"));
-    assert!(
-        matching.next().is_none(),
-        "two recovery patterns match {fact:?} {proofs:?}"
-    );
-    row
+    matching_row(&PATTERNS, &(fact, proofs), |row| row.matches(fact, proofs))
 }
 
 /// The case of a stop (see [`classify_row`]).
@@ -441,8 +428,13 @@ mod tests {
             PATTERNS.len(),
             "a pattern row no input reaches"
         );
-        let names: HashSet<_> = TABLE.iter().map(|r| r.name).collect();
-        assert_eq!(names.len(), TABLE.len(), "duplicate case names");
+        let names: HashSet<_> = Case::ALL.iter().map(|c| c.name()).collect();
+        assert_eq!(names.len(), Case::ALL.len(), "duplicate case names");
+        assert_eq!(
+            TABLE.map(|row| row.case),
+            Case::ALL,
+            "the table lists every case once"
+        );
     }
 
     /// The safety properties of the table, stated independently of it.
@@ -451,13 +443,13 @@ mod tests {
         for row in &TABLE {
             // Default mode never cuts data a durable watermark vouches for.
             if row.corruption {
-                assert_eq!(row.tolerate_torn_tail, Action::Refuse, "{}", row.name);
+                assert_eq!(row.tolerate_torn_tail, Action::Refuse, "{}", row.case);
             }
             // Absolute never writes.
             assert!(
                 matches!(row.absolute, Action::Nothing | Action::Refuse),
                 "{}",
-                row.name
+                row.case
             );
         }
         assert_eq!(

@@ -10,7 +10,7 @@ use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::error::JournalError;
 use crate::format::{quarantine_file_name, segment_file_name};
-use crate::recovery::Case;
+use crate::outcome::{Case, PlannedCut};
 use crate::scan::{LogScan, StopAt};
 use crate::Repair;
 
@@ -70,7 +70,7 @@ pub async fn cut<D: Directory>(
     root: &D,
     journal_dir: &D,
     scan: &LogScan,
-    kind: &'static str,
+    kind: PlannedCut,
 ) -> Result<Vec<Repair>, JournalError> {
     let stop = scan
         .first_stop
@@ -79,7 +79,7 @@ pub async fn cut<D: Directory>(
     // Independent of the table: a cut in the default mode is only ever of bytes nothing vouches
     // for, and a log of an unknown version is never cut.
     assert!(
-        !stop.proofs.any() || kind == "point_in_time_cut",
+        !stop.proofs.any() || kind == PlannedCut::PointInTime,
         "recovery table ordered a torn-tail cut of vouched-for bytes at {} offset {}",
         stop.file,
         stop.stop.offset_bytes
@@ -112,7 +112,7 @@ async fn quarantine_cut_bytes<D: Directory>(
     journal_dir: &D,
     scan: &LogScan,
     stop: &StopAt,
-    kind: &'static str,
+    kind: PlannedCut,
 ) -> Result<(Vec<Repair>, Vec<Removal>), JournalError> {
     let quarantine_dir = quarantine_dir(root).await?;
     let mut repairs = Vec::new();
@@ -141,7 +141,7 @@ async fn quarantine_cut_bytes<D: Directory>(
             op = stop.stop.op,
             bytes = removed_len,
             quarantine = %qname,
-            case = kind,
+            case = %kind,
             "journal repair: quarantined bytes before cutting them"
         );
         repairs.push(Repair {

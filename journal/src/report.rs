@@ -11,15 +11,16 @@ use keel_storage::Directory;
 use crate::config::max_file_bytes;
 use crate::error::JournalError;
 use crate::format::EntryKind;
-use crate::recovery::{self, info};
+use crate::outcome::{Case, PlannedCut};
+use crate::recovery::info;
 use crate::scan::{self, scan_log, LogScan};
 use crate::{JournalConfig, MetadataJournal};
 
 /// One repair recovery performed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Repair {
-    /// `torn_tail` or `point_in_time_cut`.
-    pub kind: &'static str,
+    /// The cut this repair carried out (printed `torn_tail` or `point_in_time_cut`).
+    pub kind: PlannedCut,
     /// Segment file name.
     pub file: String,
     /// Where the cut starts in that file.
@@ -33,8 +34,8 @@ pub struct Repair {
 /// One problem a scan found (reported by verify; an error for open unless repaired).
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Problem {
-    /// The recovery table's case name, e.g. `torn_tail`, `corrupt_entry`, `chain_break`.
-    pub kind: &'static str,
+    /// The recovery table's case (printed by name, e.g. `torn_tail`, `corrupt_entry`).
+    pub kind: Case,
     /// The segment file.
     pub file: String,
     /// Where in the file the damage starts.
@@ -125,13 +126,9 @@ impl VerifyStatus {
 
 impl Problem {
     /// Whether this problem means acknowledged data is damaged (or unreadable), as opposed to a
-    /// torn tail (`torn_tail`, `torn_segment_header`) that a normal open repairs. Unknown kinds
-    /// count as corruption.
+    /// torn tail (`torn_tail`, `torn_segment_header`) that a normal open repairs.
     pub fn is_corruption(&self) -> bool {
-        recovery::TABLE
-            .iter()
-            .find(|row| row.name == self.kind)
-            .is_none_or(|row| row.corruption)
+        info(self.kind).corruption
     }
 }
 
@@ -223,7 +220,7 @@ async fn scan_live<D: Directory>(dir: &D, max_file: u64) -> Result<LogScan, Jour
 
 pub(crate) fn refuse(stop: &scan::StopAt) -> JournalError {
     JournalError::Corrupt {
-        kind: info(stop.case).name,
+        kind: stop.case,
         file: stop.file.clone(),
         offset_bytes: stop.stop.offset_bytes,
         op: stop.stop.op,
@@ -232,7 +229,7 @@ pub(crate) fn refuse(stop: &scan::StopAt) -> JournalError {
 
 pub(crate) fn problem(stop: &scan::StopAt) -> Problem {
     Problem {
-        kind: info(stop.case).name,
+        kind: stop.case,
         file: stop.file.clone(),
         offset_bytes: stop.stop.offset_bytes,
         op: stop.stop.op,

@@ -98,7 +98,13 @@ fn full_and_below_snapshot_write_nothing() {
         );
         assert_eq!(fs.sync_count(), syncs, "Full must not write");
         assert_eq!(j.remaining_capacity(), 0);
+        assert_eq!(
+            j.snapshot_op(),
+            None,
+            "no watermark before the first checkpoint"
+        );
         j.set_snapshot_op(10).await.unwrap();
+        assert_eq!(j.snapshot_op(), Some(10));
         assert_eq!(j.remaining_capacity(), 10);
         j.append(74, b"z").await.unwrap();
         let err = j.append(10, b"w").await.unwrap_err();
@@ -117,7 +123,7 @@ fn full_and_below_snapshot_write_nothing() {
         drop(j);
         fs.crash();
         let (j, report) = open(&fs, &config).await;
-        assert_eq!(j.snapshot_op(), 10);
+        assert_eq!(j.snapshot_op(), Some(10));
         assert_eq!(report.snapshot_op, Some(10));
         assert_eq!(j.live_ops(), 2);
         assert_eq!(j.slot_count(), 64);

@@ -53,9 +53,9 @@ fn torn_tail_at_every_byte_of_the_last_entry() {
             } else {
                 assert_eq!(report.repairs.len(), 1, "cut {cut}: {report:?}");
                 let repair = &report.repairs[0];
-                assert_eq!(repair.kind, "torn_tail");
+                assert_eq!(repair.kind, keel_journal::PlannedCut::TornTail);
                 assert_eq!(repair.offset_bytes, offset);
-                assert_eq!(report.problems[0].kind, "torn_tail");
+                assert_eq!(report.problems[0].kind, keel_journal::Case::TornTail);
                 let quarantined = fs
                     .read_raw(&format!("quarantine/{}", repair.quarantine_file))
                     .unwrap();
@@ -160,7 +160,7 @@ fn bit_flip_in_each_durable_entry_is_refused_and_touches_nothing() {
                         offset_bytes,
                         op: found,
                     } => {
-                        assert_eq!(*kind, "corrupt_entry", "{err}");
+                        assert_eq!(*kind, keel_journal::Case::CorruptEntry, "{err}");
                         assert_eq!(format!("journal/{file}"), *path);
                         assert_eq!(offset_bytes, offset);
                         if within >= 64 {
@@ -200,7 +200,7 @@ fn bit_flip_in_the_last_entry_reads_as_a_torn_tail() {
         let fs = clone_fs(1, &files).await;
         fs.flip_bit(&path, offset + 70, 3).unwrap();
         let (j, report) = open(&fs, &config).await;
-        assert_eq!(report.problems[0].kind, "torn_tail");
+        assert_eq!(report.problems[0].kind, keel_journal::Case::TornTail);
         assert_eq!(j.last_op(), Some(4));
     });
 }
@@ -224,7 +224,7 @@ fn zeroed_sector_in_the_middle_is_corruption_and_at_the_tail_a_torn_tail() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "corrupt_entry",
+                    kind: keel_journal::Case::CorruptEntry,
                     ..
                 }
             ),
@@ -249,7 +249,11 @@ fn zeroed_sector_in_the_middle_is_corruption_and_at_the_tail_a_torn_tail() {
                 "sector aligned to an entry: clean end"
             );
         } else {
-            assert_eq!(report.problems[0].kind, "torn_tail", "{report:?}");
+            assert_eq!(
+                report.problems[0].kind,
+                keel_journal::Case::TornTail,
+                "{report:?}"
+            );
         }
     });
 }
@@ -287,7 +291,7 @@ fn valid_entry_after_damage_is_torn_only_when_no_watermark_covers_it() {
         let fs = clone_fs(1, &[(name.clone(), bytes.clone())]).await;
         fs.flip_bit(&name, offsets[2] + 8, 0).unwrap();
         let (j, report) = open(&fs, &config).await;
-        assert_eq!(report.problems[0].kind, "torn_tail");
+        assert_eq!(report.problems[0].kind, keel_journal::Case::TornTail);
         assert_eq!(j.last_op(), Some(2));
         // Entry 3's header is damaged (op unknown); 4..=6 were readable.
         assert_eq!(report.torn_ops, vec![4..=6]);
@@ -304,7 +308,7 @@ fn valid_entry_after_damage_is_torn_only_when_no_watermark_covers_it() {
         fs.flip_bit(&name, offsets[2] + 66, 0).unwrap();
         let err = expect_refusal(&fs, &config, RecoveryMode::TolerateTornTail).await;
         assert!(
-            matches!(err, JournalError::Corrupt { kind: "corrupt_entry", offset_bytes, .. } if offset_bytes == offsets[2]),
+            matches!(err, JournalError::Corrupt { kind: keel_journal::Case::CorruptEntry, offset_bytes, .. } if offset_bytes == offsets[2]),
             "{err}"
         );
         // Point-in-time cuts there and names the lost ops.
@@ -313,7 +317,10 @@ fn valid_entry_after_damage_is_torn_only_when_no_watermark_covers_it() {
                 .await
                 .unwrap();
         assert_eq!(j.last_op(), Some(2));
-        assert_eq!(report.repairs[0].kind, "point_in_time_cut");
+        assert_eq!(
+            report.repairs[0].kind,
+            keel_journal::PlannedCut::PointInTime
+        );
         assert_eq!(report.lost_ops, vec![3..=6]);
     });
 }
@@ -333,7 +340,7 @@ fn chain_break_and_segment_mismatch_are_refused() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "chain_break",
+                    kind: keel_journal::Case::ChainBreak,
                     op: Some(2),
                     ..
                 }
@@ -354,7 +361,7 @@ fn chain_break_and_segment_mismatch_are_refused() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "segment_mismatch",
+                    kind: keel_journal::Case::SegmentMismatch,
                     ..
                 }
             ),
@@ -370,7 +377,7 @@ fn chain_break_and_segment_mismatch_are_refused() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "unknown_version",
+                    kind: keel_journal::Case::UnknownVersion,
                     ..
                 }
             ),
@@ -399,7 +406,7 @@ fn missing_middle_segment_is_refused() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "segment_mismatch",
+                    kind: keel_journal::Case::SegmentMismatch,
                     ..
                 }
             ),
@@ -426,7 +433,11 @@ fn torn_segment_header_is_repaired_by_removing_the_segment() {
         files.push((name.clone(), header));
         let fs = clone_fs(1, &files).await;
         let (j, report) = open(&fs, &config).await;
-        assert_eq!(report.problems[0].kind, "torn_segment_header", "{report:?}");
+        assert_eq!(
+            report.problems[0].kind,
+            keel_journal::Case::TornSegmentHeader,
+            "{report:?}"
+        );
         assert!(!fs.exists(&name));
         assert_eq!(j.last_op(), last_op);
         j.append(21, b"after").await.unwrap();
@@ -451,7 +462,7 @@ fn absolute_refuses_a_torn_tail_and_verify_reports_it() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "torn_tail",
+                    kind: keel_journal::Case::TornTail,
                     ..
                 }
             ),
@@ -514,7 +525,7 @@ fn after_a_clean_close_damage_in_the_last_entry_is_corruption() {
             matches!(
                 err,
                 JournalError::Corrupt {
-                    kind: "corrupt_entry",
+                    kind: keel_journal::Case::CorruptEntry,
                     op: Some(5),
                     ..
                 }
@@ -553,7 +564,7 @@ fn extreme_ops_and_watermarks_do_not_overflow() {
         let fs = clone_fs(1, &[(name, bytes)]).await;
         let (j, report) = open(&fs, &config).await;
         assert!(report.problems.is_empty(), "{report:?}");
-        assert_eq!(j.snapshot_op(), u64::MAX - 3);
+        assert_eq!(j.snapshot_op(), Some(u64::MAX - 3));
         assert_eq!(
             read_all(&j).await.iter().map(|e| e.0).collect::<Vec<_>>(),
             vec![u64::MAX - 1, u64::MAX]

@@ -201,7 +201,7 @@ impl Sim<'_> {
     fn base(&self, j: &Journal) -> u64 {
         let m = self.model.borrow();
         let pending = m.pending_snapshots.keys().next_back().copied().unwrap_or(0);
-        m.snapshot_op.max(j.snapshot_op()).max(pending)
+        m.snapshot_op.max(j.snapshot_op().unwrap_or(0)).max(pending)
     }
 
     fn top(&self, base: u64) -> u64 {
@@ -492,17 +492,19 @@ impl Sim<'_> {
         // unflushed written version is never required, only allowed.
         let strict_written = false;
         let commit = j.durable_commit_op().unwrap_or(0);
-        let verdict = self
-            .model
-            .borrow()
-            .check(&live, j.snapshot_op(), commit, strict_written)?;
+        let verdict = self.model.borrow().check(
+            &live,
+            j.snapshot_op().unwrap_or(0),
+            commit,
+            strict_written,
+        )?;
         if !verdict.excused.is_empty() {
             trace!("lost under the documented limit: ops {:?}", verdict.excused);
         }
         self.stats.borrow_mut().faults.lost_under_limit += verdict.lost_under_limit;
         self.model
             .borrow_mut()
-            .settle(live, j.snapshot_op(), commit, since.power_cut);
+            .settle(live, j.snapshot_op().unwrap_or(0), commit, since.power_cut);
         since.power_cut = false;
         self.errors_at_start.set(error_fault_count(self.fs));
         self.compaction_dropped.set(false);
@@ -549,7 +551,7 @@ async fn point_in_time_accounts_for_losses(
             Ok(opened) => opened,
             // A newer-version header (a flipped version field) is refused in every mode.
             Err(JournalError::Corrupt {
-                kind: "unknown_version",
+                kind: keel_journal::Case::UnknownVersion,
                 ..
             }) => return Ok(()),
             Err(e) => return Err(format!("point-in-time open failed: {e}")),
@@ -559,7 +561,7 @@ async fn point_in_time_accounts_for_losses(
     // A snapshot watermark whose call was dropped may have become durable, and compaction may
     // then have deleted what it covers, before the cut took the marker itself.
     let pending = model.pending_snapshots.keys().next_back().copied();
-    let snapshot = j.snapshot_op().max(pending.unwrap_or(0));
+    let snapshot = j.snapshot_op().unwrap_or(0).max(pending.unwrap_or(0));
     let unexplained: Vec<u64> = model
         .acked_ops()
         .filter(|(op, h)| *op > snapshot && !live.contains_key(op) && h.maybe_removed.is_none())
@@ -610,7 +612,7 @@ impl Sim<'_> {
         let checked = self
             .model
             .borrow()
-            .check(&live, j.snapshot_op(), commit, false);
+            .check(&live, j.snapshot_op().unwrap_or(0), commit, false);
         if let Err(violation) = checked {
             // Only acceptable when the flip sat in bytes the open cut as a torn tail and
             // reported (the last batch: nothing after it vouches).
@@ -629,7 +631,7 @@ impl Sim<'_> {
         }
         self.model
             .borrow_mut()
-            .settle(live, j.snapshot_op(), commit, true);
+            .settle(live, j.snapshot_op().unwrap_or(0), commit, true);
         Ok(true)
     }
 

@@ -243,7 +243,7 @@ impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
     ) -> Result<(), RaftStoreError> {
         self.inner.chain.check()?;
         // Check the slot ring before touching anything, so a refused append changes nothing.
-        let snapshot_op = self.inner.journal.snapshot_op();
+        let snapshot_op = self.inner.journal.snapshot_op().unwrap_or(0);
         let mut batch = Vec::with_capacity(entries.len());
         for entry in &entries {
             let op = op_of(entry.index());
@@ -332,7 +332,7 @@ impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
             let keep_op = last
                 .map(op_of)
                 .unwrap_or(0)
-                .max(self.inner.journal.snapshot_op());
+                .max(self.inner.journal.snapshot_op().unwrap_or(0));
             self.inner.journal.truncate_after(keep_op).await?;
             self.inner.mem.borrow_mut().entries.split_off(&first_gone);
         }
@@ -359,7 +359,7 @@ impl<C: KeelConfig, D: Directory + 'static> LogStore<C, D> {
             mem.entries = mem.entries.split_off(&(upto.index + 1));
         }
         let op = op_of(upto.index);
-        if op > self.inner.journal.snapshot_op() {
+        if op > self.inner.journal.snapshot_op().unwrap_or(0) {
             self.inner.journal.set_snapshot_op(op).await?;
             let report = self.inner.journal.compact().await?;
             tracing::debug!(

@@ -221,7 +221,7 @@ async fn recover_log<C: KeelConfig, D: Directory>(
     // A purge writes the meta file before it moves the journal's watermark; if the crash came
     // between the two, finish the move now so the ring's capacity is right.
     if let Some(purged) = last_purged {
-        if op_of(purged.index) > journal.snapshot_op() {
+        if op_of(purged.index) > journal.snapshot_op().unwrap_or(0) {
             journal.set_snapshot_op(op_of(purged.index)).await?;
         }
     }
@@ -234,7 +234,7 @@ async fn recover_log<C: KeelConfig, D: Directory>(
         // acknowledged; cut them durably so they cannot reappear above a later append.
         let keep_op = op_of(first_missing)
             .saturating_sub(1)
-            .max(journal.snapshot_op());
+            .max(journal.snapshot_op().unwrap_or(0));
         journal.truncate_after(keep_op).await?;
         tracing::warn!(
             first_missing,

@@ -48,8 +48,8 @@ pub struct ManifestInfo {
 /// What `inspect` shows of one directory.
 #[derive(Debug, Clone, Serialize)]
 pub struct InspectReport {
-    /// `engine` or `raft_store`.
-    pub kind: &'static str,
+    /// An engine directory or a keel-raft store (printed `engine` or `raft_store`).
+    pub kind: DirKind,
     /// `DIR/MANIFEST`, or null when there is none (the ring is then sized from the journal).
     pub manifest: Option<ManifestInfo>,
     pub segments: Vec<SegmentSummary>,
@@ -107,7 +107,7 @@ async fn inspect_one(dir: &EngineDir) -> Result<InspectReport, CliError> {
     let watermark = scan.snapshot_op.unwrap_or(0);
     let root_path = root.display_path();
     Ok(InspectReport {
-        kind: dir.kind.name(),
+        kind: dir.kind,
         manifest: geometry.manifest().map(manifest_info),
         journal_bytes: segments.iter().map(|s| s.len_bytes).sum(),
         segments,
@@ -187,7 +187,7 @@ fn header_lines(report: &InspectReport) -> String {
     let geometry = match &report.manifest {
         Some(m) => format!(
             "{} directory {}  shard {}  written by keel {}  slot count {}  segments of {}",
-            report.kind.replace('_', " "),
+            report.kind.name().replace('_', " "),
             m.directory_id,
             m.shard_index
                 .map_or_else(|| "-".to_string(), |s| s.to_string()),
@@ -197,7 +197,7 @@ fn header_lines(report: &InspectReport) -> String {
         ),
         None => format!(
             "{} (no MANIFEST: slot count {} sized from the journal)",
-            report.kind.replace('_', " "),
+            report.kind.name().replace('_', " "),
             report.slot_count
         ),
     };

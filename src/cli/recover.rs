@@ -100,14 +100,14 @@ pub async fn recover_raft_journal(
         } else {
             RecoveryStatus::Repaired
         },
-        mode: keel_engine::recovery_mode_name(config.recovery_mode).into(),
+        mode: config.recovery_mode,
         snapshot_op: 0,
         snapshot_file: None,
         last_op: journal.last_op().unwrap_or(0),
         commit_op: journal.durable_commit_op().unwrap_or(0),
         applied_op: 0,
         replayed: 0,
-        journal_snapshot_op: journal.snapshot_op(),
+        journal_snapshot_op: journal.snapshot_op().unwrap_or(0),
         journal_first_op: scan.first_op,
         segments_read: scan.segments_read,
         entries_read: scan.entries_read,
@@ -146,7 +146,7 @@ pub fn report_text(status: &str, report: &RecoveryReport) -> String {
         "{status} (mode {}) in {:.1} ms\n\
          snapshot op {}  last op {}  commit op {}  applied op {}  replayed {}\n\
          journal: {} segment(s), {} entries read, snapshot watermark {}",
-        report.mode,
+        keel_engine::recovery_mode_name(report.mode),
         report.duration_us as f64 / 1000.0,
         report.snapshot_op,
         report.last_op,

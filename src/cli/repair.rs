@@ -57,7 +57,7 @@ async fn plan_one(dir: &EngineDir, mode: Mode) -> Result<RepairPlan, CliError> {
         let mut repairs = Vec::new();
         if let (Some(cut), Some(stop)) = (plan.cut(), plan.report().problems.first()) {
             repairs.push(keel_engine::PlannedRepair {
-                kind: cut.kind().into(),
+                kind: keel_engine::RepairKind::JournalCut(cut),
                 file: keel_engine::journal_file(&root.path().display().to_string(), &stop.file),
                 offset: stop.offset_bytes,
                 bytes: 0,
@@ -100,14 +100,14 @@ fn count_cuts(path: &Path, mut plan: RepairPlan) -> RepairPlan {
         let name = Path::new(&repair.file)
             .file_name()
             .map_or_else(String::new, |n| n.to_string_lossy().into_owned());
-        if repair.kind == "torn_tail" || repair.kind == "point_in_time_cut" {
+        if repair.kind.is_journal_cut() {
             let later: u64 = segments
                 .iter()
                 .filter(|n| n.as_str() > name.as_str())
                 .map(|n| len(n))
                 .sum();
             repair.bytes = len(&name).saturating_sub(repair.offset) + later;
-        } else if repair.bytes == 0 && repair.kind == "compaction_temp" {
+        } else if repair.bytes == 0 && repair.kind == keel_engine::RepairKind::CompactionTemp {
             repair.bytes = len(&name);
         }
     }
@@ -141,7 +141,7 @@ fn plan_text(status: &str, plan: &RepairPlan) -> String {
     );
     for repair in &plan.repairs {
         let size = style::size(repair.bytes);
-        let what = if repair.kind.ends_with("cut") || repair.kind == "torn_tail" {
+        let what = if repair.kind.is_journal_cut() {
             format!("would cut {size} from offset {} (this segment's rest and every later one), copied to quarantine/ first", repair.offset)
         } else {
             format!("would move {size} to quarantine/")

@@ -28,7 +28,15 @@ pub enum DirKind {
     Raft,
 }
 
+/// Printed as its name in `inspect --json` (`kind`).
+impl serde::Serialize for DirKind {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(self.name())
+    }
+}
+
 impl DirKind {
+    /// `engine` or `raft_store` (docs/cli.md).
     pub fn name(self) -> &'static str {
         match self {
             DirKind::Engine => "engine",

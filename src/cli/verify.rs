@@ -1,7 +1,9 @@
 //! `keel verify D [--json]`: read-only full check of journal and snapshots (and, in a keel-raft
 //! store, its meta and snapshot files). Exit 0 clean, 3 torn tail only, 4 corruption, 1 error.
 
-use keel_engine::{KvStateMachine, ProblemRecord, VerifyReport, VerifyStatus};
+use keel_engine::{
+    KvStateMachine, ProblemKind, ProblemRecord, SnapshotDamage, VerifyReport, VerifyStatus,
+};
 use keel_journal::MetadataJournal;
 use keel_storage::{Directory, FsDirectory};
 use serde_json::Value;
@@ -67,7 +69,7 @@ async fn verify_raft(
     if let Some(meta) = raft::check_meta(path)?.filter(|m| !m.valid) {
         corrupt = true;
         problems.push(ProblemRecord {
-            kind: "raft_meta".into(),
+            kind: ProblemKind::RaftMeta,
             file: meta.file,
             offset: 0,
             op: None,
@@ -78,7 +80,7 @@ async fn verify_raft(
     for snapshot in snapshots.iter().filter(|s| !s.valid) {
         corrupt = true;
         problems.push(ProblemRecord {
-            kind: "snapshot_checksum".into(),
+            kind: ProblemKind::Snapshot(SnapshotDamage::Checksum),
             file: snapshot.file.clone(),
             offset: 0,
             op: Some(snapshot.op),
