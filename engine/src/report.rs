@@ -350,12 +350,16 @@ impl VerifyReport {
         problems: Vec<ProblemRecord>,
         snapshots: Vec<SnapshotInfo>,
     ) -> Self {
+        // Stray bytes after a sealed segment's end need no repair: listed, not a torn tail.
+        let needs_repair = problems
+            .iter()
+            .any(|p| p.kind != ProblemKind::Journal(Case::StrayAfterEnd));
         let status = if corrupt {
             VerifyStatus::Corrupt
-        } else if problems.is_empty() {
-            VerifyStatus::Clean
-        } else {
+        } else if needs_repair {
             VerifyStatus::TornTail
+        } else {
+            VerifyStatus::Clean
         };
         VerifyReport {
             status,

@@ -13,7 +13,7 @@ use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::format::EntryKind;
 use crate::live::LiveMap;
-use crate::outcome::PlannedCut;
+use crate::outcome::{Case, PlannedCut};
 use crate::recovery::{action, op_ranges, Action};
 use crate::repair;
 use crate::scan::{self, LogScan};
@@ -217,6 +217,7 @@ impl<D: Directory> MetadataJournal<D> {
                 }
             }
         }
+        report_strays(&scan, &mut report);
         summarize(&scan, &mut report);
         let index = replay_index(&scan, config.slot_count);
         Ok(OpenPlan {
@@ -410,4 +411,14 @@ fn writer_state(scan: &LogScan) -> WriterState {
         w.needs_rotation = true;
     }
     w
+}
+
+/// Adds the stray bytes after sealed segment ends (which cut nothing) to `report`, after the
+/// stop: callers take the first problem for the stop.
+fn report_strays(scan: &LogScan, report: &mut ScanReport) {
+    let strays = scan
+        .problems
+        .iter()
+        .filter(|p| p.case == Case::StrayAfterEnd);
+    report.problems.extend(strays.map(problem));
 }

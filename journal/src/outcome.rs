@@ -27,11 +27,14 @@ pub enum Case {
     SegmentMismatch,
     /// A segment of a newer format version.
     UnknownVersion,
+    /// Bytes after a sealed segment's last entry that belong to no entry: the next segment's
+    /// header starts the log exactly there.
+    StrayAfterEnd,
 }
 
 impl Case {
     /// Every case, in the table's order.
-    pub const ALL: [Case; 8] = [
+    pub const ALL: [Case; 9] = [
         Case::CleanEnd,
         Case::TornTail,
         Case::TornSegmentHeader,
@@ -40,6 +43,7 @@ impl Case {
         Case::ChainBreak,
         Case::SegmentMismatch,
         Case::UnknownVersion,
+        Case::StrayAfterEnd,
     ];
 
     /// The printed name (a problem's and an error's `kind`).
@@ -53,6 +57,7 @@ impl Case {
             Case::ChainBreak => "chain_break",
             Case::SegmentMismatch => "segment_mismatch",
             Case::UnknownVersion => "unknown_version",
+            Case::StrayAfterEnd => "stray_after_end",
         }
     }
 }

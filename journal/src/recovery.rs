@@ -76,7 +76,7 @@ pub struct CaseInfo {
 }
 
 /// The decision table. Every case appears exactly once (tested).
-pub const TABLE: [CaseInfo; 8] = [
+pub const TABLE: [CaseInfo; 9] = [
     CaseInfo {
         case: Case::CleanEnd,
         cause: "the log ends at an entry boundary: end of file or preallocated zeroes; a normal shutdown or crash between batches",
@@ -141,6 +141,14 @@ pub const TABLE: [CaseInfo; 8] = [
         absolute: Action::Refuse,
         point_in_time: Action::Refuse,
     },
+    CaseInfo {
+        case: Case::StrayAfterEnd,
+        cause: "bytes after a sealed segment's last entry that no entry claims (a misdirected write or a stale block): the next segment's header starts the log exactly there, so nothing is missing; they are left in place and go when compaction deletes the segment",
+        corruption: false,
+        tolerate_torn_tail: Action::Nothing,
+        absolute: Action::Nothing,
+        point_in_time: Action::Nothing,
+    },
 ];
 
 /// The proofs of durability the look-ahead found for the bytes at a stop (the classifier's other
@@ -156,20 +164,26 @@ pub struct Proofs {
     pub segment_header: bool,
     /// The stop lies in a segment compaction rewrote (every byte fsynced before it got its name).
     pub rewritten: bool,
+    /// The next file is the next segment and its header links to the chain state after the
+    /// stop's last valid entry: a rotation writes a header only after fsyncing every older byte,
+    /// so the log provably went on there and the bytes at the stop belong to no entry.
+    pub sealed: bool,
 }
 
 impl Proofs {
-    /// True when any proof vouches for the bytes.
+    /// True when any proof vouches for the bytes (`sealed` does not: it proves they belong to no
+    /// entry).
     pub fn any(self) -> bool {
         self.watermark || self.segment_header || self.rewritten
     }
 
-    /// Every combination of the three proofs (for tests that enumerate the table's inputs).
+    /// Every combination of the four proofs (for tests that enumerate the table's inputs).
     pub fn all_combinations() -> impl Iterator<Item = Proofs> {
-        (0..8u8).map(|bits| Proofs {
+        (0..16u8).map(|bits| Proofs {
             watermark: bits & 1 != 0,
             segment_header: bits & 2 != 0,
             rewritten: bits & 4 != 0,
+            sealed: bits & 8 != 0,
         })
     }
 }
@@ -206,6 +220,8 @@ pub struct Pattern {
     pub segment_header: Want,
     /// The stop lies in a rewritten segment.
     pub rewritten: Want,
+    /// The next segment's header links to the chain state at the stop.
+    pub sealed: Want,
     /// The case these inputs mean.
     pub case: Case,
     /// Which physical failure produces this input pattern.
@@ -218,6 +234,7 @@ impl Pattern {
             && self.watermark.matches(proofs.watermark)
             && self.segment_header.matches(proofs.segment_header)
             && self.rewritten.matches(proofs.rewritten)
+            && self.sealed.matches(proofs.sealed)
     }
 }
 
@@ -226,12 +243,13 @@ const SEGMENT_DAMAGE: &[StopFact] = &[StopFact::BadSegmentHeader];
 
 /// The classifier as rows of input patterns; exactly one row matches every input (asserted at
 /// run time, and tested over every combination).
-pub const PATTERNS: [Pattern; 11] = [
+pub const PATTERNS: [Pattern; 12] = [
     Pattern {
         facts: &[StopFact::CleanEnd],
         watermark: Want::Any,
         segment_header: Want::Any,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::CleanEnd,
         why: "the log ends at an entry boundary: a shutdown or a crash between batches (nothing follows, so no proof can exist)",
     },
@@ -240,6 +258,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::No,
         segment_header: Want::No,
         rewritten: Want::No,
+        sealed: Want::No,
         case: Case::TornTail,
         why: "a power cut during the last batch's write: nothing written after it claims it was fsynced",
     },
@@ -248,6 +267,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::Yes,
         segment_header: Want::Any,
         rewritten: Want::Any,
+        sealed: Want::No,
         case: Case::CorruptEntry,
         why: "bit rot, a misdirected or lost write in bytes a later entry says were fsynced",
     },
@@ -256,6 +276,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::No,
         segment_header: Want::Yes,
         rewritten: Want::Any,
+        sealed: Want::No,
         case: Case::CorruptEntry,
         why: "damage in a segment a later segment's header proves fsynced (rotation syncs first): bit rot or a lost write",
     },
@@ -264,6 +285,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::No,
         segment_header: Want::No,
         rewritten: Want::Yes,
+        sealed: Want::No,
         case: Case::CorruptEntry,
         why: "damage in a compacted segment, every byte of which was fsynced before it got its name",
     },
@@ -272,6 +294,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::No,
         segment_header: Want::No,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::TornSegmentHeader,
         why: "a power cut while a rotation wrote the newest segment's header: nothing in it was acknowledged",
     },
@@ -280,6 +303,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::Yes,
         segment_header: Want::Any,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::CorruptSegmentHeader,
         why: "a segment header damaged after later entries were written under a watermark that covers it",
     },
@@ -288,6 +312,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::No,
         segment_header: Want::Yes,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::CorruptSegmentHeader,
         why: "a segment header damaged although a later segment or its own entries exist, so it had been fsynced",
     },
@@ -296,6 +321,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::Any,
         segment_header: Want::Any,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::ChainBreak,
         why: "torn writes leave zeroes or partial sectors, never a checksum-valid entry in the wrong place: a stale block or a lost write under a later one",
     },
@@ -304,6 +330,7 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::Any,
         segment_header: Want::Any,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::SegmentMismatch,
         why: "a valid segment that is not the next one: renamed, copied or missing files",
     },
@@ -312,8 +339,18 @@ pub const PATTERNS: [Pattern; 11] = [
         watermark: Want::Any,
         segment_header: Want::Any,
         rewritten: Want::Any,
+        sealed: Want::Any,
         case: Case::UnknownVersion,
         why: "a segment written by a newer keel: not damage, this build cannot read it",
+    },
+    Pattern {
+        facts: ENTRY_DAMAGE,
+        watermark: Want::Any,
+        segment_header: Want::Any,
+        rewritten: Want::Any,
+        sealed: Want::Yes,
+        case: Case::StrayAfterEnd,
+        why: "a misdirected write or a stale block after a sealed segment's last entry: the next segment starts the log exactly there",
     },
 ];
 
@@ -410,6 +447,17 @@ mod tests {
                 let corrupt = info(case).corruption;
                 match fact {
                     StopFact::CleanEnd => assert!(!corrupt),
+                    // The next segment starts the log at the stop: nothing is cut or refused.
+                    StopFact::BadEntryHeader | StopFact::BadPayload if proofs.sealed => {
+                        assert_eq!(case, Case::StrayAfterEnd);
+                        for mode in [
+                            RecoveryMode::TolerateTornTail,
+                            RecoveryMode::Absolute,
+                            RecoveryMode::PointInTime,
+                        ] {
+                            assert_eq!(action(case, mode), Action::Nothing);
+                        }
+                    }
                     StopFact::BadEntryHeader
                     | StopFact::BadPayload
                     | StopFact::BadSegmentHeader => {

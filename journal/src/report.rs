@@ -140,7 +140,10 @@ impl ScanReport {
             if problem.is_corruption() {
                 return VerifyStatus::Corrupt;
             }
-            status = VerifyStatus::TornTail;
+            // Stray bytes after a sealed end need no repair: reported, not a torn tail.
+            if problem.kind != Case::StrayAfterEnd {
+                status = VerifyStatus::TornTail;
+            }
         }
         status
     }

@@ -18,7 +18,7 @@ use keel_storage::{BufResult, Directory, IoBuf, OpenMode, Storage};
 use crate::error::JournalError;
 use crate::format::{EntryKind, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES};
 use crate::live::LiveMap;
-use crate::recovery::StopFact;
+use crate::recovery::{Case, StopFact};
 use crate::scan::{
     classify_with, end_link, parse_entries, segment_header, Evidence, Link, LogScan, Parsed,
     ScannedSegment, Stop,
@@ -389,7 +389,28 @@ pub async fn scan_stream<D: Directory>(
             scan.bytes_read += other.bytes_read;
         }
         let later_refs: Vec<&Evidence> = later.iter().collect();
-        let at = classify_with(&files, index, stop, rewritten, &own, &later_refs);
+        // The chain state after the stop's last valid entry, when the stop lies among a valid
+        // segment's entries (that segment is the last one recorded).
+        let link_at_stop = scan
+            .segments
+            .last()
+            .filter(|s| s.number == files[index].number)
+            .map(|s| s.end_link);
+        let at = classify_with(
+            &files,
+            index,
+            stop,
+            rewritten,
+            &own,
+            &later_refs,
+            link_at_stop,
+        );
+        if at.case == Case::StrayAfterEnd {
+            // The next segment starts the log at the stop: go on there.
+            scan.record_stray(at);
+            link = link_at_stop;
+            continue;
+        }
         scan.record_stop(at);
         break;
     }

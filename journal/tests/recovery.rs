@@ -579,3 +579,73 @@ fn extreme_ops_and_watermarks_do_not_overflow() {
         assert_eq!(j.last_op(), Some(u64::MAX - 2));
     });
 }
+
+/// Bytes after a sealed segment's last entry that belong to no entry (a misdirected write's copy
+/// of an earlier block, here: valid, checksummed entry headers in the wrong place) are not a torn
+/// tail: the next segment's header starts the log exactly at that segment's end, so every
+/// acknowledged op stays, the open cuts nothing, and verify calls the log clean while listing
+/// the stray bytes. (Before, the open cut the later segments as a torn tail, losing acknowledged
+/// ops.)
+#[test]
+fn stray_bytes_after_a_sealed_segment_end_cut_nothing() {
+    use keel_journal::Case;
+    use keel_storage::{Directory, OpenMode, Storage};
+    let config = small_config();
+    run(async {
+        let fs = MemFs::new(21);
+        let (j, _) = open(&fs, &config).await;
+        let ops = 1..=120u64;
+        for op in ops.clone() {
+            j.append(op, &payload(op, 1)).await.unwrap();
+        }
+        j.close().await.unwrap();
+        let segments = MetadataJournal::inspect(&fs.root(), config.clone())
+            .await
+            .unwrap();
+        assert!(segments.len() >= 3, "the workload spans several segments");
+        let sealed = &segments[0];
+        let dir = fs.root().open_dir("journal", false).await.unwrap();
+        let file = dir
+            .open_file(&sealed.file, OpenMode::Existing)
+            .await
+            .unwrap();
+        // A copy of the segment's first entries, placed on the next sector after its end.
+        let copy = file
+            .read_exact_at(SEGMENT_HEADER_BYTES as u64, 512)
+            .await
+            .unwrap();
+        let at = sealed.data_end_bytes.next_multiple_of(512);
+        file.write_all_at(at, copy).await.0.unwrap();
+        file.sync().await.unwrap();
+        fs.crash();
+
+        let report = MetadataJournal::verify(&fs.root(), config.clone())
+            .await
+            .unwrap();
+        assert_eq!(report.status(), VerifyStatus::Clean, "{report:?}");
+        assert!(
+            report
+                .problems
+                .iter()
+                .any(|p| p.kind == Case::StrayAfterEnd && p.file == sealed.file),
+            "verify lists the stray bytes: {report:?}"
+        );
+        let (j, report) = open(&fs, &config).await;
+        assert!(report.repairs.is_empty(), "nothing cut: {report:?}");
+        assert!(report
+            .problems
+            .iter()
+            .any(|p| p.kind == Case::StrayAfterEnd));
+        for op in ops {
+            assert_eq!(
+                j.entry(op)
+                    .await
+                    .unwrap()
+                    .expect("acknowledged op kept")
+                    .payload[..],
+                payload(op, 1)[..],
+                "op {op}"
+            );
+        }
+    });
+}

@@ -4,7 +4,7 @@
 
 use keel_storage::Directory;
 
-use super::{valid_headers, Stop, StopAt};
+use super::{valid_headers, Link, Stop, StopAt};
 use crate::error::JournalError;
 use crate::format::{EntryKind, SegmentHeader, ENTRY_ALIGN_BYTES};
 use crate::recovery::{classify, Proofs, StopFact};
@@ -22,6 +22,8 @@ pub struct Evidence {
     pub data_ops: Vec<u64>,
     /// `first_seq` of the file's valid segment header, when the stretch began at offset 0.
     pub header_first_seq: Option<u64>,
+    /// That header itself (does it start the log where an earlier segment's entries stop?).
+    pub header: Option<SegmentHeader>,
 }
 
 impl Evidence {
@@ -31,6 +33,7 @@ impl Evidence {
         if whole_file && base == 0 {
             if let Ok(header) = SegmentHeader::decode(bytes) {
                 self.header_first_seq = Some(header.first_seq);
+                self.header = Some(header);
             }
         }
         for (_, h) in valid_headers(bytes, from.saturating_sub(base)) {
@@ -51,7 +54,9 @@ impl Evidence {
 }
 
 /// Classifies a stop in file `index` from what the rest of that file (`own`) and every later file
-/// (`later`, in order) prove, with the proofs of durability they give.
+/// (`later`, in order) prove, with the proofs of durability they give. `link_at_stop` is the
+/// chain state after the stop's last valid entry, when the stop lies among a valid segment's
+/// entries (the next segment's header may then start the log right there: `sealed`).
 pub fn classify_with(
     files: &[SegmentFile],
     index: usize,
@@ -59,6 +64,7 @@ pub fn classify_with(
     rewritten: bool,
     own: &Evidence,
     later: &[&Evidence],
+    link_at_stop: Option<Link>,
 ) -> StopAt {
     let max_durable = later
         .iter()
@@ -88,6 +94,12 @@ pub fn classify_with(
             known && header_proven_seq >= stop.expected_seq
         },
         rewritten,
+        sealed: sealed_at(
+            files,
+            index,
+            later.first().and_then(|e| e.header),
+            link_at_stop,
+        ),
     };
     let case = classify(stop.fact, proofs);
     let mut later_data_ops: Vec<u64> = own
@@ -109,6 +121,24 @@ pub fn classify_with(
     }
 }
 
+/// Whether the next file is the next segment and its header (`next_header`) starts the log at
+/// `link_at_stop`, the chain state after the last valid entry of file `index`.
+fn sealed_at(
+    files: &[SegmentFile],
+    index: usize,
+    next_header: Option<SegmentHeader>,
+    link_at_stop: Option<Link>,
+) -> bool {
+    let (Some(link), Some(header), Some(next)) = (link_at_stop, next_header, files.get(index + 1))
+    else {
+        return false;
+    };
+    files[index].number.checked_add(1) == Some(next.number)
+        && header.segment_no == next.number
+        && header.first_seq == link.next_seq
+        && header.prev_crc == link.chain_crc
+}
+
 /// Looks past a stop (rest of this file, every later file) and classifies it. Each later file's
 /// evidence is read once per scan and cached in `later_cache`, whatever the number of stops.
 #[allow(clippy::too_many_arguments)]
@@ -119,6 +149,7 @@ pub(super) async fn classify_stop<D: Directory>(
     bytes: &[u8],
     stop: Stop,
     rewritten: bool,
+    link_at_stop: Option<Link>,
     max_file_bytes: u64,
     later_cache: &mut Vec<Option<Evidence>>,
 ) -> Result<StopAt, JournalError> {
@@ -137,5 +168,13 @@ pub(super) async fn classify_stop<D: Directory>(
         }
     }
     let later: Vec<&Evidence> = later_cache[index + 1..].iter().flatten().collect();
-    Ok(classify_with(files, index, stop, rewritten, &own, &later))
+    Ok(classify_with(
+        files,
+        index,
+        stop,
+        rewritten,
+        &own,
+        &later,
+        link_at_stop,
+    ))
 }

@@ -114,6 +114,17 @@ impl LogScan {
         })
     }
 
+    /// Records stray bytes after a sealed segment's end ([`Case::StrayAfterEnd`]): a problem
+    /// to report, not a stop (the log goes on in the next segment).
+    pub(crate) fn record_stray(&mut self, at: StopAt) {
+        assert_eq!(
+            at.case,
+            Case::StrayAfterEnd,
+            "only stray bytes are not stops"
+        );
+        self.problems.push(at);
+    }
+
     /// Records a stop as a problem; returns true if it is the first (the one recovery acts on).
     pub(crate) fn record_stop(&mut self, at: StopAt) -> bool {
         self.problems.push(at.clone());
@@ -259,6 +270,17 @@ pub async fn scan_log<D: Directory>(
     Ok(scanner.scan)
 }
 
+/// What recording a stop means for the scan.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Recorded {
+    /// The scan ends (the first stop, without `keep_going`).
+    Ends,
+    /// Resynchronise past it (verify).
+    GoesOn,
+    /// Stray bytes after a sealed end: the next segment goes on from the stop.
+    Sealed,
+}
+
 /// How one file's scan ends for the rest of the log.
 enum FileEnd {
     /// Go on with the next file, whose header must link to this chain state (`None`: unknown,
@@ -332,7 +354,7 @@ impl<D: Directory> Scanner<'_, D> {
                 .min()
                 .unwrap_or(u64::MAX);
         }
-        if self.record(index, bytes, stop, false).await? {
+        if self.record(index, bytes, stop, false, None).await? == Recorded::Ends {
             return Ok(Err(FileEnd::Done));
         }
         if stop.fact == StopFact::UnknownVersion {
@@ -395,8 +417,18 @@ impl<D: Directory> Scanner<'_, D> {
                 }
                 Err(stop) => stop,
             };
-            if self.record(index, bytes, stop, rewritten).await? {
-                return Ok(FileEnd::Done);
+            let link_at_stop = match header {
+                Some(h) if !stopped => Some(end_link(&h, after)),
+                _ => None,
+            };
+            match self
+                .record(index, bytes, stop, rewritten, link_at_stop)
+                .await?
+            {
+                Recorded::Ends => return Ok(FileEnd::Done),
+                // The next segment starts the log here: nothing after the stop is an entry.
+                Recorded::Sealed => return Ok(FileEnd::Next(link_at_stop)),
+                Recorded::GoesOn => {}
             }
             match resync(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64) {
                 Some((offset, link)) => {
@@ -408,15 +440,17 @@ impl<D: Directory> Scanner<'_, D> {
         }
     }
 
-    /// Classifies a stop and records it; true when the scan ends here (the first stop, unless
-    /// `keep_going`).
+    /// Classifies a stop and records it: whether the scan ends here (the first stop, unless
+    /// `keep_going`), goes on past it, or goes on in the next segment, which starts the log
+    /// exactly at the stop.
     async fn record(
         &mut self,
         index: usize,
         bytes: &[u8],
         stop: Stop,
         rewritten: bool,
-    ) -> Result<bool, JournalError> {
+        link_at_stop: Option<Link>,
+    ) -> Result<Recorded, JournalError> {
         let at = classify_stop(
             self.dir,
             self.files,
@@ -424,11 +458,20 @@ impl<D: Directory> Scanner<'_, D> {
             bytes,
             stop,
             rewritten,
+            link_at_stop,
             self.max_file_bytes,
             &mut self.later_cache,
         )
         .await?;
-        Ok(self.scan.record_stop(at) && !self.keep_going)
+        if at.case == Case::StrayAfterEnd {
+            self.scan.record_stray(at);
+            return Ok(Recorded::Sealed);
+        }
+        Ok(if self.scan.record_stop(at) && !self.keep_going {
+            Recorded::Ends
+        } else {
+            Recorded::GoesOn
+        })
     }
 }
 

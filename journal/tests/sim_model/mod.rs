@@ -119,6 +119,10 @@ pub struct MarkerEvent {
     pub removed: BTreeMap<u64, Vec<Version>>,
     /// Its entry changed after it was written (or could no longer be found).
     pub stray: bool,
+    /// Snapshot watermarks issued before it whose calls never returned (dropped or failed): they
+    /// may be durable, so if this marker's group is lost one of them may show instead of
+    /// `previous`.
+    pub superseded_pending: Vec<u64>,
 }
 
 #[derive(Debug, Default)]
@@ -242,6 +246,7 @@ impl Model {
             previous,
             removed: BTreeMap::new(),
             stray: false,
+            superseded_pending: Vec::new(),
         });
         self.markers.last_mut().expect("just pushed")
     }
@@ -272,7 +277,15 @@ impl Model {
         let kept = self.ops.split_off(&(s + 1));
         let removed = std::mem::replace(&mut self.ops, kept);
         let previous = self.snapshot_op;
-        self.marker(EntryKind::Snapshot, s, previous).removed = all_versions(removed);
+        let superseded: Vec<u64> = self
+            .pending_snapshots
+            .keys()
+            .copied()
+            .filter(|&p| p <= s && p > previous)
+            .collect();
+        let marker = self.marker(EntryKind::Snapshot, s, previous);
+        marker.removed = all_versions(removed);
+        marker.superseded_pending = superseded;
         self.snapshot_op = self.snapshot_op.max(s);
         self.pending_snapshots.retain(|&p, _| p > s);
     }
@@ -384,7 +397,21 @@ impl Model {
                 return Err(format!("op {op} at or below snapshot {snapshot} is live"));
             }
             if !self.may_be_present(*op, bytes, &excusable) {
-                return Err(format!("op {op} has bytes nobody acknowledged or issued"));
+                let versions: Vec<(usize, u64)> = self
+                    .ops
+                    .get(op)
+                    .map(|h| {
+                        h.versions
+                            .iter()
+                            .map(|v| (v.bytes.len(), v.group))
+                            .collect()
+                    })
+                    .unwrap_or_default();
+                return Err(format!(
+                    "op {op} has bytes nobody acknowledged or issued ({} bytes; versions as \
+                     (bytes, group): {versions:?})",
+                    bytes.len()
+                ));
             }
         }
         self.check_required(live, snapshot, strict_written, &excuses)
@@ -459,7 +486,10 @@ impl Model {
                 break;
             }
             match marker.kind {
-                EntryKind::Snapshot => snapshots.push(marker.previous),
+                EntryKind::Snapshot => {
+                    snapshots.push(marker.previous);
+                    snapshots.extend(&marker.superseded_pending);
+                }
                 EntryKind::Commit => required_commit = required_commit.min(marker.previous),
                 _ => {}
             }
@@ -518,11 +548,17 @@ impl Model {
         self.acknowledging();
         let mut ops = BTreeMap::new();
         for (op, bytes) in live {
-            let matched = self
-                .ops
-                .get(&op)
-                .and_then(|h| h.versions.iter().rev().find(|v| v.bytes == bytes))
-                .cloned();
+            let history = self.ops.get(&op);
+            let matched_at =
+                history.and_then(|h| h.versions.iter().rposition(|v| v.bytes == bytes));
+            let matched = matched_at.map(|i| history.expect("matched").versions[i].clone());
+            // After a process crash the page cache may show a version whose write the device
+            // dropped (a lost write): a later power cut can bring back an older one, which the
+            // present version's faulted group then excuses. A power cut settles everything.
+            let mut versions: Vec<Version> = match (power_cut, matched_at, history) {
+                (false, Some(i), Some(h)) => h.versions[..i].to_vec(),
+                _ => Vec::new(),
+            };
             let mut version = matched.unwrap_or(Version {
                 bytes,
                 fate: Fate::Pending,
@@ -537,10 +573,11 @@ impl Model {
             if power_cut {
                 version.stray = false;
             }
+            versions.push(version);
             ops.insert(
                 op,
                 History {
-                    versions: vec![version],
+                    versions,
                     maybe_removed: None,
                 },
             );
