@@ -95,6 +95,7 @@
 #![deny(missing_docs)]
 
 mod compaction;
+mod completion;
 mod config;
 mod direct;
 mod error;
@@ -114,6 +115,7 @@ mod scan;
 mod segment;
 mod slots;
 mod stream;
+mod window;
 mod writer;
 
 use std::cell::RefCell;

@@ -9,12 +9,9 @@
 //! resolve a durable append before an fsync covers it and every entry before it, and never hold a
 //! `RefCell` borrow across an await.
 
-use std::cell::RefCell;
 use std::collections::{BTreeSet, VecDeque};
-use std::future::Future;
-use std::pin::Pin;
 use std::rc::Rc;
-use std::task::{Context, Poll, Waker};
+use std::task::Waker;
 
 use keel_storage::Directory;
 
@@ -26,6 +23,8 @@ use crate::scan::Link;
 use crate::slots::{check_op, Location, SlotRefusal};
 use crate::{MetadataJournal, State};
 
+pub(crate) use crate::completion::{Completion, Failure, WakeOnce};
+
 /// Run buffers kept for reuse once written (each up to `max_batch_bytes`, and all of them together
 /// at most `max_inflight_bytes`): enough for every run the in-flight bound allows (8 with the
 /// defaults), so a stream of buffered appends allocates no run buffer in steady state (with 4,
@@ -35,83 +34,6 @@ const SPARE_BUFFERS_MAX: usize = 16;
 /// A run's first capacity with `sync_on_append` (groups are usually small); buffered appends
 /// reserve a whole `max_batch_bytes` run at once, so encoding never reallocates.
 const SYNC_RUN_CAPACITY_BYTES: usize = 64 << 10;
-
-/// Why a group commit failed; cloned to every entry it covered.
-#[derive(Debug, Clone)]
-pub(crate) struct Failure {
-    pub stage: &'static str,
-    pub file: String,
-    pub kind: std::io::ErrorKind,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn from_error(error: &JournalError) -> Self {
-        match error {
-            JournalError::Io {
-                stage,
-                file,
-                source,
-            } => Self {
-                stage,
-                file: file.clone(),
-                kind: source.kind(),
-                message: source.to_string(),
-            },
-            other => Self {
-                stage: "write",
-                file: String::new(),
-                kind: std::io::ErrorKind::Other,
-                message: other.to_string(),
-            },
-        }
-    }
-
-    /// The error for an entry that was in the failed batch (`in_flight`) or merely queued.
-    fn to_error(&self, in_flight: bool) -> JournalError {
-        if in_flight {
-            JournalError::Io {
-                stage: self.stage,
-                file: self.file.clone(),
-                source: std::io::Error::new(self.kind, self.message.clone()),
-            }
-        } else {
-            JournalError::Poisoned(self.describe())
-        }
-    }
-
-    pub fn describe(&self) -> String {
-        format!("{} on {}: {}", self.stage, self.file, self.message)
-    }
-}
-
-/// A one-shot completion for one entry (or one flush request), woken by the writer task.
-#[derive(Default)]
-pub(crate) struct Completion {
-    result: RefCell<Option<Result<(), (Failure, bool)>>>,
-    waker: RefCell<Option<Waker>>,
-}
-
-impl Completion {
-    pub fn resolve(&self, result: Result<(), (Failure, bool)>) {
-        let mut slot = self.result.borrow_mut();
-        if slot.is_none() {
-            *slot = Some(result);
-        }
-        drop(slot);
-        self.wake();
-    }
-
-    pub fn wake(&self) {
-        if let Some(waker) = self.waker.borrow_mut().take() {
-            waker.wake();
-        }
-    }
-
-    fn is_done(&self) -> bool {
-        self.result.borrow().is_some()
-    }
-}
 
 /// One entry waiting in a run.
 pub(crate) struct PendingEntry {
@@ -321,28 +243,6 @@ impl WriterState {
                     .iter()
                     .find_map(|run| within(run.segment, run.offset_bytes, &run.buf))
             })
-    }
-}
-
-/// Pending until woken once (a registered waker fired); the caller re-checks its condition.
-pub(crate) struct WakeOnce<'a> {
-    pub register: &'a dyn Fn(Waker) -> bool,
-    pub registered: bool,
-}
-
-impl Future for WakeOnce<'_> {
-    type Output = ();
-    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        if self.registered {
-            return Poll::Ready(());
-        }
-        // `register` returns false when the condition already holds (no need to sleep).
-        if (self.register)(cx.waker().clone()) {
-            self.registered = true;
-            Poll::Pending
-        } else {
-            Poll::Ready(())
-        }
     }
 }
 
@@ -614,23 +514,7 @@ impl<D: Directory> MetadataJournal<D> {
     /// Waits for the writer to resolve `completion`. Dropping this future changes nothing: the
     /// entry is written all the same, and nobody else waits on this completion.
     async fn wait(&self, completion: Rc<Completion>) -> Result<(), JournalError> {
-        loop {
-            if let Some(result) = completion.result.borrow_mut().take() {
-                return result.map_err(|(failure, in_flight)| failure.to_error(in_flight));
-            }
-            let register = |waker: Waker| {
-                if completion.is_done() {
-                    return false;
-                }
-                *completion.waker.borrow_mut() = Some(waker);
-                true
-            };
-            WakeOnce {
-                register: &register,
-                registered: false,
-            }
-            .await;
-        }
+        completion.wait().await
     }
 
     pub(crate) fn file_path(&self, name: &str) -> String {

@@ -73,7 +73,8 @@ struct Filter<'a> {
 impl Filter<'_> {
     fn wants(&self, entry: &EntryInfo) -> bool {
         (self.args.from..=self.to).contains(&entry.op)
-            && (self.args.kind.is_empty() || self.args.kind.iter().any(|k| k.name() == entry.kind))
+            && (self.args.kind.is_empty()
+                || self.args.kind.iter().any(|k| k.name() == entry.kind.name()))
     }
 }
 
@@ -161,7 +162,8 @@ impl<'a> Printer<'a> {
         let hex = args
             .hex
             .then(|| hex(&payload[..payload.len().min(MAX_HEX_BYTES)]));
-        let command = (args.decode && entry.kind == "data").then(|| decoded(payload));
+        let command =
+            (args.decode && entry.kind == keel_journal::EntryKind::Data).then(|| decoded(payload));
         if args.json {
             let mut line = self.base("entry");
             if let Ok(Value::Object(fields)) = serde_json::to_value(entry) {
@@ -263,7 +265,7 @@ fn line(e: &EntryInfo) -> String {
     format!(
         "op {}  kind {}  len {}  crc32 {}{}  seq {}  commit {}  at {}:{}",
         e.op,
-        e.kind,
+        e.kind.name(),
         e.len,
         e.checksum,
         if e.checksum_ok { "" } else { " (MISMATCH)" },

@@ -63,7 +63,7 @@ pub async fn config_for(
 async fn inferred_slots(root: &FsDirectory) -> Result<u64, CliError> {
     let mut max_marker_op = 0;
     let segments = walk_journal(root, |entry, _| {
-        if entry.kind == "snapshot" {
+        if entry.kind == keel_journal::EntryKind::Snapshot {
             max_marker_op = max_marker_op.max(entry.op);
         }
     })

@@ -5,6 +5,7 @@
 //! `verify`'s job (the journal's scan); this only shows what is there.
 
 use keel_journal::forensic::{self, ForensicEntry, ForensicSegment, ForensicStop};
+use keel_journal::EntryKind;
 use keel_storage::{Directory, FsDirectory};
 use serde::Serialize;
 
@@ -13,12 +14,18 @@ use super::error::CliError;
 /// The journal's directory under an engine directory.
 pub const JOURNAL_DIR: &str = "journal";
 
+/// An entry kind as the JSON prints it: its name.
+fn kind_name<S: serde::Serializer>(kind: &EntryKind, serializer: S) -> Result<S::Ok, S::Error> {
+    serializer.serialize_str(kind.name())
+}
+
 /// One entry found in a segment.
 #[derive(Debug, Clone, Serialize)]
 pub struct EntryInfo {
     pub op: u64,
-    /// `data`, `truncate`, `commit` or `snapshot`.
-    pub kind: &'static str,
+    /// Data, truncate, commit or snapshot (printed as its name: `data`, `truncate`, ...).
+    #[serde(serialize_with = "kind_name")]
+    pub kind: EntryKind,
     /// Payload length in bytes.
     pub len: u32,
     /// The stored payload crc32.
@@ -96,7 +103,7 @@ struct OpRanges(std::collections::BTreeMap<String, (u64, u64)>);
 
 impl OpRanges {
     fn add(&mut self, name: &str, entry: &EntryInfo) {
-        if entry.kind != "data" {
+        if entry.kind != EntryKind::Data {
             return;
         }
         let range = self
@@ -209,7 +216,7 @@ fn entry_info(name: &str, entry: &ForensicEntry<'_>) -> EntryInfo {
     let header = &entry.header;
     EntryInfo {
         op: header.op,
-        kind: header.kind.name(),
+        kind: header.kind,
         len: header.payload_len,
         checksum: format!("{:#010x}", header.payload_crc),
         checksum_ok: entry.payload_ok,
