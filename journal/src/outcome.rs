@@ -8,8 +8,10 @@
 
 use std::fmt;
 
-/// The named cases of the recovery table (docs/durability.md).
+/// The named cases of the recovery table (docs/durability.md). More may come: match with a
+/// wildcard arm outside this crate.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum Case {
     /// The log ends at an entry boundary.
     CleanEnd,
@@ -71,6 +73,7 @@ impl fmt::Display for Case {
 /// The cut a plan will make (the table's order for the first stop), and the kind of the repair
 /// that carried it out.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
 pub enum PlannedCut {
     /// A torn tail: bytes no proof vouches for.
     TornTail,
