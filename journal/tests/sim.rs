@@ -1,8 +1,8 @@
 //! The simulator: random workloads with group commit on MemFs, restarts of three kinds at random
 //! points (a power cut; a process crash that leaves the page cache; a process crash, a restart,
 //! more work and then a power cut), also in the middle of an open's repair, futures dropped at
-//! random awaits, I/O errors and no-space, misdirected and lost writes, and bit flips, checked
-//! against a model after every reopen.
+//! random awaits, I/O errors, no-space and short writes, misdirected and lost writes, and bit
+//! flips, checked against a model after every reopen.
 //!
 //! Invariants checked after each reopen (the exact rule, with the documented limit for misdirected
 //! and lost writes, is in `sim_model`):
@@ -143,10 +143,12 @@ fn error_faults(rng: &mut SmallRng) -> Option<FaultConfig> {
         FaultOp::Read,
     ];
     let op = ops[rng.gen_range(0..ops.len())];
-    let kind = if rng.gen_bool(0.25) {
-        FaultKind::NoSpace
-    } else {
-        FaultKind::Io
+    // Short writes (half the bytes, then the rest by write_all_at's loop: a crash between the
+    // two leaves a torn run) in a third of the write-fault epochs.
+    let kind = match rng.gen_range(0..12) {
+        0..=3 if op == FaultOp::Write => FaultKind::ShortWrite,
+        4..=6 => FaultKind::NoSpace,
+        _ => FaultKind::Io,
     };
     Some(FaultConfig::new().fail_with_probability(op, 0.05, kind))
 }
@@ -753,7 +755,10 @@ fn simulator() {
         assert!(total.acks > 0, "the workload must acknowledge something");
         let f = &total.faults;
         assert!(
-            f.process_crash_then_power_cut > 0 && f.dropped_futures > 0 && f.direct_writes > 0,
+            f.process_crash_then_power_cut > 0
+                && f.dropped_futures > 0
+                && f.direct_writes > 0
+                && f.short_writes > 0,
             "{f}"
         );
     }
