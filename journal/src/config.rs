@@ -28,10 +28,11 @@ pub struct JournalConfig {
     /// Largest payload of one entry. Default 1 MiB; at most the format's limit
     /// ([`format::MAX_PAYLOAD_BYTES_LIMIT`]).
     pub max_payload_bytes: usize,
-    /// Keep zero-written space ahead of the write cursor (steps of an eighth of a segment, at
-    /// most 8 MiB), so a durable write overwrites instead of extending the file, which costs an
-    /// fdatasync about twice as much here (docs/performance.md). Only with `sync_on_append`:
-    /// buffered appends never preallocate (it would write every byte twice). Default true.
+    /// Keep zero-written space ahead of the write cursor (a new segment starts with 256 KiB, each
+    /// later step is half what it holds, at most an eighth of a segment or 8 MiB), so a durable
+    /// write overwrites instead of extending the file, which costs an fdatasync about twice as
+    /// much here (docs/performance.md). Only with `sync_on_append`: buffered appends never
+    /// preallocate (it would write every byte twice). Default true.
     pub preallocate: bool,
     /// True: an append resolves once an fsync (or a write-through write) covers it and every
     /// entry before it. False: an append resolves once accepted into the writer's buffer
