@@ -20,9 +20,8 @@ pub struct Evidence {
     pub min_seq: Option<u64>,
     /// Ops of valid data entry headers (what a cut would remove).
     pub data_ops: Vec<u64>,
-    /// `first_seq` of the file's valid segment header, when the stretch began at offset 0.
-    pub header_first_seq: Option<u64>,
-    /// That header itself (does it start the log where an earlier segment's entries stop?).
+    /// The file's valid segment header, when the stretch began at offset 0: its `first_seq` is a
+    /// proof, and does it start the log where an earlier segment's entries stop?
     pub header: Option<SegmentHeader>,
 }
 
@@ -32,7 +31,6 @@ impl Evidence {
     pub fn add(&mut self, bytes: &[u8], base: u64, from: u64, whole_file: bool) {
         if whole_file && base == 0 {
             if let Ok(header) = SegmentHeader::decode(bytes) {
-                self.header_first_seq = Some(header.first_seq);
                 self.header = Some(header);
             }
         }
@@ -75,11 +73,11 @@ pub fn classify_with(
     // The highest seq a later segment header proves durable (its `first_seq - 1`).
     let header_proven_seq = later
         .iter()
-        .filter_map(|e| e.header_first_seq)
+        .filter_map(|e| e.header.map(|h| h.first_seq))
         .map(|first| first.saturating_sub(1))
         .max()
         .unwrap_or(0);
-    let later_segment_header = later.iter().any(|e| e.header_first_seq.is_some());
+    let later_segment_header = later.iter().any(|e| e.header.is_some());
     let known = stop.expected_seq != u64::MAX;
     let proofs = Proofs {
         watermark: known && max_durable >= stop.expected_seq,
