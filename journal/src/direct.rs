@@ -58,11 +58,17 @@ impl DirectWrites {
         let mut buf = std::mem::take(&mut self.staging);
         buf.clear();
         buf.reserve(padded_bytes + DIRECT_ALIGN_BYTES);
-        // Within the reserved capacity, so the resize below never moves the buffer.
+        // Within the reserved capacity, so what follows never moves the buffer.
         let start = buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+        buf.resize(start, 0);
+        buf.extend_from_slice(&prefix);
+        buf.extend_from_slice(data);
         buf.resize(start + padded_bytes, 0);
-        buf[start..start + prefix_len].copy_from_slice(&prefix);
-        buf[start + prefix_len..start + prefix_len + data.len()].copy_from_slice(data);
+        assert_eq!(
+            buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES),
+            start,
+            "the buffer never moved"
+        );
         let BufResult(result, slice) = file
             .write_all_at(block_start_bytes, buf.slice(start..start + padded_bytes))
             .await;
