@@ -356,7 +356,10 @@ impl<D: Directory> MetadataJournal<D> {
         } else {
             keel_storage::OpenMode::Existing
         };
-        let opened = segment::open_for(&self.dir, &name, mode, self.segment_writes()).await;
+        let opened = self
+            .dir
+            .open_file_as(&name, mode, self.segment_writes())
+            .await;
         let file = Rc::new(
             opened.map_err(|e| JournalError::io("reopen segment", self.file_path(&name), e))?,
         );

@@ -272,15 +272,15 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// How segments this journal writes are opened (see [`JournalConfig::write_through`] and
     /// [`JournalConfig::direct_io`]).
-    pub(crate) fn segment_writes(&self) -> segment::SegmentWrites {
-        use segment::SegmentWrites;
+    pub(crate) fn segment_writes(&self) -> keel_storage::WriteMode {
+        use keel_storage::WriteMode;
         match (
             self.config.sync_on_append && self.config.write_through,
             self.config.direct_io,
         ) {
-            (false, _) => SegmentWrites::Buffered,
-            (true, false) => SegmentWrites::WriteThrough,
-            (true, true) => SegmentWrites::Direct,
+            (false, _) => WriteMode::Buffered,
+            (true, false) => WriteMode::WriteThrough,
+            (true, true) => WriteMode::Direct,
         }
     }
 

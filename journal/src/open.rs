@@ -337,8 +337,10 @@ impl<D: Directory> MetadataJournal<D> {
             OpenMode::Existing
         };
         for seg in &scan.segments {
-            let opened =
-                crate::segment::open_for(&self.dir, &seg.name, mode, self.segment_writes()).await;
+            let opened = self
+                .dir
+                .open_file_as(&seg.name, mode, self.segment_writes())
+                .await;
             let file = opened
                 .map_err(|e| JournalError::io("open segment", self.file_path(&seg.name), e))?;
             self.state.borrow_mut().segments.insert(

@@ -4,7 +4,7 @@
 //! file fsynced, directory fsynced before any entry goes in). It must never interpret entries or
 //! decide about damage.
 
-use keel_storage::{BufResult, Directory, OpenMode, Storage};
+use keel_storage::{BufResult, Directory, OpenMode, Storage, WriteMode};
 
 use crate::error::JournalError;
 use crate::format::{parse_segment_file_name, segment_file_name, SegmentHeader};
@@ -122,33 +122,6 @@ async fn read_file_into<F: Storage>(
     Ok(())
 }
 
-/// How a segment's writes reach the device (from [`crate::JournalConfig::write_through`] and
-/// [`crate::JournalConfig::direct_io`]).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum SegmentWrites {
-    /// Through the page cache, durable at the group's fsync.
-    Buffered,
-    /// `O_DSYNC`: each write durable when it completes.
-    WriteThrough,
-    /// `O_DSYNC`, aligned writes `O_DIRECT` too.
-    Direct,
-}
-
-/// Opens segment file `name` for the journal's writes as `writes` says (read-only handles are
-/// always plain).
-pub async fn open_for<D: Directory>(
-    dir: &D,
-    name: &str,
-    mode: OpenMode,
-    writes: SegmentWrites,
-) -> std::io::Result<D::File> {
-    match (writes, mode) {
-        (_, OpenMode::ReadOnly) | (SegmentWrites::Buffered, _) => dir.open_file(name, mode).await,
-        (SegmentWrites::WriteThrough, _) => dir.open_file_write_through(name, mode).await,
-        (SegmentWrites::Direct, _) => dir.open_file_direct(name, mode).await,
-    }
-}
-
 /// Creates segment `header.segment_no` as a new file (an existing file of that name is an error,
 /// never truncated: the open's scan accounted for every segment file), writes its header
 /// and, when `preallocate_to` is set, zeroes up to that length; fsyncs the file and the directory.
@@ -157,11 +130,11 @@ pub async fn create<D: Directory>(
     dir: &D,
     header: &SegmentHeader,
     preallocate_to: Option<u64>,
-    writes: SegmentWrites,
+    writes: WriteMode,
 ) -> Result<D::File, JournalError> {
     let name = segment_file_name(header.segment_no);
     let path = format!("{}/{name}", dir.display_path());
-    let opened = open_for(dir, &name, OpenMode::CreateNew, writes).await;
+    let opened = dir.open_file_as(&name, OpenMode::CreateNew, writes).await;
     let file = opened.map_err(|e| JournalError::io("create segment", &path, e))?;
     let BufResult(result, _) = file.write_all_at(0, header.encode().to_vec()).await;
     result.map_err(|e| JournalError::io("write segment header", &path, e))?;

@@ -74,9 +74,10 @@ pub fn direct_aligned(offset_bytes: u64, data: &[u8]) -> bool {
         && (data.as_ptr() as usize).is_multiple_of(align)
 }
 
-/// How a handle's writes reach the device (the three `Directory::open_file*` methods).
+/// How a handle's writes reach the device: which of the three `Directory::open_file*` methods
+/// [`Directory::open_file_as`] calls.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub(crate) enum WriteMode {
+pub enum WriteMode {
     /// Through the page cache; durable at `sync`.
     Buffered,
     /// `O_DSYNC`: durable when each write completes.
@@ -236,6 +237,22 @@ pub trait Directory: Clone + Sized + 'static {
     /// write-through. The default is [`Directory::open_file_write_through`].
     async fn open_file_direct(&self, name: &str, mode: OpenMode) -> io::Result<Self::File> {
         self.open_file_write_through(name, mode).await
+    }
+
+    /// Opens `name` with the open `writes` names ([`Directory::open_file`],
+    /// [`Directory::open_file_write_through`] or [`Directory::open_file_direct`]); a read-only
+    /// handle is always plain, as it writes nothing.
+    async fn open_file_as(
+        &self,
+        name: &str,
+        mode: OpenMode,
+        writes: WriteMode,
+    ) -> io::Result<Self::File> {
+        match (writes, mode) {
+            (_, OpenMode::ReadOnly) | (WriteMode::Buffered, _) => self.open_file(name, mode).await,
+            (WriteMode::WriteThrough, _) => self.open_file_write_through(name, mode).await,
+            (WriteMode::Direct, _) => self.open_file_direct(name, mode).await,
+        }
     }
 
     /// Opens the subdirectory `name`, creating it when `create` is set.
