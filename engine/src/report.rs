@@ -351,9 +351,10 @@ impl VerifyReport {
         snapshots: Vec<SnapshotInfo>,
     ) -> Self {
         // Stray bytes after a sealed segment's end need no repair: listed, not a torn tail.
-        let needs_repair = problems
-            .iter()
-            .any(|p| p.kind != ProblemKind::Journal(Case::StrayAfterEnd));
+        let needs_repair = problems.iter().any(|p| match p.kind {
+            ProblemKind::Journal(case) => keel_journal::needs_repair(case),
+            _ => true,
+        });
         let status = if corrupt {
             VerifyStatus::Corrupt
         } else if needs_repair {

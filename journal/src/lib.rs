@@ -135,7 +135,7 @@ pub use outcome::{Case, PlannedCut};
 pub use position::EntryPosition;
 pub use read::{Entry, JournalReader};
 pub use recovery::{
-    matching_row, one_of, Action, CaseInfo, Pattern, Proofs, StopFact, Want,
+    matching_row, needs_repair, one_of, Action, CaseInfo, Pattern, Proofs, StopFact, Want,
     PATTERNS as RECOVERY_PATTERNS, TABLE as RECOVERY_TABLE,
 };
 pub use report::{

@@ -396,6 +396,14 @@ pub fn info(case: Case) -> &'static CaseInfo {
         .expect("every case has a row (tested)")
 }
 
+/// Whether a problem of `case` makes a log anything but clean (verify's verdict): it is
+/// corruption, or the default mode would repair it. A clean end and stray bytes after a sealed
+/// end need nothing (the table's `Nothing`).
+pub fn needs_repair(case: Case) -> bool {
+    let row = info(case);
+    row.corruption || row.tolerate_torn_tail != Action::Nothing
+}
+
 pub fn action(case: Case, mode: RecoveryMode) -> Action {
     let row = info(case);
     match mode {

@@ -12,7 +12,7 @@ use crate::config::max_file_bytes;
 use crate::error::JournalError;
 use crate::format::EntryKind;
 use crate::outcome::{Case, PlannedCut};
-use crate::recovery::info;
+use crate::recovery::{info, needs_repair};
 use crate::scan::{self, scan_log, LogScan};
 use crate::{JournalConfig, MetadataJournal};
 
@@ -141,7 +141,7 @@ impl ScanReport {
                 return VerifyStatus::Corrupt;
             }
             // Stray bytes after a sealed end need no repair: reported, not a torn tail.
-            if problem.kind != Case::StrayAfterEnd {
+            if needs_repair(problem.kind) {
                 status = VerifyStatus::TornTail;
             }
         }
