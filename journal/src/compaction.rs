@@ -143,7 +143,6 @@ impl<D: Directory> MetadataJournal<D> {
     fn oldest_dead_segment(&self) -> Option<(u64, String)> {
         let st = self.state.borrow();
         let sealed_below = sealed_below(&st);
-        let live = st.slots.live();
         // The newest segment always stays: it carries the watermarks (its header or its
         // markers) and the chain state the next segment links to.
         st.segments
@@ -151,7 +150,7 @@ impl<D: Directory> MetadataJournal<D> {
             .next()
             .filter(|_| st.segments.len() > 1)
             .filter(|(number, _)| **number < sealed_below)
-            .filter(|(number, _)| !live.iter().any(|(_, l)| l.segment == **number))
+            .filter(|(number, _)| !st.slots.references(**number))
             .map(|(number, handle)| (*number, handle.name.clone()))
     }
 
@@ -188,14 +187,7 @@ impl<D: Directory> MetadataJournal<D> {
         if st.w.needs_rotation || !st.segments.contains_key(&st.w.cursor_segment) {
             return;
         }
-        let active = st.w.cursor_segment;
-        let live_bytes: u64 = st
-            .slots
-            .live()
-            .iter()
-            .filter(|(_, l)| l.segment == active)
-            .map(|(_, l)| u64::from(l.len_bytes))
-            .sum();
+        let live_bytes = st.slots.live_bytes_in(st.w.cursor_segment);
         let used = st.w.cursor_offset_bytes - SEGMENT_HEADER_BYTES as u64;
         if used.saturating_sub(live_bytes) >= self.config.segment_bytes / 2 {
             st.w.needs_rotation = true;

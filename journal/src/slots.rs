@@ -53,51 +53,63 @@ pub struct SlotRing {
     per_segment: SegmentCounts,
 }
 
-/// Occupied slots per segment. The segment the last insert went to (the write cursor's, nearly
-/// always) is counted apart, so an append changes its count without a map lookup (the map's
-/// insert was a tenth of a buffered append's cost). Invariant: `hot_segment` is never a key of
-/// `cold`.
+/// Occupied slots per segment, and the bytes their entries take. The segment the last insert
+/// went to (the write cursor's, nearly always) is counted apart, so an append changes its count
+/// without a map lookup (the map's insert was a tenth of a buffered append's cost). Invariant:
+/// `hot_segment` is never a key of `cold`.
 #[derive(Debug, Clone, Default)]
 struct SegmentCounts {
     hot_segment: u64,
-    hot_count: u64,
-    cold: std::collections::BTreeMap<u64, u64>,
+    hot: Occupied,
+    cold: std::collections::BTreeMap<u64, Occupied>,
+}
+
+/// One segment's occupied slots and their entries' bytes on disk.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+struct Occupied {
+    slots: u64,
+    entry_bytes: u64,
 }
 
 impl SegmentCounts {
-    fn add(&mut self, segment: u64) {
+    fn add(&mut self, segment: u64, entry_bytes: u32) {
         if segment != self.hot_segment {
-            if self.hot_count > 0 {
-                let previous = self.cold.insert(self.hot_segment, self.hot_count);
+            if self.hot.slots > 0 {
+                let previous = self.cold.insert(self.hot_segment, self.hot);
                 assert!(previous.is_none(), "the hot segment is never in the map");
             }
             self.hot_segment = segment;
-            self.hot_count = self.cold.remove(&segment).unwrap_or(0);
+            self.hot = self.cold.remove(&segment).unwrap_or_default();
         }
-        self.hot_count += 1;
+        self.hot.slots += 1;
+        self.hot.entry_bytes += u64::from(entry_bytes);
     }
 
-    fn remove(&mut self, segment: u64) {
-        if segment == self.hot_segment {
-            assert!(self.hot_count > 0, "an occupied slot is counted");
-            self.hot_count -= 1;
-            return;
-        }
-        let count = self
-            .cold
-            .get_mut(&segment)
-            .expect("an occupied slot is counted");
-        *count -= 1;
-        if *count == 0 {
+    fn remove(&mut self, segment: u64, entry_bytes: u32) {
+        let counted = if segment == self.hot_segment {
+            &mut self.hot
+        } else {
+            self.cold
+                .get_mut(&segment)
+                .expect("an occupied slot is counted")
+        };
+        assert!(counted.slots > 0, "an occupied slot is counted");
+        assert!(
+            counted.entry_bytes >= u64::from(entry_bytes),
+            "an occupied slot's bytes are counted"
+        );
+        counted.slots -= 1;
+        counted.entry_bytes -= u64::from(entry_bytes);
+        if counted.slots == 0 && segment != self.hot_segment {
             self.cold.remove(&segment);
         }
     }
 
-    fn contains(&self, segment: u64) -> bool {
+    fn get(&self, segment: u64) -> Occupied {
         if segment == self.hot_segment {
-            self.hot_count > 0
+            self.hot
         } else {
-            self.cold.contains_key(&segment)
+            self.cold.get(&segment).copied().unwrap_or_default()
         }
     }
 }
@@ -118,17 +130,25 @@ impl SlotRing {
     /// Puts `slot` at `index`, keeping the per-segment counts.
     fn set(&mut self, index: usize, slot: Option<Slot>) {
         if let Some(old) = self.slots[index] {
-            self.per_segment.remove(old.location.segment);
+            self.per_segment
+                .remove(old.location.segment, old.location.len_bytes);
         }
         if let Some(new) = slot {
-            self.per_segment.add(new.location.segment);
+            self.per_segment
+                .add(new.location.segment, new.location.len_bytes);
         }
         self.slots[index] = slot;
     }
 
     /// Whether any occupied slot points into `segment`.
     pub fn references(&self, segment: u64) -> bool {
-        self.per_segment.contains(segment)
+        self.per_segment.get(segment).slots > 0
+    }
+
+    /// The bytes on disk of the entries occupied slots point to in `segment` (a lookup, not a
+    /// walk over the ring: compaction asks it on the core while appends wait).
+    pub fn live_bytes_in(&self, segment: u64) -> u64 {
+        self.per_segment.get(segment).entry_bytes
     }
 
     fn index(&self, op: u64) -> usize {
@@ -293,19 +313,24 @@ mod tests {
         /// The hot-segment counts agree with a plain map after any adds and removes of counted
         /// segments.
         #[test]
-        fn segment_counts_match_a_map(steps in proptest::collection::vec((0u64..6, any::<bool>()), 0..300)) {
+        fn segment_counts_match_a_map(steps in proptest::collection::vec((0u64..6, any::<bool>(), 1u32..100), 0..300)) {
             let mut counts = SegmentCounts::default();
-            let mut model: BTreeMap<u64, u64> = BTreeMap::new();
-            for (segment, add) in steps {
+            // Per segment, the sizes of its counted entries (a remove takes one of them back).
+            let mut model: BTreeMap<u64, Vec<u32>> = BTreeMap::new();
+            for (segment, add, bytes) in steps {
                 if add {
-                    counts.add(segment);
-                    *model.entry(segment).or_insert(0) += 1;
-                } else if model.get(&segment).is_some_and(|&c| c > 0) {
-                    counts.remove(segment);
-                    *model.get_mut(&segment).unwrap() -= 1;
+                    counts.add(segment, bytes);
+                    model.entry(segment).or_default().push(bytes);
+                } else if let Some(bytes) = model.get_mut(&segment).and_then(|sizes| sizes.pop()) {
+                    counts.remove(segment, bytes);
                 }
                 for s in 0..6 {
-                    prop_assert_eq!(counts.contains(s), model.get(&s).is_some_and(|&c| c > 0));
+                    let sizes = model.get(&s).map(Vec::as_slice).unwrap_or_default();
+                    let expected = Occupied {
+                        slots: sizes.len() as u64,
+                        entry_bytes: sizes.iter().map(|&b| u64::from(b)).sum(),
+                    };
+                    prop_assert_eq!(counts.get(s), expected);
                 }
             }
         }
@@ -319,11 +344,12 @@ mod tests {
         ]
     }
 
+    /// Three appends per segment, of varied sizes.
     fn loc(n: u64) -> Location {
         Location {
-            segment: n,
+            segment: n / 3,
             offset_bytes: n * 8,
-            len_bytes: 64,
+            len_bytes: 32 + (n % 5) as u32 * 16,
         }
     }
 
@@ -369,6 +395,12 @@ mod tests {
                 for segment in 0..actions.len() as u64 {
                     let referenced = model.values().any(|l| l.segment == segment);
                     prop_assert_eq!(ring.references(segment), referenced, "segment {}", segment);
+                    let bytes: u64 = model
+                        .values()
+                        .filter(|l| l.segment == segment)
+                        .map(|l| u64::from(l.len_bytes))
+                        .sum();
+                    prop_assert_eq!(ring.live_bytes_in(segment), bytes, "segment {}", segment);
                 }
                 let top = model.keys().next_back().copied().unwrap_or(0).max(snapshot);
                 prop_assert_eq!(ring.remaining_capacity(), snapshot + slot_count - top);
