@@ -232,14 +232,16 @@ fn keel_sequential(
     rt: &compio::runtime::Runtime,
     len: usize,
     count: u64,
-    sync: bool,
+    tune: &dyn Fn(&mut keel_journal::JournalConfig),
     counters: &Counters,
 ) -> f64 {
     let dir = bench_tempdir();
     let payload = payload(len);
     rt.block_on(async {
         let slot_count = (2 * count + 2).next_power_of_two().max(1024);
-        let journal = open_journal(dir.path(), journal_config(slot_count, sync)).await;
+        let mut config = journal_config(slot_count, false);
+        tune(&mut config);
+        let journal = open_journal(dir.path(), config).await;
         let mut next_op = 1;
         prime_journal(&journal, &mut next_op, &payload).await;
         let elapsed =

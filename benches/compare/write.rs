@@ -330,7 +330,9 @@ pub(super) fn nosync(rt: &compio::runtime::Runtime, sizes: Sizes) {
     ] {
         let payload = payload(len);
         let counters = Counters::default();
-        let mut keel = || keel_sequential(rt, len, count, false, &counters);
+        let mut keel = || keel_sequential(rt, len, count, &|_| {}, &counters);
+        let no_write_back = |c: &mut keel_journal::JournalConfig| c.write_back_bytes = 0;
+        let mut keel_no_write_back = || keel_sequential(rt, len, count, &no_write_back, &counters);
         let mut plain = || {
             let dir = bench_tempdir();
             let elapsed =
@@ -342,6 +344,10 @@ pub(super) fn nosync(rt: &compio::runtime::Runtime, sizes: Sizes) {
             "entries/s",
             &mut [
                 ("keel (sync_on_append = false)", &mut keel),
+                (
+                    "keel without early write-back (write_back_bytes = 0)",
+                    &mut keel_no_write_back,
+                ),
                 ("plain framed, 64 KiB BufWriter", &mut plain),
             ],
         );

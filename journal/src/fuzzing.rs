@@ -111,6 +111,7 @@ fn fuzz_config() -> JournalConfig {
         write_through: true,
         direct_io: false,
         scan_window_bytes: crate::stream::WINDOW_BYTES,
+        write_back_bytes: 64 << 10,
     }
 }
 

@@ -238,6 +238,7 @@ impl<D: Directory> MetadataJournal<D> {
         let (segment, offset_bytes) = (run.segment, run.offset_bytes);
         let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);
         let direct = file.direct_alignment().is_some();
+        let buf_len = buf.len();
         // Aligned writes rewrite the block before them: only one may be in flight.
         assert!(
             !direct || self.config.sync_on_append,
@@ -262,9 +263,42 @@ impl<D: Directory> MetadataJournal<D> {
                 st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
             } else {
                 st.w.dirty_segments.insert(segment);
+                drop(st);
+                self.start_write_back(&file, segment, offset_bytes + buf_len as u64);
             }
             Ok(last_seq)
         }))
+    }
+
+    /// With `JournalConfig::write_back_bytes`, starts the kernel writing a buffered segment's
+    /// bytes below `written_end` to the device once enough accumulated since the last start (one
+    /// at a time, in a task of its own: the writer never waits for it). Only a hint: the fsync
+    /// that makes the bytes durable, and reports any write error, is unchanged.
+    fn start_write_back(&self, file: &Rc<D::File>, segment: u64, written_end: u64) {
+        let limit_bytes = self.config.write_back_bytes;
+        if self.config.sync_on_append || limit_bytes == 0 {
+            return;
+        }
+        let mut st = self.state.borrow_mut();
+        let mark = &mut st.w.write_back;
+        if mark.segment != segment {
+            mark.segment = segment;
+            mark.from_bytes = 0;
+        }
+        if written_end < mark.from_bytes.saturating_add(limit_bytes) || mark.in_flight.get() {
+            return;
+        }
+        let (from_bytes, in_flight) = (mark.from_bytes, mark.in_flight.clone());
+        mark.from_bytes = written_end;
+        in_flight.set(true);
+        let file = file.clone();
+        compio::runtime::spawn(async move {
+            if let Err(error) = file.start_write_back(from_bytes, written_end - from_bytes).await {
+                tracing::debug!(%error, segment, "journal write-back hint failed (the fsync decides)");
+            }
+            in_flight.set(false);
+        })
+        .detach();
     }
 
     /// Waits for every write in `writes` (all of them, even after a failure), then records the

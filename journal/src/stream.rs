@@ -306,6 +306,7 @@ mod tests {
             write_through: true,
             direct_io: false,
             scan_window_bytes: 512,
+            write_back_bytes: 0,
         };
         let (j, _) = MetadataJournal::open(&fs.root(), config.clone(), RecoveryMode::default())
             .await

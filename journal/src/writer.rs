@@ -152,6 +152,17 @@ pub(crate) struct WriterState {
     /// The last partial block and staging buffer of aligned writes (`JournalConfig::direct_io`);
     /// taken out while a write is in flight.
     pub direct: crate::direct::DirectWrites,
+    /// Where the next early write-back starts (`JournalConfig::write_back_bytes`).
+    pub write_back: WriteBackMark,
+}
+
+/// The segment and offset up to which a buffered journal has started write-back, and whether
+/// one is still being queued.
+#[derive(Debug, Default)]
+pub(crate) struct WriteBackMark {
+    pub segment: u64,
+    pub from_bytes: u64,
+    pub in_flight: Rc<std::cell::Cell<bool>>,
 }
 
 impl WriterState {
@@ -177,6 +188,7 @@ impl WriterState {
             tail_uncovered: false,
             spare_buffers: Vec::new(),
             direct: Default::default(),
+            write_back: WriteBackMark::default(),
         }
     }
 

@@ -119,6 +119,7 @@ fn config_for(rng: &mut SmallRng) -> JournalConfig {
         // Windows smaller than a segment in a third of the configurations (no RNG draw, so
         // seeds replay as before): the scan's window refills, zero checks and look-ahead.
         scan_window_bytes: if slot_count == 64 { 512 } else { 1 << 20 },
+        write_back_bytes: 512,
     }
 }
 
@@ -758,6 +759,7 @@ fn simulator() {
             f.process_crash_then_power_cut > 0
                 && f.dropped_futures > 0
                 && f.direct_writes > 0
+                && f.write_back_hints > 0
                 && f.short_writes > 0,
             "{f}"
         );

@@ -276,3 +276,49 @@ fn preallocation_grows_with_what_is_written() {
         );
     });
 }
+
+/// A buffered journal starts the kernel's write-back of each `write_back_bytes` it writes (a
+/// hint, off the writer), and not at all when it is 0; what a flush made durable survives a
+/// power cut either way.
+#[test]
+fn buffered_segments_start_write_back_every_write_back_bytes() {
+    let hints_for = |write_back_bytes: u64| {
+        let config = JournalConfig {
+            sync_on_append: false,
+            segment_bytes: 4 << 20,
+            max_batch_bytes: 16 << 10,
+            max_inflight_bytes: 64 << 10,
+            max_payload_bytes: 4096,
+            slot_count: 1024,
+            write_back_bytes,
+            ..small_config()
+        };
+        run(async {
+            let fs = MemFs::new(14);
+            let (j, _) = open(&fs, &config).await;
+            // 400 × 2 KiB (plus headers): about 825 KiB, in one segment.
+            let big = |op: u64| vec![op as u8; 2048];
+            for op in 1..=400 {
+                j.append(op, &big(op)).await.unwrap();
+            }
+            j.flush().await.unwrap();
+            let hints = fs.fault_counts().write_back_hints;
+            fs.crash();
+            let (j, _) = open(&fs, &config).await;
+            for op in 1..=400 {
+                assert_eq!(
+                    &j.entry(op).await.unwrap().unwrap().payload[..],
+                    &big(op)[..]
+                );
+            }
+            hints
+        })
+    };
+    assert_eq!(hints_for(0), 0, "write_back_bytes = 0 starts none");
+    let hints = hints_for(64 << 10);
+    // At most one per 64 KiB written, fewer while one is still being queued.
+    assert!(
+        (2..=13).contains(&hints),
+        "{hints} write-backs for ~825 KiB"
+    );
+}

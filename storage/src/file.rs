@@ -212,8 +212,10 @@ impl FileStorage {
     }
 }
 
-impl Storage for FileStorage {
-    async fn write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+impl FileStorage {
+    /// `sync_file_range(flags)` over the range, on compio's blocking pool (it can wait for the
+    /// device), through a duplicate of the descriptor the pool thread owns for the call.
+    async fn sync_range(&self, offset_bytes: u64, len_bytes: u64, flags: u32) -> io::Result<()> {
         use std::os::fd::{FromRawFd, OwnedFd};
         let file = self.file()?;
         // SAFETY: dup only reads the fd, which `file` keeps open for the call; on success the
@@ -224,9 +226,6 @@ impl Storage for FileStorage {
         }
         // SAFETY: see above: `fd` is a fresh descriptor this function alone owns.
         let owned = unsafe { OwnedFd::from_raw_fd(fd) };
-        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
-            | libc::SYNC_FILE_RANGE_WRITE
-            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         let result = compio::runtime::spawn_blocking(move || {
             // SAFETY: sync_file_range only reads its integer arguments; `owned` keeps the
             // descriptor open until the call returns.
@@ -249,6 +248,22 @@ impl Storage for FileStorage {
             Ok(result) => result,
             Err(_) => Err(io::Error::other("write-back task panicked")),
         }
+    }
+}
+
+impl Storage for FileStorage {
+    async fn write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        let flags = libc::SYNC_FILE_RANGE_WAIT_BEFORE
+            | libc::SYNC_FILE_RANGE_WRITE
+            | libc::SYNC_FILE_RANGE_WAIT_AFTER;
+        self.sync_range(offset_bytes, len_bytes, flags).await
+    }
+
+    async fn start_write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        // WRITE alone neither waits for write-back nor checks (and so consumes) the file's
+        // write-back error: that stays for the fsync that makes these bytes durable.
+        self.sync_range(offset_bytes, len_bytes, libc::SYNC_FILE_RANGE_WRITE)
+            .await
     }
 
     fn writes_are_durable(&self) -> bool {

@@ -168,6 +168,16 @@ pub trait Storage {
         Ok(())
     }
 
+    /// Starts writing the range's dirty pages back to the device and returns without waiting for
+    /// them (`sync_file_range(SYNC_FILE_RANGE_WRITE)` on the blocking pool; it returns once the
+    /// writes are queued). Nothing is made durable and no write error is consumed: the next
+    /// fsync reports what this started, as it would have reported the kernel's own write-back.
+    /// So a later fsync finds less to write. The default does nothing.
+    async fn start_write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        let _ = (offset_bytes, len_bytes);
+        Ok(())
+    }
+
     /// True when every completed write through this handle is already durable (opened with
     /// [`Directory::open_file_write_through`]): the writer need not fsync what it wrote here.
     fn writes_are_durable(&self) -> bool {

@@ -26,6 +26,7 @@ pub fn small_config() -> EngineConfig {
         write_through: true,
         direct_io: false,
         scan_window_bytes: keel_journal::SCAN_WINDOW_BYTES,
+        write_back_bytes: 64 << 10,
     };
     EngineConfig {
         journal,

@@ -264,6 +264,9 @@ pub struct FaultTotals {
     /// Aligned writes through direct handles (`direct_io`): not a fault, the proof the aligned
     /// path ran.
     pub direct_writes: u64,
+    /// Early write-back hints of buffered journals (`write_back_bytes`): not a fault, the proof
+    /// the hint ran among the faults.
+    pub write_back_hints: u64,
     pub bit_flips: u64,
     pub refused_as_corruption: u64,
     /// Acknowledged ops a recovery lost under the documented limit (their write was faulted).
@@ -282,6 +285,7 @@ impl FaultTotals {
         self.no_space += counts.no_space + counts.disk_full;
         self.short_writes += counts.short_writes;
         self.direct_writes += counts.direct_writes;
+        self.write_back_hints += counts.write_back_hints;
         self.bit_flips += counts.bit_flips;
     }
 
@@ -297,6 +301,7 @@ impl FaultTotals {
         self.no_space += other.no_space;
         self.short_writes += other.short_writes;
         self.direct_writes += other.direct_writes;
+        self.write_back_hints += other.write_back_hints;
         self.bit_flips += other.bit_flips;
         self.refused_as_corruption += other.refused_as_corruption;
         self.lost_under_limit += other.lost_under_limit;
@@ -312,7 +317,7 @@ impl fmt::Display for FaultTotals {
              writes {}, \
              lost writes {}, I/O errors {}, no-space {}, short writes {}, bit flips {}, \
              refused as corruption {}, ops lost under the documented limit {}, aligned direct \
-             writes {}",
+             writes {}, write-back hints {}",
             self.seeds,
             self.power_cuts,
             self.process_crashes,
@@ -326,7 +331,8 @@ impl fmt::Display for FaultTotals {
             self.bit_flips,
             self.refused_as_corruption,
             self.lost_under_limit,
-            self.direct_writes
+            self.direct_writes,
+            self.write_back_hints
         )
     }
 }

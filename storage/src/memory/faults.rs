@@ -174,6 +174,9 @@ pub struct FaultCounts {
     /// Writes through a direct handle that were aligned (they would bypass the page cache; see
     /// [`crate::Directory::open_file_direct`]). Not a fault: a count for tests.
     pub direct_writes: u64,
+    /// [`crate::Storage::start_write_back`] calls (a hint with no effect on what a crash
+    /// keeps: unsynced bytes may persist or not either way). Not a fault: a count for tests.
+    pub write_back_hints: u64,
     /// Writes whose bytes landed elsewhere ([`FaultKind::Misdirected`]).
     pub misdirected_writes: u64,
     /// Writes the device dropped ([`FaultKind::LostWrite`]).

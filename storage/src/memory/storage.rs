@@ -224,6 +224,13 @@ impl Storage for MemStorage {
         result
     }
 
+    async fn start_write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {
+        let _ = (offset_bytes, len_bytes);
+        self.fs.state.borrow_mut().counts.write_back_hints += 1;
+        maybe_yield(&self.fs).await;
+        Ok(())
+    }
+
     fn len(&self) -> u64 {
         self.len_bytes.get()
     }
