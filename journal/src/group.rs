@@ -26,17 +26,6 @@ use crate::slots::Location;
 use crate::writer::{index_entry, Completion, Failure, Run, WritingRun};
 use crate::{MetadataJournal, SegmentHandle};
 
-/// Zeroes are written ahead of the write cursor in steps of an eighth of a segment, at most this
-/// much (a whole 64 MiB segment at once would stall the group that rotates for as long as it takes
-/// to write and fsync it). A new step starts when a write comes within half a step of the end.
-const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
-
-/// A new segment's first step; each later one is half what the segment holds, up to the largest:
-/// a journal that writes little never pays for 8 MiB of zeroes (a fresh journal's open wrote them
-/// all before its first append), and right after a step the zeroed space is at most twice what
-/// was written (a step starts when the writes come within half a step of the end).
-const PREALLOCATE_STEP_MIN_BYTES: u64 = 256 << 10;
-
 /// An open segment file and its name.
 type OpenSegment<D> = (Rc<<D as Directory>::File>, String);
 
@@ -221,20 +210,10 @@ impl<D: Directory> MetadataJournal<D> {
             .await?
             .expect("a run's segment exists before its bytes are written");
         let run_end = run.offset_bytes + buf.len() as u64;
-        let zeroed_end = file.len();
-        if self.preallocates()
-            && run_end > zeroed_end.saturating_sub(self.preallocation_step(zeroed_end) / 2)
-        {
-            // Keep zero-written space ahead of the cursor in steps, so a durable write
-            // overwrites instead of extending, without one large zero-fill stalling a group at
-            // rotation. The group's durability point covers these zeroes too.
-            let target = self.preallocation_target(zeroed_end, run_end);
-            if target > zeroed_end {
-                file.preallocate(target)
-                    .await
-                    .map_err(|e| JournalError::io("preallocate", self.file_path(&name), e))?;
-            }
-        }
+        // Overwrite zero-written space rather than extend the file: an extending write's
+        // fdatasync also commits the new size and extents (about twice the cost here).
+        self.ensure_zeroed(&file, &name, run.segment, run_end)
+            .await?;
         let (segment, offset_bytes) = (run.segment, run.offset_bytes);
         let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);
         let direct = file.direct_alignment().is_some();
@@ -344,29 +323,6 @@ impl<D: Directory> MetadataJournal<D> {
             );
             st.w.write_done_seq = last_seq;
         }
-    }
-
-    /// How far to preallocate a segment whose zeroed space ends at `current_end` when a write
-    /// reaches `needed_end`: one step past both, never past the segment size (unless one entry
-    /// alone is larger).
-    pub(crate) fn preallocation_target(&self, current_end: u64, needed_end: u64) -> u64 {
-        let step_end = current_end.max(needed_end) + self.preallocation_step(current_end);
-        step_end.min(self.config.segment_bytes.max(needed_end))
-    }
-
-    /// Zero-filled space pays only where writes are durable one group at a time (an overwrite's
-    /// fdatasync is cheaper than an extending one's); buffered appends would write every byte
-    /// twice for nothing, so they never preallocate.
-    fn preallocates(&self) -> bool {
-        self.config.preallocate && self.config.sync_on_append
-    }
-
-    /// The next step for a segment whose zeroed space ends at `zeroed_end`: half as much again,
-    /// from [`PREALLOCATE_STEP_MIN_BYTES`] to an eighth of a segment (at most
-    /// [`PREALLOCATE_STEP_MAX_BYTES`]).
-    fn preallocation_step(&self, zeroed_end: u64) -> u64 {
-        let max = (self.config.segment_bytes / 8).clamp(512, PREALLOCATE_STEP_MAX_BYTES);
-        (zeroed_end / 2).clamp(PREALLOCATE_STEP_MIN_BYTES.min(max), max)
     }
 
     /// The open handle of segment `number` (opened again if it was released); `None` if the

@@ -117,6 +117,7 @@ mod slots;
 mod stream;
 mod window;
 mod writer;
+mod zeroed;
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -329,7 +330,8 @@ impl<D: Directory> MetadataJournal<D> {
             self.request_flush().await?;
             self.state.borrow_mut().w.tail_uncovered = false;
         }
-        Ok(())
+        // No write of this journal may land after it is closed (a reopen writes there next).
+        self.finish_fill(None).await
     }
 
     /// How many ops are live in the slot ring (for `keel inspect`'s slot use).

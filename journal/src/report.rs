@@ -87,6 +87,8 @@ pub struct JournalStats {
     pub fsync_nanos_total: u64,
     /// Segment files open in the journal.
     pub segments_live: u64,
+    /// Preallocation steps zero-filled in the background while groups wrote below them.
+    pub zero_fills_in_background: u64,
 }
 
 /// Summary of one compaction.

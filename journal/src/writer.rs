@@ -154,6 +154,8 @@ pub(crate) struct WriterState {
     pub direct: crate::direct::DirectWrites,
     /// Where the next early write-back starts (`JournalConfig::write_back_bytes`).
     pub write_back: WriteBackMark,
+    /// The zero-fill running in the background, if any (`zeroed`).
+    pub fill: Option<crate::zeroed::BackgroundFill>,
 }
 
 /// The segment and offset up to which a buffered journal has started write-back, and whether
@@ -189,6 +191,7 @@ impl WriterState {
             spare_buffers: Vec::new(),
             direct: Default::default(),
             write_back: WriteBackMark::default(),
+            fill: None,
         }
     }
 

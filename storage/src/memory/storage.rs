@@ -60,6 +60,9 @@ fn push_write(state: &mut FsState, file: FileId, offset_bytes: u64, data: &[u8],
     });
 }
 
+/// Bytes of zeroes [`MemStorage::preallocate`] writes at a time.
+const ZERO_CHUNK_BYTES: u64 = 64;
+
 impl MemStorage {
     /// The path this handle was opened at.
     pub fn path(&self) -> &str {
@@ -222,6 +225,40 @@ impl Storage for MemStorage {
         let result = self.sync_now();
         maybe_yield(&self.fs).await;
         result
+    }
+
+    /// Like [`crate::FileStorage`]'s zero-fill: the range is claimed in the length at once, then
+    /// written as zero chunks with a chance to yield between them, so a writer that let a write
+    /// land inside a fill still running would see it erased by a later chunk. A fault on a chunk
+    /// is a plain failure (the fill writes no data of its own to misplace or lose).
+    async fn preallocate(&self, len_bytes: u64) -> io::Result<()> {
+        let start_bytes = self.len_bytes.get();
+        if len_bytes <= start_bytes {
+            return Ok(());
+        }
+        self.len_bytes.set(len_bytes);
+        let mut offset_bytes = start_bytes;
+        while offset_bytes < len_bytes {
+            let chunk_bytes = (len_bytes - offset_bytes).min(ZERO_CHUNK_BYTES);
+            {
+                let mut state = self.fs.state.borrow_mut();
+                self.begin_plain(&mut state, FaultOp::Write, "preallocate")?;
+                state.check_budget(self.file, offset_bytes + chunk_bytes, &self.path)?;
+                push_write(
+                    &mut state,
+                    self.file,
+                    offset_bytes,
+                    &vec![0u8; chunk_bytes as usize],
+                    false,
+                );
+                if self.write_through {
+                    state.file_mut(self.file).sync();
+                }
+            }
+            offset_bytes += chunk_bytes;
+            maybe_yield(&self.fs).await;
+        }
+        Ok(())
     }
 
     async fn start_write_back(&self, offset_bytes: u64, len_bytes: u64) -> io::Result<()> {

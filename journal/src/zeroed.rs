@@ -1,0 +1,149 @@
+//! zeroed: the zero-written space a durable journal keeps ahead of its write cursor, and the one
+//! zero-fill that may run in the background while groups write below it.
+//!
+//! Owns when a segment grows and by how much, and which group waits for which fill. It must never
+//! let a group write where a fill is still writing (a zero chunk landing after the group's bytes
+//! would erase them), never fill behind an `O_DIRECT` handle in the background (a page-cache
+//! write of the block an aligned direct write also covers could later write a stale copy back),
+//! and never leave a fill running after `close` returns.
+
+use std::rc::Rc;
+
+use keel_storage::{Directory, Storage};
+
+use crate::error::JournalError;
+use crate::MetadataJournal;
+
+/// Zeroes are written ahead of the write cursor in steps of an eighth of a segment, at most this
+/// much (a whole 64 MiB segment at once would stall the group that rotates for as long as it takes
+/// to write and fsync it). A new step starts when a write comes within half a step of the end.
+const PREALLOCATE_STEP_MAX_BYTES: u64 = 8 << 20;
+
+/// A new segment's first step; each later one is half what the segment holds, up to the largest:
+/// a journal that writes little never pays for 8 MiB of zeroes (a fresh journal's open wrote them
+/// all before its first append), and right after a step the zeroed space is at most twice what
+/// was written (a step starts when the writes come within half a step of the end).
+const PREALLOCATE_STEP_MIN_BYTES: u64 = 256 << 10;
+
+/// The zero-fill running in its own task: `segment`'s zeroes are complete below `from_bytes`,
+/// and the task writes the next step from there.
+pub(crate) struct BackgroundFill {
+    segment: u64,
+    from_bytes: u64,
+    name: String,
+    task: compio::runtime::JoinHandle<std::io::Result<()>>,
+}
+
+impl<D: Directory> MetadataJournal<D> {
+    /// Makes the space a run of `segment` writes up to `run_end` zero-written before the run
+    /// starts: waits for the background fill that covers it, or fills inline. When the run comes
+    /// within half a step of the zeroed end, the next step is written in the background (so the
+    /// groups after it do not wait for it), or inline where that is not allowed.
+    pub(crate) async fn ensure_zeroed(
+        &self,
+        file: &Rc<D::File>,
+        name: &str,
+        segment: u64,
+        run_end: u64,
+    ) -> Result<(), JournalError> {
+        if !self.preallocates() {
+            return Ok(());
+        }
+        if run_end > self.zeroed_end(segment, file) {
+            self.finish_fill(Some(segment)).await?;
+        }
+        let ready = self.zeroed_end(segment, file);
+        let filling_here = self
+            .state
+            .borrow()
+            .w
+            .fill
+            .as_ref()
+            .is_some_and(|f| f.segment == segment);
+        if filling_here || run_end <= ready.saturating_sub(self.preallocation_step(ready) / 2) {
+            return Ok(());
+        }
+        let target = self.preallocation_target(ready, run_end);
+        if target <= ready {
+            return Ok(());
+        }
+        let idle = self.state.borrow().w.fill.is_none();
+        if run_end <= ready && idle && file.direct_alignment().is_none() {
+            self.start_fill(file, name, segment, ready, target);
+            return Ok(());
+        }
+        file.preallocate(target)
+            .await
+            .map_err(|e| JournalError::io("preallocate", self.file_path(name), e))
+    }
+
+    /// Where `segment`'s complete zeroes end: the file's length, or where its fill started.
+    fn zeroed_end(&self, segment: u64, file: &Rc<D::File>) -> u64 {
+        match &self.state.borrow().w.fill {
+            Some(fill) if fill.segment == segment => fill.from_bytes,
+            _ => file.len(),
+        }
+    }
+
+    fn start_fill(&self, file: &Rc<D::File>, name: &str, segment: u64, from: u64, target: u64) {
+        assert!(target > from, "a fill grows the file");
+        let file = file.clone();
+        let task = compio::runtime::spawn(async move { file.preallocate(target).await });
+        let fill = BackgroundFill {
+            segment,
+            from_bytes: from,
+            name: name.to_string(),
+            task,
+        };
+        let mut st = self.state.borrow_mut();
+        let previous = st.w.fill.replace(fill);
+        assert!(previous.is_none(), "one background fill at a time");
+        st.stats.zero_fills_in_background += 1;
+    }
+
+    /// Waits for the background fill (of `segment`, or whichever runs when `None`); its zeroes
+    /// are then complete. Its failure is the journal's (as an inline fill's would be).
+    pub(crate) async fn finish_fill(&self, segment: Option<u64>) -> Result<(), JournalError> {
+        let fill = {
+            let mut st = self.state.borrow_mut();
+            let matches =
+                st.w.fill
+                    .as_ref()
+                    .is_some_and(|f| segment.is_none_or(|s| s == f.segment));
+            if matches {
+                st.w.fill.take()
+            } else {
+                None
+            }
+        };
+        let Some(fill) = fill else { return Ok(()) };
+        let result = fill
+            .task
+            .await
+            .unwrap_or_else(|_| Err(std::io::Error::other("zero-fill task panicked")));
+        result.map_err(|e| JournalError::io("preallocate", self.file_path(&fill.name), e))
+    }
+
+    /// How far to preallocate a segment whose zeroed space ends at `current_end` when a write
+    /// reaches `needed_end`: one step past both, never past the segment size (unless one entry
+    /// alone is larger).
+    pub(crate) fn preallocation_target(&self, current_end: u64, needed_end: u64) -> u64 {
+        let step_end = current_end.max(needed_end) + self.preallocation_step(current_end);
+        step_end.min(self.config.segment_bytes.max(needed_end))
+    }
+
+    /// Zero-filled space pays only where writes are durable one group at a time (an overwrite's
+    /// fdatasync is cheaper than an extending one's); buffered appends would write every byte
+    /// twice for nothing, so they never preallocate.
+    pub(crate) fn preallocates(&self) -> bool {
+        self.config.preallocate && self.config.sync_on_append
+    }
+
+    /// The next step for a segment whose zeroed space ends at `zeroed_end`: half as much again,
+    /// from [`PREALLOCATE_STEP_MIN_BYTES`] to an eighth of a segment (at most
+    /// [`PREALLOCATE_STEP_MAX_BYTES`]).
+    fn preallocation_step(&self, zeroed_end: u64) -> u64 {
+        let max = (self.config.segment_bytes / 8).clamp(512, PREALLOCATE_STEP_MAX_BYTES);
+        (zeroed_end / 2).clamp(PREALLOCATE_STEP_MIN_BYTES.min(max), max)
+    }
+}
