@@ -226,8 +226,8 @@ fn mb_per_sec(bytes: f64, elapsed: Duration) -> f64 {
 
 // ----------------------------------------------------------------------------------------------
 
-/// Keel, one append at a time with `sync_on_append`: a fresh journal per run (its open and first
-/// segment's preallocation are untimed). Returns entries/s.
+/// Keel, one buffered append at a time (`sync_on_append = false`, then `tune`): a fresh journal
+/// per run (its open and first append are untimed). Returns entries/s.
 fn keel_sequential(
     rt: &compio::runtime::Runtime,
     len: usize,

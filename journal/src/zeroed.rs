@@ -53,22 +53,17 @@ impl<D: Directory> MetadataJournal<D> {
             self.finish_fill(Some(segment)).await?;
         }
         let ready = self.zeroed_end(segment, file);
-        let filling_here = self
-            .state
-            .borrow()
-            .w
-            .fill
-            .as_ref()
-            .is_some_and(|f| f.segment == segment);
-        if filling_here || run_end <= ready.saturating_sub(self.preallocation_step(ready) / 2) {
+        let filling = self.state.borrow().w.fill.as_ref().map(|f| f.segment);
+        if filling == Some(segment)
+            || run_end <= ready.saturating_sub(self.preallocation_step(ready) / 2)
+        {
             return Ok(());
         }
         let target = self.preallocation_target(ready, run_end);
         if target <= ready {
             return Ok(());
         }
-        let idle = self.state.borrow().w.fill.is_none();
-        if run_end <= ready && idle && file.direct_alignment().is_none() {
+        if run_end <= ready && filling.is_none() && file.direct_alignment().is_none() {
             self.start_fill(file, name, segment, ready, target);
             return Ok(());
         }
