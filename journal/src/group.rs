@@ -179,7 +179,8 @@ impl<D: Directory> MetadataJournal<D> {
         let file = segment::create(
             &self.dir,
             header,
-            self.preallocates().then(|| self.preallocation_target(0, 0)),
+            self.preallocates()
+                .then(|| self.preallocation_target(0, 0, 0)),
             self.segment_writes(),
         )
         .await?;
@@ -212,7 +213,7 @@ impl<D: Directory> MetadataJournal<D> {
         let run_end = run.offset_bytes + buf.len() as u64;
         // Overwrite zero-written space rather than extend the file: an extending write's
         // fdatasync also commits the new size and extents (about twice the cost here).
-        self.ensure_zeroed(&file, &name, run.segment, run_end)
+        self.ensure_zeroed(&file, &name, run.segment, run_end, buf.len() as u64)
             .await?;
         let (segment, offset_bytes) = (run.segment, run.offset_bytes);
         let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);

@@ -89,6 +89,9 @@ pub struct JournalStats {
     pub segments_live: u64,
     /// Preallocation steps zero-filled in the background while groups wrote below them.
     pub zero_fills_in_background: u64,
+    /// Preallocation steps zero-filled inline, the group that needed them waiting: a group that
+    /// reached past the zeroed space, or any step of a segment with an `O_DIRECT` handle.
+    pub zero_fills_inline: u64,
 }
 
 /// Summary of one compaction.

@@ -288,6 +288,78 @@ fn preallocation_grows_with_what_is_written() {
     });
 }
 
+/// Steps grow with the groups that ask for them, not only with what the segment holds: a fresh
+/// segment written 64 x 4 KiB at a time (one run of about 260 KiB a group) waits for a zero-fill
+/// only every few groups, where steps of half the segment alone had nearly every early group
+/// wait; the zeroed space stays within a few steps of what was written, and it all reads back.
+#[test]
+fn preallocation_steps_grow_with_the_groups() {
+    use keel_storage::{Directory, OpenMode, Storage};
+    let config = JournalConfig {
+        segment_bytes: 64 << 20,
+        slot_count: 4096,
+        max_batch_bytes: 1 << 20,
+        max_inflight_bytes: 4 << 20,
+        max_payload_bytes: 4096,
+        preallocate: true,
+        ..small_config()
+    };
+    let groups = 40u64;
+    let group_ops = 64u64;
+    let body = |op: u64| vec![op as u8; 4096];
+    run(async {
+        let fs = MemFs::new(11);
+        let (j, _) = open(&fs, &config).await;
+        for g in 0..groups {
+            let batch: Vec<(u64, Vec<u8>)> = (1..=group_ops)
+                .map(|i| (g * group_ops + i, body(g * group_ops + i)))
+                .collect();
+            j.append_batch(&batch).await.unwrap();
+        }
+        let stats = j.stats();
+        assert_eq!(stats.batches, groups, "one group per batch: {stats:?}");
+        // Past the first step, each is at least 8 runs: 40 groups need at most 40 / 8 of them,
+        // plus the first and the one that starts at the end. Steps of half the segment alone
+        // grew 1.5x a step from 256 KiB: 10 steps here (7 in the background, 3 inline).
+        let steps = stats.zero_fills_in_background + stats.zero_fills_inline;
+        assert!(
+            steps <= groups / 8 + 2,
+            "{steps} zero-fill steps for {groups} groups: {stats:?}"
+        );
+        let written = stats.bytes_appended;
+        let dir = fs.root().open_dir("journal", false).await.unwrap();
+        let name = dir
+            .list()
+            .await
+            .unwrap()
+            .into_iter()
+            .find(|n| n.ends_with(".wal"))
+            .unwrap();
+        let len = dir
+            .open_file(&name, OpenMode::ReadOnly)
+            .await
+            .unwrap()
+            .len();
+        let run_bytes = written / groups;
+        assert!(
+            len >= written,
+            "the writes lie in zeroed space: {len} < {written}"
+        );
+        assert!(
+            len <= written + 2 * 8 * run_bytes + (512 << 10),
+            "zeroed {len} bytes for {written} written in runs of {run_bytes}"
+        );
+        j.close().await.unwrap();
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=groups * group_ops {
+            assert_eq!(
+                j.entry(op).await.unwrap().unwrap().payload[..],
+                body(op)[..]
+            );
+        }
+    });
+}
+
 /// A buffered journal starts the kernel's write-back of each `write_back_bytes` it writes (a
 /// hint, off the writer), and not at all when it is 0; what a flush made durable survives a
 /// power cut either way.
