@@ -24,52 +24,47 @@ struct Slot {
 /// A slot as the ring stores it: 24 bytes instead of the 40 of `Option<Slot>`, because the ring
 /// is the journal's one per-op structure (16 Mi slots at most: 384 MiB rather than 640 MiB) and a
 /// buffered append writes one slot into memory nothing has touched for a whole lap of the ring.
-/// Empty is `len_bytes == 0` (every entry is at least its 64-byte header). The offset is kept in
-/// 8-byte units: entries start 8-byte aligned, and a segment file is at most 16 GiB
-/// (`max_file_bytes`), so `u32` units reach 32 GiB.
-#[derive(Debug, Clone, Copy, Default)]
-struct PackedSlot {
-    op: u64,
-    segment: u64,
-    offset_units: u32,
-    len_bytes: u32,
-}
+/// `[op, segment, offset_units << 32 | len_bytes]`; empty is all zeroes (every entry is at least
+/// its 64-byte header, so `len_bytes` is never 0), which lets the ring be allocated zeroed: its
+/// pages cost memory only once a slot in them is used. The offset is kept in 8-byte units:
+/// entries start 8-byte aligned, and a segment file is at most 16 GiB (`max_file_bytes`), so
+/// `u32` units reach 32 GiB.
+type PackedSlot = [u64; 3];
 
 /// Entries start on this boundary (docs/format.md), so offsets are stored divided by it.
 const OFFSET_UNIT_BYTES: u64 = 8;
 
-const _: () = assert!(std::mem::size_of::<PackedSlot>() == 24);
+const EMPTY_SLOT: PackedSlot = [0; 3];
 
-impl PackedSlot {
-    fn pack(slot: Option<Slot>) -> Self {
-        let Some(Slot { op, location }) = slot else {
-            return Self::default();
-        };
-        assert!(location.len_bytes > 0, "an entry has a header");
-        assert!(
-            location.offset_bytes % OFFSET_UNIT_BYTES == 0,
-            "entries are 8-byte aligned"
-        );
-        let offset_units = u32::try_from(location.offset_bytes / OFFSET_UNIT_BYTES)
-            .expect("a segment file is at most 16 GiB (max_file_bytes)");
-        Self {
-            op,
-            segment: location.segment,
-            offset_units,
-            len_bytes: location.len_bytes,
-        }
-    }
+fn pack(slot: Option<Slot>) -> PackedSlot {
+    let Some(Slot { op, location }) = slot else {
+        return EMPTY_SLOT;
+    };
+    assert!(location.len_bytes > 0, "an entry has a header");
+    assert!(
+        location.offset_bytes % OFFSET_UNIT_BYTES == 0,
+        "entries are 8-byte aligned"
+    );
+    let offset_units = u32::try_from(location.offset_bytes / OFFSET_UNIT_BYTES)
+        .expect("a segment file is at most 16 GiB (max_file_bytes)");
+    [
+        op,
+        location.segment,
+        u64::from(offset_units) << 32 | u64::from(location.len_bytes),
+    ]
+}
 
-    fn unpack(self) -> Option<Slot> {
-        (self.len_bytes > 0).then_some(Slot {
-            op: self.op,
-            location: Location {
-                segment: self.segment,
-                offset_bytes: u64::from(self.offset_units) * OFFSET_UNIT_BYTES,
-                len_bytes: self.len_bytes,
-            },
-        })
-    }
+fn unpack(packed: PackedSlot) -> Option<Slot> {
+    let [op, segment, place] = packed;
+    let len_bytes = place as u32;
+    (len_bytes > 0).then_some(Slot {
+        op,
+        location: Location {
+            segment,
+            offset_bytes: (place >> 32) * OFFSET_UNIT_BYTES,
+            len_bytes,
+        },
+    })
 }
 
 /// Why an op cannot take a slot ([`check_op`]).
@@ -170,7 +165,8 @@ impl SlotRing {
     pub fn new(slot_count: u64, snapshot_op: u64) -> Self {
         assert!(slot_count.is_power_of_two());
         Self {
-            slots: vec![PackedSlot::default(); slot_count as usize],
+            // Zeroed (calloc): untouched slots cost no memory.
+            slots: vec![EMPTY_SLOT; slot_count as usize],
             slot_count,
             snapshot_op,
             last_op: None,
@@ -180,7 +176,7 @@ impl SlotRing {
 
     /// Puts `slot` at `index`, keeping the per-segment counts.
     fn set(&mut self, index: usize, slot: Option<Slot>) {
-        if let Some(old) = self.slots[index].unpack() {
+        if let Some(old) = unpack(self.slots[index]) {
             self.per_segment
                 .remove(old.location.segment, old.location.len_bytes);
         }
@@ -188,7 +184,7 @@ impl SlotRing {
             self.per_segment
                 .add(new.location.segment, new.location.len_bytes);
         }
-        self.slots[index] = PackedSlot::pack(slot);
+        self.slots[index] = pack(slot);
     }
 
     /// Whether any occupied slot points into `segment`.
@@ -225,9 +221,7 @@ impl SlotRing {
         self.check(op)?;
         let index = self.index(op);
         assert!(
-            self.slots[index]
-                .unpack()
-                .is_none_or(|s| s.op == op || s.op <= self.snapshot_op),
+            unpack(self.slots[index]).is_none_or(|s| s.op == op || s.op <= self.snapshot_op),
             "slot {index} holds a live op other than {op}"
         );
         self.set(index, Some(Slot { op, location }));
@@ -240,7 +234,7 @@ impl SlotRing {
         if op <= self.snapshot_op {
             return None;
         }
-        match self.slots[self.index(op)].unpack() {
+        match unpack(self.slots[self.index(op)]) {
             Some(slot) if slot.op == op => Some(slot.location),
             _ => None,
         }
@@ -256,7 +250,7 @@ impl SlotRing {
         let from = op.max(self.snapshot_op) + 1;
         for x in from..=last {
             let index = self.index(x);
-            if self.slots[index].unpack().is_some_and(|s| s.op == x) {
+            if unpack(self.slots[index]).is_some_and(|s| s.op == x) {
                 self.set(index, None);
             }
         }
@@ -272,7 +266,7 @@ impl SlotRing {
         let clear_to = op.min(old.saturating_add(self.slot_count));
         for x in old + 1..=clear_to {
             let index = self.index(x);
-            if self.slots[index].unpack().is_some_and(|s| s.op == x) {
+            if unpack(self.slots[index]).is_some_and(|s| s.op == x) {
                 self.set(index, None);
             }
         }
@@ -309,7 +303,7 @@ impl SlotRing {
         let mut out: Vec<(u64, Location)> = self
             .slots
             .iter()
-            .filter_map(|s| s.unpack())
+            .filter_map(|s| unpack(*s))
             .filter(|s| s.op > self.snapshot_op)
             .map(|s| (s.op, s.location))
             .collect();
@@ -321,7 +315,7 @@ impl SlotRing {
     /// rewrite that landed meanwhile must win).
     pub fn relocate(&mut self, op: u64, from: Location, to: Location) -> bool {
         let index = self.index(op);
-        match self.slots[index].unpack() {
+        match unpack(self.slots[index]) {
             Some(slot) if slot.op == op && slot.location == from => {
                 self.set(index, Some(Slot { op, location: to }));
                 true
