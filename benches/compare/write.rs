@@ -221,12 +221,7 @@ fn plain_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
 /// up front. Fresh: the file is created and zero-filled (as much as one keel preallocation step,
 /// 8 MiB, or the run's bytes) in the run.
 fn raw_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
-    let run_bytes = shape.entries() * (payload.len() as u64 + 8);
-    let len_bytes = if shape.fresh {
-        run_bytes.max(8 << 20).next_multiple_of(1 << 20)
-    } else {
-        64 << 20
-    };
+    let len_bytes = raw_len_bytes(shape, payload.len());
     let appenders = shape.appenders as usize;
     baseline(
         shape,
@@ -236,6 +231,57 @@ fn raw_contender(shape: Shape, payload: Rc<[u8]>) -> Run<'static> {
                 .expect("raw write")
         },
     )
+}
+
+/// The disk's own loop through compio (io_uring), no journal: the raw contender's zero-filled
+/// file opened `O_DSYNC`, one framed entry per write. The floor under keel's write-through path
+/// on this runtime (one append at a time only): what is left between it and the raw loop is
+/// io_uring's, not the journal's.
+fn compio_contender(rt: &compio::runtime::Runtime, shape: Shape, payload: Rc<[u8]>) -> Run<'_> {
+    use compio::io::AsyncWriteAtExt;
+    assert_eq!(shape.appenders, 1, "one write per append");
+    let len_bytes = raw_len_bytes(shape, payload.len());
+    let open = move |dir: &Path| {
+        let path = dir.join("compio.dat");
+        drop(RawOverwrite::create(&path, len_bytes).expect("zero-fill"));
+        let mut options = compio::fs::OpenOptions::new();
+        options.write(true).custom_flags(libc::O_DSYNC);
+        rt.block_on(options.open(&path)).expect("open O_DSYNC")
+    };
+    let kept_dir = bench_tempdir();
+    let kept = (!shape.fresh).then(|| open(kept_dir.path()));
+    let mut frame = Vec::new();
+    plain_frame(&payload, &mut frame);
+    Box::new(move || {
+        let fresh_dir = shape.fresh.then(bench_tempdir);
+        let started = Instant::now();
+        let fresh = fresh_dir.as_ref().map(|dir| open(dir.path()));
+        let mut file = kept.clone().or(fresh).expect("either kept or fresh");
+        rt.block_on(async {
+            let mut offset_bytes = 0u64;
+            for _ in 0..shape.batches {
+                if offset_bytes + frame.len() as u64 > len_bytes {
+                    offset_bytes = 0;
+                }
+                let compio::BufResult(result, _) =
+                    file.write_all_at(frame.clone(), offset_bytes).await;
+                result.expect("compio write");
+                offset_bytes += frame.len() as u64;
+            }
+        });
+        let _keep = &kept_dir;
+        shape.rate(started.elapsed())
+    })
+}
+
+/// The raw contender's file: 64 MiB kept open; fresh, the run's bytes (at least 8 MiB).
+fn raw_len_bytes(shape: Shape, payload_bytes: usize) -> u64 {
+    let run_bytes = shape.entries() * (payload_bytes as u64 + 8);
+    if shape.fresh {
+        run_bytes.max(8 << 20).next_multiple_of(1 << 20)
+    } else {
+        64 << 20
+    }
 }
 
 /// Runs one durable workload and prints its table and targets.
@@ -263,6 +309,12 @@ fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &
         "raw overwrite + fdatasync (zero-filled)",
         raw_contender(shape, payload.clone()),
     ));
+    if shape.appenders == 1 {
+        closures.push((
+            "compio O_DSYNC overwrite, no journal (zero-filled)",
+            compio_contender(rt, shape, payload.clone()),
+        ));
+    }
     let mut contenders: Vec<(&str, &mut dyn FnMut() -> f64)> = closures
         .iter_mut()
         .map(|(name, f)| (*name, &mut **f as &mut dyn FnMut() -> f64))
