@@ -11,8 +11,9 @@ use crate::{format, stream};
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     /// Slots in the ring; op `x` lives in slot `x % slot_count`, so at most this many ops above
-    /// the snapshot watermark can be live (`Full` beyond). Default 1,024; a power of two,
-    /// at most 2^24.
+    /// the snapshot watermark can be live (`Full` beyond). Each slot is 24 bytes of memory once
+    /// an op has used it (the ring is allocated zeroed: 2^24 slots, 384 MiB at most). Default
+    /// 1,024; a power of two, at most 2^24.
     pub slot_count: u64,
     /// A segment rotates once it holds this many bytes (one entry larger than this gets a
     /// segment of its own). Default 64 MiB; at least 128 B, at most 4 GiB.
@@ -29,7 +30,8 @@ pub struct JournalConfig {
     /// ([`format::MAX_PAYLOAD_BYTES_LIMIT`]).
     pub max_payload_bytes: usize,
     /// Keep zero-written space ahead of the write cursor (a new segment starts with 256 KiB, each
-    /// later step is half what it holds, at most an eighth of a segment or 8 MiB), so a durable
+    /// later step is half what it holds or eight times the run that asks for it, at most an
+    /// eighth of a segment or 8 MiB), so a durable
     /// write overwrites instead of extending the file, which costs an fdatasync about twice as
     /// much here (docs/performance.md). Only with `sync_on_append`: buffered appends never
     /// preallocate (it would write every byte twice). Default true.
