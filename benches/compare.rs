@@ -509,9 +509,10 @@ fn recovery_rss(rt: &compio::runtime::Runtime, sizes: Sizes) {
     let (seen, bytes) = rt.block_on(open_streaming(&input));
     assert_eq!(seen, entries);
     let peak = status_kib("VmHWM:");
-    // The index: one scan record per entry (about 56 B) and one slot per op (24 B: the slot
-    // ring's packed slot, journal/src/slots.rs).
-    let index_mib = (entries as f64 * (56.0 + 24.0)) / (1 << 20) as f64;
+    // The index: one scan record per entry (about 56 B) and the slot ring, written whole at open
+    // (24 B a slot, journal/src/slots.rs; `open_streaming` sizes it to the next power of two).
+    let slot_count = (entries + 1).next_power_of_two() as f64;
+    let index_mib = (entries as f64 * 56.0 + slot_count * 24.0) / (1 << 20) as f64;
     println!(
         "\n### peak RSS opening a {:.0} MiB journal ({} entries, {:.0} MiB of payload)\n\n\
          | peak RSS growth | index estimate | growth above the index | high-water mark reset |\n\

@@ -11,9 +11,8 @@ use crate::{format, stream};
 #[derive(Debug, Clone)]
 pub struct JournalConfig {
     /// Slots in the ring; op `x` lives in slot `x % slot_count`, so at most this many ops above
-    /// the snapshot watermark can be live (`Full` beyond). Each slot is 24 bytes of memory once
-    /// an op has used it (the ring is allocated zeroed: 2^24 slots, 384 MiB at most). Default
-    /// 1,024; a power of two, at most 2^24.
+    /// the snapshot watermark can be live (`Full` beyond). Each slot is 24 bytes of memory,
+    /// written at open (2^24 slots: 384 MiB). Default 1,024; a power of two, at most 2^24.
     pub slot_count: u64,
     /// A segment rotates once it holds this many bytes (one entry larger than this gets a
     /// segment of its own). Default 64 MiB; at least 128 B, at most 4 GiB.

@@ -25,8 +25,7 @@ struct Slot {
 /// is the journal's one per-op structure (16 Mi slots at most: 384 MiB rather than 640 MiB) and a
 /// buffered append writes one slot into memory nothing has touched for a whole lap of the ring.
 /// `[op, segment, offset_units << 32 | len_bytes]`; empty is all zeroes (every entry is at least
-/// its 64-byte header, so `len_bytes` is never 0), which lets the ring be allocated zeroed: its
-/// pages cost memory only once a slot in them is used. The offset is kept in 8-byte units:
+/// its 64-byte header, so `len_bytes` is never 0). The offset is kept in 8-byte units:
 /// entries start 8-byte aligned, and a segment file is at most 16 GiB (`max_file_bytes`), so
 /// `u32` units reach 32 GiB.
 type PackedSlot = [u64; 3];
@@ -35,6 +34,17 @@ type PackedSlot = [u64; 3];
 const OFFSET_UNIT_BYTES: u64 = 8;
 
 const EMPTY_SLOT: PackedSlot = [0; 3];
+
+/// `count` empty slots, every page written now. Not `vec![EMPTY_SLOT; count]`: that allocates
+/// zeroed memory whose pages the appends then fault in, each first as the shared zero page (the
+/// insert reads the old slot) and then copied on write, with a TLB shootdown of the core running
+/// the kernel's I/O worker: buffered 128-B appends ran 5.4-6.0 M/s that way against 6.9-7.7 M/s
+/// with the ring written at open (five alternated runs of one loop, 2 M appends each).
+fn written_empty_slots(count: usize) -> Vec<PackedSlot> {
+    let mut slots = Vec::with_capacity(count);
+    slots.resize(count, EMPTY_SLOT);
+    slots
+}
 
 fn pack(slot: Option<Slot>) -> PackedSlot {
     let Some(Slot { op, location }) = slot else {
@@ -165,8 +175,7 @@ impl SlotRing {
     pub fn new(slot_count: u64, snapshot_op: u64) -> Self {
         assert!(slot_count.is_power_of_two());
         Self {
-            // Zeroed (calloc): untouched slots cost no memory.
-            slots: vec![EMPTY_SLOT; slot_count as usize],
+            slots: written_empty_slots(slot_count as usize),
             slot_count,
             snapshot_op,
             last_op: None,
