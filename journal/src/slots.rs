@@ -410,6 +410,25 @@ mod tests {
     }
 
     proptest! {
+        /// Packing keeps every location a segment file can hold: offsets up to 16 GiB (8-byte
+        /// aligned), any entry length, any op and segment number.
+        #[test]
+        fn packed_slots_round_trip(
+            op in any::<u64>(),
+            segment in any::<u64>(),
+            offset_units in 0u64..(16 << 30) / OFFSET_UNIT_BYTES,
+            len_bytes in 1u32..,
+        ) {
+            let slot = Slot {
+                op,
+                location: Location { segment, offset_bytes: offset_units * OFFSET_UNIT_BYTES, len_bytes },
+            };
+            prop_assert_eq!(unpack(pack(Some(slot))), Some(slot));
+            prop_assert_eq!(unpack(pack(None)), None);
+        }
+    }
+
+    proptest! {
         /// The ring against a BTreeMap model under out-of-order appends, rewrites, truncations
         /// and snapshot moves (slot_count 16 so wrap-around and Full happen often).
         #[test]
