@@ -292,8 +292,13 @@ fn recovery_input(rt: &compio::runtime::Runtime, entries: u64) -> RecoveryInput 
 
 /// Opens the journal with its one streaming pass handing every entry over (as the engine's replay
 /// and keel-raft's log load take them); returns the payload bytes seen.
+/// The slot ring the recovery workloads open their journal with: room for every entry.
+fn recovery_slot_count(entries: u64) -> u64 {
+    (entries + 1).next_power_of_two()
+}
+
 async fn open_streaming(input: &RecoveryInput) -> (u64, u64) {
-    let mut config = journal_config((input.entries + 1).next_power_of_two(), true);
+    let mut config = journal_config(recovery_slot_count(input.entries), true);
     if let Some(window) = std::env::var("KEEL_BENCH_SCAN_WINDOW")
         .ok()
         .and_then(|w| w.parse().ok())
@@ -380,7 +385,7 @@ fn recovery_series(
     before: &dyn Fn(),
 ) -> Vec<Series> {
     let n = input.entries;
-    let config = journal_config((n + 1).next_power_of_two(), true);
+    let config = journal_config(recovery_slot_count(n), true);
     let mut keel_stream = || {
         before();
         let started = Instant::now();
@@ -510,8 +515,8 @@ fn recovery_rss(rt: &compio::runtime::Runtime, sizes: Sizes) {
     assert_eq!(seen, entries);
     let peak = status_kib("VmHWM:");
     // The index: one scan record per entry (about 56 B) and the slot ring, written whole at open
-    // (24 B a slot, journal/src/slots.rs; `open_streaming` sizes it to the next power of two).
-    let slot_count = (entries + 1).next_power_of_two() as f64;
+    // (24 B a slot, journal/src/slots.rs).
+    let slot_count = recovery_slot_count(entries) as f64;
     let index_mib = (entries as f64 * 56.0 + slot_count * 24.0) / (1 << 20) as f64;
     println!(
         "\n### peak RSS opening a {:.0} MiB journal ({} entries, {:.0} MiB of payload)\n\n\

@@ -30,8 +30,8 @@ struct Slot {
 /// `u32` units reach 32 GiB.
 type PackedSlot = [u64; 3];
 
-/// Entries start on this boundary (docs/format.md), so offsets are stored divided by it.
-const OFFSET_UNIT_BYTES: u64 = 8;
+/// Entries start on this boundary, so offsets are stored divided by it.
+const OFFSET_UNIT_BYTES: u64 = crate::format::ENTRY_ALIGN_BYTES as u64;
 
 const EMPTY_SLOT: PackedSlot = [0; 3];
 
