@@ -40,7 +40,8 @@ pub struct OpenPlan<D: Directory> {
 struct Index {
     snapshot_op: u64,
     commit_op: u64,
-    live: BTreeMap<u64, Location>,
+    /// Ascending by op.
+    live: std::collections::VecDeque<(u64, Location)>,
 }
 
 impl<D: Directory> OpenPlan<D> {
@@ -67,12 +68,15 @@ impl<D: Directory> OpenPlan<D> {
 
     /// The ops the journal will hold above its snapshot watermark, ascending.
     pub fn live_ops(&self) -> impl Iterator<Item = u64> + '_ {
-        self.index.live.keys().copied()
+        self.index.live.iter().map(|&(op, _)| op)
     }
 
     /// True when the journal will hold a live entry for `op` once opened.
     pub fn holds(&self, op: u64) -> bool {
-        self.index.live.contains_key(&op)
+        self.index
+            .live
+            .binary_search_by_key(&op, |&(o, _)| o)
+            .is_ok()
     }
 
     /// Leftover compaction temp files the open will quarantine.
@@ -110,10 +114,10 @@ fn replay_index(scan: &LogScan, slot_count: u64) -> Index {
     let mut index = Index {
         snapshot_op: live.snapshot_op().unwrap_or(0),
         commit_op,
-        live: live.into_entries(),
+        live: live.into_sorted(),
     };
     let snapshot = index.snapshot_op;
-    index.live.retain(|&op, _| {
+    index.live.retain(|&(op, _)| {
         let fits = crate::slots::check_op(op, snapshot, slot_count).is_ok();
         if !fits {
             tracing::warn!(
