@@ -672,6 +672,8 @@ impl Sim<'_> {
 
 async fn run_seed(seed: u64) -> Result<SimStats, String> {
     let fs = MemFs::new(seed);
+    // Half the seeds read as if from a cold cache: the open's scan takes its cold read shape.
+    fs.set_cold_reads(seed % 2 == 1);
     let mut rng = SmallRng::seed_from_u64(seed);
     let config = config_for(&mut rng);
     let epochs = rng.gen_range(2..8);

@@ -287,6 +287,28 @@ impl Storage for FileStorage {
         let _ = unsafe { libc::posix_fadvise(file.as_raw_fd(), 0, 0, libc::POSIX_FADV_SEQUENTIAL) };
     }
 
+    fn cached(&self, offset_bytes: u64) -> Option<bool> {
+        let file = self.file().ok()?;
+        let offset = libc::off_t::try_from(offset_bytes).ok()?;
+        let mut byte = 0u8;
+        let iov = libc::iovec {
+            iov_base: std::ptr::addr_of_mut!(byte).cast(),
+            iov_len: 1,
+        };
+        // SAFETY: `iov` names one writable byte on this stack frame, alive for the call; `file`
+        // keeps the fd open. RWF_NOWAIT makes the read fail with EAGAIN instead of waiting for
+        // the device, so the call never blocks the core's thread on I/O.
+        let read = unsafe { libc::preadv2(file.as_raw_fd(), &iov, 1, offset, libc::RWF_NOWAIT) };
+        if read >= 0 {
+            return Some(true);
+        }
+        match io::Error::last_os_error().raw_os_error() {
+            Some(libc::EAGAIN) => Some(false),
+            // EOPNOTSUPP (a file system without RWF_NOWAIT) and anything else: cannot tell.
+            _ => None,
+        }
+    }
+
     async fn read_at<B: IoBufMut>(&self, offset_bytes: u64, buf: B) -> BufResult<usize, B> {
         let file = match self.file() {
             Ok(file) => file,

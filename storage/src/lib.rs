@@ -198,6 +198,15 @@ pub trait Storage {
     /// default does nothing.
     fn advise_sequential(&self) {}
 
+    /// Whether the byte at `offset_bytes` can be read without waiting for the device: `Some(true)`
+    /// when it is in memory (or past the end), `Some(false)` when a read would wait for the disk,
+    /// `None` when the storage cannot tell (the default). A hint for choosing a read shape: by the
+    /// time the read runs the answer may have changed.
+    fn cached(&self, offset_bytes: u64) -> Option<bool> {
+        let _ = offset_bytes;
+        None
+    }
+
     /// Appends `buf` at an offset reserved synchronously; returns that offset.
     async fn append<B: IoBuf>(&self, buf: B) -> BufResult<u64, B> {
         let offset_bytes = self.reserve_append(buf.as_init().len() as u64);

@@ -431,3 +431,42 @@ async fn direct_and_page_cache_writes_read_back_coherently() {
     }
     assert_eq!(aligned, 32, "every even round's write was aligned");
 }
+
+/// `cached` tells bytes in memory from bytes on the disk: just written they are in the page
+/// cache; written back and dropped from it (`POSIX_FADV_DONTNEED`), a read would wait for the
+/// device, unless the file system keeps its files in memory (tmpfs), where they stay readable.
+#[compio::test]
+async fn cached_tells_the_page_cache_from_the_disk() {
+    use std::os::fd::AsRawFd;
+    let (tmp, dir) = temp_dir().await;
+    let file = dir.open_file("data", OpenMode::Create).await.unwrap();
+    file.write_all_at(0, vec![7u8; 1 << 20]).await.0.unwrap();
+    file.sync().await.unwrap();
+    assert_eq!(file.cached(0), Some(true), "just written");
+    assert_eq!(
+        file.cached(1 << 30),
+        Some(true),
+        "past the end nothing waits"
+    );
+    let std_file = std::fs::File::open(tmp.path().join("data")).unwrap();
+    // SAFETY: plain integer arguments on an fd `std_file` keeps open for the calls; `statfs` is
+    // a zeroed plain-data struct the call fills.
+    let (dropped, in_memory_fs) = unsafe {
+        let dropped = libc::posix_fadvise(std_file.as_raw_fd(), 0, 0, libc::POSIX_FADV_DONTNEED);
+        let mut statfs: libc::statfs = std::mem::zeroed();
+        let tmpfs = libc::fstatfs(std_file.as_raw_fd(), &mut statfs) == 0
+            && statfs.f_type == libc::TMPFS_MAGIC;
+        (dropped == 0, tmpfs)
+    };
+    assert!(dropped, "posix_fadvise(DONTNEED) failed");
+    let expected = if in_memory_fs {
+        Some(true)
+    } else {
+        Some(false)
+    };
+    assert_eq!(
+        file.cached(512 << 10),
+        expected,
+        "dropped from the page cache"
+    );
+}

@@ -81,6 +81,8 @@ struct FsState {
     file_sync_count: u64,
     dir_sync_count: u64,
     yield_on_io: bool,
+    /// What `Storage::cached` answers: reads look as if they went to the disk.
+    cold_reads: bool,
 }
 
 const ROOT: DirId = 0;
@@ -233,6 +235,7 @@ impl MemFs {
                 file_sync_count: 0,
                 dir_sync_count: 0,
                 yield_on_io: true,
+                cold_reads: false,
             })),
         }
     }
@@ -364,6 +367,15 @@ impl MemFs {
         file.live.truncate(len_bytes as usize);
         file.durable = file.live.clone();
         Ok(())
+    }
+
+    /// Whether reads are to look as if they went to the disk: [`Storage::cached`] then answers
+    /// `Some(false)` for every file (else `Some(true)`), so a reader that picks its read shape by
+    /// where the bytes are takes its cold shape here.
+    ///
+    /// [`Storage::cached`]: crate::Storage::cached
+    pub fn set_cold_reads(&self, cold: bool) {
+        self.state.borrow_mut().cold_reads = cold;
     }
 
     /// Flips bit `bit` (0 = least significant) of the byte at `offset_bytes` of `path`'s durable

@@ -272,6 +272,11 @@ impl Storage for MemStorage {
         self.len_bytes.get()
     }
 
+    fn cached(&self, offset_bytes: u64) -> Option<bool> {
+        let _ = offset_bytes;
+        Some(!self.fs.state.borrow().cold_reads)
+    }
+
     fn reserve_append(&self, len_bytes: u64) -> u64 {
         let offset_bytes = self.len_bytes.get();
         self.len_bytes.set(offset_bytes + len_bytes);
