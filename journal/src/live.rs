@@ -39,7 +39,7 @@ impl<V> LiveMap<V> {
 
     /// Where `op` is, or would go, in the sorted run.
     fn position(&self, op: u64) -> Result<usize, usize> {
-        self.entries.binary_search_by_key(&op, |&(o, _)| o)
+        position_in(&self.entries, op)
     }
 
     /// A data entry for `op`: it replaces any older one. Ignored at or below the watermark;
@@ -97,9 +97,15 @@ impl<V> LiveMap<V> {
     }
 }
 
+/// Where `op` is, or would go, in a run sorted by op ([`LiveMap::into_sorted`]'s).
+pub(crate) fn position_in<V>(run: &VecDeque<(u64, V)>, op: u64) -> Result<usize, usize> {
+    run.binary_search_by_key(&op, |&(o, _)| o)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use proptest::prelude::*;
 
     #[test]
     fn markers_drop_what_they_name_and_rewrites_replace() {
@@ -140,8 +146,6 @@ mod tests {
             1 => (0u64..64).prop_map(Step::Remove),
         ]
     }
-
-    use proptest::prelude::*;
 
     proptest! {
         /// The sorted run keeps exactly what the rule says, checked against a map that applies

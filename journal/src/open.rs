@@ -73,10 +73,7 @@ impl<D: Directory> OpenPlan<D> {
 
     /// True when the journal will hold a live entry for `op` once opened.
     pub fn holds(&self, op: u64) -> bool {
-        self.index
-            .live
-            .binary_search_by_key(&op, |&(o, _)| o)
-            .is_ok()
+        crate::live::position_in(&self.index.live, op).is_ok()
     }
 
     /// Leftover compaction temp files the open will quarantine.

@@ -362,8 +362,9 @@ mod tests {
         }
     }
 
-    /// The streaming scan (512-B windows, read whole or, cold, in 64-B pieces) finds exactly what the whole-file scan finds, on random
-    /// logs with random damage, and hands the consumer exactly the entries it keeps.
+    /// The streaming scan (512-B windows, read whole or, cold, in 64-B pieces) finds exactly what
+    /// the whole-file scan finds, on random logs with random damage, and hands the consumer
+    /// exactly the entries it keeps.
     #[test]
     fn streaming_scan_agrees_with_the_whole_file_scan() {
         let mut stops = 0;

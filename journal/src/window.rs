@@ -67,8 +67,9 @@ pub(crate) struct SegmentRead<'w, F: Storage + 'w> {
     ahead: std::collections::VecDeque<Ahead<'w>>,
     /// Buffers for the next pieces (the window's old buffer comes back here).
     spares: Vec<Vec<u8>>,
-    /// The file's bytes were found on the disk, not in memory: read a window in [`COLD_PIECES_PER_WINDOW`]
-    /// pieces, one at a time, and let the kernel's readahead run ahead (kept for the file).
+    /// The file's bytes were found on the disk, not in memory: read a window in
+    /// [`COLD_PIECES_PER_WINDOW`] pieces, one at a time, and let the kernel's readahead run ahead
+    /// (kept for the file).
     cold: bool,
 }
 
