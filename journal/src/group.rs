@@ -176,12 +176,14 @@ impl<D: Directory> MetadataJournal<D> {
         // older segments' bytes durable first, or a crash could leave the new header but lose the
         // old tail, which would read as a broken chain (corruption).
         self.sync_dirty().await?;
+        let from_spare = self.take_ready_spare().is_some();
         let file = segment::create(
             &self.dir,
             header,
             self.preallocates()
                 .then(|| self.preallocation_target(0, 0, 0)),
             self.segment_writes(),
+            from_spare,
         )
         .await?;
         let name = crate::format::segment_file_name(header.segment_no);

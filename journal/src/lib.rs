@@ -114,6 +114,7 @@ mod report;
 mod scan;
 mod segment;
 mod slots;
+mod spare;
 mod stream;
 mod window;
 mod writer;
@@ -331,6 +332,7 @@ impl<D: Directory> MetadataJournal<D> {
             self.state.borrow_mut().w.tail_uncovered = false;
         }
         // No write of this journal may land after it is closed (a reopen writes there next).
+        self.drop_spare();
         self.finish_fill(None).await
     }
 

@@ -8,6 +8,7 @@ use keel_storage::{BufResult, Directory, OpenMode, Storage, WriteMode};
 
 use crate::error::JournalError;
 use crate::format::{parse_segment_file_name, segment_file_name, SegmentHeader};
+use crate::spare::SPARE_FILE_NAME;
 
 /// Reads of a whole segment go in chunks of this size, through one reused chunk buffer: a fresh
 /// multi-MiB buffer per read costs more in page faults than the read itself (BENCHMARKS.md, F4).
@@ -39,6 +40,8 @@ pub async fn list<D: Directory>(dir: &D) -> Result<(Vec<SegmentFile>, Vec<String
             // Only compaction's own temp names (`<20 digits>.wal.tmp`): a file keel did not
             // write is never touched.
             temps.push(name);
+        } else if name == SPARE_FILE_NAME {
+            // The prepared next segment: zeroes (and maybe a header), never an entry.
         } else {
             tracing::debug!(file = %name, "journal: ignoring unknown file in journal dir");
         }
@@ -123,18 +126,27 @@ async fn read_file_into<F: Storage>(
 }
 
 /// Creates segment `header.segment_no` as a new file (an existing file of that name is an error,
-/// never truncated: the open's scan accounted for every segment file), writes its header
-/// and, when `preallocate_to` is set, zeroes up to that length; fsyncs the file and the directory.
-/// `writes` says how it is opened.
+/// never truncated: the open's scan accounted for every segment file), or, `from_spare`, from
+/// the prepared spare (`spare`): writes its header and, when `preallocate_to` is set, zeroes up
+/// to that length (a spare already holds them); fsyncs the file; renames the spare to the
+/// segment's name; fsyncs the directory. No entry goes in before all of that is durable, so a
+/// spare never holds one. `writes` says how it is opened.
 pub async fn create<D: Directory>(
     dir: &D,
     header: &SegmentHeader,
     preallocate_to: Option<u64>,
     writes: WriteMode,
+    from_spare: bool,
 ) -> Result<D::File, JournalError> {
     let name = segment_file_name(header.segment_no);
     let path = format!("{}/{name}", dir.display_path());
-    let opened = dir.open_file_as(&name, OpenMode::CreateNew, writes).await;
+    let opened = if from_spare {
+        refuse_existing(dir, &name, &path).await?;
+        dir.open_file_as(SPARE_FILE_NAME, OpenMode::Existing, writes)
+            .await
+    } else {
+        dir.open_file_as(&name, OpenMode::CreateNew, writes).await
+    };
     let file = opened.map_err(|e| JournalError::io("create segment", &path, e))?;
     let BufResult(result, _) = file.write_all_at(0, header.encode().to_vec()).await;
     result.map_err(|e| JournalError::io("write segment header", &path, e))?;
@@ -148,8 +160,33 @@ pub async fn create<D: Directory>(
     file.sync()
         .await
         .map_err(|e| JournalError::io("fsync new segment", &path, e))?;
+    if from_spare {
+        dir.rename(SPARE_FILE_NAME, &name)
+            .await
+            .map_err(|e| JournalError::io("rename spare to segment", &path, e))?;
+    }
     dir.sync()
         .await
         .map_err(|e| JournalError::io("fsync journal dir", &path, e))?;
     Ok(file)
+}
+
+/// A rename would replace an existing file of that name: refuse, as `CreateNew` does.
+async fn refuse_existing<D: Directory>(
+    dir: &D,
+    name: &str,
+    path: &str,
+) -> Result<(), JournalError> {
+    let exists = dir
+        .exists(name)
+        .await
+        .map_err(|e| JournalError::io("create segment", path, e))?;
+    if exists {
+        let error = std::io::Error::new(
+            std::io::ErrorKind::AlreadyExists,
+            "a segment of that number already exists",
+        );
+        return Err(JournalError::io("create segment", path, error));
+    }
+    Ok(())
 }

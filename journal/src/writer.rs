@@ -156,6 +156,8 @@ pub(crate) struct WriterState {
     pub write_back: WriteBackMark,
     /// The zero-fill running in the background, if any (`zeroed`).
     pub fill: Option<crate::zeroed::BackgroundFill>,
+    /// The next segment, prepared in the background (`spare`), if any.
+    pub spare: Option<crate::spare::Spare>,
 }
 
 /// The segment and offset up to which a buffered journal has started write-back, and whether
@@ -192,6 +194,7 @@ impl WriterState {
             direct: Default::default(),
             write_back: WriteBackMark::default(),
             fill: None,
+            spare: None,
         }
     }
 

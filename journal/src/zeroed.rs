@@ -70,6 +70,11 @@ impl<D: Directory> MetadataJournal<D> {
         }
         let target = self.preallocation_target(ready, run_end, run_bytes);
         if target <= ready {
+            // The segment is zeroed to its end: its rotation is next.
+            self.want_spare(ready);
+            return Ok(());
+        }
+        if run_end <= ready && self.rotate_into_spare(ready) {
             return Ok(());
         }
         if run_end <= ready && filling.is_none() && file.direct_alignment().is_none() {

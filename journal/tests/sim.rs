@@ -69,6 +69,8 @@ struct SimStats {
     crashes_during_open: u64,
     crashes_mid_workload: u64,
     closes: u64,
+    /// Rotations that took a prepared spare segment (crashes then land around its rename).
+    spares_adopted: u64,
     faults: FaultTotals,
 }
 
@@ -83,6 +85,7 @@ impl SimStats {
         self.crashes_during_open += other.crashes_during_open;
         self.crashes_mid_workload += other.crashes_mid_workload;
         self.closes += other.closes;
+        self.spares_adopted += other.spares_adopted;
         self.faults.add(&other.faults);
     }
 }
@@ -529,6 +532,7 @@ impl Sim<'_> {
         let budget = self.rng.borrow_mut().gen_range(1..250);
         let finished = with_budget(self.workload(&j), budget).await.is_some();
         self.end_operation().await;
+        self.stats.borrow_mut().spares_adopted += j.stats().spares_adopted;
         if !finished {
             self.stats.borrow_mut().crashes_mid_workload += 1;
         } else if !self.model.borrow().poisoned && self.gen_bool(0.3) {
@@ -740,7 +744,7 @@ fn simulator() {
     }
     eprintln!(
         "journal simulator: {} in {:.1}s; epochs {}, acks {}, repairs {}, flips refused {} / cut \
-         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}",
+         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {}",
         total.faults,
         started.elapsed().as_secs_f64(),
         total.epochs,
@@ -751,11 +755,13 @@ fn simulator() {
         total.fault_epochs,
         total.crashes_during_open,
         total.crashes_mid_workload,
-        total.closes
+        total.closes,
+        total.spares_adopted
     );
     if seeds.len() >= 100 {
         // The run must have exercised what it claims to check.
         assert!(total.acks > 0, "the workload must acknowledge something");
+        assert!(total.spares_adopted > 0, "no rotation took a spare");
         let f = &total.faults;
         assert!(
             f.process_crash_then_power_cut > 0

@@ -8,7 +8,7 @@ use std::future::Future;
 use std::pin::pin;
 use std::task::{Context, Waker};
 
-use common::{open, payload, run, small_config};
+use common::{open, payload, run, small_config, Journal};
 use keel_journal::{JournalConfig, JournalError};
 use keel_storage::MemFs;
 
@@ -295,27 +295,14 @@ fn preallocation_grows_with_what_is_written() {
 #[test]
 fn preallocation_steps_grow_with_the_groups() {
     use keel_storage::{Directory, OpenMode, Storage};
-    let config = JournalConfig {
-        segment_bytes: 64 << 20,
-        slot_count: 4096,
-        max_batch_bytes: 1 << 20,
-        max_inflight_bytes: 4 << 20,
-        max_payload_bytes: 4096,
-        preallocate: true,
-        ..small_config()
-    };
+    let config = group_config(64 << 20, 4096);
     let groups = 40u64;
     let group_ops = 64u64;
     let body = |op: u64| vec![op as u8; 4096];
     run(async {
         let fs = MemFs::new(11);
         let (j, _) = open(&fs, &config).await;
-        for g in 0..groups {
-            let batch: Vec<(u64, Vec<u8>)> = (1..=group_ops)
-                .map(|i| (g * group_ops + i, body(g * group_ops + i)))
-                .collect();
-            j.append_batch(&batch).await.unwrap();
-        }
+        write_groups(&j, groups, group_ops, body).await;
         let stats = j.stats();
         assert_eq!(stats.batches, groups, "one group per batch: {stats:?}");
         // Past the first step, each is at least 8 runs: 40 groups need at most 40 / 8 of them,
@@ -404,4 +391,80 @@ fn buffered_segments_start_write_back_every_write_back_bytes() {
         (2..=13).contains(&hints),
         "{hints} write-backs for ~825 KiB"
     );
+}
+
+/// Rotations take the prepared spare (`next.spare`): a durable journal writing several segments'
+/// worth adopts spares, so its later segments are zeroed to their end before their first group;
+/// the spare never holds an entry, and after a power cut every acknowledged op reads back.
+#[test]
+fn rotations_adopt_the_prepared_spare() {
+    use keel_storage::{Directory, OpenMode, Storage};
+    let config = group_config(4 << 20, 8192);
+    let groups = 60u64;
+    let group_ops = 64u64;
+    let body = |op: u64| vec![op as u8; 4000];
+    run(async {
+        let fs = MemFs::new(17);
+        let (j, _) = open(&fs, &config).await;
+        write_groups(&j, groups, group_ops, body).await;
+        let stats = j.stats();
+        assert!(stats.spares_adopted >= 2, "{stats:?}");
+        let dir = fs.root().open_dir("journal", false).await.unwrap();
+        let names = dir.list().await.unwrap();
+        let segments: Vec<&String> = names.iter().filter(|n| n.ends_with(".wal")).collect();
+        assert!(segments.len() >= 3, "{names:?}");
+        // An adopted segment was zeroed to its full length before its first entry.
+        let mut lens = Vec::new();
+        for name in &segments {
+            lens.push(dir.open_file(name, OpenMode::ReadOnly).await.unwrap().len());
+        }
+        // Each adopted spare was zeroed to the segment's full length before its first entry.
+        let full = lens[1..]
+            .iter()
+            .filter(|&&len| len == config.segment_bytes)
+            .count();
+        assert!(full as u64 >= stats.spares_adopted, "{lens:?} {stats:?}");
+        assert!(lens.iter().all(|&len| len <= config.segment_bytes));
+        if names.iter().any(|n| n == "next.spare") {
+            let spare = dir
+                .open_file("next.spare", OpenMode::ReadOnly)
+                .await
+                .unwrap();
+            let buf = spare.read_exact_at(0, spare.len() as usize).await.unwrap();
+            assert!(buf.iter().all(|&b| b == 0), "the spare holds only zeroes");
+        }
+        drop(j);
+        fs.crash();
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=groups * group_ops {
+            assert_eq!(
+                j.entry(op).await.unwrap().unwrap().payload[..],
+                body(op)[..],
+                "acknowledged op {op} lost"
+            );
+        }
+    });
+}
+
+/// A preallocating journal sized for groups of 64 x 4 KiB.
+fn group_config(segment_bytes: u64, slot_count: u64) -> JournalConfig {
+    JournalConfig {
+        segment_bytes,
+        slot_count,
+        max_batch_bytes: 1 << 20,
+        max_inflight_bytes: 4 << 20,
+        max_payload_bytes: 4096,
+        preallocate: true,
+        ..small_config()
+    }
+}
+
+/// `groups` batches of `group_ops` entries each, ops from 1, bodies from `body`.
+async fn write_groups(j: &Journal, groups: u64, group_ops: u64, body: impl Fn(u64) -> Vec<u8>) {
+    for g in 0..groups {
+        let batch: Vec<(u64, Vec<u8>)> = (1..=group_ops)
+            .map(|i| (g * group_ops + i, body(g * group_ops + i)))
+            .collect();
+        j.append_batch(&batch).await.unwrap();
+    }
 }
