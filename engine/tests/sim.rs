@@ -702,6 +702,7 @@ fn engine_simulator() {
     let started = std::time::Instant::now();
     let mut tally = Tally::default();
     for &seed in &seeds {
+        sim_faults::running_seed(seed, "KEEL_ENGINE_SIM_SEED");
         let result = catch_unwind(AssertUnwindSafe(|| {
             runtime.block_on(run_seed(seed, &mut tally))
         }));

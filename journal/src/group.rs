@@ -84,6 +84,7 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// The writer task: one group at a time until the journal is poisoned (or the task dropped).
     async fn run_writer(&self) {
+        let _abort = AbortOnPanic;
         loop {
             WaitForWork { journal: self }.await;
             if self.state.borrow().poisoned.is_some() {
@@ -488,5 +489,21 @@ impl<D: Directory> MetadataJournal<D> {
         st.w.queued_bytes = 0;
         st.w.inflight_bytes = 0;
         st.w.wake_all_waiters();
+    }
+}
+
+/// Held by the writer task: a panic there (a broken invariant) aborts the process. The runtime
+/// would catch it and drop the task, leaving every append waiting on a completion no one
+/// resolves; a crash is what recovery is built for, a silent hang is not.
+struct AbortOnPanic;
+
+impl Drop for AbortOnPanic {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            tracing::error!(
+                "journal: the writer task panicked; aborting (the log recovers at the next open)"
+            );
+            std::process::abort();
+        }
     }
 }

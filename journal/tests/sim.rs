@@ -731,6 +731,7 @@ fn simulator() {
     let mut total = SimStats::default();
     let started = std::time::Instant::now();
     for &seed in &seeds {
+        sim_faults::running_seed(seed, "KEEL_SIM_SEED");
         let result = std::panic::catch_unwind(AssertUnwindSafe(|| common::run(run_seed(seed))));
         match result {
             Ok(Ok(stats)) => total.add(&stats),

@@ -337,6 +337,32 @@ impl fmt::Display for FaultTotals {
     }
 }
 
+thread_local! {
+    static CURRENT_SEED: std::cell::Cell<Option<u64>> = const { std::cell::Cell::new(None) };
+}
+
+/// Names `seed` in the panic message of anything that panics while it runs: a panic in a
+/// journal's writer task aborts the process (no `catch_unwind` gets to print the seed), so the
+/// hook says which seed to replay with `replay_var`.
+pub fn running_seed(seed: u64, replay_var: &'static str) {
+    use std::io::Write;
+    static HOOK: std::sync::Once = std::sync::Once::new();
+    HOOK.call_once(|| {
+        let default_hook = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            if let Some(seed) = CURRENT_SEED.with(|s| s.get()) {
+                // Straight to stderr: the test harness's capture is lost when the process aborts.
+                let _ = writeln!(
+                    std::io::stderr(),
+                    "simulator seed {seed}: {info}\nreplay with {replay_var}={seed}"
+                );
+            }
+            default_hook(info);
+        }));
+    });
+    CURRENT_SEED.with(|s| s.set(Some(seed)));
+}
+
 /// Seeds to run: `KEEL_SIM_SEED=s` replays one; `KEEL_SIM_SEEDS=n` runs `0..n`; else `0..default`.
 /// `own_prefix` names a simulator's own variables (`KEEL_ENGINE_SIM`), read first.
 pub fn seeds_from_env(own_prefix: Option<&str>, default: u64) -> Vec<u64> {
