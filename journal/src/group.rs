@@ -177,7 +177,7 @@ impl<D: Directory> MetadataJournal<D> {
         // older segments' bytes durable first, or a crash could leave the new header but lose the
         // old tail, which would read as a broken chain (corruption).
         self.sync_dirty().await?;
-        let from_spare = self.take_ready_spare().is_some();
+        let from_spare = self.take_ready_spare();
         let file = segment::create(
             &self.dir,
             header,

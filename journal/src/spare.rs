@@ -44,10 +44,8 @@ const PREPARE_CHUNK_BYTES: u64 = 1 << 20;
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 enum Readiness {
     Preparing,
-    /// Zero-written and synced, `len_bytes` long.
-    Ready {
-        len_bytes: u64,
-    },
+    /// Zero-written and synced.
+    Ready,
     Failed,
 }
 
@@ -59,19 +57,11 @@ pub(crate) struct Spare {
 }
 
 impl<D: Directory> MetadataJournal<D> {
-    /// Spares pay where preallocation does (durable groups).
-    fn uses_spares(&self) -> bool {
-        self.preallocates()
-    }
-
     /// A run of the active segment needs its next preallocation step (its zeroes end at
     /// `zeroed_end`): true when a ready spare makes the step unnecessary. The next entry then
     /// starts a new segment (the rotation takes the spare). Otherwise a spare is prepared for
     /// the next rotation, if none is, and the caller grows the segment in place as before.
     pub(crate) fn rotate_into_spare(&self, zeroed_end: u64) -> bool {
-        if !self.uses_spares() {
-            return false;
-        }
         let (readiness, compacting) = {
             let st = self.state.borrow();
             (
@@ -82,12 +72,13 @@ impl<D: Directory> MetadataJournal<D> {
         match readiness {
             // A compaction past its flush takes a sealed segment's entries as all written; a
             // rotation asked for now would seal the segment this run is still writing.
-            Some(Readiness::Ready { .. }) if compacting => false,
-            Some(Readiness::Ready { .. }) => {
+            Some(Readiness::Ready) if compacting => false,
+            Some(Readiness::Ready) => {
                 self.state.borrow_mut().w.needs_rotation = true;
                 true
             }
             Some(Readiness::Preparing) | Some(Readiness::Failed) => false,
+            // Only a journal that preallocates ever has a spare; `want_spare` checks that.
             None => {
                 self.want_spare(zeroed_end);
                 false
@@ -96,10 +87,10 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// A run came near the end of a segment whose zeroes end at `zeroed_end`: the next rotation
-    /// will want a spare, so one is prepared now if none is (a no-op without spares, and while
-    /// the segment is young).
+    /// will want a spare, so one is prepared now if none is (a no-op while the segment is young,
+    /// and without preallocation: spares pay where it does, in durable groups).
     pub(crate) fn want_spare(&self, zeroed_end: u64) {
-        if !self.uses_spares() || self.state.borrow().w.spare.is_some() {
+        if !self.preallocates() || self.state.borrow().w.spare.is_some() {
             return;
         }
         // A young segment's own steps are cheap; its spare's zeroes would compete with a
@@ -115,17 +106,15 @@ impl<D: Directory> MetadataJournal<D> {
         self.start_spare(len_bytes);
     }
 
-    /// Takes the ready spare for a rotation: its length, or `None` when there is none ready.
-    pub(crate) fn take_ready_spare(&self) -> Option<u64> {
+    /// Takes the ready spare for a rotation: false when there is none ready.
+    pub(crate) fn take_ready_spare(&self) -> bool {
         let mut st = self.state.borrow_mut();
-        match st.w.spare.as_ref().map(|s| s.readiness.get()) {
-            Some(Readiness::Ready { len_bytes }) => {
-                st.w.spare = None;
-                st.stats.spares_adopted += 1;
-                Some(len_bytes)
-            }
-            _ => None,
+        let ready = st.w.spare.as_ref().map(|s| s.readiness.get()) == Some(Readiness::Ready);
+        if ready {
+            st.w.spare = None;
+            st.stats.spares_adopted += 1;
         }
+        ready
     }
 
     /// Cancels a preparation in flight (close): no write of this journal lands after it.
@@ -140,8 +129,8 @@ impl<D: Directory> MetadataJournal<D> {
         let path = self.file_path(SPARE_FILE_NAME);
         let mark = readiness.clone();
         let task = compio::runtime::spawn(async move {
-            match prepare(&dir, len_bytes).await {
-                Ok(()) => mark.set(Readiness::Ready { len_bytes }),
+            match prepare(&dir, &path, len_bytes).await {
+                Ok(()) => mark.set(Readiness::Ready),
                 Err(error) => {
                     // Not the journal's failure: it grows its segments in place instead.
                     tracing::warn!(%error, file = %path, "journal: preparing the spare segment failed; growing segments in place");
@@ -158,13 +147,10 @@ impl<D: Directory> MetadataJournal<D> {
     }
 }
 
-/// Writes the spare afresh: `len_bytes` of zeroes, each chunk's write-back waited for, synced.
-async fn prepare<D: Directory>(dir: &D, len_bytes: u64) -> Result<(), JournalError> {
-    let path = format!("{}/{SPARE_FILE_NAME}", dir.display_path());
-    let io = |stage: &'static str| {
-        let path = path.clone();
-        move |e| JournalError::io(stage, path, e)
-    };
+/// Writes the spare (at `path`) afresh: `len_bytes` of zeroes, each chunk's write-back waited
+/// for, synced.
+async fn prepare<D: Directory>(dir: &D, path: &str, len_bytes: u64) -> Result<(), JournalError> {
+    let io = |stage: &'static str| move |e| JournalError::io(stage, path, e);
     let file = dir
         .open_file(SPARE_FILE_NAME, OpenMode::Create)
         .await
