@@ -288,10 +288,7 @@ fn raw_len_bytes(shape: Shape, payload_bytes: usize) -> u64 {
 fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &[(&str, f64)]) {
     let rounds = sizes.rounds * 5;
     let payload: Rc<[u8]> = payload(shape.payload_bytes).into();
-    let mut variants = vec![WRITE_THROUGH, DIRECT, FDATASYNC, FALLOCATE];
-    if shape.fresh {
-        variants.push(NO_PREALLOC);
-    }
+    let variants = [WRITE_THROUGH, DIRECT, FDATASYNC, FALLOCATE, NO_PREALLOC];
     let mut closures: Vec<(&str, Run<'_>)> = variants
         .iter()
         .map(|v| {
@@ -356,16 +353,14 @@ pub(super) fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
 }
 
 pub(super) fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
-    for (payload_bytes, target) in [(KIB4, 1.3), (128, 1.6)] {
-        for fresh in [false, true] {
+    for (payload_bytes, target, long_factor) in [(KIB4, 1.3, 30), (128, 1.6, 100)] {
+        // Kept open for a few batches a turn, kept open for turns long enough to cross segment
+        // rotations (4 KiB: a 64 MiB segment a turn; 128 B: two over the run), and fresh.
+        for (factor, fresh) in [(1, false), (long_factor, false), (4, true)] {
             let shape = Shape {
                 payload_bytes,
                 appenders: 64,
-                batches: if fresh {
-                    sizes.group_batches * 4
-                } else {
-                    sizes.group_batches
-                },
+                batches: sizes.group_batches * factor,
                 fresh,
             };
             durable(rt, sizes, shape, &[("plain append", target)]);

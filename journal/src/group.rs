@@ -188,6 +188,7 @@ impl<D: Directory> MetadataJournal<D> {
         )
         .await?;
         let name = crate::format::segment_file_name(header.segment_no);
+        let file_len_bytes = file.len();
         self.state.borrow_mut().segments.insert(
             header.segment_no,
             SegmentHandle {
@@ -203,6 +204,11 @@ impl<D: Directory> MetadataJournal<D> {
         );
         // The older segments are synced now: let go of handles nothing live needs.
         self.release_idle_handles();
+        if from_spare {
+            // The next spare is prepared from the start of this segment's life, so it is ready
+            // before this one's zeroes run out (the runs extend until it is).
+            self.want_spare(file_len_bytes);
+        }
         Ok(())
     }
 
@@ -239,16 +245,16 @@ impl<D: Directory> MetadataJournal<D> {
                 result
             };
             result.map_err(|e| JournalError::io("write batch", self.file_path(&name), e))?;
-            let mut st = self.state.borrow_mut();
             if file.writes_are_durable() {
                 // The write carried its own fdatasync: counted as one.
+                let mut st = self.state.borrow_mut();
                 st.stats.fsyncs += 1;
                 st.stats.fsync_nanos_total += started.elapsed().as_nanos() as u64;
             } else {
-                st.w.dirty_segments.insert(segment);
-                drop(st);
+                self.state.borrow_mut().w.dirty_segments.insert(segment);
                 self.start_write_back(&file, segment, offset_bytes + buf_len as u64);
             }
+            self.fill_behind(&file, &name, segment, buf_len as u64);
             Ok(last_seq)
         }))
     }

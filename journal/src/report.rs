@@ -92,6 +92,9 @@ pub struct JournalStats {
     /// Preallocation steps zero-filled inline, the group that needed them waiting: a group that
     /// reached past the zeroed space, or any step of a segment with an `O_DIRECT` handle.
     pub zero_fills_inline: u64,
+    /// Durable runs that reached past the zeroed space with no fill under way and extended the
+    /// file instead of waiting for an inline fill (the next step then starts behind them).
+    pub runs_extending: u64,
     /// Rotations that took the prepared spare segment (`next.spare`) instead of creating and
     /// zero-filling a file: docs/performance.md, "Preallocation".
     pub spares_adopted: u64,

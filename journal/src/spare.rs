@@ -12,8 +12,9 @@
 //! its header, synced it, renamed it to the segment's name and synced the directory, so a spare
 //! found on disk (a crash or a close before a rotation took it) holds zeroes and at most a header,
 //! and preparing it again (truncate, refill) destroys nothing. Its preparation writes through the
-//! page cache one chunk at a time and waits for each chunk's write-back before the next, so the
-//! device never holds more than a chunk of it ahead of the groups' writes.
+//! page cache one chunk at a time and waits for each chunk's write-back, then as long again, before
+//! the next (`keel_storage::write_back_paced`), so the device never holds more than a chunk of it
+//! ahead of the groups' writes and gives it at most about half of its bandwidth.
 
 use std::cell::Cell;
 use std::rc::Rc;
@@ -37,8 +38,20 @@ const SPARE_AFTER_BYTES: u64 = 1 << 20;
 /// A spare is this many times the zeroed space of the segment that asks for it.
 const SPARE_GROWTH: u64 = 4;
 
-/// Zeroes written between two waits for write-back.
-const PREPARE_CHUNK_BYTES: u64 = 1 << 20;
+/// Zeroes written between two waits for write-back (each followed by as long a pause): a
+/// group's fdatasync queued behind one chunk's write-back waits for at most this much transfer.
+const PREPARE_CHUNK_BYTES: u64 = 256 << 10;
+
+/// What the spare does for a segment that needs its next step (`spare_step`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum SpareStep {
+    /// A ready spare: the next entry rotates into it.
+    Rotate,
+    /// A spare is being prepared: runs extend the segment until it is ready.
+    Preparing,
+    /// No spare can serve: grow the segment in place.
+    None,
+}
 
 /// Where the spare stands.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -58,10 +71,15 @@ pub(crate) struct Spare {
 
 impl<D: Directory> MetadataJournal<D> {
     /// A run of the active segment needs its next preallocation step (its zeroes end at
-    /// `zeroed_end`): true when a ready spare makes the step unnecessary. The next entry then
-    /// starts a new segment (the rotation takes the spare). Otherwise a spare is prepared for
-    /// the next rotation, if none is, and the caller grows the segment in place as before.
-    pub(crate) fn rotate_into_spare(&self, zeroed_end: u64) -> bool {
+    /// `zeroed_end`): what the spare does about it. [`SpareStep::Rotate`]: a ready spare makes
+    /// the step unnecessary, and the next entry starts a new segment (the rotation takes it).
+    /// [`SpareStep::Preparing`]: one is being prepared (started now, if none was), and the runs
+    /// until it is ready extend the segment rather than grow it by a fill in place, whose
+    /// extents and size changes put ext4 journal commits into every group's fdatasync meanwhile
+    /// (64 x 128 B groups: clusters of 2-9 ms groups after each in-place step, BENCHMARKS.md).
+    /// [`SpareStep::None`]: no spare can serve (a young segment, a failed preparation, a
+    /// compaction under way): the caller grows the segment in place.
+    pub(crate) fn spare_step(&self, zeroed_end: u64) -> SpareStep {
         let (readiness, compacting) = {
             let st = self.state.borrow();
             (
@@ -72,38 +90,42 @@ impl<D: Directory> MetadataJournal<D> {
         match readiness {
             // A compaction past its flush takes a sealed segment's entries as all written; a
             // rotation asked for now would seal the segment this run is still writing.
-            Some(Readiness::Ready) if compacting => false,
+            Some(Readiness::Ready) if compacting => SpareStep::None,
             Some(Readiness::Ready) => {
                 self.state.borrow_mut().w.needs_rotation = true;
-                true
+                SpareStep::Rotate
             }
-            Some(Readiness::Preparing) | Some(Readiness::Failed) => false,
+            Some(Readiness::Preparing) => SpareStep::Preparing,
+            Some(Readiness::Failed) => SpareStep::None,
             // Only a journal that preallocates ever has a spare; `want_spare` checks that.
-            None => {
-                self.want_spare(zeroed_end);
-                false
-            }
+            None if self.want_spare(zeroed_end) => SpareStep::Preparing,
+            None => SpareStep::None,
         }
     }
 
     /// A run came near the end of a segment whose zeroes end at `zeroed_end`: the next rotation
     /// will want a spare, so one is prepared now if none is (a no-op while the segment is young,
-    /// and without preallocation: spares pay where it does, in durable groups).
-    pub(crate) fn want_spare(&self, zeroed_end: u64) {
-        if !self.preallocates() || self.state.borrow().w.spare.is_some() {
-            return;
+    /// and without preallocation: spares pay where it does, in durable groups). Returns whether
+    /// the journal has a spare (being prepared or ready) afterwards.
+    pub(crate) fn want_spare(&self, zeroed_end: u64) -> bool {
+        if self.state.borrow().w.spare.is_some() {
+            return true;
+        }
+        if !self.preallocates() {
+            return false;
         }
         // A young segment's own steps are cheap; its spare's zeroes would compete with a
         // short-lived journal's groups for nothing (fresh 64 x 128 B runs: 0.81x -> 0.61x).
         let segment_complete = zeroed_end >= self.config.segment_bytes;
         if zeroed_end < SPARE_AFTER_BYTES && !segment_complete {
-            return;
+            return false;
         }
         let len_bytes = zeroed_end
             .saturating_mul(SPARE_GROWTH)
             .max(SPARE_MIN_BYTES)
             .min(self.config.segment_bytes);
         self.start_spare(len_bytes);
+        true
     }
 
     /// Takes the ready spare for a rotation: false when there is none ready.
@@ -162,7 +184,7 @@ async fn prepare<D: Directory>(dir: &D, path: &str, len_bytes: u64) -> Result<()
         file.preallocate(next_bytes)
             .await
             .map_err(io("zero-fill spare"))?;
-        file.write_back(done_bytes, next_bytes - done_bytes)
+        keel_storage::write_back_paced(&file, done_bytes, next_bytes - done_bytes)
             .await
             .map_err(io("write back spare"))?;
         done_bytes = next_bytes;

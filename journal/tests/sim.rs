@@ -71,6 +71,9 @@ struct SimStats {
     closes: u64,
     /// Rotations that took a prepared spare segment (crashes then land around its rename).
     spares_adopted: u64,
+    /// Durable runs that extended a segment past its zeroes (crashes then land in the
+    /// extending write and the step that follows it).
+    runs_extending: u64,
     faults: FaultTotals,
 }
 
@@ -86,6 +89,7 @@ impl SimStats {
         self.crashes_mid_workload += other.crashes_mid_workload;
         self.closes += other.closes;
         self.spares_adopted += other.spares_adopted;
+        self.runs_extending += other.runs_extending;
         self.faults.add(&other.faults);
     }
 }
@@ -532,7 +536,11 @@ impl Sim<'_> {
         let budget = self.rng.borrow_mut().gen_range(1..250);
         let finished = with_budget(self.workload(&j), budget).await.is_some();
         self.end_operation().await;
-        self.stats.borrow_mut().spares_adopted += j.stats().spares_adopted;
+        {
+            let mut stats = self.stats.borrow_mut();
+            stats.spares_adopted += j.stats().spares_adopted;
+            stats.runs_extending += j.stats().runs_extending;
+        }
         if !finished {
             self.stats.borrow_mut().crashes_mid_workload += 1;
         } else if !self.model.borrow().poisoned && self.gen_bool(0.3) {
@@ -745,7 +753,7 @@ fn simulator() {
     }
     eprintln!(
         "journal simulator: {} in {:.1}s; epochs {}, acks {}, repairs {}, flips refused {} / cut \
-         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {}",
+         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {}, runs extending {}",
         total.faults,
         started.elapsed().as_secs_f64(),
         total.epochs,
@@ -757,12 +765,17 @@ fn simulator() {
         total.crashes_during_open,
         total.crashes_mid_workload,
         total.closes,
-        total.spares_adopted
+        total.spares_adopted,
+        total.runs_extending
     );
     if seeds.len() >= 100 {
         // The run must have exercised what it claims to check.
         assert!(total.acks > 0, "the workload must acknowledge something");
         assert!(total.spares_adopted > 0, "no rotation took a spare");
+        assert!(
+            total.runs_extending > 0,
+            "no durable run extended a segment"
+        );
         let f = &total.faults;
         assert!(
             f.process_crash_then_power_cut > 0

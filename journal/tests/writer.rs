@@ -347,6 +347,52 @@ fn preallocation_steps_grow_with_the_groups() {
     });
 }
 
+/// A run of 64 KiB or more never asks for zeroes: 64 x 4 KiB groups (about 266 KiB a run) extend
+/// the segment past its first 256 KiB step instead of waiting for zeroes written in front of
+/// them, no zero is written beside them either (the segment ends where its last entry does), and
+/// every acknowledged entry survives a power cut right after the last group.
+#[test]
+fn large_groups_extend_and_never_write_zeroes() {
+    use keel_storage::{Directory, OpenMode, Storage};
+    let config = group_config(64 << 20, 4096);
+    let (groups, group_ops) = (12u64, 64u64);
+    let body = |op: u64| vec![op as u8; 4096];
+    run(async {
+        let fs = MemFs::new(13);
+        let (j, _) = open(&fs, &config).await;
+        write_groups(&j, groups, group_ops, body).await;
+        let stats = j.stats();
+        assert_eq!(
+            stats.runs_extending, groups,
+            "every group extends: {stats:?}"
+        );
+        assert_eq!(
+            stats.zero_fills_inline + stats.zero_fills_in_background + stats.spares_adopted,
+            0,
+            "no zeroes beyond the first step: {stats:?}"
+        );
+        let dir = fs.root().open_dir("journal", false).await.unwrap();
+        let names = dir.list().await.unwrap();
+        assert!(!names.iter().any(|n| n == "next.spare"), "{names:?}");
+        let name = names.iter().find(|n| n.ends_with(".wal")).unwrap();
+        let len = dir.open_file(name, OpenMode::ReadOnly).await.unwrap().len();
+        assert!(
+            len >= stats.bytes_appended && len <= stats.bytes_appended + 4096,
+            "the segment ends at its last entry: {len} bytes for {}",
+            stats.bytes_appended
+        );
+        fs.crash();
+        drop(j);
+        let (j, _) = open(&fs, &config).await;
+        for op in 1..=groups * group_ops {
+            assert_eq!(
+                j.entry(op).await.unwrap().unwrap().payload[..],
+                body(op)[..]
+            );
+        }
+    });
+}
+
 /// A buffered journal starts the kernel's write-back of each `write_back_bytes` it writes (a
 /// hint, off the writer), and not at all when it is 0; what a flush made durable survives a
 /// power cut either way.
@@ -400,15 +446,25 @@ fn buffered_segments_start_write_back_every_write_back_bytes() {
 fn rotations_adopt_the_prepared_spare() {
     use keel_storage::{Directory, OpenMode, Storage};
     let config = group_config(4 << 20, 8192);
-    let groups = 60u64;
-    let group_ops = 64u64;
+    // Runs of about 32 KiB: small enough to be written into zeroes.
+    let groups = 480u64;
+    let group_ops = 8u64;
     let body = |op: u64| vec![op as u8; 4000];
     run(async {
         let fs = MemFs::new(17);
         let (j, _) = open(&fs, &config).await;
-        write_groups(&j, groups, group_ops, body).await;
+        for g in 0..groups {
+            write_groups_from(&j, g * group_ops + 1, 1, group_ops, body).await;
+            // A pause between groups, as a device gives one: the spare's preparation (MemFs
+            // yields every 64 bytes of zeroes) then keeps up with groups written back to back.
+            compio::time::sleep(std::time::Duration::from_millis(1)).await;
+        }
         let stats = j.stats();
         assert!(stats.spares_adopted >= 2, "{stats:?}");
+        // Once the first segment holds 1 MiB of zeroes a spare is prepared, and no segment grows
+        // in place after that: the runs extend until the spare is ready.
+        assert_eq!(stats.zero_fills_inline, 0, "{stats:?}");
+        assert!(stats.zero_fills_in_background <= 4, "{stats:?}");
         let dir = fs.root().open_dir("journal", false).await.unwrap();
         let names = dir.list().await.unwrap();
         let segments: Vec<&String> = names.iter().filter(|n| n.ends_with(".wal")).collect();
@@ -461,9 +517,21 @@ fn group_config(segment_bytes: u64, slot_count: u64) -> JournalConfig {
 
 /// `groups` batches of `group_ops` entries each, ops from 1, bodies from `body`.
 async fn write_groups(j: &Journal, groups: u64, group_ops: u64, body: impl Fn(u64) -> Vec<u8>) {
+    write_groups_from(j, 1, groups, group_ops, body).await;
+}
+
+/// Like [`write_groups`], ops from `first_op`.
+async fn write_groups_from(
+    j: &Journal,
+    first_op: u64,
+    groups: u64,
+    group_ops: u64,
+    body: impl Fn(u64) -> Vec<u8>,
+) {
     for g in 0..groups {
-        let batch: Vec<(u64, Vec<u8>)> = (1..=group_ops)
-            .map(|i| (g * group_ops + i, body(g * group_ops + i)))
+        let batch: Vec<(u64, Vec<u8>)> = (0..group_ops)
+            .map(|i| first_op + g * group_ops + i)
+            .map(|op| (op, body(op)))
             .collect();
         j.append_batch(&batch).await.unwrap();
     }

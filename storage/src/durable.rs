@@ -323,12 +323,31 @@ impl ReplaceSource for WholeBytes {
     }
 }
 
-/// Device time left idle per unit of a piece's write-back time in [`atomic_replace_stream`]:
+/// Writes back `len_bytes` of `file` from `offset_bytes` and waits for it ([`Storage::write_back`],
+/// off the core), then leaves the device idle for as long as that took (at most 20 ms): a large
+/// background write paced this way (a snapshot, a journal's spare segment) never queues more than
+/// one piece of writeback ahead of the application's durable writes and takes at most about half
+/// of the device's bandwidth.
+pub async fn write_back_paced<F: Storage>(
+    file: &F,
+    offset_bytes: u64,
+    len_bytes: u64,
+) -> std::io::Result<()> {
+    let started = std::time::Instant::now();
+    file.write_back(offset_bytes, len_bytes).await?;
+    let idle = (started.elapsed() * PACING_IDLE_PER_BUSY).min(PACING_PAUSE_MAX);
+    if !idle.is_zero() {
+        compio::time::sleep(idle).await;
+    }
+    Ok(())
+}
+
+/// Device time left idle per unit of a piece's write-back time in [`write_back_paced`]:
 /// 1 leaves the file at most half of the device's bandwidth (3 measured no better for the
 /// journal's p99 and made checkpoints twice as long; BENCHMARKS.md).
 const PACING_IDLE_PER_BUSY: u32 = 1;
 
-/// Longest pause between two pieces of a paced [`atomic_replace_stream`].
+/// Longest pause after one piece in [`write_back_paced`].
 const PACING_PAUSE_MAX: std::time::Duration = std::time::Duration::from_millis(20);
 
 /// [`atomic_replace_with`] for bytes produced piece by piece: the same steps, guarantees and
@@ -366,17 +385,9 @@ pub async fn atomic_replace_stream<D: Directory, H>(
         written.map_err(at(DurableStage::WriteTemp))?;
         piece = source.next_piece().map_err(at(DurableStage::WriteTemp))?;
         if piece.is_some() {
-            let started = std::time::Instant::now();
-            file.write_back(offset_bytes, len_bytes)
+            write_back_paced(&file, offset_bytes, len_bytes)
                 .await
                 .map_err(at(DurableStage::WriteTemp))?;
-            // Pacing: leave the device idle for a multiple of this piece's write-back time, so
-            // a large file takes a bounded share of the bandwidth the application's durable
-            // writes need.
-            let busy = (started.elapsed() * PACING_IDLE_PER_BUSY).min(PACING_PAUSE_MAX);
-            if !busy.is_zero() {
-                compio::time::sleep(busy).await;
-            }
         }
         offset_bytes += len_bytes;
     }

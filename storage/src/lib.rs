@@ -54,8 +54,8 @@ pub use compio::buf::{BufResult, IoBuf, IoBufMut};
 pub use dir::{DirAccess, FsDirectory, FsLock};
 pub use durable::{
     atomic_replace, atomic_replace_stream, atomic_replace_with, create_durable, create_unique,
-    is_temp_of, open_dir_durable, DurableError, DurableStage, ReplaceError, ReplaceSource,
-    ReplaceStage, TEMP_SUFFIX,
+    is_temp_of, open_dir_durable, write_back_paced, DurableError, DurableStage, ReplaceError,
+    ReplaceSource, ReplaceStage, TEMP_SUFFIX,
 };
 pub use file::{FileOptions, FileStorage};
 
