@@ -34,13 +34,6 @@ const PREALLOCATE_STEP_MIN_BYTES: u64 = 256 << 10;
 /// 0.63-0.64x in the same hour, BENCHMARKS.md). Small groups keep the small first step.
 const STEP_RUNS: u64 = 8;
 
-/// A durable run at least this large never waits for zeroes nor asks for a step: past the zeroes
-/// it extends the file. Zeroes cost a second write of every byte, an extending write one
-/// metadata commit (about 0.1 ms here): below some 60 KiB a run's zeroes are the cheaper, above
-/// it the extension. Measured over 600 fresh 64 x 4 KiB groups (about 266 KiB a run): extending
-/// 248-296 MB/s, p99 1.5-3.3 ms; zero-filled 189-241 MB/s, p99 8-10 ms (BENCHMARKS.md).
-const EXTEND_RUN_MIN_BYTES: u64 = 64 << 10;
-
 /// The zero-fill running in its own task: `segment`'s zeroes are complete below `from_bytes`,
 /// and the task writes the next step from there.
 pub(crate) struct BackgroundFill {
@@ -53,10 +46,9 @@ pub(crate) struct BackgroundFill {
 impl<D: Directory> MetadataJournal<D> {
     /// Prepares the space a run of `segment` writes up to `run_end`: waits for the background
     /// fill that covers it; past the zeroes with no fill under way, lets the run extend the file
-    /// (a small run's next step starts once it is written, [`Self::fill_behind`]); behind an
-    /// `O_DIRECT` handle, fills inline. A small run that comes within half a step of the zeroed
-    /// end arranges the next step beside the groups ([`Self::next_step_beside`]); a large one
-    /// ([`EXTEND_RUN_MIN_BYTES`]) never asks for zeroes.
+    /// and starts the next step once it is written ([`Self::fill_behind`]); behind an `O_DIRECT`
+    /// handle, fills inline. A run that comes within half a step of the zeroed end arranges the
+    /// next step beside the groups ([`Self::next_step_beside`]).
     pub(crate) async fn ensure_zeroed(
         &self,
         file: &Rc<D::File>,
@@ -79,15 +71,14 @@ impl<D: Directory> MetadataJournal<D> {
         if run_end > ready && !direct {
             // Past the zeroes with no fill under way: the run extends the file (one extending
             // write) instead of waiting for a step written in front of it, which wrote up to
-            // eight runs of zeroes while the group waited; a small run's step follows it.
+            // eight runs of zeroes while the group waited; the step follows it.
             let mut st = self.state.borrow_mut();
             st.stats.runs_extending += 1;
-            st.w.fill_behind = run_bytes < EXTEND_RUN_MIN_BYTES;
+            st.w.fill_behind = true;
             return Ok(());
         }
         let filling = self.state.borrow().w.fill.as_ref().map(|f| f.segment);
-        if (run_bytes >= EXTEND_RUN_MIN_BYTES && !direct)
-            || filling == Some(segment)
+        if filling == Some(segment)
             || run_end <= ready.saturating_sub(self.preallocation_step(ready, run_bytes) / 2)
         {
             return Ok(());

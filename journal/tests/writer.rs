@@ -347,13 +347,12 @@ fn preallocation_steps_grow_with_the_groups() {
     });
 }
 
-/// A run of 64 KiB or more never asks for zeroes: 64 x 4 KiB groups (about 266 KiB a run) extend
-/// the segment past its first 256 KiB step instead of waiting for zeroes written in front of
-/// them, no zero is written beside them either (the segment ends where its last entry does), and
-/// every acknowledged entry survives a power cut right after the last group.
+/// A group that reaches past the zeroed space with no fill under way extends the file instead
+/// of waiting for an inline fill (a fresh segment's first step is 256 KiB; one 64 x 4 KiB group
+/// is about 266 KiB), the next step follows it in the background, and every acknowledged entry
+/// survives a power cut right after the last group.
 #[test]
-fn large_groups_extend_and_never_write_zeroes() {
-    use keel_storage::{Directory, OpenMode, Storage};
+fn a_group_past_the_zeroes_extends_and_the_step_follows() {
     let config = group_config(64 << 20, 4096);
     let (groups, group_ops) = (12u64, 64u64);
     let body = |op: u64| vec![op as u8; 4096];
@@ -363,23 +362,16 @@ fn large_groups_extend_and_never_write_zeroes() {
         write_groups(&j, groups, group_ops, body).await;
         let stats = j.stats();
         assert_eq!(
-            stats.runs_extending, groups,
-            "every group extends: {stats:?}"
+            stats.zero_fills_inline, 0,
+            "no group waited for zeroes: {stats:?}"
         );
-        assert_eq!(
-            stats.zero_fills_inline + stats.zero_fills_in_background + stats.spares_adopted,
-            0,
-            "no zeroes beyond the first step: {stats:?}"
-        );
-        let dir = fs.root().open_dir("journal", false).await.unwrap();
-        let names = dir.list().await.unwrap();
-        assert!(!names.iter().any(|n| n == "next.spare"), "{names:?}");
-        let name = names.iter().find(|n| n.ends_with(".wal")).unwrap();
-        let len = dir.open_file(name, OpenMode::ReadOnly).await.unwrap().len();
         assert!(
-            len >= stats.bytes_appended && len <= stats.bytes_appended + 4096,
-            "the segment ends at its last entry: {len} bytes for {}",
-            stats.bytes_appended
+            stats.runs_extending >= 1,
+            "the first group extends: {stats:?}"
+        );
+        assert!(
+            stats.zero_fills_in_background >= 1,
+            "a step followed the extending group: {stats:?}"
         );
         fs.crash();
         drop(j);
