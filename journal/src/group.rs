@@ -220,9 +220,10 @@ impl<D: Directory> MetadataJournal<D> {
             .await?
             .expect("a run's segment exists before its bytes are written");
         let run_end = run.offset_bytes + buf.len() as u64;
-        // Overwrite zero-written space rather than extend the file: an extending write's
-        // fdatasync also commits the new size and extents (about twice the cost here).
-        self.ensure_zeroed(&file, &name, run.segment, run_end, buf.len() as u64)
+        // Overwrite zero-written space where there is some: an extending write's fdatasync also
+        // commits the new size and extents (about twice the cost here).
+        let extends = self
+            .ensure_zeroed(&file, &name, run.segment, run_end, buf.len() as u64)
             .await?;
         let (segment, offset_bytes) = (run.segment, run.offset_bytes);
         let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);
@@ -254,7 +255,9 @@ impl<D: Directory> MetadataJournal<D> {
                 self.state.borrow_mut().w.dirty_segments.insert(segment);
                 self.start_write_back(&file, segment, offset_bytes + buf_len as u64);
             }
-            self.fill_behind(&file, &name, segment, buf_len as u64);
+            if extends {
+                self.fill_behind(&file, &name, segment, buf_len as u64);
+            }
             Ok(last_seq)
         }))
     }

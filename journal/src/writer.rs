@@ -156,9 +156,6 @@ pub(crate) struct WriterState {
     pub write_back: WriteBackMark,
     /// The zero-fill running in the background, if any (`zeroed`).
     pub fill: Option<crate::zeroed::BackgroundFill>,
-    /// A run of this group extended its segment past the zeroes: the next step starts once it
-    /// is written (`zeroed`).
-    pub fill_behind: bool,
     /// The next segment, prepared in the background (`spare`), if any.
     pub spare: Option<crate::spare::Spare>,
 }
@@ -197,7 +194,6 @@ impl WriterState {
             direct: Default::default(),
             write_back: WriteBackMark::default(),
             fill: None,
-            fill_behind: false,
             spare: None,
         }
     }

@@ -46,9 +46,10 @@ pub(crate) struct BackgroundFill {
 impl<D: Directory> MetadataJournal<D> {
     /// Prepares the space a run of `segment` writes up to `run_end`: waits for the background
     /// fill that covers it; past the zeroes with no fill under way, lets the run extend the file
-    /// and starts the next step once it is written ([`Self::fill_behind`]); behind an `O_DIRECT`
-    /// handle, fills inline. A run that comes within half a step of the zeroed end arranges the
-    /// next step beside the groups ([`Self::next_step_beside`]).
+    /// and returns true (the caller starts the next step once the run is written,
+    /// [`Self::fill_behind`]); behind an `O_DIRECT` handle, fills inline. A run that comes within
+    /// half a step of the zeroed end arranges the next step beside the groups
+    /// ([`Self::next_step_beside`]).
     pub(crate) async fn ensure_zeroed(
         &self,
         file: &Rc<D::File>,
@@ -56,9 +57,9 @@ impl<D: Directory> MetadataJournal<D> {
         segment: u64,
         run_end: u64,
         run_bytes: u64,
-    ) -> Result<(), JournalError> {
+    ) -> Result<bool, JournalError> {
         if !self.preallocates() {
-            return Ok(());
+            return Ok(false);
         }
         let filling = self.state.borrow().w.fill.as_ref().map(|f| f.segment);
         if run_end > self.zeroed_end(segment, file) && filling == Some(segment) {
@@ -72,33 +73,29 @@ impl<D: Directory> MetadataJournal<D> {
             // Past the zeroes with no fill under way: the run extends the file (one extending
             // write) instead of waiting for a step written in front of it, which wrote up to
             // eight runs of zeroes while the group waited; the step follows it.
-            let mut st = self.state.borrow_mut();
-            st.stats.runs_extending += 1;
-            st.w.fill_behind = true;
-            return Ok(());
+            self.state.borrow_mut().stats.runs_extending += 1;
+            return Ok(true);
         }
         let filling = self.state.borrow().w.fill.as_ref().map(|f| f.segment);
         if filling == Some(segment)
             || run_end <= ready.saturating_sub(self.preallocation_step(ready, run_bytes) / 2)
         {
-            return Ok(());
+            return Ok(false);
         }
         if run_end <= ready && self.next_step_beside(file, name, segment, ready, run_bytes) {
-            return Ok(());
+            return Ok(false);
         }
         let target = self.preallocation_target(ready, run_end, run_bytes);
         self.state.borrow_mut().stats.zero_fills_inline += 1;
         file.preallocate(target)
             .await
-            .map_err(|e| JournalError::io("preallocate", self.file_path(name), e))
+            .map_err(|e| JournalError::io("preallocate", self.file_path(name), e))?;
+        Ok(false)
     }
 
     /// A run that extended `segment` (see [`Self::ensure_zeroed`]) has been written: its next
     /// step starts now, beside the groups after it.
     pub(crate) fn fill_behind(&self, file: &Rc<D::File>, name: &str, segment: u64, run_bytes: u64) {
-        if !std::mem::take(&mut self.state.borrow_mut().w.fill_behind) {
-            return;
-        }
         if self.state.borrow().w.fill.is_none() {
             self.next_step_beside(file, name, segment, file.len(), run_bytes);
         }

@@ -338,12 +338,7 @@ fn preallocation_steps_grow_with_the_groups() {
         );
         j.close().await.unwrap();
         let (j, _) = open(&fs, &config).await;
-        for op in 1..=groups * group_ops {
-            assert_eq!(
-                j.entry(op).await.unwrap().unwrap().payload[..],
-                body(op)[..]
-            );
-        }
+        assert_reads_back(&j, groups * group_ops, body).await;
     });
 }
 
@@ -376,12 +371,7 @@ fn a_group_past_the_zeroes_extends_and_the_step_follows() {
         fs.crash();
         drop(j);
         let (j, _) = open(&fs, &config).await;
-        for op in 1..=groups * group_ops {
-            assert_eq!(
-                j.entry(op).await.unwrap().unwrap().payload[..],
-                body(op)[..]
-            );
-        }
+        assert_reads_back(&j, groups * group_ops, body).await;
     });
 }
 
@@ -484,13 +474,7 @@ fn rotations_adopt_the_prepared_spare() {
         drop(j);
         fs.crash();
         let (j, _) = open(&fs, &config).await;
-        for op in 1..=groups * group_ops {
-            assert_eq!(
-                j.entry(op).await.unwrap().unwrap().payload[..],
-                body(op)[..],
-                "acknowledged op {op} lost"
-            );
-        }
+        assert_reads_back(&j, groups * group_ops, body).await;
     });
 }
 
@@ -504,6 +488,17 @@ fn group_config(segment_bytes: u64, slot_count: u64) -> JournalConfig {
         max_payload_bytes: 4096,
         preallocate: true,
         ..small_config()
+    }
+}
+
+/// Every op from 1 to `last_op` reads back as `body(op)`.
+async fn assert_reads_back(j: &Journal, last_op: u64, body: impl Fn(u64) -> Vec<u8>) {
+    for op in 1..=last_op {
+        assert_eq!(
+            j.entry(op).await.unwrap().unwrap().payload[..],
+            body(op)[..],
+            "acknowledged op {op} lost"
+        );
     }
 }
 
