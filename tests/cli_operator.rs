@@ -223,7 +223,7 @@ fn dump_filters_views_and_single_files() {
 #[test]
 fn version_log_levels_colour_and_sizes() {
     let version = stdout(&run_expect(&["--version"], 0));
-    assert!(version.contains("journal format 1"), "{version}");
+    assert!(version.contains("journal format 2"), "{version}");
     assert!(version.contains("snapshot format 2"), "{version}");
     let temp = tempfile::tempdir().unwrap();
     let (set, _engine) = torn_set(temp.path());

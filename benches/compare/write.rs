@@ -94,6 +94,10 @@ struct Shape {
     /// Batches (or single appends) per turn.
     batches: u64,
     fresh: bool,
+    /// Kept open and compacted as a replica's log is: the snapshot watermark moves to the last
+    /// op and `compact()` runs (untimed) about every half segment, so dead segments are
+    /// recycled as the next segments (docs/performance.md, "Recycled segments").
+    compacted: bool,
 }
 
 impl Shape {
@@ -150,9 +154,15 @@ fn keel_contender<'a>(
     payload: Rc<[u8]>,
     rounds: usize,
 ) -> Run<'a> {
-    let slot_count = (2 * shape.entries() * (rounds as u64 + 1) + 2)
-        .next_power_of_two()
-        .max(1024);
+    let slot_count = if shape.compacted {
+        // `timed_group_batches` compacts between stretches of half the ring.
+        let entry_bytes = keel_journal::format::entry_len_bytes(shape.payload_bytes) as u64;
+        (base_journal_config().segment_bytes / entry_bytes).next_power_of_two()
+    } else {
+        (2 * shape.entries() * (rounds as u64 + 1) + 2)
+            .next_power_of_two()
+            .max(1024)
+    };
     if shape.fresh {
         return Box::new(move || {
             let dir = bench_tempdir();
@@ -172,6 +182,16 @@ fn keel_contender<'a>(
     let journal = Rc::new(rt.block_on(open_variant(dir.path(), slot_count, variant)));
     let mut next_op = 1;
     rt.block_on(prime_journal(&journal, &mut next_op, &payload));
+    if shape.compacted {
+        // A replica that has been running: two and a half segments written and compacted
+        // (untimed), so the timed turns write into recycled segments from the start.
+        let entry_bytes = keel_journal::format::entry_len_bytes(shape.payload_bytes) as u64;
+        let segment_entries = base_journal_config().segment_bytes / entry_bytes;
+        let warm_batches = (segment_entries * 5 / 2).div_ceil(shape.appenders);
+        let mut warm = shape;
+        warm.batches = warm_batches;
+        rt.block_on(keel_turn(&journal, &mut next_op, warm, &payload));
+    }
     Box::new(move || {
         let _keep = &dir;
         let elapsed = rt.block_on(keel_turn(&journal, &mut next_op, shape, &payload));
@@ -330,6 +350,8 @@ fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &
     };
     let how = if shape.fresh {
         "fresh directory per run (open, segment creation and growth timed)"
+    } else if shape.compacted {
+        "contenders kept open, keel compacted behind a snapshot every half segment (untimed)"
     } else {
         "contenders kept open"
     };
@@ -347,6 +369,7 @@ pub(super) fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
             appenders: 1,
             batches: if fresh { batches * 5 } else { batches },
             fresh,
+            compacted: false,
         };
         durable(rt, sizes, shape, &[("raw overwrite", 1.0)]);
     }
@@ -355,13 +378,20 @@ pub(super) fn fsync128(rt: &compio::runtime::Runtime, sizes: Sizes) {
 pub(super) fn group64(rt: &compio::runtime::Runtime, sizes: Sizes) {
     for (payload_bytes, target, long_factor) in [(KIB4, 1.3, 30), (128, 1.6, 100)] {
         // Kept open for a few batches a turn, kept open for turns long enough to cross segment
-        // rotations (4 KiB: a 64 MiB segment a turn; 128 B: two over the run), and fresh.
-        for (factor, fresh) in [(1, false), (long_factor, false), (4, true)] {
+        // rotations (4 KiB: a 64 MiB segment a turn; 128 B: two over the run), the same
+        // compacted as a replica's log is (dead segments recycled), and fresh.
+        for (factor, fresh, compacted) in [
+            (1, false, false),
+            (long_factor, false, false),
+            (long_factor, false, true),
+            (4, true, false),
+        ] {
             let shape = Shape {
                 payload_bytes,
                 appenders: 64,
                 batches: sizes.group_batches * factor,
                 fresh,
+                compacted,
             };
             durable(rt, sizes, shape, &[("plain append", target)]);
         }

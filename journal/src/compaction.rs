@@ -19,11 +19,12 @@ use keel_storage::{Directory, OpenMode, ReplaceError, ReplaceStage, Storage};
 
 use crate::error::JournalError;
 use crate::format::{
-    encode_entry, segment_file_name, EntryHeader, EntryKind, NewEntry, SegmentHeader,
+    encode_entry, segment_file_name, Binding, EntryHeader, EntryKind, NewEntry, SegmentHeader,
     ENTRY_HEADER_BYTES, FLAG_REWRITTEN, SEGMENT_HEADER_BYTES,
 };
 use crate::scan::Link;
 use crate::slots::Location;
+use crate::spare::SPARE_FILE_NAME;
 use crate::{CompactionReport, MetadataJournal, SegmentHandle, State};
 
 /// The durable steps of a compaction, for crash tests: the hook runs *after* each.
@@ -123,17 +124,32 @@ impl<D: Directory> MetadataJournal<D> {
         while let Some((number, name)) = self.oldest_dead_segment() {
             // Out of the map before the first await: a compaction dropped at either await below
             // must not leave a segment the next one would remove again (NotFound, poisoned).
-            self.state.borrow_mut().segments.remove(&number);
-            self.dir
-                .remove_file(&name)
-                .await
-                .map_err(|e| self.poison_io("compaction remove", &name, e))?;
+            let handle = self.state.borrow_mut().segments.remove(&number);
+            // At least half a segment of written space (a segment sealed early, or grown in
+            // place, is shorter): the segment made of it overwrites that much, then grows.
+            let worth_recycling = handle.is_some_and(|h| {
+                h.file.as_ref().map_or(h.len_bytes, |f| f.len()) >= self.config.segment_bytes / 2
+            });
+            let recycling = worth_recycling.then(|| self.start_recycling()).flatten();
+            let recycle = recycling.is_some();
+            let removed = if recycle {
+                // Leaving the log by the spare's name: the next rotation overwrites its written
+                // space (spare.rs). Replaces a spare file no preparation owns any more.
+                self.dir.rename(&name, SPARE_FILE_NAME).await
+            } else {
+                self.dir.remove_file(&name).await
+            };
+            removed.map_err(|e| self.poison_io("compaction remove", &name, e))?;
             self.dir
                 .sync()
                 .await
                 .map_err(|e| self.poison_io("compaction dir fsync", &name, e))?;
             deleted += 1;
-            tracing::info!(segment = %name, "journal compaction: deleted dead segment");
+            if let Some(recycling) = recycling {
+                // Only once the rename is durable: a power cut before it leaves the segment.
+                recycling.done();
+            }
+            tracing::info!(segment = %name, recycled = recycle, "journal compaction: deleted dead segment");
             hook(CompactionStep::Deleted { segment: number })?;
         }
         Ok(deleted)
@@ -181,8 +197,15 @@ impl<D: Directory> MetadataJournal<D> {
     }
 
     /// Seals the active segment when at least half a segment of it is dead, so the next
-    /// compaction can rewrite it (the next append starts a new segment).
+    /// compaction can rewrite it (the next append starts a new segment). A journal that
+    /// preallocates seals early only when a spare is ready to be the next segment: a new file
+    /// would be grown and zeroed again (and would never be whole, so never recycled), where
+    /// letting the segment fill keeps every group overwriting written space; the dead space it
+    /// keeps meanwhile is at most one segment, recycled once it is sealed.
     fn maybe_seal_active(&self) {
+        if self.preallocates() && !self.spare_ready() {
+            return;
+        }
         let mut st = self.state.borrow_mut();
         if st.w.needs_rotation || !st.segments.contains_key(&st.w.cursor_segment) {
             return;
@@ -230,6 +253,7 @@ impl<D: Directory> MetadataJournal<D> {
                     name: target.clone(),
                     end_link,
                     entry_count: live.len() as u64,
+                    binding: Binding::Plain,
                 },
             );
         }
@@ -263,12 +287,14 @@ impl<D: Directory> MetadataJournal<D> {
         let mut buf = header.encode().to_vec();
         let mut prev_crc = 0u32;
         let mut moves = Vec::with_capacity(live.len());
+        // The old file's entries are read under its binding; the rewrite is a fresh file (plain).
+        let old_binding = self.segment_binding(number);
         for (i, (op, location)) in live.iter().enumerate() {
             let bytes = old_file
                 .read_exact_at(location.offset_bytes, location.len_bytes as usize)
                 .await
                 .map_err(|e| JournalError::io("compaction read", self.file_path(name), e))?;
-            let (h, payload) = checked_data_entry(&bytes, name, *op, location)?;
+            let (h, payload) = checked_data_entry(&bytes, name, *op, location, old_binding)?;
             let offset = buf.len() as u64;
             prev_crc = encode_entry(
                 &mut buf,
@@ -281,6 +307,7 @@ impl<D: Directory> MetadataJournal<D> {
                     commit_op: h.commit_op,
                 },
                 payload,
+                Binding::Plain,
             );
             let new_location = Location {
                 segment: number,
@@ -370,6 +397,7 @@ fn checked_data_entry<'b>(
     name: &str,
     op: u64,
     location: &Location,
+    binding: Binding,
 ) -> Result<(EntryHeader, &'b [u8]), JournalError> {
     let corrupt = || JournalError::Corrupt {
         kind: crate::Case::CorruptEntry,
@@ -377,7 +405,7 @@ fn checked_data_entry<'b>(
         offset_bytes: location.offset_bytes,
         op: Some(op),
     };
-    let (h, _) = EntryHeader::decode(bytes).map_err(|_| corrupt())?;
+    let (h, _) = EntryHeader::decode(bytes, binding).map_err(|_| corrupt())?;
     if h.op != op
         || h.kind != EntryKind::Data
         || crc32fast::hash(&bytes[ENTRY_HEADER_BYTES..]) != h.payload_crc

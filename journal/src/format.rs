@@ -11,9 +11,9 @@
 //! | offset | size | field |
 //! |---|---|---|
 //! | 0 | 8 | magic `KEELWAL\0` |
-//! | 8 | 2 | format version (1). Checked *before* the checksum so a newer log is refused, never cut |
+//! | 8 | 2 | format version: 1, or 2 for a recycled segment. Checked *before* the checksum so a newer log is refused, never cut |
 //! | 10 | 2 | header length in bytes (64) |
-//! | 12 | 4 | flags: bit 0 = rewritten by compaction (every byte in it was fsynced before it got its name) |
+//! | 12 | 4 | flags: bit 0 = rewritten by compaction (every byte in it was fsynced before it got its name); bit 1 = recycled (version 2 only) |
 //! | 16 | 8 | segment number (must equal the number in the file name) |
 //! | 24 | 8 | `first_seq`: seq of the first entry in this segment |
 //! | 32 | 4 | `prev_crc`: header crc of the entry before `first_seq` (0 for the very first) |
@@ -39,14 +39,30 @@
 //! | 40 | 8 | `durable_seq`: highest seq known fsynced when this entry was written (< `seq`) |
 //! | 48 | 8 | commit watermark known when written (0 = none) |
 //! | 56 | 4 | reserved, zero |
-//! | 60 | 4 | crc32 of bytes 0..60 |
+//! | 60 | 4 | crc32 of bytes 0..60; in a recycled segment, of bytes 0..60 then the segment number (8 bytes LE) |
+//!
+//! # Recycled segments (format version 2)
+//!
+//! A recycled segment is an older segment's file given a new number (compaction keeps a dead
+//! segment as the next spare instead of deleting it), so past its last entry it holds the older
+//! life's bytes, not zeroes. Two rules keep that older life from ever reading as entries of this
+//! one: every entry header's crc also covers the segment's number ([`Binding::Segment`]), so an
+//! older life's header (another number) fails its checksum and is never evidence; and every
+//! group's write ends with a zero header (64 zero bytes, fewer at the very end of the file), the
+//! terminator, so this life's end is a zero header at an entry boundary with no header of this
+//! life after it (`scan::parse::clean_end`). Older builds refuse version 2 before its checksum.
 //!
 //! Entries are 8-byte aligned so a scan can look past a damaged entry for a later valid header.
 //! Op 0 is never appended (the snapshot watermark starts at 0 and `op <= snapshot_op` is refused),
 //! so 0 doubles as "none" in watermark fields.
 
 /// Current on-disk format version. Readers accept every version up to this one.
-pub const FORMAT_VERSION: u16 = 1;
+pub const FORMAT_VERSION: u16 = 2;
+/// The version of every segment that is not recycled: a journal that never recycled a segment
+/// stays readable by builds that know only version 1.
+pub const FORMAT_VERSION_PLAIN: u16 = 1;
+/// The version a recycled segment's header carries ([`FLAG_RECYCLED`]).
+pub const FORMAT_VERSION_RECYCLED: u16 = 2;
 /// The first 8 bytes of every segment file.
 pub const SEGMENT_MAGIC: [u8; 8] = *b"KEELWAL\0";
 /// Size of a segment header (entries start right after it).
@@ -65,6 +81,34 @@ pub const MAX_PAYLOAD_BYTES_LIMIT: u32 = 64 << 20;
 pub const MAX_SEQ: u64 = 1 << 62;
 /// Segment flag: written by compaction via temp file + fsync + rename.
 pub const FLAG_REWRITTEN: u32 = 1;
+/// Segment flag: an older segment's file given a new number; its entries' header crcs cover
+/// the segment number and each group ends with a zero terminator (format version 2).
+pub const FLAG_RECYCLED: u32 = 2;
+/// The zero terminator a group's write in a recycled segment ends with: one entry header of
+/// zeroes (fewer bytes where the file ends sooner).
+pub const TERMINATOR_BYTES: usize = ENTRY_HEADER_BYTES;
+
+/// What an entry header's crc covers besides the header: which life of a segment file it
+/// belongs to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Binding {
+    /// Version 1 segments: the header bytes alone.
+    Plain,
+    /// A recycled segment: the header bytes, then this segment number. An older life of the file
+    /// had another number, so none of its headers validates in this one (numbers below 2^32
+    /// differ in a 32-bit burst, which a crc32 always detects).
+    Segment(u64),
+    /// A file whose segment header is damaged: either of the above for this file number (its
+    /// entries are evidence either way).
+    Either(u64),
+}
+
+impl Binding {
+    /// Whether entries of this segment end at a zero terminator rather than at zeroes to the end.
+    pub fn is_recycled(self) -> bool {
+        matches!(self, Binding::Segment(_))
+    }
+}
 
 /// What an entry is.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -171,9 +215,22 @@ pub fn payload_crc(payload: &[u8]) -> u32 {
     hasher.finalize()
 }
 
+/// The crc of an entry header's first 60 bytes under `binding` (never [`Binding::Either`]).
+fn header_crc(bytes: &[u8], binding: Binding) -> u32 {
+    let mut hasher = crc32fast::Hasher::new();
+    hasher.update(&bytes[0..60]);
+    match binding {
+        Binding::Plain => {}
+        Binding::Segment(number) => hasher.update(&number.to_le_bytes()),
+        Binding::Either(_) => unreachable!("a header is checked against one binding at a time"),
+    }
+    hasher.finalize()
+}
+
 impl EntryHeader {
-    /// Encodes the header; returns the bytes and the header crc (the next entry's `prev_crc`).
-    pub fn encode(&self) -> ([u8; ENTRY_HEADER_BYTES], u32) {
+    /// Encodes the header with its crc under `binding`; returns the bytes and the header crc
+    /// (the next entry's `prev_crc`).
+    pub fn encode(&self, binding: Binding) -> ([u8; ENTRY_HEADER_BYTES], u32) {
         let mut b = [0u8; ENTRY_HEADER_BYTES];
         b[0..4].copy_from_slice(&ENTRY_MAGIC);
         b[4] = self.kind as u8;
@@ -184,13 +241,14 @@ impl EntryHeader {
         b[32..36].copy_from_slice(&self.prev_crc.to_le_bytes());
         b[40..48].copy_from_slice(&self.durable_seq.to_le_bytes());
         b[48..56].copy_from_slice(&self.commit_op.to_le_bytes());
-        let crc = crc32fast::hash(&b[0..60]);
+        let crc = header_crc(&b, binding);
         b[60..64].copy_from_slice(&crc.to_le_bytes());
         (b, crc)
     }
 
-    /// Decodes and validates a header; returns it with its crc.
-    pub fn decode(bytes: &[u8]) -> Result<(Self, u32), HeaderFault> {
+    /// Decodes and validates a header whose crc is under `binding` (either candidate, for
+    /// [`Binding::Either`]); returns it with its crc.
+    pub fn decode(bytes: &[u8], binding: Binding) -> Result<(Self, u32), HeaderFault> {
         if bytes.len() < ENTRY_HEADER_BYTES {
             return Err(HeaderFault::Short);
         }
@@ -201,10 +259,17 @@ impl EntryHeader {
         if b[0..4] != ENTRY_MAGIC {
             return Err(HeaderFault::BadMagic);
         }
-        let crc = crc32fast::hash(&b[0..60]);
-        if crc != get_u32(b, 60) {
+        let stored = get_u32(b, 60);
+        let crc = match binding {
+            Binding::Either(number) => [Binding::Segment(number), Binding::Plain]
+                .into_iter()
+                .map(|candidate| header_crc(b, candidate))
+                .find(|crc| *crc == stored),
+            _ => Some(header_crc(b, binding)).filter(|crc| *crc == stored),
+        };
+        let Some(crc) = crc else {
             return Err(HeaderFault::BadChecksum);
-        }
+        };
         let kind = EntryKind::from_u8(b[4]).ok_or(HeaderFault::BadField("kind"))?;
         if b[5..8] != [0, 0, 0] || b[36..40] != [0; 4] || b[56..60] != [0; 4] {
             return Err(HeaderFault::BadField("reserved"));
@@ -255,8 +320,9 @@ pub struct NewEntry {
     pub commit_op: u64,
 }
 
-/// Appends one complete entry (header, payload, padding) to `out`; returns the header crc.
-pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8]) -> u32 {
+/// Appends one complete entry (header, payload, padding) to `out` for a segment of `binding`;
+/// returns the header crc.
+pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8], binding: Binding) -> u32 {
     assert!(payload.len() <= MAX_PAYLOAD_BYTES_LIMIT as usize);
     assert!(entry.durable_seq < entry.seq);
     let header = EntryHeader {
@@ -269,7 +335,7 @@ pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8]) -> u32 
         durable_seq: entry.durable_seq,
         commit_op: entry.commit_op,
     };
-    let (bytes, crc) = header.encode();
+    let (bytes, crc) = header.encode(binding);
     out.extend_from_slice(&bytes);
     out.extend_from_slice(payload);
     out.extend_from_slice(&[0u8; ENTRY_ALIGN_BYTES][..padding_bytes(payload.len())]);
@@ -281,7 +347,7 @@ pub fn encode_entry(out: &mut Vec<u8>, entry: &NewEntry, payload: &[u8]) -> u32 
 pub struct SegmentHeader {
     /// Format version that wrote it (at most [`FORMAT_VERSION`] to be read).
     pub version: u16,
-    /// [`FLAG_REWRITTEN`] or 0.
+    /// [`FLAG_REWRITTEN`], [`FLAG_RECYCLED`] (version 2 exactly) or 0.
     pub flags: u32,
     /// The segment's number (its file name).
     pub segment_no: u64,
@@ -313,10 +379,10 @@ pub enum SegmentHeaderFault {
 }
 
 impl SegmentHeader {
-    /// The header of a new segment at the current format version, linking to `prev_crc`.
+    /// The header of a new segment (format version 1: not recycled), linking to `prev_crc`.
     pub fn new(segment_no: u64, first_seq: u64, prev_crc: u32) -> Self {
         Self {
-            version: FORMAT_VERSION,
+            version: FORMAT_VERSION_PLAIN,
             flags: 0,
             segment_no,
             first_seq,
@@ -330,6 +396,28 @@ impl SegmentHeader {
     /// Whether compaction wrote this segment (temp file + rename).
     pub fn is_rewritten(&self) -> bool {
         self.flags & FLAG_REWRITTEN != 0
+    }
+
+    /// This header for a recycled file: format version 2, [`FLAG_RECYCLED`].
+    pub fn recycled(mut self) -> Self {
+        assert!(!self.is_rewritten(), "a rewrite is always a fresh file");
+        self.version = FORMAT_VERSION_RECYCLED;
+        self.flags |= FLAG_RECYCLED;
+        self
+    }
+
+    /// Whether this segment lives in a recycled file (see the module docs).
+    pub fn is_recycled(&self) -> bool {
+        self.flags & FLAG_RECYCLED != 0
+    }
+
+    /// What the header crcs of this segment's entries cover.
+    pub fn binding(&self) -> Binding {
+        if self.is_recycled() {
+            Binding::Segment(self.segment_no)
+        } else {
+            Binding::Plain
+        }
     }
 
     /// The header's 64 bytes, crc included.
@@ -375,7 +463,10 @@ impl SegmentHeader {
             return Err(SegmentHeaderFault::BadField("header_len"));
         }
         let flags = get_u32(b, 12);
-        if flags & !FLAG_REWRITTEN != 0 {
+        if flags & !(FLAG_REWRITTEN | FLAG_RECYCLED) != 0
+            || (flags & FLAG_RECYCLED != 0) != (version == FORMAT_VERSION_RECYCLED)
+            || flags == FLAG_REWRITTEN | FLAG_RECYCLED
+        {
             return Err(SegmentHeaderFault::BadField("flags"));
         }
         if b[56..60] != [0; 4] {
@@ -444,14 +535,17 @@ mod tests {
             prev_crc in any::<u32>(),
             durable_frac in 0u64..1000,
             commit_op in any::<u64>(),
+            recycled_no in 0u64..4,
         ) {
             let durable_seq = (seq - 1) / 1000 * durable_frac;
             let mut out = Vec::new();
-            let crc = encode_entry(&mut out, &NewEntry { kind, seq, op, prev_crc, durable_seq, commit_op }, &payload);
+            let binding = if recycled_no == 0 { Binding::Plain } else { Binding::Segment(recycled_no) };
+            let crc = encode_entry(&mut out, &NewEntry { kind, seq, op, prev_crc, durable_seq, commit_op }, &payload, binding);
             prop_assert_eq!(out.len(), entry_len_bytes(payload.len()));
             prop_assert_eq!(out.len() % ENTRY_ALIGN_BYTES, 0);
-            let (h, crc2) = EntryHeader::decode(&out).unwrap();
+            let (h, crc2) = EntryHeader::decode(&out, binding).unwrap();
             prop_assert_eq!(crc, crc2);
+            prop_assert_eq!(EntryHeader::decode(&out, Binding::Either(recycled_no.max(1))).unwrap().1, crc);
             prop_assert_eq!(h.kind, kind);
             prop_assert_eq!(h.seq, seq);
             prop_assert_eq!(h.op, op);
@@ -471,28 +565,47 @@ mod tests {
             op in any::<u64>(), bit in 0usize..(ENTRY_HEADER_BYTES * 8)
         ) {
             let mut out = Vec::new();
-            encode_entry(&mut out, &NewEntry { kind: EntryKind::Data, seq: 7, op, prev_crc: 1, durable_seq: 3, commit_op: 2 }, b"abc");
+            encode_entry(&mut out, &NewEntry { kind: EntryKind::Data, seq: 7, op, prev_crc: 1, durable_seq: 3, commit_op: 2 }, b"abc", Binding::Plain);
             out[bit / 8] ^= 1 << (bit % 8);
-            prop_assert!(EntryHeader::decode(&out).is_err());
+            prop_assert!(EntryHeader::decode(&out, Binding::Plain).is_err());
+        }
+
+        /// An older life of a recycled file never validates in a newer one: another number, or
+        /// a version 1 life, fails the checksum whatever the header holds.
+        #[test]
+        fn an_older_life_never_validates(
+            old_no in 0u64..(1 << 32), delta in 1u64..(1 << 20), op in any::<u64>(), seq in 1u64..MAX_SEQ,
+        ) {
+            let new_no = old_no + delta;
+            let entry = NewEntry { kind: EntryKind::Data, seq, op, prev_crc: 0, durable_seq: seq - 1, commit_op: 0 };
+            for old in [Binding::Segment(old_no), Binding::Plain] {
+                let mut out = Vec::new();
+                encode_entry(&mut out, &entry, b"older life", old);
+                prop_assert_eq!(EntryHeader::decode(&out, Binding::Segment(new_no)), Err(HeaderFault::BadChecksum));
+            }
         }
 
         #[test]
         fn segment_header_round_trip(
             no in 0u64..MAX_SEQ, first in 1u64..MAX_SEQ, prev in any::<u32>(), link in any::<u32>(),
-            snap in any::<u64>(), commit in any::<u64>(), rewritten in any::<bool>()
+            snap in any::<u64>(), commit in any::<u64>(), kind in 0u8..3
         ) {
             let mut h = SegmentHeader::new(no, first, prev);
             h.link_crc = link;
             h.snapshot_op = snap;
             h.commit_op = commit;
-            h.flags = if rewritten { FLAG_REWRITTEN } else { 0 };
+            match kind {
+                1 => h.flags = FLAG_REWRITTEN,
+                2 => h = h.recycled(),
+                _ => {}
+            }
             let b = h.encode();
             prop_assert_eq!(SegmentHeader::decode(&b).unwrap(), h);
         }
 
         #[test]
         fn decode_never_panics(bytes in proptest::collection::vec(any::<u8>(), 0..128)) {
-            let _ = EntryHeader::decode(&bytes);
+            let _ = EntryHeader::decode(&bytes, Binding::Either(3));
             let _ = SegmentHeader::decode(&bytes);
         }
     }
@@ -500,11 +613,29 @@ mod tests {
     #[test]
     fn newer_version_is_refused_not_damaged() {
         let mut b = SegmentHeader::new(3, 1, 0).encode();
-        b[8..10].copy_from_slice(&2u16.to_le_bytes());
+        b[8..10].copy_from_slice(&3u16.to_le_bytes());
         assert_eq!(
             SegmentHeader::decode(&b),
-            Err(SegmentHeaderFault::UnknownVersion(2))
+            Err(SegmentHeaderFault::UnknownVersion(3))
         );
+    }
+
+    /// Version 2 and the recycled flag come together or not at all.
+    #[test]
+    fn the_recycled_flag_needs_version_2() {
+        let recycled = SegmentHeader::new(3, 1, 0).recycled();
+        assert_eq!(recycled.binding(), Binding::Segment(3));
+        assert_eq!(SegmentHeader::decode(&recycled.encode()), Ok(recycled));
+        let mut v1_flagged = SegmentHeader::new(3, 1, 0);
+        v1_flagged.flags = FLAG_RECYCLED;
+        let mut v2_plain = SegmentHeader::new(3, 1, 0);
+        v2_plain.version = FORMAT_VERSION_RECYCLED;
+        for bad in [v1_flagged, v2_plain] {
+            assert_eq!(
+                SegmentHeader::decode(&bad.encode()),
+                Err(SegmentHeaderFault::BadField("flags"))
+            );
+        }
     }
 
     #[test]

@@ -107,9 +107,13 @@ impl<D: Directory> MetadataJournal<D> {
             let bufs: Vec<Rc<Vec<u8>>> = runs
                 .iter_mut()
                 .map(|run| {
+                    if run.binding.is_recycled() && !run.buf.is_empty() {
+                        terminate(&mut run.buf, run.offset_bytes, self.config.segment_bytes);
+                    }
                     let buf = Rc::new(std::mem::take(&mut run.buf));
                     st.w.writing.push(WritingRun {
                         segment: run.segment,
+                        binding: run.binding,
                         offset_bytes: run.offset_bytes,
                         buf: buf.clone(),
                     });
@@ -177,12 +181,13 @@ impl<D: Directory> MetadataJournal<D> {
         // older segments' bytes durable first, or a crash could leave the new header but lose the
         // old tail, which would read as a broken chain (corruption).
         self.sync_dirty().await?;
-        let from_spare = self.take_ready_spare();
+        let from_spare = self.take_spare_for(header);
+        // A recycled spare is a whole segment of written space already.
+        let preallocate = self.preallocates() && !header.is_recycled();
         let file = segment::create(
             &self.dir,
             header,
-            self.preallocates()
-                .then(|| self.preallocation_target(0, 0, 0)),
+            preallocate.then(|| self.preallocation_target(0, 0, 0)),
             self.segment_writes(),
             from_spare,
         )
@@ -200,13 +205,17 @@ impl<D: Directory> MetadataJournal<D> {
                     chain_crc: header.prev_crc,
                 },
                 entry_count: 0,
+                binding: header.binding(),
             },
         );
         // The older segments are synced now: let go of handles nothing live needs.
         self.release_idle_handles();
-        if from_spare {
+        let recycles = self.state.borrow().stats.spares_recycled > 0;
+        if from_spare && !recycles {
             // The next spare is prepared from the start of this segment's life, so it is ready
-            // before this one's zeroes run out (the runs extend until it is).
+            // before this one's zeroes run out (the runs extend until it is). A journal that has
+            // recycled a segment expects compaction to recycle the next dead one: a zero-written
+            // spare is prepared only if none came when a segment nears its end (`zeroed.rs`).
             self.want_spare(file_len_bytes);
         }
         Ok(())
@@ -336,6 +345,16 @@ impl<D: Directory> MetadataJournal<D> {
             );
             st.w.write_done_seq = last_seq;
         }
+    }
+
+    /// What segment `number`'s entry header crcs cover (plain for a segment that is gone: it
+    /// holds nothing to read).
+    pub(crate) fn segment_binding(&self, number: u64) -> crate::format::Binding {
+        self.state
+            .borrow()
+            .segments
+            .get(&number)
+            .map_or(crate::format::Binding::Plain, |h| h.binding)
     }
 
     /// The open handle of segment `number` (opened again if it was released); `None` if the
@@ -515,4 +534,16 @@ impl Drop for AbortOnPanic {
             std::process::abort();
         }
     }
+}
+
+/// Ends a recycled segment's run (at `offset_bytes`) with its terminator: a zero entry header
+/// (fewer zeroes where the segment's `segment_bytes` end sooner), since what follows the run on
+/// disk is the file's older life, not zeroes (format.rs, "Recycled segments"). The next run
+/// starts where the terminator does and overwrites it in its own write.
+fn terminate(buf: &mut Vec<u8>, offset_bytes: u64, segment_bytes: u64) {
+    let end_bytes = offset_bytes + buf.len() as u64;
+    let len = segment_bytes
+        .saturating_sub(end_bytes)
+        .min(crate::format::TERMINATOR_BYTES as u64) as usize;
+    buf.resize(buf.len() + len, 0);
 }

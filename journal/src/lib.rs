@@ -165,6 +165,8 @@ pub(crate) struct SegmentHandle<D: Directory> {
     /// Chain state after its last entry.
     pub end_link: scan::Link,
     pub entry_count: u64,
+    /// What its entries' header crcs cover (recycled segments: their number).
+    pub binding: format::Binding,
 }
 
 /// Mutable state of a journal; borrowed only between awaits.

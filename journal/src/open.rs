@@ -284,6 +284,7 @@ impl<D: Directory> MetadataJournal<D> {
         let mut journal = Self::from_index(dir, config, false, &scan, index);
         journal.open_segments(&scan).await?;
         journal.prepare_tail().await?;
+        journal.adopt_found_spare().await;
         journal.start_writer();
         Ok((journal, report))
     }
@@ -352,6 +353,7 @@ impl<D: Directory> MetadataJournal<D> {
                     name: seg.name.clone(),
                     end_link: seg.end_link,
                     entry_count: seg.entries.len() as u64,
+                    binding: seg.header.binding(),
                 },
             );
         }
@@ -386,7 +388,7 @@ fn writer_state(scan: &LogScan) -> WriterState {
     let (link, cursor, next_number, rewritten_last) = match scan.segments.last() {
         Some(last) => (
             last.end_link,
-            Some((last.number, last.data_end_bytes)),
+            Some((last.number, last.data_end_bytes, last.header.binding())),
             last.number + 1,
             last.header.is_rewritten(),
         ),

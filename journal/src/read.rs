@@ -100,8 +100,12 @@ impl<D: Directory> MetadataJournal<D> {
             Extent::Whole => (location.len_bytes as usize, "read entry"),
         };
         let unwritten = self.state.borrow().w.unwritten_entry(&location, len_bytes);
+        let binding = match &unwritten {
+            Some((_, binding)) => *binding,
+            None => self.segment_binding(location.segment),
+        };
         let (bytes, name) = match unwritten {
-            Some(bytes) => (bytes, format::segment_file_name(location.segment)),
+            Some((bytes, _)) => (bytes, format::segment_file_name(location.segment)),
             None => {
                 let Some((file, name)) = self.segment_file(location.segment).await? else {
                     return Ok(None);
@@ -113,7 +117,7 @@ impl<D: Directory> MetadataJournal<D> {
                 (bytes, name)
             }
         };
-        match EntryHeader::decode(&bytes) {
+        match EntryHeader::decode(&bytes, binding) {
             Ok((header, chain_crc)) if header.op == op => Ok(Some(IndexedRead {
                 header,
                 chain_crc,

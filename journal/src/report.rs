@@ -98,6 +98,8 @@ pub struct JournalStats {
     /// Rotations that took the prepared spare segment (`next.spare`) instead of creating and
     /// zero-filling a file: docs/performance.md, "Preallocation".
     pub spares_adopted: u64,
+    /// Of those, rotations into a recycled spare (a dead segment's file: no zero-fill at all).
+    pub spares_recycled: u64,
 }
 
 /// Summary of one compaction.

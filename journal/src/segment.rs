@@ -127,10 +127,11 @@ async fn read_file_into<F: Storage>(
 
 /// Creates segment `header.segment_no` as a new file (an existing file of that name is an error,
 /// never truncated: the open's scan accounted for every segment file), or, `from_spare`, from
-/// the prepared spare (`spare`): writes its header and, when `preallocate_to` is set, zeroes up
-/// to that length (a spare already holds them); fsyncs the file; renames the spare to the
-/// segment's name; fsyncs the directory. No entry goes in before all of that is durable, so a
-/// spare never holds one. `writes` says how it is opened.
+/// the prepared spare (`spare`): writes its header (a spare's followed by a terminator: a recycled
+/// spare holds an older life's bytes there) and, when `preallocate_to` is set, zeroes up to that
+/// length (a spare already holds them); fsyncs the file; renames the spare to the segment's name;
+/// fsyncs the directory. No entry goes in before all of that is durable, so a spare never holds
+/// one of the log. `writes` says how it is opened.
 pub async fn create<D: Directory>(
     dir: &D,
     header: &SegmentHeader,
@@ -148,7 +149,11 @@ pub async fn create<D: Directory>(
         dir.open_file_as(&name, OpenMode::CreateNew, writes).await
     };
     let file = opened.map_err(|e| JournalError::io("create segment", &path, e))?;
-    let BufResult(result, _) = file.write_all_at(0, header.encode().to_vec()).await;
+    let mut head = header.encode().to_vec();
+    if from_spare {
+        head.resize(head.len() + crate::format::TERMINATOR_BYTES, 0);
+    }
+    let BufResult(result, _) = file.write_all_at(0, head).await;
     result.map_err(|e| JournalError::io("write segment header", &path, e))?;
     if let Some(to) = preallocate_to {
         // Zero-written (not sparse) space: an fdatasync after overwriting it measured ~2x cheaper

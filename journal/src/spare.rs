@@ -8,10 +8,15 @@
 //! 128 B groups, the batches after each step took 1-11 ms against 0.2 ms (BENCHMARKS.md, seventh
 //! pass). The spare is another file, so the groups' fdatasyncs never carry its metadata.
 //!
-//! It must never hold an entry: entries go into a spare only after `segment::create` has written
-//! its header, synced it, renamed it to the segment's name and synced the directory, so a spare
-//! found on disk (a crash or a close before a rotation took it) holds zeroes and at most a header,
-//! and preparing it again (truncate, refill) destroys nothing. Its preparation writes through the
+//! It must never hold an entry of the log: entries go into a spare only after `segment::create`
+//! has written its header, synced it, renamed it to the segment's name and synced the directory.
+//! A spare is either zero-written here, or **recycled**: a dead segment compaction renamed to the
+//! spare's name instead of deleting it (already-written space: a group overwrites it with no
+//! zero-fill and no metadata change). A recycled spare still holds its older life's entries; the
+//! segment a rotation makes of it is format version 2 (`format.rs`: its header crcs cover its
+//! number, its groups end with a terminator), so none of them ever reads as an entry. A spare
+//! found on disk at open is recycled if it is a whole segment long (whatever it holds, it is not
+//! in the log), else left for the next preparation to truncate and refill. Its preparation writes through the
 //! page cache one chunk at a time and waits for each chunk's write-back, then as long again, before
 //! the next (`keel_storage::write_back_paced`), so the device never holds more than a chunk of it
 //! ahead of the groups' writes and gives it at most about half of its bandwidth.
@@ -22,6 +27,7 @@ use std::rc::Rc;
 use keel_storage::{Directory, OpenMode, Storage};
 
 use crate::error::JournalError;
+use crate::format::SegmentHeader;
 use crate::MetadataJournal;
 
 /// The spare's file name in the journal directory; never a segment's or a temp file's name.
@@ -60,13 +66,66 @@ enum Readiness {
     /// Zero-written and synced.
     Ready,
     Failed,
+    /// Compaction is renaming a dead segment to the spare's name: no rotation takes it and no
+    /// preparation starts until the rename is durable (then `Recycled`), or until compaction
+    /// stops short of that (then the spare is gone: `RecyclingSpare`'s drop).
+    Recycling,
+    /// A whole segment's written space, older entries in it: the next rotation takes it.
+    Recycled,
+    /// Recycled and promised to the segment a rotation queued (its header says recycled).
+    Reserved,
 }
 
 /// The spare being prepared or ready (at most one per journal).
 pub(crate) struct Spare {
     readiness: Rc<Cell<Readiness>>,
-    /// The preparing task; dropping it (close, drop, poison) cancels the preparation.
-    _task: compio::runtime::JoinHandle<()>,
+    /// The preparing task (none for a recycled spare); dropping it (close, drop, poison)
+    /// cancels the preparation.
+    _task: Option<compio::runtime::JoinHandle<()>>,
+}
+
+/// A spare compaction is making of a dead segment (`Readiness::Recycling`) until `done`: if
+/// compaction stops first (an error, or its future dropped), the spare is forgotten, and the next
+/// preparation truncates whatever file is left under its name.
+pub(crate) struct RecyclingSpare<'a, D: Directory> {
+    journal: &'a MetadataJournal<D>,
+    readiness: Rc<Cell<Readiness>>,
+}
+
+impl<D: Directory> RecyclingSpare<'_, D> {
+    /// The rename is durable: the next rotation may take the spare.
+    pub(crate) fn done(self) {
+        self.readiness.set(Readiness::Recycled);
+    }
+}
+
+impl<D: Directory> Drop for RecyclingSpare<'_, D> {
+    fn drop(&mut self) {
+        if self.readiness.get() != Readiness::Recycling {
+            return;
+        }
+        let mut st = self.journal.state.borrow_mut();
+        let ours =
+            st.w.spare
+                .as_ref()
+                .is_some_and(|s| Rc::ptr_eq(&s.readiness, &self.readiness));
+        if ours {
+            st.w.spare = None;
+        }
+    }
+}
+
+impl Spare {
+    /// A rotation is queued for a new segment: whether it is made of this spare (a recycled
+    /// one), which is then promised to it: its header and entries are bound as recycled from
+    /// the first encode, before the writer creates it.
+    pub(crate) fn reserve_if_recycled(&self) -> bool {
+        let recycled = self.readiness.get() == Readiness::Recycled;
+        if recycled {
+            self.readiness.set(Readiness::Reserved);
+        }
+        recycled
+    }
 }
 
 impl<D: Directory> MetadataJournal<D> {
@@ -97,6 +156,11 @@ impl<D: Directory> MetadataJournal<D> {
             }
             Some(Readiness::Preparing) => SpareStep::Preparing,
             Some(Readiness::Failed) => SpareStep::None,
+            // The next rotation takes it anyway (`Spare::reserve_if_recycled`); while
+            // compaction still renames it, the segment grows as it would without one.
+            Some(Readiness::Recycling | Readiness::Recycled | Readiness::Reserved) => {
+                SpareStep::None
+            }
             // Only a journal that preallocates ever has a spare; `want_spare` checks that.
             None if self.want_spare(zeroed_end) => SpareStep::Preparing,
             None => SpareStep::None,
@@ -128,15 +192,106 @@ impl<D: Directory> MetadataJournal<D> {
         true
     }
 
-    /// Takes the ready spare for a rotation: false when there is none ready.
-    pub(crate) fn take_ready_spare(&self) -> bool {
+    /// Takes the spare for the rotation that creates `header`'s segment: the reserved recycled
+    /// spare for a recycled header (there always is one), a zero-written ready one otherwise.
+    /// False when the segment is to be created as a new file.
+    pub(crate) fn take_spare_for(&self, header: &SegmentHeader) -> bool {
         let mut st = self.state.borrow_mut();
-        let ready = st.w.spare.as_ref().map(|s| s.readiness.get()) == Some(Readiness::Ready);
-        if ready {
+        let readiness = st.w.spare.as_ref().map(|s| s.readiness.get());
+        let take = if header.is_recycled() {
+            assert_eq!(
+                readiness,
+                Some(Readiness::Reserved),
+                "a recycled segment is made of the spare reserved for it"
+            );
+            st.stats.spares_recycled += 1;
+            true
+        } else {
+            readiness == Some(Readiness::Ready)
+        };
+        if take {
             st.w.spare = None;
             st.stats.spares_adopted += 1;
         }
-        ready
+        take
+    }
+
+    /// Compaction is about to rename a dead segment to the spare's name: the spare it becomes
+    /// (`RecyclingSpare::done` once the rename is durable), or `None` when recycling does not
+    /// serve: the journal does not preallocate (its groups would not overwrite anyway), writes
+    /// with `O_DIRECT` (an aligned write's zero padding is no terminator), or has a recycled
+    /// spare already. A zero-written spare, ready or not, is replaced: once a journal recycles,
+    /// its rotations stop asking for zeroes (`group.rs`, `create_segment`), which is the point. A
+    /// preparation under way is cancelled. Its task only ever writes through the
+    /// descriptor it opened, so nothing it still has in flight can land in the renamed file, and
+    /// it is cancelled before it could truncate one it opened after the rename.
+    pub(crate) fn start_recycling(&self) -> Option<RecyclingSpare<'_, D>> {
+        if !self.preallocates() || self.config.direct_io {
+            return None;
+        }
+        let mut st = self.state.borrow_mut();
+        let replaceable = st.w.spare.as_ref().is_none_or(|s| {
+            matches!(
+                s.readiness.get(),
+                Readiness::Preparing | Readiness::Ready | Readiness::Failed
+            )
+        });
+        if !replaceable {
+            return None;
+        }
+        let readiness = Rc::new(Cell::new(Readiness::Recycling));
+        st.w.spare = Some(Spare {
+            readiness: readiness.clone(),
+            _task: None,
+        });
+        Some(RecyclingSpare {
+            journal: self,
+            readiness,
+        })
+    }
+
+    /// At open: a spare file a whole segment long (compaction recycled it, or a preparation
+    /// finished, before the last close or crash) is taken as recycled: whatever it holds, it is not
+    /// in the log, and a segment made of it is bound as recycled. Any other spare file is left for
+    /// the next preparation to truncate. A spare that cannot be looked at is only logged: it is
+    /// not part of the log.
+    pub(crate) async fn adopt_found_spare(&self) {
+        if !self.preallocates() || self.config.direct_io {
+            return;
+        }
+        let len_bytes = match self.dir.exists(SPARE_FILE_NAME).await {
+            Ok(false) => return,
+            Ok(true) => match self
+                .dir
+                .open_file(SPARE_FILE_NAME, OpenMode::ReadOnly)
+                .await
+            {
+                Ok(file) => file.len(),
+                Err(error) => {
+                    tracing::warn!(%error, file = %self.file_path(SPARE_FILE_NAME), "journal: cannot open the spare segment; preparing a new one when needed");
+                    return;
+                }
+            },
+            Err(error) => {
+                tracing::warn!(%error, file = %self.file_path(SPARE_FILE_NAME), "journal: cannot look for the spare segment");
+                return;
+            }
+        };
+        if len_bytes == self.config.segment_bytes {
+            let mut st = self.state.borrow_mut();
+            assert!(st.w.spare.is_none(), "an opening journal has no spare yet");
+            st.w.spare = Some(Spare {
+                readiness: Rc::new(Cell::new(Readiness::Recycled)),
+                _task: None,
+            });
+        }
+    }
+
+    /// Whether the next rotation takes a spare (zero-written or recycled) rather than a new file.
+    pub(crate) fn spare_ready(&self) -> bool {
+        let st = self.state.borrow();
+        let readiness = st.w.spare.as_ref().map(|s| s.readiness.get());
+        matches!(readiness, Some(Readiness::Ready | Readiness::Recycled))
     }
 
     /// Cancels a preparation in flight (close): no write of this journal lands after it.
@@ -164,7 +319,7 @@ impl<D: Directory> MetadataJournal<D> {
         assert!(st.w.spare.is_none(), "one spare at a time");
         st.w.spare = Some(Spare {
             readiness,
-            _task: task,
+            _task: Some(task),
         });
     }
 }

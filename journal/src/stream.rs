@@ -10,7 +10,7 @@
 use keel_storage::{Directory, Storage};
 
 use crate::error::JournalError;
-use crate::format::{EntryKind, ENTRY_ALIGN_BYTES, SEGMENT_HEADER_BYTES};
+use crate::format::{Binding, EntryKind, ENTRY_ALIGN_BYTES, SEGMENT_HEADER_BYTES};
 use crate::live::LiveMap;
 use crate::recovery::{Case, StopFact};
 use crate::scan::{
@@ -127,7 +127,7 @@ pub async fn scan_stream<D: Directory>(
         for file in &files[index + 1..] {
             let mut other =
                 open_segment(dir, file, max_file_bytes, window_bytes, &mut window).await?;
-            later.push(other.evidence(0).await?);
+            later.push(other.evidence(0, Binding::Either(file.number)).await?);
             scan.bytes_read += other.bytes_read;
         }
         let later_refs: Vec<&Evidence> = later.iter().collect();
@@ -167,6 +167,7 @@ type Found = (Stop, bool, Evidence);
 async fn scan_entries<F: Storage>(
     read: &mut SegmentRead<'_, F>,
     mut link: Link,
+    binding: Binding,
     entries: &mut Vec<crate::scan::EntryMeta>,
     consumer: &mut Consumer<'_>,
 ) -> Result<(Result<u64, Stop>, Link), JournalError> {
@@ -188,6 +189,7 @@ async fn scan_entries<F: Storage>(
             read.base,
             offset,
             link,
+            binding,
             at_eof,
             entries,
             &mut emit,
@@ -204,10 +206,16 @@ async fn scan_entries<F: Storage>(
                 read.load(at, len_bytes).await?;
             }
             Parsed::Zeroes(at) => {
-                // A clean end only if the file is zero from here to its end.
-                let end = match read.first_nonzero(at).await? {
-                    None => Ok(at),
-                    Some(_) => Err(Stop {
+                // A clean end only if the file is zero from here to its end, or (recycled) no
+                // header of this life follows the terminator (`scan::parse::clean_end`).
+                let clean = if binding.is_recycled() {
+                    read.evidence(at, binding).await?.min_seq.is_none()
+                } else {
+                    read.first_nonzero(at).await?.is_none()
+                };
+                let end = match clean {
+                    true => Ok(at),
+                    false => Err(Stop {
                         offset_bytes: at,
                         fact: StopFact::BadEntryHeader,
                         expected_seq: link.next_seq,
@@ -236,7 +244,7 @@ async fn scan_segment<F: Storage>(
     let header = match header {
         Ok(header) => header,
         Err(mut stop) => {
-            let own = read.evidence(0).await?;
+            let own = read.evidence(0, Binding::Either(file.number)).await?;
             if stop.expected_seq == u64::MAX {
                 // First segment: its own entries tell which seqs it held.
                 stop.expected_seq = own.min_seq.unwrap_or(u64::MAX);
@@ -255,7 +263,8 @@ async fn scan_segment<F: Storage>(
         next_seq: header.first_seq,
         chain_crc: header.prev_crc,
     };
-    let (end, entry_link) = scan_entries(read, start, &mut entries, consumer).await?;
+    let (end, entry_link) =
+        scan_entries(read, start, header.binding(), &mut entries, consumer).await?;
     let data_end_bytes = match &end {
         Ok(end) => *end,
         Err(stop) => stop.offset_bytes,
@@ -273,7 +282,10 @@ async fn scan_segment<F: Storage>(
         Ok(_) => Ok(Ok(end_link(&header, entry_link))),
         Err(stop) => {
             let own = read
-                .evidence(stop.offset_bytes + ENTRY_ALIGN_BYTES as u64)
+                .evidence(
+                    stop.offset_bytes + ENTRY_ALIGN_BYTES as u64,
+                    header.binding(),
+                )
                 .await?;
             Ok(Err((stop, header.is_rewritten(), own)))
         }

@@ -15,7 +15,7 @@ use compio::buf::{IntoInner, Slice};
 use keel_storage::{BufResult, Directory, IoBuf, OpenMode, Storage};
 
 use crate::error::JournalError;
-use crate::format::{ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES};
+use crate::format::{Binding, ENTRY_ALIGN_BYTES, ENTRY_HEADER_BYTES};
 use crate::scan::Evidence;
 use crate::segment::{self, SegmentFile};
 
@@ -240,8 +240,12 @@ impl<'w, F: Storage + 'w> SegmentRead<'w, F> {
     }
 
     /// Valid headers from `from` to the end of the file (and the segment header when `from` is 0).
-    pub(crate) async fn evidence(&mut self, from: u64) -> Result<Evidence, JournalError> {
-        let mut evidence = Evidence::default();
+    pub(crate) async fn evidence(
+        &mut self,
+        from: u64,
+        binding: Binding,
+    ) -> Result<Evidence, JournalError> {
+        let mut evidence = Evidence::new(binding);
         let align = ENTRY_ALIGN_BYTES as u64;
         let mut pos = from.div_ceil(align) * align;
         while pos < self.len_bytes {

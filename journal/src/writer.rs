@@ -17,7 +17,8 @@ use keel_storage::Directory;
 
 use crate::error::JournalError;
 use crate::format::{
-    encode_entry, entry_len_bytes, EntryKind, NewEntry, SegmentHeader, SEGMENT_HEADER_BYTES,
+    encode_entry, entry_len_bytes, Binding, EntryKind, NewEntry, SegmentHeader,
+    SEGMENT_HEADER_BYTES,
 };
 use crate::scan::Link;
 use crate::slots::{check_op, Location, SlotRefusal};
@@ -49,6 +50,8 @@ pub(crate) struct PendingEntry {
 /// Contiguous bytes for one segment, written by one `write_all_at`.
 pub(crate) struct Run {
     pub segment: u64,
+    /// The segment's binding: a recycled segment's run is written with its terminator.
+    pub binding: Binding,
     /// Create this segment (header, preallocation, fsync, dir fsync) before writing.
     pub create: Option<SegmentHeader>,
     pub offset_bytes: u64,
@@ -96,9 +99,16 @@ impl RunTotals {
 }
 
 impl Run {
-    fn new(segment: u64, create: Option<SegmentHeader>, offset_bytes: u64, buf: Vec<u8>) -> Self {
+    fn new(
+        segment: u64,
+        binding: Binding,
+        create: Option<SegmentHeader>,
+        offset_bytes: u64,
+        buf: Vec<u8>,
+    ) -> Self {
         Self {
             segment,
+            binding,
             create,
             offset_bytes,
             buf,
@@ -112,6 +122,7 @@ impl Run {
 /// while the write is in flight: buffered appends are indexed when accepted, before any write.
 pub(crate) struct WritingRun {
     pub segment: u64,
+    pub binding: Binding,
     pub offset_bytes: u64,
     pub buf: Rc<Vec<u8>>,
 }
@@ -120,9 +131,10 @@ pub(crate) struct WritingRun {
 pub(crate) struct WriterState {
     pub next_seq: u64,
     pub chain_crc: u32,
-    /// Segment and offset the next entry goes to.
+    /// Segment and offset the next entry goes to, and that segment's binding.
     pub cursor_segment: u64,
     pub cursor_offset_bytes: u64,
+    pub cursor_binding: Binding,
     /// The next entry must start a new segment (none yet, or the last one is sealed/rewritten).
     pub needs_rotation: bool,
     pub next_segment_number: u64,
@@ -170,12 +182,15 @@ pub(crate) struct WriteBackMark {
 }
 
 impl WriterState {
-    pub fn new(link: Link, cursor: Option<(u64, u64)>, next_segment_number: u64) -> Self {
+    /// The state after an open: `cursor` is the active segment, the offset after its last entry
+    /// and its binding.
+    pub fn new(link: Link, cursor: Option<(u64, u64, Binding)>, next_segment_number: u64) -> Self {
         Self {
             next_seq: link.next_seq,
             chain_crc: link.chain_crc,
             cursor_segment: cursor.map_or(0, |c| c.0),
             cursor_offset_bytes: cursor.map_or(0, |c| c.1),
+            cursor_binding: cursor.map_or(Binding::Plain, |c| c.2),
             needs_rotation: cursor.is_none(),
             next_segment_number,
             durable_seq: link.next_seq - 1,
@@ -241,25 +256,29 @@ impl WriterState {
     }
 
     /// The first `len_bytes` of an accepted entry not yet applied, from the queue or the group in
-    /// flight.
-    pub fn unwritten_entry(&self, location: &Location, len_bytes: usize) -> Option<Vec<u8>> {
+    /// flight, with the binding its header crc is under.
+    pub fn unwritten_entry(
+        &self,
+        location: &Location,
+        len_bytes: usize,
+    ) -> Option<(Vec<u8>, Binding)> {
         assert!(
             len_bytes <= location.len_bytes as usize,
             "a read within the entry"
         );
         let len = location.len_bytes as usize;
-        let within = |segment: u64, offset_bytes: u64, buf: &[u8]| {
+        let within = |segment: u64, offset_bytes: u64, buf: &[u8], binding: Binding| {
             let start = location.offset_bytes.checked_sub(offset_bytes)? as usize;
             (segment == location.segment && start + len <= buf.len())
-                .then(|| buf[start..start + len_bytes].to_vec())
+                .then(|| (buf[start..start + len_bytes].to_vec(), binding))
         };
         self.queue
             .iter()
-            .find_map(|run| within(run.segment, run.offset_bytes, &run.buf))
+            .find_map(|run| within(run.segment, run.offset_bytes, &run.buf, run.binding))
             .or_else(|| {
                 self.writing
                     .iter()
-                    .find_map(|run| within(run.segment, run.offset_bytes, &run.buf))
+                    .find_map(|run| within(run.segment, run.offset_bytes, &run.buf, run.binding))
             })
     }
 }
@@ -428,8 +447,13 @@ impl<D: Directory> MetadataJournal<D> {
         let mut header = SegmentHeader::new(number, w.next_seq, w.chain_crc);
         header.snapshot_op = st.snapshot_encoded;
         header.commit_op = st.commit_set;
+        if w.spare.as_ref().is_some_and(|s| s.reserve_if_recycled()) {
+            header = header.recycled();
+        }
+        w.cursor_binding = header.binding();
         w.queue.push_back(Run::new(
             number,
+            w.cursor_binding,
             Some(header),
             SEGMENT_HEADER_BYTES as u64,
             Vec::new(),
@@ -454,8 +478,13 @@ impl<D: Directory> MetadataJournal<D> {
                 self.config.max_batch_bytes
             };
             let buf = w.run_buffer(capacity.max(len));
-            w.queue
-                .push_back(Run::new(w.cursor_segment, None, w.cursor_offset_bytes, buf));
+            w.queue.push_back(Run::new(
+                w.cursor_segment,
+                w.cursor_binding,
+                None,
+                w.cursor_offset_bytes,
+                buf,
+            ));
         }
     }
 
@@ -486,6 +515,7 @@ impl<D: Directory> MetadataJournal<D> {
                 commit_op: st.commit_set,
             },
             payload,
+            w.cursor_binding,
         );
         let location = Location {
             segment: run.segment,

@@ -5,7 +5,7 @@ mod common;
 
 use common::*;
 use keel_journal::format::{
-    encode_entry, EntryKind, NewEntry, SegmentHeader, SEGMENT_HEADER_BYTES,
+    encode_entry, Binding, EntryKind, NewEntry, SegmentHeader, SEGMENT_HEADER_BYTES,
 };
 use keel_journal::{JournalConfig, JournalError, MetadataJournal, RecoveryMode, VerifyStatus};
 use keel_storage::MemFs;
@@ -276,6 +276,7 @@ fn handmade_segment(n: u64, durable: impl Fn(u64) -> u64) -> (Vec<u8>, Vec<u64>)
                 commit_op: 0,
             },
             &payload(seq, 0),
+            Binding::Plain,
         );
     }
     (bytes, offsets)
@@ -559,6 +560,7 @@ fn extreme_ops_and_watermarks_do_not_overflow() {
                     commit_op: u64::MAX,
                 },
                 b"edge",
+                Binding::Plain,
             );
         }
         let fs = clone_fs(1, &[(name, bytes)]).await;

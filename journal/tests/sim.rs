@@ -71,6 +71,9 @@ struct SimStats {
     closes: u64,
     /// Rotations that took a prepared spare segment (crashes then land around its rename).
     spares_adopted: u64,
+    /// Of those, rotations into a recycled dead segment (format 2: terminators, bound crcs, an
+    /// older life after the end that recovery must never read as entries).
+    spares_recycled: u64,
     /// Durable runs that extended a segment past its zeroes (crashes then land in the
     /// extending write and the step that follows it).
     runs_extending: u64,
@@ -89,6 +92,7 @@ impl SimStats {
         self.crashes_mid_workload += other.crashes_mid_workload;
         self.closes += other.closes;
         self.spares_adopted += other.spares_adopted;
+        self.spares_recycled += other.spares_recycled;
         self.runs_extending += other.runs_extending;
         self.faults.add(&other.faults);
     }
@@ -182,6 +186,8 @@ struct Sim<'a> {
     /// A `compact()` future was dropped in this incarnation (the next compaction must still work:
     /// asserted in `failed`).
     compaction_dropped: Cell<bool>,
+    /// The last incarnation ended in a clean close, and no fault since can have changed a byte.
+    clean_close: Cell<bool>,
 }
 
 /// Compaction removing a segment it removed before (a dropped compaction once left it in the
@@ -429,7 +435,12 @@ impl Sim<'_> {
         let closed = run_maybe_dropped(j.close(), budget).await;
         trace!("close (budget {budget:?}) -> {closed:?}");
         match closed {
-            Some(Ok(())) => self.model.borrow_mut().flushed(),
+            Some(Ok(())) => {
+                self.model.borrow_mut().flushed();
+                // Nothing torn is left behind a clean close: the next open must repair nothing
+                // (a recycled segment's older life after its terminator is its clean end).
+                self.clean_close.set(self.write_faults.is_none());
+            }
             None => self.dropped("close"),
             Some(Err(e)) => self.failed("close", &e),
         }
@@ -496,6 +507,16 @@ impl Sim<'_> {
         };
         self.stats.borrow_mut().repairs += report.repairs.len() as u64;
         trace!("open: {report:?}");
+        // Stray bytes after a sealed end stay in place by design (until compaction).
+        let new_problem = report
+            .problems
+            .iter()
+            .any(|p| p.kind != keel_journal::Case::StrayAfterEnd);
+        if self.clean_close.take() && (new_problem || !report.repairs.is_empty()) {
+            return Err(format!(
+                "the open after a clean close found problems or repaired: {report:?}"
+            ));
+        }
         let live = read_live(&j).await?;
         // Buffered appends (`sync_on_append = false`) wait in the journal's memory until a batch's
         // worth is queued or a flush: a process crash loses them as a power cut does, so an
@@ -539,6 +560,7 @@ impl Sim<'_> {
         {
             let mut stats = self.stats.borrow_mut();
             stats.spares_adopted += j.stats().spares_adopted;
+            stats.spares_recycled += j.stats().spares_recycled;
             stats.runs_extending += j.stats().runs_extending;
         }
         if !finished {
@@ -604,7 +626,11 @@ impl Sim<'_> {
             return Ok(true);
         }
         let path = paths[self.rng.borrow_mut().gen_range(0..paths.len())].clone();
-        let Ok(Some((offset, _))) = self.fs.flip_random_bit(&path) else {
+        let flipped = self.fs.flip_random_bit(&path);
+        if matches!(flipped, Ok(Some(_))) {
+            self.clean_close.set(false);
+        }
+        let Ok(Some((offset, _))) = flipped else {
             return Ok(true);
         };
         let opened = MetadataJournal::open(
@@ -700,6 +726,7 @@ async fn run_seed(seed: u64) -> Result<SimStats, String> {
         current: RefCell::new(None),
         errors_at_start: Cell::new(0),
         compaction_dropped: Cell::new(false),
+        clean_close: Cell::new(false),
     };
     let mut since = SinceCheck::default();
     // Set by a process crash that must be followed by a power cut at the end of the next epoch.
@@ -753,7 +780,7 @@ fn simulator() {
     }
     eprintln!(
         "journal simulator: {} in {:.1}s; epochs {}, acks {}, repairs {}, flips refused {} / cut \
-         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {}, runs extending {}",
+         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {} (recycled {}), runs extending {}",
         total.faults,
         started.elapsed().as_secs_f64(),
         total.epochs,
@@ -766,12 +793,17 @@ fn simulator() {
         total.crashes_mid_workload,
         total.closes,
         total.spares_adopted,
+        total.spares_recycled,
         total.runs_extending
     );
     if seeds.len() >= 100 {
         // The run must have exercised what it claims to check.
         assert!(total.acks > 0, "the workload must acknowledge something");
         assert!(total.spares_adopted > 0, "no rotation took a spare");
+        assert!(
+            total.spares_recycled > 0,
+            "no rotation took a recycled segment"
+        );
         assert!(
             total.runs_extending > 0,
             "no durable run extended a segment"

@@ -229,7 +229,7 @@ fn entry_info(name: &str, entry: &ForensicEntry<'_>) -> EntryInfo {
 
 #[cfg(test)]
 mod tests {
-    use keel_journal::format::{encode_entry, NewEntry, SegmentHeader};
+    use keel_journal::format::{encode_entry, Binding, NewEntry, SegmentHeader};
     use keel_journal::EntryKind;
 
     use super::*;
@@ -250,7 +250,7 @@ mod tests {
                 durable_seq: 0,
                 commit_op: 0,
             };
-            prev = encode_entry(&mut bytes, &entry, b"payload");
+            prev = encode_entry(&mut bytes, &entry, b"payload", Binding::Plain);
         }
         let garbage_at = bytes.len() as u64;
         bytes.extend_from_slice(&[0xab; 100]);

@@ -7,7 +7,7 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-use keel::journal::format::{EntryHeader, EntryKind, SEGMENT_HEADER_BYTES};
+use keel::journal::format::{Binding, EntryHeader, EntryKind, SegmentHeader, SEGMENT_HEADER_BYTES};
 use serde_json::Value;
 
 /// The `keel` binary, with logs at their default level.
@@ -133,8 +133,9 @@ pub struct RawEntry {
 pub fn entries(segment: &[u8]) -> Vec<RawEntry> {
     let mut out = Vec::new();
     let mut offset = SEGMENT_HEADER_BYTES;
+    let binding = SegmentHeader::decode(segment).map_or(Binding::Plain, |h| h.binding());
     while offset < segment.len() {
-        let Ok((header, _)) = EntryHeader::decode(&segment[offset..]) else {
+        let Ok((header, _)) = EntryHeader::decode(&segment[offset..], binding) else {
             break;
         };
         let len = header.entry_len_bytes();

@@ -6,14 +6,17 @@ use keel_storage::Directory;
 
 use super::{valid_headers, Link, Stop, StopAt};
 use crate::error::JournalError;
-use crate::format::{EntryKind, SegmentHeader, ENTRY_ALIGN_BYTES};
+use crate::format::{Binding, EntryKind, SegmentHeader, ENTRY_ALIGN_BYTES};
 use crate::recovery::{classify, Proofs, StopFact};
 use crate::segment::{self, SegmentFile};
 
 /// What one stretch of a segment file proves about the bytes before it: found by looking past a
 /// stop for valid entry headers (8-aligned) and, for a whole later file, its segment header.
-#[derive(Debug, Clone, Default)]
+#[derive(Debug, Clone)]
 pub struct Evidence {
+    /// What the headers' crcs cover: the file's segment header's binding once it is read (a
+    /// recycled file's older life is never evidence), either candidate while it is unknown.
+    pub binding: Binding,
     /// Highest `durable_seq` a valid entry header claims.
     pub max_durable: u64,
     /// Lowest seq of a valid entry header (for a first segment whose own header is damaged).
@@ -26,15 +29,27 @@ pub struct Evidence {
 }
 
 impl Evidence {
+    /// No evidence yet, of a stretch whose entries are under `binding`.
+    pub fn new(binding: Binding) -> Self {
+        Self {
+            binding,
+            max_durable: 0,
+            min_seq: None,
+            data_ops: Vec::new(),
+            header: None,
+        }
+    }
+
     /// Adds the valid entry headers in `bytes` (the file's bytes from offset `base`) at or after
     /// file offset `from`; with `whole_file`, also the segment header at `bytes[0..]`.
     pub fn add(&mut self, bytes: &[u8], base: u64, from: u64, whole_file: bool) {
         if whole_file && base == 0 {
             if let Ok(header) = SegmentHeader::decode(bytes) {
                 self.header = Some(header);
+                self.binding = header.binding();
             }
         }
-        for (_, h) in valid_headers(bytes, from.saturating_sub(base)) {
+        for (_, h) in valid_headers(bytes, from.saturating_sub(base), self.binding) {
             self.max_durable = self.max_durable.max(h.durable_seq);
             self.min_seq = Some(self.min_seq.map_or(h.seq, |m| m.min(h.seq)));
             if h.kind == EntryKind::Data {
@@ -43,9 +58,9 @@ impl Evidence {
         }
     }
 
-    /// The evidence of a whole file, read once.
-    pub fn of_file(bytes: &[u8]) -> Self {
-        let mut evidence = Evidence::default();
+    /// The evidence of the whole file of segment `number`, read once.
+    pub fn of_file(bytes: &[u8], number: u64) -> Self {
+        let mut evidence = Evidence::new(Binding::Either(number));
         evidence.add(bytes, 0, 0, true);
         evidence
     }
@@ -148,10 +163,11 @@ pub(super) async fn classify_stop<D: Directory>(
     stop: Stop,
     rewritten: bool,
     link_at_stop: Option<Link>,
+    binding: Binding,
     max_file_bytes: u64,
     later_cache: &mut Vec<Option<Evidence>>,
 ) -> Result<StopAt, JournalError> {
-    let mut own = Evidence::default();
+    let mut own = Evidence::new(binding);
     own.add(
         bytes,
         0,
@@ -162,7 +178,7 @@ pub(super) async fn classify_stop<D: Directory>(
     for later in index + 1..files.len() {
         if later_cache[later].is_none() {
             let other = segment::read_whole(dir, &files[later].name, max_file_bytes).await?;
-            later_cache[later] = Some(Evidence::of_file(&other));
+            later_cache[later] = Some(Evidence::of_file(&other, files[later].number));
         }
     }
     let later: Vec<&Evidence> = later_cache[index + 1..].iter().flatten().collect();

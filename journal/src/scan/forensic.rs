@@ -10,8 +10,7 @@
 
 use keel_storage::Directory;
 
-use super::all_zero;
-use super::parse::body_matches;
+use super::parse::{body_matches, clean_end};
 use crate::error::JournalError;
 use crate::format::{
     EntryHeader, HeaderFault, SegmentHeader, SegmentHeaderFault, ENTRY_HEADER_BYTES,
@@ -97,13 +96,14 @@ pub fn walk_segment(bytes: &[u8], on_entry: &mut dyn FnMut(&ForensicEntry<'_>)) 
         }
     };
     walked.header = Some(header);
+    let binding = header.binding();
     let (mut next_seq, mut chain_crc) = (header.first_seq, header.prev_crc);
     let mut offset = SEGMENT_HEADER_BYTES;
     while offset < bytes.len() {
         let rest = &bytes[offset..];
-        let (header, header_crc) = match EntryHeader::decode(rest) {
+        let (header, header_crc) = match EntryHeader::decode(rest, binding) {
             Ok(decoded) => decoded,
-            Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(rest) => break,
+            Err(HeaderFault::Zero | HeaderFault::Short) if clean_end(rest, binding) => break,
             Err(fault) => {
                 let offset_bytes = offset as u64;
                 walked.stop = Some(ForensicStop::EntryHeader {
@@ -173,7 +173,7 @@ pub async fn walk_journal<D: Directory>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::format::{encode_entry, EntryKind, NewEntry};
+    use crate::format::{encode_entry, Binding, EntryKind, NewEntry};
 
     /// A segment of `n` chained entries; returns the bytes and each entry's offset.
     fn segment(n: u64) -> (Vec<u8>, Vec<usize>) {
@@ -189,7 +189,7 @@ mod tests {
                 durable_seq: 0,
                 commit_op: 0,
             };
-            prev = encode_entry(&mut out, &entry, &[seq as u8; 5]);
+            prev = encode_entry(&mut out, &entry, &[seq as u8; 5], Binding::Plain);
         }
         (out, offsets)
     }

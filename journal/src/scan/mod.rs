@@ -10,7 +10,7 @@ use keel_storage::Directory;
 
 use crate::error::JournalError;
 use crate::format::{
-    EntryHeader, EntryKind, SegmentHeader, SegmentHeaderFault, ENTRY_ALIGN_BYTES,
+    Binding, EntryHeader, EntryKind, SegmentHeader, SegmentHeaderFault, ENTRY_ALIGN_BYTES,
     ENTRY_HEADER_BYTES, SEGMENT_HEADER_BYTES,
 };
 use crate::recovery::{Case, Proofs, StopFact};
@@ -159,8 +159,8 @@ pub fn first_nonzero(bytes: &[u8]) -> Option<usize> {
         .map(|i| offset + i)
 }
 
-/// Valid entry headers at 8-aligned offsets at or after `from_offset`.
-pub fn valid_headers(bytes: &[u8], from_offset: u64) -> Vec<(u64, EntryHeader)> {
+/// Valid entry headers (under `binding`) at 8-aligned offsets at or after `from_offset`.
+pub fn valid_headers(bytes: &[u8], from_offset: u64, binding: Binding) -> Vec<(u64, EntryHeader)> {
     let mut out = Vec::new();
     let align = ENTRY_ALIGN_BYTES as u64;
     let mut offset = from_offset.div_ceil(align) * align;
@@ -168,7 +168,7 @@ pub fn valid_headers(bytes: &[u8], from_offset: u64) -> Vec<(u64, EntryHeader)> 
         let at = &bytes[offset as usize..];
         // Magic first: cheap, and it makes the crc check rare.
         if at[0..4] == crate::format::ENTRY_MAGIC {
-            if let Ok((header, _)) = EntryHeader::decode(at) {
+            if let Ok((header, _)) = EntryHeader::decode(at, binding) {
                 out.push((offset, header));
             }
         }
@@ -297,6 +297,7 @@ struct EntryStart {
     from: u64,
     rewritten: bool,
     header: Option<SegmentHeader>,
+    binding: Binding,
 }
 
 /// The state of one [`scan_log`] across files.
@@ -342,30 +343,37 @@ impl<D: Directory> Scanner<'_, D> {
                     from: SEGMENT_HEADER_BYTES as u64,
                     rewritten: h.is_rewritten(),
                     header: Some(h),
+                    binding: h.binding(),
                 }))
             }
             Err(stop) => stop,
         };
+        let binding = Binding::Either(self.files[index].number);
         if stop.expected_seq == u64::MAX {
             // First segment: its own entries tell which seqs it held.
-            stop.expected_seq = valid_headers(bytes, 0)
+            stop.expected_seq = valid_headers(bytes, 0, binding)
                 .iter()
                 .map(|(_, h)| h.seq)
                 .min()
                 .unwrap_or(u64::MAX);
         }
-        if self.record(index, bytes, stop, false, None).await? == Recorded::Ends {
+        if self
+            .record(index, bytes, stop, false, None, binding)
+            .await?
+            == Recorded::Ends
+        {
             return Ok(Err(FileEnd::Done));
         }
         if stop.fact == StopFact::UnknownVersion {
             return Ok(Err(FileEnd::Next(None)));
         }
-        Ok(match resync(bytes, 0) {
+        Ok(match resync(bytes, 0, binding) {
             Some((from, link)) => Ok(EntryStart {
                 link,
                 from,
                 rewritten: false,
                 header: None,
+                binding,
             }),
             None => Err(FileEnd::Next(None)),
         })
@@ -383,10 +391,11 @@ impl<D: Directory> Scanner<'_, D> {
             mut from,
             rewritten,
             header,
+            binding,
         } = start;
         loop {
             let mut entries = Vec::new();
-            let (end, after) = parse_whole(bytes, from, entry_link, &mut entries);
+            let (end, after) = parse_whole(bytes, from, entry_link, binding, &mut entries);
             let stopped = self.scan.first_stop.is_some();
             let data_end_bytes = match &end {
                 Ok(end_offset) => *end_offset,
@@ -422,7 +431,7 @@ impl<D: Directory> Scanner<'_, D> {
                 _ => None,
             };
             match self
-                .record(index, bytes, stop, rewritten, link_at_stop)
+                .record(index, bytes, stop, rewritten, link_at_stop, binding)
                 .await?
             {
                 Recorded::Ends => return Ok(FileEnd::Done),
@@ -430,7 +439,7 @@ impl<D: Directory> Scanner<'_, D> {
                 Recorded::Sealed => return Ok(FileEnd::Next(link_at_stop)),
                 Recorded::GoesOn => {}
             }
-            match resync(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64) {
+            match resync(bytes, stop.offset_bytes + ENTRY_ALIGN_BYTES as u64, binding) {
                 Some((offset, link)) => {
                     from = offset;
                     entry_link = link;
@@ -450,6 +459,7 @@ impl<D: Directory> Scanner<'_, D> {
         stop: Stop,
         rewritten: bool,
         link_at_stop: Option<Link>,
+        binding: Binding,
     ) -> Result<Recorded, JournalError> {
         let at = classify_stop(
             self.dir,
@@ -459,6 +469,7 @@ impl<D: Directory> Scanner<'_, D> {
             stop,
             rewritten,
             link_at_stop,
+            binding,
             self.max_file_bytes,
             &mut self.later_cache,
         )
@@ -477,8 +488,8 @@ impl<D: Directory> Scanner<'_, D> {
 
 /// The next valid header at or after `from` (at least past the segment header), as a place to
 /// continue scanning from with the chain it claims.
-fn resync(bytes: &[u8], from: u64) -> Option<(u64, Link)> {
-    valid_headers(bytes, from.max(SEGMENT_HEADER_BYTES as u64))
+fn resync(bytes: &[u8], from: u64, binding: Binding) -> Option<(u64, Link)> {
+    valid_headers(bytes, from.max(SEGMENT_HEADER_BYTES as u64), binding)
         .first()
         .map(|(offset, h)| {
             (
@@ -497,7 +508,13 @@ mod tests {
     use crate::format::{encode_entry, NewEntry};
 
     fn segment_bytes(n: usize) -> Vec<u8> {
-        let mut out = SegmentHeader::new(0, 1, 0).encode().to_vec();
+        bound_segment_bytes(SegmentHeader::new(0, 1, 0), n)
+    }
+
+    /// `n` entries (seqs from 1) after `header`, bound as its segment's.
+    fn bound_segment_bytes(header: SegmentHeader, n: usize) -> Vec<u8> {
+        let binding = header.binding();
+        let mut out = header.encode().to_vec();
         let mut prev = 0;
         for i in 0..n {
             let seq = i as u64 + 1;
@@ -512,6 +529,7 @@ mod tests {
                     commit_op: 0,
                 },
                 &vec![i as u8; i * 3],
+                binding,
             );
         }
         out
@@ -531,6 +549,7 @@ mod tests {
                 next_seq: header.first_seq,
                 chain_crc: header.prev_crc,
             },
+            Binding::Plain,
             &mut out,
         );
         assert_eq!(end_result, Ok(end));
@@ -552,8 +571,115 @@ mod tests {
                 next_seq: 1,
                 chain_crc: 0,
             },
+            Binding::Plain,
             &mut out,
         );
         assert_eq!(end_result.unwrap_err().fact, StopFact::BadEntryHeader);
+    }
+}
+
+#[cfg(test)]
+mod recycled_tests {
+    use super::*;
+    use crate::format::{encode_entry, NewEntry, TERMINATOR_BYTES};
+
+    /// Data entries of seqs 1..=n (op = seq) with `payload`, chained from 0, under `binding`.
+    fn chained_entries(out: &mut Vec<u8>, n: u64, payload: &[u8], binding: Binding) {
+        let mut prev = 0;
+        for seq in 1..=n {
+            let entry = NewEntry {
+                kind: EntryKind::Data,
+                seq,
+                op: seq,
+                prev_crc: prev,
+                durable_seq: seq - 1,
+                commit_op: 0,
+            };
+            prev = encode_entry(out, &entry, payload, binding);
+        }
+    }
+
+    /// A recycled segment 5: entries 1..=n, the terminator, then `older` (the file's older life).
+    fn recycled(n: u64, older: &[u8]) -> (Vec<u8>, u64) {
+        let mut bytes = SegmentHeader::new(5, 1, 0).recycled().encode().to_vec();
+        chained_entries(&mut bytes, n, &[7u8; 40], Binding::Segment(5));
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; TERMINATOR_BYTES]);
+        bytes.extend_from_slice(older);
+        (bytes, end)
+    }
+
+    /// Entries of an older life: the same seqs, under `binding`.
+    fn older_life(binding: Binding) -> Vec<u8> {
+        let mut out = Vec::new();
+        chained_entries(&mut out, 20, &[9u8; 100], binding);
+        out
+    }
+
+    fn parse(bytes: &[u8]) -> (Result<u64, Stop>, usize) {
+        let mut out = Vec::new();
+        let link = Link {
+            next_seq: 1,
+            chain_crc: 0,
+        };
+        let binding = Binding::Segment(5);
+        let (end, _) = parse_whole(bytes, SEGMENT_HEADER_BYTES as u64, link, binding, &mut out);
+        (end, out.len())
+    }
+
+    /// The older life after a terminator (a version 1 life, another recycled life, garbage) is
+    /// the clean end of this one.
+    #[test]
+    fn a_terminator_then_an_older_life_is_a_clean_end() {
+        for older in [
+            older_life(Binding::Plain),
+            older_life(Binding::Segment(4)),
+            vec![0xA5; 3000],
+        ] {
+            let (bytes, end) = recycled(3, &older);
+            assert_eq!(parse(&bytes), (Ok(end), 3));
+        }
+    }
+
+    /// An entry of this life after the zero header (a torn write whose first block never
+    /// landed) is no clean end: the bytes there are a bad header.
+    #[test]
+    fn an_entry_of_this_life_after_the_zeroes_is_a_bad_header() {
+        let (mut bytes, end) = recycled(3, &[0xA5; 512]);
+        let (later, _) = recycled(6, &[]);
+        let fourth = later.len() - TERMINATOR_BYTES - 3 * crate::format::entry_len_bytes(40);
+        bytes.extend_from_slice(&later[fourth..]);
+        let (stopped, kept) = parse(&bytes);
+        let stop = stopped.expect_err("not a clean end");
+        assert_eq!(
+            (stop.offset_bytes, stop.fact, kept),
+            (end, StopFact::BadEntryHeader, 3)
+        );
+    }
+
+    /// Without the recycled binding the same bytes are what they always were: zeroes followed
+    /// by non-zero bytes, a bad header.
+    #[test]
+    fn a_plain_segment_keeps_the_zeroes_to_the_end_rule() {
+        let mut bytes = segment_bytes_plain();
+        let end = bytes.len() as u64;
+        bytes.extend_from_slice(&[0u8; TERMINATOR_BYTES]);
+        bytes.extend_from_slice(&older_life(Binding::Segment(4)));
+        let mut out = Vec::new();
+        let link = Link {
+            next_seq: 1,
+            chain_crc: 0,
+        };
+        let (stopped, _) = parse_whole(&bytes, 64, link, Binding::Plain, &mut out);
+        assert_eq!(
+            stopped.map_err(|s| (s.offset_bytes, s.fact)),
+            Err((end, StopFact::BadEntryHeader))
+        );
+    }
+
+    fn segment_bytes_plain() -> Vec<u8> {
+        let mut bytes = SegmentHeader::new(0, 1, 0).encode().to_vec();
+        chained_entries(&mut bytes, 1, b"one", Binding::Plain);
+        bytes
     }
 }

@@ -3,8 +3,8 @@
 //! a whole file or to a stream of pieces. It never reads files and never decides what a stop
 //! means (`evidence.rs` and `recovery.rs` do).
 
-use super::{all_zero, EntryMeta, Link, Stop};
-use crate::format::{EntryHeader, EntryKind, HeaderFault, ENTRY_HEADER_BYTES};
+use super::{all_zero, valid_headers, EntryMeta, Link, Stop};
+use crate::format::{Binding, EntryHeader, EntryKind, HeaderFault, ENTRY_HEADER_BYTES};
 use crate::recovery::StopFact;
 
 /// Where a parse of (part of) a segment ended.
@@ -16,7 +16,7 @@ pub enum Parsed {
     /// needed (streaming only: never returned when the bytes reach the end of the file).
     NeedMore { offset: u64, len_bytes: usize },
     /// An all-zero header at this offset whose bytes continue past those given: a clean end
-    /// if the file is zero from here to its end, else a bad header here (streaming only).
+    /// if the rest of the file is one ([`clean_end`]), else a bad header here (streaming only).
     Zeroes(u64),
     /// Valid entries stop here.
     Stop(Stop),
@@ -25,13 +25,14 @@ pub enum Parsed {
 /// Parses entries from file offset `from` while they are valid and chained, in `bytes` (the file's
 /// bytes from offset `base`; `at_eof` when they reach the end of the file). Every valid entry is
 /// pushed to `out` and handed with its payload to `on_entry`. Returns where parsing ended and the
-/// chain state after the last valid entry.
+/// chain state after the last valid entry. `binding` is the segment's ([`Binding`]).
 #[allow(clippy::too_many_arguments)]
 pub fn parse_entries(
     bytes: &[u8],
     base: u64,
     from: u64,
     mut link: Link,
+    binding: Binding,
     at_eof: bool,
     out: &mut Vec<EntryMeta>,
     on_entry: &mut dyn FnMut(&EntryMeta, &[u8]),
@@ -40,7 +41,7 @@ pub fn parse_entries(
     let mut offset = from;
     loop {
         let rest = &bytes[((offset - base) as usize).min(bytes.len())..];
-        let (h, crc) = match next_header(rest, offset, link, at_eof) {
+        let (h, crc) = match next_header(rest, offset, link, binding, at_eof) {
             Ok(decoded) => decoded,
             Err(parsed) => return (parsed, link),
         };
@@ -84,12 +85,21 @@ pub(crate) fn body_matches(header: &EntryHeader, body: &[u8]) -> bool {
     crc32fast::hash(body) == header.payload_crc
 }
 
+/// Whether the bytes of a segment from an entry boundary to the end of the file (`rest`, which
+/// begins with a zero header or is shorter than one) are a clean end of its entries: zeroes to the
+/// end; or, in a recycled segment, the terminator its last group wrote, with no header of this
+/// life after it (what follows is the file's older life, whose headers fail this binding).
+pub(crate) fn clean_end(rest: &[u8], binding: Binding) -> bool {
+    all_zero(rest) || (binding.is_recycled() && valid_headers(rest, 0, binding).is_empty())
+}
+
 /// The header of the entry at `offset` (whose bytes from there are `rest`) when it is valid,
 /// chained to `link` and whole within `rest`; otherwise where parsing ends.
 fn next_header(
     rest: &[u8],
     offset: u64,
     link: Link,
+    binding: Binding,
     at_eof: bool,
 ) -> Result<(EntryHeader, u32), Parsed> {
     let stop = |fact, op: Option<u64>, kind: Option<EntryKind>| {
@@ -109,13 +119,21 @@ fn next_header(
             need_more(ENTRY_HEADER_BYTES)
         });
     }
-    let (h, crc) = match EntryHeader::decode(rest) {
+    let (h, crc) = match EntryHeader::decode(rest, binding) {
         Ok(decoded) => decoded,
         Err(HeaderFault::Zero | HeaderFault::Short) if all_zero(rest) => {
             return Err(if at_eof {
                 Parsed::End(offset)
             } else {
                 Parsed::Zeroes(offset)
+            });
+        }
+        // A recycled segment's terminator, followed by the file's older life.
+        Err(HeaderFault::Zero) if binding.is_recycled() => {
+            return Err(match at_eof {
+                false => Parsed::Zeroes(offset),
+                true if clean_end(rest, binding) => Parsed::End(offset),
+                true => stop(StopFact::BadEntryHeader, None, None),
             });
         }
         Err(HeaderFault::Short) if !at_eof => return Err(need_more(ENTRY_HEADER_BYTES)),
@@ -141,9 +159,10 @@ pub fn parse_whole(
     bytes: &[u8],
     from: u64,
     link: Link,
+    binding: Binding,
     out: &mut Vec<EntryMeta>,
 ) -> (Result<u64, Stop>, Link) {
-    let (parsed, link) = parse_entries(bytes, 0, from, link, true, out, &mut |_, _| {});
+    let (parsed, link) = parse_entries(bytes, 0, from, link, binding, true, out, &mut |_, _| {});
     let result = match parsed {
         Parsed::End(end) => Ok(end),
         Parsed::Stop(stop) => Err(stop),

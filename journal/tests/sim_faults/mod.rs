@@ -218,8 +218,15 @@ pub async fn entries_behind_damaged_headers(fs: &MemFs) -> Damage {
             continue;
         }
         let align = keel_journal::format::ENTRY_ALIGN_BYTES;
+        let name = path.rsplit('/').next().unwrap_or_default();
+        let Some(number) = keel_journal::format::parse_segment_file_name(name) else {
+            continue;
+        };
+        let binding = keel_journal::format::Binding::Either(number);
         for offset in (header..bytes.len()).step_by(align) {
-            if let Ok((entry, _)) = keel_journal::format::EntryHeader::decode(&bytes[offset..]) {
+            if let Ok((entry, _)) =
+                keel_journal::format::EntryHeader::decode(&bytes[offset..], binding)
+            {
                 if entry.kind == EntryKind::Data {
                     damage.data.insert((entry.op, entry.payload_crc));
                 } else {
