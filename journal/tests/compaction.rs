@@ -9,8 +9,16 @@ use keel_storage::MemFs;
 
 /// Ops 1..=150 in order over ~4 KiB segments; then a snapshot at `snapshot`.
 async fn prepared(fs: &MemFs, snapshot: u64) -> (Journal, Vec<(u64, Vec<u8>)>) {
-    let config = small_config();
-    let (j, _) = open(fs, &config).await;
+    prepared_with(fs, snapshot, &small_config()).await
+}
+
+/// [`prepared`] under `config`.
+async fn prepared_with(
+    fs: &MemFs,
+    snapshot: u64,
+    config: &keel_journal::JournalConfig,
+) -> (Journal, Vec<(u64, Vec<u8>)>) {
+    let (j, _) = open(fs, config).await;
     for op in 1..=150 {
         j.append(op, &payload(op, 0)).await.unwrap();
     }
@@ -63,16 +71,33 @@ fn compaction_deletes_the_dead_prefix_and_rewrites_the_straddler() {
     });
 }
 
+/// A crash after every durable step of a compaction, for a journal that does not preallocate
+/// (dead segments deleted) and one that does (the first dead segment renamed to the spare:
+/// recycled, then taken by a later rotation, also from the spare found at the next open).
 #[test]
 fn compaction_survives_a_crash_after_every_step() {
-    let config = small_config();
+    let preallocating = keel_journal::JournalConfig {
+        preallocate: true,
+        ..small_config()
+    };
+    let mut recycled = 0;
+    for config in [small_config(), preallocating] {
+        recycled += crash_after_every_step(&config);
+    }
+    assert!(recycled > 0, "no compaction recycled a segment");
+}
+
+/// Runs [`compaction_survives_a_crash_after_every_step`] under `config`; returns how many
+/// completed compactions left a recycled spare.
+fn crash_after_every_step(config: &keel_journal::JournalConfig) -> usize {
+    let mut recycled = 0;
     for seed in 0..8u64 {
         for snapshot in [30u64, 100, 152] {
             let mut crash_at = 0usize;
             loop {
                 let fs = MemFs::new(seed * 1000 + crash_at as u64);
                 let done = run(async {
-                    let (j, live) = prepared(&fs, snapshot).await;
+                    let (j, live) = prepared_with(&fs, snapshot, config).await;
                     let mut steps = 0usize;
                     let mut seen = Vec::new();
                     let result = j
@@ -89,9 +114,10 @@ fn compaction_survives_a_crash_after_every_step() {
                         })
                         .await;
                     let completed = result.is_ok();
+                    let spare = segment_dir_has(&fs, "next.spare").await;
                     drop(j);
                     fs.crash();
-                    let (j, report) = open(&fs, &config).await;
+                    let (j, report) = open(&fs, config).await;
                     assert!(
                         report.problems.is_empty(),
                         "seed {seed} snapshot {snapshot} crash after {seen:?}: {report:?}"
@@ -109,11 +135,12 @@ fn compaction_survives_a_crash_after_every_step() {
                     expected.push((200, b"more".to_vec()));
                     assert_eq!(read_all(&j).await, expected);
                     drop(j);
-                    let (j, _) = open(&fs, &config).await;
+                    let (j, _) = open(&fs, config).await;
                     assert_eq!(read_all(&j).await, expected);
-                    completed
+                    (completed, completed && spare)
                 });
-                if done {
+                recycled += done.1 as usize;
+                if done.0 {
                     break;
                 }
                 crash_at += 1;
@@ -121,6 +148,14 @@ fn compaction_survives_a_crash_after_every_step() {
             }
         }
     }
+    recycled
+}
+
+/// Whether the journal directory holds a file of that name.
+async fn segment_dir_has(fs: &MemFs, name: &str) -> bool {
+    use keel_storage::Directory;
+    let dir = fs.root().open_dir("journal", false).await.unwrap();
+    dir.list().await.unwrap().iter().any(|n| n == name)
 }
 
 #[test]
