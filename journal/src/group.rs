@@ -184,14 +184,18 @@ impl<D: Directory> MetadataJournal<D> {
         let from_spare = self.take_spare_for(header);
         // A recycled spare is a whole segment of written space already.
         let preallocate = self.preallocates() && !header.is_recycled();
-        let file = segment::create(
+        let created = segment::create(
             &self.dir,
             header,
             preallocate.then(|| self.preallocation_target(0, 0, 0)),
             self.segment_writes(),
             from_spare,
         )
-        .await?;
+        .await;
+        if from_spare {
+            self.spare_taken();
+        }
+        let file = created?;
         let name = crate::format::segment_file_name(header.segment_no);
         let file_len_bytes = file.len();
         self.state.borrow_mut().segments.insert(

@@ -74,6 +74,10 @@ enum Readiness {
     Recycled,
     /// Recycled and promised to the segment a rotation queued (its header says recycled).
     Reserved,
+    /// A rotation is making a segment of the file (header, fsync, rename): until it is renamed,
+    /// nothing else may put a file under the spare's name (compaction's recycling would swap the
+    /// file the rotation renames for another).
+    Adopting,
 }
 
 /// The spare being prepared or ready (at most one per journal).
@@ -157,10 +161,14 @@ impl<D: Directory> MetadataJournal<D> {
             Some(Readiness::Preparing) => SpareStep::Preparing,
             Some(Readiness::Failed) => SpareStep::None,
             // The next rotation takes it anyway (`Spare::reserve_if_recycled`); while
-            // compaction still renames it, the segment grows as it would without one.
-            Some(Readiness::Recycling | Readiness::Recycled | Readiness::Reserved) => {
-                SpareStep::None
-            }
+            // compaction still renames it, or a rotation takes it, the segment grows as it
+            // would without one.
+            Some(
+                Readiness::Recycling
+                | Readiness::Recycled
+                | Readiness::Reserved
+                | Readiness::Adopting,
+            ) => SpareStep::None,
             // Only a journal that preallocates ever has a spare; `want_spare` checks that.
             None if self.want_spare(zeroed_end) => SpareStep::Preparing,
             None => SpareStep::None,
@@ -194,7 +202,8 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// Takes the spare for the rotation that creates `header`'s segment: the reserved recycled
     /// spare for a recycled header (there always is one), a zero-written ready one otherwise.
-    /// False when the segment is to be created as a new file.
+    /// False when the segment is to be created as a new file. A taken spare stays `Adopting`
+    /// until [`Self::spare_taken`], once the rotation has renamed it (or failed).
     pub(crate) fn take_spare_for(&self, header: &SegmentHeader) -> bool {
         let mut st = self.state.borrow_mut();
         let readiness = st.w.spare.as_ref().map(|s| s.readiness.get());
@@ -210,10 +219,20 @@ impl<D: Directory> MetadataJournal<D> {
             readiness == Some(Readiness::Ready)
         };
         if take {
-            st.w.spare = None;
+            let spare = st.w.spare.as_ref().expect("a spare to take");
+            spare.readiness.set(Readiness::Adopting);
             st.stats.spares_adopted += 1;
         }
         take
+    }
+
+    /// The rotation that took the spare is done with its name (renamed to the segment's, or
+    /// failed and poisoned the journal).
+    pub(crate) fn spare_taken(&self) {
+        let mut st = self.state.borrow_mut();
+        let adopting = st.w.spare.as_ref().map(|s| s.readiness.get()) == Some(Readiness::Adopting);
+        assert!(adopting, "only a taken spare is released");
+        st.w.spare = None;
     }
 
     /// Compaction is about to rename a dead segment to the spare's name: the spare it becomes
