@@ -557,6 +557,7 @@ impl<D: Directory, M: StateMachine> Engine<D, M> {
         stats.fsync_nanos_total = journal.fsync_nanos_total;
         stats.journal_batches = journal.batches;
         stats.segments_live = journal.segments_live;
+        stats.segments_recycled = journal.spares_recycled;
         stats.snapshot_op = inner.snapshot_op;
         stats
     }

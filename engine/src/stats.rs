@@ -167,6 +167,9 @@ pub struct EngineStats {
     pub replayed_ops: u64,
     /// Live journal segments.
     pub segments_live: u64,
+    /// Journal segments made of a dead segment's file (recycled behind checkpoints' compaction:
+    /// no zero-fill; docs/performance.md, "Recycled segments").
+    pub segments_recycled: u64,
 }
 
 impl EngineStats {
@@ -194,6 +197,7 @@ impl EngineStats {
         self.recovery_duration_us = self.recovery_duration_us.max(other.recovery_duration_us);
         self.replayed_ops += other.replayed_ops;
         self.segments_live += other.segments_live;
+        self.segments_recycled += other.segments_recycled;
     }
 
     /// Mean fdatasync latency in microseconds (0 with no fsync).

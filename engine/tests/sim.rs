@@ -61,6 +61,9 @@ struct Tally {
     damaged_recovered: u64,
     faulty_recoveries: u64,
     recovered_prepares: u64,
+    /// Journal segments made of recycled dead segments (preallocating seeds, behind each
+    /// checkpoint's compaction).
+    segments_recycled: u64,
     faults: FaultTotals,
 }
 
@@ -73,6 +76,9 @@ fn sim_config(rng: &mut StdRng) -> EngineConfig {
     config.journal.write_through = config.journal.segment_bytes != 16384;
     // Aligned O_DIRECT group writes with 4 KiB segments (no RNG draw either).
     config.journal.direct_io = config.journal.segment_bytes == 4096;
+    // Preallocated segments, spares and (behind each checkpoint's compaction) recycled segments
+    // in a third of the seeds (no RNG draw).
+    config.journal.preallocate = config.journal.slot_count == 128;
     config.journal_covers_previous_snapshot = rng.gen_bool(0.5);
     config.checkpoint_margin_ops = if rng.gen_bool(0.5) {
         0
@@ -541,6 +547,7 @@ impl Sim<'_> {
         self.trace(|| format!("{restart:?} (failed: {})", end.failed));
         self.tally.crashes += 1;
         self.tally.fault_errors += u64::from(end.failed);
+        self.tally.segments_recycled += engine.stats().segments_recycled;
         // Nothing of the dead process runs after the crash: its handles are stale by then.
         self.die(restart).await;
         drop(engine);
@@ -716,7 +723,7 @@ fn engine_simulator() {
     eprintln!(
         "engine simulator: {} in {:.1}s; appends {}, commits {}, checkpoints {}, truncations {}, \
          restarts {} ({} after a failed call), back-pressure {}, snapshots damaged {} (refused {}, \
-         recovered {}), faulty recoveries {}, recovered prepares {}",
+         recovered {}), faulty recoveries {}, recovered prepares {}, segments recycled {}",
         tally.faults,
         started.elapsed().as_secs_f64(),
         tally.appends,
@@ -730,7 +737,8 @@ fn engine_simulator() {
         tally.damaged_refused,
         tally.damaged_recovered,
         tally.faulty_recoveries,
-        tally.recovered_prepares
+        tally.recovered_prepares,
+        tally.segments_recycled
     );
     // The run must have exercised what it claims to check.
     if seeds.len() >= 100 {
@@ -739,6 +747,10 @@ fn engine_simulator() {
         assert!(tally.snapshots_damaged > 0 && tally.recovered_prepares > 0);
         assert!(tally.damaged_recovered > 0 && tally.damaged_refused > 0);
         assert!(tally.faulty_recoveries > 0);
+        assert!(
+            tally.segments_recycled > 0,
+            "no journal segment was recycled"
+        );
         let f = &tally.faults;
         assert!(
             f.process_crash_then_power_cut > 0 && f.dropped_futures > 0 && f.direct_writes > 0,
