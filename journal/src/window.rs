@@ -258,7 +258,7 @@ impl<'w, F: Storage + 'w> SegmentRead<'w, F> {
             let scanned_to = self.base + self.data().len() as u64 + 1 - ENTRY_HEADER_BYTES as u64;
             pos = scanned_to.div_ceil(align) * align;
         }
-        Ok(evidence)
+        Ok(evidence.finish())
     }
 
     /// The first non-zero byte at or after `from`, if any.

@@ -26,6 +26,10 @@ pub struct Evidence {
     /// The file's valid segment header, when the stretch began at offset 0: its `first_seq` is a
     /// proof, and does it start the log where an earlier segment's entries stop?
     pub header: Option<SegmentHeader>,
+    /// While the binding is [`Binding::Either`]: what the headers valid as version 1 entries
+    /// prove. [`Self::finish`] keeps them only if no header is valid as the file's recycled
+    /// life, so the older life of a recycled file with a damaged header is never evidence.
+    plain: Option<Box<Evidence>>,
 }
 
 impl Evidence {
@@ -37,6 +41,30 @@ impl Evidence {
             min_seq: None,
             data_ops: Vec::new(),
             header: None,
+            plain: None,
+        }
+    }
+
+    /// Done adding: settles a file of unknown binding (its segment header damaged) on the
+    /// recycled life when any header is valid as one, else on version 1.
+    pub fn finish(mut self) -> Self {
+        if let Some(plain) = self.plain.take() {
+            if self.min_seq.is_none() {
+                let header = self.header;
+                self = *plain;
+                self.header = header;
+            }
+        }
+        self
+    }
+
+    fn record(&mut self, bytes: &[u8], from_offset: u64, binding: Binding) {
+        for (_, h) in valid_headers(bytes, from_offset, binding) {
+            self.max_durable = self.max_durable.max(h.durable_seq);
+            self.min_seq = Some(self.min_seq.map_or(h.seq, |m| m.min(h.seq)));
+            if h.kind == EntryKind::Data {
+                self.data_ops.push(h.op);
+            }
         }
     }
 
@@ -49,12 +77,16 @@ impl Evidence {
                 self.binding = header.binding();
             }
         }
-        for (_, h) in valid_headers(bytes, from.saturating_sub(base), self.binding) {
-            self.max_durable = self.max_durable.max(h.durable_seq);
-            self.min_seq = Some(self.min_seq.map_or(h.seq, |m| m.min(h.seq)));
-            if h.kind == EntryKind::Data {
-                self.data_ops.push(h.op);
+        let from_offset = from.saturating_sub(base);
+        match self.binding {
+            Binding::Either(number) => {
+                self.record(bytes, from_offset, Binding::Segment(number));
+                let plain = self
+                    .plain
+                    .get_or_insert_with(|| Box::new(Evidence::new(Binding::Plain)));
+                plain.record(bytes, from_offset, Binding::Plain);
             }
+            binding => self.record(bytes, from_offset, binding),
         }
     }
 
@@ -62,7 +94,7 @@ impl Evidence {
     pub fn of_file(bytes: &[u8], number: u64) -> Self {
         let mut evidence = Evidence::new(Binding::Either(number));
         evidence.add(bytes, 0, 0, true);
-        evidence
+        evidence.finish()
     }
 }
 
@@ -174,6 +206,7 @@ pub(super) async fn classify_stop<D: Directory>(
         stop.offset_bytes + ENTRY_ALIGN_BYTES as u64,
         false,
     );
+    let own = own.finish();
     later_cache.resize(files.len(), None);
     for later in index + 1..files.len() {
         if later_cache[later].is_none() {

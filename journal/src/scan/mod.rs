@@ -348,7 +348,7 @@ impl<D: Directory> Scanner<'_, D> {
             }
             Err(stop) => stop,
         };
-        let binding = Binding::Either(self.files[index].number);
+        let binding = damaged_binding(bytes, self.files[index].number);
         if stop.expected_seq == u64::MAX {
             // First segment: its own entries tell which seqs it held.
             stop.expected_seq = valid_headers(bytes, 0, binding)
@@ -483,6 +483,18 @@ impl<D: Directory> Scanner<'_, D> {
         } else {
             Recorded::GoesOn
         })
+    }
+}
+
+/// The binding of segment `number`'s entries when its header is damaged: the recycled life's if
+/// any header is valid as one (the older life behind it is then no entry), else version 1's
+/// (the rule `Evidence::finish` applies window by window).
+fn damaged_binding(bytes: &[u8], number: u64) -> Binding {
+    let recycled = Binding::Segment(number);
+    if valid_headers(bytes, SEGMENT_HEADER_BYTES as u64, recycled).is_empty() {
+        Binding::Plain
+    } else {
+        recycled
     }
 }
 
@@ -675,6 +687,39 @@ mod recycled_tests {
             stopped.map_err(|s| (s.offset_bytes, s.fact)),
             Err((end, StopFact::BadEntryHeader))
         );
+    }
+
+    /// A recycled file whose segment header is damaged: its entries are evidence, its older
+    /// life (version 1 entries with higher ops, after the terminator) is not; a version 1 file
+    /// with a damaged header keeps its own entries as evidence.
+    #[test]
+    fn a_damaged_header_never_makes_the_older_life_evidence() {
+        let mut older = Vec::new();
+        let mut prev = 0;
+        for seq in 1..=10u64 {
+            let entry = NewEntry {
+                kind: EntryKind::Data,
+                seq,
+                op: 1000 + seq,
+                prev_crc: prev,
+                durable_seq: seq - 1,
+                commit_op: 0,
+            };
+            prev = encode_entry(&mut older, &entry, &[3u8; 50], Binding::Plain);
+        }
+        let (mut bytes, _) = recycled(3, &older);
+        bytes[20] ^= 0xff;
+        let evidence = Evidence::of_file(&bytes, 5);
+        assert!(evidence.header.is_none());
+        assert_eq!(evidence.data_ops, vec![1, 2, 3]);
+        assert_eq!(evidence.min_seq, Some(1));
+        let mut plain = SegmentHeader::new(5, 1, 0).encode().to_vec();
+        plain.extend_from_slice(&older);
+        plain[20] ^= 0xff;
+        let evidence = Evidence::of_file(&plain, 5);
+        assert_eq!(evidence.data_ops, (1001..=1010).collect::<Vec<_>>());
+        assert_eq!(damaged_binding(&bytes, 5), Binding::Segment(5));
+        assert_eq!(damaged_binding(&plain, 5), Binding::Plain);
     }
 
     fn segment_bytes_plain() -> Vec<u8> {
