@@ -30,15 +30,22 @@ pub(crate) struct DirectWrites {
 
 impl DirectWrites {
     /// Writes `data` at `offset_bytes` of `segment`'s `file` as one aligned write from the start
-    /// of its first block, and keeps its last partial block for the next write.
+    /// of its first block, and keeps the partial block before `offset_bytes + next_bytes`, where
+    /// the next write starts (all of `data` but a recycled segment's terminator, which the next
+    /// run overwrites).
     pub(crate) async fn write<F: Storage>(
         &mut self,
         file: &F,
         segment: u64,
         offset_bytes: u64,
         data: &[u8],
+        next_bytes: usize,
     ) -> std::io::Result<()> {
         assert!(!data.is_empty(), "an empty run is never written");
+        assert!(
+            next_bytes <= data.len(),
+            "the next write starts within this one"
+        );
         let align = DIRECT_ALIGN_BYTES as u64;
         let block_start_bytes = offset_bytes / align * align;
         let prefix_len = (offset_bytes - block_start_bytes) as usize;
@@ -74,7 +81,7 @@ impl DirectWrites {
             .await;
         let buf = slice.into_inner();
         if result.is_ok() {
-            let end_bytes = offset_bytes + data.len() as u64;
+            let end_bytes = offset_bytes + next_bytes as u64;
             let tail_start_bytes = end_bytes / align * align;
             let from = start + (tail_start_bytes - block_start_bytes) as usize;
             let to = start + (end_bytes - block_start_bytes) as usize;
@@ -118,7 +125,10 @@ mod tests {
                 .enumerate()
             {
                 let data: Vec<u8> = (0..len).map(|b| (b as u8) ^ (i as u8 + 1)).collect();
-                writes.write(&direct, 0, offset, &data).await.unwrap();
+                writes
+                    .write(&direct, 0, offset, &data, data.len())
+                    .await
+                    .unwrap();
                 let BufResult(r, _) = plain.write_all_at(offset, data).await;
                 r.unwrap();
                 offset += len as u64;

@@ -237,15 +237,14 @@ impl<D: Directory> MetadataJournal<D> {
 
     /// Compaction is about to rename a dead segment to the spare's name: the spare it becomes
     /// (`RecyclingSpare::done` once the rename is durable), or `None` when recycling does not
-    /// serve: the journal does not preallocate (its groups would not overwrite anyway), writes
-    /// with `O_DIRECT` (an aligned write's zero padding is no terminator), or has a recycled
-    /// spare already. A zero-written spare, ready or not, is replaced: once a journal recycles,
+    /// serve: the journal does not preallocate (its groups would not overwrite anyway), or has a
+    /// recycled spare already. A zero-written spare, ready or not, is replaced: once a journal recycles,
     /// its rotations stop asking for zeroes (`group.rs`, `create_segment`), which is the point. A
     /// preparation under way is cancelled. Its task only ever writes through the
     /// descriptor it opened, so nothing it still has in flight can land in the renamed file, and
     /// it is cancelled before it could truncate one it opened after the rename.
     pub(crate) fn start_recycling(&self) -> Option<RecyclingSpare<'_, D>> {
-        if !self.preallocates() || self.config.direct_io {
+        if !self.preallocates() {
             return None;
         }
         let mut st = self.state.borrow_mut();
@@ -275,7 +274,7 @@ impl<D: Directory> MetadataJournal<D> {
     /// the next preparation to truncate. A spare that cannot be looked at is only logged: it is
     /// not part of the log.
     pub(crate) async fn adopt_found_spare(&self) {
-        if !self.preallocates() || self.config.direct_io {
+        if !self.preallocates() {
             return;
         }
         let len_bytes = match self.dir.exists(SPARE_FILE_NAME).await {

@@ -52,6 +52,9 @@ pub(crate) struct Run {
     pub segment: u64,
     /// The segment's binding: a recycled segment's run is written with its terminator.
     pub binding: Binding,
+    /// The terminator's bytes at the end of `buf` once the writer took the run (0 until then,
+    /// and in a segment that is not recycled).
+    pub terminator_bytes: usize,
     /// Create this segment (header, preallocation, fsync, dir fsync) before writing.
     pub create: Option<SegmentHeader>,
     pub offset_bytes: u64,
@@ -109,6 +112,7 @@ impl Run {
         Self {
             segment,
             binding,
+            terminator_bytes: 0,
             create,
             offset_bytes,
             buf,
