@@ -127,9 +127,8 @@ impl<D: Directory> MetadataJournal<D> {
             let handle = self.state.borrow_mut().segments.remove(&number);
             // At least half a segment of written space (a segment sealed early, or grown in
             // place, is shorter): the segment made of it overwrites that much, then grows.
-            let worth_recycling = handle.is_some_and(|h| {
-                h.file.as_ref().map_or(h.len_bytes, |f| f.len()) >= self.config.segment_bytes / 2
-            });
+            let worth_recycling =
+                handle.is_some_and(|h| h.file_len_bytes() >= self.config.segment_bytes / 2);
             let recycling = worth_recycling.then(|| self.start_recycling()).flatten();
             let recycle = recycling.is_some();
             let removed = if recycle {
@@ -348,7 +347,7 @@ impl<D: Directory> MetadataJournal<D> {
             .borrow()
             .segments
             .values()
-            .map(|h| h.file.as_ref().map_or(h.len_bytes, |f| f.len()))
+            .map(SegmentHandle::file_len_bytes)
             .sum()
     }
 

@@ -107,9 +107,13 @@ impl<D: Directory> MetadataJournal<D> {
             let bufs: Vec<Rc<Vec<u8>>> = runs
                 .iter_mut()
                 .map(|run| {
+                    assert_eq!(
+                        run.buf.len() as u64,
+                        run.totals.bytes,
+                        "a run's buffer holds its entries"
+                    );
                     if run.binding.is_recycled() && !run.buf.is_empty() {
-                        run.terminator_bytes =
-                            terminate(&mut run.buf, run.offset_bytes, self.config.segment_bytes);
+                        terminate(&mut run.buf, run.offset_bytes, self.config.segment_bytes);
                     }
                     let buf = Rc::new(std::mem::take(&mut run.buf));
                     st.w.writing.push(WritingRun {
@@ -243,7 +247,8 @@ impl<D: Directory> MetadataJournal<D> {
         let last_seq = (run.totals.entry_count > 0).then_some(run.totals.last_seq);
         let direct = file.direct_alignment().is_some();
         let buf_len = buf.len();
-        let terminator_bytes = run.terminator_bytes;
+        // The next run starts after the entries, over this run's terminator (if any).
+        let next_bytes = run.totals.bytes as usize;
         // Aligned writes rewrite the block before them: only one may be in flight.
         assert!(
             !direct || self.config.sync_on_append,
@@ -253,7 +258,6 @@ impl<D: Directory> MetadataJournal<D> {
             let started = Instant::now();
             let result = if direct {
                 let mut writes = std::mem::take(&mut self.state.borrow_mut().w.direct);
-                let next_bytes = buf_len - terminator_bytes;
                 let result = writes
                     .write(&*file, segment, offset_bytes, &buf, next_bytes)
                     .await;
@@ -548,12 +552,11 @@ impl Drop for AbortOnPanic {
 /// Ends a recycled segment's run (at `offset_bytes`) with its terminator: a zero entry header
 /// (fewer zeroes where the segment's `segment_bytes` end sooner), since what follows the run on
 /// disk is the file's older life, not zeroes (format.rs, "Recycled segments"). The next run
-/// starts where the terminator does and overwrites it in its own write. Returns its length.
-fn terminate(buf: &mut Vec<u8>, offset_bytes: u64, segment_bytes: u64) -> usize {
+/// starts where the terminator does and overwrites it in its own write.
+fn terminate(buf: &mut Vec<u8>, offset_bytes: u64, segment_bytes: u64) {
     let end_bytes = offset_bytes + buf.len() as u64;
     let len = segment_bytes
         .saturating_sub(end_bytes)
         .min(crate::format::TERMINATOR_BYTES as u64) as usize;
     buf.resize(buf.len() + len, 0);
-    len
 }

@@ -169,6 +169,15 @@ pub(crate) struct SegmentHandle<D: Directory> {
     pub binding: format::Binding,
 }
 
+impl<D: Directory> SegmentHandle<D> {
+    /// The file's length: from the open handle, or as it was when the handle was released.
+    pub(crate) fn file_len_bytes(&self) -> u64 {
+        self.file
+            .as_ref()
+            .map_or(self.len_bytes, |f| keel_storage::Storage::len(&**f))
+    }
+}
+
 /// Mutable state of a journal; borrowed only between awaits.
 pub(crate) struct State<D: Directory> {
     pub slots: SlotRing,

@@ -277,21 +277,15 @@ impl<D: Directory> MetadataJournal<D> {
         if !self.preallocates() {
             return;
         }
-        let len_bytes = match self.dir.exists(SPARE_FILE_NAME).await {
-            Ok(false) => return,
-            Ok(true) => match self
-                .dir
-                .open_file(SPARE_FILE_NAME, OpenMode::ReadOnly)
-                .await
-            {
-                Ok(file) => file.len(),
-                Err(error) => {
-                    tracing::warn!(%error, file = %self.file_path(SPARE_FILE_NAME), "journal: cannot open the spare segment; preparing a new one when needed");
-                    return;
-                }
-            },
+        let opened = self
+            .dir
+            .open_file(SPARE_FILE_NAME, OpenMode::ReadOnly)
+            .await;
+        let len_bytes = match opened {
+            Ok(file) => file.len(),
+            Err(error) if error.kind() == std::io::ErrorKind::NotFound => return,
             Err(error) => {
-                tracing::warn!(%error, file = %self.file_path(SPARE_FILE_NAME), "journal: cannot look for the spare segment");
+                tracing::warn!(%error, file = %self.file_path(SPARE_FILE_NAME), "journal: cannot open the spare segment; preparing a new one when needed");
                 return;
             }
         };

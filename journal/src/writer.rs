@@ -50,11 +50,9 @@ pub(crate) struct PendingEntry {
 /// Contiguous bytes for one segment, written by one `write_all_at`.
 pub(crate) struct Run {
     pub segment: u64,
-    /// The segment's binding: a recycled segment's run is written with its terminator.
+    /// The segment's binding: a recycled segment's run is written with its terminator (the
+    /// bytes of `buf` past `totals.bytes`, once the writer took the run).
     pub binding: Binding,
-    /// The terminator's bytes at the end of `buf` once the writer took the run (0 until then,
-    /// and in a segment that is not recycled).
-    pub terminator_bytes: usize,
     /// Create this segment (header, preallocation, fsync, dir fsync) before writing.
     pub create: Option<SegmentHeader>,
     pub offset_bytes: u64,
@@ -112,7 +110,6 @@ impl Run {
         Self {
             segment,
             binding,
-            terminator_bytes: 0,
             create,
             offset_bytes,
             buf,

@@ -46,13 +46,16 @@ impl Evidence {
     }
 
     /// Done adding: settles a file of unknown binding (its segment header damaged) on the
-    /// recycled life when any header is valid as one, else on version 1.
+    /// recycled life when any header is valid as one, else on version 1; `binding` then says
+    /// which.
     pub fn finish(mut self) -> Self {
         if let Some(plain) = self.plain.take() {
             if self.min_seq.is_none() {
                 let header = self.header;
                 self = *plain;
                 self.header = header;
+            } else if let Binding::Either(number) = self.binding {
+                self.binding = Binding::Segment(number);
             }
         }
         self

@@ -348,7 +348,8 @@ impl<D: Directory> Scanner<'_, D> {
             }
             Err(stop) => stop,
         };
-        let binding = damaged_binding(bytes, self.files[index].number);
+        // Damaged: its entries are its recycled life's if any is valid as one (`Evidence::finish`).
+        let binding = Evidence::of_file(bytes, self.files[index].number).binding;
         if stop.expected_seq == u64::MAX {
             // First segment: its own entries tell which seqs it held.
             stop.expected_seq = valid_headers(bytes, 0, binding)
@@ -483,18 +484,6 @@ impl<D: Directory> Scanner<'_, D> {
         } else {
             Recorded::GoesOn
         })
-    }
-}
-
-/// The binding of segment `number`'s entries when its header is damaged: the recycled life's if
-/// any header is valid as one (the older life behind it is then no entry), else version 1's
-/// (the rule `Evidence::finish` applies window by window).
-fn damaged_binding(bytes: &[u8], number: u64) -> Binding {
-    let recycled = Binding::Segment(number);
-    if valid_headers(bytes, SEGMENT_HEADER_BYTES as u64, recycled).is_empty() {
-        Binding::Plain
-    } else {
-        recycled
     }
 }
 
@@ -718,8 +707,8 @@ mod recycled_tests {
         plain[20] ^= 0xff;
         let evidence = Evidence::of_file(&plain, 5);
         assert_eq!(evidence.data_ops, (1001..=1010).collect::<Vec<_>>());
-        assert_eq!(damaged_binding(&bytes, 5), Binding::Segment(5));
-        assert_eq!(damaged_binding(&plain, 5), Binding::Plain);
+        assert_eq!(Evidence::of_file(&bytes, 5).binding, Binding::Segment(5));
+        assert_eq!(evidence.binding, Binding::Plain);
     }
 
     fn segment_bytes_plain() -> Vec<u8> {
