@@ -147,13 +147,18 @@ async fn keel_turn(
 
 /// A keel contender: kept open across turns, or a fresh directory and journal per turn (the
 /// open inside the timed run).
-fn keel_contender<'a>(
-    rt: &'a compio::runtime::Runtime,
+///
+/// Each contender has a runtime of its own: a journal's background work (preparing its next
+/// segment, zero-filling ahead) then runs only in its own turns, as a user's journal pays for it,
+/// never inside another contender's timed turn (one shared runtime let every journal's zero-fill
+/// run, and steal the disk, while another variant was being timed).
+fn keel_contender(
     shape: Shape,
     variant: Variant,
     payload: Rc<[u8]>,
     rounds: usize,
-) -> Run<'a> {
+) -> Run<'static> {
+    let rt = compio::runtime::Runtime::new().expect("a runtime per contender");
     let slot_count = if shape.compacted {
         // `timed_group_batches` compacts between stretches of half the ring.
         let entry_bytes = keel_journal::format::entry_len_bytes(shape.payload_bytes) as u64;
@@ -192,9 +197,11 @@ fn keel_contender<'a>(
         warm.batches = warm_batches;
         rt.block_on(keel_turn(&journal, &mut next_op, warm, &payload));
     }
+    // Fields drop in order: the journal before its runtime, the directory last.
+    let mut kept = (journal, next_op, rt, dir);
     Box::new(move || {
-        let _keep = &dir;
-        let elapsed = rt.block_on(keel_turn(&journal, &mut next_op, shape, &payload));
+        let (journal, next_op, rt, _dir) = &mut kept;
+        let elapsed = rt.block_on(keel_turn(journal, next_op, shape, &payload));
         shape.rate(elapsed)
     })
 }
@@ -311,12 +318,7 @@ fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &
     let variants = [WRITE_THROUGH, DIRECT, FDATASYNC, FALLOCATE, NO_PREALLOC];
     let mut closures: Vec<(&str, Run<'_>)> = variants
         .iter()
-        .map(|v| {
-            (
-                v.name,
-                keel_contender(rt, shape, *v, payload.clone(), rounds),
-            )
-        })
+        .map(|v| (v.name, keel_contender(shape, *v, payload.clone(), rounds)))
         .collect();
     closures.push((
         "plain append + fdatasync (file grows)",
