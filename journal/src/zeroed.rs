@@ -3,13 +3,14 @@
 //!
 //! Owns when a segment grows and by how much, and which group waits for which fill. It must never
 //! let a group write where a fill is still writing (a zero chunk landing after the group's bytes
-//! would erase them), never fill behind an `O_DIRECT` handle in the background (a page-cache
-//! write of the block an aligned direct write also covers could later write a stale copy back),
-//! and never leave a fill running after `close` returns.
+//! would erase them), never fill behind an `O_DIRECT` handle in the background unless the fill is
+//! block-aligned and so direct itself (a page-cache write of a block an aligned direct write also
+//! covers could later write a stale copy back), and never leave a fill running after `close`
+//! returns.
 
 use std::rc::Rc;
 
-use keel_storage::{Directory, Storage};
+use keel_storage::{Directory, Storage, DIRECT_ALIGN_BYTES};
 
 use crate::error::JournalError;
 use crate::spare::SpareStep;
@@ -47,7 +48,8 @@ impl<D: Directory> MetadataJournal<D> {
     /// Prepares the space a run of `segment` writes up to `run_end`: waits for the background
     /// fill that covers it; past the zeroes with no fill under way, lets the run extend the file
     /// and returns true (the caller starts the next step once the run is written,
-    /// [`Self::fill_behind`]); behind an `O_DIRECT` handle, fills inline. A run that comes within
+    /// [`Self::fill_behind`]); behind an `O_DIRECT` handle, fills inline unless the step is
+    /// block-aligned ([`fills_beside_safely`]). A run that comes within
     /// half a step of the zeroed end arranges the next step beside the groups
     /// ([`Self::next_step_beside`]).
     pub(crate) async fn ensure_zeroed(
@@ -68,11 +70,11 @@ impl<D: Directory> MetadataJournal<D> {
             self.finish_fill(Some(segment)).await?;
         }
         let ready = self.zeroed_end(segment, file);
-        let direct = file.direct_alignment().is_some();
-        if run_end > ready && !direct {
+        if run_end > ready {
             // Past the zeroes with no fill under way: the run extends the file (one extending
             // write) instead of waiting for a step written in front of it, which wrote up to
-            // eight runs of zeroes while the group waited; the step follows it.
+            // eight runs of zeroes while the group waited; the step follows it. (An aligned
+            // direct write ends at a block boundary, so the step after it may go direct too.)
             self.state.borrow_mut().stats.runs_extending += 1;
             return Ok(true);
         }
@@ -121,7 +123,8 @@ impl<D: Directory> MetadataJournal<D> {
         if self.spare_step(ready) != SpareStep::None {
             return true;
         }
-        if self.state.borrow().w.fill.is_none() && file.direct_alignment().is_none() {
+        if self.state.borrow().w.fill.is_none() && fills_beside_safely(file.as_ref(), ready, target)
+        {
             self.start_fill(file, name, segment, ready, target);
             return true;
         }
@@ -186,6 +189,9 @@ impl<D: Directory> MetadataJournal<D> {
     ) -> u64 {
         let step_end =
             current_end.max(needed_end) + self.preallocation_step(current_end, run_bytes);
+        // Whole blocks, so that the step after this one starts aligned (see
+        // `fills_beside_safely`).
+        let step_end = step_end.next_multiple_of(DIRECT_ALIGN_BYTES as u64);
         step_end.min(self.config.segment_bytes.max(needed_end))
     }
 
@@ -206,4 +212,16 @@ impl<D: Directory> MetadataJournal<D> {
             .max(run_bytes.saturating_mul(STEP_RUNS))
             .clamp(PREALLOCATE_STEP_MIN_BYTES.min(max), max)
     }
+}
+
+/// Whether a fill of `file` from `from_bytes` to `to_bytes` may run beside the groups. Through the
+/// page cache, always. Behind an `O_DIRECT` descriptor only block-aligned: groups write below
+/// `from_bytes` and their aligned writes end on a block boundary at or below it, so the fill's
+/// blocks and theirs are disjoint, and no page-cache copy of a block a group writes direct can be
+/// written back over it later (the zero chunks then are aligned direct writes too,
+/// [`Storage::preallocate`]). Otherwise the fill is inline.
+fn fills_beside_safely<S: Storage>(file: &S, from_bytes: u64, to_bytes: u64) -> bool {
+    file.direct_alignment().is_none_or(|align| {
+        from_bytes.is_multiple_of(align as u64) && to_bytes.is_multiple_of(align as u64)
+    })
 }

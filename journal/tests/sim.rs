@@ -77,6 +77,9 @@ struct SimStats {
     /// Durable runs that extended a segment past its zeroes (crashes then land in the
     /// extending write and the step that follows it).
     runs_extending: u64,
+    /// Zero-fill steps that ran beside the groups behind `O_DIRECT` descriptors (block-aligned;
+    /// crashes and dropped futures then land while a fill and direct groups share a segment).
+    direct_fills_beside: u64,
     faults: FaultTotals,
 }
 
@@ -94,6 +97,7 @@ impl SimStats {
         self.spares_adopted += other.spares_adopted;
         self.spares_recycled += other.spares_recycled;
         self.runs_extending += other.runs_extending;
+        self.direct_fills_beside += other.direct_fills_beside;
         self.faults.add(&other.faults);
     }
 }
@@ -115,7 +119,10 @@ fn config_for(rng: &mut SmallRng) -> JournalConfig {
     let slot_count = [16u64, 64, 128][rng.gen_range(0..3)];
     JournalConfig {
         slot_count,
-        segment_bytes: [1024u64, 2048, 4096][rng.gen_range(0..3)],
+        // Four times larger in the direct configurations (no RNG draw), so that their segments
+        // hold block-aligned zero-fill steps that run beside the groups.
+        segment_bytes: [1024u64, 2048, 4096][rng.gen_range(0..3)]
+            * if slot_count == 16 { 4 } else { 1 },
         max_batch_bytes: [512usize, 1024, 4096][rng.gen_range(0..3)],
         max_inflight_bytes: [1024usize, 4096, 1 << 20][rng.gen_range(0..3)],
         max_payload_bytes: 256,
@@ -562,6 +569,9 @@ impl Sim<'_> {
             stats.spares_adopted += j.stats().spares_adopted;
             stats.spares_recycled += j.stats().spares_recycled;
             stats.runs_extending += j.stats().runs_extending;
+            if self.config.direct_io && self.config.write_through {
+                stats.direct_fills_beside += j.stats().zero_fills_in_background;
+            }
         }
         if !finished {
             self.stats.borrow_mut().crashes_mid_workload += 1;
@@ -780,7 +790,7 @@ fn simulator() {
     }
     eprintln!(
         "journal simulator: {} in {:.1}s; epochs {}, acks {}, repairs {}, flips refused {} / cut \
-         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {} (recycled {}), runs extending {}",
+         as torn {}, error-fault epochs {}, crashes during open {}, mid-workload {}, closes {}, spares adopted {} (recycled {}), runs extending {}, direct fills beside groups {}",
         total.faults,
         started.elapsed().as_secs_f64(),
         total.epochs,
@@ -794,7 +804,8 @@ fn simulator() {
         total.closes,
         total.spares_adopted,
         total.spares_recycled,
-        total.runs_extending
+        total.runs_extending,
+        total.direct_fills_beside
     );
     if seeds.len() >= 100 {
         // The run must have exercised what it claims to check.
@@ -807,6 +818,10 @@ fn simulator() {
         assert!(
             total.runs_extending > 0,
             "no durable run extended a segment"
+        );
+        assert!(
+            total.direct_fills_beside > 0,
+            "no zero-fill ran beside direct groups"
         );
         let f = &total.faults;
         assert!(

@@ -348,11 +348,28 @@ fn preallocation_steps_grow_with_the_groups() {
 /// survives a power cut right after the last group.
 #[test]
 fn a_group_past_the_zeroes_extends_and_the_step_follows() {
-    let config = group_config(64 << 20, 4096);
+    assert_extends_then_fills_beside(group_config(64 << 20, 4096), 13);
+}
+
+/// Behind `O_DIRECT` descriptors too: the group's aligned write ends on a block boundary, so the
+/// block-aligned step after it runs beside the groups as well.
+#[test]
+fn a_direct_group_past_the_zeroes_extends_and_the_step_follows() {
+    let config = JournalConfig {
+        direct_io: true,
+        ..group_config(64 << 20, 4096)
+    };
+    assert_extends_then_fills_beside(config, 17);
+}
+
+/// Twelve 64 x 4 KiB groups into a fresh journal on `MemFs::new(seed)`: no group waits for an
+/// inline fill, one extends, a step follows in the background, the writes were aligned direct
+/// writes when `config.direct_io`, and every entry survives a power cut after the last group.
+fn assert_extends_then_fills_beside(config: JournalConfig, seed: u64) {
     let (groups, group_ops) = (12u64, 64u64);
     let body = |op: u64| vec![op as u8; 4096];
     run(async {
-        let fs = MemFs::new(13);
+        let fs = MemFs::new(seed);
         let (j, _) = open(&fs, &config).await;
         write_groups(&j, groups, group_ops, body).await;
         let stats = j.stats();
@@ -367,6 +384,11 @@ fn a_group_past_the_zeroes_extends_and_the_step_follows() {
         assert!(
             stats.zero_fills_in_background >= 1,
             "a step followed the extending group: {stats:?}"
+        );
+        assert_eq!(
+            fs.fault_counts().direct_writes > 0,
+            config.direct_io,
+            "aligned direct writes exactly when configured"
         );
         fs.crash();
         drop(j);

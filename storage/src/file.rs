@@ -26,8 +26,17 @@ use crate::Storage;
 const ZERO_FILL_CHUNK_BYTES: usize = 1 << 20;
 
 /// What every zero-fill writes from: a static in `.bss`, so no fill allocates, and reading it
-/// costs only the kernel's shared zero page.
-static ZEROES: [u8; ZERO_FILL_CHUNK_BYTES] = [0; ZERO_FILL_CHUNK_BYTES];
+/// costs only the kernel's shared zero page. Aligned for `O_DIRECT`, so that a block-aligned fill
+/// behind a direct descriptor goes to the device directly, never through the page cache (where a
+/// written-back zero page could land after a group's direct write to the same block).
+static ZEROES: ZeroChunk = ZeroChunk([0; ZERO_FILL_CHUNK_BYTES]);
+
+/// [`ZEROES`]' type: a chunk of zeroes at a [`crate::DIRECT_ALIGN_BYTES`] boundary.
+#[repr(C, align(4096))]
+struct ZeroChunk([u8; ZERO_FILL_CHUNK_BYTES]);
+
+const _: () = assert!(std::mem::align_of::<ZeroChunk>() == crate::DIRECT_ALIGN_BYTES);
+const _: () = assert!(ZERO_FILL_CHUNK_BYTES.is_multiple_of(crate::DIRECT_ALIGN_BYTES));
 
 /// How a [`FileStorage`] behaves beyond plain positional I/O.
 #[derive(Debug, Clone, Default)]
@@ -209,7 +218,7 @@ impl FileStorage {
         while offset_bytes < len_bytes {
             let chunk_bytes = (len_bytes - offset_bytes).min(ZERO_FILL_CHUNK_BYTES as u64) as usize;
             let BufResult(result, _) = self
-                .write_all_at(offset_bytes, &ZEROES[..chunk_bytes])
+                .write_all_at(offset_bytes, &ZEROES.0[..chunk_bytes])
                 .await;
             result?;
             offset_bytes += chunk_bytes as u64;

@@ -151,7 +151,9 @@ pub trait Storage {
     ///
     /// The default zero-extends with [`Storage::truncate`]; [`FileStorage`] may allocate blocks
     /// with `fallocate(2)` or write zeroes (see [`FileOptions`]), and claims the range in its cached
-    /// length before its first await, so appends reserved meanwhile land after it.
+    /// length before its first await, so appends reserved meanwhile land after it. Behind a direct
+    /// descriptor ([`Storage::direct_alignment`]) a range that starts and ends on a block boundary
+    /// is written past the page cache, as aligned direct writes are.
     async fn preallocate(&self, len_bytes: u64) -> io::Result<()> {
         if len_bytes > self.len() {
             self.truncate(len_bytes).await?;
