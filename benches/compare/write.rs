@@ -34,8 +34,14 @@ enum Prealloc {
     Off,
 }
 
+const DIRECT: Variant = Variant {
+    name: "keel (O_DSYNC + O_DIRECT aligned writes, zero-filled: the default)",
+    write_through: true,
+    direct_io: true,
+    preallocate: Prealloc::ZeroFill,
+};
 const WRITE_THROUGH: Variant = Variant {
-    name: "keel (O_DSYNC write-through, zero-filled: the default)",
+    name: "keel (O_DSYNC write-through through the page cache, zero-filled)",
     write_through: true,
     direct_io: false,
     preallocate: Prealloc::ZeroFill,
@@ -46,22 +52,16 @@ const FDATASYNC: Variant = Variant {
     direct_io: false,
     preallocate: Prealloc::ZeroFill,
 };
-const DIRECT: Variant = Variant {
-    name: "keel (write-through + O_DIRECT aligned writes, zero-filled)",
+const FALLOCATE: Variant = Variant {
+    name: "keel (direct write-through, fallocate)",
     write_through: true,
     direct_io: true,
-    preallocate: Prealloc::ZeroFill,
-};
-const FALLOCATE: Variant = Variant {
-    name: "keel (write-through, fallocate)",
-    write_through: true,
-    direct_io: false,
     preallocate: Prealloc::Fallocate,
 };
 const NO_PREALLOC: Variant = Variant {
-    name: "keel (write-through, no preallocation)",
+    name: "keel (direct write-through, no preallocation)",
     write_through: true,
-    direct_io: false,
+    direct_io: true,
     preallocate: Prealloc::Off,
 };
 
@@ -320,7 +320,7 @@ fn raw_len_bytes(shape: Shape, payload_bytes: usize) -> u64 {
 fn durable(rt: &compio::runtime::Runtime, sizes: Sizes, shape: Shape, targets: &[(&str, f64)]) {
     let rounds = sizes.rounds * 5;
     let payload: Rc<[u8]> = payload(shape.payload_bytes).into();
-    let variants = [WRITE_THROUGH, DIRECT, FDATASYNC, FALLOCATE, NO_PREALLOC];
+    let variants = [DIRECT, WRITE_THROUGH, FDATASYNC, FALLOCATE, NO_PREALLOC];
     let mut closures: Vec<(&str, Run<'_>)> = variants
         .iter()
         .map(|v| (v.name, keel_contender(shape, *v, payload.clone(), rounds)))
