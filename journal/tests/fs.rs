@@ -129,7 +129,8 @@ fn fs_group_commit() {
 /// block), and every entry reads back after a reopen, from the device's view the kernel keeps.
 #[test]
 fn fs_direct_journal_fills_beside_its_groups() {
-    let temp = tempfile::tempdir().unwrap();
+    // Under the target directory, not /tmp, which may be a tmpfs that refuses O_DIRECT.
+    let temp = tempfile::tempdir_in(env!("CARGO_TARGET_TMPDIR")).unwrap();
     let config = JournalConfig {
         segment_bytes: 8 << 20,
         slot_count: 4096,

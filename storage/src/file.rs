@@ -65,6 +65,13 @@ pub struct FileStorage {
     /// A second descriptor, `O_DIRECT | O_DSYNC`, that aligned writes go through (see
     /// [`crate::Directory::open_file_direct`]); closed when the handle is dropped.
     direct: Option<File>,
+    /// The file system refused a direct write (`EINVAL`: it accepted `O_DIRECT` at open but not
+    /// the write, as some FUSE and network file systems do): every later write, and
+    /// [`Storage::direct_alignment`], goes through the page cache instead.
+    direct_refused: Cell<bool>,
+    /// Tests: the file system refuses every direct write.
+    #[cfg(test)]
+    refuse_direct_writes: Cell<bool>,
     options: FileOptions,
     /// For error messages.
     path: String,
@@ -97,6 +104,9 @@ impl FileStorage {
             read_only,
             write_through: false,
             direct: None,
+            direct_refused: Cell::new(false),
+            #[cfg(test)]
+            refuse_direct_writes: Cell::new(false),
             options,
             path,
             _single_thread: PhantomData,
@@ -228,6 +238,26 @@ impl FileStorage {
 }
 
 impl FileStorage {
+    /// The `O_DIRECT` descriptor, unless there is none or the file system refused a direct write.
+    fn direct_file(&self) -> Option<&File> {
+        self.direct.as_ref().filter(|_| !self.direct_refused.get())
+    }
+
+    /// One write through the `O_DIRECT` descriptor (in this crate's tests, refused with `EINVAL`
+    /// when [`FileStorage::refuse_direct_writes`] asked for it, as some file systems do).
+    async fn write_direct<B: IoBuf>(
+        &self,
+        mut direct: &File,
+        buf: B,
+        offset_bytes: u64,
+    ) -> BufResult<usize, B> {
+        #[cfg(test)]
+        if self.refuse_direct_writes.get() {
+            return BufResult(Err(io::Error::from_raw_os_error(libc::EINVAL)), buf);
+        }
+        direct.write_at(buf, offset_bytes).await
+    }
+
     /// `sync_file_range(flags)` over the range, on compio's blocking pool (it can wait for the
     /// device), through a duplicate of the descriptor the pool thread owns for the call.
     async fn sync_range(&self, offset_bytes: u64, len_bytes: u64, flags: u32) -> io::Result<()> {
@@ -286,7 +316,7 @@ impl Storage for FileStorage {
     }
 
     fn direct_alignment(&self) -> Option<usize> {
-        self.direct.as_ref().map(|_| crate::DIRECT_ALIGN_BYTES)
+        self.direct_file().map(|_| crate::DIRECT_ALIGN_BYTES)
     }
 
     fn advise_sequential(&self) {
@@ -336,13 +366,21 @@ impl Storage for FileStorage {
             Err(error) => return BufResult(Err(error), buf),
         };
         let direct = self
-            .direct
-            .as_ref()
+            .direct_file()
             .filter(|_| crate::direct_aligned(offset_bytes, buf.as_init()));
         // Both descriptors write through (O_DSYNC): whichever takes the write, it is durable
         // when it completes. The kernel keeps the page cache coherent with the direct write.
         let BufResult(result, buf) = match direct {
-            Some(mut direct) => direct.write_at(buf, offset_bytes).await,
+            Some(direct) => match self.write_direct(direct, buf, offset_bytes).await {
+                BufResult(Err(error), buf) if error.raw_os_error() == Some(libc::EINVAL) => {
+                    // Nothing was written; the same positional write through the page cache is
+                    // the plain write-through path, so retrying it changes no outcome.
+                    tracing::warn!(path = %self.path, %error, "direct write refused; writing through the page cache from now on");
+                    self.direct_refused.set(true);
+                    (&file).write_at(buf, offset_bytes).await
+                }
+                other => other,
+            },
             None => (&file).write_at(buf, offset_bytes).await,
         };
         if let Ok(written_bytes) = result {
@@ -468,3 +506,48 @@ const _: () = {
     impl<T: ?Sized + Sync> AmbiguousIfImpl<IsSync> for T {}
     let _ = <FileStorage as AmbiguousIfImpl<_>>::check;
 };
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DirAccess, Directory, FsDirectory, OpenMode, DIRECT_ALIGN_BYTES};
+
+    /// A file system that takes `O_DIRECT` at open but refuses the write (`EINVAL`): the aligned
+    /// write goes through the page cache instead, succeeds, reads back, and the handle stops
+    /// offering direct writes (so the journal stops aligning for it).
+    #[compio::test]
+    async fn a_refused_direct_write_falls_back_to_the_page_cache() {
+        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let dir = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
+            .await
+            .unwrap();
+        let file = dir.open_file_direct("seg", OpenMode::Create).await.unwrap();
+        if file.direct_alignment().is_none() {
+            // This file system refused O_DIRECT at open: nothing to fall back from.
+            return;
+        }
+        file.refuse_direct_writes.set(true);
+        let mut buf: Vec<u8> = Vec::with_capacity(2 * DIRECT_ALIGN_BYTES);
+        let start = buf.as_ptr().align_offset(DIRECT_ALIGN_BYTES);
+        buf.resize(start, 0);
+        buf.extend((0..DIRECT_ALIGN_BYTES).map(|i| i as u8));
+        let data = buf[start..].to_vec();
+        assert!(
+            crate::direct_aligned(0, &buf[start..]),
+            "the write takes the direct path"
+        );
+        let BufResult(result, _) = file
+            .write_all_at(0, buf.slice(start..start + DIRECT_ALIGN_BYTES))
+            .await;
+        result.unwrap();
+        assert_eq!(
+            file.direct_alignment(),
+            None,
+            "no longer offers direct writes"
+        );
+        assert_eq!(
+            file.read_exact_at(0, DIRECT_ALIGN_BYTES).await.unwrap(),
+            data
+        );
+    }
+}
