@@ -4,9 +4,9 @@
 //! Owns when a segment grows and by how much, and which group waits for which fill. It must never
 //! let a group write where a fill is still writing (a zero chunk landing after the group's bytes
 //! would erase them), never fill behind an `O_DIRECT` handle in the background unless the fill is
-//! block-aligned and so direct itself (a page-cache write of a block an aligned direct write also
-//! covers could later write a stale copy back), and never leave a fill running after `close`
-//! returns.
+//! block-aligned, so that no block of it is one an aligned direct group write also covers (a
+//! page-cache copy of such a block could later be written back stale over the group's bytes), and
+//! never leave a fill running after `close` returns.
 
 use std::rc::Rc;
 

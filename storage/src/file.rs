@@ -517,13 +517,14 @@ mod tests {
     /// offering direct writes (so the journal stops aligning for it).
     #[compio::test]
     async fn a_refused_direct_write_falls_back_to_the_page_cache() {
-        let tmp = tempfile::tempdir_in(env!("CARGO_MANIFEST_DIR")).unwrap();
+        let tmp = tempfile::tempdir().unwrap();
         let dir = FsDirectory::open_with(tmp.path(), DirAccess::Existing)
             .await
             .unwrap();
         let file = dir.open_file_direct("seg", OpenMode::Create).await.unwrap();
         if file.direct_alignment().is_none() {
-            // This file system refused O_DIRECT at open: nothing to fall back from.
+            // This file system (a tmpfs /tmp, say) refused O_DIRECT at open: nothing to fall
+            // back from.
             return;
         }
         file.refuse_direct_writes.set(true);
